@@ -1,0 +1,1 @@
+"""Governance: metrics, rollout, engine change control, audit."""

@@ -1,0 +1,202 @@
+"""Settings: read the environment (and an optional `.env`) once, in the app factory.
+
+Every name is documented in README.md's configuration table and in the contract
+(`SMARTAPP_*`). A bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+#: The repository root: `launch.json` and `static/` live here (the app is installed editable).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchManifest:
+    """The registration manifest (`launch.json`) that IT enters into the EHR."""
+
+    client_name: str
+    client_id: str
+    launch_uri: str
+    redirect_uris: tuple[str, ...]
+    scope: str
+    token_endpoint_auth_method: str
+    jwks_uri: str
+    fhir_versions: tuple[str, ...]
+    raw: Mapping[str, object] = field(repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> LaunchManifest:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path} not found: the app needs its registration manifest") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+        try:
+            return cls(
+                client_name=str(data["client_name"]),
+                client_id=str(data["client_id"]),
+                launch_uri=str(data["launch_uri"]),
+                redirect_uris=tuple(str(u) for u in data["redirect_uris"]),
+                scope=str(data["scope"]),
+                token_endpoint_auth_method=str(data.get("token_endpoint_auth_method", "none")),
+                jwks_uri=str(data.get("jwks_uri", "/.well-known/jwks.json")),
+                fhir_versions=tuple(str(v) for v in data.get("fhir_versions", ["4.0.1"])),
+                raw=data,
+            )
+        except KeyError as exc:
+            raise ConfigError(f"{path}: missing required key {exc.args[0]!r}") from exc
+
+
+def _split_list(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def normalize_issuer(url: str) -> str:
+    """FHIR base URLs compare without a trailing slash (`aud` must match `iss` exactly)."""
+    return url.strip().rstrip("/")
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
+    if value < 0:
+        raise ConfigError(f"{name} must be zero or more, got {value}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    instance_path: Path
+    manifest: LaunchManifest
+    allowed_issuers: tuple[str, ...]
+    client_id: str
+    database_url: str
+    secret_key: str
+    client_secret: str | None = None
+    private_key_path: Path | None = None
+    public_url: str | None = None
+    site_config_path: Path | None = None
+    admin_users: tuple[str, ...] = ()
+    admin_token: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    #: Origins allowed to frame the sidebar (CSP frame-ancestors). Defaults to the issuers' origins.
+    frame_ancestors: tuple[str, ...] = ()
+    #: Seconds a chart snapshot is reused within one launch before it is read again.
+    snapshot_ttl_seconds: int = 300
+    #: Most pages followed per search before a result set is reported as truncated.
+    max_pages: int = 20
+    static_folder: Path = PROJECT_ROOT / "static"
+    sandbox_mode: bool = False
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        sandbox_issuer: str | None = None,
+        dotenv_path: Path | None = None,
+    ) -> Settings:
+        """Build settings from `environ` (default: `os.environ` over `.env`).
+
+        `sandbox_issuer` is the embedded EHR's FHIR base, which becomes the default
+        allow-list in sandbox mode.
+        """
+        if environ is None:
+            env_file = dotenv_path or Path.cwd() / ".env"
+            file_values = dotenv_values(env_file) if env_file.exists() else {}
+            merged = {k: v for k, v in file_values.items() if v is not None}
+            merged.update(os.environ)
+            environ = merged
+
+        instance_path = Path(environ.get("SMARTAPP_INSTANCE_PATH") or Path.cwd() / "instance")
+        instance_path.mkdir(parents=True, exist_ok=True)
+
+        manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or PROJECT_ROOT / "launch.json")
+        manifest = LaunchManifest.load(manifest_path)
+
+        issuers = tuple(normalize_issuer(i) for i in _split_list(environ.get("SMARTAPP_ALLOWED_ISSUERS")))
+        if not issuers and sandbox_issuer:
+            issuers = (normalize_issuer(sandbox_issuer),)
+        for issuer in issuers:
+            if urlsplit(issuer).scheme not in ("https", "http") or not urlsplit(issuer).netloc:
+                raise ConfigError(
+                    f"SMARTAPP_ALLOWED_ISSUERS: {issuer!r} is not an absolute http(s) FHIR base URL"
+                )
+
+        private_key = environ.get("SMARTAPP_PRIVATE_KEY") or None
+        if private_key and not Path(private_key).is_file():
+            raise ConfigError(f"SMARTAPP_PRIVATE_KEY={private_key!r}: no such file (PEM or JWK)")
+
+        site_config = environ.get("SMARTAPP_CONFIG") or None
+        if site_config and not Path(site_config).is_file():
+            raise ConfigError(f"SMARTAPP_CONFIG={site_config!r}: no such file")
+
+        public_url = environ.get("SMARTAPP_PUBLIC_URL") or None
+        if public_url:
+            public_url = public_url.rstrip("/")
+
+        frame_ancestors = _split_list(environ.get("SMARTAPP_FRAME_ANCESTORS"))
+        if not frame_ancestors:
+            frame_ancestors = tuple(dict.fromkeys(origin_of(i) for i in issuers))
+
+        return cls(
+            instance_path=instance_path,
+            manifest=manifest,
+            allowed_issuers=issuers,
+            client_id=environ.get("SMARTAPP_CLIENT_ID") or manifest.client_id,
+            client_secret=environ.get("SMARTAPP_CLIENT_SECRET") or None,
+            private_key_path=Path(private_key) if private_key else None,
+            public_url=public_url,
+            database_url=environ.get("SMARTAPP_DATABASE_URL")
+            or f"sqlite:///{instance_path / 'smartapp.db'}",
+            secret_key=environ.get("SMARTAPP_SECRET_KEY") or _instance_secret(instance_path),
+            site_config_path=Path(site_config) if site_config else None,
+            admin_users=_split_list(environ.get("SMARTAPP_ADMIN_USERS")),
+            admin_token=environ.get("SMARTAPP_ADMIN_TOKEN") or None,
+            llm_base_url=(environ.get("SMARTAPP_LLM_BASE_URL") or "").rstrip("/") or None,
+            llm_model=environ.get("SMARTAPP_LLM_MODEL") or None,
+            llm_api_key=environ.get("SMARTAPP_LLM_API_KEY") or None,
+            frame_ancestors=frame_ancestors,
+            snapshot_ttl_seconds=_positive_int(environ, "SMARTAPP_SNAPSHOT_TTL", 300),
+            max_pages=_positive_int(environ, "SMARTAPP_MAX_PAGES", 20),
+            sandbox_mode=sandbox_issuer is not None,
+        )
+
+
+def _instance_secret(instance_path: Path) -> str:
+    """A signing key generated once and kept (0600) in the instance folder."""
+    path = instance_path / "secret_key"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key)
+    return key

@@ -1,0 +1,1 @@
+"""What clinicians did with each suggestion, kept durably for the metrics."""

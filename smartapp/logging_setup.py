@@ -1,0 +1,55 @@
+"""Logging that cannot leak a token: a filter scrubs credentials from every record.
+
+Code is written not to log tokens or patient data in the first place; this filter is
+the second line, for messages from libraries (urllib3, authlib) we do not control.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask
+
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
+    re.compile(
+        r"(?i)((?:access_token|refresh_token|id_token|client_secret|client_assertion|code|"
+        r"code_verifier|state|password)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"
+    ),
+)
+
+
+def scrub(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def install_redaction(logger: logging.Logger | None = None) -> None:
+    target = logger or logging.getLogger()
+    if not any(isinstance(f, RedactingFilter) for f in target.filters):
+        target.addFilter(RedactingFilter())
+    for handler in target.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def init_app(app: Flask) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    install_redaction()
+    install_redaction(app.logger)
+    # urllib3 logs full request lines (with query strings) at DEBUG; keep it quiet.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

@@ -1,0 +1,51 @@
+"""Shared fixtures: settings on a temporary instance folder, the app, a test client."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from smartapp import create_app
+from smartapp.config import Settings
+
+SANDBOX_ISS = "http://ehr.test/fhir"
+
+
+def make_settings(tmp_path: Path, **env: str) -> Settings:
+    """Settings as the factory reads them, from an explicit environment (never os.environ)."""
+    base = {
+        "SMARTAPP_INSTANCE_PATH": str(tmp_path / "instance"),
+        "SMARTAPP_ALLOWED_ISSUERS": SANDBOX_ISS,
+        "SMARTAPP_SECRET_KEY": "test-secret-key-not-for-production",
+        "SMARTAPP_DATABASE_URL": test_database_url(tmp_path),
+    }
+    base.update(env)
+    return Settings.from_env(base)
+
+
+def test_database_url(tmp_path: Path) -> str:
+    """SQLite per test, or the PostgreSQL server when SMARTAPP_TEST_DATABASE_URL is set."""
+    return os.environ.get("SMARTAPP_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'app.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def app(settings: Settings):
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    db = app.extensions["smartapp.db"]
+    db.drop_all()
+    db.create_all()
+    yield app
+    db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
