@@ -1,0 +1,118 @@
+"""Tolerant parsing: validate each resource with the R4B models, skip and report the bad ones.
+
+`fhir.resources`' default (R5) models reject R4 data, so validation uses
+`fhir.resources.R4B`, whose shapes match R4 for every type the app reads. The app keeps the
+server's own JSON (validation only decides whether a resource is usable), so a decimal
+such as `7.20` reaches the engines as the EHR sent it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
+
+
+@cache
+def _model(resource_type: str) -> Any:
+    return get_fhir_model_class(resource_type)
+
+
+def validation_error(resource: Any) -> str | None:
+    """None if `resource` is a valid R4 resource; otherwise a reason without patient data."""
+    if not isinstance(resource, dict):
+        return "not a JSON object"
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        return "no resourceType"
+    try:
+        model = _model(resource_type)
+    except (ValueError, KeyError):
+        return f"unknown resourceType {resource_type[:40]!r}"
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        # Field paths only: pydantic's messages quote the offending input, which may be PHI.
+        fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+        return "invalid " + ", ".join(fields[:5])
+    return None
+
+
+def parse_resources(
+    resources: Iterable[Any],
+) -> tuple[list[FHIRResource], list[SnapshotProblem]]:
+    """Split resources into the valid ones and one problem per resource type that had bad ones."""
+    valid: list[FHIRResource] = []
+    bad: Counter[str] = Counter()
+    reasons: dict[str, str] = {}
+    for resource in resources:
+        error = validation_error(resource)
+        if error is None:
+            valid.append(resource)
+            continue
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        key = rtype if isinstance(rtype, str) else "unknown"
+        bad[key] += 1
+        reasons.setdefault(key, error)
+    problems = [
+        SnapshotProblem(
+            code="invalid_resource",
+            resource_type=rtype,
+            detail=f"{count} {rtype} resource(s) skipped: failed R4 validation ({reasons[rtype]})",
+            count=count,
+        )
+        for rtype, count in sorted(bad.items())
+    ]
+    return valid, problems
+
+
+def build_snapshot(
+    resources: Iterable[Any],
+    *,
+    patient_id: str,
+    encounter_id: str | None = None,
+    problems: Iterable[SnapshotProblem] = (),
+    not_granted: Iterable[str] = (),
+    request_count: int = 0,
+    fetched_at: datetime | None = None,
+) -> ChartSnapshot:
+    """A snapshot from a flat list of resources (validated here; duplicates by id dropped)."""
+    valid, parse_problems = parse_resources(resources)
+    patient: FHIRResource | None = None
+    encounter: FHIRResource | None = None
+    grouped: dict[str, dict[str, FHIRResource]] = defaultdict(dict)
+    for resource in valid:
+        rtype, rid = resource["resourceType"], resource.get("id")
+        if rtype == "Patient" and rid == patient_id:
+            patient = resource
+        elif rtype == "Encounter" and encounter_id and rid == encounter_id:
+            encounter = resource
+        if rtype in SNAPSHOT_TYPES:
+            # Paged searches and batches can return a resource twice; keep the first.
+            grouped[rtype].setdefault(rid or f"#{len(grouped[rtype])}", resource)
+    all_problems = [*problems, *parse_problems]
+    if patient is None:
+        patient = {"resourceType": "Patient", "id": patient_id}
+        all_problems.append(
+            SnapshotProblem(
+                code="search_failed",
+                resource_type="Patient",
+                detail="the Patient resource could not be read",
+            )
+        )
+    return ChartSnapshot(
+        patient=patient,
+        encounter=encounter,
+        resources={t: tuple(grouped[t].values()) for t in SNAPSHOT_TYPES if grouped.get(t)},
+        problems=tuple(all_problems),
+        not_granted=tuple(not_granted),
+        fetched_at=fetched_at or datetime.now(UTC),
+        request_count=request_count,
+    )
