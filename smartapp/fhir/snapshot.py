@@ -33,7 +33,8 @@ class SnapshotProblem:
 
     `code` is one of: `invalid_resource` (failed validation and was skipped),
     `truncated` (more pages than the cap), `scope_not_granted`, `search_failed`,
-    `unresolved_reference`.
+    `unresolved_reference`, `wrong_patient` (the server sent another patient's resources:
+    dropped).
     """
 
     code: str
@@ -70,7 +71,9 @@ class ChartSnapshot:
     fetched_at: datetime | None = None
     #: HTTP requests it took to build this snapshot (for the benchmark and the sidebar).
     request_count: int = 0
-    _index: dict[str, FHIRResource] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _index: dict[str, FHIRResource] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         index = self._index
