@@ -98,10 +98,17 @@ def build_snapshot(
             # Paged searches and batches can return a resource twice; keep the first.
             grouped[rtype].setdefault(rid or f"#{len(grouped[rtype])}", resource)
     all_problems = [*problems, *parse_problems]
+    not_granted = tuple(not_granted)
     if patient is None:
         patient = {"resourceType": "Patient", "id": patient_id}
         all_problems.append(
             SnapshotProblem(
+                code="scope_not_granted",
+                resource_type="Patient",
+                detail="the app was not granted access to the Patient resource",
+            )
+            if "Patient" in not_granted
+            else SnapshotProblem(
                 code="search_failed",
                 resource_type="Patient",
                 detail="the Patient resource could not be read",
@@ -112,7 +119,7 @@ def build_snapshot(
         encounter=encounter,
         resources={t: tuple(grouped[t].values()) for t in SNAPSHOT_TYPES if grouped.get(t)},
         problems=tuple(all_problems),
-        not_granted=tuple(not_granted),
+        not_granted=not_granted,
         fetched_at=fetched_at or datetime.now(UTC),
         request_count=request_count,
     )

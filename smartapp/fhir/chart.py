@@ -1,0 +1,579 @@
+"""Load a patient's chart snapshot in as few round trips as the server allows: one batch a round.
+
+https://hl7.org/fhir/R4/http.html#transaction (batch) and https://hl7.org/fhir/R4/search.html
+
+The load runs in rounds. Round 1 asks for everything at once: the Patient, the launch's
+Encounter and one search per resource type with a large `_count`. Each later round asks,
+again all at once, for whatever the previous answers showed is still missing: every
+type's `next` page, the Medications that `_include` did not bring, and one retry of an
+entry that failed with 429/5xx. Where the CapabilityStatement lists the `batch`
+interaction a round is ONE batch Bundle; otherwise it is concurrent GETs on a small thread
+pool. Both paths share every rule below, so they produce the same snapshot.
+
+A type that fails becomes a `search_failed` problem, not an exception; only the Patient is
+required. Types the granted scopes do not cover are never asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Collection, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from smartapp.errors import (
+    FatalUpstreamError,
+    RelaunchRequired,
+    TemporaryUpstreamError,
+    UpstreamError,
+)
+from smartapp.fhir.capabilities import supports_batch, supports_include
+from smartapp.fhir.client import (
+    BatchRequest,
+    FHIRClient,
+    FHIRRequestRefused,
+    next_link,
+    split_search_bundle,
+)
+from smartapp.fhir.parsing import build_snapshot
+from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
+
+log = logging.getLogger(__name__)
+
+#: Page size asked for; servers may cap it lower, and then more pages are followed.
+SEARCH_COUNT = 200
+#: How many of the most recent DocumentReferences the snapshot holds (one page, no paging).
+RECENT_DOCUMENTS = 10
+#: Concurrent requests on the path for servers without batch.
+MAX_WORKERS = 6
+#: Medication ids per `_id` search on the path for servers without batch (URL length).
+MEDICATION_IDS_PER_SEARCH = 50
+MEDICATION_INCLUDE = "MedicationRequest:medication"
+#: DocumentReference metadata: `content` must stay (R4 requires it); its `data` is dropped here.
+DOCUMENT_ELEMENTS = (
+    "identifier,status,docStatus,type,category,subject,date,author,authenticator,"
+    "custodian,relatesTo,description,securityLabel,content,context"
+)
+
+#: Every type a snapshot can hold, as `readable_types` and `not_granted` name them.
+READABLE_TYPES: tuple[str, ...] = ("Patient", "Encounter", *SNAPSHOT_TYPES)
+#: The types gathered by a search on the patient (Medication comes through MedicationRequest).
+SEARCHED_TYPES: tuple[str, ...] = tuple(t for t in SNAPSHOT_TYPES if t != "Medication")
+#: Where each searched type points at its patient.
+PATIENT_FIELD: Mapping[str, str] = {
+    "Condition": "subject",
+    "Observation": "subject",
+    "MedicationRequest": "subject",
+    "AllergyIntolerance": "patient",
+    "Procedure": "subject",
+    "Immunization": "patient",
+    "DocumentReference": "subject",
+}
+
+_TEMPORARY = frozenset({429, 500, 502, 503, 504})
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def search_params(
+    resource_type: str,
+    patient_id: str,
+    *,
+    include_medications: bool = False,
+    plain: bool = False,
+) -> dict[str, str]:
+    """The search the loader sends for a type. `plain` drops the optional parameters
+    (`_include`, `_sort`, `_elements`), for a server that refused them."""
+    params = {"patient": patient_id}
+    if resource_type == "Observation":
+        params["category"] = "vital-signs,laboratory"
+    if resource_type == "MedicationRequest":
+        params["status"] = "active"
+        if include_medications and not plain:
+            params["_include"] = MEDICATION_INCLUDE
+    if resource_type == "DocumentReference":
+        if not plain:
+            params["_sort"] = "-date"
+            params["_elements"] = DOCUMENT_ELEMENTS
+        params["_count"] = str(RECENT_DOCUMENTS)
+    else:
+        params["_count"] = str(SEARCH_COUNT)
+    return params
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fetch:
+    """One GET of a round, as a URL relative to the base (a batch entry or a direct GET)."""
+
+    purpose: Literal["patient", "encounter", "search", "medication", "medications"]
+    resource_type: str
+    url: str
+    page: int = 1
+    #: A plainer URL to try once if the server refuses this one (unsupported parameters).
+    fallback_url: str | None = None
+    retried: bool = False
+    #: For `medications` (an `_id` search): the ids, read one by one if the search fails.
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Outcome:
+    status: int  # 0: an answer that was not what was asked for
+    resource: FHIRResource | None = None
+    #: A temporary failure that nothing has retried yet (a batch entry's 429/5xx).
+    retryable: bool = False
+    #: On the direct path, what the client raised (kept to re-raise for the Patient).
+    error: UpstreamError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300 and self.resource is not None
+
+
+class _Loader:
+    def __init__(
+        self,
+        client: FHIRClient,
+        *,
+        patient_id: str,
+        encounter_id: str | None,
+        granted: frozenset[str],
+        max_pages: int,
+        use_batch: bool,
+        include_medications: bool,
+    ) -> None:
+        self.client = client
+        self.patient_id = patient_id
+        self.encounter_id = encounter_id
+        self.granted = granted
+        self.max_pages = max_pages
+        self.use_batch = use_batch
+        self.include_medications = include_medications
+        self.patient: FHIRResource | None = None
+        self.encounter: FHIRResource | None = None
+        self.found: dict[str, list[FHIRResource]] = {t: [] for t in SNAPSHOT_TYPES}
+        self.problems: list[SnapshotProblem] = []
+        self.medication_ids: set[str] = set()
+        self.seen_urls: set[str] = set()
+        self.rounds = 0
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        pending = self._initial()
+        try:
+            while pending:
+                self.rounds += 1
+                outcomes = self._execute(pending)
+                following: list[_Fetch] = []
+                for fetch, outcome in zip(pending, outcomes, strict=True):
+                    following += self._handle(fetch, outcome)
+                following += self._medication_fetches()
+                pending = following
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _initial(self) -> list[_Fetch]:
+        fetches: list[_Fetch] = []
+        if "Patient" in self.granted:
+            fetches.append(
+                _Fetch(purpose="patient", resource_type="Patient", url=f"Patient/{self.patient_id}")
+            )
+        if self.encounter_id and "Encounter" in self.granted:
+            if _ID.fullmatch(self.encounter_id):
+                fetches.append(
+                    _Fetch(
+                        purpose="encounter",
+                        resource_type="Encounter",
+                        url=f"Encounter/{self.encounter_id}",
+                    )
+                )
+            else:
+                self._problem(
+                    "search_failed", "Encounter", "the launch's encounter id is not valid"
+                )
+        for rtype in SEARCHED_TYPES:
+            if rtype not in self.granted:
+                continue
+            url = self._search_url(rtype, plain=False)
+            plain = self._search_url(rtype, plain=True)
+            fetches.append(
+                _Fetch(
+                    purpose="search",
+                    resource_type=rtype,
+                    url=url,
+                    fallback_url=plain if plain != url else None,
+                )
+            )
+        return fetches
+
+    def _search_url(self, rtype: str, *, plain: bool) -> str:
+        params = search_params(
+            rtype, self.patient_id, include_medications=self.include_medications, plain=plain
+        )
+        return f"{rtype}?{urlencode(params)}"
+
+    def _pool_for(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="fhir-load")
+        return self._pool
+
+    def _execute(self, fetches: list[_Fetch]) -> list[_Outcome]:
+        if not self.use_batch:
+            return list(self._pool_for().map(self._direct, fetches))
+        # HAPI-style next links are the base itself plus a query (`[base]?_getpages=…`);
+        # a batch entry cannot express that, so such pages go directly, alongside the batch.
+        direct = [i for i, f in enumerate(fetches) if not f.url or f.url.startswith("?")]
+        futures: dict[int, Future[_Outcome]] = {
+            i: self._pool_for().submit(self._direct, fetches[i]) for i in direct
+        }
+        batched = [i for i in range(len(fetches)) if i not in futures]
+        outcomes: dict[int, _Outcome] = {}
+        if batched:
+            try:
+                responses = self.client.batch([BatchRequest(url=fetches[i].url) for i in batched])
+            except RelaunchRequired:
+                raise
+            except FatalUpstreamError:
+                # The statement said batch but the server refused it (some gateways do):
+                # the same requests, separately, from here on.
+                log.warning("FHIR batch refused; loading the chart with separate requests")
+                self.use_batch = False
+                again = self._pool_for().map(self._direct, [fetches[i] for i in batched])
+                outcomes.update(zip(batched, again, strict=True))
+            else:
+                for i, response in zip(batched, responses, strict=True):
+                    outcomes[i] = _Outcome(
+                        status=response.status,
+                        resource=response.resource,
+                        retryable=response.status in _TEMPORARY,
+                    )
+        for i, future in futures.items():
+            outcomes[i] = future.result()
+        return [outcomes[i] for i in range(len(fetches))]
+
+    def _direct(self, fetch: _Fetch) -> _Outcome:
+        try:
+            resource = self.client.get_url(f"{self.client.base_url}/{fetch.url}")
+        except RelaunchRequired:
+            raise
+        except FHIRRequestRefused as exc:
+            return _Outcome(status=exc.status, error=exc)
+        except TemporaryUpstreamError as exc:
+            # The client has already retried with backoff; do not retry again.
+            return _Outcome(status=503, error=exc)
+        except FatalUpstreamError as exc:
+            return _Outcome(status=0, error=exc)
+        return _Outcome(status=200, resource=resource)
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def _handle(self, fetch: _Fetch, outcome: _Outcome) -> list[_Fetch]:
+        if not outcome.ok:
+            return self._failed(fetch, outcome)
+        resource = outcome.resource
+        assert resource is not None
+        expected = "Bundle" if fetch.purpose in ("search", "medications") else fetch.resource_type
+        if resource.get("resourceType") != expected:
+            return self._failed(fetch, _Outcome(status=0))
+        if fetch.purpose == "patient":
+            self.patient = resource
+        elif fetch.purpose == "encounter":
+            self.encounter = resource
+        elif fetch.purpose == "medication":
+            self._add("Medication", [resource])
+        else:
+            return self._page(fetch, resource)
+        return []
+
+    def _page(self, fetch: _Fetch, bundle: FHIRResource) -> list[_Fetch]:
+        rtype = fetch.resource_type
+        matches, includes = split_search_bundle(bundle)
+        self._add(rtype, [r for r in matches if r.get("resourceType") == rtype])
+        if rtype == "MedicationRequest":
+            self._add("Medication", [r for r in includes if r.get("resourceType") == "Medication"])
+        link = next_link(bundle)
+        if link is None or rtype == "DocumentReference":
+            # DocumentReference: the most recent few are wanted, not the whole history.
+            return []
+        if fetch.page >= self.max_pages:
+            total = bundle.get("total")
+            of = f" of {total}" if isinstance(total, int) else ""
+            self._problem(
+                "truncated",
+                rtype,
+                f"{rtype}: read {len(self.found[rtype])}{of} in {fetch.page} page(s); "
+                f"the rest was not read (max_pages={self.max_pages})",
+            )
+            return []
+        try:
+            relative = self.client.relative_to_base(link)
+        except FatalUpstreamError:
+            self._problem(
+                "truncated", rtype, f"{rtype}: the next page is on another server; not followed"
+            )
+            return []
+        if relative in self.seen_urls:
+            log.warning("FHIR search %s: next link repeats a page; stopping", rtype)
+            return []
+        self.seen_urls.add(relative)
+        return [_Fetch(purpose="search", resource_type=rtype, url=relative, page=fetch.page + 1)]
+
+    def _failed(self, fetch: _Fetch, outcome: _Outcome) -> list[_Fetch]:
+        if outcome.retryable and not fetch.retried:
+            return [replace(fetch, retried=True)]
+        if fetch.fallback_url and outcome.status not in _TEMPORARY and outcome.status != 401:
+            log.info(
+                "FHIR search %s refused; retrying without optional parameters", fetch.resource_type
+            )
+            return [replace(fetch, url=fetch.fallback_url, fallback_url=None, retried=False)]
+        status = f"HTTP {outcome.status}" if outcome.status else "an unexpected answer"
+        if fetch.purpose == "patient":
+            raise _patient_error(outcome)
+        if outcome.status == 401:
+            raise RelaunchRequired()
+        if fetch.purpose == "encounter":
+            self._problem(
+                "search_failed", "Encounter", f"the launch's Encounter could not be read ({status})"
+            )
+        elif fetch.purpose == "search":
+            rtype = fetch.resource_type
+            detail = (
+                f"{rtype} search failed ({status})"
+                if fetch.page == 1
+                else f"{rtype}: page {fetch.page} failed ({status}); the list is incomplete"
+            )
+            self._problem("search_failed", rtype, detail)
+        elif fetch.purpose == "medications":
+            # The server may not search Medication by `_id`: read them one by one instead.
+            return [
+                _Fetch(purpose="medication", resource_type="Medication", url=f"Medication/{mid}")
+                for mid in fetch.ids
+            ]
+        # A failed Medication read shows up as an unresolved reference in the snapshot.
+        return []
+
+    def _add(self, rtype: str, resources: list[FHIRResource]) -> None:
+        self.found[rtype].extend(resources)
+        if rtype == "Medication":
+            self.medication_ids.update(str(r["id"]) for r in resources if r.get("id"))
+
+    def _problem(self, code: str, rtype: str, detail: str) -> None:
+        self.problems.append(SnapshotProblem(code=code, resource_type=rtype, detail=detail))
+
+    # -- medications -----------------------------------------------------------------------
+
+    def _local_medication_id(self, reference: str) -> str | None:
+        """The id of a `Medication/id` reference on this server (relative or absolute)."""
+        if "://" in reference:
+            if not self.client.is_on_base(reference):
+                return None
+            reference = self.client.relative_to_base(reference)
+        parts = reference.split("/_history/")[0].split("/")
+        if len(parts) == 2 and parts[0] == "Medication" and _ID.fullmatch(parts[1]):
+            return parts[1]
+        return None
+
+    def _medication_fetches(self) -> list[_Fetch]:
+        """Reads for the referenced Medications that no answer has brought yet."""
+        if "Medication" not in self.granted:
+            return []
+        wanted: list[str] = []
+        for request in self.found["MedicationRequest"]:
+            ref = _reference(request.get("medicationReference"))
+            if ref is None or ref.startswith("#"):
+                continue  # contained: already here
+            mid = self._local_medication_id(ref)
+            if mid is None or mid in self.medication_ids:
+                continue
+            self.medication_ids.add(mid)
+            wanted.append(mid)
+        if not wanted:
+            return []
+        if self.use_batch:
+            return [
+                _Fetch(purpose="medication", resource_type="Medication", url=f"Medication/{mid}")
+                for mid in wanted
+            ]
+        # Without batch, one `_id` search costs one request where reads would cost one each.
+        chunks = [
+            wanted[i : i + MEDICATION_IDS_PER_SEARCH]
+            for i in range(0, len(wanted), MEDICATION_IDS_PER_SEARCH)
+        ]
+        return [
+            _Fetch(
+                purpose="medications",
+                resource_type="Medication",
+                url="Medication?" + urlencode({"_id": ",".join(chunk), "_count": str(len(chunk))}),
+                ids=tuple(chunk),
+            )
+            for chunk in chunks
+        ]
+
+    # -- the snapshot ----------------------------------------------------------------------
+
+    def snapshot(self, *, not_granted: tuple[str, ...], request_count: int) -> ChartSnapshot:
+        resources: list[FHIRResource] = [r for r in (self.patient, self.encounter) if r]
+        other_patient: Counter[str] = Counter()
+        for rtype in SNAPSHOT_TYPES:
+            for resource in self.found[rtype]:
+                if self._other_patient(rtype, resource):
+                    other_patient[rtype] += 1
+                    continue
+                if rtype == "DocumentReference":
+                    resource = _without_attachment_data(resource)
+                resources.append(resource)
+        problems = list(self.problems)
+        for rtype, count in sorted(other_patient.items()):
+            # A server bug, but a dangerous one: never show another patient's data.
+            problems.append(
+                SnapshotProblem(
+                    code="wrong_patient",
+                    resource_type=rtype,
+                    detail=f"{count} {rtype} resource(s) for another patient were dropped",
+                    count=count,
+                )
+            )
+        snap = build_snapshot(
+            resources,
+            patient_id=self.patient_id,
+            encounter_id=self.encounter_id,
+            problems=problems,
+            not_granted=not_granted,
+            request_count=request_count,
+        )
+        unresolved = sum(
+            1
+            for mr in snap.of_type("MedicationRequest")
+            if (ref := _reference(mr.get("medicationReference"))) is not None
+            and snap.resolve(ref, within=mr) is None
+        )
+        if unresolved:
+            why = " (Medication not granted)" if "Medication" not in self.granted else ""
+            snap = replace(
+                snap,
+                problems=(
+                    *snap.problems,
+                    SnapshotProblem(
+                        code="unresolved_reference",
+                        resource_type="Medication",
+                        detail=f"{unresolved} MedicationRequest(s) name a Medication that "
+                        f"could not be read{why}",
+                        count=unresolved,
+                    ),
+                ),
+            )
+        return snap
+
+    def _other_patient(self, rtype: str, resource: FHIRResource) -> bool:
+        field = PATIENT_FIELD.get(rtype)
+        ref = _reference(resource.get(field)) if field else None
+        if ref is None:
+            return False
+        parts = ref.split("/_history/")[0].rstrip("/").split("/")
+        # Only a recognisable Patient reference can be judged; anything else is left alone.
+        return len(parts) >= 2 and parts[-2] == "Patient" and parts[-1] != self.patient_id
+
+
+def _reference(value: Any) -> str | None:
+    """`value.reference` if `value` is a Reference with a string reference (data is unvalidated)."""
+    ref = value.get("reference") if isinstance(value, dict) else None
+    return ref if isinstance(ref, str) else None
+
+
+def _patient_error(outcome: _Outcome) -> UpstreamError:
+    if outcome.error is not None:
+        return outcome.error
+    status = outcome.status
+    if status == 401:
+        return RelaunchRequired()
+    if status in (404, 410):
+        return FHIRRequestRefused(
+            "The patient in the launch context was not found on the EHR.", status=status
+        )
+    if status in _TEMPORARY:
+        return TemporaryUpstreamError(
+            f"The EHR's FHIR server could not read the patient right now (HTTP {status})."
+        )
+    if status:
+        return FHIRRequestRefused(
+            f"The EHR's FHIR server refused to read the patient (HTTP {status}).", status=status
+        )
+    return FatalUpstreamError(
+        "The EHR's FHIR server answered the Patient read with something else."
+    )
+
+
+def _without_attachment_data(document: FHIRResource) -> FHIRResource:
+    """The DocumentReference without inline attachment bytes (metadata only; a note is PHI)."""
+    content = document.get("content")
+    if not isinstance(content, list) or not any(
+        isinstance(c, dict) and isinstance(c.get("attachment"), dict) and "data" in c["attachment"]
+        for c in content
+    ):
+        return document
+    stripped = []
+    for item in content:
+        if isinstance(item, dict) and isinstance(item.get("attachment"), dict):
+            attachment = {k: v for k, v in item["attachment"].items() if k != "data"}
+            item = {**item, "attachment": attachment}
+        stripped.append(item)
+    return {**document, "content": stripped}
+
+
+def load_snapshot(
+    client: FHIRClient,
+    *,
+    patient_id: str,
+    encounter_id: str | None,
+    readable_types: Collection[str] | None,
+    max_pages: int = 20,
+    prefer_batch: bool = True,
+) -> ChartSnapshot:
+    """The launch's chart: one batch per round where the server supports batch, else ≤ 6 GETs
+    at a time; `next` pages followed up to `max_pages` per type.
+
+    `readable_types`: the types the granted scopes allow (None: all). The others are not
+    asked for and are listed in `not_granted`. Raises only when the Patient cannot be read
+    (or the whole server fails); every other failure is a problem in the snapshot.
+    """
+    if max_pages < 1:
+        raise ValueError("max_pages must be at least 1")
+    if not _ID.fullmatch(patient_id or ""):
+        raise FatalUpstreamError("The EHR's launch context has no valid patient id.")
+    granted = frozenset(READABLE_TYPES if readable_types is None else readable_types)
+    not_granted = tuple(t for t in READABLE_TYPES if t not in granted)
+    start = client.request_count
+    try:
+        capabilities = client.capabilities()
+    except RelaunchRequired:
+        raise
+    except FatalUpstreamError:
+        # No usable statement: assume the least (separate searches, no _include).
+        log.warning("FHIR capability statement unusable; loading without batch")
+        capabilities = {}
+    loader = _Loader(
+        client,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+        granted=granted,
+        max_pages=max_pages,
+        use_batch=prefer_batch and supports_batch(capabilities),
+        include_medications="Medication" in granted
+        and supports_include(capabilities, "MedicationRequest", MEDICATION_INCLUDE),
+    )
+    loader.run()
+    snapshot = loader.snapshot(not_granted=not_granted, request_count=client.request_count - start)
+    log.info(
+        "chart snapshot: %d request(s) in %d round(s), batch=%s, %d problem(s)",
+        snapshot.request_count,
+        loader.rounds,
+        loader.use_batch,
+        len(snapshot.problems),
+    )
+    return snapshot

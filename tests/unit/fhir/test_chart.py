@@ -1,0 +1,452 @@
+"""Unit: load_snapshot against a fake FHIR server (`responses`), with and without batch."""
+
+from __future__ import annotations
+
+import random
+from urllib.parse import parse_qs
+
+import pytest
+import responses
+
+from smartapp.errors import FatalUpstreamError, RelaunchRequired, TemporaryUpstreamError
+from smartapp.fhir.chart import load_snapshot
+from smartapp.fhir.client import FHIRClient, clear_capabilities_cache
+from smartapp.fhir.readers import medication_name, medication_of
+from smartapp.fhir.snapshot import ChartSnapshot
+
+from .fakes import BASE, FakeFHIRServer, FakeTokens, chart_fixtures, fixture, vital_observations
+
+NO_BATCH = "capabilitystatement-no-batch.json"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_capabilities():
+    clear_capabilities_cache()
+    yield
+    clear_capabilities_cache()
+
+
+@pytest.fixture
+def rsps():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+def client_for(tokens: FakeTokens | None = None) -> FHIRClient:
+    return FHIRClient(
+        BASE, tokens=tokens or FakeTokens(), sleep=lambda _: None, rng=random.Random(1)
+    )
+
+
+def serve(rsps, resources=None, **kwargs) -> FakeFHIRServer:
+    return FakeFHIRServer(chart_fixtures() if resources is None else resources, **kwargs).add_to(
+        rsps
+    )
+
+
+def load(client: FHIRClient | None = None, **kwargs) -> ChartSnapshot:
+    options = {"patient_id": "pat-1", "encounter_id": "enc-1", "readable_types": None}
+    options.update(kwargs)
+    return load_snapshot(client or client_for(), **options)
+
+
+def ids(snapshot: ChartSnapshot) -> dict[str, set[str]]:
+    return {t: {r["id"] for r in snapshot.of_type(t)} for t in snapshot.resources}
+
+
+def codes(snapshot: ChartSnapshot) -> set[str]:
+    return {p.code for p in snapshot.problems}
+
+
+EXPECTED_IDS = {
+    "Condition": {"cond-dm", "cond-min", "cond-resolved"},
+    "Observation": {"obs-bp", "obs-a1c", "obs-culture", "obs-min"},
+    "MedicationRequest": {"mr-contained", "mr-relative", "mr-absolute", "mr-included", "mr-cc"},
+    "Medication": {"med-rel", "med-abs", "med-inc"},
+    "AllergyIntolerance": {"allergy-1"},
+    "Procedure": {"proc-1"},
+    "Immunization": {"imm-1"},
+    "DocumentReference": {"doc-1"},
+}
+
+
+# -- the batch path ------------------------------------------------------------------------
+
+
+def test_batch_server_gets_the_whole_chart_in_one_batch(rsps):
+    server = serve(rsps)
+    snapshot = load()
+
+    assert server.http_log == ["GET metadata", "POST [base]"]
+    assert snapshot.request_count == 2
+    assert snapshot.patient["id"] == "pat-1"
+    assert snapshot.encounter is not None and snapshot.encounter["id"] == "enc-1"
+    assert ids(snapshot) == EXPECTED_IDS
+    assert snapshot.problems == ()
+    assert snapshot.not_granted == ()
+    batch = server.batches[0]
+    assert batch[:2] == ["Patient/pat-1", "Encounter/enc-1"]
+    searches = {url.split("?")[0]: parse_qs(url.split("?")[1]) for url in batch[2:]}
+    assert set(searches) == {
+        "Condition",
+        "Observation",
+        "MedicationRequest",
+        "AllergyIntolerance",
+        "Procedure",
+        "Immunization",
+        "DocumentReference",
+    }
+    assert searches["Observation"]["category"] == ["vital-signs,laboratory"]
+    assert searches["Observation"]["_count"] == ["200"]
+    assert searches["MedicationRequest"]["status"] == ["active"]
+    assert searches["MedicationRequest"]["_include"] == ["MedicationRequest:medication"]
+    assert searches["DocumentReference"]["_sort"] == ["-date"]
+    assert searches["DocumentReference"]["_count"] == ["10"]
+    assert "content" in searches["DocumentReference"]["_elements"][0].split(",")
+
+
+def test_capabilities_are_not_fetched_again_for_the_next_launch(rsps):
+    server = serve(rsps)
+    load()
+    second = load()
+    assert second.request_count == 1
+    assert server.http_log == ["GET metadata", "POST [base]", "POST [base]"]
+
+
+def test_next_pages_of_all_types_come_in_one_follow_up_batch_per_round(rsps):
+    conditions = [{**fixture("condition-minimal.json"), "id": f"c-{i}"} for i in range(250)]
+    resources = chart_fixtures() + vital_observations(450) + conditions
+    server = serve(rsps, resources)
+
+    snapshot = load()
+
+    # 454 Observations at 200 a page: pages at 0, 200, 400; 253 Conditions: 0, 200.
+    assert server.http_log == ["GET metadata", "POST [base]", "POST [base]", "POST [base]"]
+    assert snapshot.request_count == 4
+    round2, round3 = server.batches[1], server.batches[2]
+    assert sorted(url.split("?")[0] for url in round2) == ["Condition", "Observation"]
+    assert [url.split("?")[0] for url in round3] == ["Observation"]
+    assert len(snapshot.of_type("Observation")) == 454
+    assert len(snapshot.of_type("Condition")) == 253
+    assert "truncated" not in codes(snapshot)
+
+
+def test_paging_stops_at_max_pages_and_reports_truncation(rsps):
+    serve(rsps, chart_fixtures() + vital_observations(450))
+    snapshot = load(max_pages=2)
+    assert len(snapshot.of_type("Observation")) == 400
+    [problem] = [p for p in snapshot.problems if p.code == "truncated"]
+    assert problem.resource_type == "Observation"
+    assert "max_pages=2" in problem.detail and "of 454" in problem.detail
+
+
+def test_server_page_cap_below_count_is_followed(rsps):
+    server = serve(rsps, chart_fixtures() + vital_observations(120), page_cap=50)
+    snapshot = load()
+    assert len(snapshot.of_type("Observation")) == 124
+    assert len(server.batches) == 3
+
+
+def test_hapi_style_next_links_on_the_base_are_fetched_alongside_the_batch(rsps):
+    server = serve(rsps, chart_fixtures() + vital_observations(250), hapi_next_links=True)
+    snapshot = load()
+    assert len(snapshot.of_type("Observation")) == 254
+    assert any(line.startswith("GET ?_getpages=") for line in server.http_log)
+    assert snapshot.problems == ()
+
+
+# -- the same snapshot without batch ----------------------------------------------------------
+
+
+def test_batch_and_non_batch_paths_give_the_same_snapshot(rsps):
+    data = chart_fixtures() + vital_observations(330)
+    with_batch = FakeFHIRServer(data)
+    snap_batch = None
+    with_batch.add_to(rsps)
+    snap_batch = load()
+    rsps.reset()
+    clear_capabilities_cache()
+    without = serve(rsps, data, capability=NO_BATCH)
+    snap_plain = load()
+
+    assert ids(snap_plain) == ids(snap_batch)
+    assert snap_plain.patient == snap_batch.patient
+    assert snap_plain.encounter == snap_batch.encounter
+    assert snap_plain.problems == snap_batch.problems == ()
+    assert without.batches == []
+    assert all(line.startswith("GET ") for line in without.http_log)
+    # No _include in its statement: the referenced Medications came from one _id search.
+    assert any(line.startswith("GET Medication?_id=") for line in without.http_log)
+    assert not any("_include" in line for line in without.http_log)
+
+
+def test_non_batch_path_runs_concurrently_on_a_bounded_pool(rsps):
+    server = serve(rsps, capability=NO_BATCH, latency=0.02)
+    load()
+    # Patient, Encounter and 7 searches at once, at most six in flight.
+    assert 2 <= server.max_active <= 6
+
+
+def test_batch_refused_despite_the_statement_falls_back_to_separate_requests(rsps):
+    server = serve(rsps, refuse_batch=405)
+    snapshot = load()
+    assert ids(snapshot) == EXPECTED_IDS
+    assert server.http_log[1] == "POST [base]"
+    assert sum(1 for line in server.http_log if line.startswith("GET ")) >= 9
+
+
+# -- scopes ------------------------------------------------------------------------------------
+
+
+def test_types_not_granted_are_neither_requested_nor_present(rsps):
+    server = serve(rsps)
+    readable = {"Patient", "Encounter", "Condition", "MedicationRequest", "Medication"}
+    snapshot = load(readable_types=readable)
+
+    asked = {url.split("?")[0].split("/")[0] for url in server.gets}
+    # Medications come with the MedicationRequests (_include): no request of their own.
+    assert asked == {"metadata", "Patient", "Encounter", "Condition", "MedicationRequest"}
+    assert set(snapshot.resources) == {"Condition", "MedicationRequest", "Medication"}
+    assert snapshot.not_granted == (
+        "Observation",
+        "AllergyIntolerance",
+        "Procedure",
+        "Immunization",
+        "DocumentReference",
+    )
+
+
+def test_medication_not_granted_leaves_references_unresolved_without_asking(rsps):
+    server = serve(rsps)
+    snapshot = load(readable_types={"Patient", "MedicationRequest"})
+    assert not any("Medication/" in url or "_include" in url for url in server.gets)
+    assert "Medication" in snapshot.not_granted
+    assert "Encounter" in snapshot.not_granted and snapshot.encounter is None
+    [problem] = [p for p in snapshot.problems if p.code == "unresolved_reference"]
+    assert problem.count == 3  # relative, absolute, included: not readable; contained: fine
+    assert "not granted" in problem.detail
+
+
+def test_patient_not_granted_gives_a_placeholder_and_says_why(rsps):
+    server = serve(rsps)
+    snapshot = load(readable_types={"Condition"})
+    assert not any(url.startswith("Patient") for url in server.gets)
+    assert snapshot.patient == {"resourceType": "Patient", "id": "pat-1"}
+    assert "scope_not_granted" in codes(snapshot)
+
+
+# -- medications ----------------------------------------------------------------------------
+
+
+def test_medications_resolve_contained_relative_absolute_and_included(rsps):
+    serve(rsps)
+    snapshot = load()
+    by_id = {mr["id"]: mr for mr in snapshot.of_type("MedicationRequest")}
+    assert medication_of(by_id["mr-contained"], snapshot)["code"]["coding"][0]["code"] == "197361"
+    assert medication_of(by_id["mr-relative"], snapshot)["id"] == "med-rel"
+    assert medication_of(by_id["mr-absolute"], snapshot)["id"] == "med-abs"
+    assert medication_of(by_id["mr-included"], snapshot)["id"] == "med-inc"
+    assert medication_of(by_id["mr-cc"], snapshot) is None
+    assert medication_name(by_id["mr-cc"], snapshot) == "Metformin ER 500 mg"
+    assert medication_name(by_id["mr-absolute"], snapshot) == "ibuprofen 200 MG Oral Tablet"
+
+
+def test_medications_not_included_are_read_in_the_next_batch(rsps):
+    server = serve(rsps)
+    load()
+    # _include brought med-inc, med-rel and med-abs (all on this server): nothing left to read.
+    assert len(server.batches) == 1
+    rsps.reset()
+    clear_capabilities_cache()
+    server = serve(rsps, reject_include=True)
+    snapshot = load()
+    # The _include was refused (400): the search went again without it, and the
+    # Medications were read one by one in the batch after that.
+    assert len(server.batches) == 3
+    assert sorted(server.batches[2]) == [
+        "Medication/med-abs",
+        "Medication/med-inc",
+        "Medication/med-rel",
+    ]
+    assert ids(snapshot)["Medication"] == EXPECTED_IDS["Medication"]
+    assert snapshot.problems == ()
+
+
+def test_medication_on_another_server_is_never_fetched(rsps):
+    foreign = {
+        **fixture("medicationrequest-relative.json"),
+        "id": "mr-foreign",
+        "medicationReference": {"reference": "https://other.example/fhir/Medication/med-x"},
+    }
+    server = serve(rsps, chart_fixtures() + [foreign])
+    snapshot = load()
+    assert not any("med-x" in url for url in server.gets)
+    [problem] = [p for p in snapshot.problems if p.code == "unresolved_reference"]
+    assert problem.count == 1
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_a_failed_type_is_a_problem_not_an_exception(rsps):
+    server = serve(rsps)
+    server.fail_type["Procedure"] = [500, 500]
+    server.fail_type["Immunization"] = [403]
+    snapshot = load()
+    failed = {p.resource_type: p.detail for p in snapshot.problems if p.code == "search_failed"}
+    assert failed == {
+        "Procedure": "Procedure search failed (HTTP 500)",
+        "Immunization": "Immunization search failed (HTTP 403)",
+    }
+    assert "Procedure" not in snapshot.resources
+    assert ids(snapshot)["Condition"] == EXPECTED_IDS["Condition"]
+    # The 500 was retried once, in the next round's batch.
+    assert len(server.batches) == 2 and server.batches[1][0].startswith("Procedure?")
+    assert "Anna" not in " ".join(p.detail for p in snapshot.problems)
+
+
+def test_a_temporary_entry_failure_is_retried_in_the_next_round(rsps):
+    server = serve(rsps)
+    server.fail_type["Condition"] = [503]
+    snapshot = load()
+    assert snapshot.problems == ()
+    assert ids(snapshot)["Condition"] == EXPECTED_IDS["Condition"]
+
+
+def test_failed_types_without_batch_are_problems_too(rsps):
+    server = serve(rsps, capability=NO_BATCH)
+    server.fail_type["Procedure"] = [500]
+    snapshot = load()
+    assert [p.resource_type for p in snapshot.problems if p.code == "search_failed"] == [
+        "Procedure"
+    ]
+
+
+def test_encounter_failure_is_a_problem(rsps):
+    serve(rsps)
+    snapshot = load(encounter_id="enc-404")
+    assert snapshot.encounter is None
+    assert [(p.code, p.resource_type) for p in snapshot.problems] == [
+        ("search_failed", "Encounter")
+    ]
+
+
+@pytest.mark.parametrize("capability", ["capabilitystatement-batch.json", NO_BATCH])
+def test_patient_not_found_is_fatal(rsps, capability):
+    serve(rsps, capability=capability)
+    with pytest.raises(FatalUpstreamError) as excinfo:
+        load(patient_id="nobody")
+    assert excinfo.value.code == "ehr_not_found"
+
+
+def test_patient_failing_twice_with_503_is_temporary(rsps):
+    server = serve(rsps)
+    server.fail_type["Patient"] = [503, 503]
+    with pytest.raises(TemporaryUpstreamError):
+        load()
+
+
+def test_server_failing_the_next_two_requests_still_yields_the_snapshot(rsps):
+    server = serve(rsps)
+    server.fail_next = [503, 503]
+    snapshot = load()
+    assert ids(snapshot) == EXPECTED_IDS
+    assert snapshot.request_count == 4  # metadata twice refused, then metadata and the batch
+
+
+def test_server_down_is_a_temporary_error(rsps):
+    server = serve(rsps)
+    server.fail_next = [503] * 20
+    with pytest.raises(TemporaryUpstreamError):
+        load()
+
+
+def test_expired_token_mid_load_is_refreshed_once(rsps):
+    server = serve(rsps)
+    server.fail_next = [401]
+    tokens = FakeTokens()
+    snapshot = load(client_for(tokens))
+    assert tokens.refreshes == 1
+    assert ids(snapshot) == EXPECTED_IDS
+
+
+def test_token_refused_after_refresh_requires_relaunch(rsps):
+    server = serve(rsps)
+    server.fail_next = [401, 401]
+    with pytest.raises(RelaunchRequired):
+        load()
+
+
+# -- what the snapshot keeps ---------------------------------------------------------------------
+
+
+def test_document_attachment_data_is_dropped(rsps):
+    serve(rsps)
+    [doc] = load().of_type("DocumentReference")
+    attachment = doc["content"][0]["attachment"]
+    assert "data" not in attachment
+    assert attachment["contentType"] == "text/plain"
+
+
+def test_only_the_most_recent_documents_are_read(rsps):
+    docs = [
+        {
+            **fixture("documentreference-with-data.json"),
+            "id": f"d-{i}",
+            "date": f"2026-01-{i + 1:02d}T10:00:00Z",
+        }
+        for i in range(15)
+    ]
+    server = serve(rsps, chart_fixtures() + docs)
+    snapshot = load()
+    got = ids(snapshot)["DocumentReference"]
+    assert got == {"doc-1"} | {f"d-{i}" for i in range(6, 15)}
+    assert len(server.batches) == 1
+    assert "truncated" not in codes(snapshot)
+
+
+def test_resources_of_another_patient_are_dropped(rsps):
+    server = serve(rsps)
+
+    original = server.answer_get
+
+    def leaky(relative: str):
+        status, body = original(relative)
+        if relative.startswith("Condition?"):
+            stray = {
+                **fixture("condition-diabetes.json"),
+                "id": "other",
+                "subject": {"reference": "Patient/pat-2"},
+            }
+            body["entry"].append({"resource": stray, "search": {"mode": "match"}})
+        return status, body
+
+    server.answer_get = leaky
+    snapshot = load()
+    assert "other" not in ids(snapshot)["Condition"]
+    [problem] = [p for p in snapshot.problems if p.code == "wrong_patient"]
+    assert problem.resource_type == "Condition" and problem.count == 1
+
+
+def test_invalid_resources_are_skipped_and_reported(rsps):
+    bad = [
+        fixture("invalid/observation-text-value.json"),
+        fixture("invalid/condition-no-subject.json"),
+    ]
+    bad[0]["category"] = fixture("observation-hba1c.json")["category"]
+    bad[1]["subject"] = {"reference": "Patient/pat-1"}
+    bad[1]["clinicalStatus"] = "active"  # a string where a CodeableConcept belongs
+    serve(rsps, chart_fixtures() + bad)
+    snapshot = load()
+    invalid = {p.resource_type: p.count for p in snapshot.problems if p.code == "invalid_resource"}
+    assert invalid == {"Observation": 1, "Condition": 1}
+    assert ids(snapshot)["Observation"] == EXPECTED_IDS["Observation"]
+    assert all("Anna" not in p.detail for p in snapshot.problems)
+
+
+def test_snapshot_round_trips_through_json(rsps):
+    serve(rsps)
+    snapshot = load()
+    again = ChartSnapshot.from_json(snapshot.to_json())
+    assert again == snapshot
+    assert again.get(f"{BASE}/Medication/med-abs") is not None

@@ -1,0 +1,88 @@
+"""Unit: tolerant R4B parsing (parse_resources, build_snapshot) over the fixture resources."""
+
+from __future__ import annotations
+
+import logging
+
+from smartapp.fhir.parsing import build_snapshot, parse_resources, validation_error
+
+from .fakes import chart_fixtures, fixture
+
+INVALID = (
+    "invalid/observation-text-value.json",
+    "invalid/condition-no-subject.json",
+    "invalid/medicationrequest-unknown-field.json",
+)
+PHI = ("Anna", "Example", "gout", "555-0100", "warfarin", "glucose")
+
+
+def fifty_entry_bundle() -> dict:
+    """A searchset of 50 entries: 47 valid copies of the fixtures (new ids) and 3 invalid ones."""
+    valid = [r for r in chart_fixtures() if r["resourceType"] != "Patient"]
+    entries = []
+    for i in range(47):
+        resource = dict(valid[i % len(valid)])
+        resource["id"] = f"{resource['id']}-{i}"
+        entries.append({"resource": resource, "search": {"mode": "match"}})
+    for position, name in zip((5, 20, 40), INVALID, strict=True):
+        entries.insert(position, {"resource": fixture(name), "search": {"mode": "match"}})
+    return {"resourceType": "Bundle", "type": "searchset", "total": 50, "entry": entries}
+
+
+def test_fifty_entry_bundle_with_three_invalid_parses_47_and_reports_3(caplog):
+    bundle = fifty_entry_bundle()
+    assert len(bundle["entry"]) == 50
+    caplog.set_level(logging.DEBUG)
+
+    valid, problems = parse_resources(e["resource"] for e in bundle["entry"])
+
+    assert len(valid) == 47
+    assert sum(p.count for p in problems) == 3
+    assert {p.resource_type for p in problems} == {"Observation", "Condition", "MedicationRequest"}
+    assert all(p.code == "invalid_resource" for p in problems)
+    said = " ".join(p.detail for p in problems) + caplog.text
+    for word in PHI:
+        assert word not in said
+
+
+def test_reasons_name_fields_not_values():
+    assert validation_error(fixture("invalid/observation-text-value.json")) == (
+        "invalid valueQuantity.value"
+    )
+    assert validation_error(fixture("invalid/medicationrequest-unknown-field.json")) == (
+        "invalid prescriberNote"
+    )
+    assert validation_error({"resourceType": "NotAThing"}) == "unknown resourceType 'NotAThing'"
+    assert validation_error(["not", "a", "resource"]) == "not a JSON object"
+    assert validation_error({"id": "x"}) == "no resourceType"
+
+
+def test_every_chart_fixture_is_valid_r4():
+    # Missing optional fields, contained resources, absolute references, valueQuantity,
+    # valueCodeableConcept, components and both medication[x] forms all pass.
+    for resource in chart_fixtures():
+        assert validation_error(resource) is None, resource["id"]
+
+
+def test_build_snapshot_groups_by_type_and_drops_duplicates():
+    resources = chart_fixtures()
+    resources.append(dict(fixture("condition-diabetes.json")))  # a second page repeated it
+    snapshot = build_snapshot(resources, patient_id="pat-1", encounter_id="enc-1")
+    assert snapshot.patient["id"] == "pat-1"
+    assert snapshot.encounter is not None
+    assert len(snapshot.of_type("Condition")) == 3
+    assert snapshot.problems == ()
+    assert "Patient" not in snapshot.resources and "Encounter" not in snapshot.resources
+
+
+def test_build_snapshot_keeps_the_servers_json():
+    snapshot = build_snapshot(chart_fixtures(), patient_id="pat-1")
+    assert snapshot.get("Observation/obs-a1c") == fixture("observation-hba1c.json")
+
+
+def test_missing_patient_is_a_problem_with_a_placeholder():
+    snapshot = build_snapshot([fixture("condition-minimal.json")], patient_id="pat-1")
+    assert snapshot.patient == {"resourceType": "Patient", "id": "pat-1"}
+    assert [p.code for p in snapshot.problems] == ["search_failed"]
+    not_granted = build_snapshot([], patient_id="pat-1", not_granted=("Patient",))
+    assert [p.code for p in not_granted.problems] == ["scope_not_granted"]
