@@ -99,6 +99,25 @@ class SnapshotCache:
             else:
                 session.merge(CachedSnapshot(**values))
 
+    def get_or_load(
+        self,
+        launch_session_id: str,
+        load: Callable[[], ChartSnapshot],
+        *,
+        refresh: bool = False,
+    ) -> ChartSnapshot:
+        """The cached snapshot, else `load()`'s (then cached). `refresh=True` always loads:
+        the sidebar's refresh action."""
+        if refresh:
+            self.invalidate(launch_session_id)
+        else:
+            cached = self.get(launch_session_id)
+            if cached is not None:
+                return cached
+        snapshot = load()
+        self.put(launch_session_id, snapshot)
+        return snapshot
+
     def invalidate(self, launch_session_id: str) -> None:
         with self._db.session() as session:
             session.execute(

@@ -3,12 +3,14 @@
 https://hl7.org/fhir/R4/http.html#transaction (batch) and https://hl7.org/fhir/R4/search.html
 
 The load runs in rounds. Round 1 asks for everything at once: the Patient, the launch's
-Encounter and one search per resource type with a large `_count`. Each later round asks,
-again all at once, for whatever the previous answers showed is still missing: every
-type's `next` page, the Medications that `_include` did not bring, and one retry of an
-entry that failed with 429/5xx. Where the CapabilityStatement lists the `batch`
-interaction a round is ONE batch Bundle; otherwise it is concurrent GETs on a small thread
-pool. Both paths share every rule below, so they produce the same snapshot.
+Encounter and one search per resource type (two for Observation: vital signs and
+laboratory) with a large `_count`. Each later round asks, again all at once, for whatever
+the previous answers showed is still missing: every search's `next` page, the
+Medications that `_include` did not bring, and one retry of an entry that failed with
+429/5xx. Where the CapabilityStatement lists the `batch` interaction a round is ONE batch
+Bundle; otherwise it is concurrent GETs on a small thread pool (at most 6). Both paths
+share every rule below, so they produce the same snapshot. Each round's resources are
+validated while the next round is on the wire.
 
 A type that fails becomes a `search_failed` problem, not an exception; only the Patient is
 required. Types the granted scopes do not cover are never asked for.
@@ -39,7 +41,7 @@ from smartapp.fhir.client import (
     next_link,
     split_search_bundle,
 )
-from smartapp.fhir.parsing import build_snapshot
+from smartapp.fhir.parsing import ResourceValidator, assemble_snapshot
 from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,6 @@ DOCUMENT_ELEMENTS = (
 
 #: Every type a snapshot can hold, as `readable_types` and `not_granted` name them.
 READABLE_TYPES: tuple[str, ...] = ("Patient", "Encounter", *SNAPSHOT_TYPES)
-#: The types gathered by a search on the patient (Medication comes through MedicationRequest).
-SEARCHED_TYPES: tuple[str, ...] = tuple(t for t in SNAPSHOT_TYPES if t != "Medication")
 #: Where each searched type points at its patient.
 PATIENT_FIELD: Mapping[str, str] = {
     "Condition": "subject",
@@ -74,6 +74,19 @@ PATIENT_FIELD: Mapping[str, str] = {
     "DocumentReference": "subject",
 }
 
+#: The searches of round 1: (type, category). Observations are asked for per category so
+#: that each result set is smaller and more of the history arrives in the first round.
+SEARCHES: tuple[tuple[str, str | None], ...] = (
+    ("Condition", None),
+    ("Observation", "vital-signs"),
+    ("Observation", "laboratory"),
+    ("MedicationRequest", None),
+    ("AllergyIntolerance", None),
+    ("Procedure", None),
+    ("Immunization", None),
+    ("DocumentReference", None),
+)
+
 _TEMPORARY = frozenset({429, 500, 502, 503, 504})
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -82,14 +95,15 @@ def search_params(
     resource_type: str,
     patient_id: str,
     *,
+    category: str | None = None,
     include_medications: bool = False,
     plain: bool = False,
 ) -> dict[str, str]:
     """The search the loader sends for a type. `plain` drops the optional parameters
     (`_include`, `_sort`, `_elements`), for a server that refused them."""
     params = {"patient": patient_id}
-    if resource_type == "Observation":
-        params["category"] = "vital-signs,laboratory"
+    if category:
+        params["category"] = category
     if resource_type == "MedicationRequest":
         params["status"] = "active"
         if include_medications and not plain:
@@ -111,6 +125,8 @@ class _Fetch:
     purpose: Literal["patient", "encounter", "search", "medication", "medications"]
     resource_type: str
     url: str
+    #: What messages call this search: "Observation (laboratory)"; the type by default.
+    label: str = ""
     page: int = 1
     #: A plainer URL to try once if the server refuses this one (unsupported parameters).
     fallback_url: str | None = None
@@ -152,31 +168,44 @@ class _Loader:
         self.max_pages = max_pages
         self.use_batch = use_batch
         self.include_medications = include_medications
-        self.patient: FHIRResource | None = None
-        self.encounter: FHIRResource | None = None
         self.found: dict[str, list[FHIRResource]] = {t: [] for t in SNAPSHOT_TYPES}
         self.problems: list[SnapshotProblem] = []
         self.medication_ids: set[str] = set()
         self.seen_urls: set[str] = set()
         self.rounds = 0
+        self.other_patient: Counter[str] = Counter()
+        self.read_counts: Counter[str] = Counter()
+        self._arrived: list[FHIRResource] = []
+        self._validator = ResourceValidator()
         self._pool: ThreadPoolExecutor | None = None
 
     # -- running -------------------------------------------------------------------------
 
     def run(self) -> None:
         pending = self._initial()
+        runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-round")
         try:
             while pending:
                 self.rounds += 1
-                outcomes = self._execute(pending)
+                in_flight = runner.submit(self._execute, pending)
+                # R4B validation costs about as much as a round trip for a large chart:
+                # validate what the earlier rounds brought while this one is on the wire.
+                self._validate_arrived()
+                outcomes = in_flight.result()
                 following: list[_Fetch] = []
                 for fetch, outcome in zip(pending, outcomes, strict=True):
                     following += self._handle(fetch, outcome)
                 following += self._medication_fetches()
                 pending = following
         finally:
+            runner.shutdown(wait=True, cancel_futures=True)
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
+        self._validate_arrived()
+
+    def _validate_arrived(self) -> None:
+        arrived, self._arrived = self._arrived, []
+        self._validator.add(arrived)
 
     def _initial(self) -> list[_Fetch]:
         fetches: list[_Fetch] = []
@@ -197,24 +226,29 @@ class _Loader:
                 self._problem(
                     "search_failed", "Encounter", "the launch's encounter id is not valid"
                 )
-        for rtype in SEARCHED_TYPES:
+        for rtype, category in SEARCHES:
             if rtype not in self.granted:
                 continue
-            url = self._search_url(rtype, plain=False)
-            plain = self._search_url(rtype, plain=True)
+            url = self._search_url(rtype, category, plain=False)
+            plain = self._search_url(rtype, category, plain=True)
             fetches.append(
                 _Fetch(
                     purpose="search",
                     resource_type=rtype,
+                    label=f"{rtype} ({category})" if category else rtype,
                     url=url,
                     fallback_url=plain if plain != url else None,
                 )
             )
         return fetches
 
-    def _search_url(self, rtype: str, *, plain: bool) -> str:
+    def _search_url(self, rtype: str, category: str | None, *, plain: bool) -> str:
         params = search_params(
-            rtype, self.patient_id, include_medications=self.include_medications, plain=plain
+            rtype,
+            self.patient_id,
+            category=category,
+            include_medications=self.include_medications,
+            plain=plain,
         )
         return f"{rtype}?{urlencode(params)}"
 
@@ -259,7 +293,9 @@ class _Loader:
 
     def _direct(self, fetch: _Fetch) -> _Outcome:
         try:
-            resource = self.client.get_url(f"{self.client.base_url}/{fetch.url}")
+            # `?…` is a page of the base itself (`[base]?_getpages=…`): no slash before it.
+            separator = "" if fetch.url.startswith("?") else "/"
+            resource = self.client.get_url(f"{self.client.base_url}{separator}{fetch.url}")
         except RelaunchRequired:
             raise
         except FHIRRequestRefused as exc:
@@ -281,10 +317,8 @@ class _Loader:
         expected = "Bundle" if fetch.purpose in ("search", "medications") else fetch.resource_type
         if resource.get("resourceType") != expected:
             return self._failed(fetch, _Outcome(status=0))
-        if fetch.purpose == "patient":
-            self.patient = resource
-        elif fetch.purpose == "encounter":
-            self.encounter = resource
+        if fetch.purpose in ("patient", "encounter"):
+            self._arrived.append(resource)
         elif fetch.purpose == "medication":
             self._add("Medication", [resource])
         else:
@@ -292,9 +326,11 @@ class _Loader:
         return []
 
     def _page(self, fetch: _Fetch, bundle: FHIRResource) -> list[_Fetch]:
-        rtype = fetch.resource_type
+        rtype, label = fetch.resource_type, fetch.label or fetch.resource_type
         matches, includes = split_search_bundle(bundle)
-        self._add(rtype, [r for r in matches if r.get("resourceType") == rtype])
+        matches = [r for r in matches if r.get("resourceType") == rtype]
+        self.read_counts[label] += len(matches)
+        self._add(rtype, matches)
         if rtype == "MedicationRequest":
             self._add("Medication", [r for r in includes if r.get("resourceType") == "Medication"])
         link = next_link(bundle)
@@ -307,7 +343,7 @@ class _Loader:
             self._problem(
                 "truncated",
                 rtype,
-                f"{rtype}: read {len(self.found[rtype])}{of} in {fetch.page} page(s); "
+                f"{label}: read {self.read_counts[label]}{of} in {fetch.page} page(s); "
                 f"the rest was not read (max_pages={self.max_pages})",
             )
             return []
@@ -315,14 +351,14 @@ class _Loader:
             relative = self.client.relative_to_base(link)
         except FatalUpstreamError:
             self._problem(
-                "truncated", rtype, f"{rtype}: the next page is on another server; not followed"
+                "truncated", rtype, f"{label}: the next page is on another server; not followed"
             )
             return []
         if relative in self.seen_urls:
-            log.warning("FHIR search %s: next link repeats a page; stopping", rtype)
+            log.warning("FHIR search %s: next link repeats a page; stopping", label)
             return []
         self.seen_urls.add(relative)
-        return [_Fetch(purpose="search", resource_type=rtype, url=relative, page=fetch.page + 1)]
+        return [replace(fetch, url=relative, page=fetch.page + 1, fallback_url=None, retried=False)]
 
     def _failed(self, fetch: _Fetch, outcome: _Outcome) -> list[_Fetch]:
         if outcome.retryable and not fetch.retried:
@@ -335,20 +371,20 @@ class _Loader:
         status = f"HTTP {outcome.status}" if outcome.status else "an unexpected answer"
         if fetch.purpose == "patient":
             raise _patient_error(outcome)
-        if outcome.status == 401:
-            raise RelaunchRequired()
+        # (A 401 on one entry of an accepted batch is a refusal of that entry, not of the
+        # token: the batch itself got through. A refused token raises in the client.)
         if fetch.purpose == "encounter":
             self._problem(
                 "search_failed", "Encounter", f"the launch's Encounter could not be read ({status})"
             )
         elif fetch.purpose == "search":
-            rtype = fetch.resource_type
+            label = fetch.label or fetch.resource_type
             detail = (
-                f"{rtype} search failed ({status})"
+                f"{label} search failed ({status})"
                 if fetch.page == 1
-                else f"{rtype}: page {fetch.page} failed ({status}); the list is incomplete"
+                else f"{label}: page {fetch.page} failed ({status}); the list is incomplete"
             )
-            self._problem("search_failed", rtype, detail)
+            self._problem("search_failed", fetch.resource_type, detail)
         elif fetch.purpose == "medications":
             # The server may not search Medication by `_id`: read them one by one instead.
             return [
@@ -359,9 +395,19 @@ class _Loader:
         return []
 
     def _add(self, rtype: str, resources: list[FHIRResource]) -> None:
-        self.found[rtype].extend(resources)
+        kept: list[FHIRResource] = []
+        for resource in resources:
+            if self._other_patient(rtype, resource):
+                # A server bug, but a dangerous one: never show another patient's data.
+                self.other_patient[rtype] += 1
+                continue
+            if rtype == "DocumentReference":
+                resource = _without_attachment_data(resource)
+            kept.append(resource)
+        self.found[rtype].extend(kept)
+        self._arrived.extend(kept)
         if rtype == "Medication":
-            self.medication_ids.update(str(r["id"]) for r in resources if r.get("id"))
+            self.medication_ids.update(str(r["id"]) for r in kept if r.get("id"))
 
     def _problem(self, code: str, rtype: str, detail: str) -> None:
         self.problems.append(SnapshotProblem(code=code, resource_type=rtype, detail=detail))
@@ -418,19 +464,8 @@ class _Loader:
     # -- the snapshot ----------------------------------------------------------------------
 
     def snapshot(self, *, not_granted: tuple[str, ...], request_count: int) -> ChartSnapshot:
-        resources: list[FHIRResource] = [r for r in (self.patient, self.encounter) if r]
-        other_patient: Counter[str] = Counter()
-        for rtype in SNAPSHOT_TYPES:
-            for resource in self.found[rtype]:
-                if self._other_patient(rtype, resource):
-                    other_patient[rtype] += 1
-                    continue
-                if rtype == "DocumentReference":
-                    resource = _without_attachment_data(resource)
-                resources.append(resource)
         problems = list(self.problems)
-        for rtype, count in sorted(other_patient.items()):
-            # A server bug, but a dangerous one: never show another patient's data.
+        for rtype, count in sorted(self.other_patient.items()):
             problems.append(
                 SnapshotProblem(
                     code="wrong_patient",
@@ -439,8 +474,9 @@ class _Loader:
                     count=count,
                 )
             )
-        snap = build_snapshot(
-            resources,
+        problems += self._validator.problems()
+        snap = assemble_snapshot(
+            self._validator.valid,
             patient_id=self.patient_id,
             encounter_id=self.encounter_id,
             problems=problems,

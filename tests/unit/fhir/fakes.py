@@ -138,6 +138,7 @@ class FakeFHIRServer:
         refuse_batch: int | None = None,
         hapi_next_links: bool = False,
         latency: float = 0.0,
+        accept_token: str | None = None,
     ) -> None:
         self.base = base
         self.capability = fixture(capability)
@@ -150,6 +151,8 @@ class FakeFHIRServer:
         self.refuse_batch = refuse_batch
         self.hapi_next_links = hapi_next_links
         self.latency = latency
+        #: If set, any other bearer token gets 401 (an expired token).
+        self.accept_token = accept_token
         #: Statuses for the next HTTP requests, whatever they are (then normal service).
         self.fail_next: list[int] = []
         #: Statuses for the next reads/searches of a type, in a batch or not: {"Procedure": [500]}.
@@ -176,6 +179,7 @@ class FakeFHIRServer:
 
     def _relative(self, url: str) -> str:
         rest = url[len(self.base) :]
+        assert not rest.startswith("/?"), "a page of the base must not gain a slash"
         return rest[1:] if rest.startswith("/") else rest
 
     def _enter(self, line: str, request: Any) -> int | None:
@@ -185,6 +189,9 @@ class FakeFHIRServer:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             failure = self.fail_next.pop(0) if self.fail_next else None
+        if failure is None and self.accept_token is not None:
+            if request.headers.get("Authorization") != f"Bearer {self.accept_token}":
+                failure = 401
         if self.latency:
             time.sleep(self.latency)
         return failure

@@ -155,6 +155,32 @@ def test_an_unreadable_entry_is_a_miss(cache, database):
         assert session.get(CachedSnapshot, "launch-a") is None
 
 
+def test_get_or_load_loads_once_until_refresh(cache, clock):
+    loads = []
+
+    def load():
+        loads.append(1)
+        return make_snapshot()
+
+    first = cache.get_or_load("launch-a", load)
+    assert cache.get_or_load("launch-a", load) == first
+    assert len(loads) == 1
+    cache.get_or_load("launch-a", load, refresh=True)
+    assert len(loads) == 2
+    clock.now = START + timedelta(seconds=301)
+    cache.get_or_load("launch-a", load)
+    assert len(loads) == 3
+
+
+def test_a_failed_load_caches_nothing(cache):
+    def load():
+        raise RuntimeError("EHR down")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_load("launch-a", load)
+    assert cache.get("launch-a") is None
+
+
 def test_ttl_must_be_positive(database):
     with pytest.raises(ValueError):
         SnapshotCache(database, ttl_seconds=0)

@@ -86,18 +86,23 @@ def test_batch_server_gets_the_whole_chart_in_one_batch(rsps):
     assert snapshot.not_granted == ()
     batch = server.batches[0]
     assert batch[:2] == ["Patient/pat-1", "Encounter/enc-1"]
-    searches = {url.split("?")[0]: parse_qs(url.split("?")[1]) for url in batch[2:]}
+    searches = {}
+    for url in batch[2:]:
+        path, query = url.split("?")
+        params = parse_qs(query)
+        searches[path + "".join(f":{c}" for c in params.get("category", []))] = params
     assert set(searches) == {
         "Condition",
-        "Observation",
+        "Observation:vital-signs",
+        "Observation:laboratory",
         "MedicationRequest",
         "AllergyIntolerance",
         "Procedure",
         "Immunization",
         "DocumentReference",
     }
-    assert searches["Observation"]["category"] == ["vital-signs,laboratory"]
-    assert searches["Observation"]["_count"] == ["200"]
+    assert all(params["patient"] == ["pat-1"] for params in searches.values())
+    assert searches["Observation:laboratory"]["_count"] == ["200"]
     assert searches["MedicationRequest"]["status"] == ["active"]
     assert searches["MedicationRequest"]["_include"] == ["MedicationRequest:medication"]
     assert searches["DocumentReference"]["_sort"] == ["-date"]
@@ -120,7 +125,7 @@ def test_next_pages_of_all_types_come_in_one_follow_up_batch_per_round(rsps):
 
     snapshot = load()
 
-    # 454 Observations at 200 a page: pages at 0, 200, 400; 253 Conditions: 0, 200.
+    # 452 vital signs at 200 a page: pages at 0, 200, 400; 253 Conditions: 0, 200.
     assert server.http_log == ["GET metadata", "POST [base]", "POST [base]", "POST [base]"]
     assert snapshot.request_count == 4
     round2, round3 = server.batches[1], server.batches[2]
@@ -134,10 +139,13 @@ def test_next_pages_of_all_types_come_in_one_follow_up_batch_per_round(rsps):
 def test_paging_stops_at_max_pages_and_reports_truncation(rsps):
     serve(rsps, chart_fixtures() + vital_observations(450))
     snapshot = load(max_pages=2)
-    assert len(snapshot.of_type("Observation")) == 400
+    assert len(snapshot.of_type("Observation")) == 400 + 2  # + the 2 laboratory results
     [problem] = [p for p in snapshot.problems if p.code == "truncated"]
     assert problem.resource_type == "Observation"
-    assert "max_pages=2" in problem.detail and "of 454" in problem.detail
+    assert problem.detail == (
+        "Observation (vital-signs): read 400 of 452 in 2 page(s); "
+        "the rest was not read (max_pages=2)"
+    )
 
 
 def test_server_page_cap_below_count_is_followed(rsps):
@@ -368,6 +376,18 @@ def test_expired_token_mid_load_is_refreshed_once(rsps):
     snapshot = load(client_for(tokens))
     assert tokens.refreshes == 1
     assert ids(snapshot) == EXPECTED_IDS
+
+
+def test_concurrent_401s_cost_one_refresh(rsps):
+    # Every concurrent GET meets the expired token; only one of them may refresh it (a
+    # rotated refresh token works once), the others replay with the new token.
+    server = serve(rsps, capability=NO_BATCH, latency=0.01, accept_token="token-refreshed-1")
+    client_for(FakeTokens("token-refreshed-1")).capabilities()  # cached: round 1 comes first
+    tokens = FakeTokens("expired")
+    snapshot = load(client_for(tokens))
+    assert tokens.refreshes == 1
+    assert ids(snapshot) == EXPECTED_IDS
+    assert server.authorizations.count("Bearer expired") >= 2
 
 
 def test_token_refused_after_refresh_requires_relaunch(rsps):
