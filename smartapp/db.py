@@ -76,7 +76,10 @@ class Database:
 
 
 #: Modules that declare tables; each concern adds its own here.
-MODEL_MODULES: tuple[str, ...] = ()
+MODEL_MODULES: tuple[str, ...] = (
+    "smartapp.feedback.models",
+    "smartapp.notes.models",
+)
 
 
 def import_models() -> None:
