@@ -76,7 +76,7 @@ class Database:
 
 
 #: Modules that declare tables; each concern adds its own here.
-MODEL_MODULES: tuple[str, ...] = ()
+MODEL_MODULES: tuple[str, ...] = ("smartapp.smart.models",)
 
 
 def import_models() -> None:
