@@ -20,7 +20,7 @@ from smartapp.config import normalize_issuer
 from smartapp.db import utcnow
 from smartapp.errors import AuthorizationFailed, InvalidLaunch, InvalidState, UnknownIssuer
 from smartapp.smart.client import TokenResponse
-from smartapp.smart.crypto import hash_secret, random_secret, same_secret
+from smartapp.smart.crypto import DecryptionFailed, hash_secret, random_secret, same_secret
 from smartapp.smart.idtoken import IDTokenClaims, IDTokenInvalid, validate_id_token
 from smartapp.smart.models import PendingAuthorization
 from smartapp.smart.pkce import make_verifier
@@ -233,7 +233,11 @@ def complete(
     pending = consume_pending(services, state=state, binding=binding)
     if not code or len(code) > _MAX_PARAM:
         raise InvalidLaunch("The EHR sent no authorization code. Open the app again.")
-    verifier = services.cipher.decrypt(pending.code_verifier_enc)
+    try:
+        verifier = services.cipher.decrypt(pending.code_verifier_enc)
+    except DecryptionFailed as exc:
+        # SMARTAPP_SECRET_KEY changed while this sign-in was under way.
+        raise InvalidState() from exc
     token = services.client.exchange_code(
         pending.token_endpoint,
         code=code,

@@ -521,3 +521,11 @@ def test_non_ascii_csrf_header_is_a_403_not_a_500(client, launcher):
     response = client.post("/api/test-write", headers={"X-CSRF-Token": "tökén"})
     assert response.status_code == 403
     assert client.get("/api/test-context", headers={"X-CSRF-Token": "tökén"}).status_code == 401
+
+
+def test_long_context_values_are_stored(client, launcher, ehr):
+    # intent and tenant are free strings: a long one must not break the store (PostgreSQL).
+    params = launcher.start()
+    body = ehr.token_response(intent="i" * 1000, tenant="t" * 1000)
+    assert launcher.complete(params, token=body).status_code == 302
+    assert client.get("/api/test-context").get_json()["tenant"] == "t" * 1000
