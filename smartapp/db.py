@@ -77,6 +77,7 @@ class Database:
 
 #: Modules that declare tables; each concern adds its own here.
 MODEL_MODULES: tuple[str, ...] = (
+    "smartapp.smart.models",
     "smartapp.feedback.models",
     "smartapp.feedback.forwarding",
     "smartapp.notes.models",
