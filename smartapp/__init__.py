@@ -31,4 +31,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.init_app(app)
     security.init_app(app)
     web.init_app(app)
+
+    from smartapp.smart import views as smart_views
+
+    smart_views.init_app(app)
     return app

@@ -76,7 +76,13 @@ class Database:
 
 
 #: Modules that declare tables; each concern adds its own here.
-MODEL_MODULES: tuple[str, ...] = ("smartapp.fhir.cache",)
+MODEL_MODULES: tuple[str, ...] = (
+    "smartapp.smart.models",
+    "smartapp.feedback.models",
+    "smartapp.feedback.forwarding",
+    "smartapp.notes.models",
+    "smartapp.fhir.cache",
+)
 
 
 def import_models() -> None:

@@ -30,6 +30,9 @@ def test_database_url(tmp_path: Path) -> str:
     return os.environ.get("SMARTAPP_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'app.db'}"
 
 
+test_database_url.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)

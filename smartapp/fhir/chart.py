@@ -574,7 +574,7 @@ def load_snapshot(
     """The launch's chart: one batch per round where the server supports batch, else ≤ 6 GETs
     at a time; `next` pages followed up to `max_pages` per type.
 
-    `readable_types`: the types the granted scopes allow (None: all). The others are not
+    `readable_types`: the types the granted scopes allow (None or "*": all). The others are not
     asked for and are listed in `not_granted`. Raises only when the Patient cannot be read
     (or the whole server fails); every other failure is a problem in the snapshot.
     """
@@ -582,7 +582,9 @@ def load_snapshot(
         raise ValueError("max_pages must be at least 1")
     if not _ID.fullmatch(patient_id or ""):
         raise FatalUpstreamError("The EHR's launch context has no valid patient id.")
-    granted = frozenset(READABLE_TYPES if readable_types is None else readable_types)
+    # "*" stands for a wildcard scope (`patient/*.rs`).
+    everything = readable_types is None or "*" in readable_types
+    granted = frozenset(READABLE_TYPES if everything else readable_types or ())
     not_granted = tuple(t for t in READABLE_TYPES if t not in granted)
     start = client.request_count
     try:

@@ -224,6 +224,13 @@ def test_types_not_granted_are_neither_requested_nor_present(rsps):
     )
 
 
+def test_a_wildcard_scope_grants_every_type(rsps):
+    serve(rsps)
+    snapshot = load(readable_types=frozenset({"*"}))
+    assert snapshot.not_granted == ()
+    assert ids(snapshot) == EXPECTED_IDS
+
+
 def test_medication_not_granted_leaves_references_unresolved_without_asking(rsps):
     server = serve(rsps)
     snapshot = load(readable_types={"Patient", "MedicationRequest"})

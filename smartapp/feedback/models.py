@@ -1,0 +1,84 @@
+"""Tables for what was shown to clinicians and what they decided.
+
+A `ShownSuggestion` is written when a suggestion is first shown; every decision on it
+(accept, edit, reject, flag) is a `Decision` row. The metrics read the latest decision
+per suggestion. Rows carry the site (issuer), the engine and version, and timings; the
+suggestion text is clinical content and stays in this server-side store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from smartapp.db import Base, UTCDateTime, utcnow
+
+ACTIONS = ("accept", "edit", "reject", "flag")
+#: Coded override reasons (CDS Hooks style): https://cds-hooks.hl7.org/2.0/#overridereason
+REJECT_REASONS = ("not_relevant", "inaccurate", "incomplete", "unsafe", "other")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ShownSuggestion(Base):
+    __tablename__ = "shown_suggestion"
+    __table_args__ = (
+        # Two concurrent first loads of the sidebar must not both record the same set.
+        UniqueConstraint("launch_session_id", "snapshot_key", "position"),
+        Index("ix_shown_launch", "launch_session_id"),
+        Index("ix_shown_site_time", "site", "shown_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    launch_session_id: Mapped[str] = mapped_column(String(64))
+    #: The snapshot this suggestion was drafted from (its fetch time), to regenerate on refresh.
+    snapshot_key: Mapped[str] = mapped_column(String(64))
+    site: Mapped[str] = mapped_column(String(512))  # the issuer (FHIR base URL)
+    fhir_user: Mapped[str | None] = mapped_column(String(256))
+    patient_id: Mapped[str] = mapped_column(String(128))
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(256))
+    text: Mapped[str] = mapped_column(Text)
+    statements: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    citations: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    engine_name: Mapped[str] = mapped_column(String(64))
+    engine_version: Mapped[str] = mapped_column(String(128))
+    engine_extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    verification: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    shown_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    decisions: Mapped[list[Decision]] = relationship(
+        back_populates="suggestion", order_by="Decision.decided_at", cascade="all, delete-orphan"
+    )
+
+    def latest_decision(self) -> Decision | None:
+        return self.decisions[-1] if self.decisions else None
+
+
+class Decision(Base):
+    __tablename__ = "decision"
+    __table_args__ = (Index("ix_decision_suggestion", "suggestion_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    suggestion_id: Mapped[str] = mapped_column(
+        ForeignKey("shown_suggestion.id", ondelete="CASCADE")
+    )
+    action: Mapped[str] = mapped_column(String(16))
+    final_text: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    comment: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    seconds_to_decision: Mapped[float] = mapped_column()
+    #: Clicks/keys the clinician spent on this suggestion (reported by the sidebar).
+    action_count: Mapped[int] = mapped_column(Integer, default=1)
+    #: Levenshtein distance between the suggested and the final text (0 for accept).
+    edit_distance: Mapped[int | None] = mapped_column(Integer)
+
+    suggestion: Mapped[ShownSuggestion] = relationship(back_populates="decisions")

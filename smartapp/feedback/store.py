@@ -1,0 +1,159 @@
+"""Recording what was shown and what the clinician decided, durably."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from rapidfuzz.distance import Levenshtein
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from smartapp.db import Database, utcnow
+from smartapp.errors import BadRequest, NotFound
+from smartapp.feedback.models import ACTIONS, REJECT_REASONS, Decision, ShownSuggestion
+from smartapp.suggestions.interfaces import Suggestion
+
+MAX_TEXT = 20_000
+MAX_COMMENT = 2_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShownBy:
+    """Who was shown a set of suggestions, and from which snapshot."""
+
+    launch_session_id: str
+    snapshot_key: str
+    site: str
+    fhir_user: str | None
+    patient_id: str
+
+
+def edit_distance(before: str, after: str) -> int:
+    return int(Levenshtein.distance(before, after))
+
+
+class FeedbackStore:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def shown(self, by: ShownBy) -> list[ShownSuggestion]:
+        """The suggestions already shown for this launch and snapshot, in order."""
+        with self._db.session() as session:
+            return self._shown(session, by)
+
+    @staticmethod
+    def _shown(session: Session, by: ShownBy) -> list[ShownSuggestion]:
+        rows = session.scalars(
+            select(ShownSuggestion)
+            .where(
+                ShownSuggestion.launch_session_id == by.launch_session_id,
+                ShownSuggestion.snapshot_key == by.snapshot_key,
+            )
+            .options(selectinload(ShownSuggestion.decisions))
+            .order_by(ShownSuggestion.position)
+        )
+        return list(rows)
+
+    def record_shown(self, by: ShownBy, suggestions: Sequence[Suggestion]) -> list[ShownSuggestion]:
+        """Persist a freshly drafted set; if another request won the race, return its rows."""
+        try:
+            with self._db.session() as session:
+                if existing := self._shown(session, by):
+                    return existing
+                rows = [
+                    ShownSuggestion(
+                        launch_session_id=by.launch_session_id,
+                        snapshot_key=by.snapshot_key,
+                        site=by.site,
+                        fhir_user=by.fhir_user,
+                        patient_id=by.patient_id,
+                        position=position,
+                        kind=s.kind,
+                        title=s.title,
+                        text=s.text,
+                        statements=[st.to_json() for st in s.statements],
+                        citations=[c.to_json() for c in s.citations],
+                        engine_name=s.engine.name,
+                        engine_version=s.engine.version,
+                        engine_extra=s.engine.to_json(),
+                        verification=s.verification.to_json() if s.verification else {},
+                        shown_at=utcnow(),
+                        decisions=[],
+                    )
+                    for position, s in enumerate(suggestions)
+                ]
+                session.add_all(rows)
+            return rows
+        except IntegrityError:
+            return self.shown(by)
+
+    def get(self, launch_session_id: str, suggestion_id: str) -> ShownSuggestion:
+        with self._db.session() as session:
+            row = session.scalars(
+                select(ShownSuggestion)
+                .where(ShownSuggestion.id == suggestion_id)
+                .options(selectinload(ShownSuggestion.decisions))
+            ).first()
+            # Another launch's suggestion is reported as absent, not forbidden: no probing.
+            if row is None or row.launch_session_id != launch_session_id:
+                raise NotFound("No such suggestion in this launch.")
+            return row
+
+    def decide(
+        self,
+        launch_session_id: str,
+        suggestion_id: str,
+        *,
+        action: str,
+        text: str | None = None,
+        reason: str | None = None,
+        comment: str | None = None,
+        action_count: int = 1,
+        now: datetime | None = None,
+    ) -> Decision:
+        if action not in ACTIONS:
+            raise BadRequest(f"action must be one of {', '.join(ACTIONS)}.")
+        if text is not None and not isinstance(text, str):
+            raise BadRequest("text must be a string.")
+        if action == "edit" and not (text and text.strip()):
+            raise BadRequest("An edit needs the edited text.")
+        if text is not None and len(text) > MAX_TEXT:
+            raise BadRequest(f"text is longer than {MAX_TEXT} characters.")
+        reason, comment = _coded_reason(reason, comment)
+        now = now or utcnow()
+        with self._db.session() as session:
+            row = session.get(ShownSuggestion, suggestion_id)
+            if row is None or row.launch_session_id != launch_session_id:
+                raise NotFound("No such suggestion in this launch.")
+            final_text = text if action == "edit" else (row.text if action == "accept" else None)
+            decision = Decision(
+                suggestion_id=row.id,
+                action=action,
+                final_text=final_text,
+                reason=reason,
+                comment=comment,
+                decided_at=now,
+                seconds_to_decision=max(0.0, (now - row.shown_at).total_seconds()),
+                action_count=max(1, int(action_count)),
+                edit_distance=edit_distance(row.text, final_text)
+                if final_text is not None
+                else None,
+            )
+            session.add(decision)
+        return decision
+
+
+def _coded_reason(reason: str | None, comment: str | None) -> tuple[str | None, str | None]:
+    """Keep coded override reasons; free text becomes `other` with the text as the comment."""
+    if comment is not None:
+        comment = str(comment)[:MAX_COMMENT].strip() or None
+    if reason is None or str(reason).strip() == "":
+        return None, comment
+    code = str(reason).strip().lower().replace(" ", "_").replace("-", "_")
+    if code in REJECT_REASONS:
+        return code, comment
+    free = str(reason).strip()[:MAX_COMMENT]
+    return "other", f"{free}\n{comment}" if comment else free

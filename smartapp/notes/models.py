@@ -1,0 +1,57 @@
+"""The note a clinician saved, kept here first so that a failed write-back is never lost.
+
+A note row is written before anything is sent to the EHR. Its `status` tells the
+sidebar where it is: `pending` (saved here, not yet in the chart), `in_chart` (the EHR
+holds the DocumentReference and its Provenance) or `failed` (the EHR refused it; a
+person must look).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from smartapp.db import Base, UTCDateTime, utcnow
+from smartapp.feedback.models import new_id
+
+NOTE_STATUSES = ("pending", "in_chart", "failed")
+
+
+class SavedNote(Base):
+    __tablename__ = "saved_note"
+    __table_args__ = (
+        Index("ix_note_launch", "launch_session_id"),
+        Index("ix_note_status", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    launch_session_id: Mapped[str] = mapped_column(String(64))
+    site: Mapped[str] = mapped_column(String(512))
+    patient_id: Mapped[str] = mapped_column(String(128))
+    encounter_id: Mapped[str | None] = mapped_column(String(128))
+    fhir_user: Mapped[str | None] = mapped_column(String(256))
+    text: Mapped[str] = mapped_column(Text)
+    suggestion_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    engines: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    document_reference: Mapped[str | None] = mapped_column(String(256))
+    provenance: Mapped[str | None] = mapped_column(String(256))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "documentReference": self.document_reference,
+            "provenance": self.provenance,
+            "attempts": self.attempts,
+            "createdAt": self.created_at.isoformat(),
+            "updatedAt": self.updated_at.isoformat() if self.updated_at else None,
+        }

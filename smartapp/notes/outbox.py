@@ -1,0 +1,136 @@
+"""The outbox: notes and feedback that could not be delivered are retried until they arrive.
+
+Everything to deliver is in the store before the first attempt, so nothing is lost when
+the EHR is down or the process restarts; deliveries are idempotent (conditional creates,
+CDS Hooks feedback tolerating duplicates), so nothing arrives twice. A background thread
+runs `run_once` periodically; `smartapp outbox retry` runs it once from the shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from smartapp.db import Database, utcnow
+from smartapp.errors import AppError
+from smartapp.feedback.forwarding import FeedbackForwarder
+from smartapp.notes.models import SavedNote
+
+if TYPE_CHECKING:
+    from smartapp.fhir.client import FHIRClient
+    from smartapp.notes.service import SidebarService
+
+log = logging.getLogger(__name__)
+
+#: Builds a FHIR client from a stored launch session, or None when its tokens are gone.
+ClientForSession = Callable[[str], "FHIRClient | None"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxReport:
+    notes_delivered: int = 0
+    notes_waiting: int = 0
+    notes_failed: int = 0
+    feedback_sent: int = 0
+
+
+class Outbox:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        sidebar: SidebarService,
+        client_for_session: ClientForSession,
+        forwarder: FeedbackForwarder | None = None,
+    ) -> None:
+        self._db = database
+        self._sidebar = sidebar
+        self._client_for_session = client_for_session
+        self._forwarder = forwarder
+
+    def due_notes(self, now: datetime) -> list[tuple[str, str]]:
+        with self._db.session() as session:
+            rows = session.execute(
+                select(SavedNote.id, SavedNote.launch_session_id)
+                .where(
+                    SavedNote.status == "pending",
+                    (SavedNote.next_attempt_at.is_(None)) | (SavedNote.next_attempt_at <= now),
+                )
+                .order_by(SavedNote.created_at)
+                .limit(100)
+            )
+            return [(r[0], r[1]) for r in rows]
+
+    def run_once(self, *, now: datetime | None = None, force: bool = False) -> OutboxReport:
+        """Deliver what is due (everything pending when `force`)."""
+        now = now or utcnow()
+        delivered = waiting = failed = 0
+        horizon = now + timedelta(days=365 * 100) if force else now
+        for note_id, launch_session_id in self.due_notes(horizon):
+            try:
+                client = self._client_for_session(launch_session_id)
+            except AppError:
+                client = None
+            if client is None:
+                # Its launch has ended and cannot be refreshed: it waits for the next launch.
+                waiting += 1
+                continue
+            try:
+                written = self._sidebar.deliver(note_id, client=client)
+            except AppError:
+                failed += 1
+                continue
+            if written is None:
+                waiting += 1
+            else:
+                delivered += 1
+        sent = self._forwarder.deliver_due(now=now) if self._forwarder else 0
+        if delivered or failed or sent:
+            log.info(
+                "outbox: %d note(s) delivered, %d waiting, %d failed, %d feedback sent",
+                delivered,
+                waiting,
+                failed,
+                sent,
+            )
+        return OutboxReport(
+            notes_delivered=delivered,
+            notes_waiting=waiting,
+            notes_failed=failed,
+            feedback_sent=sent,
+        )
+
+
+class OutboxWorker:
+    """A daemon thread that runs the outbox every `interval` seconds until stopped."""
+
+    def __init__(self, outbox: Outbox, *, interval: float = 10.0) -> None:
+        self._outbox = outbox
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="smartapp-outbox", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._outbox.run_once()
+            except Exception:  # the worker must outlive any one bad delivery
+                log.error("outbox run failed", exc_info=False)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

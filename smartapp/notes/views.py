@@ -1,0 +1,161 @@
+"""The clinician sidebar: the page and its JSON API (`/api/*`, see CONTRACT.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+
+from smartapp.errors import BadRequest
+from smartapp.feedback.models import ShownSuggestion
+from smartapp.fhir.readers import patient_name
+from smartapp.notes.service import SidebarService
+from smartapp.smart.session import LaunchContext, current_launch
+
+bp = Blueprint("sidebar", __name__)
+
+
+def _service() -> SidebarService:
+    service: SidebarService = current_app.extensions["smartapp.sidebar"]
+    return service
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("Send a JSON object with Content-Type: application/json.")
+    return body
+
+
+def suggestion_json(row: ShownSuggestion) -> dict[str, Any]:
+    decision = row.latest_decision()
+    engine = dict(row.engine_extra or {})
+    engine.update({"name": row.engine_name, "version": row.engine_version})
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "title": row.title,
+        "text": row.text,
+        "citations": row.citations,
+        "engine": engine,
+        "statements": row.statements,
+        "verification": row.verification,
+        "decision": None
+        if decision is None
+        else {
+            "action": decision.action,
+            "text": decision.final_text,
+            "reason": decision.reason,
+            "decidedAt": decision.decided_at.isoformat(),
+        },
+    }
+
+
+@bp.get("/")
+def sidebar() -> str:
+    launch = current_launch()
+    return render_template("sidebar.html", launch=launch, csrf_token=launch.csrf_token)
+
+
+@bp.get("/api/context")
+def context() -> Response:
+    launch = current_launch()
+    snapshot = _service().chart(launch)
+    patient = snapshot.patient
+    return jsonify(
+        {
+            "patient": {
+                "id": launch.patient_id,
+                "name": patient_name(patient),
+                "birthDate": patient.get("birthDate"),
+                "gender": patient.get("gender"),
+            },
+            "encounter": {"id": launch.encounter_id} if launch.encounter_id else None,
+            "fhirUser": launch.fhir_user,
+            "needPatientBanner": launch.need_patient_banner,
+            "csrfToken": launch.csrf_token,
+            "canWriteNotes": launch.scopes.allows("DocumentReference", "c"),
+            "chart": {
+                "fetchedAt": snapshot.fetched_at.isoformat() if snapshot.fetched_at else None,
+                "problems": [p.to_json() for p in snapshot.problems],
+                "notGranted": list(snapshot.not_granted),
+            },
+        }
+    )
+
+
+def _suggestions_response(launch: LaunchContext, *, refresh: bool) -> Response:
+    view = _service().suggestions(launch, refresh=refresh)
+    return jsonify(
+        {
+            "suggestions": [suggestion_json(r) for r in view.rows],
+            "chart": {
+                "fetchedAt": view.snapshot.fetched_at.isoformat()
+                if view.snapshot.fetched_at
+                else None,
+                "problems": [p.to_json() for p in view.snapshot.problems],
+                "notGranted": list(view.snapshot.not_granted),
+            },
+        }
+    )
+
+
+@bp.get("/api/suggestions")
+def suggestions() -> Response:
+    return _suggestions_response(current_launch(), refresh=False)
+
+
+@bp.post("/api/refresh")
+def refresh() -> Response:
+    """Re-read the chart from the EHR (the sidebar's refresh action) and redraft."""
+    return _suggestions_response(current_launch(), refresh=True)
+
+
+@bp.post("/api/suggestions/<suggestion_id>/feedback")
+def feedback(suggestion_id: str) -> Response:
+    launch = current_launch()
+    body = _json_body()
+    action_count = body.get("actions", 1)
+    if not isinstance(action_count, int) or isinstance(action_count, bool):
+        action_count = 1
+    _service().feedback.decide(
+        launch.session_id,
+        suggestion_id,
+        action=str(body.get("action", "")),
+        text=body.get("text"),
+        reason=body.get("reason"),
+        comment=body.get("comment"),
+        action_count=action_count,
+    )
+    return jsonify({"status": "recorded"})
+
+
+@bp.post("/api/note")
+def save_note() -> tuple[Response, int]:
+    launch = current_launch()
+    body = _json_body() if request.content_length else {}
+    result = _service().save_note(launch, text=body.get("text"))
+    if result.written is None:
+        # Kept here and retried: the clinician sees "saved here, will retry".
+        return jsonify({"status": "pending", "note": result.note.to_json()}), 202
+    return (
+        jsonify(
+            {
+                "documentReference": result.written.document_reference,
+                "provenance": result.written.provenance,
+                "status": "in_chart",
+                "note": result.note.to_json(),
+            }
+        ),
+        201,
+    )
+
+
+@bp.get("/api/notes")
+def notes() -> Response:
+    return jsonify({"notes": _service().notes(current_launch())})
+
+
+def init_app(app: Flask, service: SidebarService) -> None:
+    app.extensions["smartapp.sidebar"] = service
+    app.register_blueprint(bp)

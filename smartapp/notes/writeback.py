@@ -1,0 +1,73 @@
+"""Writing a saved note to the EHR: one transaction where the server has them, else two creates.
+
+Both paths are idempotent, so a retry after a lost response cannot write a second note:
+the DocumentReference is created conditionally on our identifier, and the Provenance
+conditionally on its target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smartapp.errors import FatalUpstreamError
+from smartapp.fhir.snapshot import reference_key
+from smartapp.notes.documents import (
+    NoteDraft,
+    document_reference,
+    note_identifier,
+    provenance,
+    transaction_bundle,
+)
+
+if TYPE_CHECKING:
+    from smartapp.fhir.client import FHIRClient
+
+
+@dataclass(frozen=True, kw_only=True)
+class WrittenNote:
+    document_reference: str  # "DocumentReference/123"
+    provenance: str  # "Provenance/456"
+
+
+def supports_interaction(capabilities: dict[str, Any], code: str) -> bool:
+    """Whether the CapabilityStatement lists a system-level interaction (batch, transaction)."""
+    for rest in capabilities.get("rest", []):
+        if rest.get("mode", "server") != "server":
+            continue
+        if any(i.get("code") == code for i in rest.get("interaction", [])):
+            return True
+    return False
+
+
+def _location(entry: dict[str, Any], resource_type: str) -> str:
+    response = entry.get("response") or {}
+    location = response.get("location")
+    if not location and isinstance(entry.get("resource"), dict):
+        rid = entry["resource"].get("id")
+        location = f"{resource_type}/{rid}" if rid else None
+    if not location:
+        raise FatalUpstreamError("The EHR accepted the note but did not say where it is.")
+    key = reference_key(location)
+    if not key.startswith(f"{resource_type}/"):
+        raise FatalUpstreamError("The EHR answered the note write with an unexpected resource.")
+    return key
+
+
+def write_note(client: FHIRClient, draft: NoteDraft) -> WrittenNote:
+    if supports_interaction(client.capabilities(), "transaction"):
+        response = client.transaction(transaction_bundle(draft))
+        entries = response.get("entry") or []
+        if len(entries) != 2:
+            raise FatalUpstreamError("The EHR's transaction response did not match the request.")
+        return WrittenNote(
+            document_reference=_location(entries[0], "DocumentReference"),
+            provenance=_location(entries[1], "Provenance"),
+        )
+    ident = note_identifier(draft.note_id)
+    document = client.create(
+        document_reference(draft), if_none_exist=f"identifier={ident['system']}|{ident['value']}"
+    )
+    doc_ref = f"DocumentReference/{document['id']}"
+    prov = client.create(provenance(draft, target=doc_ref), if_none_exist=f"target={doc_ref}")
+    return WrittenNote(document_reference=doc_ref, provenance=f"Provenance/{prov['id']}")

@@ -1,0 +1,307 @@
+"""The authorization-code flow, from the allow-list check to the new launch session.
+
+Knows no Flask request: the views pass in what the browser sent (iss, launch, state,
+code, the binding cookie) and set the cookies this returns.
+https://hl7.org/fhir/smart-app-launch/app-launch.html
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete
+
+from smartapp.config import normalize_issuer
+from smartapp.db import utcnow
+from smartapp.errors import AuthorizationFailed, InvalidLaunch, InvalidState, UnknownIssuer
+from smartapp.smart.client import TokenResponse
+from smartapp.smart.crypto import DecryptionFailed, hash_secret, random_secret, same_secret
+from smartapp.smart.idtoken import IDTokenClaims, IDTokenInvalid, validate_id_token
+from smartapp.smart.models import PendingAuthorization
+from smartapp.smart.pkce import make_verifier
+from smartapp.smart.scopes import GrantedScopes
+from smartapp.smart.services import SMARTServices
+from smartapp.smart.session import PURPOSES, LaunchContext, create_session
+
+log = logging.getLogger(__name__)
+
+#: An authorize request must come back within this time.
+PENDING_TTL = timedelta(minutes=10)
+
+#: FHIR ids (R4 `id`): the context ids end up in FHIR URLs, so nothing else is accepted.
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_BINDING = re.compile(r"^[A-Za-z0-9_\-]{43,128}$")
+_MAX_PARAM = 4096
+
+#: OAuth `error` codes (RFC 6749 §4.1.2.1) and what the clinician is told.
+_AUTHORIZE_ERRORS = {
+    "invalid_scope": "The EHR does not allow the access the app asked for. "
+    "Tell your IT service desk.",
+    "unauthorized_client": "The EHR does not allow this app to sign in this way. "
+    "Tell your IT service desk.",
+    "invalid_request": "The EHR refused the app's sign-in request.",
+    "server_error": "The EHR could not complete the sign-in.",
+    "temporarily_unavailable": "The EHR's sign-in is unavailable right now. Try again shortly.",
+}
+
+
+class AccessDenied(AuthorizationFailed):
+    """The user (or the EHR's policy) declined the authorization."""
+
+    status_code = 403
+    code = "access_denied"
+    default_message = "Access to the patient's record was not granted to the app."
+
+
+@dataclass(frozen=True)
+class AuthorizationStart:
+    """Where to send the browser, and the browser-binding cookie value to set with it."""
+
+    url: str
+    binding: str
+
+
+@dataclass(frozen=True)
+class CompletedLaunch:
+    cookie_value: str
+    launch: LaunchContext
+
+
+def check_issuer(services: SMARTServices, iss: str | None) -> str:
+    """The normalised `iss`, if it is on the allow-list. Runs BEFORE any outbound request:
+    a rogue `iss` naming a real authorization server is a token-harvesting attack."""
+    if not iss or not iss.strip():
+        raise InvalidLaunch(
+            "This address is opened by the EHR. Open the app from the patient's chart in the EHR."
+        )
+    if len(iss) > _MAX_PARAM:
+        raise UnknownIssuer()
+    normalized = normalize_issuer(iss)
+    if normalized not in services.settings.allowed_issuers:
+        log.warning("launch refused: issuer not on the allow-list (host %s)", _host(normalized))
+        raise UnknownIssuer(
+            "This EHR is not registered with the app. Ask your IT service desk to add its "
+            "FHIR address to SMARTAPP_ALLOWED_ISSUERS."
+        )
+    return normalized
+
+
+def begin(
+    services: SMARTServices,
+    *,
+    iss: str,
+    launch: str | None,
+    purpose: str,
+    scope: str,
+    redirect_uri: str,
+    binding: str | None,
+) -> AuthorizationStart:
+    """Check the issuer, discover its endpoints, store a pending authorization, build the URL.
+
+    `binding` is the browser's existing binding cookie (reused so that two launches in
+    flight in one browser both complete), or None for a fresh one.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}")
+    iss = check_issuer(services, iss)
+    if launch is not None and (not launch or len(launch) > _MAX_PARAM):
+        raise InvalidLaunch("The EHR's launch parameter is missing or malformed.")
+    scope = " ".join(scope.split())
+    if not scope:
+        raise ValueError("an authorization request needs a scope")
+
+    config = services.discover(iss)
+    methods = config.token_endpoint_auth_methods_supported
+    if methods and services.client.auth.method not in methods:
+        # Not fatal: servers often leave "none" out of the list and accept it anyway.
+        log.warning(
+            "issuer host %s does not list client authentication %s",
+            _host(iss),
+            services.client.auth.method,
+        )
+
+    state = random_secret(32)  # 256 bits; SMART asks for at least 122
+    verifier = make_verifier()
+    nonce = random_secret(24) if "openid" in scope.split() else None
+    if binding is None or not _BINDING.match(binding):
+        binding = random_secret(32)
+    now = utcnow()
+    with services.db.session() as s:
+        s.execute(delete(PendingAuthorization).where(PendingAuthorization.expires_at <= now))
+        s.add(
+            PendingAuthorization(
+                state_hash=hash_secret(state),
+                binding_hash=hash_secret(binding),
+                iss=iss,
+                launch=launch,
+                code_verifier_enc=services.cipher.encrypt(verifier),
+                nonce=nonce,
+                requested_scope=scope,
+                redirect_uri=redirect_uri,
+                issuer=config.issuer,
+                authorization_endpoint=config.authorization_endpoint,
+                token_endpoint=config.token_endpoint,
+                jwks_uri=config.jwks_uri,
+                purpose=purpose,
+                created_at=now,
+                expires_at=now + PENDING_TTL,
+            )
+        )
+    url = services.client.authorization_url(
+        config.authorization_endpoint,
+        redirect_uri=redirect_uri,
+        scope=scope,
+        state=state,
+        code_verifier=verifier,
+        aud=iss,
+        launch=launch,
+        nonce=nonce,
+    )
+    log.info("authorization started (purpose %s, issuer host %s)", purpose, _host(iss))
+    return AuthorizationStart(url=url, binding=binding)
+
+
+def consume_pending(
+    services: SMARTServices, *, state: str | None, binding: str | None
+) -> PendingAuthorization:
+    """The pending authorization for `state`, deleted so it can never be used again.
+
+    Raises InvalidState when the state is missing, unknown (forged), already used,
+    expired, or was started in another browser (the binding cookie does not match).
+    """
+    if not state or len(state) > _MAX_PARAM:
+        raise InvalidState(
+            "This sign-in link is not valid (no state). Open the app from the patient's chart "
+            "in the EHR."
+        )
+    state_hash = hash_secret(state)
+    with services.db.session() as s:
+        pending = s.get(PendingAuthorization, state_hash)
+        if pending is None:
+            raise InvalidState()
+        # Delete first and count: of two concurrent callbacks with one state, one wins.
+        result = s.execute(
+            delete(PendingAuthorization).where(PendingAuthorization.state_hash == state_hash)
+        )
+        deleted = getattr(result, "rowcount", 0)
+        if deleted != 1:
+            raise InvalidState()
+    if utcnow() >= pending.expires_at:
+        raise InvalidState("This sign-in took too long and has expired. Open the app again.")
+    if not binding or not same_secret(binding, pending.binding_hash):
+        log.warning("callback refused: state bound to another browser")
+        raise InvalidState(
+            "This sign-in was started in another browser or window. Open the app again "
+            "from the patient's chart in the EHR."
+        )
+    return pending
+
+
+def fail_authorization(
+    services: SMARTServices, *, state: str | None, binding: str | None, error: str
+) -> AuthorizationFailed:
+    """The error for an authorization server's `error=` redirect (state consumed if valid)."""
+    try:
+        consume_pending(services, state=state, binding=binding)
+    except InvalidState:
+        pass  # the error page says the same either way
+    code = error if error in _AUTHORIZE_ERRORS else "unknown"
+    log.info("authorization refused by the EHR: %s", code)
+    if error == "access_denied":
+        return AccessDenied()
+    return AuthorizationFailed(_AUTHORIZE_ERRORS.get(error, "The EHR did not authorize the app."))
+
+
+def complete(
+    services: SMARTServices,
+    *,
+    state: str | None,
+    code: str | None,
+    binding: str | None,
+    previous_sessions: Mapping[str, str] | None = None,
+) -> CompletedLaunch:
+    """Redeem the code, validate the id_token, and create the launch session.
+
+    `previous_sessions` are the browser's session cookies by purpose: the one this launch
+    replaces is deleted with its tokens.
+    """
+    pending = consume_pending(services, state=state, binding=binding)
+    if not code or len(code) > _MAX_PARAM:
+        raise InvalidLaunch("The EHR sent no authorization code. Open the app again.")
+    try:
+        verifier = services.cipher.decrypt(pending.code_verifier_enc)
+    except DecryptionFailed as exc:
+        # SMARTAPP_SECRET_KEY changed while this sign-in was under way.
+        raise InvalidState() from exc
+    token = services.client.exchange_code(
+        pending.token_endpoint,
+        code=code,
+        redirect_uri=pending.redirect_uri,
+        code_verifier=verifier,
+        requested_scope=pending.requested_scope,
+    )
+    id_claims = _identity(services, pending, token)
+    _check_context(pending, token)
+    granted = GrantedScopes(token.scope)
+    missing = granted.missing(GrantedScopes(pending.requested_scope))
+    if missing:
+        # Scope names only: they say what the app may do, nothing about the patient.
+        log.info("the EHR granted less than asked; not granted: %s", " ".join(missing))
+    cookie_value, launch = create_session(
+        services,
+        pending=pending,
+        token=token,
+        id_claims=id_claims,
+        replaces=(previous_sessions or {}).get(pending.purpose),
+    )
+    log.info(
+        "launch session created (purpose %s, issuer host %s)", pending.purpose, _host(pending.iss)
+    )
+    return CompletedLaunch(cookie_value=cookie_value, launch=launch)
+
+
+def _identity(
+    services: SMARTServices, pending: PendingAuthorization, token: TokenResponse
+) -> IDTokenClaims | None:
+    requested = GrantedScopes(pending.requested_scope)
+    if "openid" not in requested:
+        return None
+    if token.id_token is None:
+        if "openid" in GrantedScopes(token.scope):
+            raise IDTokenInvalid("The EHR granted openid but sent no identity token.")
+        return None  # identity not granted: the session has no fhirUser
+    with services.http_session() as http:
+        return validate_id_token(
+            token.id_token,
+            # OIDC: iss must equal the discovered issuer; without one, the FHIR base.
+            issuer=pending.issuer or pending.iss,
+            client_id=services.client.client_id,
+            nonce=pending.nonce,
+            jwks_uri=pending.jwks_uri,
+            jwks=services.jwks_cache,
+            http=http,
+            timeout=services.timeout,
+        )
+
+
+def _check_context(pending: PendingAuthorization, token: TokenResponse) -> None:
+    if token.patient is not None and not _FHIR_ID.match(token.patient):
+        raise AuthorizationFailed("The EHR sent a patient id that is not a valid FHIR id.")
+    if token.encounter is not None and not _FHIR_ID.match(token.encounter):
+        raise AuthorizationFailed("The EHR sent an encounter id that is not a valid FHIR id.")
+    if pending.purpose == "clinician" and token.patient is None:
+        # An EHR launch is bound to one patient; without one the sidebar has nothing to show.
+        raise AuthorizationFailed(
+            "The EHR did not say which patient this launch is for. Open the app from a "
+            "patient's chart.",
+            code="no_patient_context",
+        )
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc

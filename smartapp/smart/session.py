@@ -1,0 +1,321 @@
+"""The launch session: an opaque cookie naming a server-side row with the context and tokens.
+
+The browser holds 256 random bits; the store holds their SHA-256, the launch context
+and the tokens encrypted. Tokens never reach the browser.
+https://hl7.org/fhir/smart-app-launch/app-launch.html#response-5
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Flask, g, request
+from sqlalchemy import delete, select
+
+from smartapp.db import utcnow
+from smartapp.errors import NotAuthenticated, RelaunchRequired, TemporaryUpstreamError
+from smartapp.fhir.auth import TokenProvider
+from smartapp.security import CSRF_HEADER, register_csrf_lookup
+from smartapp.smart.client import RefreshRefused, TokenResponse
+from smartapp.smart.crypto import DecryptionFailed, hash_secret, random_secret
+from smartapp.smart.idtoken import IDTokenClaims
+from smartapp.smart.models import LaunchSession, PendingAuthorization
+from smartapp.smart.scopes import GrantedScopes
+from smartapp.smart.services import SMARTServices, get_services
+
+log = logging.getLogger(__name__)
+
+PURPOSES = ("clinician", "admin")
+#: One cookie per purpose, so an admin sign-in never replaces a clinician's launch.
+SESSION_COOKIES = {"clinician": "smartapp_session", "admin": "smartapp_admin"}
+
+#: A session unused this long ends (the clinician relaunches from the EHR).
+IDLE_TIMEOUT = timedelta(hours=1)
+#: A session ends this long after the launch, however busy.
+ABSOLUTE_LIFETIME = timedelta(hours=12)
+#: Refresh the access token this long before it expires.
+REFRESH_MARGIN = timedelta(seconds=60)
+#: last_seen_at is written at most this often (not on every request).
+TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchContext:
+    session_id: str  # the DB key (hash), never the cookie value
+    iss: str
+    patient_id: str | None
+    encounter_id: str | None
+    fhir_user: str | None  # normalized relative "Practitioner/123" (None without openid fhirUser)
+    fhir_user_raw: str | None
+    need_patient_banner: bool
+    smart_style_url: str | None
+    scopes: GrantedScopes
+    csrf_token: str
+    purpose: str  # "clinician" | "admin"
+    created_at: datetime
+    tenant: str | None = None
+    intent: str | None = None
+    fhir_context: tuple[dict[str, Any], ...] = ()
+
+
+def _context_from_row(row: LaunchSession) -> LaunchContext:
+    try:
+        fhir_context = tuple(json.loads(row.fhir_context)) if row.fhir_context else ()
+    except ValueError:
+        fhir_context = ()
+    return LaunchContext(
+        session_id=row.id,
+        iss=row.iss,
+        patient_id=row.patient,
+        encounter_id=row.encounter,
+        fhir_user=row.fhir_user,
+        fhir_user_raw=row.fhir_user_raw,
+        need_patient_banner=row.need_patient_banner,
+        smart_style_url=row.smart_style_url,
+        scopes=GrantedScopes(row.scope),
+        csrf_token=row.csrf_token,
+        purpose=row.purpose,
+        created_at=row.created_at,
+        tenant=row.tenant,
+        intent=row.intent,
+        fhir_context=fhir_context,
+    )
+
+
+def session_is_live(row: LaunchSession, settings_issuers: tuple[str, ...], now: datetime) -> bool:
+    return (
+        now < row.absolute_expires_at
+        and now < row.last_seen_at + IDLE_TIMEOUT
+        # An issuer taken off the allow-list ends its sessions at once.
+        and row.iss in settings_issuers
+    )
+
+
+def create_session(
+    services: SMARTServices,
+    *,
+    pending: PendingAuthorization,
+    token: TokenResponse,
+    id_claims: IDTokenClaims | None,
+    replaces: str | None = None,
+) -> tuple[str, LaunchContext]:
+    """Store a new launch session; returns (cookie value, context). `replaces` is the old
+    cookie value of this browser, whose session (and tokens) are deleted."""
+    cookie_value = random_secret(32)
+    now = utcnow()
+    cipher = services.cipher
+    row = LaunchSession(
+        id=hash_secret(cookie_value),
+        iss=pending.iss,
+        purpose=pending.purpose,
+        token_endpoint=pending.token_endpoint,
+        access_token_enc=cipher.encrypt(token.access_token),
+        refresh_token_enc=cipher.encrypt(token.refresh_token) if token.refresh_token else None,
+        access_expires_at=token.expires_at,
+        scope=token.scope,
+        patient=token.patient,
+        encounter=token.encounter,
+        fhir_user=id_claims.fhir_user if id_claims else None,
+        fhir_user_raw=id_claims.fhir_user_raw if id_claims else None,
+        id_token_sub=id_claims.sub if id_claims else None,
+        need_patient_banner=token.need_patient_banner,
+        smart_style_url=token.smart_style_url,
+        tenant=token.tenant,
+        intent=token.intent,
+        fhir_context=json.dumps(list(token.fhir_context)) if token.fhir_context else None,
+        csrf_token=random_secret(32),
+        created_at=now,
+        last_seen_at=now,
+        absolute_expires_at=now + ABSOLUTE_LIFETIME,
+    )
+    with services.db.session() as s:
+        if replaces:
+            s.execute(delete(LaunchSession).where(LaunchSession.id == hash_secret(replaces)))
+        # Opportunistic clean-up: expired sessions take their tokens with them.
+        s.execute(
+            delete(LaunchSession).where(
+                (LaunchSession.absolute_expires_at <= now)
+                | (LaunchSession.last_seen_at <= now - IDLE_TIMEOUT)
+            )
+        )
+        s.add(row)
+    return cookie_value, _context_from_row(row)
+
+
+def load_session(
+    services: SMARTServices, cookie_value: str, *, purpose: str
+) -> LaunchSession | None:
+    """The live session named by a cookie value, touching last_seen_at; None when there is none."""
+    if not cookie_value or len(cookie_value) > 200:
+        return None
+    now = utcnow()
+    session_id = hash_secret(cookie_value)
+    with services.db.session() as s:
+        row = s.get(LaunchSession, session_id)
+        if row is None or row.purpose != purpose:
+            return None
+        if not session_is_live(row, services.settings.allowed_issuers, now):
+            s.delete(row)
+            return None
+        if now - row.last_seen_at >= TOUCH_INTERVAL:
+            row.last_seen_at = now
+    return row
+
+
+def current_launch(*, purpose: str = "clinician") -> LaunchContext:
+    """The launch of this request's browser, from its session cookie.
+
+    Raises NotAuthenticated without a live session. When the request carries
+    `X-CSRF-Token` (the sidebar sends it on every API call, GET included) it must match
+    this session: a second launch in the same browser (another patient in another tab)
+    replaces the cookie, and the older tab then gets a clear error instead of the other
+    patient's data.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}")
+    cache: dict[str, LaunchContext] = g.setdefault("smartapp_launch", {})
+    launch = cache.get(purpose)
+    if launch is None:
+        cookie_value = request.cookies.get(SESSION_COOKIES[purpose], "")
+        row = load_session(get_services(), cookie_value, purpose=purpose)
+        if row is None:
+            raise NotAuthenticated()
+        launch = _context_from_row(row)
+        cache[purpose] = launch
+    supplied = request.headers.get(CSRF_HEADER)
+    if supplied is not None and not hmac.compare_digest(
+        supplied.encode("utf-8", "surrogateescape"), launch.csrf_token.encode("utf-8")
+    ):
+        raise NotAuthenticated(
+            "This panel belongs to an earlier launch (the app was opened again in this "
+            "browser, perhaps for another patient). Open the app again from this chart."
+        )
+    return launch
+
+
+def _csrf_lookup() -> str | None:
+    purpose = "admin" if request.path.startswith("/admin") else "clinician"
+    row = load_session(
+        get_services(), request.cookies.get(SESSION_COOKIES[purpose], ""), purpose=purpose
+    )
+    return row.csrf_token if row else None
+
+
+def init_csrf(app: Flask) -> None:
+    """Every POST/PUT/PATCH/DELETE must carry the X-CSRF-Token of the browser's session."""
+    register_csrf_lookup(app, _csrf_lookup)
+
+
+def end_session(services: SMARTServices, session_id: str) -> None:
+    with services.db.session() as s:
+        s.execute(delete(LaunchSession).where(LaunchSession.id == session_id))
+
+
+class SessionTokenProvider:
+    """The FHIR client's bearer token for one launch session (see `smartapp.fhir.auth`).
+
+    Safe to use from worker threads: it holds the services, not the Flask app context.
+    Refreshes are serialised per session (a lock here, SELECT … FOR UPDATE where the
+    database has it) because refresh tokens rotate: two refreshes must not both spend
+    the same one.
+    """
+
+    def __init__(self, services: SMARTServices, session_id: str) -> None:
+        self._services = services
+        self._session_id = session_id
+        self._last_token: str | None = None
+
+    def access_token(self) -> str:
+        row = self._read()
+        now = utcnow()
+        token = self._decrypt(row.access_token_enc)
+        if not _needs_refresh(row, now):
+            return self._remember(token)
+        if row.refresh_token_enc is None:
+            if row.access_expires_at is not None and now >= row.access_expires_at:
+                raise RelaunchRequired()
+            return self._remember(token)  # still valid for a few seconds; nothing to refresh with
+        try:
+            return self._remember(self._refresh(force=False))
+        except TemporaryUpstreamError:
+            # The server is briefly away but the token has not expired yet: use it.
+            if row.access_expires_at is not None and now < row.access_expires_at:
+                return self._remember(token)
+            raise
+
+    def refresh(self) -> str:
+        return self._remember(self._refresh(force=True))
+
+    def _remember(self, token: str) -> str:
+        self._last_token = token
+        return token
+
+    def _read(self) -> LaunchSession:
+        with self._services.db.session() as s:
+            row = s.get(LaunchSession, self._session_id)
+        if row is None or row.access_token_enc is None:
+            raise RelaunchRequired()
+        if utcnow() >= row.absolute_expires_at:
+            raise RelaunchRequired()
+        return row
+
+    def _decrypt(self, ciphertext: str | None) -> str:
+        if ciphertext is None:
+            raise RelaunchRequired()
+        try:
+            return self._services.cipher.decrypt(ciphertext)
+        except DecryptionFailed as exc:
+            # The secret key changed since the launch: the stored tokens are unreadable.
+            raise RelaunchRequired() from exc
+
+    def _refresh(self, *, force: bool) -> str:
+        services = self._services
+        refused: RefreshRefused | None = None
+        with services.refresh_locks.get(self._session_id), services.db.session() as s:
+            row = s.execute(
+                select(LaunchSession).where(LaunchSession.id == self._session_id).with_for_update()
+            ).scalar_one_or_none()
+            if row is None or row.access_token_enc is None or utcnow() >= row.absolute_expires_at:
+                raise RelaunchRequired()
+            current = self._decrypt(row.access_token_enc)
+            # Another request refreshed while this one waited for the lock: use its token.
+            if force and self._last_token is not None and current != self._last_token:
+                return current
+            if not force and not _needs_refresh(row, utcnow()):
+                return current
+            if row.refresh_token_enc is None:
+                raise RelaunchRequired()
+            try:
+                fresh = services.client.refresh(
+                    row.token_endpoint,
+                    refresh_token=self._decrypt(row.refresh_token_enc),
+                    current_scope=row.scope,
+                )
+            except RefreshRefused as exc:
+                # Spent or revoked: forget it so that later calls fail fast, and commit that.
+                row.refresh_token_enc = None
+                refused = exc
+            else:
+                row.access_token_enc = services.cipher.encrypt(fresh.access_token)
+                if fresh.refresh_token:
+                    row.refresh_token_enc = services.cipher.encrypt(fresh.refresh_token)
+                row.access_expires_at = fresh.expires_at
+                row.scope = fresh.scope
+                row.last_refreshed_at = utcnow()
+                return fresh.access_token
+        assert refused is not None
+        raise refused
+
+
+def _needs_refresh(row: LaunchSession, now: datetime) -> bool:
+    return row.access_expires_at is not None and now >= row.access_expires_at - REFRESH_MARGIN
+
+
+def token_provider(launch: LaunchContext) -> TokenProvider:
+    """A TokenProvider for the FHIR client, bound to this launch's session."""
+    return SessionTokenProvider(get_services(), launch.session_id)

@@ -1,0 +1,143 @@
+"""The SMART endpoints: `/launch` (EHR and standalone), `/callback`, the app's JWKS.
+
+Views parse the request, call `flow`, and set cookies; errors render the HTML error
+page (`LaunchError` and friends in `smartapp.errors`).
+https://hl7.org/fhir/smart-app-launch/app-launch.html
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from smartapp.config import Settings
+from smartapp.db import get_db
+from smartapp.security import clear_cookie, set_cookie
+from smartapp.smart import flow
+from smartapp.smart.keys import public_jwks
+from smartapp.smart.services import EXTENSION_KEY, SMARTServices, get_services
+from smartapp.smart.session import ABSOLUTE_LIFETIME, SESSION_COOKIES, init_csrf
+
+bp = Blueprint("smart", __name__)
+
+#: Short-lived cookie binding an authorize request to the browser that started it.
+BINDING_COOKIE = "smartapp_auth"
+
+#: Where each kind of launch lands after the callback.
+LANDING = {"clinician": "/", "admin": "/admin"}
+
+
+def init_app(app: Flask) -> None:
+    settings: Settings = app.extensions["smartapp.settings"]
+    with app.app_context():
+        database = get_db()
+    app.extensions[EXTENSION_KEY] = SMARTServices.build(settings, database)
+    init_csrf(app)
+    app.register_blueprint(bp)
+
+
+def launch_scope(manifest_scope: str, *, ehr_launch: bool) -> str:
+    """The manifest's scope for this kind of launch.
+
+    EHR launch: `launch` (the EHR supplies the context). Standalone: `launch/patient`
+    instead (the EHR asks the user to pick one), and `launch/encounter` only if the
+    manifest lists it.
+    """
+    tokens = manifest_scope.split()
+    if ehr_launch:
+        if "launch" not in tokens:
+            tokens.insert(0, "launch")
+    else:
+        tokens = [t for t in tokens if t != "launch"]
+        if "launch/patient" not in tokens:
+            tokens.insert(0, "launch/patient")
+    return " ".join(dict.fromkeys(tokens))
+
+
+def redirect_uri(settings: Settings) -> str:
+    """The manifest's first redirect URI, resolved against the app's public base URL."""
+    target = settings.manifest.redirect_uris[0]
+    if urlsplit(target).scheme:
+        return target
+    base = settings.public_url or request.url_root
+    return base.rstrip("/") + "/" + target.lstrip("/")
+
+
+def start_authorization(*, iss: str, launch: str | None, purpose: str, scope: str) -> Response:
+    """Redirect the browser to the EHR's authorize endpoint (after the allow-list check).
+
+    The clinician launch calls this with the manifest's scope; the admin sign-in with
+    `scope="openid fhirUser"`, `launch=None` and `purpose="admin"`. Raises the
+    `LaunchError`s of `smartapp.errors` (rendered as the HTML error page).
+    """
+    services = get_services()
+    start = flow.begin(
+        services,
+        iss=iss,
+        launch=launch,
+        purpose=purpose,
+        scope=scope,
+        redirect_uri=redirect_uri(services.settings),
+        binding=request.cookies.get(BINDING_COOKIE),
+    )
+    response = _redirect(start.url)
+    set_cookie(
+        response, BINDING_COOKIE, start.binding, max_age=int(flow.PENDING_TTL.total_seconds())
+    )
+    return response
+
+
+@bp.get("/launch")
+def launch() -> Response:
+    settings: Settings = current_app.extensions["smartapp.settings"]
+    launch_id = request.args.get("launch")
+    return start_authorization(
+        iss=request.args.get("iss", ""),
+        launch=launch_id,
+        purpose="clinician",
+        scope=launch_scope(settings.manifest.scope, ehr_launch=launch_id is not None),
+    )
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    services = get_services()
+    state = request.args.get("state")
+    binding = request.cookies.get(BINDING_COOKIE)
+    error = request.args.get("error")
+    if error is not None:
+        raise flow.fail_authorization(services, state=state, binding=binding, error=error)
+    completed = flow.complete(
+        services,
+        state=state,
+        code=request.args.get("code"),
+        binding=binding,
+        previous_sessions={
+            purpose: request.cookies[name]
+            for purpose, name in SESSION_COOKIES.items()
+            if request.cookies.get(name)
+        },
+    )
+    purpose = completed.launch.purpose
+    response = _redirect(request.script_root + LANDING[purpose])
+    set_cookie(
+        response,
+        SESSION_COOKIES[purpose],
+        completed.cookie_value,
+        max_age=int(ABSOLUTE_LIFETIME.total_seconds()),
+    )
+    clear_cookie(response, BINDING_COOKIE)
+    return response
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks() -> Response:
+    response = jsonify(public_jwks(get_services().signing_key))
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def _redirect(location: str) -> Response:
+    # No body: Werkzeug's redirect page would repeat the URL, and this one carries `state`.
+    return Response(status=302, headers={"Location": location}, content_type="text/plain")

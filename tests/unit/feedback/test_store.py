@@ -1,0 +1,93 @@
+"""Unit: recording shown suggestions and decisions (SQLite, or PostgreSQL when configured)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from smartapp.db import Database, utcnow
+from smartapp.errors import BadRequest, NotFound
+from smartapp.feedback.store import FeedbackStore, ShownBy
+from smartapp.suggestions.interfaces import Citation, EngineInfo, Statement, Suggestion
+from tests.conftest import test_database_url
+
+ENGINE = EngineInfo(name="builtin-rules", version="1.0.0", rule_based=True)
+BY = ShownBy(
+    launch_session_id="s1",
+    snapshot_key="k1",
+    site="http://ehr/fhir",
+    fhir_user="Practitioner/1",
+    patient_id="p1",
+)
+
+
+def suggestion(text: str = "Type 2 diabetes since 2019") -> Suggestion:
+    return Suggestion(
+        kind="problem_summary",
+        title="Problems",
+        statements=(
+            Statement(text=text, citations=(Citation(reference="Condition/c1", display="T2DM"),)),
+        ),
+        engine=ENGINE,
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    db = Database(test_database_url(tmp_path))
+    db.drop_all()
+    db.create_all()
+    yield FeedbackStore(db)
+    db.dispose()
+
+
+def test_record_shown_is_stable_for_a_snapshot(store):
+    first = store.record_shown(BY, [suggestion(), suggestion("Hypertension")])
+    again = store.record_shown(BY, [suggestion("something else")])
+    assert [r.id for r in again] == [r.id for r in first]
+    assert [r.text for r in store.shown(BY)] == ["- Type 2 diabetes since 2019", "- Hypertension"]
+
+
+def test_edit_records_distance_and_time_to_decision(store):
+    row = store.record_shown(BY, [suggestion("abc")])[0]
+    decision = store.decide(
+        "s1", row.id, action="edit", text="- abd", now=row.shown_at + timedelta(seconds=12)
+    )
+    assert decision.edit_distance == 1
+    assert decision.seconds_to_decision == pytest.approx(12)
+    assert store.get("s1", row.id).latest_decision().final_text == "- abd"
+
+
+def test_accept_has_zero_distance_and_reject_none(store):
+    a, b = store.record_shown(BY, [suggestion("one"), suggestion("two")])
+    assert store.decide("s1", a.id, action="accept").edit_distance == 0
+    rejected = store.decide(
+        "s1", b.id, action="reject", reason="Not relevant", comment="old problem"
+    )
+    assert (rejected.edit_distance, rejected.reason, rejected.comment) == (
+        None,
+        "not_relevant",
+        "old problem",
+    )
+
+
+def test_free_text_reason_becomes_other(store):
+    row = store.record_shown(BY, [suggestion()])[0]
+    decision = store.decide("s1", row.id, action="reject", reason="patient declined")
+    assert (decision.reason, decision.comment) == ("other", "patient declined")
+
+
+def test_bad_decisions_are_refused(store):
+    row = store.record_shown(BY, [suggestion()])[0]
+    with pytest.raises(BadRequest, match="action must be one of"):
+        store.decide("s1", row.id, action="approve")
+    with pytest.raises(BadRequest, match="edited text"):
+        store.decide("s1", row.id, action="edit", text="  ")
+    with pytest.raises(NotFound):
+        store.decide("another-launch", row.id, action="accept")
+
+
+def test_timestamps_are_utc(store):
+    row = store.record_shown(BY, [suggestion()])[0]
+    assert abs((store.get("s1", row.id).shown_at - utcnow()).total_seconds()) < 60

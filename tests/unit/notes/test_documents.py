@@ -1,0 +1,77 @@
+"""Unit: the DocumentReference and Provenance a saved note becomes (US Core, AI Transparency)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from smartapp.notes.documents import NoteDraft, document_reference, provenance, transaction_bundle
+
+DRAFT = NoteDraft(
+    note_id="0123456789abcdef0123456789abcdef",
+    text="Problems\n- Type 2 diabetes (since 2019-04-02)",
+    patient_id="p1",
+    encounter_id="e1",
+    author="Practitioner/dr-1",
+    engines=[("builtin-rules", "1.0.0")],
+    created_at=datetime(2026, 11, 23, 9, 30, tzinfo=UTC),
+)
+
+
+def test_document_reference_is_a_preliminary_us_core_clinical_note():
+    doc = document_reference(DRAFT)
+    get_fhir_model_class("DocumentReference").model_validate(doc)
+    assert doc["status"] == "current"
+    assert doc["docStatus"] == "preliminary"
+    assert doc["type"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "11506-3",
+        "display": "Progress note",
+    }
+    assert doc["category"][0]["coding"][0]["code"] == "clinical-note"
+    assert doc["subject"] == {"reference": "Patient/p1"}
+    assert doc["context"]["encounter"] == [{"reference": "Encounter/e1"}]
+    assert doc["author"] == [{"reference": "Practitioner/dr-1"}]
+    attachment = doc["content"][0]["attachment"]
+    assert attachment["contentType"].startswith("text/plain")
+    assert base64.b64decode(attachment["data"]).decode() == DRAFT.text
+
+
+def test_ai_assisted_note_carries_the_aiast_label():
+    doc = document_reference(DRAFT)
+    assert {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "AIAST",
+        "display": "Artificial Intelligence asserted",
+    } in doc["meta"]["security"]
+
+
+def test_provenance_names_the_clinician_and_the_engine_as_a_device():
+    prov = provenance(DRAFT, target="DocumentReference/9")
+    get_fhir_model_class("Provenance").model_validate(prov)
+    assert prov["target"] == [{"reference": "DocumentReference/9"}]
+    roles = {(a["type"]["coding"][0]["code"], a["who"]["reference"]) for a in prov["agent"]}
+    assert ("author", "Practitioner/dr-1") in roles
+    assert ("verifier", "Practitioner/dr-1") in roles
+    device = prov["contained"][0]
+    assert ("author", f"#{device['id']}") in roles
+    assert device["deviceName"][0]["name"] == "builtin-rules"
+    assert device["version"][0]["value"] == "1.0.0"
+
+
+def test_transaction_is_idempotent_on_the_note_identifier():
+    bundle = transaction_bundle(DRAFT)
+    get_fhir_model_class("Bundle").model_validate(bundle)
+    doc_entry, prov_entry = bundle["entry"]
+    assert doc_entry["request"]["ifNoneExist"].startswith(
+        "identifier=urn:ietf:rfc:3986|urn:uuid:01234567-89ab-"
+    )
+    assert prov_entry["resource"]["target"][0]["reference"] == doc_entry["fullUrl"]
+
+
+def test_a_note_written_without_ai_has_no_ai_label():
+    manual = NoteDraft(**{**DRAFT.__dict__, "engines": [], "ai_assisted": False})
+    assert "meta" not in document_reference(manual)
+    assert "contained" not in provenance(manual, target="DocumentReference/1")
