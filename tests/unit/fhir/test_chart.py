@@ -471,6 +471,45 @@ def test_invalid_resources_are_skipped_and_reported(rsps):
     assert all("Anna" not in p.detail for p in snapshot.problems)
 
 
+def test_a_fifty_entry_page_with_three_invalid_gives_47_and_reports_3(rsps):
+    vitals = vital_observations(47)
+    broken = [dict(o, id=f"broken-{i}") for i, o in enumerate(vital_observations(3, start=47))]
+    broken[0]["valueQuantity"] = {"value": "Anna's pulse was fast"}
+    broken[1]["status"] = 7
+    broken[2]["nurseComment"] = "Anna Example"
+    server = serve(rsps, [fixture("patient.json"), *vitals, *broken])
+    snapshot = load(encounter_id=None)
+    assert len([url for url in server.gets if "vital-signs" in url]) == 1
+    assert len(server.http_log) == 2  # the 50 came in one page of one batch
+    assert len(snapshot.of_type("Observation")) == 47
+    [problem] = snapshot.problems
+    assert (problem.code, problem.resource_type, problem.count) == (
+        "invalid_resource",
+        "Observation",
+        3,
+    )
+    assert "Anna" not in problem.detail
+
+
+def test_a_next_link_to_another_host_is_not_followed(rsps):
+    server = serve(rsps, chart_fixtures() + vital_observations(250))
+    original = server.next_url
+    server.next_url = lambda rtype, params, offset: original(rtype, params, offset).replace(
+        BASE, "https://evil.example/fhir"
+    )
+    evil = rsps.add(responses.GET, "https://evil.example/fhir/Observation")
+    snapshot = load()
+    assert evil.call_count == 0
+    assert len(server.batches) == 1
+    assert len(snapshot.of_type("Observation")) == 200 + 2
+    [problem] = snapshot.problems
+    assert problem.code == "truncated"
+    assert (
+        problem.detail
+        == "Observation (vital-signs): the next page is on another server; not followed"
+    )
+
+
 def test_snapshot_round_trips_through_json(rsps):
     serve(rsps)
     snapshot = load()
