@@ -88,7 +88,7 @@ SEARCHES: tuple[tuple[str, str | None], ...] = (
 )
 
 _TEMPORARY = frozenset({429, 500, 502, 503, 504})
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,255}")  # as FHIRClient's: longer than R4's 64
 
 
 def search_params(

@@ -51,7 +51,9 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 CAPABILITIES_TTL_SECONDS = 300.0
 
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: R4 allows 64 characters, but some EHRs (Epic) issue longer ids; the characters are what
+#: keep a URL path safe.
+_RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,255}")
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
