@@ -88,6 +88,8 @@ SEARCHES: tuple[tuple[str, str | None], ...] = (
 )
 
 _TEMPORARY = frozenset({429, 500, 502, 503, 504})
+#: Entry statuses that, on every search of a batch, mean "no searches in a batch here".
+_NO_SEARCH_IN_BATCH = frozenset({400, 405, 422, 501})
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,255}")  # as FHIRClient's: longer than R4's 64
 
 
@@ -287,6 +289,15 @@ class _Loader:
                         resource=response.resource,
                         retryable=response.status in _TEMPORARY,
                     )
+                searches = [i for i in batched if fetches[i].purpose == "search"]
+                if len(searches) > 1 and all(
+                    outcomes[i].status in _NO_SEARCH_IN_BATCH for i in searches
+                ):
+                    # Some servers take reads but not searches inside a batch: search directly.
+                    log.warning("FHIR batch refused every search; searching with separate requests")
+                    self.use_batch = False
+                    again = self._pool_for().map(self._direct, [fetches[i] for i in searches])
+                    outcomes.update(zip(searches, again, strict=True))
         for i, future in futures.items():
             outcomes[i] = future.result()
         return [outcomes[i] for i in range(len(fetches))]

@@ -139,6 +139,7 @@ class FakeFHIRServer:
         hapi_next_links: bool = False,
         latency: float = 0.0,
         accept_token: str | None = None,
+        searches_in_batch: bool = True,
     ) -> None:
         self.base = base
         self.capability = fixture(capability)
@@ -153,6 +154,8 @@ class FakeFHIRServer:
         self.latency = latency
         #: If set, any other bearer token gets 401 (an expired token).
         self.accept_token = accept_token
+        #: False: a batch entry that is a search gets 400 (reads still work).
+        self.searches_in_batch = searches_in_batch
         #: Statuses for the next HTTP requests, whatever they are (then normal service).
         self.fail_next: list[int] = []
         #: Statuses for the next reads/searches of a type, in a batch or not: {"Procedure": [500]}.
@@ -226,7 +229,10 @@ class FakeFHIRServer:
                 self.batches.append(urls)
             entries = []
             for url in urls:
-                status, body = self.answer_get(url)
+                if not self.searches_in_batch and "?" in url:
+                    status, body = 400, _outcome(400, "search not supported in batch")
+                else:
+                    status, body = self.answer_get(url)
                 entry: dict[str, Any] = {
                     "response": {"status": f"{status} {'OK' if status < 300 else 'Error'}"}
                 }

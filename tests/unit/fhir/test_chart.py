@@ -203,6 +203,15 @@ def test_batch_refused_despite_the_statement_falls_back_to_separate_requests(rsp
     assert sum(1 for line in server.http_log if line.startswith("GET ")) >= 9
 
 
+def test_server_that_refuses_searches_in_a_batch_is_searched_directly(rsps):
+    server = serve(rsps, searches_in_batch=False)
+    snapshot = load()
+    assert ids(snapshot) == EXPECTED_IDS
+    assert snapshot.problems == ()
+    assert len(server.batches) == 1  # Patient and Encounter came in it; searches went direct
+    assert any(line.startswith("GET Condition?") for line in server.http_log)
+
+
 # -- scopes ------------------------------------------------------------------------------------
 
 
