@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smartapp.errors import FatalUpstreamError
+from smartapp.fhir.capabilities import supports_transaction
 from smartapp.fhir.snapshot import reference_key
 from smartapp.notes.documents import (
     NoteDraft,
@@ -30,16 +31,6 @@ class WrittenNote:
     provenance: str  # "Provenance/456"
 
 
-def supports_interaction(capabilities: dict[str, Any], code: str) -> bool:
-    """Whether the CapabilityStatement lists a system-level interaction (batch, transaction)."""
-    for rest in capabilities.get("rest", []):
-        if rest.get("mode", "server") != "server":
-            continue
-        if any(i.get("code") == code for i in rest.get("interaction", [])):
-            return True
-    return False
-
-
 def _location(entry: dict[str, Any], resource_type: str) -> str:
     response = entry.get("response") or {}
     location = response.get("location")
@@ -55,7 +46,7 @@ def _location(entry: dict[str, Any], resource_type: str) -> str:
 
 
 def write_note(client: FHIRClient, draft: NoteDraft) -> WrittenNote:
-    if supports_interaction(client.capabilities(), "transaction"):
+    if supports_transaction(client.capabilities()):
         response = client.transaction(transaction_bundle(draft))
         entries = response.get("entry") or []
         if len(entries) != 2:
