@@ -21,8 +21,13 @@ from smartapp.sandbox import controls as controls_module
 from smartapp.sandbox import fhir_api, pages
 from smartapp.sandbox.auth import ClientRegistration, SandboxAuth, load_signing_key
 from smartapp.sandbox.fhir_service import FHIRError, FHIRService
-from smartapp.sandbox.pages import human_name, latest_encounter_id
-from smartapp.sandbox.population import CLINICIANS, DEFAULT_SEED, generate_population
+from smartapp.sandbox.pages import human_name, latest_encounter_id, practitioner_name
+from smartapp.sandbox.population import (
+    CLINICIANS,
+    DEFAULT_SEED,
+    generate_population,
+    practitioner_resource,
+)
 from smartapp.sandbox.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,9 @@ def load_population(store: Store, service: FHIRService, *, count: int, seed: int
         return
     bundles = generate_population(count=count, seed=seed)
     with store.transaction():
+        # Every EHR user exists even when the population is too small to need them all.
+        for clinician in CLINICIANS:
+            store.put(practitioner_resource(clinician), patient=None)
         for bundle in bundles:
             for entry in bundle["entry"]:
                 resource = entry["resource"]
@@ -106,7 +114,7 @@ def create_ehr_app(
                 [c.id for c in CLINICIANS].index(i.id) if i.id in staff else 0,
             )
         )
-        return [(item.id, human_name(item.body) or item.id) for item in items]
+        return [(item.id, practitioner_name(item.body) or item.id) for item in items]
 
     def patients() -> list[tuple[str, str]]:
         return [(item.id, human_name(item.body) or item.id) for item in store.list("Patient")]

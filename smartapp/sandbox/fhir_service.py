@@ -222,6 +222,11 @@ class FHIRService:
     # -- read -----------------------------------------------------------------------
     def read(self, access: Access, resource_type: str, resource_id: str) -> StoredResource:
         self._require_type(resource_type)
+        if self._is_own_user(access, resource_type, resource_id):
+            # SMART's fhirUser scope lets an app read the signed-in user's own resource.
+            item = self.store.get(resource_type, resource_id)
+            if item is not None:
+                return item
         permission = self._permission(access, resource_type, "r")
         item = self.store.get(resource_type, resource_id)
         if item is None:
@@ -234,6 +239,15 @@ class FHIRService:
                 "compartment or granted scopes",
             )
         return item
+
+    @staticmethod
+    def _is_own_user(access: Access, resource_type: str, resource_id: str) -> bool:
+        return (
+            access.grant is not None
+            and "fhirUser" in access.grant
+            and resource_type == "Practitioner"
+            and resource_id == access.user
+        )
 
     # -- search ---------------------------------------------------------------------
     def _patient_param(self, value: str) -> str:

@@ -58,6 +58,20 @@ def human_name(resource: Resource | None) -> str:
     return f"{given} {name.get('family', '')}".strip()
 
 
+def practitioner_name(resource: Resource | None) -> str:
+    """ "Dr Ada Lovelace, MD": how an EHR shows its users."""
+    if not resource:
+        return ""
+    names = resource.get("name") or []
+    if not names or not isinstance(names[0], dict):
+        return str(resource.get("id", ""))
+    name = names[0]
+    parts = [*(name.get("prefix") or []), *(name.get("given") or []), name.get("family", "")]
+    text = " ".join(str(p) for p in parts if p)
+    suffix = ", ".join(str(s) for s in name.get("suffix") or [])
+    return f"{text}, {suffix}" if suffix else text
+
+
 def mrn(patient: Resource) -> str:
     for identifier in patient.get("identifier") or []:
         codings = (identifier.get("type") or {}).get("coding") or []

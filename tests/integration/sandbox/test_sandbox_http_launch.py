@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
@@ -20,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from smartapp.sandbox.ehr import create_ehr_app
 from smartapp.sandbox.server import BackgroundServer
@@ -250,3 +253,87 @@ def test_background_server_stops_and_frees_its_port():
         assert requests.get(server.url, timeout=TIMEOUT).text == "ok"
     with pytest.raises(requests.ConnectionError):
         requests.get(server.url, timeout=TIMEOUT)
+
+
+def test_private_key_jwt_client_keys_are_fetched_from_its_jwks_uri(tmp_path: Path):
+    """A confidential-asymmetric client registered with only a jwks_uri, as launch.json has."""
+    key = RSAKey.generate_key(2048, private=True)
+    public = {**key.as_dict(private=False), "kid": key.thumbprint(), "alg": "RS384"}
+
+    def app_with_jwks(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/.well-known/jwks.json":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"keys": [public]}).encode()]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not here"]
+
+    ehr_server = BackgroundServer("127.0.0.1", 0, public_host="localhost")
+    app_server = BackgroundServer("127.0.0.1", 0, app=app_with_jwks)
+    manifest = json.loads((REPO_ROOT / "launch.json").read_text(encoding="utf-8"))
+    manifest["token_endpoint_auth_method"] = "private_key_jwt"
+    ehr_app = create_ehr_app(
+        data_dir=tmp_path / "ehr",
+        ehr_base_url=ehr_server.url,
+        app_base_url=app_server.url,
+        manifest=manifest,
+        population_size=2,
+    )
+    ehr_server.set_app(ehr_app)
+    with ehr_server, app_server:
+        http = requests.Session()
+        launch = http.post(
+            f"{ehr_server.url}/_sandbox/launch", json={"patient": "pt-01"}, timeout=TIMEOUT
+        ).json()["launch"]
+        verifier = base64.urlsafe_b64encode(secrets.token_bytes(48)).rstrip(b"=").decode()
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
+            .rstrip(b"=")
+            .decode()
+        )
+        redirect_uri = f"{app_server.url}/callback"
+        authorize = http.get(
+            f"{ehr_server.url}/auth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": "smartapp",
+                "redirect_uri": redirect_uri,
+                "launch": launch,
+                "scope": "launch patient/Patient.rs",
+                "state": "s" * 24,
+                "aud": f"{ehr_server.url}/fhir",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            },
+            allow_redirects=False,
+            timeout=TIMEOUT,
+        )
+        code = parse_qs(urlsplit(authorize.headers["Location"]).query)["code"][0]
+        token_url = f"{ehr_server.url}/auth/token"
+        now = int(time.time())
+        assertion = jwt.encode(
+            {"alg": "RS384", "kid": key.thumbprint(), "typ": "JWT"},
+            {
+                "iss": "smartapp",
+                "sub": "smartapp",
+                "aud": token_url,
+                "exp": now + 240,
+                "jti": secrets.token_urlsafe(12),
+            },
+            key,
+            algorithms=["RS384"],
+        )
+        response = http.post(
+            token_url,
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion,
+            },
+            timeout=TIMEOUT,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["patient"] == "pt-01"
+    ehr_app.extensions["smartapp.sandbox"].store.close()

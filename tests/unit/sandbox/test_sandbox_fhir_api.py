@@ -148,6 +148,13 @@ def test_shared_resources_are_readable_with_scope(client, token):
     assert referenced and referenced == included
 
 
+def test_fhir_user_scope_reads_only_the_signed_in_practitioner(client, token):
+    own = get(client, "/fhir/Practitioner/dr-ada-lovelace", token)
+    assert own.status_code == 200
+    assert own.get_json()["name"][0]["family"] == "Lovelace"
+    assert get(client, "/fhir/Practitioner/dr-rene-laennec", token).status_code == 403
+
+
 def test_scope_is_enforced_per_type(tmp_path: Path, populated_dir: Path):
     narrow = {
         "client_id": "narrow",
