@@ -734,14 +734,37 @@ class FHIRService:
             mapping: dict[str, str] = {}
             pending: dict[str, str | None] = {}
             planned: dict[int, tuple[str, str | None]] = {}
-            for index, method, path, _params, _resource, entry in parsed:
+            for _index, method, path, _params, _resource, entry in parsed:
                 full_url = entry.get("fullUrl")
-                if method == "POST":
+                if method == "PUT":
+                    rtype, _, rid = path.partition("/")
+                    if isinstance(full_url, str):
+                        mapping[full_url] = f"{rtype}/{rid}"
+                    pending[f"{rtype}/{rid}"] = None
+            posts = [p for p in parsed if p[1] == "POST"]
+            while posts:
+                # A conditional create may name another entry's fullUrl in its ifNoneExist
+                # (e.g. a Provenance's target): plan that entry first, then substitute.
+                unplanned = {p[5].get("fullUrl") for p in posts} - {None}
+                ready = [
+                    p
+                    for p in posts
+                    if not any(
+                        url in (p[5]["request"].get("ifNoneExist") or "")
+                        for url in unplanned - {p[5].get("fullUrl")}
+                    )
+                ] or posts[:1]
+                for item in ready:
+                    posts.remove(item)
+                    index, _method, path, _params, _resource, entry = item
+                    full_url = entry.get("fullUrl")
                     rtype = path.strip("/")
                     self._require_type(rtype)
                     existing_id = None
                     if_none_exist = entry["request"].get("ifNoneExist")
                     if if_none_exist:
+                        for url, ref in mapping.items():
+                            if_none_exist = if_none_exist.replace(url, ref)
                         found = self.find(
                             access, rtype, _query(if_none_exist), strict=True, action="c"
                         )
@@ -760,11 +783,6 @@ class FHIRService:
                         mapping[full_url] = f"{rtype}/{new_id}"
                     if not existing_id:
                         pending[f"{rtype}/{new_id}"] = None
-                elif method == "PUT":
-                    rtype, _, rid = path.partition("/")
-                    if isinstance(full_url, str):
-                        mapping[full_url] = f"{rtype}/{rid}"
-                    pending[f"{rtype}/{rid}"] = None
 
             def resolve(reference: dict[str, Any]) -> None:
                 if reference["reference"] in mapping:

@@ -409,8 +409,10 @@ def test_transaction_if_none_exist_makes_retries_idempotent(client, token):
     ).get_json()
     assert again["entry"][1]["response"]["status"] == "200 OK"
     assert again["entry"][1]["response"]["location"] == first["entry"][1]["response"]["location"]
+    assert again["entry"][0]["response"]["status"] == "200 OK"  # the Provenance, too
     documents = client.get("/_sandbox/resources/DocumentReference?patient=pt-01").get_json()
     assert sum(1 for d in documents if d.get("identifier")) == 1
+    assert len(client.get("/_sandbox/resources/Provenance?patient=pt-01").get_json()) == 1
 
 
 def test_transaction_is_all_or_nothing(client, token):
