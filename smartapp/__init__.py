@@ -35,4 +35,43 @@ def create_app(settings: Settings | None = None) -> Flask:
     from smartapp.smart import views as smart_views
 
     smart_views.init_app(app)
+    _init_sidebar(app, settings)
     return app
+
+
+def _init_sidebar(app: Flask, settings: Settings) -> None:
+    """Compose the clinician's flow: chart source, engines, feedback, outbox."""
+    import requests
+
+    from smartapp.db import get_database
+    from smartapp.feedback.forwarding import FeedbackForwarder
+    from smartapp.fhir.cache import SnapshotCache
+    from smartapp.fhir.parsing import warm_up
+    from smartapp.notes import views as notes_views
+    from smartapp.notes.chart_source import LaunchChartSource
+    from smartapp.notes.outbox import Outbox
+    from smartapp.notes.service import SidebarService
+    from smartapp.smart.session import client_for_session
+    from smartapp.suggestions.registry import SuggestionService
+
+    database = get_database(app)
+    chart = LaunchChartSource(
+        settings=settings,
+        cache=SnapshotCache(database, ttl_seconds=settings.snapshot_ttl_seconds),
+        http=requests.Session(),
+    )
+    sidebar = SidebarService(
+        database=database,
+        snapshots=chart,
+        drafter=SuggestionService.from_settings(settings),
+        fhir_for=chart.client_for,
+    )
+    notes_views.init_app(app, sidebar)
+    app.extensions["smartapp.outbox"] = Outbox(
+        database=database,
+        sidebar=sidebar,
+        client_for_session=lambda session_id: client_for_session(app, session_id),
+        forwarder=FeedbackForwarder(database),
+    )
+    # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
+    warm_up()

@@ -144,8 +144,9 @@ class Settings:
         issuers = tuple(
             normalize_issuer(i) for i in _split_list(environ.get("SMARTAPP_ALLOWED_ISSUERS"))
         )
-        if not issuers and sandbox_issuer:
-            issuers = (normalize_issuer(sandbox_issuer),)
+        if sandbox_issuer and normalize_issuer(sandbox_issuer) not in issuers:
+            # In sandbox mode the embedded EHR is always allowed, beside any configured ones.
+            issuers = (*issuers, normalize_issuer(sandbox_issuer))
         for issuer in issuers:
             if urlsplit(issuer).scheme not in ("https", "http") or not urlsplit(issuer).netloc:
                 raise ConfigError(

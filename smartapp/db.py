@@ -108,5 +108,9 @@ def init_app(app: Flask, database: Database) -> None:
 
 
 def get_db() -> Database:
-    db: Database = current_app.extensions["smartapp.db"]
+    return get_database(current_app)
+
+
+def get_database(app: Flask) -> Database:
+    db: Database = app.extensions["smartapp.db"]
     return db

@@ -1,0 +1,101 @@
+"""The sandbox EHR and the app running together on loopback: `smartapp sandbox`, tests, bench.
+
+The EHR is published as `localhost` and the app as `127.0.0.1`, so that the sidebar
+iframe is cross-site as in a real EHR (and the session cookie must be partitioned).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from flask import Flask
+
+from smartapp import create_app
+from smartapp.config import PROJECT_ROOT, Settings
+from smartapp.sandbox.ehr import create_ehr_app
+from smartapp.sandbox.server import BackgroundServer
+
+
+@dataclass(kw_only=True)
+class Stack:
+    ehr_server: BackgroundServer
+    app_server: BackgroundServer
+    ehr: Flask
+    app: Flask
+    settings: Settings
+
+    @property
+    def ehr_url(self) -> str:
+        return self.ehr_server.url
+
+    @property
+    def app_url(self) -> str:
+        return self.app_server.url
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.ehr_url}/fhir"
+
+    def start(self) -> Stack:
+        self.ehr_server.start()
+        self.app_server.start()
+        return self
+
+    def stop(self) -> None:
+        self.app_server.stop()
+        self.ehr_server.stop()
+        self.app.extensions["smartapp.db"].dispose()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def build_stack(
+    *,
+    environ: Mapping[str, str] | None = None,
+    ehr_port: int = 0,
+    app_port: int = 0,
+    latency_ms: int = 0,
+    population_size: int = 24,
+    access_token_lifetime: int = 3600,
+    sandbox_data_dir: Path | None = None,
+    ehr_manifest_overrides: Mapping[str, Any] | None = None,
+) -> Stack:
+    """Bind both servers, then build both apps (each needs the other's URL)."""
+    ehr_server = BackgroundServer("127.0.0.1", ehr_port, public_host="localhost")
+    app_server = BackgroundServer("127.0.0.1", app_port, ident="smartapp")
+    fhir_base = f"{ehr_server.url}/fhir"
+    settings = Settings.from_env(environ, sandbox_issuer=fhir_base)
+    manifest = dict(json.loads((PROJECT_ROOT / "launch.json").read_text(encoding="utf-8")))
+    manifest["client_id"] = settings.client_id
+    if settings.private_key_path:
+        manifest["token_endpoint_auth_method"] = "private_key_jwt"
+    elif settings.client_secret:
+        manifest.update(token_endpoint_auth_method="client_secret_basic", client_secret=settings.client_secret)
+    manifest.update(ehr_manifest_overrides or {})
+    ehr = create_ehr_app(
+        data_dir=sandbox_data_dir or settings.instance_path / "sandbox",
+        ehr_base_url=ehr_server.url,
+        app_base_url=app_server.url,
+        manifest=manifest,
+        latency_ms=latency_ms,
+        population_size=population_size,
+        access_token_lifetime=access_token_lifetime,
+    )
+    app = create_app(settings)
+    ehr_server.set_app(ehr)
+    app_server.set_app(app)
+    return Stack(ehr_server=ehr_server, app_server=app_server, ehr=ehr, app=app, settings=settings)
