@@ -18,6 +18,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from smartapp.suggestions.evaluate import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartapp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, default=8)
     serve.set_defaults(handler=_serve)
+
+    from smartapp.suggestions.evaluate import add_arguments as evaluate_arguments
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="run the configured suggestion engines over a cohort; report coverage and grounding",
+    )
+    evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 

@@ -141,7 +141,9 @@ class Settings:
         manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or PROJECT_ROOT / "launch.json")
         manifest = LaunchManifest.load(manifest_path)
 
-        issuers = tuple(normalize_issuer(i) for i in _split_list(environ.get("SMARTAPP_ALLOWED_ISSUERS")))
+        issuers = tuple(
+            normalize_issuer(i) for i in _split_list(environ.get("SMARTAPP_ALLOWED_ISSUERS"))
+        )
         if not issuers and sandbox_issuer:
             issuers = (normalize_issuer(sandbox_issuer),)
         for issuer in issuers:

@@ -122,7 +122,7 @@ class EffectiveConfig:
     templates: TemplateSet = field(default_factory=TemplateSet)
     care_gaps: CareGapRules = field(default_factory=CareGapRules)
     llm: LLMConfig = field(default_factory=LLMConfig)
-    min_grounding_rate: float = 1.0
+    min_grounding_rate: float = 0.95
     #: kind → rollout rule; "all" is the default for kinds without their own.
     rollout: Mapping[str, RolloutRule] = field(default_factory=dict)
 
@@ -617,7 +617,7 @@ def _effective(issuer: str | None, layer: Mapping[str, Any]) -> EffectiveConfig:
         templates=templates,
         care_gaps=_build(CareGapRules, layer.get("care_gaps", {})),
         llm=_build(LLMConfig, layer.get("llm", {})),
-        min_grounding_rate=governance.get("min_grounding_rate", 1.0),
+        min_grounding_rate=governance.get("min_grounding_rate", 0.95),
         rollout={k: _build(RolloutRule, v) for k, v in layer.get("rollout", {}).items()},
     )
 

@@ -70,7 +70,9 @@ class ChartSnapshot:
     fetched_at: datetime | None = None
     #: HTTP requests it took to build this snapshot (for the benchmark and the sidebar).
     request_count: int = 0
-    _index: dict[str, FHIRResource] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _index: dict[str, FHIRResource] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         index = self._index

@@ -39,7 +39,9 @@ from smartapp.suggestions.facts import (
 from smartapp.suggestions.grounding import canonical_unit
 from smartapp.suggestions.interfaces import Citation, EngineInfo, Statement, Suggestion
 from smartapp.suggestions.terminology import (
+    BP_DIASTOLIC,
     BP_PANEL,
+    BP_SYSTOLIC,
     HBA1C,
     KEY_RESULTS,
     KIDNEY_FUNCTION,
@@ -61,6 +63,7 @@ def _version() -> str:
 
 BUILTIN_INFO = EngineInfo(name="builtin-rules", version=_version(), rule_based=True)
 
+_BP_PARTS = {f"{LOINC}|{code}" for code in (*BP_SYSTOLIC, *BP_DIASTOLIC)}
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 
 
@@ -311,6 +314,8 @@ class BuiltinEngine:
         if readings:
             rows.append((order[f"{LOINC}|{BP_PANEL[0]}"], "", self._bp_trend(snapshot, readings)))
         for key, results in facts.results.items():
+            if key in _BP_PARTS:
+                continue  # the blood pressure line above already reports them
             latest = results[0]
             flag = self._flag(latest)
             if not detailed and key not in order and flag is None:

@@ -465,22 +465,30 @@ def active_condition(cond: Mapping[str, Any]) -> bool:
 
 
 def problem_groups(cond: Mapping[str, Any]) -> list[ProblemGroup]:
-    """The table's groups this condition belongs to (a code can be in two: E11.22)."""
+    """The table's groups this condition belongs to (a code can be in two: E11.22).
+
+    Codes decide when they match any group; the text decides only for conditions whose
+    codes the table does not know, so "Anemia in chronic kidney disease" (D63.1) is
+    anaemia, not also CKD.
+    """
     code = cond.get("code")
     snomed = set(codes_in(code, SNOMED))
     icd = [c.replace(".", "").upper() for c in codes_in(code, ICD10CM)]
+    by_code = [
+        group
+        for group in PROBLEM_GROUPS
+        if snomed & group.snomed
+        or any(c.startswith(prefix.replace(".", "")) for c in icd for prefix in group.icd10)
+    ]
+    if by_code:
+        return by_code
     words = concept_words(code)
-    found: list[ProblemGroup] = []
-    for group in PROBLEM_GROUPS:
-        by_code = snomed & group.snomed or any(
-            c.startswith(prefix.replace(".", "")) for c in icd for prefix in group.icd10
-        )
-        by_text = any(_has_word(words, w) for w in group.words) and not any(
-            w in words for w in group.not_words
-        )
-        if by_code or by_text:
-            found.append(group)
-    return found
+    return [
+        group
+        for group in PROBLEM_GROUPS
+        if any(_has_word(words, w) for w in group.words)
+        and not any(w in words for w in group.not_words)
+    ]
 
 
 def _has_word(text: str, word: str) -> bool:
