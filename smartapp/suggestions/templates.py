@@ -21,7 +21,6 @@ from jinja2 import (
     DictLoader,
     FileSystemLoader,
     StrictUndefined,
-    TemplateError,
     TemplateSyntaxError,
 )
 from jinja2.sandbox import SandboxedEnvironment
@@ -106,8 +105,8 @@ class TemplateRenderer:
             return _clean(
                 self._env.get_template(self.template_name(suggestion.kind)).render(context)
             )
-        except TemplateError as exc:
-            # The template's own error only (no chart data): the site fixes its template.
+        except Exception as exc:  # noqa: BLE001 - a site template is untrusted code
+            # The error's type only (its message may quote chart data).
             log.warning(
                 "site template for %s failed (%s); using the default",
                 suggestion.kind,
@@ -115,7 +114,7 @@ class TemplateRenderer:
             )
         try:
             return _clean(self._defaults.get_template(f"{suggestion.kind}.j2").render(context))
-        except TemplateError:
+        except Exception:  # noqa: BLE001 - never lose the statements to a template
             return "\n".join(f"- {s.text}" for s in suggestion.statements)
 
 
