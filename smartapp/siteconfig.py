@@ -360,6 +360,7 @@ class _Checker:
         allowed = self.SECTIONS if path else (*self.SECTIONS, "sites")
         data = self.table(data, path, allowed)
         out: dict[str, Any] = {}
+        values: dict[str, Any]
 
         if "suggestions" in data:
             p = (*path, "suggestions")

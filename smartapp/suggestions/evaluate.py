@@ -180,7 +180,7 @@ def load_cohort_dir(folder: Path) -> Cohort:
 
 def load_sandbox_cohort() -> Cohort:
     try:
-        from smartapp.sandbox.population import generate_population  # type: ignore[import-not-found]
+        from smartapp.sandbox.population import generate_population
     except ImportError as exc:
         raise CohortError(
             "the sandbox population is not available in this build (smartapp.sandbox.population)"
@@ -347,9 +347,16 @@ def format_table(report: EvaluationReport) -> str:
     return "\n".join(lines)
 
 
-def run_cli(args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-            environ: Mapping[str, str] | None = None) -> int:  # fmt: skip
+def run_cli(
+    args: argparse.Namespace,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """`smartapp evaluate`; the exit status: 2 bad input, 1 --strict and below the minimum."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     env = os.environ if environ is None else environ
     config_path = args.config or (
         Path(env["SMARTAPP_CONFIG"]) if env.get("SMARTAPP_CONFIG") else None

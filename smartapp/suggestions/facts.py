@@ -350,7 +350,8 @@ def reference_range_check(obs: Mapping[str, Any], value: Quantity) -> RangeCheck
         low, high = quantity(item.get("low")), quantity(item.get("high"))
         if low is None and high is None:
             continue
-        unit = (high or low).unit if (high or low) else None
+        bound = high or low
+        unit = bound.unit if bound is not None else None
         if value.unit and unit and _unit_key(unit) != _unit_key(value.unit):
             continue  # a range in other units says nothing about this value
         parts = [format_number(q.value) for q in (low, high) if q is not None]
@@ -580,7 +581,7 @@ class Medication:
     def dosage(self) -> str | None:
         for dosage in self.request.get("dosageInstruction") or []:
             if isinstance(dosage, Mapping) and isinstance(dosage.get("text"), str):
-                text = dosage["text"].strip()
+                text = str(dosage["text"]).strip()
                 if text:
                     return text
         return None

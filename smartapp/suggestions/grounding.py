@@ -260,14 +260,14 @@ def find_numbers(text: str) -> list[NumberMention]:
     found: list[NumberMention] = []
     text = _ORDINAL.sub(lambda m: " " * len(m.group(0)), text)
     text = _LOINC_LIKE.sub(lambda m: " " * len(m.group(0)), text)
-    for match in list(_BP_PAIR.finditer(text)):
-        if not match.group("unit"):
+    for pair in list(_BP_PAIR.finditer(text)):
+        if not pair.group("unit"):
             continue
         for part in ("sys", "dia"):
             found.append(
-                NumberMention(text=match.group(0), value=Decimal(match.group(part)), unit="mmhg")
+                NumberMention(text=pair.group(0), value=Decimal(pair.group(part)), unit="mmhg")
             )
-        text = _blank(text, match.start(), match.end())
+        text = _blank(text, pair.start(), pair.end())
     position = 0
     while True:
         match = _NUMBER.search(text, position)
@@ -462,7 +462,7 @@ class GroundingVerifier:
         resource = self.snapshot.get(reference)
         if resource is None:
             return []
-        found = [resource]
+        found: list[Mapping[str, Any]] = [resource]
         med_ref = (resource.get("medicationReference") or {}).get("reference")
         if isinstance(med_ref, str) and not med_ref.startswith("#"):
             medication = self.snapshot.get(med_ref)

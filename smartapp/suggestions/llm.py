@@ -267,10 +267,12 @@ def parse_answer(content: str) -> list[dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("suggestions"), list):
         raise LLMFailure("The LLM's answer was not the expected JSON", code="bad_answer")
     suggestions: list[dict[str, Any]] = []
+    offered = 0
     for item in data["suggestions"]:
         if not isinstance(item, dict) or not isinstance(item.get("statements"), list):
             continue
         statements = []
+        offered += len(item["statements"])
         for raw in item["statements"]:
             if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
                 continue
@@ -287,9 +289,11 @@ def parse_answer(content: str) -> list[dict[str, Any]]:
                 }
             )
         if statements:
-            title = item.get("title") if isinstance(item.get("title"), str) else ""
-            suggestions.append({"title": title.strip(), "statements": statements})
-    if data["suggestions"] and not suggestions:
+            title = item.get("title")
+            suggestions.append(
+                {"title": title.strip() if isinstance(title, str) else "", "statements": statements}
+            )
+    if offered and not suggestions:
         raise LLMFailure("The LLM's answer had no readable statements", code="bad_answer")
     return suggestions
 
