@@ -383,32 +383,3 @@ def run_cli(
     if args.strict and report.below_minimum():
         return 1
     return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cohort",
-        default="sandbox",
-        help="'sandbox' (the generated sandbox population, the default) or a folder of FHIR "
-        "Bundles (*.json) or NDJSON files (*.ndjson)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON only")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="site configuration file (default: $SMARTAPP_CONFIG, else the built-in defaults)",
-    )
-    parser.add_argument("--site", default=None, metavar="ISS", help="apply this issuer's overrides")
-    parser.add_argument(
-        "--as-of",
-        type=date.fromisoformat,
-        default=None,
-        metavar="YYYY-MM-DD",
-        help="the day care-gap intervals count back from (default: today)",
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit 1 when a kind's grounding rate is below the configured min_grounding_rate",
-    )

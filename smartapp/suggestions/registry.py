@@ -11,21 +11,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from smartapp.fhir.snapshot import ChartSnapshot
-from smartapp.siteconfig import EffectiveConfig, SiteConfig
+from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config
 from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.grounding import GroundingVerifier, verify_suggestions
 from smartapp.suggestions.interfaces import EngineInfo, Suggestion, SuggestionEngine
 from smartapp.suggestions.llm import LLMEngine
 from smartapp.suggestions.templates import TemplateRenderer
 
+if TYPE_CHECKING:
+    from smartapp.config import Settings
+
 log = logging.getLogger(__name__)
+
+#: LLM kinds asked at the same time (a local model server may serve one request at a time;
+#: it then queues them, which costs nothing over asking in turn).
+MAX_PARALLEL_LLM_CALLS = 4
 
 NO_ENDPOINT = (
     "No LLM endpoint is configured (SMARTAPP_LLM_BASE_URL); showing rule-based suggestions"
@@ -126,6 +134,18 @@ class SuggestionService:
         if uses_llm and llm is None:
             log.warning("the site configuration selects the LLM engine but no endpoint is set")
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SuggestionService:
+        """The service the app uses: `SMARTAPP_CONFIG` (validated now) and `SMARTAPP_LLM_*`.
+
+        Raises SiteConfigError, naming the file, line and key, when the configuration is bad.
+        """
+        config = load_site_config(settings.site_config_path)
+        llm = LLMSettings.from_values(
+            settings.llm_base_url, settings.llm_model, settings.llm_api_key
+        )
+        return cls(config, llm)
+
     # The lead's `Drafter` protocol (notes.service) -------------------------------------
 
     def draft(self, snapshot: ChartSnapshot, *, iss: str) -> list[Suggestion]:
@@ -204,13 +224,22 @@ class SuggestionService:
     ) -> SuggestionRun:
         effective = self.config.for_issuer(iss)
         wanted = effective.kind_ids if kinds is None else tuple(kinds)
+        wanted = tuple(k for k in wanted if effective.kind(k) is not None)
         verifier = GroundingVerifier(snapshot)
-        runs = [
-            self._run_kind(snapshot, effective, kind, verifier)
-            for kind in wanted
-            if effective.kind(kind) is not None
-        ]
-        return SuggestionRun(kinds=tuple(runs))
+        remote = [k for k in wanted if isinstance(self.engine_for(effective, k)[0], LLMEngine)]
+        results: dict[str, KindRun] = {}
+        if len(remote) > 1:
+            # Each LLM call waits on the network: ask for the kinds at once, so the clinician
+            # waits for the slowest answer rather than for their sum.
+            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_LLM_CALLS, len(remote))) as pool:
+                futures = {
+                    k: pool.submit(self._run_kind, snapshot, effective, k, verifier) for k in remote
+                }
+                results = {k: f.result() for k, f in futures.items()}
+        for kind in wanted:
+            if kind not in results:
+                results[kind] = self._run_kind(snapshot, effective, kind, verifier)
+        return SuggestionRun(kinds=tuple(results[k] for k in wanted))
 
     def _run_kind(
         self,

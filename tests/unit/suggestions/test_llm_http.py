@@ -243,3 +243,25 @@ def test_no_endpoint_configured_means_rules_with_a_reason():
     [suggestion] = summary.suggestions
     assert suggestion.engine.name == "builtin-rules"
     assert suggestion.engine.fallback_reason.startswith("No LLM endpoint is configured")
+
+
+def test_several_llm_kinds_are_asked_at_once_and_keep_their_order(fake_llm):
+    app, base = fake_llm
+    both = parse_site_config(
+        """
+[suggestions]
+kinds = ["allergies", "vitals_labs", "problem_summary"]
+engine = "llm"
+[kinds.vitals_labs]
+engine = "builtin"
+[llm]
+model = "fake-model"
+"""
+    )
+    run = SuggestionService(both, LLMSettings.from_values(base, None, None)).run(
+        load_chart("diabetes_hypertension")
+    )
+    assert [k.kind for k in run.kinds] == ["allergies", "vitals_labs", "problem_summary"]
+    assert [k.suggestions[0].engine.name for k in run.kinds] == ["llm", "builtin-rules", "llm"]
+    kinds_asked = sorted(b["messages"][1]["content"].split("\n")[0] for b in app.bodies)
+    assert [k.split(" (")[0] for k in kinds_asked] == ["Kind: allergies", "Kind: problem_summary"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from smartapp.siteconfig import load_site_config, parse_site_config
 from smartapp.suggestions.kinds import KINDS
 from smartapp.suggestions.registry import NO_MODEL, LLMSettings, SuggestionService
@@ -133,3 +135,24 @@ def test_llm_settings_from_environment_and_repr_hides_the_key():
         base_url="http://localhost:11434/v1", model="llama3.1", api_key="secret-key"
     )
     assert "secret-key" not in repr(settings)
+
+
+def test_from_settings_reads_the_site_file_and_the_llm_variables(tmp_path):
+    from smartapp.siteconfig import SiteConfigError
+
+    from ...conftest import make_settings
+
+    good = tmp_path / "site.toml"
+    good.write_text('[suggestions]\nkinds = ["allergies"]\n')
+    settings = make_settings(
+        tmp_path,
+        SMARTAPP_CONFIG=str(good),
+        SMARTAPP_LLM_BASE_URL="http://127.0.0.1:9/v1",
+        SMARTAPP_LLM_MODEL="m",
+    )
+    service = SuggestionService.from_settings(settings)
+    assert service.config.default.kind_ids == ("allergies",)
+    assert service.llm == LLMSettings(base_url="http://127.0.0.1:9/v1", model="m")
+    good.write_text('[suggestions]\nkinds = ["allergy"]\n')
+    with pytest.raises(SiteConfigError, match="site.toml line 2: suggestions.kinds"):
+        SuggestionService.from_settings(settings)
