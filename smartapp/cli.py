@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -18,6 +20,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from smartapp.suggestions.evaluate import run_cli
+
+    return run_cli(args)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defined here, not in suggestions.evaluate, so that every command does not pay for
+    # importing the engines.
+    parser.add_argument(
+        "--cohort",
+        default="sandbox",
+        help="'sandbox' (the generated sandbox population, the default) or a folder of FHIR "
+        "Bundles (*.json) or NDJSON files (*.ndjson)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON only")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="site configuration file (default: $SMARTAPP_CONFIG, else the built-in defaults)",
+    )
+    parser.add_argument("--site", default=None, metavar="ISS", help="apply this issuer's overrides")
+    parser.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the day care-gap intervals count back from (default: today)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a kind's grounding rate is below the configured min_grounding_rate",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartapp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, default=8)
     serve.set_defaults(handler=_serve)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="run the configured suggestion engines over a cohort; report coverage and grounding",
+    )
+    _evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 

@@ -34,14 +34,21 @@ class Statement:
     verified: bool | None = None
     #: Why verification failed, in words a clinician can act on (no PHI in logs: this is UI only).
     issues: tuple[str, ...] = ()
+    #: The site rule that produced a rule-based statement ("HbA1c at least every 6 months"):
+    #: configuration, not a claim about the chart, so the verifier does not check it against
+    #: the citations. Engines other than the built-in rules leave it None.
+    rule: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "text": self.text,
             "citations": [c.to_json() for c in self.citations],
             "verified": self.verified,
             "issues": list(self.issues),
         }
+        if self.rule:
+            data["rule"] = self.rule
+        return data
 
 
 @dataclass(frozen=True, kw_only=True)

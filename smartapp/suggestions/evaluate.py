@@ -1,0 +1,385 @@
+"""`smartapp evaluate`: run the configured engines over a cohort and report coverage and grounding.
+
+The offline validation a governance team runs before turning an engine on: per kind,
+how many patients got a suggestion, what share of statements passed the grounding
+verifier, how many were dropped, how long the suggestions are and how long the engine
+took. A cohort is the sandbox's generated population or a folder of FHIR R4 Bundles
+(`*.json`) or Bulk Data NDJSON files (`*.ndjson`,
+https://hl7.org/fhir/uv/bulkdata/export.html); unreadable lines and invalid resources
+are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any, TextIO
+
+from smartapp.fhir.parsing import build_snapshot
+from smartapp.fhir.snapshot import FHIRResource, reference_key
+from smartapp.siteconfig import SiteConfigError, load_site_config
+from smartapp.suggestions.registry import LLMSettings, SuggestionService
+
+# -- cohorts --------------------------------------------------------------------------
+
+
+class CohortError(Exception):
+    """The cohort cannot be read at all (no such folder, no patients)."""
+
+
+@dataclass
+class Cohort:
+    source: str
+    #: One list of resources per patient, the Patient first.
+    patients: list[list[FHIRResource]] = field(default_factory=list)
+    unreadable_files: int = 0
+    unreadable_lines: int = 0
+    #: Resources that were not JSON objects with a resourceType, or had no patient.
+    skipped_resources: int = 0
+
+
+def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[FHIRResource], int]:
+    """A Bundle's resources with ids, `urn:uuid:` references rewritten to `Type/id`.
+
+    Transaction Bundles carry identity in `fullUrl` and leave `id` to the server; to read
+    them as a chart, each resource gets the id its fullUrl names.
+    """
+    entries = [e for e in bundle.get("entry") or [] if isinstance(e, Mapping)]
+    targets: dict[str, str] = {}
+    resources: list[FHIRResource] = []
+    skipped = 0
+    for entry in entries:
+        resource = entry.get("resource")
+        if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
+            skipped += 1
+            continue
+        resource = dict(resource)
+        full_url = entry.get("fullUrl")
+        if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
+            resource.setdefault("id", full_url.removeprefix("urn:uuid:"))
+            targets[full_url] = f"{resource['resourceType']}/{resource['id']}"
+        resources.append(resource)
+    if targets:
+        resources = [_rewrite(r, targets) for r in resources]
+    return resources, skipped
+
+
+def _rewrite(node: Any, targets: Mapping[str, str]) -> Any:
+    if isinstance(node, Mapping):
+        return {
+            k: targets.get(v, v)
+            if k == "reference" and isinstance(v, str)
+            else _rewrite(v, targets)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite(item, targets) for item in node]
+    return node
+
+
+def _patient_of(resource: Mapping[str, Any]) -> str | None:
+    for key in ("subject", "patient", "beneficiary"):
+        reference = (
+            (resource.get(key) or {}).get("reference")
+            if isinstance(resource.get(key), Mapping)
+            else None
+        )
+        if isinstance(reference, str) and reference_key(reference).startswith("Patient/"):
+            return reference_key(reference)
+    return None
+
+
+def group_by_patient(resources: Iterable[Any]) -> tuple[list[list[FHIRResource]], int]:
+    """Each Patient with the resources that point at it (and the Medications those order)."""
+    patients: dict[str, list[FHIRResource]] = {}
+    medications: dict[str, FHIRResource] = {}
+    others: list[FHIRResource] = []
+    skipped = 0
+    for resource in resources:
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            skipped += 1
+            continue
+        rtype, rid = resource["resourceType"], resource.get("id")
+        if rtype == "Patient" and isinstance(rid, str):
+            patients.setdefault(f"Patient/{rid}", [resource])
+        elif rtype == "Medication" and isinstance(rid, str):
+            medications[f"Medication/{rid}"] = resource
+        else:
+            others.append(resource)
+    for resource in others:
+        owner = _patient_of(resource)
+        if owner in patients:
+            patients[owner].append(resource)
+            reference = (resource.get("medicationReference") or {}).get("reference")
+            if isinstance(reference, str) and reference_key(reference) in medications:
+                medication = medications[reference_key(reference)]
+                if medication not in patients[owner]:
+                    patients[owner].append(medication)
+        elif resource.get("resourceType") not in ("Practitioner", "Organization", "Location"):
+            skipped += 1
+    return list(patients.values()), skipped
+
+
+def load_cohort_dir(folder: Path) -> Cohort:
+    """Patients from a folder: each `*.json` (a Bundle, a resource, or a list) on its own,
+    all `*.ndjson` files together (a bulk export spreads one dataset over several files)."""
+    if not folder.is_dir():
+        raise CohortError(f"cohort folder not found: {folder}")
+    json_files = sorted(folder.glob("*.json"))
+    ndjson_files = sorted(folder.glob("*.ndjson"))
+    if not json_files and not ndjson_files:
+        raise CohortError(f"no *.json or *.ndjson files in {folder}")
+    cohort = Cohort(source=str(folder))
+    for path in json_files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            cohort.unreadable_files += 1
+            continue
+        resources: list[Any]
+        if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+            resources, skipped = bundle_resources(data)
+            cohort.skipped_resources += skipped
+        elif isinstance(data, list):
+            resources = data
+        else:
+            resources = [data]
+        patients, skipped = group_by_patient(resources)
+        cohort.patients += patients
+        cohort.skipped_resources += skipped
+    pooled: list[Any] = []
+    for path in ndjson_files:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            cohort.unreadable_files += 1
+            continue
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                pooled.append(json.loads(line))
+            except json.JSONDecodeError:
+                cohort.unreadable_lines += 1
+    if pooled:
+        patients, skipped = group_by_patient(pooled)
+        cohort.patients += patients
+        cohort.skipped_resources += skipped
+    if not cohort.patients:
+        raise CohortError(f"no Patient resources found in {folder}")
+    return cohort
+
+
+def load_sandbox_cohort() -> Cohort:
+    try:
+        from smartapp.sandbox.population import generate_population
+    except ImportError as exc:
+        raise CohortError(
+            "the sandbox population is not available in this build (smartapp.sandbox.population)"
+        ) from exc
+    cohort = Cohort(source="sandbox")
+    for bundle in generate_population():
+        resources, skipped = bundle_resources(bundle)
+        patients, unowned = group_by_patient(resources)
+        cohort.patients += patients
+        cohort.skipped_resources += skipped + unowned
+    return cohort
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class KindReport:
+    kind: str
+    engine: str
+    patients: int
+    coverage: float
+    #: Statements that passed / statements checked; None when the engine produced none.
+    grounding_rate: float | None
+    dropped: int
+    mean_chars: float
+    p50_ms: float
+    unverified_shown: int = 0
+    fallbacks: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "engine": self.engine,
+            "patients": self.patients,
+            "coverage": self.coverage,
+            "grounding_rate": self.grounding_rate,
+            "dropped": self.dropped,
+            "mean_chars": self.mean_chars,
+            "p50_ms": self.p50_ms,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationReport:
+    cohort: Cohort
+    kinds: tuple[KindReport, ...]
+    invalid_resources: int
+    min_grounding_rate: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kinds": [k.to_json() for k in self.kinds]}
+
+    def below_minimum(self) -> list[KindReport]:
+        return [
+            k
+            for k in self.kinds
+            if k.grounding_rate is None or k.grounding_rate < self.min_grounding_rate
+        ]
+
+
+def evaluate(
+    service: SuggestionService,
+    cohort: Cohort,
+    *,
+    iss: str | None = None,
+    as_of: date | None = None,
+) -> EvaluationReport:
+    effective = service.config.for_issuer(iss)
+    kinds = effective.kind_ids
+    fetched_at = datetime.combine(as_of, time(12, 0), tzinfo=UTC) if as_of else None
+    covered: dict[str, int] = defaultdict(int)
+    checked: dict[str, int] = defaultdict(int)
+    passed: dict[str, int] = defaultdict(int)
+    dropped: dict[str, int] = defaultdict(int)
+    shown_unverified: dict[str, int] = defaultdict(int)
+    fallbacks: dict[str, int] = defaultdict(int)
+    lengths: dict[str, list[int]] = defaultdict(list)
+    elapsed: dict[str, list[float]] = defaultdict(list)
+    invalid = 0
+    for resources in cohort.patients:
+        patient_id = str(resources[0].get("id"))
+        snapshot = build_snapshot(resources, patient_id=patient_id, fetched_at=fetched_at)
+        invalid += sum(p.count for p in snapshot.problems if p.code == "invalid_resource")
+        for run in service.run(snapshot, iss=iss, kinds=kinds).kinds:
+            covered[run.kind] += bool(run.suggestions)
+            checked[run.kind] += run.checked
+            passed[run.kind] += run.passed
+            dropped[run.kind] += run.dropped_total
+            shown_unverified[run.kind] += run.unverified_shown
+            fallbacks[run.kind] += run.fallback_reason is not None
+            lengths[run.kind] += [len(s.text) for s in run.suggestions]
+            elapsed[run.kind].append(run.elapsed_ms)
+    total = len(cohort.patients)
+    reports = []
+    for kind in kinds:
+        info = service.configured_engine_info(iss, kind)
+        reports.append(
+            KindReport(
+                kind=kind,
+                engine=f"{info.name}:{info.version}",
+                patients=total,
+                coverage=round(covered[kind] / total, 4) if total else 0.0,
+                grounding_rate=round(passed[kind] / checked[kind], 4) if checked[kind] else None,
+                dropped=dropped[kind],
+                mean_chars=round(statistics.fmean(lengths[kind]), 1) if lengths[kind] else 0.0,
+                p50_ms=round(statistics.median(elapsed[kind]), 2) if elapsed[kind] else 0.0,
+                unverified_shown=shown_unverified[kind],
+                fallbacks=fallbacks[kind],
+            )
+        )
+    return EvaluationReport(
+        cohort=cohort,
+        kinds=tuple(reports),
+        invalid_resources=invalid,
+        min_grounding_rate=effective.min_grounding_rate,
+    )
+
+
+# -- reporting ----------------------------------------------------------------------------
+
+
+def format_table(report: EvaluationReport) -> str:
+    headers = ("kind", "engine", "patients", "coverage", "grounding", "dropped", "mean_chars",
+               "p50_ms", "fallbacks")  # fmt: skip
+    rows = [
+        (
+            k.kind,
+            k.engine,
+            str(k.patients),
+            f"{k.coverage:.0%}",
+            "n/a" if k.grounding_rate is None else f"{k.grounding_rate:.1%}",
+            str(k.dropped),
+            f"{k.mean_chars:.0f}",
+            f"{k.p50_ms:.1f}",
+            str(k.fallbacks),
+        )
+        for k in report.kinds
+    ]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    cohort = report.cohort
+    lines.append("")
+    lines.append(f"cohort: {cohort.source}, {len(cohort.patients)} patients")
+    skipped = [
+        (cohort.unreadable_files, "unreadable files"),
+        (cohort.unreadable_lines, "unreadable NDJSON lines"),
+        (report.invalid_resources, "resources failing R4 validation"),
+        (cohort.skipped_resources, "resources without a patient"),
+    ]
+    notes = [f"{count} {what}" for count, what in skipped if count]
+    if notes:
+        lines.append("skipped: " + ", ".join(notes))
+    below = report.below_minimum()
+    if below:
+        names = ", ".join(k.kind for k in below)
+        lines.append(f"below min_grounding_rate {report.min_grounding_rate:g}: {names}")
+    else:
+        lines.append(f"every kind meets min_grounding_rate {report.min_grounding_rate:g}")
+    return "\n".join(lines)
+
+
+def run_cli(
+    args: argparse.Namespace,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """`smartapp evaluate`; the exit status: 2 bad input, 1 --strict and below the minimum."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    env = os.environ if environ is None else environ
+    config_path = args.config or (
+        Path(env["SMARTAPP_CONFIG"]) if env.get("SMARTAPP_CONFIG") else None
+    )
+    try:
+        config = load_site_config(config_path)
+    except SiteConfigError as exc:
+        print(f"smartapp evaluate: SiteConfigError: {exc}", file=err)
+        return 2
+    try:
+        if args.cohort == "sandbox":
+            cohort = load_sandbox_cohort()
+        else:
+            cohort = load_cohort_dir(Path(args.cohort))
+    except CohortError as exc:
+        print(f"smartapp evaluate: {exc}", file=err)
+        return 2
+    service = SuggestionService(config, LLMSettings.from_env(env))
+    report = evaluate(service, cohort, iss=args.site, as_of=args.as_of)
+    if args.json:
+        out.write(json.dumps(report.to_json()) + "\n")
+    else:
+        out.write(format_table(report) + "\n")
+    if args.strict and report.below_minimum():
+        return 1
+    return 0

@@ -1,0 +1,463 @@
+"""The LLM engine: any OpenAI-compatible chat-completions endpoint drafts the suggestions.
+
+Works with vLLM, llama.cpp's server, Ollama and Azure OpenAI (`api-key` header and
+`api-version` query, from the site configuration). API shape:
+https://platform.openai.com/docs/api-reference/chat/create. The model sees a compact,
+de-duplicated chart in which every fact carries its resource reference, with the minimum
+identifiers (age and sex; no name, MRN, address or telecom unless the site allows the
+name), and must answer in JSON. Its statements then go through the same grounding
+verifier as the built-in rules. When the endpoint fails, is slow, or answers badly, the
+built-in engine answers instead and says so (`EngineInfo.fallback_reason`). Neither the
+prompt nor the answer is ever logged: both carry patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import date
+from typing import Any
+
+import requests
+
+from smartapp.fhir.snapshot import ChartSnapshot, reference_key
+from smartapp.suggestions import facts as F
+from smartapp.suggestions.builtin import BuiltinEngine
+from smartapp.suggestions.interfaces import (
+    Citation,
+    EngineInfo,
+    Statement,
+    Suggestion,
+    SuggestionEngine,
+)
+from smartapp.suggestions.kinds import KIND_DESCRIPTIONS, KIND_LABELS, KINDS
+
+log = logging.getLogger(__name__)
+
+MAX_STATEMENTS = 60
+MAX_STATEMENT_CHARS = 1200
+
+#: The answer's shape, as a JSON schema for servers that support structured output.
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["suggestions"],
+    "properties": {
+        "suggestions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["title", "statements"],
+                "properties": {
+                    "title": {"type": "string"},
+                    "statements": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["text", "citations"],
+                            "properties": {
+                                "text": {"type": "string"},
+                                "citations": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+
+SYSTEM_PROMPT = """\
+You draft clinical documentation for a clinician, who reviews every word before it is used.
+Rules:
+- Use ONLY the facts in the chart JSON you are given. Do not add diagnoses, medications,
+  doses, results, dates or recommendations that are not there.
+- Every statement cites the "ref" of each fact it uses, exactly as given (e.g. "Observation/123").
+- Copy numbers, units and dates exactly as they appear in the facts.
+- One statement is one sentence or one bullet. No headings, no markdown.
+- If the chart holds nothing for the requested kind, answer {"suggestions": []}.
+Answer with one JSON object and nothing else:
+{"suggestions": [{"title": "...", "statements": [{"text": "...", "citations": ["Type/id"]}]}]}
+"""
+
+
+class LLMFailure(Exception):
+    """The endpoint could not give a usable answer; `reason` is shown to the clinician."""
+
+    def __init__(self, reason: str, *, code: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code  # for logs: "timeout", "unreachable", "http_500", "bad_answer"
+
+
+# -- the chart as the model sees it -----------------------------------------------------
+
+
+def compact_chart(
+    snapshot: ChartSnapshot,
+    *,
+    today: date | None = None,
+    send_patient_name: bool = False,
+    max_observations_per_code: int = 3,
+) -> dict[str, Any]:
+    """The chart as compact facts, each with its `ref`; duplicates dropped, identifiers left out."""
+    day = today or F.as_of(snapshot)
+    patient: dict[str, Any] = {"ref": F.ref(snapshot.patient)}
+    age = F.age_on(snapshot.patient, day)
+    if age is not None:
+        patient["age"] = age
+    if isinstance(snapshot.patient.get("gender"), str):
+        patient["sex"] = snapshot.patient["gender"]
+    if send_patient_name:
+        name = _patient_name(snapshot.patient)
+        if name:
+            patient["name"] = name
+
+    seen: set[str] = set()
+
+    def add(items: list[dict[str, Any]], fact: dict[str, Any]) -> None:
+        key = json.dumps({k: v for k, v in fact.items() if k != "ref"}, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            items.append(fact)
+
+    problems: list[dict[str, Any]] = []
+    for problem in F.active_problems(snapshot):
+        fact: dict[str, Any] = {"ref": problem.reference, "text": problem.name}
+        codes = [
+            f"{_system_name(c.get('system'))} {c['code']}"
+            for c in F.codings(problem.condition.get("code"))
+            if c.get("code")
+        ]
+        if codes:
+            fact["codes"] = codes
+        if problem.onset:
+            fact["onset"] = F.date_part(problem.onset)
+        add(problems, fact)
+
+    observations: list[dict[str, Any]] = []
+    readings = F.blood_pressures(snapshot)
+    for bp in readings[:max_observations_per_code]:
+        add(
+            observations,
+            {
+                "ref": bp.references[0],
+                **({"alsoRef": list(bp.references[1:])} if len(bp.references) > 1 else {}),
+                "name": "blood pressure",
+                "value": bp.text().split(" ")[0],
+                "unit": F.UNIT_DISPLAY.get(bp.systolic.unit or "", bp.systolic.unit or ""),
+                "date": bp.date,
+            },
+        )
+    for results in F.numeric_results(snapshot).values():
+        for result in results[:max_observations_per_code]:
+            fact = {
+                "ref": result.reference,
+                "name": result.name,
+                "value": F.format_number(result.value.value),
+                "unit": F.UNIT_DISPLAY.get(result.value.unit or "", result.value.unit or ""),
+                "date": result.date,
+            }
+            if result.value.comparator:
+                fact["comparator"] = result.value.comparator
+            flag = F.interpretation_flag(result.resource)
+            check = F.reference_range_check(result.resource, result.value)
+            if flag:
+                fact["flag"] = flag
+            elif check:
+                fact["flag"] = f"{check.direction} reference range"
+            if check:
+                fact["range"] = check.range_text
+            add(observations, {k: v for k, v in fact.items() if v not in (None, "")})
+
+    medications: list[dict[str, Any]] = []
+    for med in F.current_medications(snapshot):
+        fact = {"ref": med.reference, "text": med.name}
+        if len(med.references) > 1:
+            fact["alsoRef"] = list(med.references[1:])
+        if med.dosage:
+            fact["dosage"] = med.dosage
+        if med.authored:
+            fact["ordered"] = med.authored
+        add(medications, fact)
+
+    allergies: list[dict[str, Any]] = []
+    for allergy in snapshot.of_type("AllergyIntolerance"):
+        if not allergy.get("id") or not F.active_allergy(allergy):
+            continue
+        fact = {"ref": F.ref(allergy), "substance": F.concept_text(allergy.get("code"))}
+        for key in ("type", "criticality"):
+            if isinstance(allergy.get(key), str):
+                fact[key] = allergy[key]
+        reactions = [
+            f"{manifestation} ({severity})" if severity else manifestation
+            for manifestation, severity in F.reactions(allergy)
+        ]
+        if reactions:
+            fact["reactions"] = reactions
+        recorded = F.date_part(allergy.get("recordedDate"))
+        if recorded:
+            fact["recorded"] = recorded
+        add(allergies, fact)
+
+    chart: dict[str, Any] = {"asOf": day.isoformat(), "patient": patient}
+    for key, items in (
+        ("problems", problems),
+        ("observations", observations),
+        ("medications", medications),
+        ("allergies", allergies),
+    ):
+        if items:
+            chart[key] = items
+    return chart
+
+
+def _patient_name(patient: Mapping[str, Any]) -> str | None:
+    for name in patient.get("name") or []:
+        if not isinstance(name, Mapping):
+            continue
+        if isinstance(name.get("text"), str):
+            return str(name["text"])
+        given = " ".join(str(g) for g in name.get("given") or [])
+        full = f"{given} {name.get('family') or ''}".strip()
+        if full:
+            return full
+    return None
+
+
+_SYSTEM_NAMES = {
+    "http://snomed.info/sct": "SNOMED",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
+    "http://loinc.org": "LOINC",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+}
+
+
+def _system_name(system: Any) -> str:
+    return _SYSTEM_NAMES.get(str(system), "code")
+
+
+# -- reading the answer -----------------------------------------------------------------
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+
+
+def parse_answer(content: str) -> list[dict[str, Any]]:
+    """The suggestions in a model's answer; tolerant of code fences and chatter around the JSON.
+
+    Raises LLMFailure when no usable JSON object with the expected shape is found.
+    """
+    candidates = [m.group(1) for m in _FENCE.finditer(content)] + [content]
+    data: Any = None
+    decoder = json.JSONDecoder()
+    for candidate in candidates:
+        start = candidate.find("{")
+        while start >= 0 and data is None:
+            try:
+                data, _ = decoder.raw_decode(candidate[start:])
+            except json.JSONDecodeError:
+                start = candidate.find("{", start + 1)
+        if data is not None:
+            break
+    if not isinstance(data, dict) or not isinstance(data.get("suggestions"), list):
+        raise LLMFailure("The LLM's answer was not the expected JSON", code="bad_answer")
+    suggestions: list[dict[str, Any]] = []
+    offered = 0
+    for item in data["suggestions"]:
+        if not isinstance(item, dict) or not isinstance(item.get("statements"), list):
+            continue
+        statements = []
+        offered += len(item["statements"])
+        for raw in item["statements"]:
+            if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
+                continue
+            text = raw["text"].strip()
+            cites = raw.get("citations")
+            if isinstance(cites, str):
+                cites = [cites]
+            if not text or not isinstance(cites, list):
+                continue
+            statements.append(
+                {
+                    "text": text[:MAX_STATEMENT_CHARS],
+                    "citations": [c.strip() for c in cites if isinstance(c, str) and c.strip()],
+                }
+            )
+        if statements:
+            title = item.get("title")
+            suggestions.append(
+                {"title": title.strip() if isinstance(title, str) else "", "statements": statements}
+            )
+    if offered and not suggestions:
+        raise LLMFailure("The LLM's answer had no readable statements", code="bad_answer")
+    return suggestions
+
+
+# -- the engine --------------------------------------------------------------------------
+
+
+class LLMEngine:
+    """Suggestions from an OpenAI-compatible endpoint, with the built-in engine as fallback."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 20.0,
+        version: str | None = None,
+        fallback: SuggestionEngine | None = None,
+        send_patient_name: bool = False,
+        auth_header: str = "authorization",
+        api_version: str | None = None,
+        temperature: float = 0.0,
+        max_observations_per_code: int = 3,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self._api_key = api_key
+        self.timeout = timeout
+        self.fallback = fallback or BuiltinEngine()
+        self.send_patient_name = send_patient_name
+        self.auth_header = auth_header
+        self.api_version = api_version
+        self.temperature = temperature
+        self.max_observations_per_code = max_observations_per_code
+        self._session = session or requests.Session()
+        self.info = EngineInfo(name="llm", version=f"{model}@{version or 'unpinned'}")
+
+    def __repr__(self) -> str:  # never show the key
+        return f"LLMEngine(base_url={self.base_url!r}, model={self.model!r})"
+
+    def kinds(self) -> tuple[str, ...]:
+        return KINDS
+
+    def suggest(
+        self, snapshot: ChartSnapshot, kind: str, config: Mapping[str, Any]
+    ) -> list[Suggestion]:
+        try:
+            answer = self._ask(snapshot, kind, config)
+            suggestions = parse_answer(answer)
+        except LLMFailure as failure:
+            log.warning("LLM engine fell back for %s: %s", kind, failure.code)
+            return self.fall_back(snapshot, kind, config, failure.reason)
+        return [self._suggestion(snapshot, kind, item) for item in suggestions]
+
+    def fall_back(
+        self, snapshot: ChartSnapshot, kind: str, config: Mapping[str, Any], reason: str
+    ) -> list[Suggestion]:
+        """The built-in engine's suggestions, labelled with why they replace the LLM's."""
+        info = replace(
+            self.fallback.info, fallback_reason=f"{reason}; showing rule-based suggestions"
+        )
+        return [replace(s, engine=info) for s in self.fallback.suggest(snapshot, kind, config)]
+
+    # The request ------------------------------------------------------------------------
+
+    def messages(
+        self, snapshot: ChartSnapshot, kind: str, config: Mapping[str, Any]
+    ) -> list[dict[str, str]]:
+        chart = compact_chart(
+            snapshot,
+            send_patient_name=self.send_patient_name,
+            max_observations_per_code=self.max_observations_per_code,
+        )
+        style = f"{config.get('style', 'bullets')}, {config.get('detail', 'concise')}"
+        user = (
+            f"Kind: {kind} ({KIND_LABELS.get(kind, kind)}): {KIND_DESCRIPTIONS.get(kind, '')}.\n"
+            f"Style: {style}.\n"
+            f"Chart (JSON):\n{json.dumps(chart, separators=(',', ':'), ensure_ascii=False)}"
+        )
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+    def _ask(self, snapshot: ChartSnapshot, kind: str, config: Mapping[str, Any]) -> str:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages(snapshot, kind, config),
+            "temperature": self.temperature,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "suggestions", "schema": ANSWER_SCHEMA, "strict": True},
+            },
+        }
+        response = self._post(body)
+        if response.status_code == 400:
+            # Older servers reject `response_format` (or its json_schema type): ask again
+            # without it and rely on the prompt and the tolerant parser.
+            body.pop("response_format")
+            response = self._post(body)
+        if response.status_code in (401, 403):
+            raise LLMFailure(
+                "The LLM endpoint refused the credentials", code=f"http_{response.status_code}"
+            )
+        if response.status_code >= 400:
+            raise LLMFailure(
+                f"The LLM endpoint answered HTTP {response.status_code}",
+                code=f"http_{response.status_code}",
+            )
+        try:
+            data = response.json()
+            content = data["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LLMFailure(
+                "The LLM's answer was not a chat completion", code="bad_answer"
+            ) from exc
+        if not isinstance(content, str):
+            raise LLMFailure("The LLM's answer was not a chat completion", code="bad_answer")
+        return content
+
+    def _post(self, body: Mapping[str, Any]) -> requests.Response:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            if self.auth_header == "api-key":
+                headers["api-key"] = self._api_key  # Azure OpenAI's key header
+            else:
+                headers["Authorization"] = f"Bearer {self._api_key}"
+        params = {"api-version": self.api_version} if self.api_version else None
+        try:
+            return self._session.post(
+                f"{self.base_url}/chat/completions",
+                json=body,
+                headers=headers,
+                params=params,
+                timeout=(min(self.timeout, 10.0), self.timeout),
+            )
+        except requests.Timeout as exc:
+            raise LLMFailure("The LLM endpoint timed out", code="timeout") from exc
+        except requests.RequestException as exc:
+            raise LLMFailure("The LLM endpoint could not be reached", code="unreachable") from exc
+
+    # The answer ---------------------------------------------------------------------
+
+    def _suggestion(
+        self, snapshot: ChartSnapshot, kind: str, item: Mapping[str, Any]
+    ) -> Suggestion:
+        statements = tuple(
+            Statement(
+                text=raw["text"],
+                citations=tuple(
+                    Citation(reference=key, display=F.describe(snapshot.get(key), snapshot))
+                    for key in dict.fromkeys(reference_key(c) for c in raw["citations"])
+                ),
+            )
+            for raw in item["statements"][:MAX_STATEMENTS]
+        )
+        label = KIND_LABELS.get(kind, kind)
+        title = str(item.get("title") or "")
+        # The model's own title is shown only when it names a topic: a title is not
+        # verified, so one with numbers (a value, a date) could carry an unchecked claim.
+        if title and not any(ch.isdigit() for ch in title) and title.lower() != label.lower():
+            label = f"{label}: {title[:80]}"
+        return Suggestion(
+            kind=kind,
+            title=f"{label} (AI-generated draft, {self.model})",
+            statements=statements,
+            engine=self.info,
+        )

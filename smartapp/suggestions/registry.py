@@ -1,0 +1,340 @@
+"""The suggestion service: for each kind the site enabled, engine → grounding verifier → template.
+
+The site configuration chooses the engine per kind (built-in rules or the LLM); every
+engine's output goes through the grounding verifier before a template renders it, and
+each kind is timed and counted for `smartapp evaluate` and the governance metrics. A
+failing engine costs its kind, never the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config
+from smartapp.suggestions.builtin import BuiltinEngine
+from smartapp.suggestions.grounding import GroundingVerifier, verify_suggestions
+from smartapp.suggestions.interfaces import EngineInfo, Suggestion, SuggestionEngine
+from smartapp.suggestions.llm import LLMEngine
+from smartapp.suggestions.templates import TemplateRenderer
+
+if TYPE_CHECKING:
+    from smartapp.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: LLM kinds asked at the same time (a local model server may serve one request at a time;
+#: it then queues them, which costs nothing over asking in turn).
+MAX_PARALLEL_LLM_CALLS = 4
+
+NO_ENDPOINT = (
+    "No LLM endpoint is configured (SMARTAPP_LLM_BASE_URL); showing rule-based suggestions"
+)
+NO_MODEL = (
+    "No LLM model is configured (SMARTAPP_LLM_MODEL or [llm] model); showing rule-based suggestions"
+)
+UNGROUNDED = "The LLM's statements did not pass the grounding check"
+ENGINE_FAILED = "The LLM engine failed"
+SHOWING_RULES = "; showing rule-based suggestions"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMSettings:
+    """Where the LLM is: from SMARTAPP_LLM_BASE_URL, SMARTAPP_LLM_MODEL, SMARTAPP_LLM_API_KEY."""
+
+    base_url: str
+    model: str | None = None
+    api_key: str | None = None
+    #: Seconds; None uses the site configuration's `[llm] timeout_seconds`.
+    timeout: float | None = None
+
+    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
+        return f"LLMSettings(base_url={self.base_url!r}, model={self.model!r})"
+
+    @classmethod
+    def from_values(
+        cls, base_url: str | None, model: str | None, api_key: str | None
+    ) -> LLMSettings | None:
+        """None when no endpoint is configured (the built-in engine serves)."""
+        if not base_url:
+            return None
+        return cls(base_url=base_url.rstrip("/"), model=model or None, api_key=api_key or None)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> LLMSettings | None:
+        return cls.from_values(
+            environ.get("SMARTAPP_LLM_BASE_URL"),
+            environ.get("SMARTAPP_LLM_MODEL"),
+            environ.get("SMARTAPP_LLM_API_KEY"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class KindRun:
+    """One kind for one chart: what was shown, and how the configured engine did."""
+
+    kind: str
+    #: The configured engine ("builtin" or "llm") and its EngineInfo.
+    engine: str
+    engine_info: EngineInfo
+    #: Shown suggestions (verified, rendered), in order.
+    suggestions: tuple[Suggestion, ...]
+    #: The configured engine's own statements: checked, passed, dropped, marked unverified.
+    checked: int = 0
+    passed: int = 0
+    dropped: int = 0
+    unverified_shown: int = 0
+    #: Statements dropped in total, the fallback's included.
+    dropped_total: int = 0
+    #: Why the built-in rules answered instead of the configured engine, if they did.
+    fallback_reason: str | None = None
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuggestionRun:
+    kinds: tuple[KindRun, ...]
+
+    @property
+    def suggestions(self) -> list[Suggestion]:
+        return [s for run in self.kinds for s in run.suggestions]
+
+
+class SuggestionService:
+    """Drafts the suggestions for a chart, as the site configured them.
+
+    `llm` is where the LLM endpoint is (None: no LLM; kinds configured for it fall back
+    to the built-in rules, visibly).
+    """
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        llm: LLMSettings | None = None,
+        *,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.llm = llm
+        self.builtin = BuiltinEngine()
+        self._session = session or requests.Session()
+        self._clock = clock
+        self._llm_engines: dict[str | None, LLMEngine] = {}
+        self._renderers: dict[str | None, TemplateRenderer] = {}
+        uses_llm = any(k.engine == "llm" for e in config.all_effective() for k in e.kinds)
+        if uses_llm and llm is None:
+            log.warning("the site configuration selects the LLM engine but no endpoint is set")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SuggestionService:
+        """The service the app uses: `SMARTAPP_CONFIG` (validated now) and `SMARTAPP_LLM_*`.
+
+        Raises SiteConfigError, naming the file, line and key, when the configuration is bad.
+        """
+        config = load_site_config(settings.site_config_path)
+        llm = LLMSettings.from_values(
+            settings.llm_base_url, settings.llm_model, settings.llm_api_key
+        )
+        return cls(config, llm)
+
+    # The lead's `Drafter` protocol (notes.service) -------------------------------------
+
+    def draft(self, snapshot: ChartSnapshot, *, iss: str) -> list[Suggestion]:
+        return self.suggest_all(snapshot, iss)
+
+    def suggest_all(
+        self,
+        snapshot: ChartSnapshot,
+        iss: str | None = None,
+        *,
+        fhir_user: str | None = None,
+        today: date | None = None,
+    ) -> list[Suggestion]:
+        """Verified, rendered suggestions of every kind enabled for this issuer (and user)."""
+        kinds = self.kinds_for(iss, fhir_user=fhir_user, today=today)
+        return self.run(snapshot, iss=iss, kinds=kinds).suggestions
+
+    def kinds_for(
+        self, iss: str | None, *, fhir_user: str | None = None, today: date | None = None
+    ) -> tuple[str, ...]:
+        """The enabled kinds in order, less those this clinician is outside the rollout of."""
+        effective = self.config.for_issuer(iss)
+        day = today or datetime.now(UTC).date()
+        return tuple(
+            k
+            for k in effective.kind_ids
+            if effective.rollout_for(k).includes(fhir_user, kind=k, today=day)
+        )
+
+    # Running -----------------------------------------------------------------------
+
+    def engine_for(
+        self, effective: EffectiveConfig, kind: str
+    ) -> tuple[SuggestionEngine, str | None]:
+        """The engine configured for `kind`, or the built-in one and why it stands in."""
+        kind_config = effective.kind(kind)
+        if kind_config is None or kind_config.engine != "llm":
+            return self.builtin, None
+        if self.llm is None:
+            return self.builtin, NO_ENDPOINT
+        model = effective.llm.model or self.llm.model
+        if not model:
+            return self.builtin, NO_MODEL
+        engine = self._llm_engines.get(effective.issuer)
+        if engine is None:
+            engine = LLMEngine(
+                base_url=self.llm.base_url,
+                model=model,
+                api_key=self.llm.api_key,
+                timeout=self.llm.timeout or effective.llm.timeout_seconds,
+                version=effective.llm.version,
+                fallback=self.builtin,
+                send_patient_name=effective.llm.send_patient_name,
+                auth_header=effective.llm.auth_header,
+                api_version=effective.llm.api_version,
+                temperature=effective.llm.temperature,
+                max_observations_per_code=effective.llm.max_observations_per_code,
+                session=self._session,
+            )
+            self._llm_engines[effective.issuer] = engine
+        return engine, None
+
+    def configured_engine_info(self, iss: str | None, kind: str) -> EngineInfo:
+        engine, _ = self.engine_for(self.config.for_issuer(iss), kind)
+        return engine.info
+
+    def renderer(self, effective: EffectiveConfig) -> TemplateRenderer:
+        renderer = self._renderers.get(effective.issuer)
+        if renderer is None:
+            renderer = TemplateRenderer(effective.templates)
+            self._renderers[effective.issuer] = renderer
+        return renderer
+
+    def run(
+        self, snapshot: ChartSnapshot, *, iss: str | None = None, kinds: Iterable[str] | None = None
+    ) -> SuggestionRun:
+        effective = self.config.for_issuer(iss)
+        wanted = effective.kind_ids if kinds is None else tuple(kinds)
+        wanted = tuple(k for k in wanted if effective.kind(k) is not None)
+        verifier = GroundingVerifier(snapshot)
+        remote = [k for k in wanted if isinstance(self.engine_for(effective, k)[0], LLMEngine)]
+        results: dict[str, KindRun] = {}
+        if len(remote) > 1:
+            # Each LLM call waits on the network: ask for the kinds at once, so the clinician
+            # waits for the slowest answer rather than for their sum.
+            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_LLM_CALLS, len(remote))) as pool:
+                futures = {
+                    k: pool.submit(self._run_kind, snapshot, effective, k, verifier) for k in remote
+                }
+                results = {k: f.result() for k, f in futures.items()}
+        for kind in wanted:
+            if kind not in results:
+                results[kind] = self._run_kind(snapshot, effective, kind, verifier)
+        return SuggestionRun(kinds=tuple(results[k] for k in wanted))
+
+    def _run_kind(
+        self,
+        snapshot: ChartSnapshot,
+        effective: EffectiveConfig,
+        kind: str,
+        verifier: GroundingVerifier,
+    ) -> KindRun:
+        started = self._clock()
+        kind_config = effective.kind(kind)
+        assert kind_config is not None
+        options = effective.engine_options(kind)
+        engine, stand_in = self.engine_for(effective, kind)
+        configured = (
+            engine.info if stand_in is None else EngineInfo(name="llm", version="unavailable")
+        )
+
+        produced = self._safe_suggest(engine, snapshot, kind, options)
+        if stand_in is not None:
+            produced = [
+                replace(s, engine=replace(s.engine, fallback_reason=stand_in)) for s in produced
+            ]
+        checked = verify_suggestions(produced, verifier, unverified=effective.unverified)
+        own = [s for s in checked if s.engine.fallback_reason is None]
+        counts = _totals(own)
+        dropped_total = _totals(checked)["dropped"]
+        fallback_reason = next(
+            (s.engine.fallback_reason for s in checked if s.engine.fallback_reason), None
+        )
+        if stand_in is not None:
+            fallback_reason = stand_in
+
+        shown = [s for s in checked if s.statements]
+        if isinstance(engine, LLMEngine) and own and not shown:
+            # Everything the model said failed verification: the rules answer instead.
+            produced = engine.fall_back(snapshot, kind, options, UNGROUNDED)
+            again = verify_suggestions(produced, verifier, unverified=effective.unverified)
+            dropped_total += _totals(again)["dropped"]
+            shown = [s for s in again if s.statements]
+            fallback_reason = UNGROUNDED + SHOWING_RULES
+
+        renderer = self.renderer(effective)
+        rendered = tuple(
+            replace(
+                s,
+                rendered_text=renderer.render(
+                    s, style=kind_config.style, detail=kind_config.detail
+                ),
+            )
+            for s in shown
+        )
+        return KindRun(
+            kind=kind,
+            engine=kind_config.engine,
+            engine_info=configured,
+            suggestions=rendered,
+            checked=counts["checked"],
+            passed=counts["passed"],
+            dropped=counts["dropped"],
+            unverified_shown=counts["unverified_shown"],
+            dropped_total=dropped_total,
+            fallback_reason=fallback_reason,
+            elapsed_ms=(self._clock() - started) * 1000.0,
+        )
+
+    def _safe_suggest(
+        self,
+        engine: SuggestionEngine,
+        snapshot: ChartSnapshot,
+        kind: str,
+        options: Mapping[str, Any],
+    ) -> list[Suggestion]:
+        try:
+            return list(engine.suggest(snapshot, kind, options))
+        except Exception as exc:  # noqa: BLE001 - one kind failing must not cost the sidebar
+            # The exception type only: its message could quote chart data.
+            log.error("engine %s failed on %s: %s", engine.info.name, kind, type(exc).__name__)
+            if engine is not self.builtin:
+                try:
+                    info = replace(self.builtin.info, fallback_reason=ENGINE_FAILED + SHOWING_RULES)
+                    return [
+                        replace(s, engine=info)
+                        for s in self.builtin.suggest(snapshot, kind, options)
+                    ]
+                except Exception as inner:  # noqa: BLE001
+                    log.error("built-in engine failed on %s: %s", kind, type(inner).__name__)
+            return []
+
+
+def _totals(suggestions: Sequence[Suggestion]) -> dict[str, int]:
+    totals = {"checked": 0, "passed": 0, "dropped": 0, "unverified_shown": 0}
+    for s in suggestions:
+        if s.verification is not None:
+            totals["checked"] += s.verification.checked
+            totals["passed"] += s.verification.passed
+            totals["dropped"] += s.verification.dropped
+            totals["unverified_shown"] += s.verification.unverified_shown
+    return totals

@@ -1,0 +1,157 @@
+"""Per-kind Jinja2 templates that turn a suggestion's statements into its displayed text.
+
+Templates run in Jinja2's `SandboxedEnvironment` because a site may supply its own
+(https://jinja.palletsprojects.com/en/3.1.x/sandbox/): a site template must not reach
+Python internals. Output is plain text (autoescape off); the sidebar escapes it when it
+shows it. The statements stay the unit of citation and verification: a template only
+arranges them (bullets or prose, concise or detailed) into `Suggestion.rendered_text`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    DictLoader,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateSyntaxError,
+)
+from jinja2.sandbox import SandboxedEnvironment
+
+from smartapp.suggestions.interfaces import Statement, Suggestion
+
+log = logging.getLogger(__name__)
+
+#: The templates that ship with the app (`<kind>.j2` and the shared `_macros.j2`).
+DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+
+STYLES = ("bullets", "prose")
+DETAILS = ("concise", "detailed")
+
+
+def _sentence(text: str) -> str:
+    """`text` ending with a full stop, for prose (statements are written without one)."""
+    text = text.strip()
+    return text if not text or text[-1] in ".!?:" else text + "."
+
+
+def _environment(loader: BaseLoader) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=loader,
+        autoescape=False,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["sentence"] = _sentence
+    return env
+
+
+def inline_name(kind: str) -> str:
+    """The loader name of a kind's inline template from the site configuration."""
+    return f"inline:{kind}"
+
+
+def check_template(source: str, name: str) -> str | None:
+    """None if `source` compiles; otherwise `line N: message` (for start-up validation)."""
+    try:
+        _environment(DictLoader({})).parse(source, name=name)
+    except TemplateSyntaxError as exc:
+        return f"line {exc.lineno}: {exc.message}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TemplateSet:
+    """Where a site's templates come from: a directory, inline sources, per-kind file names."""
+
+    directory: Path | None = None
+    #: kind → template source given inline in the site configuration.
+    inline: Mapping[str, str] = field(default_factory=dict)
+    #: kind → template file name (looked up in `directory`, then among the defaults).
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+class TemplateRenderer:
+    """Renders suggestions with the site's templates, falling back to the shipped ones."""
+
+    def __init__(self, templates: TemplateSet | None = None) -> None:
+        self._set = templates or TemplateSet()
+        loaders: list[BaseLoader] = []
+        if self._set.inline:
+            loaders.append(DictLoader({inline_name(k): v for k, v in self._set.inline.items()}))
+        if self._set.directory is not None:
+            loaders.append(FileSystemLoader(str(self._set.directory)))
+        loaders.append(FileSystemLoader(str(DEFAULT_TEMPLATE_DIR)))
+        self._env = _environment(ChoiceLoader(loaders))
+        self._defaults = _environment(FileSystemLoader(str(DEFAULT_TEMPLATE_DIR)))
+
+    def template_name(self, kind: str) -> str:
+        if kind in self._set.inline:
+            return inline_name(kind)
+        return self._set.files.get(kind, f"{kind}.j2")
+
+    def render(self, suggestion: Suggestion, *, style: str, detail: str) -> str:
+        """The suggestion's text; the shipped template (then plain bullets) if the site's fails."""
+        context = render_context(suggestion, style=style, detail=detail)
+        try:
+            return _clean(
+                self._env.get_template(self.template_name(suggestion.kind)).render(context)
+            )
+        except Exception as exc:  # noqa: BLE001 - a site template is untrusted code
+            # The error's type only (its message may quote chart data).
+            log.warning(
+                "site template for %s failed (%s); using the default",
+                suggestion.kind,
+                type(exc).__name__,
+            )
+        try:
+            return _clean(self._defaults.get_template(f"{suggestion.kind}.j2").render(context))
+        except Exception:  # noqa: BLE001 - never lose the statements to a template
+            return "\n".join(f"- {s.text}" for s in suggestion.statements)
+
+
+def _clean(text: str) -> str:
+    """Trailing spaces and runs of blank lines that template whitespace control leaves."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out)
+
+
+def statement_context(statement: Statement) -> dict[str, Any]:
+    return {
+        "text": statement.text,
+        "citations": [c.to_json() for c in statement.citations],
+        "verified": statement.verified,
+        "issues": list(statement.issues),
+        "rule": statement.rule,
+    }
+
+
+def render_context(suggestion: Suggestion, *, style: str, detail: str) -> dict[str, Any]:
+    """What a template sees (documented in config/site.example.toml)."""
+    statements = [statement_context(s) for s in suggestion.statements]
+    return {
+        "kind": suggestion.kind,
+        "title": suggestion.title,
+        "style": style,
+        "detail": detail,
+        "engine": {
+            "name": suggestion.engine.name,
+            "version": suggestion.engine.version,
+            "rule_based": suggestion.engine.rule_based,
+            "fallback_reason": suggestion.engine.fallback_reason,
+        },
+        "statements": statements,
+        "rules": list(dict.fromkeys(s["rule"] for s in statements if s["rule"])),
+    }

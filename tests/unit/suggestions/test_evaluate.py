@@ -1,0 +1,131 @@
+"""Unit: `smartapp evaluate` over fixture cohorts (Bundles, NDJSON) and the sandbox population."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from smartapp.cli import main
+from smartapp.suggestions.kinds import KINDS
+
+from .conftest import FIXTURES, PATIENTS
+
+KEYS = [
+    "kind",
+    "engine",
+    "patients",
+    "coverage",
+    "grounding_rate",
+    "dropped",
+    "mean_chars",
+    "p50_ms",
+]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    status = main(["evaluate", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_json_report_on_a_folder_of_bundles(capsys, monkeypatch):
+    monkeypatch.delenv("SMARTAPP_CONFIG", raising=False)
+    monkeypatch.delenv("SMARTAPP_LLM_BASE_URL", raising=False)
+    status, out, err = run(capsys, "--cohort", str(PATIENTS), "--json", "--as-of", "2026-11-23")
+    assert status == 0, err
+    report = json.loads(out)  # nothing but the JSON on stdout
+    assert list(report) == ["kinds"]
+    rows = {row["kind"]: row for row in report["kinds"]}
+    assert list(rows) == list(KINDS)
+    for row in report["kinds"]:
+        assert list(row) == KEYS
+        assert row["patients"] == 4
+        assert row["engine"].startswith("builtin-rules:")
+        assert row["grounding_rate"] == 1.0
+        assert row["dropped"] == 0
+        assert row["p50_ms"] >= 0
+    # Who got what: no_problems has only vitals and its "no known allergy" record.
+    assert rows["vitals_labs"]["coverage"] == 1.0
+    assert rows["allergies"]["coverage"] == 0.75  # hypertension_history has no allergy records
+    assert rows["problem_summary"]["coverage"] == 0.75
+    assert rows["care_gaps"]["coverage"] == 0.75
+    assert rows["medications"]["coverage"] == 0.75
+    assert rows["assessment_plan"]["mean_chars"] > 0
+
+
+def test_ndjson_folder_skips_and_counts_bad_lines_and_resources(capsys, monkeypatch):
+    monkeypatch.delenv("SMARTAPP_CONFIG", raising=False)
+    status, out, _ = run(capsys, "--cohort", str(FIXTURES / "ndjson"), "--as-of", "2026-11-23")
+    assert status == 0
+    assert "cohort: " in out and "2 patients" in out
+    assert "1 unreadable NDJSON lines" in out
+    assert "1 resources failing R4 validation" in out
+    assert out.splitlines()[0].split() == [
+        "kind", "engine", "patients", "coverage", "grounding", "dropped", "mean_chars", "p50_ms",
+        "fallbacks",
+    ]  # fmt: skip
+    status, out, _ = run(capsys, "--cohort", str(FIXTURES / "ndjson"), "--json")
+    rows = {row["kind"]: row for row in json.loads(out)["kinds"]}
+    assert rows["problem_summary"]["coverage"] == 0.5
+    assert rows["problem_summary"]["grounding_rate"] == 1.0
+    assert rows["allergies"]["grounding_rate"] is None  # nothing to check: not "perfect"
+
+
+def test_a_folder_mixing_bundles_and_ndjson_with_a_broken_file(tmp_path, capsys):
+    shutil.copy(PATIENTS / "no_problems.json", tmp_path / "a.json")
+    for name in ("Patient", "Condition", "Observation", "MedicationRequest"):
+        shutil.copy(FIXTURES / "ndjson" / f"{name}.ndjson", tmp_path)
+    (tmp_path / "broken.json").write_text('{"resourceType": "Bundle", ', encoding="utf-8")
+    status, out, _ = run(capsys, "--cohort", str(tmp_path))
+    assert status == 0
+    assert "3 patients" in out and "1 unreadable files" in out
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "no_patients"])
+def test_bad_cohort_path_exits_non_zero_with_a_message(tmp_path, capsys, problem):
+    folder = tmp_path / "cohort"
+    if problem != "missing":
+        folder.mkdir()
+    if problem == "no_patients":
+        (folder / "x.ndjson").write_text('{"resourceType": "Observation", "id": "1"}\n')
+    status, out, err = run(capsys, "--cohort", str(folder), "--json")
+    assert status == 2
+    assert out == ""
+    assert err.startswith("smartapp evaluate: ")
+    assert {"missing": "not found", "empty": "no *.json", "no_patients": "no Patient"}[
+        problem
+    ] in err
+
+
+def test_bad_config_exits_non_zero_naming_the_line(tmp_path, capsys):
+    config = tmp_path / "site.toml"
+    config.write_text('[kinds.care_gaps]\nengine = "gpt"\n')
+    status, out, err = run(capsys, "--cohort", str(PATIENTS), "--config", str(config))
+    assert status == 2 and out == ""
+    assert "site.toml line 2: kinds.care_gaps.engine: 'gpt' is not one of builtin, llm" in err
+
+
+def test_strict_fails_when_a_kind_is_below_the_minimum(tmp_path, capsys):
+    # The NDJSON cohort has no allergies: a kind with nothing checked cannot be approved.
+    status, _, _ = run(capsys, "--cohort", str(FIXTURES / "ndjson"), "--json", "--strict")
+    assert status == 1
+    config = tmp_path / "site.toml"
+    config.write_text('[suggestions]\nkinds = ["problem_summary", "vitals_labs"]\n')
+    args = ["--cohort", str(FIXTURES / "ndjson"), "--json", "--strict", "--config", str(config)]
+    status, _, _ = run(capsys, *args)
+    assert status == 0
+
+
+def test_sandbox_cohort_grounding_is_perfect_for_every_builtin_kind(capsys, monkeypatch):
+    pytest.importorskip("smartapp.sandbox.population")
+    monkeypatch.delenv("SMARTAPP_CONFIG", raising=False)
+    monkeypatch.delenv("SMARTAPP_LLM_BASE_URL", raising=False)
+    status, out, err = run(capsys, "--cohort", "sandbox", "--json")
+    assert status == 0, err
+    rows = json.loads(out)["kinds"]
+    assert [row["kind"] for row in rows] == list(KINDS)
+    for row in rows:
+        assert row["grounding_rate"] == 1.0, row
+        assert row["coverage"] > 0, row
