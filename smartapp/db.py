@@ -79,6 +79,8 @@ class Database:
 MODEL_MODULES: tuple[str, ...] = (
     "smartapp.feedback.models",
     "smartapp.notes.models",
+    "smartapp.audit.models",
+    "smartapp.admin.models",
 )
 
 
