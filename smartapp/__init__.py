@@ -9,7 +9,7 @@ from smartapp.config import Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
-    from smartapp import db, errors, logging_setup, security, web
+    from smartapp import admin, db, errors, logging_setup, security, web
 
     settings = settings or Settings.from_env()
     app = Flask(
@@ -31,4 +31,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.init_app(app)
     security.init_app(app)
     web.init_app(app)
+    admin.init_app(app)
     return app
