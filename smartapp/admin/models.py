@@ -92,7 +92,7 @@ class EngineVersion(Base):
     supersedes: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     transitions: Mapped[list[EngineTransition]] = relationship(
-        order_by="EngineTransition.at", viewonly=True
+        order_by="EngineTransition.seq", viewonly=True
     )
 
     @property
@@ -127,7 +127,7 @@ class EngineTransition(Base):
     """One step of an engine version's life: from which state to which, who, when, why."""
 
     __tablename__ = "engine_transition"
-    __table_args__ = (Index("ix_transition_version", "engine_version_id", "at"),)
+    __table_args__ = (UniqueConstraint("engine_version_id", "seq"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     engine_version_id: Mapped[str] = mapped_column(ForeignKey("engine_version.id"))
@@ -136,6 +136,9 @@ class EngineTransition(Base):
     actor: Mapped[str] = mapped_column(String(256))
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: 1, 2, 3... per version: the order of steps even when clocks tie, and two concurrent
+    #: steps on one version cannot both be written.
+    seq: Mapped[int] = mapped_column(Integer, default=1)
 
     def to_json(self) -> dict[str, Any]:
         return {

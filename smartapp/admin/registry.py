@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from smartapp.admin.identity import normalize_fhir_user
@@ -166,7 +166,36 @@ class ChangeControl:
         return row
 
     @staticmethod
+    def _record(
+        session: Session,
+        row: EngineVersion,
+        from_state: str | None,
+        to_state: str,
+        *,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> None:
+        last = session.scalar(
+            select(func.max(EngineTransition.seq)).where(
+                EngineTransition.engine_version_id == row.id
+            )
+        )
+        session.add(
+            EngineTransition(
+                engine_version_id=row.id,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                reason=reason,
+                at=now,
+                seq=(last or 0) + 1,
+            )
+        )
+
+    @classmethod
     def _move(
+        cls,
         session: Session,
         row: EngineVersion,
         to_state: str,
@@ -175,16 +204,7 @@ class ChangeControl:
         reason: str | None,
         now: datetime,
     ) -> None:
-        session.add(
-            EngineTransition(
-                engine_version_id=row.id,
-                from_state=row.state,
-                to_state=to_state,
-                actor=actor,
-                reason=reason,
-                at=now,
-            )
-        )
+        cls._record(session, row, row.state, to_state, actor=actor, reason=reason, now=now)
         row.state = to_state
 
     @staticmethod
@@ -242,16 +262,7 @@ class ChangeControl:
         )
         session.add(row)
         session.flush()
-        session.add(
-            EngineTransition(
-                engine_version_id=row.id,
-                from_state=None,
-                to_state="proposed",
-                actor=actor,
-                reason=reason,
-                at=now,
-            )
-        )
+        self._record(session, row, None, "proposed", actor=actor, reason=reason, now=now)
         return row
 
     def evaluate(
