@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import Flask
 
 from smartapp.config import Settings
+from smartapp.suggestions.registry import SuggestionService
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
-    from smartapp import db, errors, logging_setup, security, web
+    from smartapp import admin, db, errors, logging_setup, security, web
 
     settings = settings or Settings.from_env()
     app = Flask(
@@ -35,11 +36,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from smartapp.smart import views as smart_views
 
     smart_views.init_app(app)
-    _init_sidebar(app, settings)
+    engines = _init_sidebar(app, settings)
+    admin.init_app(app, min_grounding_rate=lambda: engines.config.default.min_grounding_rate)
     return app
 
 
-def _init_sidebar(app: Flask, settings: Settings) -> None:
+def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     """Compose the clinician's flow: chart source, engines, feedback, outbox."""
     import requests
 
@@ -51,27 +53,29 @@ def _init_sidebar(app: Flask, settings: Settings) -> None:
     from smartapp.notes.chart_source import LaunchChartSource
     from smartapp.notes.outbox import Outbox
     from smartapp.notes.service import SidebarService
-    from smartapp.smart.session import client_for_session
-    from smartapp.suggestions.registry import SuggestionService
+    from smartapp.smart.services import get_services
 
     database = get_database(app)
     chart = LaunchChartSource(
         settings=settings,
+        services=get_services(app),
         cache=SnapshotCache(database, ttl_seconds=settings.snapshot_ttl_seconds),
         http=requests.Session(),
     )
+    engines = SuggestionService.from_settings(settings)
     sidebar = SidebarService(
         database=database,
         snapshots=chart,
-        drafter=SuggestionService.from_settings(settings),
+        drafter=engines,
         fhir_for=chart.client_for,
     )
     notes_views.init_app(app, sidebar)
     app.extensions["smartapp.outbox"] = Outbox(
         database=database,
         sidebar=sidebar,
-        client_for_session=lambda session_id: client_for_session(app, session_id),
+        clients=chart,
         forwarder=FeedbackForwarder(database),
     )
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()
+    return engines

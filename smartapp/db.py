@@ -82,6 +82,8 @@ MODEL_MODULES: tuple[str, ...] = (
     "smartapp.feedback.forwarding",
     "smartapp.notes.models",
     "smartapp.fhir.cache",
+    "smartapp.audit.models",
+    "smartapp.admin.models",
 )
 
 

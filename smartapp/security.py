@@ -47,8 +47,12 @@ def clear_cookie(response: Response, name: str) -> None:
 def check_csrf(expected: str | None) -> None:
     supplied = request.headers.get(CSRF_HEADER, "")
     # Compared as bytes: compare_digest raises TypeError on non-ASCII str (a 500, not a 403).
-    if not expected or not supplied or not hmac.compare_digest(
-        supplied.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
+    if (
+        not expected
+        or not supplied
+        or not hmac.compare_digest(
+            supplied.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
+        )
     ):
         raise CSRFError()
 

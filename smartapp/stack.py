@@ -84,7 +84,9 @@ def build_stack(
     if settings.private_key_path:
         manifest["token_endpoint_auth_method"] = "private_key_jwt"
     elif settings.client_secret:
-        manifest.update(token_endpoint_auth_method="client_secret_basic", client_secret=settings.client_secret)
+        manifest.update(
+            token_endpoint_auth_method="client_secret_basic", client_secret=settings.client_secret
+        )
     manifest.update(ehr_manifest_overrides or {})
     ehr = create_ehr_app(
         data_dir=sandbox_data_dir or settings.instance_path / "sandbox",

@@ -1,4 +1,4 @@
-"""Where the sidebar's chart comes from: the launch's snapshot, cached per launch.
+"""Where the sidebar's chart comes from, and the FHIR client for each launch.
 
 The glue between the SMART session (which owns the tokens) and the FHIR client (which
 knows nothing of OAuth): a FHIR client for a launch, and its snapshot loaded once per TTL.
@@ -13,18 +13,45 @@ from smartapp.fhir.cache import SnapshotCache
 from smartapp.fhir.chart import load_snapshot
 from smartapp.fhir.client import FHIRClient
 from smartapp.fhir.snapshot import ChartSnapshot
-from smartapp.smart.session import LaunchContext, token_provider
+from smartapp.smart.services import SMARTServices
+from smartapp.smart.session import (
+    LaunchContext,
+    SessionTokenProvider,
+    stored_launch,
+    successor_launch,
+)
 
 
 class LaunchChartSource:
-    def __init__(self, *, settings: Settings, cache: SnapshotCache, http: requests.Session) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        services: SMARTServices,
+        cache: SnapshotCache,
+        http: requests.Session,
+    ) -> None:
         self._settings = settings
+        self._services = services
         self._cache = cache
         # One connection pool for every launch: keep-alive saves a handshake per request.
         self._http = http
 
     def client_for(self, launch: LaunchContext) -> FHIRClient:
-        return FHIRClient(launch.iss, tokens=token_provider(launch), session=self._http)
+        return FHIRClient(
+            launch.iss,
+            tokens=SessionTokenProvider(self._services, launch.session_id),
+            session=self._http,
+        )
+
+    def client_for_note(
+        self, *, launch_session_id: str, site: str, fhir_user: str | None, patient_id: str
+    ) -> FHIRClient | None:
+        """A client that may write this note: its own launch's, or the clinician's newer one."""
+        launch = stored_launch(self._services, launch_session_id) or successor_launch(
+            self._services, iss=site, fhir_user=fhir_user, patient=patient_id
+        )
+        return self.client_for(launch) if launch is not None else None
 
     def snapshot(self, launch: LaunchContext, *, refresh: bool = False) -> ChartSnapshot:
         def load() -> ChartSnapshot:
@@ -37,3 +64,6 @@ class LaunchChartSource:
             )
 
         return self._cache.get_or_load(launch.session_id, load, refresh=refresh)
+
+    def invalidate(self, launch: LaunchContext) -> None:
+        self._cache.invalidate(launch.session_id)

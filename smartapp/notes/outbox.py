@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select
 
@@ -28,8 +27,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Builds a FHIR client from a stored launch session, or None when its tokens are gone.
-ClientForSession = Callable[[str], "FHIRClient | None"]
+
+class NoteClients(Protocol):
+    def client_for_note(
+        self, *, launch_session_id: str, site: str, fhir_user: str | None, patient_id: str
+    ) -> FHIRClient | None:
+        """A FHIR client allowed to write this note, or None while no launch can."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,18 +50,18 @@ class Outbox:
         *,
         database: Database,
         sidebar: SidebarService,
-        client_for_session: ClientForSession,
+        clients: NoteClients,
         forwarder: FeedbackForwarder | None = None,
     ) -> None:
         self._db = database
         self._sidebar = sidebar
-        self._client_for_session = client_for_session
+        self._clients = clients
         self._forwarder = forwarder
 
-    def due_notes(self, now: datetime) -> list[tuple[str, str]]:
+    def due_notes(self, now: datetime) -> list[SavedNote]:
         with self._db.session() as session:
-            rows = session.execute(
-                select(SavedNote.id, SavedNote.launch_session_id)
+            rows = session.scalars(
+                select(SavedNote)
                 .where(
                     SavedNote.status == "pending",
                     (SavedNote.next_attempt_at.is_(None)) | (SavedNote.next_attempt_at <= now),
@@ -65,16 +69,21 @@ class Outbox:
                 .order_by(SavedNote.created_at)
                 .limit(100)
             )
-            return [(r[0], r[1]) for r in rows]
+            return list(rows)
 
     def run_once(self, *, now: datetime | None = None, force: bool = False) -> OutboxReport:
         """Deliver what is due (everything pending when `force`)."""
         now = now or utcnow()
         delivered = waiting = failed = 0
         horizon = now + timedelta(days=365 * 100) if force else now
-        for note_id, launch_session_id in self.due_notes(horizon):
+        for note in self.due_notes(horizon):
             try:
-                client = self._client_for_session(launch_session_id)
+                client = self._clients.client_for_note(
+                    launch_session_id=note.launch_session_id,
+                    site=note.site,
+                    fhir_user=note.fhir_user,
+                    patient_id=note.patient_id,
+                )
             except AppError:
                 client = None
             if client is None:
@@ -82,7 +91,7 @@ class Outbox:
                 waiting += 1
                 continue
             try:
-                written = self._sidebar.deliver(note_id, client=client)
+                written = self._sidebar.deliver(note.id, client=client)
             except AppError:
                 failed += 1
                 continue

@@ -211,6 +211,42 @@ def init_csrf(app: Flask) -> None:
     register_csrf_lookup(app, _csrf_lookup)
 
 
+def stored_launch(services: SMARTServices, session_id: str) -> LaunchContext | None:
+    """A launch by its session id, outside any request (the outbox worker)."""
+    with services.db.session() as s:
+        row = s.get(LaunchSession, session_id)
+        if row is None or row.access_token_enc is None or utcnow() >= row.absolute_expires_at:
+            return None
+        return _context_from_row(row)
+
+
+def successor_launch(
+    services: SMARTServices, *, iss: str, fhir_user: str | None, patient: str
+) -> LaunchContext | None:
+    """The newest live launch of this clinician for this patient at this site.
+
+    A note saved in a launch that has since ended is delivered with it: its token may
+    write to that patient's chart, and to no other's.
+    """
+    if fhir_user is None:
+        return None
+    with services.db.session() as s:
+        row = s.scalars(
+            select(LaunchSession)
+            .where(
+                LaunchSession.iss == iss,
+                LaunchSession.fhir_user == fhir_user,
+                LaunchSession.patient == patient,
+                LaunchSession.purpose == "clinician",
+                LaunchSession.absolute_expires_at > utcnow(),
+                LaunchSession.access_token_enc.is_not(None),
+            )
+            .order_by(LaunchSession.created_at.desc())
+            .limit(1)
+        ).first()
+        return _context_from_row(row) if row is not None else None
+
+
 def end_session(services: SMARTServices, session_id: str) -> None:
     with services.db.session() as s:
         s.execute(delete(LaunchSession).where(LaunchSession.id == session_id))

@@ -1,0 +1,147 @@
+"""Who may use the admin area: admins signed in through the EHR, or the API's bearer token.
+
+Admins sign in with a standalone SMART launch asking `openid fhirUser`
+(https://hl7.org/fhir/smart-app-launch/app-launch.html#launch-app-standalone-launch); the
+`fhirUser` must be listed in SMARTAPP_ADMIN_USERS. The JSON API also takes
+`Authorization: Bearer $SMARTAPP_ADMIN_TOKEN` (RFC 6750), compared in constant time.
+
+Two seams, both in `app.extensions`, so tests and the integration replace them without
+patching internals:
+- `IDENTITY_EXT`: a callable returning the `SignedInUser` of this browser's admin session,
+  or None. The default asks `smartapp.smart.session.current_launch(purpose="admin")`.
+- `SIGNIN_EXT`: a callable `(iss) -> Response` starting the sign-in at that EHR. The default
+  calls `smartapp.smart.views.start_authorization(..., purpose="admin", scope="openid fhirUser")`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from flask import Flask, Response, current_app, request
+
+from smartapp.admin.identity import normalize_fhir_user
+from smartapp.config import Settings
+from smartapp.errors import AppError, Forbidden, NotAuthenticated
+
+IDENTITY_EXT = "smartapp.admin.identity"
+SIGNIN_EXT = "smartapp.admin.start_signin"
+#: The audit trail's name for calls made with the admin API token (it is no person).
+TOKEN_ACTOR = "admin-api-token"
+ADMIN_SCOPE = "openid fhirUser"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedInUser:
+    """Whoever holds this browser's admin session, admin or not."""
+
+    fhir_user: str | None
+    site: str | None
+    csrf_token: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminUser:
+    """An authorized admin caller: a person (session) or the API token."""
+
+    actor: str
+    via: Literal["session", "token"]
+    site: str | None = None
+    csrf_token: str | None = None
+
+
+IdentityProvider = Callable[[], SignedInUser | None]
+SignInStarter = Callable[[str], Response]
+
+
+class InvalidToken(AppError):
+    status_code = 401
+    code = "invalid_token"
+    default_message = "The bearer token is not the admin API token."
+
+
+def smart_session_identity() -> SignedInUser | None:
+    """The admin session kept by the SMART package, or None when there is none."""
+    try:
+        from smartapp.smart.session import current_launch
+    except ImportError:  # the SMART package is not installed in this build
+        return None
+    try:
+        launch = current_launch(purpose="admin")
+    except NotAuthenticated:
+        return None
+    return SignedInUser(fhir_user=launch.fhir_user, site=launch.iss, csrf_token=launch.csrf_token)
+
+
+def smart_signin(iss: str) -> Response:
+    from smartapp.smart.views import start_authorization
+
+    response: Response = start_authorization(
+        iss=iss, launch=None, purpose="admin", scope=ADMIN_SCOPE
+    )
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.extensions.setdefault(IDENTITY_EXT, smart_session_identity)
+    app.extensions.setdefault(SIGNIN_EXT, smart_signin)
+
+
+def set_identity_provider(app: Flask, provider: IdentityProvider) -> None:
+    app.extensions[IDENTITY_EXT] = provider
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["smartapp.settings"]
+    return settings
+
+
+def signed_in_user() -> SignedInUser | None:
+    provider: IdentityProvider = current_app.extensions.get(IDENTITY_EXT, smart_session_identity)
+    return provider()
+
+
+def is_admin(settings: Settings, fhir_user: str | None) -> bool:
+    user = normalize_fhir_user(fhir_user)
+    return user is not None and user in {normalize_fhir_user(u) for u in settings.admin_users}
+
+
+def admin_from(user: SignedInUser) -> AdminUser:
+    """The admin behind a session; Forbidden when the user is not on SMARTAPP_ADMIN_USERS."""
+    if not is_admin(_settings(), user.fhir_user):
+        raise Forbidden("Your EHR account is not on this app's list of administrators.")
+    return AdminUser(
+        actor=normalize_fhir_user(user.fhir_user) or "",
+        via="session",
+        site=user.site,
+        csrf_token=user.csrf_token,
+    )
+
+
+def api_caller() -> AdminUser:
+    """The caller of /admin/api/*: the bearer token if one is sent, else an admin session."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthenticated(
+                "Send Authorization: Bearer <SMARTAPP_ADMIN_TOKEN>.", code="invalid_request"
+            )
+        expected = _settings().admin_token
+        if not expected:
+            raise Forbidden(
+                "The admin API is closed: SMARTAPP_ADMIN_TOKEN is not set on the server.",
+                code="api_closed",
+            )
+        if not hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8")):
+            raise InvalidToken()
+        return AdminUser(actor=TOKEN_ACTOR, via="token")
+    user = signed_in_user()
+    if user is None:
+        raise NotAuthenticated(
+            "Send Authorization: Bearer <SMARTAPP_ADMIN_TOKEN>, or sign in at /admin."
+        )
+    return admin_from(user)

@@ -1,0 +1,186 @@
+"""Governance tables: phased-rollout rules, the engine registry with its history, kill switches.
+
+History is kept by appending: state transitions and kill-switch settings are append-only
+rows (refused UPDATE/DELETE in the database), and a rollout rule is retired, never deleted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from smartapp.audit.models import append_only, guard_orm
+from smartapp.db import Base, UTCDateTime, utcnow
+from smartapp.feedback.models import new_id
+
+#: Matches every site or every kind in a rollout rule or an engine version's site.
+ANY = "*"
+
+ENGINE_STATES = ("proposed", "evaluated", "approved", "active", "superseded", "rolled_back")
+KILL_SCOPES = ("kind", "engine")
+
+
+class RolloutRule(Base):
+    """Who gets a suggestion kind at a site: on/off, a share of clinicians, and a date window."""
+
+    __tablename__ = "rollout_rule"
+    __table_args__ = (Index("ix_rollout_lookup", "site", "kind", "retired_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    site: Mapped[str] = mapped_column(String(512))  # an issuer, or "*"
+    kind: Mapped[str] = mapped_column(String(64))  # a suggestion kind, or "*"
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    #: Share of clinicians, in basis points (0–10000), chosen by a stable hash of fhirUser.
+    percentage_bp: Mapped[int] = mapped_column(Integer, default=10_000)
+    effective_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    effective_to: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
+    #: Set when the rule is withdrawn; the row stays as history.
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    retired_by: Mapped[str | None] = mapped_column(String(256))
+
+    @property
+    def percentage(self) -> float:
+        return self.percentage_bp / 100
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "site": self.site,
+            "kind": self.kind,
+            "enabled": self.enabled,
+            "percentage": self.percentage,
+            "effectiveFrom": _iso(self.effective_from),
+            "effectiveTo": _iso(self.effective_to),
+            "createdBy": self.created_by,
+            "createdAt": _iso(self.created_at),
+            "reason": self.reason,
+            "retiredAt": _iso(self.retired_at),
+            "retiredBy": self.retired_by,
+        }
+
+
+class EngineVersion(Base):
+    """One version of a suggestion engine moving through change control."""
+
+    __tablename__ = "engine_version"
+    __table_args__ = (UniqueConstraint("engine_name", "version", "site"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    engine_name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(256))
+    kinds: Mapped[list[str]] = mapped_column(JSON)
+    #: The issuer this version is for, or "*" for every site.
+    site: Mapped[str] = mapped_column(String(512), default=ANY)
+    state: Mapped[str] = mapped_column(String(16), default="proposed")
+    proposed_by: Mapped[str] = mapped_column(String(256))
+    proposed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: The `smartapp evaluate --json` report that cleared the grounding minimum.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    evaluated_by: Mapped[str | None] = mapped_column(String(256))
+    evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    approved_by: Mapped[str | None] = mapped_column(String(256))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The versions this one replaced when it became active: a rollback restores them.
+    supersedes: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    transitions: Mapped[list[EngineTransition]] = relationship(
+        order_by="EngineTransition.seq", viewonly=True
+    )
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine_name} {self.version}"
+
+    def to_json(self, *, with_history: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "engine": self.engine_name,
+            "version": self.version,
+            "model": self.model,
+            "kinds": list(self.kinds),
+            "site": self.site,
+            "state": self.state,
+            "proposedBy": self.proposed_by,
+            "proposedAt": _iso(self.proposed_at),
+            "evaluatedBy": self.evaluated_by,
+            "evaluatedAt": _iso(self.evaluated_at),
+            "evaluation": self.evaluation,
+            "approvedBy": self.approved_by,
+            "approvedAt": _iso(self.approved_at),
+            "activatedAt": _iso(self.activated_at),
+            "supersedes": list(self.supersedes or []),
+        }
+        if with_history:
+            data["history"] = [t.to_json() for t in self.transitions]
+        return data
+
+
+class EngineTransition(Base):
+    """One step of an engine version's life: from which state to which, who, when, why."""
+
+    __tablename__ = "engine_transition"
+    __table_args__ = (UniqueConstraint("engine_version_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    engine_version_id: Mapped[str] = mapped_column(ForeignKey("engine_version.id"))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: 1, 2, 3... per version: the order of steps even when clocks tie, and two concurrent
+    #: steps on one version cannot both be written.
+    seq: Mapped[int] = mapped_column(Integer, default=1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.from_state,
+            "to": self.to_state,
+            "actor": self.actor,
+            "reason": self.reason,
+            "at": _iso(self.at),
+        }
+
+
+class KillSwitchEvent(Base):
+    """A kill switch thrown or released; the latest row per (scope, target) is in force."""
+
+    __tablename__ = "kill_switch_event"
+    __table_args__ = (UniqueConstraint("scope", "target", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    scope: Mapped[str] = mapped_column(String(16))  # "kind" or "engine"
+    target: Mapped[str] = mapped_column(String(128))  # the kind, or the engine name
+    engaged: Mapped[bool] = mapped_column(Boolean)
+    actor: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: 1, 2, 3... per (scope, target): the order of settings even when clocks tie or step back.
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "target": self.target,
+            "engaged": self.engaged,
+            "actor": self.actor,
+            "reason": self.reason,
+            "at": _iso(self.at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+for _model in (EngineTransition, KillSwitchEvent):
+    append_only(_model.__table__)  # type: ignore[arg-type]
+    guard_orm(_model)

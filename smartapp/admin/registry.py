@@ -1,0 +1,413 @@
+"""Engine registry and change control: proposed → evaluated → approved → active, and back.
+
+- evaluated: a `smartapp evaluate --json` report is attached; every kind the version
+  serves must be in it with a grounding rate at or above the configured minimum;
+- approved: by a second admin, never the proposer (two-person rule);
+- active: the versions it replaces (same site scope, a shared kind) become superseded and
+  are remembered, so that one rollback restores them;
+- kill switches per kind and per engine are read from the database on every call: a
+  switch takes effect on the next request, with no cache to expire.
+
+Every transition is a row in `engine_transition` (who, when, why); the views also audit it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from smartapp.admin.identity import normalize_fhir_user
+from smartapp.admin.models import ANY, KILL_SCOPES, EngineTransition, EngineVersion, KillSwitchEvent
+from smartapp.config import normalize_issuer
+from smartapp.errors import AppError, BadRequest, NotFound
+
+#: Used when the site configuration gives no minimum (the lead wires `min_grounding_rate`).
+DEFAULT_MIN_GROUNDING_RATE = 0.95
+
+
+class ChangeRefused(AppError):
+    """Change control refused the step; the message says which rule and what to do."""
+
+    status_code = 409
+    code = "change_refused"
+    default_message = "Change control refused this step."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActiveEngine:
+    """The engine version the drafter should use for a kind at a site."""
+
+    id: str
+    name: str
+    version: str
+    model: str | None
+    kinds: tuple[str, ...]
+    site: str  # the version's scope: an issuer or "*"
+
+
+def _same_actor(a: str | None, b: str | None) -> bool:
+    return (normalize_fhir_user(a) or "") == (normalize_fhir_user(b) or "")
+
+
+def _scope(site: str | None) -> str:
+    if site is None or site.strip() in ("", ANY):
+        return ANY
+    return normalize_issuer(site)
+
+
+def active_engine(session: Session, *, kind: str, site: str) -> ActiveEngine | None:
+    """The active version serving `kind` at `site` (a site's own version before an all-sites
+    one), or None: then the site configuration's engine serves. Read fresh on every call."""
+    rows = session.scalars(
+        select(EngineVersion).where(
+            EngineVersion.state == "active", EngineVersion.site.in_((_scope(site), ANY))
+        )
+    ).all()
+    serving = [r for r in rows if kind in (r.kinds or [])]
+    if not serving:
+        return None
+    row = max(serving, key=lambda r: (r.site != ANY, r.activated_at or r.proposed_at))
+    return ActiveEngine(
+        id=row.id,
+        name=row.engine_name,
+        version=row.version,
+        model=row.model,
+        kinds=tuple(row.kinds),
+        site=row.site,
+    )
+
+
+def kill_switches(session: Session) -> dict[tuple[str, str], KillSwitchEvent]:
+    """The setting in force per (scope, target): the latest row of each."""
+    rows = session.scalars(
+        select(KillSwitchEvent).order_by(KillSwitchEvent.seq, KillSwitchEvent.at)
+    ).all()
+    latest: dict[tuple[str, str], KillSwitchEvent] = {}
+    for row in rows:
+        latest[(row.scope, row.target)] = row
+    return latest
+
+
+def _engaged(session: Session, scope: str, target: str) -> bool:
+    row = session.scalars(
+        select(KillSwitchEvent)
+        .where(KillSwitchEvent.scope == scope, KillSwitchEvent.target == target)
+        .order_by(KillSwitchEvent.seq.desc())
+        .limit(1)
+    ).first()
+    return bool(row and row.engaged)
+
+
+def is_killed(session: Session, *, kind: str, engine: str) -> bool:
+    """True when the kill switch for this kind, or for this engine, is engaged."""
+    return _engaged(session, "kind", kind) or _engaged(session, "engine", engine)
+
+
+def list_versions(session: Session) -> list[EngineVersion]:
+    return list(
+        session.scalars(
+            select(EngineVersion)
+            .options(selectinload(EngineVersion.transitions))
+            .order_by(EngineVersion.proposed_at.desc())
+        )
+    )
+
+
+def _validate_report(report: Any, kinds: list[str]) -> dict[str, float]:
+    """The grounding rate per kind from a `smartapp evaluate --json` report."""
+    if not isinstance(report, Mapping) or not isinstance(report.get("kinds"), list):
+        raise BadRequest(
+            'evaluation: expected the `smartapp evaluate --json` report {"kinds": [...]}.'
+        )
+    rates: dict[str, float] = {}
+    for i, entry in enumerate(report["kinds"]):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("kind"), str):
+            raise BadRequest(f"evaluation: kinds[{i}] has no kind.")
+        rate = entry.get("grounding_rate")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise BadRequest(
+                f"evaluation: kinds[{i}] ({entry['kind']}) needs a grounding_rate between 0 and 1."
+            )
+        rates[entry["kind"]] = float(rate)
+    missing = [k for k in kinds if k not in rates]
+    if missing:
+        raise ChangeRefused(
+            f"The evaluation does not cover {', '.join(missing)}: evaluate every kind this "
+            "version serves.",
+            code="evaluation_incomplete",
+        )
+    return rates
+
+
+class ChangeControl:
+    """The state machine. Every method takes the caller's session; the caller commits."""
+
+    def __init__(self, *, min_grounding_rate: float | Callable[[], float]) -> None:
+        self._min = min_grounding_rate
+
+    @property
+    def min_grounding_rate(self) -> float:
+        value = self._min() if callable(self._min) else self._min
+        return float(value)
+
+    @staticmethod
+    def _get(session: Session, version_id: str, *, lock: bool = False) -> EngineVersion:
+        stmt = select(EngineVersion).where(EngineVersion.id == version_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        row = session.scalars(stmt).first()
+        if row is None:
+            raise NotFound("No such engine version.")
+        return row
+
+    @staticmethod
+    def _record(
+        session: Session,
+        row: EngineVersion,
+        from_state: str | None,
+        to_state: str,
+        *,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> None:
+        last = session.scalar(
+            select(func.max(EngineTransition.seq)).where(
+                EngineTransition.engine_version_id == row.id
+            )
+        )
+        session.add(
+            EngineTransition(
+                engine_version_id=row.id,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                reason=reason,
+                at=now,
+                seq=(last or 0) + 1,
+            )
+        )
+
+    @classmethod
+    def _move(
+        cls,
+        session: Session,
+        row: EngineVersion,
+        to_state: str,
+        *,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> None:
+        cls._record(session, row, row.state, to_state, actor=actor, reason=reason, now=now)
+        row.state = to_state
+
+    @staticmethod
+    def _expect(row: EngineVersion, *states: str, doing: str) -> None:
+        if row.state not in states:
+            raise ChangeRefused(
+                f"{row.label} is {row.state.replace('_', ' ')}: it must be "
+                f"{' or '.join(s.replace('_', ' ') for s in states)} to {doing}.",
+                code="invalid_transition",
+            )
+
+    def propose(
+        self,
+        session: Session,
+        *,
+        engine: str,
+        version: str,
+        model: str | None,
+        kinds: list[str],
+        site: str | None,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> EngineVersion:
+        engine, version = engine.strip(), version.strip()
+        if not engine or len(engine) > 64:
+            raise BadRequest("engine: give the engine's name (at most 64 characters).")
+        if not version or len(version) > 128:
+            raise BadRequest("version: give the engine version (at most 128 characters).")
+        clean_kinds = sorted({k.strip() for k in kinds if k and k.strip()})
+        if not clean_kinds or any(len(k) > 64 or k == ANY for k in clean_kinds):
+            raise BadRequest("kinds: list the suggestion kinds this version serves.")
+        scope = _scope(site)
+        existing = session.scalars(
+            select(EngineVersion).where(
+                EngineVersion.engine_name == engine,
+                EngineVersion.version == version,
+                EngineVersion.site == scope,
+            )
+        ).first()
+        if existing is not None:
+            raise ChangeRefused(
+                f"{engine} {version} is already registered ({existing.state}).", code="duplicate"
+            )
+        row = EngineVersion(
+            engine_name=engine,
+            version=version,
+            model=(model or "").strip() or None,
+            kinds=clean_kinds,
+            site=scope,
+            state="proposed",
+            proposed_by=actor,
+            proposed_at=now,
+            supersedes=[],
+        )
+        session.add(row)
+        session.flush()
+        self._record(session, row, None, "proposed", actor=actor, reason=reason, now=now)
+        return row
+
+    def evaluate(
+        self,
+        session: Session,
+        version_id: str,
+        *,
+        report: Any,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> EngineVersion:
+        """Attach an evaluation report; refused when a kind grounds below the minimum."""
+        row = self._get(session, version_id, lock=True)
+        self._expect(row, "proposed", "evaluated", doing="attach an evaluation")
+        rates = _validate_report(report, list(row.kinds))
+        minimum = self.min_grounding_rate
+        low = {k: rates[k] for k in row.kinds if rates[k] < minimum}
+        if low:
+            worst = ", ".join(f"{k} {rate:.1%}" for k, rate in sorted(low.items()))
+            raise ChangeRefused(
+                f"Grounding below the minimum of {minimum:.1%}: {worst}. "
+                "This version cannot go forward.",
+                code="grounding_below_minimum",
+            )
+        row.evaluation = dict(report)
+        row.evaluated_by = actor
+        row.evaluated_at = now
+        # A new report invalidates an approval given on the old one: evaluated again.
+        self._move(session, row, "evaluated", actor=actor, reason=reason, now=now)
+        return row
+
+    def approve(
+        self, session: Session, version_id: str, *, actor: str, reason: str | None, now: datetime
+    ) -> EngineVersion:
+        row = self._get(session, version_id, lock=True)
+        if row.state == "proposed":
+            raise ChangeRefused(
+                f"{row.label} has no evaluation: attach a `smartapp evaluate --json` report first.",
+                code="not_evaluated",
+            )
+        self._expect(row, "evaluated", doing="be approved")
+        if _same_actor(actor, row.proposed_by):
+            raise ChangeRefused(
+                "You proposed this version: a second admin must approve it.", code="self_approval"
+            )
+        row.approved_by = actor
+        row.approved_at = now
+        self._move(session, row, "approved", actor=actor, reason=reason, now=now)
+        return row
+
+    def activate(
+        self, session: Session, version_id: str, *, actor: str, reason: str | None, now: datetime
+    ) -> EngineVersion:
+        row = self._get(session, version_id, lock=True)
+        if row.state in ("proposed", "evaluated"):
+            raise ChangeRefused(
+                f"{row.label} is {row.state}: it needs an evaluation and a second admin's "
+                "approval before it can be activated.",
+                code="not_approved",
+            )
+        self._expect(row, "approved", doing="be activated")
+        replaced = [
+            other
+            for other in session.scalars(
+                select(EngineVersion)
+                .where(EngineVersion.state == "active", EngineVersion.site == row.site)
+                .with_for_update()
+            )
+            if set(other.kinds) & set(row.kinds)
+        ]
+        for other in replaced:
+            self._move(
+                session,
+                other,
+                "superseded",
+                actor=actor,
+                reason=f"replaced by {row.label}",
+                now=now,
+            )
+        row.supersedes = [o.id for o in replaced]
+        row.activated_at = now
+        self._move(session, row, "active", actor=actor, reason=reason, now=now)
+        return row
+
+    def rollback(
+        self, session: Session, version_id: str, *, actor: str, reason: str | None, now: datetime
+    ) -> tuple[EngineVersion, list[EngineVersion]]:
+        """Take an active version out and restore the versions it replaced, in one step."""
+        row = self._get(session, version_id, lock=True)
+        self._expect(row, "active", doing="be rolled back")
+        self._move(session, row, "rolled_back", actor=actor, reason=reason, now=now)
+        restored: list[EngineVersion] = []
+        for previous_id in row.supersedes or []:
+            previous = session.get(EngineVersion, previous_id)
+            # Only a version still waiting in "superseded" comes back; one rolled back
+            # since stays out.
+            if previous is not None and previous.state == "superseded":
+                previous.activated_at = now
+                self._move(
+                    session,
+                    previous,
+                    "active",
+                    actor=actor,
+                    reason=f"rollback of {row.label}",
+                    now=now,
+                )
+                restored.append(previous)
+        return row, restored
+
+    @staticmethod
+    def set_kill_switch(
+        session: Session,
+        *,
+        scope: str,
+        target: str,
+        engaged: bool,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> KillSwitchEvent:
+        if scope not in KILL_SCOPES:
+            raise BadRequest(f"scope: must be one of {', '.join(KILL_SCOPES)}.")
+        target = target.strip()
+        if not target or len(target) > 128:
+            raise BadRequest("target: name the kind or the engine.")
+        if engaged and not (reason and reason.strip()):
+            raise BadRequest("reason: say why the kill switch is thrown.")
+        seq = (
+            session.scalars(
+                select(KillSwitchEvent.seq)
+                .where(KillSwitchEvent.scope == scope, KillSwitchEvent.target == target)
+                .order_by(KillSwitchEvent.seq.desc())
+                .limit(1)
+            ).first()
+            or 0
+        )
+        row = KillSwitchEvent(
+            scope=scope,
+            target=target,
+            engaged=engaged,
+            actor=actor,
+            reason=(reason or "").strip() or None,
+            at=now,
+            seq=seq + 1,
+        )
+        session.add(row)
+        return row

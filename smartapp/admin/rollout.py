@@ -1,0 +1,157 @@
+"""Phased rollout: per site and per kind, on or off, a stable share of clinicians, dates.
+
+A clinician's place in a rollout is `sha256(salt|site|kind|fhirUser) mod 10000`, compared
+with the rule's share in basis points. The bucket does not depend on the share, so raising
+a rollout from 30 % to 50 % keeps everyone who already had it. Python's `hash()` is salted
+per process and would reshuffle clinicians on every restart: never use it here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from smartapp.admin.identity import normalize_fhir_user
+from smartapp.admin.models import ANY, RolloutRule
+from smartapp.config import normalize_issuer
+from smartapp.errors import BadRequest, NotFound
+
+#: Changing this salt reshuffles every clinician in every partial rollout.
+ROLLOUT_SALT = "smartapp-rollout-v1"
+BUCKETS = 10_000
+
+#: What the sidebar shows a clinician left out of a phased rollout.
+NOT_YET_FOR_YOU = (
+    "Not enabled for you yet at this site: this feature is being rolled out in phases."
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutDecision:
+    enabled: bool
+    #: Words the sidebar can show as they are (no PHI, no internal ids).
+    reason: str
+    rule_id: str | None = None
+
+
+def bucket(*, site: str, kind: str, fhir_user: str) -> int:
+    """The clinician's stable place (0–9999) in the rollout of `kind` at `site`."""
+    key = "|".join(
+        (ROLLOUT_SALT, normalize_issuer(site), kind, normalize_fhir_user(fhir_user) or "")
+    )
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def _specificity(rule: RolloutRule) -> int:
+    return (2 if rule.site != ANY else 0) + (1 if rule.kind != ANY else 0)
+
+
+def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) -> RolloutRule | None:
+    """The rule in force: the most specific one effective now; the newest among equals."""
+    site = normalize_issuer(site)
+    candidates = session.scalars(
+        select(RolloutRule).where(
+            RolloutRule.retired_at.is_(None),
+            RolloutRule.site.in_((site, ANY)),
+            RolloutRule.kind.in_((kind, ANY)),
+            or_(RolloutRule.effective_from.is_(None), RolloutRule.effective_from <= now),
+            or_(RolloutRule.effective_to.is_(None), RolloutRule.effective_to > now),
+        )
+    ).all()
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (_specificity(r), r.created_at, r.id))
+
+
+def is_enabled(
+    session: Session, *, site: str, kind: str, fhir_user: str | None, now: datetime
+) -> RolloutDecision:
+    """Whether this clinician gets suggestions of `kind` at `site` now. No rule: enabled."""
+    rule = applicable_rule(session, site=site, kind=kind, now=now)
+    if rule is None:
+        return RolloutDecision(enabled=True, reason="Enabled (no rollout rule applies).")
+    if not rule.enabled:
+        return RolloutDecision(enabled=False, reason="Not enabled at this site.", rule_id=rule.id)
+    if rule.percentage_bp >= BUCKETS:
+        return RolloutDecision(enabled=True, reason="Enabled at this site.", rule_id=rule.id)
+    user = normalize_fhir_user(fhir_user)
+    # Without a fhirUser the clinician cannot be placed in a partial rollout: leave them out.
+    if user is None or bucket(site=site, kind=kind, fhir_user=user) >= rule.percentage_bp:
+        return RolloutDecision(enabled=False, reason=NOT_YET_FOR_YOU, rule_id=rule.id)
+    return RolloutDecision(
+        enabled=True, reason="Enabled for you (phased rollout).", rule_id=rule.id
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuleInput:
+    site: str
+    kind: str
+    enabled: bool
+    percentage: float = 100.0
+    effective_from: datetime | None = None
+    effective_to: datetime | None = None
+    reason: str | None = None
+
+    def validated(self) -> RuleInput:
+        site = self.site.strip()
+        if site != ANY:
+            site = normalize_issuer(site)
+            if not site.startswith(("http://", "https://")):
+                raise BadRequest("site: give the issuer's FHIR base URL, or * for every site.")
+        kind = self.kind.strip()
+        if not kind or len(kind) > 64:
+            raise BadRequest("kind: give a suggestion kind, or * for every kind.")
+        if not 0 <= self.percentage <= 100:
+            raise BadRequest("percentage: must be between 0 and 100.")
+        if self.effective_from and self.effective_to and self.effective_to <= self.effective_from:
+            raise BadRequest("effective_to: must be after effective_from.")
+        return RuleInput(
+            site=site,
+            kind=kind,
+            enabled=self.enabled,
+            percentage=self.percentage,
+            effective_from=self.effective_from,
+            effective_to=self.effective_to,
+            reason=(self.reason or "").strip()[:2000] or None,
+        )
+
+
+def add_rule(session: Session, rule: RuleInput, *, actor: str, now: datetime) -> RolloutRule:
+    """A new rule; it takes precedence over older ones of the same site and kind."""
+    rule = rule.validated()
+    row = RolloutRule(
+        site=rule.site,
+        kind=rule.kind,
+        enabled=rule.enabled,
+        percentage_bp=round(rule.percentage * 100),
+        effective_from=rule.effective_from,
+        effective_to=rule.effective_to,
+        created_by=actor,
+        created_at=now,
+        reason=rule.reason,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def retire_rule(session: Session, rule_id: str, *, actor: str, now: datetime) -> RolloutRule:
+    row = session.get(RolloutRule, rule_id)
+    if row is None or row.retired_at is not None:
+        raise NotFound("No such rollout rule in force.")
+    row.retired_at = now
+    row.retired_by = actor
+    return row
+
+
+def list_rules(session: Session, *, include_retired: bool = False) -> list[RolloutRule]:
+    stmt = select(RolloutRule).order_by(RolloutRule.site, RolloutRule.kind, RolloutRule.created_at)
+    if not include_retired:
+        stmt = stmt.where(RolloutRule.retired_at.is_(None))
+    return list(session.scalars(stmt))
