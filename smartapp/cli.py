@@ -13,11 +13,67 @@ def _serve(args: argparse.Namespace) -> int:
     from waitress import serve
 
     from smartapp import create_app
+    from smartapp.notes.outbox import OutboxWorker
 
     app = create_app()
+    worker = OutboxWorker(app.extensions["smartapp.outbox"])
+    worker.start()
     print(f"smartapp listening on http://{args.host}:{args.port}", flush=True)
-    serve(app, host=args.host, port=args.port, threads=args.threads, ident="smartapp")
+    try:
+        serve(app, host=args.host, port=args.port, threads=args.threads, ident="smartapp")
+    finally:
+        worker.stop()
     return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    import threading
+
+    from smartapp.notes.outbox import OutboxWorker
+    from smartapp.stack import build_stack
+
+    stack = build_stack(
+        ehr_port=args.port,
+        app_port=args.app_port if args.app_port is not None else args.port + 1,
+        latency_ms=args.latency_ms,
+        population_size=args.patients,
+    )
+    sandbox = stack.ehr.extensions["smartapp.sandbox"]
+    launch_id = sandbox.auth.create_launch(
+        patient="pt-01", encounter=None, user="dr-ada-lovelace", client_id=stack.settings.client_id
+    )
+    direct = sandbox.auth.launch_url(stack.settings.client_id, launch_id)
+    worker = OutboxWorker(stack.app.extensions["smartapp.outbox"])
+    with stack:
+        worker.start()
+        print(
+            "\nsmartapp sandbox is running (Ctrl-C to stop)\n"
+            f"  EHR (open this):     {stack.ehr_url}/\n"
+            f"  Direct EHR launch:   {direct}\n"
+            f"  FHIR base (iss):     {stack.fhir_base}\n"
+            f"  App:                 {stack.app_url}/  (admin: {stack.app_url}/admin)\n",
+            flush=True,
+        )
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+        finally:
+            worker.stop()
+    return 0
+
+
+def _outbox_retry(args: argparse.Namespace) -> int:
+    from smartapp import create_app
+
+    app = create_app()
+    with app.app_context():
+        report = app.extensions["smartapp.outbox"].run_once(force=True)
+    print(
+        f"notes delivered: {report.notes_delivered}, still waiting: {report.notes_waiting}, "
+        f"failed: {report.notes_failed}; feedback forwarded: {report.feedback_sent}"
+    )
+    return 1 if report.notes_failed else 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -67,6 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=8)
     serve.set_defaults(handler=_serve)
 
+    sandbox = sub.add_parser(
+        "sandbox",
+        help="run the embedded sandbox EHR with the app in its sidebar, on loopback",
+    )
+    sandbox.add_argument("--port", type=int, default=8400, help="the EHR's port (default 8400)")
+    sandbox.add_argument(
+        "--app-port", type=int, default=None, help="the app's port (default: --port + 1)"
+    )
+    sandbox.add_argument(
+        "--latency-ms", type=int, default=0, help="simulated round-trip time per FHIR request"
+    )
+    sandbox.add_argument(
+        "--patients", type=int, default=24, help="synthetic patients (first start)"
+    )
+    sandbox.set_defaults(handler=_sandbox)
+
+    outbox = sub.add_parser("outbox", help="notes and feedback waiting to be delivered")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    retry = outbox_sub.add_parser("retry", help="try to deliver everything pending, now")
+    retry.set_defaults(handler=_outbox_retry)
+
     evaluate = sub.add_parser(
         "evaluate",
         help="run the configured suggestion engines over a cohort; report coverage and grounding",
@@ -77,8 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from smartapp.config import ConfigError
+    from smartapp.siteconfig import SiteConfigError
+
     args = build_parser().parse_args(argv)
-    result: int = args.handler(args)
+    try:
+        result: int = args.handler(args)
+    except (ConfigError, SiteConfigError) as exc:
+        print(f"smartapp: configuration error: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -352,7 +352,8 @@ def init_app(
     @bp.after_app_request
     def headers(response: Response) -> Response:
         if response.mimetype == "text/html":
-            frames = " ".join(app_origins) or "'none'"
+            # 'self' too: the app in the sidebar goes through this EHR's own authorize endpoint.
+            frames = " ".join(["'self'", *app_origins])
             actions = " ".join(["'self'", *app_origins])
             response.headers.setdefault(
                 "Content-Security-Policy",
