@@ -13,14 +13,13 @@ export class ApiError extends Error {
 }
 
 async function request(method, path, body) {
-  const headers = { Accept: "application/json" };
+  // The token goes on GETs too: it names this panel's launch, so a panel left open from
+  // an earlier launch (another patient) gets a clear error instead of the new chart.
+  const headers = { Accept: "application/json", "X-CSRF-Token": csrfToken() };
   const init = { method, headers, credentials: "same-origin" };
-  if (method !== "GET") {
-    headers["X-CSRF-Token"] = csrfToken();
-    if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
+  if (method !== "GET" && body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
   }
   let response;
   try {

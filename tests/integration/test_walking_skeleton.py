@@ -1,0 +1,167 @@
+"""Integration: a full EHR launch against the sandbox over real HTTP, through to the note."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import requests
+
+from smartapp.smart.crypto import TokenCipher
+from smartapp.smart.models import LaunchSession
+from tests.integration.conftest import Launched, browser, ehr_launch
+
+pytestmark = pytest.mark.integration
+
+
+def test_ehr_launch_suggest_accept_and_the_note_lands_with_provenance(launched: Launched):
+    context = launched.api("GET", "/api/context").json()
+    assert context["patient"]["id"] == "pt-01"
+    assert context["patient"]["name"] == "Amara Okafor"
+    assert context["fhirUser"] == "Practitioner/dr-ada-lovelace"
+    assert context["needPatientBanner"] is False  # the EHR shows its own banner
+    assert context["csrfToken"] == launched.csrf
+
+    suggestions = launched.api("GET", "/api/suggestions").json()["suggestions"]
+    kinds = [s["kind"] for s in suggestions]
+    assert "problem_summary" in kinds and "medications" in kinds
+    for suggestion in suggestions:
+        assert suggestion["citations"], f"{suggestion['kind']} cites its sources"
+        assert {"name", "version"} <= set(suggestion["engine"])
+    problems = next(s for s in suggestions if s["kind"] == "problem_summary")
+    assert all(
+        c["reference"].split("/")[0] in {"Condition", "Observation"} for c in problems["citations"]
+    )
+
+    recorded = launched.api(
+        "POST", f"/api/suggestions/{problems['id']}/feedback", json={"action": "accept"}
+    )
+    assert recorded.json() == {"status": "recorded"}
+
+    saved = launched.api("POST", "/api/note", json={})
+    assert saved.status_code == 201, saved.text
+    body = saved.json()
+    doc_id = body["documentReference"].split("/")[1]
+    prov_id = body["provenance"].split("/")[1]
+
+    doc = launched.sandbox("GET", f"/_sandbox/resources/DocumentReference/{doc_id}").json()
+    assert doc["subject"]["reference"] == "Patient/pt-01"
+    assert doc["docStatus"] == "preliminary"
+    assert doc["author"] == [{"reference": "Practitioner/dr-ada-lovelace"}]
+    note = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
+    assert problems["title"] in note and problems["text"].strip() in note
+
+    provenance = launched.sandbox("GET", f"/_sandbox/resources/Provenance/{prov_id}").json()
+    assert provenance["target"] == [{"reference": f"DocumentReference/{doc_id}"}]
+    agents = {a["who"]["reference"] for a in provenance["agent"]}
+    assert "Practitioner/dr-ada-lovelace" in agents
+    assert any(ref.startswith("#") for ref in agents), "the engine is a (contained) Device agent"
+
+
+def test_edited_text_is_what_lands_in_the_chart(launched: Launched):
+    suggestions = launched.api("GET", "/api/suggestions").json()["suggestions"]
+    meds = next(s for s in suggestions if s["kind"] == "medications")
+    launched.api(
+        "POST",
+        f"/api/suggestions/{meds['id']}/feedback",
+        json={"action": "edit", "text": "Losartan only."},
+    )
+    saved = launched.api("POST", "/api/note").json()
+    doc = launched.sandbox("GET", f"/_sandbox/resources/{saved['documentReference']}").json()
+    assert "Losartan only." in base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        _Recorder.hits.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_unknown_issuer_is_refused_and_nothing_is_sent_to_it(stack):
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        rogue = f"http://127.0.0.1:{server.server_port}/fhir"
+        response = browser().get(
+            f"{stack.app_url}/launch", params={"iss": rogue, "launch": "x"}, timeout=10
+        )
+        assert response.status_code == 400
+        assert "not registered" in response.text or "not allowed" in response.text.lower()
+        assert _Recorder.hits == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_forged_state_is_refused(stack):
+    session = browser()
+    minted = requests.post(
+        f"{stack.ehr_url}/_sandbox/launch", json={"patient": "pt-02"}, timeout=10
+    ).json()
+    started = session.get(minted["launch_url"], allow_redirects=False, timeout=10)
+    assert started.status_code in (302, 303)
+    forged = session.get(
+        f"{stack.app_url}/callback", params={"code": "abc", "state": "forged-state"}, timeout=10
+    )
+    assert forged.status_code == 400
+    assert "relaunch" in forged.text.lower() or "open the app again" in forged.text.lower()
+
+
+def test_state_changing_requests_need_the_csrf_token(launched: Launched):
+    missing = launched.session.post(f"{launched.stack.app_url}/api/note", json={}, timeout=10)
+    assert missing.status_code == 403
+    assert missing.json()["error"]["code"] == "csrf_failed"
+    wrong = launched.session.post(
+        f"{launched.stack.app_url}/api/note", json={}, headers={"X-CSRF-Token": "nope"}, timeout=10
+    )
+    assert wrong.status_code in (401, 403)
+
+
+def test_no_token_reaches_the_browser(launched: Launched):
+    responses_seen = [
+        launched.page,
+        launched.api("GET", "/api/context"),
+        launched.api("GET", "/api/suggestions"),
+        launched.api("GET", "/static/js/sidebar.js"),
+    ]
+    settings = launched.stack.settings
+    cipher = TokenCipher(settings.secret_key)
+    db = launched.stack.app.extensions["smartapp.db"]
+    with db.session() as s:
+        row = s.query(LaunchSession).one()
+        secrets = [cipher.decrypt(row.access_token_enc)]
+        if row.refresh_token_enc:
+            secrets.append(cipher.decrypt(row.refresh_token_enc))
+    cookies = " ".join(c.value for c in launched.session.cookies)
+    for secret in secrets:
+        assert len(secret) > 10
+        assert secret not in cookies
+        for response in responses_seen:
+            assert secret not in response.text
+            assert secret not in str(response.headers)
+
+
+def test_a_second_launch_in_the_same_browser_does_not_mix_patients(stack):
+    first = ehr_launch(stack, "pt-01")
+    second_page = first.session.get(
+        requests.post(
+            f"{stack.ehr_url}/_sandbox/launch", json={"patient": "pt-02"}, timeout=10
+        ).json()["launch_url"],
+        timeout=10,
+    )
+    assert second_page.status_code == 200
+    # The first panel still holds its own CSRF token: it must not be served pt-02's chart.
+    stale = first.session.get(
+        f"{stack.app_url}/api/context", headers={"X-CSRF-Token": first.csrf}, timeout=10
+    )
+    assert stale.status_code == 401
+    assert "earlier launch" in stale.json()["error"]["message"]
