@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from smartapp import create_app
-from smartapp.config import Settings
+from smartapp.config import PROJECT_ROOT, Settings
 
 SANDBOX_ISS = "http://ehr.test/fhir"
 
@@ -52,3 +53,19 @@ def app(settings: Settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def sandbox_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sandbox's data folder with its population generated (once per run)."""
+    from smartapp.sandbox.ehr import create_ehr_app
+
+    data_dir = tmp_path_factory.mktemp("sandbox-template")
+    manifest = json.loads((PROJECT_ROOT / "launch.json").read_text())
+    create_ehr_app(
+        data_dir=data_dir,
+        ehr_base_url="http://localhost:1",
+        app_base_url="http://127.0.0.1:2",
+        manifest=manifest,
+    )
+    return data_dir

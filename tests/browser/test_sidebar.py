@@ -11,7 +11,7 @@ import requests
 
 from smartapp.stack import Stack
 from tests.browser.conftest import screenshot
-from tests.integration.conftest import sandbox_template, start_stack  # noqa: F401 (a fixture)
+from tests.integration.conftest import start_stack
 
 pytestmark = pytest.mark.browser
 

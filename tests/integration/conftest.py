@@ -7,7 +7,6 @@ app store.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -19,8 +18,6 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from smartapp.config import PROJECT_ROOT
-from smartapp.sandbox.ehr import create_ehr_app
 from smartapp.stack import Stack, build_stack
 from tests.conftest import test_database_url
 
@@ -56,20 +53,6 @@ class LoopbackBrowser(requests.Session):
 
 def browser() -> requests.Session:
     return LoopbackBrowser()
-
-
-@pytest.fixture(scope="session")
-def sandbox_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sandbox's data folder with its population generated (once per run)."""
-    data_dir = tmp_path_factory.mktemp("sandbox-template")
-    manifest = json.loads((PROJECT_ROOT / "launch.json").read_text())
-    create_ehr_app(
-        data_dir=data_dir,
-        ehr_base_url="http://localhost:1",
-        app_base_url="http://127.0.0.1:2",
-        manifest=manifest,
-    )
-    return data_dir
 
 
 def app_environ(tmp_path: Path, **extra: str) -> dict[str, str]:
