@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import expect
 
 from smartapp.stack import Stack
 from tests.browser.conftest import screenshot
@@ -51,7 +52,8 @@ def test_launch_accept_and_save_a_note_from_the_ehr_page(ehr_page, stack: Stack)
     first = sidebar.locator(".card").first
     title = first.locator(".card-title").inner_text()
     first.locator("button.accept").click()
-    assert first.get_attribute("data-decision") == "accept"
+    # The decision is shown once the server has recorded it (an async request).
+    expect(first).to_have_attribute("data-decision", "accept")
     sidebar.locator("#save-note").click()
     status = sidebar.locator("#save-status[data-kind=ok]")
     status.wait_for(timeout=15_000)
