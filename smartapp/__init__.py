@@ -47,6 +47,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
 
     from smartapp.db import get_database
     from smartapp.feedback.forwarding import FeedbackForwarder
+    from smartapp.feedback.models import ShownSuggestion
     from smartapp.fhir.cache import SnapshotCache
     from smartapp.fhir.parsing import warm_up
     from smartapp.notes import views as notes_views
@@ -63,18 +64,26 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         http=requests.Session(),
     )
     engines = SuggestionService.from_settings(settings)
+    forwarder = FeedbackForwarder(database)
+
+    def forward_decision(decision_id: str, suggestion: ShownSuggestion) -> None:
+        # Only an engine with a feedback endpoint hears about decisions (the LLM service).
+        if suggestion.engine_name != "llm":
+            return
+        endpoint = engines.config.for_issuer(suggestion.site).llm.feedback_url
+        if endpoint:
+            forwarder.enqueue(decision_id, endpoint)
+
     sidebar = SidebarService(
         database=database,
         snapshots=chart,
         drafter=engines,
         fhir_for=chart.client_for,
+        on_decision=forward_decision,
     )
     notes_views.init_app(app, sidebar)
     app.extensions["smartapp.outbox"] = Outbox(
-        database=database,
-        sidebar=sidebar,
-        clients=chart,
-        forwarder=FeedbackForwarder(database),
+        database=database, sidebar=sidebar, clients=chart, forwarder=forwarder
     )
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()

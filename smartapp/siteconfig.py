@@ -84,6 +84,9 @@ class LLMConfig:
     api_version: str | None = None
     temperature: float = 0.0
     max_observations_per_code: int = 3
+    #: The LLM service's CDS Hooks feedback endpoint: every decision on its suggestions is
+    #: forwarded there (`{baseUrl}/cds-services/{id}/feedback`). Unset: nothing is sent.
+    feedback_url: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,6 +269,13 @@ class _Checker:
             return None
         return value
 
+    def http_url(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> str | None:
+        value = self.string(data, path, key)
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            self.error((*path, key), f"{_show(value)} is not an http(s) URL")
+            return None
+        return value
+
     def string(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> str | None:
         if key not in data:
             return None
@@ -439,6 +449,7 @@ class _Checker:
                     "api_version",
                     "temperature",
                     "max_observations_per_code",
+                    "feedback_url",
                 ),
             )
             values = {
@@ -454,6 +465,7 @@ class _Checker:
                 "max_observations_per_code": self.integer(
                     section, p, "max_observations_per_code", 1, 50
                 ),
+                "feedback_url": self.http_url(section, p, "feedback_url"),
             }
             out["llm"] = {k: v for k, v in values.items() if v is not None}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,9 +35,14 @@ def edit_distance(before: str, after: str) -> int:
     return int(Levenshtein.distance(before, after))
 
 
+#: Called after each decision is stored (the forwarding hook): (decision id, suggestion).
+DecisionHook = Callable[[str, ShownSuggestion], None]
+
+
 class FeedbackStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, on_decision: DecisionHook | None = None) -> None:
         self._db = database
+        self._on_decision = on_decision
 
     def shown(self, by: ShownBy) -> list[ShownSuggestion]:
         """The suggestions already shown for this launch and snapshot, in order."""
@@ -143,6 +148,8 @@ class FeedbackStore:
                 else None,
             )
             session.add(decision)
+        if self._on_decision is not None:
+            self._on_decision(decision.id, row)
         return decision
 
 

@@ -116,7 +116,7 @@ def _engine_device(index: int, name: str, version: str) -> dict[str, Any]:
     }
 
 
-def provenance(draft: NoteDraft, *, target: str) -> dict[str, Any]:
+def provenance(draft: NoteDraft, *, target: str, activity: str = "CREATE") -> dict[str, Any]:
     """Who made the note: the clinician (author, verifier) and each engine (a contained Device).
 
     Contained Devices work where an EHR does not let apps create Device resources.
@@ -148,7 +148,7 @@ def provenance(draft: NoteDraft, *, target: str) -> dict[str, Any]:
         "target": [{"reference": target}],
         "recorded": recorded,
         "occurredDateTime": recorded,
-        "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": "CREATE"}]},
+        "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": activity}]},
         "agent": agents,
     }
     if devices:

@@ -37,6 +37,14 @@ class SavedNote(Base):
     suggestion_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     engines: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    #: Saving again in the same launch revises this note: the same draft in the chart.
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    #: The revision whose DocumentReference (and then Provenance) the EHR has.
+    document_revision: Mapped[int] = mapped_column(Integer, default=0)
+    chart_revision: Mapped[int] = mapped_column(Integer, default=0)
+    #: A delivery in progress holds the note until then: the worker, a request and
+    #: `smartapp outbox retry` never send the same note at the same time.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     document_reference: Mapped[str | None] = mapped_column(String(256))
     provenance: Mapped[str | None] = mapped_column(String(256))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -52,6 +60,7 @@ class SavedNote(Base):
             "documentReference": self.document_reference,
             "provenance": self.provenance,
             "attempts": self.attempts,
+            "revision": self.revision,
             "createdAt": self.created_at.isoformat(),
             "updatedAt": self.updated_at.isoformat() if self.updated_at else None,
         }

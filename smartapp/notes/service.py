@@ -7,21 +7,27 @@ service never sees the request.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from smartapp.db import Database, utcnow
 from smartapp.errors import BadRequest, Forbidden, NotFound, TemporaryUpstreamError, UpstreamError
 from smartapp.feedback.models import ShownSuggestion
-from smartapp.feedback.store import FeedbackStore, ShownBy
+from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.models import SavedNote
-from smartapp.notes.writeback import WrittenNote, write_note
+from smartapp.notes.writeback import (
+    WrittenNote,
+    revise_document,
+    write_note,
+    write_revision_provenance,
+)
 from smartapp.suggestions.interfaces import Suggestion
 
 if TYPE_CHECKING:
@@ -53,6 +59,11 @@ class SaveResult:
     written: WrittenNote | None
 
 
+def _revision_id(note_id: str, revision: int) -> str:
+    """A stable identifier for one revision written as a new draft (the old one was signed)."""
+    return uuid.uuid5(uuid.UUID(hex=note_id), f"revision-{revision}").hex
+
+
 def snapshot_key(snapshot: ChartSnapshot) -> str:
     return snapshot.fetched_at.isoformat() if snapshot.fetched_at else "unknown"
 
@@ -65,12 +76,13 @@ class SidebarService:
         snapshots: SnapshotSource,
         drafter: Drafter,
         fhir_for: Callable[[LaunchContext], FHIRClient],
+        on_decision: DecisionHook | None = None,
     ) -> None:
         self._db = database
         self._snapshots = snapshots
         self._drafter = drafter
         self._fhir_for = fhir_for
-        self.feedback = FeedbackStore(database)
+        self.feedback = FeedbackStore(database, on_decision=on_decision)
 
     # -- reading -------------------------------------------------------------------
 
@@ -127,6 +139,11 @@ class SidebarService:
         return "\n\n".join(sections), used
 
     def save_note(self, launch: LaunchContext, *, text: str | None = None) -> SaveResult:
+        """Keep the note here, then try to put it in the chart.
+
+        Saving again in the same launch revises the same note (one draft in the chart,
+        updated), so a clinician who accepts one more suggestion does not get two notes.
+        """
         if not launch.scopes.allows("DocumentReference", "c"):
             raise Forbidden(
                 "The EHR did not grant this app permission to write notes "
@@ -147,38 +164,95 @@ class SidebarService:
             )
         if len(body) > MAX_NOTE_CHARS:
             raise BadRequest(f"The note is longer than {MAX_NOTE_CHARS} characters.")
-        engines = sorted({(r.engine_name, r.engine_version) for r in used})
+        engines = [list(e) for e in sorted({(r.engine_name, r.engine_version) for r in used})]
         with self._db.session() as session:
-            note = SavedNote(
-                launch_session_id=launch.session_id,
-                site=launch.iss,
-                patient_id=launch.patient_id,
-                encounter_id=launch.encounter_id,
-                fhir_user=launch.fhir_user,
-                text=body,
-                suggestion_ids=[r.id for r in used],
-                engines=[list(e) for e in engines],
-                status="pending",
-                created_at=utcnow(),
-            )
-            session.add(note)
-        written = self.deliver(note.id, client=self._fhir_for(launch))
+            note = session.scalars(
+                select(SavedNote)
+                .where(
+                    SavedNote.launch_session_id == launch.session_id,
+                    SavedNote.patient_id == launch.patient_id,
+                    SavedNote.status != "failed",
+                )
+                .order_by(SavedNote.created_at.desc())
+                .limit(1)
+            ).first()
+            if note is None:
+                note = SavedNote(
+                    launch_session_id=launch.session_id,
+                    site=launch.iss,
+                    patient_id=launch.patient_id,
+                    encounter_id=launch.encounter_id,
+                    fhir_user=launch.fhir_user,
+                    created_at=utcnow(),
+                    revision=1,
+                )
+                session.add(note)
+            elif note.text == body and note.chart_revision == note.revision:
+                # Nothing changed since the chart got it: no new version, no new Provenance.
+                return SaveResult(note=note, written=self._written(note))
+            else:
+                note.revision += 1
+            note.text = body
+            note.suggestion_ids = [r.id for r in used]
+            note.engines = engines
+            note.status = "pending"
+            note.next_attempt_at = None
+            session.flush()
+            note_id = note.id
+        written = self.deliver(note_id, client=self._fhir_for(launch))
         with self._db.session() as session:
-            refreshed = session.get(SavedNote, note.id)
+            refreshed = session.get(SavedNote, note_id)
             assert refreshed is not None
         return SaveResult(note=refreshed, written=written)
 
+    @staticmethod
+    def _written(note: SavedNote) -> WrittenNote | None:
+        if note.status != "in_chart" or not note.document_reference or not note.provenance:
+            return None
+        return WrittenNote(document_reference=note.document_reference, provenance=note.provenance)
+
+    def _claim(self, note_id: str, *, seconds: int = 120) -> bool:
+        """Take the note for one delivery (the worker, a request and the CLI may all try)."""
+        now = utcnow()
+        with self._db.session() as session:
+            claimed = session.execute(
+                update(SavedNote)
+                .where(
+                    SavedNote.id == note_id,
+                    (SavedNote.claimed_until.is_(None)) | (SavedNote.claimed_until < now),
+                )
+                .values(claimed_until=now + timedelta(seconds=seconds))
+            )
+            return bool(claimed.rowcount)
+
+    def _release(self, note_id: str) -> None:
+        with self._db.session() as session:
+            session.execute(
+                update(SavedNote).where(SavedNote.id == note_id).values(claimed_until=None)
+            )
+
     def deliver(self, note_id: str, *, client: FHIRClient) -> WrittenNote | None:
-        """Try to write one saved note to the EHR; on a temporary failure keep it for a retry."""
+        """Try to put one saved note (its latest revision) in the chart.
+
+        Returns where it is, or None when it is kept for a retry (the EHR is unavailable,
+        or another delivery of it is under way). Each step is recorded as it completes, so
+        a retry resumes where the last attempt stopped and repeats nothing.
+        """
+        if not self._claim(note_id):
+            return None
+        try:
+            return self._deliver_claimed(note_id, client)
+        finally:
+            self._release(note_id)
+
+    def _deliver_claimed(self, note_id: str, client: FHIRClient) -> WrittenNote | None:
         with self._db.session() as session:
             note = session.get(SavedNote, note_id)
             if note is None:
                 raise NotFound("No such note.")
-            if note.status == "in_chart":
-                return WrittenNote(
-                    document_reference=note.document_reference or "",
-                    provenance=note.provenance or "",
-                )
+            if note.chart_revision >= note.revision:
+                return self._written(note)
+            revision = note.revision
             draft = NoteDraft(
                 note_id=note.id,
                 text=note.text,
@@ -186,27 +260,66 @@ class SidebarService:
                 encounter_id=note.encounter_id,
                 author=note.fhir_user,
                 engines=[(n, v) for n, v in note.engines],
-                created_at=note.created_at,
+                created_at=note.updated_at if revision > 1 and note.updated_at else note.created_at,
                 ai_assisted=bool(note.engines),
             )
+            document, document_revision = note.document_reference, note.document_revision
         try:
-            written = write_note(client, draft)
+            if document is None:
+                written = write_note(client, draft)
+                if revision == 1:
+                    self._record_step(
+                        note_id,
+                        revision,
+                        document=written.document_reference,
+                        provenance=written.provenance,
+                    )
+                    return written
+                # An earlier attempt's lost response: the EHR may hold an older text under
+                # this identifier (the conditional create found it). Revise it to this one.
+                document, document_revision = written.document_reference, 0
+            if document_revision < revision:
+                revised = revise_document(client, draft, reference=document)
+                if revised is None:
+                    # The draft was signed (or removed) in the EHR: this revision is a new draft.
+                    written = write_note(
+                        client, replace(draft, note_id=_revision_id(note_id, revision))
+                    )
+                    self._record_step(
+                        note_id,
+                        revision,
+                        document=written.document_reference,
+                        provenance=written.provenance,
+                    )
+                    return written
+                self._record_step(note_id, revision, document=revised)
+                document = revised
+            prov = write_revision_provenance(client, draft, reference=document)
         except TemporaryUpstreamError as exc:
             self._record_failure(note_id, exc, retry=True)
             return None
         except UpstreamError as exc:
             self._record_failure(note_id, exc, retry=False)
             raise
+        self._record_step(note_id, revision, document=document, provenance=prov)
+        return WrittenNote(document_reference=document, provenance=prov)
+
+    def _record_step(
+        self, note_id: str, revision: int, *, document: str, provenance: str | None = None
+    ) -> None:
         with self._db.session() as session:
             note = session.get(SavedNote, note_id)
             assert note is not None
-            note.status = "in_chart"
-            note.document_reference = written.document_reference
-            note.provenance = written.provenance
+            note.document_reference = document
+            note.document_revision = revision
             note.attempts += 1
             note.last_error = None
-            note.next_attempt_at = None
-        return written
+            if provenance is not None:
+                note.provenance = provenance
+                note.chart_revision = revision
+                # A newer revision saved meanwhile keeps the note pending for its own delivery.
+                note.status = "in_chart" if note.revision == revision else "pending"
+                note.next_attempt_at = None
 
     def _record_failure(self, note_id: str, exc: UpstreamError, *, retry: bool) -> None:
         log.warning(

@@ -2,7 +2,9 @@
 
 Both paths are idempotent, so a retry after a lost response cannot write a second note:
 the DocumentReference is created conditionally on our identifier, and the Provenance
-conditionally on its target.
+conditionally on its target. A revision (the clinician saved again) updates the same
+draft in place, with a Provenance for the update, unless the draft was signed meanwhile:
+a signed note is never overwritten, the revision becomes a new draft instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from smartapp.errors import FatalUpstreamError
 from smartapp.fhir.capabilities import supports_transaction
+from smartapp.fhir.client import FHIRRequestRefused
 from smartapp.fhir.snapshot import reference_key
 from smartapp.notes.documents import (
     NoteDraft,
@@ -62,3 +65,31 @@ def write_note(client: FHIRClient, draft: NoteDraft) -> WrittenNote:
     doc_ref = f"DocumentReference/{document['id']}"
     prov = client.create(provenance(draft, target=doc_ref), if_none_exist=f"target={doc_ref}")
     return WrittenNote(document_reference=doc_ref, provenance=f"Provenance/{prov['id']}")
+
+
+def draft_is_editable(document: dict[str, Any]) -> bool:
+    """Only a preliminary, current note may be overwritten; a signed one is the record."""
+    return (
+        document.get("docStatus", "preliminary") == "preliminary"
+        and document.get("status", "current") == "current"
+    )
+
+
+def revise_document(client: FHIRClient, draft: NoteDraft, *, reference: str) -> str | None:
+    """Update the draft in place; None when it can no longer be edited (signed, deleted)."""
+    rtype, _, rid = reference.partition("/")
+    try:
+        current = client.read(rtype, rid)
+    except FHIRRequestRefused as exc:
+        if exc.status in (404, 410):
+            return None
+        raise
+    if not draft_is_editable(current):
+        return None
+    updated = client.update(document_reference(draft, existing_id=rid))
+    return f"DocumentReference/{updated['id']}"
+
+
+def write_revision_provenance(client: FHIRClient, draft: NoteDraft, *, reference: str) -> str:
+    created = client.create(provenance(draft, target=reference, activity="UPDATE"))
+    return f"Provenance/{created['id']}"

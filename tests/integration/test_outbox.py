@@ -1,0 +1,301 @@
+"""Integration: nothing lost, nothing twice — the note outbox and feedback forwarding.
+
+The EHR failing during a save, the app process killed with a note still undelivered,
+saving again, and decisions forwarded to an engine's CDS Hooks feedback endpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from smartapp.config import PROJECT_ROOT
+from smartapp.notes.models import SavedNote
+from smartapp.sandbox.ehr import create_ehr_app
+from smartapp.sandbox.server import BackgroundServer
+from tests.integration.conftest import Launched, app_environ, browser, ehr_launch, start_stack
+
+pytestmark = pytest.mark.integration
+
+
+def our_notes(launched: Launched, patient: str = "pt-01") -> list[dict[str, Any]]:
+    docs = launched.sandbox(
+        "GET", "/_sandbox/resources/DocumentReference", params={"patient": patient}
+    ).json()
+    return [
+        d
+        for d in docs
+        if any(s.get("code") == "AIAST" for s in d.get("meta", {}).get("security", []))
+    ]
+
+
+def note_text(document: dict[str, Any]) -> str:
+    return base64.b64decode(document["content"][0]["attachment"]["data"]).decode()
+
+
+def accept_first(launched: Launched, kind: str = "problem_summary") -> dict[str, Any]:
+    suggestions = launched.api("GET", "/api/suggestions").json()["suggestions"]
+    chosen = next(s for s in suggestions if s["kind"] == kind)
+    assert launched.api(
+        "POST", f"/api/suggestions/{chosen['id']}/feedback", json={"action": "accept"}
+    ).ok
+    return chosen
+
+
+def test_saving_again_updates_the_same_draft(launched: Launched):
+    accept_first(launched, "problem_summary")
+    first = launched.api("POST", "/api/note").json()
+    accept_first(launched, "medications")
+    second = launched.api("POST", "/api/note").json()
+    assert second["documentReference"] == first["documentReference"]
+    assert second["provenance"] != first["provenance"]
+    [document] = our_notes(launched)
+    assert "Medication" in note_text(document)
+    assert document["meta"]["versionId"] == "2"
+    revision = launched.sandbox("GET", f"/_sandbox/resources/{second['provenance']}").json()
+    assert revision["activity"]["coding"][0]["code"] == "UPDATE"
+    # Saving an unchanged note writes nothing new.
+    third = launched.api("POST", "/api/note").json()
+    assert third["provenance"] == second["provenance"]
+    assert (
+        len(
+            launched.sandbox(
+                "GET", "/_sandbox/resources/Provenance", params={"patient": "pt-01"}
+            ).json()
+        )
+        == 2
+    )
+
+
+def test_ehr_down_during_save_then_back_delivers_exactly_once(launched: Launched):
+    accept_first(launched)
+    launched.sandbox("POST", "/_sandbox/faults", json={"fail_next": 1000, "status": 503})
+    saved = launched.api("POST", "/api/note")
+    assert saved.status_code == 202
+    assert saved.json()["status"] == "pending"
+    assert launched.api("GET", "/api/notes").json()["notes"][0]["status"] == "pending"
+
+    outbox = launched.stack.app.extensions["smartapp.outbox"]
+    assert outbox.run_once(force=True).notes_waiting == 1  # still down: kept
+    launched.sandbox("DELETE", "/_sandbox/faults")
+    assert outbox.run_once(force=True).notes_delivered == 1
+    assert outbox.run_once(force=True).notes_delivered == 0  # nothing left, nothing resent
+
+    [note] = launched.api("GET", "/api/notes").json()["notes"]
+    assert note["status"] == "in_chart"
+    assert len(our_notes(launched)) == 1
+
+
+def test_a_lost_response_does_not_write_the_note_twice(launched: Launched):
+    """The EHR stores the note but the answer never arrives; the retry finds it."""
+    accept_first(launched)
+    stack = launched.stack
+    saved = launched.api("POST", "/api/note").json()
+    with stack.app.extensions["smartapp.db"].session() as s:
+        note = s.get(SavedNote, saved["note"]["id"])
+        # Forget that it arrived, as if the response had been lost.
+        note.status, note.document_reference, note.provenance = "pending", None, None
+        note.chart_revision = note.document_revision = 0
+    assert stack.app.extensions["smartapp.outbox"].run_once(force=True).notes_delivered == 1
+    assert len(our_notes(launched)) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+def test_a_killed_process_still_delivers_its_note_after_restart(
+    tmp_path: Path, sandbox_template: Path
+):
+    import shutil
+
+    data_dir = tmp_path / "sandbox"
+    shutil.copytree(sandbox_template, data_dir)
+    ehr_server = BackgroundServer("127.0.0.1", 0, public_host="localhost")
+    app_port = _free_port()
+    app_url = f"http://127.0.0.1:{app_port}"
+    ehr = create_ehr_app(
+        data_dir=data_dir,
+        ehr_base_url=ehr_server.url,
+        app_base_url=app_url,
+        manifest=json.loads((PROJECT_ROOT / "launch.json").read_text()),
+    )
+    ehr_server.set_app(ehr)
+    ehr_server.start()
+    fhir_base = f"{ehr_server.url}/fhir"
+    env = {**os.environ, **app_environ(tmp_path), "SMARTAPP_ALLOWED_ISSUERS": fhir_base}
+    smartapp = [sys.executable, "-m", "smartapp.cli"]
+    app = subprocess.Popen(
+        [*smartapp, "serve", "--port", str(app_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(f"{app_url}/healthz")
+        launch = requests.post(
+            f"{ehr_server.url}/_sandbox/launch", json={"patient": "pt-02"}, timeout=10
+        ).json()
+        session = browser()
+        page = session.get(launch["launch_url"], timeout=30)
+        csrf = page.text.split('name="csrf-token" content="')[1].split('"')[0]
+        headers = {"X-CSRF-Token": csrf}
+        suggestion = session.get(f"{app_url}/api/suggestions", headers=headers, timeout=30).json()[
+            "suggestions"
+        ][0]
+        session.post(
+            f"{app_url}/api/suggestions/{suggestion['id']}/feedback",
+            json={"action": "accept"},
+            headers=headers,
+            timeout=10,
+        ).raise_for_status()
+        requests.post(
+            f"{ehr_server.url}/_sandbox/faults", json={"fail_next": 1000, "status": 503}, timeout=10
+        )
+        assert (
+            session.post(f"{app_url}/api/note", json={}, headers=headers, timeout=60).status_code
+            == 202
+        )
+    finally:
+        app.send_signal(signal.SIGKILL)  # no clean shutdown: whatever was in memory is gone
+        app.wait(timeout=10)
+    try:
+        requests.delete(f"{ehr_server.url}/_sandbox/faults", timeout=10)
+        retried = subprocess.run(
+            [*smartapp, "outbox", "retry"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert retried.returncode == 0, retried.stderr
+        assert "notes delivered: 1" in retried.stdout
+        docs = requests.get(
+            f"{ehr_server.url}/_sandbox/resources/DocumentReference",
+            params={"patient": "pt-02"},
+            timeout=10,
+        ).json()
+        ours = [
+            d
+            for d in docs
+            if any(s.get("code") == "AIAST" for s in d.get("meta", {}).get("security", []))
+        ]
+        assert len(ours) == 1
+        assert suggestion["title"] in note_text(ours[0])
+    finally:
+        ehr_server.stop()
+
+
+@dataclass
+class FakeEngineService:
+    """An OpenAI-compatible LLM that cites the chart's first Condition, and a CDS Hooks
+    feedback endpoint that records what it is told."""
+
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        if request.path == "/v1/chat/completions":
+            prompt = json.dumps(json.loads(request.get_data()))
+            condition = prompt.split("Condition/")[1].split('"')[0].split("\\")[0]
+            answer = {
+                "suggestions": [
+                    {
+                        "title": "Active problems",
+                        "statements": [
+                            {
+                                "text": "An active problem is on the list.",
+                                "citations": [f"Condition/{condition}"],
+                            }
+                        ],
+                    }
+                ]
+            }
+            body = {
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": json.dumps(answer)}}
+                ]
+            }
+            return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
+        if request.path == "/cds-services/smartapp-drafts/feedback" and request.method == "POST":
+            self.feedback.append(json.loads(request.get_data()))
+            return Response("{}", mimetype="application/json")(environ, start_response)
+        return Response("not found", status=404)(environ, start_response)
+
+
+@pytest.fixture
+def engine_service() -> Iterator[tuple[str, FakeEngineService]]:
+    fake = FakeEngineService()
+    server = make_server("127.0.0.1", 0, fake, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", fake
+    server.shutdown()
+    server.server_close()
+
+
+def test_decisions_are_forwarded_to_the_engine_as_cds_hooks_feedback(
+    tmp_path: Path, sandbox_template: Path, engine_service
+):
+    base, fake = engine_service
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[suggestions]\nkinds = ["problem_summary", "medications"]\n'
+        '[kinds.problem_summary]\nengine = "llm"\n'
+        f'[llm]\nmodel = "fake-model"\nversion = "1"\nfeedback_url = "{base}/cds-services/smartapp-drafts/feedback"\n'
+    )
+    environ = app_environ(
+        tmp_path,
+        SMARTAPP_CONFIG=str(config),
+        SMARTAPP_LLM_BASE_URL=f"{base}/v1",
+        SMARTAPP_LLM_MODEL="fake-model",
+    )
+    stack = start_stack(tmp_path, sandbox_template, environ=environ)
+    try:
+        launched = ehr_launch(stack)
+        suggestions = launched.api("GET", "/api/suggestions").json()["suggestions"]
+        from_llm = next(s for s in suggestions if s["engine"]["name"] == "llm")
+        rules = next(s for s in suggestions if s["engine"]["name"] != "llm")
+        launched.api(
+            "POST",
+            f"/api/suggestions/{from_llm['id']}/feedback",
+            json={"action": "reject", "reason": "not_relevant", "comment": "old"},
+        )
+        launched.api("POST", f"/api/suggestions/{rules['id']}/feedback", json={"action": "accept"})
+        report = stack.app.extensions["smartapp.outbox"].run_once()
+        assert report.feedback_sent == 1  # only the engine with an endpoint hears of it
+        [sent] = fake.feedback
+        [item] = sent["feedback"]
+        assert item["outcome"] == "overridden"
+        assert item["overrideReason"]["reason"]["code"] == "not_relevant"
+        assert item["overrideReason"]["userComment"] == "old"
+        assert item["card"].replace("-", "") == from_llm["id"]
+        assert stack.app.extensions["smartapp.outbox"].run_once().feedback_sent == 0
+    finally:
+        stack.stop()
