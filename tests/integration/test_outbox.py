@@ -268,7 +268,8 @@ def test_decisions_are_forwarded_to_the_engine_as_cds_hooks_feedback(
     config.write_text(
         '[suggestions]\nkinds = ["problem_summary", "medications"]\n'
         '[kinds.problem_summary]\nengine = "llm"\n'
-        f'[llm]\nmodel = "fake-model"\nversion = "1"\nfeedback_url = "{base}/cds-services/smartapp-drafts/feedback"\n'
+        '[llm]\nmodel = "fake-model"\nversion = "1"\n'
+        f'feedback_url = "{base}/cds-services/smartapp-drafts/feedback"\n'
     )
     environ = app_environ(
         tmp_path,
