@@ -9,13 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import DateTime, Dialect, create_engine, event
+from sqlalchemy import DateTime, Dialect, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+#: Alembic's migration scripts (`smartapp/migrations/versions/`).
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class Base(DeclarativeBase):
@@ -58,13 +62,32 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
+    def alembic_config(self, connection: Any = None) -> Any:
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        config.attributes["connection"] = connection
+        return config
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (an empty database gets every table)."""
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            command.upgrade(self.alembic_config(connection), "head")
+
     def create_all(self) -> None:
         import_models()
         Base.metadata.create_all(self.engine)
 
     def drop_all(self) -> None:
+        """Every table, and Alembic's record of the schema version (tests start from empty)."""
         self.create_all()
         Base.metadata.drop_all(self.engine)
+        with self.engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -106,7 +129,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def init_app(app: Flask, database: Database) -> None:
     app.extensions["smartapp.db"] = database
-    database.create_all()
+    database.upgrade()
 
 
 def get_db() -> Database:

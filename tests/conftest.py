@@ -45,7 +45,7 @@ def app(settings: Settings):
     app.config["TESTING"] = True
     db = app.extensions["smartapp.db"]
     db.drop_all()
-    db.create_all()
+    db.upgrade()
     yield app
     db.dispose()
 

@@ -26,48 +26,37 @@ def _ddl(statement: str) -> DDL:
     return DDL(statement)  # type: ignore[no-untyped-call]  # SQLAlchemy leaves DDL untyped
 
 
+def append_only_ddl(name: str, dialect: str) -> list[str]:
+    """The statements that make table `name` refuse UPDATE and DELETE (and TRUNCATE)."""
+    message = f"{name} is append-only"
+    if dialect == "sqlite":
+        return [
+            f"CREATE TRIGGER {name}_no_{op.lower()} BEFORE {op} ON {name} "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+            for op in ("UPDATE", "DELETE")
+        ]
+    if dialect == "postgresql":
+        return [
+            f"CREATE OR REPLACE FUNCTION {name}_append_only() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $fn$ BEGIN RAISE EXCEPTION '{message}'; END $fn$",
+            f"CREATE TRIGGER {name}_no_change BEFORE UPDATE OR DELETE ON {name} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}_append_only()",
+            f"CREATE TRIGGER {name}_no_truncate BEFORE TRUNCATE ON {name} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}_append_only()",
+        ]
+    return []
+
+
 def append_only(table: Table) -> None:
     """Refuse UPDATE and DELETE on `table` in the database itself, not only in this code.
 
-    A trigger is created with the table (SQLite and PostgreSQL); another backend gets only
-    the ORM guard. DROP TABLE still works: tests and `drop_all` need it, and it is not an
-    edit of the record.
+    A trigger is created with the table (SQLite and PostgreSQL; the migrations create the
+    same ones); another backend gets only the ORM guard. DROP TABLE still works: tests and
+    `drop_all` need it, and it is not an edit of the record.
     """
-    name = table.name
-    message = f"{name} is append-only"
-    for op in ("UPDATE", "DELETE"):
-        event.listen(
-            table,
-            "after_create",
-            _ddl(
-                f"CREATE TRIGGER {name}_no_{op.lower()} BEFORE {op} ON {name} "
-                f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
-            ).execute_if(dialect="sqlite"),
-        )
-    event.listen(
-        table,
-        "after_create",
-        _ddl(
-            f"CREATE OR REPLACE FUNCTION {name}_append_only() RETURNS trigger "
-            f"LANGUAGE plpgsql AS $fn$ BEGIN RAISE EXCEPTION '{message}'; END $fn$"
-        ).execute_if(dialect="postgresql"),
-    )
-    event.listen(
-        table,
-        "after_create",
-        _ddl(
-            f"CREATE TRIGGER {name}_no_change BEFORE UPDATE OR DELETE ON {name} "
-            f"FOR EACH ROW EXECUTE FUNCTION {name}_append_only()"
-        ).execute_if(dialect="postgresql"),
-    )
-    event.listen(
-        table,
-        "after_create",
-        _ddl(
-            f"CREATE TRIGGER {name}_no_truncate BEFORE TRUNCATE ON {name} "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}_append_only()"
-        ).execute_if(dialect="postgresql"),
-    )
+    for dialect in ("sqlite", "postgresql"):
+        for statement in append_only_ddl(table.name, dialect):
+            event.listen(table, "after_create", _ddl(statement).execute_if(dialect=dialect))
 
 
 def _refuse_change(_mapper: Any, _connection: Any, target: Any) -> None:

@@ -74,7 +74,7 @@ def start_stack(tmp_path: Path, sandbox_template: Path, **kwargs: Any) -> Stack:
     db = stack.app.extensions["smartapp.db"]
     if environ["SMARTAPP_DATABASE_URL"].startswith("postgresql"):
         db.drop_all()
-        db.create_all()
+        db.upgrade()
     return stack.start()
 
 

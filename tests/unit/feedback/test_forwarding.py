@@ -28,7 +28,7 @@ BY = ShownBy(
 def db(tmp_path):
     database = Database(test_database_url(tmp_path))
     database.drop_all()
-    database.create_all()
+    database.upgrade()
     yield database
     database.dispose()
 

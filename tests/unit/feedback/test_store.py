@@ -37,7 +37,7 @@ def suggestion(text: str = "Type 2 diabetes since 2019") -> Suggestion:
 def store(tmp_path):
     db = Database(test_database_url(tmp_path))
     db.drop_all()
-    db.create_all()
+    db.upgrade()
     yield FeedbackStore(db)
     db.dispose()
 

@@ -1,0 +1,51 @@
+"""Unit: the Alembic migrations build exactly the schema the models declare (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from smartapp.db import Base, Database, import_models
+from tests.conftest import test_database_url
+
+
+@pytest.fixture
+def empty_db(tmp_path):
+    db = Database(test_database_url(tmp_path))
+    db.drop_all()
+    yield db
+    db.drop_all()
+    db.dispose()
+
+
+def test_upgrade_head_matches_the_models(empty_db):
+    empty_db.upgrade()
+    import_models()
+    with empty_db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        differences = compare_metadata(context, Base.metadata)
+    assert differences == [], "a model changed without a migration: alembic revision --autogenerate"
+
+
+def test_upgrade_is_idempotent_and_records_its_version(empty_db):
+    empty_db.upgrade()
+    empty_db.upgrade()
+    with empty_db.engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert version == "0001"
+    assert "saved_note" in inspect(empty_db.engine).get_table_names()
+
+
+def test_migrated_audit_table_refuses_updates(empty_db):
+    empty_db.upgrade()
+    with empty_db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO audit_event (id, recorded, action, outcome, detail) "
+                "VALUES ('a1', CURRENT_TIMESTAMP, 'launch', 'success', '{}')"
+            )
+        )
+    with pytest.raises(Exception, match="append-only"), empty_db.engine.begin() as connection:
+        connection.execute(text("UPDATE audit_event SET action = 'forged' WHERE id = 'a1'"))
