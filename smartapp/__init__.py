@@ -52,6 +52,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     from smartapp.fhir.parsing import warm_up
     from smartapp.notes import views as notes_views
     from smartapp.notes.chart_source import LaunchChartSource
+    from smartapp.notes.drafting import GovernedDrafter
     from smartapp.notes.outbox import Outbox
     from smartapp.notes.service import SidebarService
     from smartapp.smart.services import get_services
@@ -77,7 +78,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     sidebar = SidebarService(
         database=database,
         snapshots=chart,
-        drafter=engines,
+        drafter=GovernedDrafter(engines=engines, database=database),
         fhir_for=chart.client_for,
         on_decision=forward_decision,
     )

@@ -48,6 +48,8 @@ class ShownSuggestion(Base):
     text: Mapped[str] = mapped_column(Text)
     statements: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     citations: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    #: The engine choice governance made for this kind when it was drafted (see notes.drafting).
+    choice: Mapped[str] = mapped_column(String(160), default="", server_default="")
     engine_name: Mapped[str] = mapped_column(String(64))
     engine_version: Mapped[str] = mapped_column(String(128))
     engine_extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -82,3 +84,16 @@ class Decision(Base):
     edit_distance: Mapped[int | None] = mapped_column(Integer)
 
     suggestion: Mapped[ShownSuggestion] = relationship(back_populates="decisions")
+
+
+class DraftedKind(Base):
+    """A kind drafted for a launch's snapshot with a given engine choice, even if it produced
+    nothing: so that a kind with no suggestions is not drafted again on every request."""
+
+    __tablename__ = "drafted_kind"
+
+    launch_session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    snapshot_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    choice: Mapped[str] = mapped_column(String(160), primary_key=True)
+    drafted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from rapidfuzz.distance import Levenshtein
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from smartapp.db import Database, utcnow
 from smartapp.errors import BadRequest, NotFound
-from smartapp.feedback.models import ACTIONS, REJECT_REASONS, Decision, ShownSuggestion
+from smartapp.feedback.models import (
+    ACTIONS,
+    REJECT_REASONS,
+    Decision,
+    DraftedKind,
+    ShownSuggestion,
+)
 from smartapp.suggestions.interfaces import Suggestion
 
 MAX_TEXT = 20_000
@@ -62,21 +68,55 @@ class FeedbackStore:
         )
         return list(rows)
 
-    def record_shown(self, by: ShownBy, suggestions: Sequence[Suggestion]) -> list[ShownSuggestion]:
-        """Persist a freshly drafted set; if another request won the race, return its rows."""
+    def drafted(self, by: ShownBy) -> set[tuple[str, str]]:
+        """The (kind, engine choice) pairs already drafted for this launch and snapshot."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(DraftedKind.kind, DraftedKind.choice).where(
+                    DraftedKind.launch_session_id == by.launch_session_id,
+                    DraftedKind.snapshot_key == by.snapshot_key,
+                )
+            )
+            return {(kind, choice) for kind, choice in rows}
+
+    def record_draft(
+        self, by: ShownBy, choices: Mapping[str, str], suggestions: Sequence[Suggestion]
+    ) -> None:
+        """Persist freshly drafted kinds and their suggestions, all or nothing.
+
+        If another request drafted the same kinds first, its rows stand and these are
+        discarded: the clinician sees one set, with stable ids.
+        """
         try:
             with self._db.session() as session:
-                if existing := self._shown(session, by):
-                    return existing
-                rows = [
+                last = session.scalar(
+                    select(func.max(ShownSuggestion.position)).where(
+                        ShownSuggestion.launch_session_id == by.launch_session_id,
+                        ShownSuggestion.snapshot_key == by.snapshot_key,
+                    )
+                )
+                start = -1 if last is None else last
+                now = utcnow()
+                session.add_all(
+                    DraftedKind(
+                        launch_session_id=by.launch_session_id,
+                        snapshot_key=by.snapshot_key,
+                        kind=kind,
+                        choice=choice,
+                        drafted_at=now,
+                    )
+                    for kind, choice in choices.items()
+                )
+                session.add_all(
                     ShownSuggestion(
                         launch_session_id=by.launch_session_id,
                         snapshot_key=by.snapshot_key,
                         site=by.site,
                         fhir_user=by.fhir_user,
                         patient_id=by.patient_id,
-                        position=position,
+                        position=start + offset,
                         kind=s.kind,
+                        choice=choices.get(s.kind, ""),
                         title=s.title,
                         text=s.text,
                         statements=[st.to_json() for st in s.statements],
@@ -85,15 +125,13 @@ class FeedbackStore:
                         engine_version=s.engine.version,
                         engine_extra=s.engine.to_json(),
                         verification=s.verification.to_json() if s.verification else {},
-                        shown_at=utcnow(),
+                        shown_at=now,
                         decisions=[],
                     )
-                    for position, s in enumerate(suggestions)
-                ]
-                session.add_all(rows)
-            return rows
+                    for offset, s in enumerate(suggestions, start=1)
+                )
         except IntegrityError:
-            return self.shown(by)
+            return
 
     def get(self, launch_session_id: str, suggestion_id: str) -> ShownSuggestion:
         with self._db.session() as session:

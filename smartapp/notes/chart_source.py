@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import requests
 
+from smartapp import audit
 from smartapp.config import Settings
 from smartapp.fhir.cache import SnapshotCache
 from smartapp.fhir.chart import load_snapshot
@@ -55,13 +56,23 @@ class LaunchChartSource:
 
     def snapshot(self, launch: LaunchContext, *, refresh: bool = False) -> ChartSnapshot:
         def load() -> ChartSnapshot:
-            return load_snapshot(
+            snapshot = load_snapshot(
                 self.client_for(launch),
                 patient_id=launch.patient_id or "",
                 encounter_id=launch.encounter_id,
                 readable_types=launch.scopes.readable_types(),
                 max_pages=self._settings.max_pages,
             )
+            # A read from the EHR (not from the cache) is the PHI access to record.
+            audit.record(
+                self._services.db,
+                actor=launch.fhir_user,
+                action=audit.Action.CHART_READ,
+                site=launch.iss,
+                patient=launch.patient_id,
+                detail={"requests": snapshot.request_count, "problems": len(snapshot.problems)},
+            )
+            return snapshot
 
         return self._cache.get_or_load(launch.session_id, load, refresh=refresh)
 

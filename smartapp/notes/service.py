@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select, update
 
+from smartapp import audit
 from smartapp.db import Database, utcnow
 from smartapp.errors import BadRequest, Forbidden, NotFound, TemporaryUpstreamError, UpstreamError
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.notes.documents import NoteDraft
+from smartapp.notes.drafting import DraftPlan, NotEnabled
 from smartapp.notes.models import SavedNote
 from smartapp.notes.writeback import (
     WrittenNote,
@@ -44,13 +46,17 @@ class SnapshotSource(Protocol):
 
 
 class Drafter(Protocol):
-    def draft(self, snapshot: ChartSnapshot, *, iss: str) -> list[Suggestion]: ...
+    def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan: ...
+
+    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> list[Suggestion]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class SuggestionsView:
     snapshot: ChartSnapshot
     rows: list[ShownSuggestion]
+    #: Kinds this clinician does not get here (rollout, kill switch), and why.
+    not_enabled: tuple[NotEnabled, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,25 +96,55 @@ class SidebarService:
         return self._snapshots.snapshot(launch)
 
     def suggestions(self, launch: LaunchContext, *, refresh: bool = False) -> SuggestionsView:
-        """The suggestions for the current snapshot: drafted once, then the same rows (and ids)."""
+        """The suggestions for the current snapshot: drafted once, then the same rows (and ids).
+
+        What may be shown is worked out on every request (rollout, kill switches, the
+        active engine version): a kind whose engine choice changed is drafted again from
+        the chart already read; the others keep their suggestions and decisions.
+        """
         snapshot = self._snapshots.snapshot(launch, refresh=refresh)
-        by = ShownBy(
+        plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
+        by = self._shown_by(launch, snapshot_key(snapshot))
+        drafted = self.feedback.drafted(by)
+        missing = tuple(k for k in plan.kinds if (k, plan.token(k)) not in drafted)
+        if missing:
+            partial = plan.only(missing)
+            new = self._drafter.draft(snapshot, iss=launch.iss, plan=partial)
+            self.feedback.record_draft(by, {k: partial.token(k) for k in missing}, new)
+        rows = self._visible(self.feedback.shown(by), plan)
+        audit.record(
+            self._db,
+            actor=launch.fhir_user,
+            action=audit.Action.SUGGESTIONS_VIEW,
+            site=launch.iss,
+            patient=launch.patient_id,
+            detail={"suggestions": [r.id for r in rows], "kinds": sorted({r.kind for r in rows})},
+        )
+        return SuggestionsView(snapshot=snapshot, rows=rows, not_enabled=plan.not_enabled)
+
+    def _shown_by(self, launch: LaunchContext, key: str) -> ShownBy:
+        return ShownBy(
             launch_session_id=launch.session_id,
-            snapshot_key=snapshot_key(snapshot),
+            snapshot_key=key,
             site=launch.iss,
             fhir_user=launch.fhir_user,
-            patient_id=launch.patient_id or snapshot.patient_id,
+            patient_id=launch.patient_id or "",
         )
-        rows = self.feedback.shown(by)
-        if not rows:
-            drafted = self._drafter.draft(snapshot, iss=launch.iss)
-            rows = self.feedback.record_shown(by, drafted)
-        return SuggestionsView(snapshot=snapshot, rows=rows)
+
+    @staticmethod
+    def _visible(rows: list[ShownSuggestion], plan: DraftPlan) -> list[ShownSuggestion]:
+        """The rows drafted under the plan's current choices, in the configured kind order."""
+        order = {kind: i for i, kind in enumerate(plan.kinds)}
+        current = [r for r in rows if r.kind in order and r.choice == plan.token(r.kind)]
+        return sorted(current, key=lambda r: (order[r.kind], r.position))
 
     # -- saving the note -------------------------------------------------------------
 
     def assemble_note(self, launch: LaunchContext) -> tuple[str, list[ShownSuggestion]]:
-        """The note from the accepted and edited suggestions of the latest draft, in order."""
+        """The note from the accepted and edited suggestions now shown, in order.
+
+        Suggestions governance has since withdrawn (a kill switch) stay out of the note.
+        """
         with self._db.session() as session:
             latest_key = session.scalars(
                 select(ShownSuggestion.snapshot_key)
@@ -118,15 +154,8 @@ class SidebarService:
             ).first()
         if latest_key is None:
             return "", []
-        rows = self.feedback.shown(
-            ShownBy(
-                launch_session_id=launch.session_id,
-                snapshot_key=latest_key,
-                site=launch.iss,
-                fhir_user=launch.fhir_user,
-                patient_id=launch.patient_id or "",
-            )
-        )
+        plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
+        rows = self._visible(self.feedback.shown(self._shown_by(launch, latest_key)), plan)
         sections: list[str] = []
         used: list[ShownSuggestion] = []
         for row in rows:
@@ -317,6 +346,18 @@ class SidebarService:
             if provenance is not None:
                 note.provenance = provenance
                 note.chart_revision = revision
+                audit.record(
+                    session,
+                    actor=note.fhir_user,
+                    action=audit.Action.NOTE_WRITE,
+                    site=note.site,
+                    patient=note.patient_id,
+                    detail={
+                        "documentReference": document,
+                        "provenance": provenance,
+                        "revision": revision,
+                    },
+                )
                 # A newer revision saved meanwhile keeps the note pending for its own delivery.
                 note.status = "in_chart" if note.revision == revision else "pending"
                 note.next_attempt_at = None
@@ -338,6 +379,15 @@ class SidebarService:
             else:
                 note.status = "failed"
                 note.next_attempt_at = None
+                audit.record(
+                    session,
+                    actor=note.fhir_user,
+                    action=audit.Action.NOTE_WRITE,
+                    site=note.site,
+                    patient=note.patient_id,
+                    detail={"error": exc.code},
+                    outcome="failure",
+                )
 
     def notes(self, launch: LaunchContext) -> list[dict[str, Any]]:
         with self._db.session() as session:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
+from smartapp import audit
 from smartapp.config import Settings
 from smartapp.db import get_db
 from smartapp.security import clear_cookie, set_cookie
@@ -120,6 +121,15 @@ def callback() -> Response:
         },
     )
     purpose = completed.launch.purpose
+    launch = completed.launch
+    audit.record(
+        services.db,
+        actor=launch.fhir_user,
+        action=audit.Action.LAUNCH if purpose == "clinician" else audit.Action.ADMIN_SIGNIN,
+        site=launch.iss,
+        patient=launch.patient_id,
+        detail={"scopes": str(launch.scopes), "encounter": launch.encounter_id},
+    )
     response = _redirect(request.script_root + LANDING[purpose])
     set_cookie(
         response,

@@ -108,6 +108,20 @@ class SuggestionRun:
         return [s for run in self.kinds for s in run.suggestions]
 
 
+@dataclass(frozen=True, kw_only=True)
+class EngineChoice:
+    """Governance's say over one kind's engine, over the site configuration's.
+
+    `engine` "builtin" or "llm"; `model`/`version` pin an approved LLM version; `reason`
+    is shown with the suggestions when governance replaced the configured engine.
+    """
+
+    engine: str
+    model: str | None = None
+    version: str | None = None
+    reason: str | None = None
+
+
 class SuggestionService:
     """Drafts the suggestions for a chart, as the site configured them.
 
@@ -128,7 +142,7 @@ class SuggestionService:
         self.builtin = BuiltinEngine()
         self._session = session or requests.Session()
         self._clock = clock
-        self._llm_engines: dict[str | None, LLMEngine] = {}
+        self._llm_engines: dict[tuple[str | None, str, str | None], LLMEngine] = {}
         self._renderers: dict[str | None, TemplateRenderer] = {}
         uses_llm = any(k.engine == "llm" for e in config.all_effective() for k in e.kinds)
         if uses_llm and llm is None:
@@ -178,25 +192,31 @@ class SuggestionService:
     # Running -----------------------------------------------------------------------
 
     def engine_for(
-        self, effective: EffectiveConfig, kind: str
+        self, effective: EffectiveConfig, kind: str, choice: EngineChoice | None = None
     ) -> tuple[SuggestionEngine, str | None]:
         """The engine configured for `kind`, or the built-in one and why it stands in."""
         kind_config = effective.kind(kind)
-        if kind_config is None or kind_config.engine != "llm":
-            return self.builtin, None
+        configured = kind_config.engine if kind_config is not None else "builtin"
+        wanted = choice.engine if choice is not None else configured
+        if wanted != "llm":
+            # Governance may switch the configured LLM off: say so with the rules' output.
+            reason = choice.reason if choice is not None and configured == "llm" else None
+            return self.builtin, reason
         if self.llm is None:
             return self.builtin, NO_ENDPOINT
-        model = effective.llm.model or self.llm.model
+        model = (choice.model if choice else None) or effective.llm.model or self.llm.model
         if not model:
             return self.builtin, NO_MODEL
-        engine = self._llm_engines.get(effective.issuer)
+        version = (choice.version if choice else None) or effective.llm.version
+        cache_key = (effective.issuer, model, version)
+        engine = self._llm_engines.get(cache_key)
         if engine is None:
             engine = LLMEngine(
                 base_url=self.llm.base_url,
                 model=model,
                 api_key=self.llm.api_key,
                 timeout=self.llm.timeout or effective.llm.timeout_seconds,
-                version=effective.llm.version,
+                version=version,
                 fallback=self.builtin,
                 send_patient_name=effective.llm.send_patient_name,
                 auth_header=effective.llm.auth_header,
@@ -205,7 +225,7 @@ class SuggestionService:
                 max_observations_per_code=effective.llm.max_observations_per_code,
                 session=self._session,
             )
-            self._llm_engines[effective.issuer] = engine
+            self._llm_engines[cache_key] = engine
         return engine, None
 
     def configured_engine_info(self, iss: str | None, kind: str) -> EngineInfo:
@@ -220,25 +240,38 @@ class SuggestionService:
         return renderer
 
     def run(
-        self, snapshot: ChartSnapshot, *, iss: str | None = None, kinds: Iterable[str] | None = None
+        self,
+        snapshot: ChartSnapshot,
+        *,
+        iss: str | None = None,
+        kinds: Iterable[str] | None = None,
+        choices: Mapping[str, EngineChoice] | None = None,
     ) -> SuggestionRun:
         effective = self.config.for_issuer(iss)
         wanted = effective.kind_ids if kinds is None else tuple(kinds)
         wanted = tuple(k for k in wanted if effective.kind(k) is not None)
+        chosen = dict(choices or {})
         verifier = GroundingVerifier(snapshot)
-        remote = [k for k in wanted if isinstance(self.engine_for(effective, k)[0], LLMEngine)]
+        remote = [
+            k
+            for k in wanted
+            if isinstance(self.engine_for(effective, k, chosen.get(k))[0], LLMEngine)
+        ]
         results: dict[str, KindRun] = {}
         if len(remote) > 1:
             # Each LLM call waits on the network: ask for the kinds at once, so the clinician
             # waits for the slowest answer rather than for their sum.
             with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_LLM_CALLS, len(remote))) as pool:
                 futures = {
-                    k: pool.submit(self._run_kind, snapshot, effective, k, verifier) for k in remote
+                    k: pool.submit(self._run_kind, snapshot, effective, k, verifier, chosen.get(k))
+                    for k in remote
                 }
                 results = {k: f.result() for k, f in futures.items()}
         for kind in wanted:
             if kind not in results:
-                results[kind] = self._run_kind(snapshot, effective, kind, verifier)
+                results[kind] = self._run_kind(
+                    snapshot, effective, kind, verifier, chosen.get(kind)
+                )
         return SuggestionRun(kinds=tuple(results[k] for k in wanted))
 
     def _run_kind(
@@ -247,12 +280,13 @@ class SuggestionService:
         effective: EffectiveConfig,
         kind: str,
         verifier: GroundingVerifier,
+        choice: EngineChoice | None = None,
     ) -> KindRun:
         started = self._clock()
         kind_config = effective.kind(kind)
         assert kind_config is not None
         options = effective.engine_options(kind)
-        engine, stand_in = self.engine_for(effective, kind)
+        engine, stand_in = self.engine_for(effective, kind, choice)
         configured = (
             engine.info if stand_in is None else EngineInfo(name="llm", version="unavailable")
         )

@@ -7,16 +7,20 @@ app store.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import pytest
 import requests
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
 
 from smartapp.stack import Stack, build_stack
 from tests.conftest import test_database_url
@@ -128,3 +132,51 @@ def ehr_launch(stack: Stack, patient: str = "pt-01", *, user: str = "dr-ada-love
 @pytest.fixture
 def launched(stack: Stack) -> Launched:
     return ehr_launch(stack)
+
+
+@dataclass
+class FakeEngineService:
+    """An OpenAI-compatible LLM that cites the chart's first Condition, and a CDS Hooks
+    feedback endpoint that records what it is told."""
+
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        if request.path == "/v1/chat/completions":
+            prompt = json.dumps(json.loads(request.get_data()))
+            condition = prompt.split("Condition/")[1].split('"')[0].split("\\")[0]
+            answer = {
+                "suggestions": [
+                    {
+                        "title": "Active problems",
+                        "statements": [
+                            {
+                                "text": "An active problem is on the list.",
+                                "citations": [f"Condition/{condition}"],
+                            }
+                        ],
+                    }
+                ]
+            }
+            body = {
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": json.dumps(answer)}}
+                ]
+            }
+            return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
+        if request.path == "/cds-services/smartapp-drafts/feedback" and request.method == "POST":
+            self.feedback.append(json.loads(request.get_data()))
+            return Response("{}", mimetype="application/json")(environ, start_response)
+        return Response("not found", status=404)(environ, start_response)
+
+
+@pytest.fixture
+def engine_service() -> Iterator[tuple[str, FakeEngineService]]:
+    fake = FakeEngineService()
+    server = make_server("127.0.0.1", 0, fake, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", fake
+    server.shutdown()
+    server.server_close()

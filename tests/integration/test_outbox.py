@@ -13,17 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 
 from smartapp.config import PROJECT_ROOT
 from smartapp.notes.models import SavedNote
@@ -210,54 +205,6 @@ def test_a_killed_process_still_delivers_its_note_after_restart(
         assert suggestion["title"] in note_text(ours[0])
     finally:
         ehr_server.stop()
-
-
-@dataclass
-class FakeEngineService:
-    """An OpenAI-compatible LLM that cites the chart's first Condition, and a CDS Hooks
-    feedback endpoint that records what it is told."""
-
-    feedback: list[dict[str, Any]] = field(default_factory=list)
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
-        if request.path == "/v1/chat/completions":
-            prompt = json.dumps(json.loads(request.get_data()))
-            condition = prompt.split("Condition/")[1].split('"')[0].split("\\")[0]
-            answer = {
-                "suggestions": [
-                    {
-                        "title": "Active problems",
-                        "statements": [
-                            {
-                                "text": "An active problem is on the list.",
-                                "citations": [f"Condition/{condition}"],
-                            }
-                        ],
-                    }
-                ]
-            }
-            body = {
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": json.dumps(answer)}}
-                ]
-            }
-            return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
-        if request.path == "/cds-services/smartapp-drafts/feedback" and request.method == "POST":
-            self.feedback.append(json.loads(request.get_data()))
-            return Response("{}", mimetype="application/json")(environ, start_response)
-        return Response("not found", status=404)(environ, start_response)
-
-
-@pytest.fixture
-def engine_service() -> Iterator[tuple[str, FakeEngineService]]:
-    fake = FakeEngineService()
-    server = make_server("127.0.0.1", 0, fake, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", fake
-    server.shutdown()
-    server.server_close()
 
 
 def test_decisions_are_forwarded_to_the_engine_as_cds_hooks_feedback(

@@ -24,6 +24,12 @@ BY = ShownBy(
 )
 
 
+def record(store, suggestions):
+    """Record one drafted set as the sidebar does, and return its rows in order."""
+    store.record_draft(BY, {s.kind: "" for s in suggestions}, suggestions)
+    return store.shown(BY)
+
+
 @pytest.fixture
 def db(tmp_path):
     database = Database(test_database_url(tmp_path))
@@ -45,7 +51,7 @@ def shown(db):
         ),
         engine=EngineInfo(name="llm", version="m@1"),
     )
-    return FeedbackStore(db), FeedbackStore(db).record_shown(BY, [suggestion])[0]
+    return FeedbackStore(db), record(FeedbackStore(db), [suggestion])[0]
 
 
 @responses.activate

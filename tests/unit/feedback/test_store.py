@@ -33,6 +33,12 @@ def suggestion(text: str = "Type 2 diabetes since 2019") -> Suggestion:
     )
 
 
+def record(store, suggestions):
+    """Record one drafted set as the sidebar does, and return its rows in order."""
+    store.record_draft(BY, {s.kind: "" for s in suggestions}, suggestions)
+    return store.shown(BY)
+
+
 @pytest.fixture
 def store(tmp_path):
     db = Database(test_database_url(tmp_path))
@@ -42,15 +48,29 @@ def store(tmp_path):
     db.dispose()
 
 
-def test_record_shown_is_stable_for_a_snapshot(store):
-    first = store.record_shown(BY, [suggestion(), suggestion("Hypertension")])
-    again = store.record_shown(BY, [suggestion("something else")])
+def test_a_kind_is_drafted_once_per_snapshot_and_choice(store):
+    first = record(store, [suggestion(), suggestion("Hypertension")])
+    again = record(store, [suggestion("something else")])  # a racing request: discarded
     assert [r.id for r in again] == [r.id for r in first]
     assert [r.text for r in store.shown(BY)] == ["- Type 2 diabetes since 2019", "- Hypertension"]
+    assert store.drafted(BY) == {("problem_summary", "")}
+
+
+def test_a_kind_drafted_under_another_choice_is_added_not_replaced(store):
+    record(store, [suggestion()])
+    store.record_draft(BY, {"problem_summary": "builtin|||switched off"}, [suggestion("rules")])
+    rows = store.shown(BY)
+    assert [(r.choice, r.position) for r in rows] == [("", 0), ("builtin|||switched off", 1)]
+
+
+def test_a_kind_with_no_suggestions_is_still_recorded_as_drafted(store):
+    store.record_draft(BY, {"care_gaps": ""}, [])
+    assert store.drafted(BY) == {("care_gaps", "")}
+    assert store.shown(BY) == []
 
 
 def test_edit_records_distance_and_time_to_decision(store):
-    row = store.record_shown(BY, [suggestion("abc")])[0]
+    row = record(store, [suggestion("abc")])[0]
     decision = store.decide(
         "s1", row.id, action="edit", text="- abd", now=row.shown_at + timedelta(seconds=12)
     )
@@ -60,7 +80,7 @@ def test_edit_records_distance_and_time_to_decision(store):
 
 
 def test_accept_has_zero_distance_and_reject_none(store):
-    a, b = store.record_shown(BY, [suggestion("one"), suggestion("two")])
+    a, b = record(store, [suggestion("one"), suggestion("two")])
     assert store.decide("s1", a.id, action="accept").edit_distance == 0
     rejected = store.decide(
         "s1", b.id, action="reject", reason="Not relevant", comment="old problem"
@@ -73,13 +93,13 @@ def test_accept_has_zero_distance_and_reject_none(store):
 
 
 def test_free_text_reason_becomes_other(store):
-    row = store.record_shown(BY, [suggestion()])[0]
+    row = record(store, [suggestion()])[0]
     decision = store.decide("s1", row.id, action="reject", reason="patient declined")
     assert (decision.reason, decision.comment) == ("other", "patient declined")
 
 
 def test_bad_decisions_are_refused(store):
-    row = store.record_shown(BY, [suggestion()])[0]
+    row = record(store, [suggestion()])[0]
     with pytest.raises(BadRequest, match="action must be one of"):
         store.decide("s1", row.id, action="approve")
     with pytest.raises(BadRequest, match="edited text"):
@@ -89,5 +109,5 @@ def test_bad_decisions_are_refused(store):
 
 
 def test_timestamps_are_utc(store):
-    row = store.record_shown(BY, [suggestion()])[0]
+    row = record(store, [suggestion()])[0]
     assert abs((store.get("s1", row.id).shown_at - utcnow()).total_seconds()) < 60

@@ -1,0 +1,123 @@
+"""What a clinician is shown, as governance allows it: rollout, kill switches, approved engines.
+
+On every request the plan is worked out afresh from the store (a kill switch or a
+rollback takes effect on the next request), then the engines draft only what the plan
+allows, with the engine version governance made active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from smartapp.admin.registry import active_engine, is_killed
+from smartapp.admin.rollout import is_enabled
+from smartapp.db import Database, utcnow
+from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.suggestions.interfaces import Suggestion
+from smartapp.suggestions.kinds import KIND_LABELS
+from smartapp.suggestions.registry import EngineChoice, SuggestionService
+
+#: Names an engine goes by in the registry and kill switches, per site-configuration engine.
+ENGINE_NAMES = {"builtin": ("builtin", "builtin-rules"), "llm": ("llm",)}
+SWITCHED_OFF = "switched off by the governance team"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotEnabled:
+    kind: str
+    title: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "title": self.title, "reason": self.reason}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DraftPlan:
+    kinds: tuple[str, ...]
+    choices: dict[str, EngineChoice] = field(default_factory=dict)
+    not_enabled: tuple[NotEnabled, ...] = ()
+
+    def token(self, kind: str) -> str:
+        """What governance chose for `kind`, as stored with its drafts ("" = as configured).
+
+        A draft made under another choice (the kill switch thrown, a version rolled
+        back) is not shown under this one: that kind is drafted again.
+        """
+        choice = self.choices.get(kind)
+        if choice is None:
+            return ""
+        return "|".join(
+            (choice.engine, choice.model or "", choice.version or "", choice.reason or "")
+        )[:160]
+
+    def only(self, kinds: tuple[str, ...]) -> DraftPlan:
+        return DraftPlan(
+            kinds=kinds,
+            choices={k: c for k, c in self.choices.items() if k in kinds},
+            not_enabled=self.not_enabled,
+        )
+
+
+class GovernedDrafter:
+    def __init__(
+        self,
+        *,
+        engines: SuggestionService,
+        database: Database,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engines = engines
+        self._db = database
+        self._clock = clock
+
+    def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan:
+        now = self._clock()
+        effective = self._engines.config.for_issuer(iss)
+        kinds: list[str] = []
+        choices: dict[str, EngineChoice] = {}
+        refused: list[NotEnabled] = []
+
+        def refuse(kind: str, reason: str) -> None:
+            refused.append(NotEnabled(kind=kind, title=KIND_LABELS.get(kind, kind), reason=reason))
+
+        with self._db.session() as session:
+            for kind in effective.kind_ids:
+                if not effective.rollout_for(kind).includes(fhir_user, kind=kind, today=now.date()):
+                    refuse(kind, "Not enabled for you yet at this site.")
+                    continue
+                rollout = is_enabled(session, site=iss, kind=kind, fhir_user=fhir_user, now=now)
+                if not rollout.enabled:
+                    refuse(kind, rollout.reason)
+                    continue
+                configured = effective.kind(kind)
+                engine = configured.engine if configured is not None else "builtin"
+                active = active_engine(session, kind=kind, site=iss)
+                model = version = None
+                if active is not None:
+                    engine = "llm" if active.name == "llm" else "builtin"
+                    model, version = active.model, active.version
+                if any(is_killed(session, kind=kind, engine=n) for n in ENGINE_NAMES[engine]):
+                    rules_allowed = engine == "llm" and not any(
+                        is_killed(session, kind=kind, engine=n) for n in ENGINE_NAMES["builtin"]
+                    )
+                    if not rules_allowed:
+                        refuse(kind, f"This suggestion type is {SWITCHED_OFF}.")
+                        continue
+                    choices[kind] = EngineChoice(
+                        engine="builtin",
+                        reason=f"The AI engine is {SWITCHED_OFF}; showing rule-based suggestions",
+                    )
+                elif active is not None:
+                    choices[kind] = EngineChoice(engine=engine, model=model, version=version)
+                kinds.append(kind)
+        return DraftPlan(kinds=tuple(kinds), choices=choices, not_enabled=tuple(refused))
+
+    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> list[Suggestion]:
+        if not plan.kinds:
+            return []
+        return self._engines.run(
+            snapshot, iss=iss, kinds=plan.kinds, choices=plan.choices
+        ).suggestions
