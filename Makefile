@@ -37,9 +37,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m smartapp.bench --latency-ms 50 --out bench/results.json
 
+## lint: ruff and mypy (strict), as CI runs them.
 lint: $(STAMP)
 	$(BIN)/ruff check smartapp tests
-	$(BIN)/ruff format --check smartapp tests
+	$(BIN)/mypy smartapp
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from smartapp import audit
 from smartapp.db import Database, utcnow
@@ -244,7 +244,7 @@ class SidebarService:
         """Take the note for one delivery (the worker, a request and the CLI may all try)."""
         now = utcnow()
         with self._db.session() as session:
-            claimed = session.execute(
+            claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(SavedNote)
                 .where(
                     SavedNote.id == note_id,

@@ -69,10 +69,9 @@ def write_note(client: FHIRClient, draft: NoteDraft) -> WrittenNote:
 
 def draft_is_editable(document: dict[str, Any]) -> bool:
     """Only a preliminary, current note may be overwritten; a signed one is the record."""
-    return (
-        document.get("docStatus", "preliminary") == "preliminary"
-        and document.get("status", "current") == "current"
-    )
+    doc_status = str(document.get("docStatus", "preliminary"))
+    status = str(document.get("status", "current"))
+    return doc_status == "preliminary" and status == "current"
 
 
 def revise_document(client: FHIRClient, draft: NoteDraft, *, reference: str) -> str | None:
