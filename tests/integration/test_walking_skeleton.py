@@ -165,3 +165,43 @@ def test_a_second_launch_in_the_same_browser_does_not_mix_patients(stack):
     )
     assert stale.status_code == 401
     assert "earlier launch" in stale.json()["error"]["message"]
+
+
+def test_standalone_launch_asks_the_ehr_for_a_patient_and_shows_the_banner(stack):
+    from html.parser import HTMLParser
+
+    session = browser()
+    page = session.get(f"{stack.app_url}/launch", params={"iss": stack.fhir_base}, timeout=30)
+    assert page.url.startswith(f"{stack.ehr_url}/auth/authorize")
+    fields: dict[str, str] = {}
+    action = {"url": page.url}
+
+    class Form(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "form" and a.get("action"):
+                action["url"] = requests.compat.urljoin(page.url, a["action"])
+            if tag == "input" and a.get("type") == "hidden":
+                fields[a["name"]] = a.get("value", "")
+
+    Form().feed(page.text)
+    assert "launch/patient" in fields["scope"]
+    fields.update(user="np-mary-seacole", patient="pt-04", decision="approve")
+    landed = session.post(action["url"], data=fields, timeout=30)
+    assert landed.url == f"{stack.app_url}/"
+    csrf = landed.text.split('name="csrf-token" content="')[1].split('"')[0]
+    context = session.get(
+        f"{stack.app_url}/api/context", headers={"X-CSRF-Token": csrf}, timeout=30
+    ).json()
+    assert context["patient"]["id"] == "pt-04"
+    assert context["needPatientBanner"] is True  # no EHR banner around a standalone app
+    assert context["fhirUser"] == "Practitioner/np-mary-seacole"
+
+
+def test_opening_the_app_without_a_launch_explains_what_to_do(stack):
+    page = browser().get(f"{stack.app_url}/", timeout=10)
+    assert page.status_code == 401
+    assert "Open the app again from the patient" in page.text
+    bare = browser().get(f"{stack.app_url}/launch", timeout=10)
+    assert bare.status_code == 400
+    assert "EHR" in bare.text
