@@ -205,3 +205,23 @@ def test_opening_the_app_without_a_launch_explains_what_to_do(stack):
     bare = browser().get(f"{stack.app_url}/launch", timeout=10)
     assert bare.status_code == 400
     assert "EHR" in bare.text
+
+
+def test_no_token_or_patient_name_in_any_log_line(stack, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    launched = ehr_launch(stack, "pt-01")
+    suggestions = launched.api("GET", "/api/suggestions").json()["suggestions"]
+    launched.api("POST", f"/api/suggestions/{suggestions[0]['id']}/feedback", json={"action": "accept"})
+    launched.sandbox("POST", "/_sandbox/faults", json={"fail_next": 1, "status": 503})
+    launched.api("POST", "/api/refresh")
+    launched.api("POST", "/api/note")
+    cipher = TokenCipher(stack.settings.secret_key)
+    with stack.app.extensions["smartapp.db"].session() as s:
+        row = s.query(LaunchSession).one()
+        secrets = [cipher.decrypt(row.access_token_enc)]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert logged, "the flow logs something"
+    for secret in (*secrets, "Amara", "Okafor", launched.csrf):
+        assert secret not in logged
