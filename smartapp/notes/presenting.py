@@ -169,7 +169,9 @@ def _condition(r: Mapping[str, Any], s: _Summary, _: ChartSnapshot) -> None:
     s.set("codes", _codes(r.get("code")))
     s.detail("Category", _concepts_text(r.get("category")))
     s.detail("Severity", codeable_text(r.get("severity")))
-    s.detail("Onset", _text(r.get("onsetDateTime")) or _period(r.get("onsetPeriod")))
+    onset = _text(r.get("onsetDateTime")) or _period(r.get("onsetPeriod"))
+    if onset and not (s.data["date"] and onset.startswith(s.data["date"])):
+        s.detail("Onset", onset)  # shown as the date already when it is the same day
     s.detail("Abated", _text(r.get("abatementDateTime")) or _period(r.get("abatementPeriod")))
     s.detail("Recorded", _text(r.get("recordedDate")))
 

@@ -97,7 +97,8 @@ export function update(suggestions) {
   const unchanged = note.savedText !== null && text === note.savedText && note.latest?.status !== "failed";
   button.disabled = note.saving || !text || unchanged;
   const label = $("#save-label");
-  label.textContent = note.savedText === null ? "Save note to chart" : unchanged ? "Note saved" : "Save changes to chart";
+  const savedLabel = { in_chart: "In the chart", pending: "Saved here, will retry" }[note.latest?.status] ?? "Note saved";
+  label.textContent = note.savedText === null ? "Save note to chart" : unchanged ? savedLabel : "Save changes to chart";
   const changed = $("#note-changed");
   changed.hidden = !(note.savedText !== null && text && text !== note.savedText);
 }
