@@ -123,6 +123,12 @@ def test_keyboard_only_from_launch_to_a_saved_note(page, stack: Stack):
     else:
         pytest.fail("Tab never reached the sidebar iframe")
 
+    # An EHR launch: the EHR shows the patient, so the sidebar does not (need_patient_banner).
+    expect(sidebar.locator("#patient-banner")).to_be_hidden()
+    # The EHR's SMART style is honoured: the sandbox's background colour, through /style.css.
+    background = frame.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(245, 247, 250)"
+
     keys.press("?")
     expect(sidebar.locator("#help")).to_be_visible()
     expect(sidebar.locator("#help-rows tr")).to_have_count(13)
@@ -544,6 +550,15 @@ def test_engine_fallback_unverified_and_not_enabled_are_shown_honestly(page, sta
         payload["notEnabled"] = [
             {"kind": "care_gaps", "title": "Care gaps", "reason": "Not enabled for you yet."}
         ]
+        payload["chart"]["problems"] = [
+            {
+                "code": "invalid_resource",
+                "resourceType": "Observation",
+                "detail": "2 Observation resources failed validation and were skipped",
+                "count": 2,
+            }
+        ]
+        payload["chart"]["notGranted"] = ["Immunization"]
         route.fulfill(json=payload)
 
     page.route("**/api/suggestions", suggestions)
@@ -576,4 +591,12 @@ def test_engine_fallback_unverified_and_not_enabled_are_shown_honestly(page, sta
     )
     expect(cards.nth(2).locator(".fallback")).to_have_count(0)
     expect(sidebar.locator("#not-enabled")).to_contain_text("Care gaps — Not enabled for you yet.")
+    status = sidebar.locator("#chart-status")
+    expect(status).to_contain_text("Chart read at")
+    expect(status).to_contain_text("not permitted by this launch: Immunization")
+    expect(status.locator("summary")).to_have_text("2 items skipped")
+    status.locator("summary").click()
+    expect(status.locator("li")).to_have_text(
+        ["Observation: 2 Observation resources failed validation and were skipped (2)"]
+    )
     screenshot(page, "sidebar_engines.png", clip=sidebar_clip(page))
