@@ -120,7 +120,11 @@ function rejectPanel(handlers) {
   fieldset.addEventListener("change", () => {
     error.hidden = true;
     fieldset.removeAttribute("aria-invalid");
-    handlers.onAction();
+    // Choosing the reason is one action, however many arrow presses it took.
+    if (!form.dataset.reasonCounted) {
+      form.dataset.reasonCounted = "true";
+      handlers.onAction();
+    }
   });
   form.addEventListener("submit", (event) => {
     event.preventDefault();

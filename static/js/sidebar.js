@@ -161,6 +161,7 @@ function openPanel(index, kind) {
   countAction(state.suggestions[index].id);
   closePanels(card, false);
   const panel = card.querySelector(`.card-${kind}`);
+  delete panel.dataset.reasonCounted;
   panel.hidden = false;
   card.classList.add("deciding");
   if (kind === "edit") {
@@ -235,6 +236,11 @@ async function submitEdit(index, text) {
   if (!text.trim()) {
     setCardMessage(card, "The edited text is empty: write the text, or reject the suggestion.");
     card.querySelector(".card-edit textarea").focus();
+    return;
+  }
+  if (suggestion.decision?.action === "edit" && text.trim() === suggestion.decision.text.trim()) {
+    closePanels(card, true);
+    announce("No change to the edited text.");
     return;
   }
   // Unchanged text is an acceptance, not an edit: the metrics should say so.

@@ -206,8 +206,10 @@ def test_keyboard_only_from_launch_to_a_saved_note(page, stack: Stack):
     assert edit.action_count == 2  # opened the editor, used the text
     _, reject = latest[2]
     assert (reject.reason, reject.comment) == ("inaccurate", "Trend already in the visit note")
+    assert reject.action_count == 3  # opened the panel, chose a reason, rejected
     _, flag = latest[3]
     assert (flag.reason, flag.comment) == ("unsafe", "Plan names a drug the patient is allergic to")
+    assert flag.action_count == 2
     # Accept all is one action: each suggestion it decided records just that one.
     assert [d.action_count for _, d in latest[4:]] == [1] * (total - 4)
     assert all(len(ds) == 1 for _, ds in recorded), "one decision each, none twice"
@@ -600,3 +602,26 @@ def test_engine_fallback_unverified_and_not_enabled_are_shown_honestly(page, sta
         ["Observation: 2 Observation resources failed validation and were skipped (2)"]
     )
     screenshot(page, "sidebar_engines.png", clip=sidebar_clip(page))
+
+
+def test_without_write_permission_the_note_is_not_offered(page, stack: Stack):
+    def context(route: Any) -> None:
+        payload = route.fetch().json()
+        payload["canWriteNotes"] = False  # as when patient/DocumentReference.c was not granted
+        route.fulfill(json=payload)
+
+    saves: list[str] = []
+    page.route("**/api/context", context)
+    page.on("request", lambda r: r.url.endswith("/api/note") and saves.append(r.method))
+    sidebar = open_chart(page, stack, "pt-01")
+    sidebar.locator("#suggestion-list > .card").first.focus()
+    page.keyboard.press("a")
+    expect(sidebar.locator("#suggestion-list > .card").first).to_have_attribute(
+        "data-decision", "accept"
+    )
+    expect(sidebar.locator("#save-note")).to_be_hidden()
+    expect(sidebar.locator("#save-status")).to_contain_text("not allowed to write notes")
+    expect(sidebar.locator("#note-count")).to_have_text("1 section")
+    page.keyboard.press("s")
+    page.wait_for_timeout(300)
+    assert saves == []
