@@ -6,10 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 
-from smartapp.errors import BadRequest
+from smartapp.config import Settings, origin_of
+from smartapp.errors import AppError, BadRequest, NotFound
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
+from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SidebarService
+from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
 from smartapp.smart.session import LaunchContext, current_launch
 
 bp = Blueprint("sidebar", __name__)
@@ -157,6 +160,40 @@ def notes() -> Response:
     return jsonify({"notes": _service().notes(current_launch())})
 
 
+@bp.get("/api/resources/<resource_type>/<resource_id>")
+def resource(resource_type: str, resource_id: str) -> Response:
+    """A cited resource, summarized from this launch's cached chart: never fetched anew.
+
+    Anything the snapshot does not hold is 404, so the sidebar cannot be used to read
+    more of the chart than the launch already read.
+    """
+    launch = current_launch()
+    summary = summary_for(_service().chart(launch), resource_type, resource_id)
+    if summary is None:
+        raise NotFound("That resource is not in the chart this app read for this launch.")
+    return jsonify({"resource": summary})
+
+
+@bp.get("/style.css")
+def style_sheet() -> Response:
+    """The EHR's SMART style as CSS custom properties (empty without a launch or a style)."""
+    try:
+        url = current_launch().smart_style_url
+    except AppError:
+        # A stylesheet cannot show an error; the page itself says what is wrong.
+        url = None
+    sheets: SMARTStyleSheets = current_app.extensions["smartapp.style_sheets"]
+    css = sheets.css_for(url) if url else EMPTY_CSS
+    response = Response(css, mimetype="text/css")
+    # Per launch (the cookie picks the style): never shared by a cache.
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
 def init_app(app: Flask, service: SidebarService) -> None:
+    settings: Settings = app.extensions["smartapp.settings"]
     app.extensions["smartapp.sidebar"] = service
+    app.extensions["smartapp.style_sheets"] = SMARTStyleSheets(
+        trusted_origins=(*settings.frame_ancestors, *map(origin_of, settings.allowed_issuers))
+    )
     app.register_blueprint(bp)

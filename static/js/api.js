@@ -47,4 +47,10 @@ export const api = {
   feedback: (id, body) => request("POST", `/api/suggestions/${encodeURIComponent(id)}/feedback`, body),
   saveNote: (body) => request("POST", "/api/note", body ?? {}),
   notes: () => request("GET", "/api/notes"),
+  resource: (reference) => {
+    // "Observation/1", or an absolute or versioned reference: the last Type/id pair.
+    const parts = String(reference).split("/_history/")[0].split("/");
+    const [type, id] = [parts.at(-2) ?? "", parts.at(-1) ?? ""];
+    return request("GET", `/api/resources/${encodeURIComponent(type)}/${encodeURIComponent(id)}`);
+  },
 };

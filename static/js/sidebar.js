@@ -1,28 +1,47 @@
 // The clinician sidebar: suggestions with their sources, one decision each, then the note.
-// Chart data is untrusted: it is only ever set with textContent, never as HTML.
+// Keyboard first (see keys.js); chart data is only ever set as text, never as HTML.
 
 import { api, ApiError } from "./api.js";
-
-const $ = (selector, root = document) => root.querySelector(selector);
+import { $, $$, el, setStatus, plural } from "./dom.js";
+import { createCard, updateCard, toggleDiff, decisionLabel } from "./cards.js";
+import { closeSources } from "./sources.js";
+import { commandFor, isTyping, helpRows } from "./keys.js";
+import * as note from "./note.js";
 
 const state = {
   context: null,
   suggestions: [],
-  focused: 0,
-  shownAt: new Map(), // suggestion id -> performance.now() when first rendered
-  actions: new Map(), // suggestion id -> clicks/keys spent on it
+  current: 0, // index of the card the keys act on
+  actions: new Map(), // suggestion id -> clicks/keys spent on it (sent with each decision)
+  inFlight: new Set(), // suggestion ids whose decision is being recorded
+  loading: false,
 };
 
-const ACTION_LABEL = { accept: "Accepted", edit: "Edited", reject: "Rejected", flag: "Flagged for review" };
+// -- small helpers ---------------------------------------------------------------------
+
+function messageOf(err) {
+  if (err instanceof ApiError) return err.message;
+  return "Something went wrong. Try again.";
+}
+
+/** Say something to screen readers (the visible state changes too). */
+function announce(text) {
+  const region = $("#announcer");
+  region.textContent = "";
+  // A fresh node each time, so the same words twice are read twice.
+  requestAnimationFrame(() => {
+    region.textContent = text;
+  });
+}
 
 function countAction(id) {
   state.actions.set(id, (state.actions.get(id) ?? 0) + 1);
 }
 
-function setStatus(el, text, kind = "") {
-  el.textContent = text;
-  el.dataset.kind = kind;
-}
+const cards = () => $$("#suggestion-list > .card");
+const pendingIndexes = () => state.suggestions.flatMap((s, i) => (s.decision ? [] : [i]));
+
+// -- header: banner and chart status -----------------------------------------------------
 
 function renderBanner(ctx) {
   const banner = $("#patient-banner");
@@ -30,269 +49,419 @@ function renderBanner(ctx) {
     banner.hidden = true;
     return;
   }
-  banner.replaceChildren();
-  const name = document.createElement("strong");
-  name.textContent = ctx.patient.name || "Unnamed patient";
-  const details = document.createElement("span");
   const parts = [ctx.patient.gender, ctx.patient.birthDate ? `born ${ctx.patient.birthDate}` : null].filter(Boolean);
-  details.textContent = parts.join(" · ");
-  banner.append(name, details);
+  banner.replaceChildren(el("strong", { className: "patient-name", text: ctx.patient.name || "Unnamed patient" }), el("span", { text: parts.join(" · ") }));
   banner.hidden = false;
 }
 
 function renderChartStatus(chart) {
+  const box = $("#chart-status");
   const bits = [];
-  if (chart?.fetchedAt) bits.push(`Chart read ${new Date(chart.fetchedAt).toLocaleTimeString()}`);
-  const skipped = (chart?.problems ?? []).reduce((n, p) => n + (p.count ?? 1), 0);
-  if (skipped) bits.push(`${skipped} item(s) could not be read`);
-  if ((chart?.notGranted ?? []).length) bits.push(`not permitted: ${chart.notGranted.join(", ")}`);
-  const el = $("#chart-status");
-  el.textContent = bits.join(" · ");
-  el.title = (chart?.problems ?? []).map((p) => p.detail).join("\n");
-}
-
-function engineLabel(engine) {
-  const kind = engine.ruleBased ? "Rule-based" : "AI";
-  return `${kind} · ${engine.name} ${engine.version}`;
-}
-
-function renderStatement(statement) {
-  const li = document.createElement("li");
-  li.className = "statement";
-  if (statement.verified === false) li.classList.add("unverified");
-  const text = document.createElement("span");
-  text.className = "statement-text";
-  text.textContent = statement.text;
-  li.append(text);
-  if (statement.verified === false) {
-    const warn = document.createElement("span");
-    warn.className = "badge warn";
-    warn.textContent = "Unverified";
-    warn.title = (statement.issues ?? []).join("; ");
-    li.append(" ", warn);
+  if (chart?.fetchedAt) {
+    const when = new Date(chart.fetchedAt);
+    bits.push(`Chart read at ${when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`);
   }
-  const cites = document.createElement("span");
-  cites.className = "citations";
-  for (const citation of statement.citations ?? []) {
-    const chip = document.createElement("button");
-    chip.type = "button";
-    chip.className = "citation";
-    chip.textContent = citation.reference.split("/")[0];
-    chip.setAttribute("aria-expanded", "false");
-    chip.title = citation.display;
-    const detail = document.createElement("span");
-    detail.className = "citation-detail";
-    detail.hidden = true;
-    detail.textContent = `${citation.display} (${citation.reference})`;
-    chip.addEventListener("click", () => {
-      detail.hidden = !detail.hidden;
-      chip.setAttribute("aria-expanded", String(!detail.hidden));
-    });
-    cites.append(chip, detail);
+  const notGranted = chart?.notGranted ?? [];
+  if (notGranted.length) bits.push(`not permitted by this launch: ${notGranted.join(", ")}`);
+  const children = [el("span", { text: bits.join(" · ") })];
+  const problems = chart?.problems ?? [];
+  if (problems.length) {
+    const skipped = problems.reduce((n, p) => n + (p.count ?? 1), 0);
+    children.push(
+      el(
+        "details",
+        { className: "chart-problems" },
+        el("summary", { text: `${plural(skipped, "item")} skipped` }),
+        el("ul", {}, ...problems.map((p) => el("li", { text: `${p.resourceType}: ${p.detail}${(p.count ?? 1) > 1 ? ` (${p.count})` : ""}` }))),
+      ),
+    );
   }
-  li.append(" ", cites);
-  return li;
+  box.replaceChildren(...children);
 }
 
-function renderDecision(card, suggestion) {
-  const decision = suggestion.decision;
-  card.dataset.decision = decision?.action ?? "";
-  $(".decision", card).textContent = decision ? ACTION_LABEL[decision.action] ?? decision.action : "";
+function renderNotEnabled(items) {
+  const box = $("#not-enabled");
+  if (!items?.length) {
+    box.hidden = true;
+    box.replaceChildren();
+    return;
+  }
+  box.replaceChildren(
+    el("p", { className: "not-enabled-title", text: "Not enabled for you here" }),
+    el("ul", {}, ...items.map((item) => el("li", {}, el("span", { className: "not-enabled-kind", text: item.title || item.kind }), item.reason ? ` — ${item.reason}` : ""))),
+  );
+  box.hidden = false;
 }
 
-function renderSuggestion(suggestion, index) {
-  const card = $("#suggestion-template").content.firstElementChild.cloneNode(true);
-  card.dataset.id = suggestion.id;
-  card.dataset.index = String(index);
-  card.id = `suggestion-${index}`;
-  $(".card-title", card).textContent = suggestion.title;
-  $(".engine", card).textContent = engineLabel(suggestion.engine);
-  if (suggestion.engine.fallbackReason) $(".engine", card).title = suggestion.engine.fallbackReason;
-  const list = $(".statements", card);
-  for (const statement of suggestion.statements ?? []) list.append(renderStatement(statement));
-  $("textarea", card).value = suggestion.decision?.text ?? suggestion.text;
-  $(".accept", card).addEventListener("click", () => decide(index, "accept"));
-  $(".edit", card).addEventListener("click", () => openEdit(index));
-  $(".reject", card).addEventListener("click", () => openReject(index));
-  $(".flag", card).addEventListener("click", () => decide(index, "flag", { reason: "unsafe" }));
-  $(".save-edit", card).addEventListener("click", () => saveEdit(index));
-  $(".cancel-edit", card).addEventListener("click", () => closePanels(card));
-  $(".confirm-reject", card).addEventListener("click", () => confirmReject(index));
-  $(".cancel-reject", card).addEventListener("click", () => closePanels(card));
-  card.addEventListener("focusin", () => focusCard(index, false));
-  renderDecision(card, suggestion);
-  return card;
+function renderCounts() {
+  const pending = pendingIndexes().length;
+  const total = state.suggestions.length;
+  $("#pending-count").textContent = total ? `${pending} of ${total} to decide` : "";
+  const acceptAll = $("#accept-all");
+  acceptAll.hidden = total === 0;
+  acceptAll.disabled = pending === 0;
+  $("#accept-all-count").textContent = String(pending);
+  note.update(state.suggestions);
 }
 
-function cards() {
-  return [...document.querySelectorAll("#suggestion-list > .card")];
+// -- cards and focus ---------------------------------------------------------------------
+
+function handlersFor(index) {
+  const id = () => state.suggestions[index].id;
+  return {
+    onAccept: () => decideAndMove(index, "accept"),
+    onEdit: () => openPanel(index, "edit"),
+    onReject: () => openPanel(index, "reject"),
+    onFlag: () => openPanel(index, "flag"),
+    onCancel: () => closePanels(cards()[index], true),
+    onSubmitEdit: (text) => submitEdit(index, text),
+    onSubmitReject: (reason, comment) => decideAndMove(index, "reject", { reason, comment: comment.trim() || undefined }),
+    onSubmitFlag: (comment) => decideAndMove(index, "flag", { reason: "unsafe", comment: comment.trim() || undefined }),
+    onToggleDiff: () => {
+      countAction(id());
+      toggleDiff(cards()[index]);
+    },
+    onAction: () => countAction(id()),
+  };
 }
 
-function focusCard(index, move = true) {
+function setCurrent(index) {
+  state.current = index;
+  cards().forEach((card, i) => card.classList.toggle("current", i === index));
+}
+
+function focusCard(index) {
   const all = cards();
   if (!all.length) return;
-  state.focused = Math.max(0, Math.min(index, all.length - 1));
-  all.forEach((c, i) => c.classList.toggle("focused", i === state.focused));
-  if (move) all[state.focused].focus();
+  const target = Math.max(0, Math.min(index, all.length - 1));
+  setCurrent(target);
+  all[target].focus();
+  all[target].scrollIntoView({ block: "nearest" });
 }
 
-function closePanels(card) {
-  $(".card-edit", card).hidden = true;
-  $(".card-reject", card).hidden = true;
-  card.focus();
+function focusAfterDecision(index) {
+  const pending = pendingIndexes();
+  const next = pending.find((i) => i > index) ?? pending[0];
+  if (next !== undefined) focusCard(next);
+  else if (!$("#save-note").hidden && !$("#save-note").disabled) $("#save-note").focus();
+  else focusCard(index);
 }
 
-function openEdit(index) {
+function closePanels(card, refocus) {
+  if (!card) return;
+  for (const panel of card.querySelectorAll(".panel")) panel.hidden = true;
+  card.classList.remove("deciding");
+  if (refocus) card.focus();
+}
+
+function openPanel(index, kind) {
   const card = cards()[index];
-  countAction(card.dataset.id);
-  closePanels(card);
-  $(".card-edit", card).hidden = false;
-  $("textarea", card).focus();
+  if (!card) return;
+  setCurrent(index);
+  countAction(state.suggestions[index].id);
+  closePanels(card, false);
+  const panel = card.querySelector(`.card-${kind}`);
+  delete panel.dataset.reasonCounted;
+  panel.hidden = false;
+  card.classList.add("deciding");
+  if (kind === "edit") {
+    const textarea = panel.querySelector("textarea");
+    const suggestion = state.suggestions[index];
+    textarea.value = suggestion.decision?.action === "edit" ? suggestion.decision.text : suggestion.text;
+    textarea.focus();
+    textarea.setSelectionRange(textarea.value.length, textarea.value.length);
+  } else if (kind === "reject") {
+    (panel.querySelector("input[type=radio]:checked") ?? panel.querySelector("input[type=radio]")).focus();
+  } else {
+    panel.querySelector("textarea").focus();
+  }
+  panel.scrollIntoView({ block: "nearest" });
 }
 
-function openReject(index) {
-  const card = cards()[index];
-  countAction(card.dataset.id);
-  closePanels(card);
-  $(".card-reject", card).hidden = false;
-  $(".reject-reason", card).focus();
+function setCardMessage(card, text) {
+  card.querySelector(".card-message").textContent = text;
 }
 
-async function saveEdit(index) {
-  const card = cards()[index];
-  await decide(index, "edit", { text: $("textarea", card).value });
-}
+// -- decisions ---------------------------------------------------------------------------
 
-async function confirmReject(index) {
-  const card = cards()[index];
-  await decide(index, "reject", {
-    reason: $(".reject-reason", card).value,
-    comment: $(".reject-comment", card).value || undefined,
-  });
-}
-
+/**
+ * Record one decision through the feedback endpoint. `actions` is what the clinician spent
+ * on this suggestion: the panels and sources opened on it, plus this deciding action.
+ */
 async function decide(index, action, extra = {}) {
   const suggestion = state.suggestions[index];
   const card = cards()[index];
+  if (!suggestion || state.inFlight.has(suggestion.id)) return false;
+  if (action === "accept" && suggestion.decision?.action === "accept") {
+    announce(`Already accepted: ${suggestion.title}.`);
+    return false;
+  }
   countAction(suggestion.id);
+  state.inFlight.add(suggestion.id);
+  card.setAttribute("aria-busy", "true");
   try {
     await api.feedback(suggestion.id, { action, actions: state.actions.get(suggestion.id), ...extra });
-    suggestion.decision = { action, text: action === "edit" ? extra.text : null };
-    renderDecision(card, suggestion);
-    closePanels(card);
-    updateNotePreview();
-    if (index + 1 < state.suggestions.length) focusCard(index + 1);
+    suggestion.decision = {
+      action,
+      text: action === "edit" ? extra.text : action === "accept" ? suggestion.text : null,
+      reason: extra.reason ?? null,
+      decidedAt: new Date().toISOString(),
+    };
+    closePanels(card, false);
+    updateCard(card, suggestion, handlersFor(index));
+    setCardMessage(card, "");
+    renderCounts();
+    return true;
   } catch (err) {
-    setStatus($(".decision", card), messageOf(err), "error");
-  }
-}
-
-function noteSections() {
-  return state.suggestions
-    .filter((s) => s.decision && (s.decision.action === "accept" || s.decision.action === "edit"))
-    .map((s) => `${s.title}\n${(s.decision.action === "edit" ? s.decision.text : s.text).trim()}`);
-}
-
-function updateNotePreview() {
-  const sections = noteSections();
-  $("#note-text").textContent = sections.join("\n\n");
-  $("#note-count").textContent = `${sections.length} section${sections.length === 1 ? "" : "s"}`;
-  $("#save-note").disabled = sections.length === 0 || state.context?.canWriteNotes === false;
-}
-
-async function saveNote() {
-  const button = $("#save-note");
-  if (button.disabled) return;
-  button.disabled = true;
-  setStatus($("#save-status"), "Saving the note to the chart…", "busy");
-  try {
-    const { status, data } = await api.saveNote();
-    if (status === 202) {
-      setStatus($("#save-status"), "Saved here; the EHR did not answer, the app will retry.", "pending");
-    } else {
-      setStatus($("#save-status"), `Saved to the chart as a draft for you to sign (${data.documentReference}).`, "ok");
-    }
-  } catch (err) {
-    setStatus($("#save-status"), messageOf(err), "error");
+    setCardMessage(card, `Not recorded: ${messageOf(err)}`);
+    return false;
   } finally {
-    updateNotePreview();
+    state.inFlight.delete(suggestion.id);
+    card.setAttribute("aria-busy", "false");
   }
 }
 
-function messageOf(err) {
-  if (err instanceof ApiError) return err.message;
-  return "Something went wrong. Try again.";
+async function decideAndMove(index, action, extra = {}) {
+  const ok = await decide(index, action, extra);
+  if (!ok) return;
+  const suggestion = state.suggestions[index];
+  const left = pendingIndexes().length;
+  announce(`${decisionLabel(suggestion.decision)}: ${suggestion.title}. ${left ? `${left} left to decide.` : "All decided."}`);
+  focusAfterDecision(index);
+}
+
+async function submitEdit(index, text) {
+  const suggestion = state.suggestions[index];
+  const card = cards()[index];
+  if (!text.trim()) {
+    setCardMessage(card, "The edited text is empty: write the text, or reject the suggestion.");
+    card.querySelector(".card-edit textarea").focus();
+    return;
+  }
+  if (suggestion.decision?.action === "edit" && text.trim() === suggestion.decision.text.trim()) {
+    closePanels(card, true);
+    announce("No change to the edited text.");
+    return;
+  }
+  // Unchanged text is an acceptance, not an edit: the metrics should say so.
+  if (text.trim() === suggestion.text.trim()) return decideAndMove(index, "accept");
+  return decideAndMove(index, "edit", { text });
+}
+
+/**
+ * Accept every suggestion still pending: one action for the clinician, one accept decision
+ * per suggestion through the feedback endpoint. Each records the actions spent on it
+ * (panels or sources opened before) plus this one.
+ */
+async function acceptAll() {
+  const pending = pendingIndexes();
+  if (!pending.length) {
+    announce("Nothing left to accept.");
+    return;
+  }
+  const button = $("#accept-all");
+  button.disabled = true;
+  let accepted = 0;
+  for (const index of pending) {
+    if (await decide(index, "accept")) accepted += 1;
+  }
+  renderCounts();
+  if (accepted === pending.length) announce(`Accepted ${plural(accepted, "suggestion")}.`);
+  else announce(`Accepted ${accepted} of ${pending.length}; the others could not be recorded. Try again.`);
+  const save = $("#save-note");
+  if (!save.hidden && !save.disabled) save.focus();
+  else focusAfterDecision(pending[0]);
+}
+
+// -- loading -----------------------------------------------------------------------------
+
+function showLoading(text) {
+  state.loading = true;
+  $("#main").setAttribute("aria-busy", "true");
+  $("#loading").hidden = false;
+  $("#loading-text").textContent = text;
+  $("#load-error").hidden = true;
+  $("#empty").hidden = true;
+  $("#suggestion-list").replaceChildren();
+  $("#accept-all").hidden = true;
+  $("#pending-count").textContent = "";
+}
+
+function showError(err) {
+  state.loading = false;
+  $("#main").setAttribute("aria-busy", "false");
+  $("#loading").hidden = true;
+  $("#load-error-message").textContent = messageOf(err);
+  $("#load-error").hidden = false;
+  $("#retry").focus();
 }
 
 function renderSuggestions(payload) {
-  state.suggestions = payload.suggestions;
+  state.loading = false;
+  state.suggestions = payload.suggestions ?? [];
+  state.current = Math.min(state.current, Math.max(0, state.suggestions.length - 1));
   const list = $("#suggestion-list");
-  list.replaceChildren(...state.suggestions.map(renderSuggestion));
-  const now = performance.now();
-  for (const s of state.suggestions) if (!state.shownAt.has(s.id)) state.shownAt.set(s.id, now);
+  list.replaceChildren(...state.suggestions.map((s, i) => createCard(s, i, handlersFor(i))));
+  cards().forEach((card, i) => card.addEventListener("focusin", () => setCurrent(i)));
   renderChartStatus(payload.chart);
-  $("#loading").hidden = state.suggestions.length > 0;
-  if (!state.suggestions.length) $("#loading").textContent = "No suggestions for this chart.";
+  renderNotEnabled(payload.notEnabled);
+  $("#loading").hidden = true;
+  $("#empty").hidden = state.suggestions.length > 0;
   $("#main").setAttribute("aria-busy", "false");
-  updateNotePreview();
-  focusCard(0, false);
+  renderCounts();
+  setCurrent(state.current);
+  const pending = pendingIndexes().length;
+  announce(state.suggestions.length ? `${plural(state.suggestions.length, "suggestion")}, ${pending} to decide.` : "No suggestions for this chart.");
 }
 
 async function load(refresh = false) {
-  $("#main").setAttribute("aria-busy", "true");
-  $("#loading").hidden = false;
-  $("#loading").textContent = refresh ? "Reading the chart again…" : "Reading the chart…";
+  if (state.loading) return;
+  $("#refresh-confirm").hidden = true;
+  const hadFocus = document.activeElement && document.activeElement !== document.body;
+  showLoading(refresh ? "Reading the chart again…" : "Reading the chart…");
   try {
     if (!state.context) {
       state.context = (await api.context()).data;
       renderBanner(state.context);
-      if (!state.context.canWriteNotes) {
-        setStatus($("#save-status"), "This app was not given permission to write notes to the chart.", "warn");
-      }
+      renderChartStatus(state.context.chart);
+      await note.init(state.context, () => state.suggestions);
     }
     const { data } = refresh ? await api.refresh() : await api.suggestions();
+    if (refresh) note.resetSaved();
     renderSuggestions(data);
+    if (refresh && hadFocus) focusCard(0);
   } catch (err) {
-    $("#loading").hidden = false;
-    setStatus($("#loading"), messageOf(err), "error");
-    $("#main").setAttribute("aria-busy", "false");
+    showError(err);
   }
+}
+
+function requestRefresh() {
+  const confirm = $("#refresh-confirm");
+  if (state.suggestions.some((s) => s.decision) && confirm.hidden) {
+    confirm.hidden = false;
+    $("#refresh-anyway").focus();
+    return;
+  }
+  load(true);
+}
+
+// -- keys --------------------------------------------------------------------------------
+
+function openHelp() {
+  const dialog = $("#help");
+  if (!dialog.open) dialog.showModal();
+}
+
+function togglePreview() {
+  const preview = $("#note-preview");
+  preview.open = !preview.open;
+  if (preview.open) $("#note-text").focus();
+}
+
+function inCard(target) {
+  return target instanceof Element && Boolean(target.closest("#suggestion-list > .card"));
+}
+
+function run(command, target) {
+  const none = !state.suggestions.length;
+  switch (command) {
+    case "next":
+      if (!none) focusCard(inCard(target) ? state.current + 1 : state.current);
+      break;
+    case "previous":
+      if (!none) focusCard(inCard(target) ? state.current - 1 : state.current);
+      break;
+    case "accept":
+      if (!none) decideAndMove(state.current, "accept");
+      break;
+    case "edit":
+    case "reject":
+    case "flag":
+      if (!none) openPanel(state.current, command);
+      break;
+    case "diff":
+      if (!none) handlersFor(state.current).onToggleDiff();
+      break;
+    case "acceptAll":
+      acceptAll();
+      break;
+    case "preview":
+      togglePreview();
+      break;
+    case "save":
+      note.save(state.suggestions, announce);
+      break;
+    case "refresh":
+      requestRefresh();
+      break;
+    case "help":
+      openHelp();
+      break;
+    default:
+      break;
+  }
+}
+
+function onEscape(target) {
+  const panel = target instanceof Element ? target.closest(".panel") : null;
+  if (panel) {
+    closePanels(panel.closest(".card"), true);
+    return true;
+  }
+  const card = cards()[state.current];
+  if (card && closeSources(card)) {
+    card.focus();
+    return true;
+  }
+  if (!$("#refresh-confirm").hidden) {
+    $("#refresh-confirm").hidden = true;
+    $("#refresh").focus();
+    return true;
+  }
+  return false;
 }
 
 function onKey(event) {
+  if (event.defaultPrevented || event.isComposing) return;
   const target = event.target;
-  if (target instanceof HTMLTextAreaElement || target instanceof HTMLInputElement || target instanceof HTMLSelectElement) {
-    if (event.key === "Escape") closePanels(target.closest(".card"));
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && target instanceof HTMLTextAreaElement) {
+  if ($("#help").open) return; // the dialog closes itself on Esc
+  if (event.key === "Escape") {
+    if (onEscape(target)) event.preventDefault();
+    return;
+  }
+  const panel = target instanceof Element ? target.closest(".panel") : null;
+  if (panel) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
-      saveEdit(state.focused);
+      panel.requestSubmit();
     }
     return;
   }
-  if (event.ctrlKey || event.metaKey || event.altKey) return;
-  const key = event.key.toLowerCase();
-  const handlers = {
-    j: () => focusCard(state.focused + 1),
-    arrowdown: () => focusCard(state.focused + 1),
-    k: () => focusCard(state.focused - 1),
-    arrowup: () => focusCard(state.focused - 1),
-    a: () => decide(state.focused, "accept"),
-    e: () => openEdit(state.focused),
-    r: () => openReject(state.focused),
-    f: () => decide(state.focused, "flag", { reason: "unsafe" }),
-    s: () => saveNote(),
-    u: () => load(true),
-  };
-  const handler = handlers[key];
-  if (handler && (state.suggestions.length || key === "s" || key === "u")) {
-    event.preventDefault();
-    handler();
-  }
+  if (isTyping(target)) return;
+  const command = commandFor(event);
+  if (!command) return;
+  // Arrow keys keep their usual job (scrolling, moving in a control) outside the cards.
+  if (event.key.startsWith("Arrow") && !(inCard(target) || target === document.body)) return;
+  event.preventDefault();
+  run(command, target);
 }
 
+// -- start -------------------------------------------------------------------------------
+
 document.addEventListener("DOMContentLoaded", () => {
-  $("#save-note").addEventListener("click", saveNote);
-  $("#refresh").addEventListener("click", () => load(true));
+  $("#help-rows").replaceChildren(...helpRows());
+  $("#help-button").addEventListener("click", openHelp);
+  $("#help-close").addEventListener("click", () => $("#help").close());
+  $("#save-note").addEventListener("click", () => note.save(state.suggestions, announce));
+  $("#refresh").addEventListener("click", requestRefresh);
+  $("#refresh-anyway").addEventListener("click", () => load(true));
+  $("#refresh-cancel").addEventListener("click", () => {
+    $("#refresh-confirm").hidden = true;
+    $("#refresh").focus();
+  });
+  $("#empty-refresh").addEventListener("click", () => load(true));
+  $("#retry").addEventListener("click", () => load(false));
+  $("#accept-all").addEventListener("click", acceptAll);
   document.addEventListener("keydown", onKey);
   load();
 });
