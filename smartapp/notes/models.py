@@ -19,6 +19,15 @@ from smartapp.feedback.models import new_id
 
 NOTE_STATUSES = ("pending", "in_chart", "failed")
 
+#: What the clinician is told about a failed or delayed write, by error code (no PHI).
+DELIVERY_MESSAGES = {
+    "ehr_unavailable": "The EHR is not answering; the app will try again.",
+    "ehr_forbidden": "The EHR refused the note: this app is not permitted to write it.",
+    "ehr_not_found": "The EHR could not find the patient or the draft note.",
+    "ehr_conflict": "The EHR refused the note because the chart changed; save again.",
+    "relaunch_required": "Your session with the EHR has ended; open the app again to send it.",
+}
+
 
 class SavedNote(Base):
     __tablename__ = "saved_note"
@@ -61,6 +70,9 @@ class SavedNote(Base):
             "provenance": self.provenance,
             "attempts": self.attempts,
             "revision": self.revision,
+            "error": DELIVERY_MESSAGES.get(self.last_error or "", "The EHR refused the note.")
+            if self.last_error
+            else None,
             "createdAt": self.created_at.isoformat(),
             "updatedAt": self.updated_at.isoformat() if self.updated_at else None,
         }

@@ -43,8 +43,8 @@ def _text(value: Any) -> str | None:
         return f"{value:g}" if isinstance(value, float) else str(value)
     if not isinstance(value, str) or not value.strip():
         return None
-    value = value.strip()
-    return value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 1] + "…"
+    text: str = value.strip()
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def _dict(value: Any) -> Mapping[str, Any]:

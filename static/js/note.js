@@ -53,7 +53,8 @@ function renderDelivery() {
     );
     status.dataset.kind = "ok";
   } else if (latest.status === "failed") {
-    setStatus(status, "Could not be saved to the chart: the EHR refused the note. It is kept here; copy it from the preview or ask IT.", "error");
+    const why = latest.error ?? "the EHR refused the note.";
+    setStatus(status, `Could not be saved to the chart: ${why} It is kept here; copy it from the preview or ask IT.`, "error");
   }
 }
 

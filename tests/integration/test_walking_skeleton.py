@@ -213,7 +213,8 @@ def test_no_token_or_patient_name_in_any_log_line(stack, caplog):
     caplog.set_level(logging.DEBUG)
     launched = ehr_launch(stack, "pt-01")
     suggestions = launched.api("GET", "/api/suggestions").json()["suggestions"]
-    launched.api("POST", f"/api/suggestions/{suggestions[0]['id']}/feedback", json={"action": "accept"})
+    first = suggestions[0]["id"]
+    launched.api("POST", f"/api/suggestions/{first}/feedback", json={"action": "accept"})
     launched.sandbox("POST", "/_sandbox/faults", json={"fail_next": 1, "status": 503})
     launched.api("POST", "/api/refresh")
     launched.api("POST", "/api/note")
