@@ -53,3 +53,5 @@ def init_app(app: Flask) -> None:
     install_redaction(app.logger)
     # urllib3 logs full request lines (with query strings) at DEBUG; keep it quiet.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # Alembic announces each of its plugins at start-up: noise in an operator's log.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
