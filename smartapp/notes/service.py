@@ -294,44 +294,44 @@ class SidebarService:
             )
             document, document_revision = note.document_reference, note.document_revision
         try:
-            if document is None:
-                written = write_note(client, draft)
-                if revision == 1:
-                    self._record_step(
-                        note_id,
-                        revision,
-                        document=written.document_reference,
-                        provenance=written.provenance,
-                    )
-                    return written
-                # An earlier attempt's lost response: the EHR may hold an older text under
-                # this identifier (the conditional create found it). Revise it to this one.
-                document, document_revision = written.document_reference, 0
-            if document_revision < revision:
-                revised = revise_document(client, draft, reference=document)
-                if revised is None:
-                    # The draft was signed (or removed) in the EHR: this revision is a new draft.
-                    written = write_note(
-                        client, replace(draft, note_id=_revision_id(note_id, revision))
-                    )
-                    self._record_step(
-                        note_id,
-                        revision,
-                        document=written.document_reference,
-                        provenance=written.provenance,
-                    )
-                    return written
-                self._record_step(note_id, revision, document=revised)
-                document = revised
-            prov = write_revision_provenance(client, draft, reference=document)
+            written = self._write(client, draft, note_id, revision, document, document_revision)
         except TemporaryUpstreamError as exc:
             self._record_failure(note_id, exc, retry=True)
             return None
         except UpstreamError as exc:
             self._record_failure(note_id, exc, retry=False)
             raise
-        self._record_step(note_id, revision, document=document, provenance=prov)
-        return WrittenNote(document_reference=document, provenance=prov)
+        self._record_step(
+            note_id, revision, document=written.document_reference, provenance=written.provenance
+        )
+        return written
+
+    def _write(
+        self,
+        client: FHIRClient,
+        draft: NoteDraft,
+        note_id: str,
+        revision: int,
+        document: str | None,
+        document_revision: int,
+    ) -> WrittenNote:
+        """Put this revision in the chart: create it, or update the draft and add a Provenance."""
+        if document is None:
+            written = write_note(client, draft)
+            if revision == 1:
+                return written
+            # An earlier attempt's lost response: the EHR may hold an older text under this
+            # identifier (the conditional create found it). Revise it to this one.
+            document, document_revision = written.document_reference, 0
+        if document_revision < revision:
+            revised = revise_document(client, draft, reference=document)
+            if revised is None:
+                # The draft was signed (or removed) in the EHR: this revision is a new draft.
+                return write_note(client, replace(draft, note_id=_revision_id(note_id, revision)))
+            self._record_step(note_id, revision, document=revised)
+            document = revised
+        provenance = write_revision_provenance(client, draft, reference=document)
+        return WrittenNote(document_reference=document, provenance=provenance)
 
     def _record_step(
         self, note_id: str, revision: int, *, document: str, provenance: str | None = None
