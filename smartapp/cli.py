@@ -51,7 +51,8 @@ def _sandbox(args: argparse.Namespace) -> int:
             f"  EHR (open this):     {stack.ehr_url}/\n"
             f"  Direct EHR launch:   {direct}\n"
             f"  FHIR base (iss):     {stack.fhir_base}\n"
-            f"  App:                 {stack.app_url}/  (admin: {stack.app_url}/admin)\n",
+            f"  Governance:          {stack.app_url}/admin  (sign in as "
+            f"{', '.join(stack.settings.admin_users)})\n",
             flush=True,
         )
         try:

@@ -20,6 +20,10 @@ from dotenv import dotenv_values
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: In sandbox mode, with no SMARTAPP_ADMIN_USERS, this sandbox clinician may open /admin.
+SANDBOX_ADMIN = "Practitioner/dr-rene-laennec"
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable and the fix."""
 
@@ -181,7 +185,8 @@ class Settings:
             or f"sqlite:///{instance_path / 'smartapp.db'}",
             secret_key=environ.get("SMARTAPP_SECRET_KEY") or _instance_secret(instance_path),
             site_config_path=Path(site_config) if site_config else None,
-            admin_users=_split_list(environ.get("SMARTAPP_ADMIN_USERS")),
+            admin_users=_split_list(environ.get("SMARTAPP_ADMIN_USERS"))
+            or ((SANDBOX_ADMIN,) if sandbox_issuer else ()),
             admin_token=environ.get("SMARTAPP_ADMIN_TOKEN") or None,
             llm_base_url=(environ.get("SMARTAPP_LLM_BASE_URL") or "").rstrip("/") or None,
             llm_model=environ.get("SMARTAPP_LLM_MODEL") or None,
