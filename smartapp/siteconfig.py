@@ -31,7 +31,15 @@ from smartapp.suggestions.templates import (
 
 ENGINES = ("builtin", "llm")
 UNVERIFIED_MODES = ("drop", "mark")
-CARE_GAP_RULES = ("hba1c_interval", "kidney_test_interval", "bp_above_threshold")
+CARE_GAP_RULES = (
+    "hba1c_interval",
+    "kidney_test_interval",
+    "urine_albumin_interval",
+    "bp_above_threshold",
+    "bp_screening",
+    "lipid_screening",
+    "influenza_vaccine",
+)
 AUTH_HEADERS = ("authorization", "api-key")
 
 
@@ -66,6 +74,13 @@ class CareGapRules:
     bp_systolic: int = 140
     bp_diastolic: int = 90
     bp_readings: int = 2
+    urine_albumin_interval_months: int = 12
+    bp_screening_interval_months: int = 12
+    bp_screening_min_age: int = 18
+    lipid_interval_months: int = 60
+    lipid_min_age: int = 40
+    lipid_max_age: int = 75
+    influenza_interval_months: int = 12
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -421,6 +436,13 @@ class _Checker:
                     "bp_systolic",
                     "bp_diastolic",
                     "bp_readings",
+                    "urine_albumin_interval_months",
+                    "bp_screening_interval_months",
+                    "bp_screening_min_age",
+                    "lipid_interval_months",
+                    "lipid_min_age",
+                    "lipid_max_age",
+                    "influenza_interval_months",
                 ),
             )
             values = {
@@ -432,6 +454,19 @@ class _Checker:
                 "bp_systolic": self.integer(section, p, "bp_systolic", 80, 250),
                 "bp_diastolic": self.integer(section, p, "bp_diastolic", 40, 150),
                 "bp_readings": self.integer(section, p, "bp_readings", 1, 5),
+                "urine_albumin_interval_months": self.integer(
+                    section, p, "urine_albumin_interval_months", 1, 60
+                ),
+                "bp_screening_interval_months": self.integer(
+                    section, p, "bp_screening_interval_months", 1, 60
+                ),
+                "bp_screening_min_age": self.integer(section, p, "bp_screening_min_age", 0, 120),
+                "lipid_interval_months": self.integer(section, p, "lipid_interval_months", 1, 120),
+                "lipid_min_age": self.integer(section, p, "lipid_min_age", 0, 120),
+                "lipid_max_age": self.integer(section, p, "lipid_max_age", 0, 120),
+                "influenza_interval_months": self.integer(
+                    section, p, "influenza_interval_months", 1, 24
+                ),
             }
             out["care_gaps"] = {k: v for k, v in values.items() if v is not None}
 
@@ -553,6 +588,28 @@ class _Checker:
             return None
         return source
 
+    def check_age_ranges(
+        self,
+        layer: Mapping[str, Any],
+        path: tuple[str, ...],
+        *,
+        own: Mapping[str, Any] | None = None,
+    ) -> None:
+        """lipid_min_age ≤ lipid_max_age once a site's values are merged with the defaults
+        (reported at whichever of the two this layer sets)."""
+        values = {**vars(CareGapRules()), **layer.get("care_gaps", {})}
+        low, high = values["lipid_min_age"], values["lipid_max_age"]
+        if low <= high:
+            return
+        given = (own if own is not None else layer).get("care_gaps", {})
+        if "lipid_min_age" not in given and "lipid_max_age" not in given:
+            return  # the layer below sets them: its error says so
+        key = "lipid_min_age" if "lipid_min_age" in given else "lipid_max_age"
+        self.error(
+            (*path, "care_gaps", key),
+            f"lipid_min_age ({low}) must not be more than lipid_max_age ({high})",
+        )
+
     # Building ---------------------------------------------------------------------------
 
     def site_config(self, data: dict[str, Any], *, source: Path | None) -> SiteConfig:
@@ -587,6 +644,10 @@ class _Checker:
                     .get("template_dir")
                 )
             self.check_file(path, site_dir or base_dir, name)
+        self.check_age_ranges(base, ())
+        for issuer, layer in layers.items():
+            site_path = ("sites", next(k for k in sites_raw if normalize_issuer(k) == issuer))
+            self.check_age_ranges(_merge(base, layer), site_path, own=layer)
         if self.errors:
             raise SiteConfigError(self.errors)
         default = _effective(None, base)

@@ -3,9 +3,10 @@
 carebundle (https://pypi.org/project/carebundle/) draws one clinically coherent visit per
 patient and, with `generate_history`, a blood-pressure course across visits. This module
 turns those into longitudinal charts with readable ids: earlier visits with their labs and
-vitals, stopped medicines, Medication resources (separate and contained), allergies,
-procedures (SNOMED CT, CPT), immunizations (CVX), clinicians and existing notes. Every
-chart is deterministic for a seed. FHIR R4: https://hl7.org/fhir/R4/
+vitals, stopped medicines, Medication resources (separate and contained), allergies (or a
+"no known allergy" record, as EHRs document allergy status), procedures (SNOMED CT, CPT),
+immunizations (CVX), clinicians and existing notes. Every chart is deterministic for a
+seed. FHIR R4: https://hl7.org/fhir/R4/
 """
 
 from __future__ import annotations
@@ -253,6 +254,19 @@ _PAST_MEDS: dict[str, tuple[tuple[Med, str, str, float], ...]] = {
     "healthy": ((AMOXICILLIN_500, "completed", "Course completed", 1.5),),
 }
 
+#: "No known allergy" records (SNOMED CT), for charts with no allergy: EHRs ask for the
+#: allergy status at intake and record its absence explicitly.
+_NO_KNOWN_ALLERGY = (
+    ("716186003", "No known allergy (situation)", "No known allergy"),
+    ("409137002", "No known drug allergy (situation)", "No known drug allergy"),
+)
+#: A "healthy" chart still has a common problem and its treatment on file.
+_HEALTHY_PROBLEM = ("K21.9", "Gastro-esophageal reflux disease without esophagitis")
+_HEALTHY_MED = _med(cb.OMEPRAZOLE_20, _DOSES[cb.OMEPRAZOLE_20.code])
+_IRON = _med(cb.FERROUS_SULFATE_325, _DOSES[cb.FERROUS_SULFATE_325.code])
+#: Oxygen saturation (%) cannot exceed 100, whatever the noise added to history.
+_PERCENT_MAX = {"59408-5": 100, "2708-6": 100}
+
 _BENCH_ACTIVE = tuple(
     _med(c, _DOSES.get(c.code, _DEFAULT_DOSE))
     for c in (
@@ -357,6 +371,11 @@ _PROCEDURES = (
 
 _VACCINES = {
     "flu": ("150", "Influenza, injectable, quadrivalent, preservative free"),
+    # Adults 65 and older are offered a high-dose (or adjuvanted) influenza vaccine.
+    "flu_high_dose": (
+        "197",
+        "influenza, high-dose seasonal, quadrivalent, .7mL dose, preservative free",
+    ),
     "covid": ("208", "COVID-19, mRNA, LNP-S, PF, 30 mcg/0.3 mL dose"),
     "tdap": ("115", "Tdap"),
     "ppsv23": ("33", "pneumococcal polysaccharide PPV23"),
@@ -644,6 +663,8 @@ def _build_chart(
                 drift = trends.get(code, 0.0) * back
                 noise = rng.uniform(-0.04, 0.04)
                 quantity["value"] = _scaled(quantity["value"], max(0.2, 1 + drift + noise))
+                if code in _PERCENT_MAX:
+                    quantity["value"] = min(quantity["value"], _PERCENT_MAX[code])
             return chart.add(observation)
 
         for vital in vitals:
@@ -716,6 +737,24 @@ def _build_chart(
             )
         )
 
+    # Additions made after the first release of this population draw from their own
+    # generator, so that every value drawn before stays what it was.
+    extra = random.Random(f"{seed}:{index}:{patient_id}:additions")
+    if profile == "healthy":
+        code, display = _HEALTHY_PROBLEM
+        chart.add(
+            _condition(
+                chart,
+                code,
+                display,
+                "active",
+                last_visit,
+                round(extra.uniform(2.5, 8.0), 2),
+                None,
+                encounters[0]["id"],
+            )
+        )
+
     # --- medicines -----------------------------------------------------------------------
     requests = chart.of_type("MedicationRequest")
     active_codes = {r["medicationCodeableConcept"]["coding"][0]["code"] for r in requests}
@@ -748,6 +787,25 @@ def _build_chart(
         chart.add(
             _medication_request(
                 chart, med, status, reason, _years_before(last_visit, years), attending, None
+            )
+        )
+    # Treatment for the problems the additions and the profiles give, where none is active.
+    current = {
+        r["medicationCodeableConcept"]["coding"][0]["code"]
+        for r in chart.of_type("MedicationRequest")
+        if r["status"] == "active"
+    }
+    new_meds = {"healthy": _HEALTHY_MED, "anaemia": _IRON}
+    if profile in new_meds and new_meds[profile].code not in current:
+        first_visit_day = date.fromisoformat(encounters[0]["period"]["start"][:10])
+        started, encounter_id = (
+            (last_visit, main_encounter["id"])  # iron restarted as haemoglobin falls
+            if profile == "anaemia"
+            else (first_visit_day, encounters[0]["id"])
+        )
+        chart.add(
+            _medication_request(
+                chart, new_meds[profile], "active", None, started, attending, encounter_id
             )
         )
     # Vary how the medicine is given: a code, a Medication resource, or a contained one.
@@ -790,6 +848,17 @@ def _build_chart(
                     _years_before(last_visit, rng.uniform(2, 15)),
                 )
             )
+    if not chart.of_type("AllergyIntolerance"):
+        code, display, text = _NO_KNOWN_ALLERGY[index % len(_NO_KNOWN_ALLERGY)]
+        chart.add(
+            _no_known_allergy(
+                chart,
+                code,
+                display,
+                text,
+                date.fromisoformat(encounters[0]["period"]["start"][:10]),
+            )
+        )
     for system, code, display, who, years in _PROCEDURES:
         qualifies = {
             "age50": age >= 50,
@@ -812,6 +881,9 @@ def _build_chart(
     if age >= 60 or patient_id == BENCH_PATIENT_ID:
         chart.add(_immunization(chart, "ppsv23", _years_before(last_visit, rng.uniform(1, 4))))
         chart.add(_immunization(chart, "zoster", _years_before(last_visit, rng.uniform(0.5, 3))))
+    # This season's influenza vaccine, given at an autumn visit to two patients in three.
+    if index % 3 != 2 and last_visit.month in (9, 10, 11, 12):
+        chart.add(_immunization(chart, "flu_high_dose" if age >= 65 else "flu", last_visit))
 
     # --- existing notes ----------------------------------------------------------------
     note_count = 3 if patient_id == BENCH_PATIENT_ID else (1 if index % 2 == 0 else 0)
@@ -925,6 +997,27 @@ def _allergy(
                 "severity": "severe" if criticality == "high" else "mild",
             }
         ],
+    }
+
+
+def _no_known_allergy(
+    chart: _Chart, code: str, display: str, text: str, recorded: date
+) -> Resource:
+    return {
+        "resourceType": "AllergyIntolerance",
+        "id": chart.new_id("AllergyIntolerance"),
+        "meta": _meta(),
+        "clinicalStatus": _concept(
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active", "Active"
+        ),
+        "verificationStatus": _concept(
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+            "confirmed",
+            "Confirmed",
+        ),
+        "code": {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": text},
+        "patient": _ref("Patient", chart.patient_id),
+        "recordedDate": recorded.isoformat(),
     }
 
 

@@ -45,12 +45,15 @@ from smartapp.suggestions.terminology import (
     HBA1C,
     KEY_RESULTS,
     KIDNEY_FUNCTION,
+    LDL,
     LOINC,
+    TOTAL_CHOLESTEROL,
+    UACR,
     ProblemGroup,
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 1
+RULES_REVISION = 2
 
 
 def _version() -> str:
@@ -117,14 +120,47 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _interval(months: int) -> str:
+    """A site's interval for the rule's label: "6 months", "12 months", "5 years"."""
+    if months % 12 == 0 and months > 12:
+        return f"{months // 12} years"
+    return f"{months} month" if months == 1 else f"{months} months"
+
+
 @dataclass(frozen=True, kw_only=True)
-class _Gap:
-    """A care gap found by a rule: for the care-gaps kind, the plan, and the instructions."""
+class _Evidence:
+    """What a care-gap rule found: how to say it, when it was, and what to cite."""
+
+    phrase: str
+    when: str | None
+    resources: tuple[FHIRResource, ...]
+    #: How to say it after "the latest, …" when it is too old (default: `phrase`).
+    due_phrase: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _CareItem:
+    """One care-gap rule applied: met (up to date) or due. Due items also go into the plan
+    (under the problems in `groups`) and the patient instructions."""
 
     rule_id: str
+    due: bool
     groups: frozenset[str]
     statement: Statement
-    patient_text: str
+    plan_text: str = ""
+    patient_text: str = ""
+
+
+def _kidney_topic(problem: Problem) -> str:
+    return "Diabetes" if "diabetes" in problem.group_ids else "Chronic kidney disease"
+
+
+def _latest_lipid(facts: ChartFacts) -> Result | None:
+    """The newest LDL or total cholesterol; LDL when both were drawn the same day."""
+    ldl, total = facts.latest(LDL), facts.latest(TOTAL_CHOLESTEROL)
+    if ldl is None or total is None:
+        return ldl or total
+    return total if (to_date(total.when) or date.min) > (to_date(ldl.when) or date.min) else ldl
 
 
 class BuiltinEngine:
@@ -386,114 +422,313 @@ class BuiltinEngine:
     # -- care gaps -----------------------------------------------------------------------
 
     def care_gaps(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
-        gaps = self.find_gaps(facts, _rules(config))
+        items = self.review_care(facts, _rules(config))
+        # What is due first: it is what the clinician may act on; then what is up to date.
+        ordered = [i for i in items if i.due] + [i for i in items if not i.due]
         return self._suggestion(
             K.CARE_GAPS,
             f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)",
-            [gap.statement for gap in gaps],
+            [item.statement for item in ordered],
         )
 
-    def find_gaps(self, facts: ChartFacts, rules: CareGapRules) -> list[_Gap]:
-        gaps: list[_Gap] = []
-        snapshot = facts.snapshot
+    def find_gaps(self, facts: ChartFacts, rules: CareGapRules) -> list[_CareItem]:
+        """The rules' items that are due (for the plan and the patient instructions)."""
+        return [item for item in self.review_care(facts, rules) if item.due]
+
+    def review_care(self, facts: ChartFacts, rules: CareGapRules) -> list[_CareItem]:
+        """Every applicable rule, met or due, each with the resources that show it.
+
+        A rule says something is missing ("none is on file", "the latest is older than
+        the site's interval") only when the chart's search for that type was complete;
+        what is up to date is shown whatever the search. Due items come with the plan's
+        wording and the patient's; thresholds stay in `Statement.rule`.
+        """
+        if facts.deceased:
+            return []
+        items: list[_CareItem | None] = []
         today = facts.as_of
+        enabled = set(rules.rules)
         diabetes = facts.problems_in("diabetes")
         kidney = diabetes + [p for p in facts.problems_in("ckd") if p not in diabetes]
 
-        if "hba1c_interval" in rules.rules and diabetes:
-            rule = f"Diabetes: HbA1c at least every {rules.hba1c_interval_months} months"
-            cutoff = _months_before(today, rules.hba1c_interval_months)
-            gap = self._interval_gap(
-                facts, diabetes[0], HBA1C, cutoff, rule, rule_id="hba1c_interval",
-                what="HbA1c", due="HbA1c is due",
-                patient="You are due for an A1c blood test. It shows your average blood sugar.",
-            )  # fmt: skip
-            if gap:
-                gaps.append(gap)
-
-        if "kidney_test_interval" in rules.rules and kidney:
-            rule = (
-                "Diabetes or chronic kidney disease: eGFR or creatinine at least every "
-                f"{rules.kidney_test_interval_months} months"
+        if "hba1c_interval" in enabled and diabetes:
+            items.append(
+                self._interval_item(
+                    facts,
+                    rule_id="hba1c_interval",
+                    rule=f"Diabetes: HbA1c at least every {_interval(rules.hba1c_interval_months)}",
+                    cutoff=_months_before(today, rules.hba1c_interval_months),
+                    result=facts.latest(HBA1C),
+                    basis=diabetes[0],
+                    topic="Diabetes",
+                    noun="HbA1c",
+                    consider="an HbA1c",
+                    none="none is on file",
+                    patient="You are due for an A1c blood test. It shows your average blood sugar.",
+                )
             )
-            cutoff = _months_before(today, rules.kidney_test_interval_months)
-            gap = self._interval_gap(
-                facts, kidney[0], KIDNEY_FUNCTION, cutoff, rule, rule_id="kidney_test_interval",
-                what="eGFR or creatinine", due="A kidney function test is due",
-                patient="You are due for a blood test that checks how well your kidneys work.",
-            )  # fmt: skip
-            if gap:
-                gaps.append(gap)
-
-        readings = facts.blood_pressures[: rules.bp_readings]
+        if "kidney_test_interval" in enabled and kidney:
+            items.append(
+                self._interval_item(
+                    facts,
+                    rule_id="kidney_test_interval",
+                    rule="Diabetes or chronic kidney disease: eGFR or creatinine at least every "
+                    f"{_interval(rules.kidney_test_interval_months)}",
+                    cutoff=_months_before(today, rules.kidney_test_interval_months),
+                    result=facts.latest(KIDNEY_FUNCTION),
+                    basis=kidney[0],
+                    topic=_kidney_topic(kidney[0]),
+                    noun="kidney function test",
+                    consider="a kidney function test",
+                    none="no eGFR or creatinine result is on file",
+                    patient="You are due for a blood test that checks how well your kidneys work.",
+                )
+            )
+        if "urine_albumin_interval" in enabled and kidney:
+            items.append(
+                self._interval_item(
+                    facts,
+                    rule_id="urine_albumin_interval",
+                    rule="Diabetes or chronic kidney disease: urine albumin/creatinine ratio at "
+                    f"least every {_interval(rules.urine_albumin_interval_months)}",
+                    cutoff=_months_before(today, rules.urine_albumin_interval_months),
+                    result=facts.latest(UACR),
+                    basis=kidney[0],
+                    topic=_kidney_topic(kidney[0]),
+                    noun="urine albumin/creatinine ratio",
+                    consider="a urine albumin/creatinine ratio",
+                    none="none is on file",
+                    patient="You are due for a urine test that checks your kidneys.",
+                )
+            )
+        bp_control = (
+            self._bp_control_item(facts, rules) if "bp_above_threshold" in enabled else None
+        )
+        items.append(bp_control)
+        hypertension = facts.has_group("hypertension")
+        age = facts.age
         if (
-            "bp_above_threshold" in rules.rules
-            and len(readings) == rules.bp_readings
-            and all(r.at_or_above(rules.bp_systolic, rules.bp_diastolic) for r in readings)
+            "bp_screening" in enabled
+            # With hypertension on the list, or readings above the threshold, the blood
+            # pressure rule above says what matters; "screening up to date" would be noise.
+            and not hypertension
+            and bp_control is None
+            and age is not None
+            and age >= rules.bp_screening_min_age
+        ):
+            latest_bp = facts.blood_pressures[0] if facts.blood_pressures else None
+            items.append(
+                self._interval_item(
+                    facts,
+                    rule_id="bp_screening",
+                    rule=f"Adults {rules.bp_screening_min_age} and older without hypertension "
+                    f"on the problem list: blood pressure at least every "
+                    f"{_interval(rules.bp_screening_interval_months)}",
+                    cutoff=_months_before(today, rules.bp_screening_interval_months),
+                    result=_Evidence(
+                        phrase=f"{latest_bp.text()}{_on(latest_bp.date)}",
+                        when=latest_bp.when,
+                        resources=tuple(latest_bp.resources),
+                    )
+                    if latest_bp
+                    else None,
+                    basis=None,
+                    topic="Blood pressure screening",
+                    noun="",
+                    consider="a blood pressure reading",
+                    none="none is on file",
+                    patient="You are due for a blood pressure check.",
+                )
+            )
+        if (
+            "lipid_screening" in enabled
+            and age is not None
+            and rules.lipid_min_age <= age <= rules.lipid_max_age
+        ):
+            items.append(
+                self._interval_item(
+                    facts,
+                    rule_id="lipid_screening",
+                    rule=f"Adults {rules.lipid_min_age} to {rules.lipid_max_age}: a lipid panel "
+                    f"(LDL or total cholesterol) at least every "
+                    f"{_interval(rules.lipid_interval_months)}",
+                    cutoff=_months_before(today, rules.lipid_interval_months),
+                    result=_latest_lipid(facts),
+                    basis=None,
+                    topic="Cholesterol",
+                    noun="lipid panel",
+                    consider="a lipid panel",
+                    none="no cholesterol result is on file",
+                    patient="You are due for a cholesterol blood test.",
+                )
+            )
+        born = to_date(facts.snapshot.patient.get("birthDate"))
+        if (
+            "influenza_vaccine" in enabled
+            and born is not None
+            # Influenza vaccine is recommended from 6 months of age (CDC/ACIP).
+            and born <= _months_before(today, 6)
+        ):
+            dose = facts.influenza_vaccinations[0] if facts.influenza_vaccinations else None
+            items.append(
+                self._interval_item(
+                    facts,
+                    rule_id="influenza_vaccine",
+                    rule="Everyone 6 months and older: an influenza vaccine at least every "
+                    f"{_interval(rules.influenza_interval_months)}",
+                    cutoff=_months_before(today, rules.influenza_interval_months),
+                    result=_Evidence(
+                        phrase=f"{capitalize(dose.name)} given{_on(dose.date)}",
+                        due_phrase=f"given{_on(dose.date)}",
+                        when=dose.when,
+                        resources=(dose.resource,),
+                    )
+                    if dose
+                    else None,
+                    basis=None,
+                    topic="Influenza vaccine",
+                    noun="",
+                    consider="a flu vaccine",
+                    none="none is on file",
+                    patient="You are due for a flu shot. It helps protect you from the flu.",
+                    record_type="Immunization",
+                )
+            )
+        return [item for item in items if item is not None]
+
+    @staticmethod
+    def _interval_item(
+        facts: ChartFacts,
+        *,
+        rule_id: str,
+        rule: str,
+        cutoff: date,
+        result: Result | _Evidence | None,
+        basis: Problem | None,
+        topic: str,
+        noun: str,
+        consider: str,
+        none: str,
+        patient: str,
+        record_type: str = "Observation",
+    ) -> _CareItem | None:
+        """Met when the latest result is on or after `cutoff`; due when it is older or
+        missing. `basis` is the problem the rule applies for (cited when nothing else is);
+        without one the rule applies for the patient's age, and the Patient is cited."""
+        snapshot = facts.snapshot
+        groups = basis.group_ids if basis else frozenset()
+        if isinstance(result, Result):
+            name = "" if result.name.lower() == noun.lower() else f"{result.name} "
+            result = _Evidence(
+                phrase=f"{name}{result.value_text()}{_on(result.date)}",
+                when=result.when,
+                resources=(result.resource,),
+            )
+        if result is None:
+            if not facts.complete(record_type):
+                return None  # what the app could not read may well be there
+            cited = _cite(snapshot, basis.condition if basis else snapshot.patient)
+            return _CareItem(
+                rule_id=rule_id,
+                due=True,
+                groups=groups,
+                statement=Statement(
+                    text=f"{topic}: consider {consider} — {none}", citations=cited, rule=rule
+                ),
+                plan_text=f"Consider {consider} — {none}",
+                patient_text=patient,
+            )
+        taken = to_date(result.when)
+        if taken is None:
+            return None  # undated: neither "up to date" nor "older" can be said
+        cited = _cite(snapshot, *result.resources, *([basis.condition] if basis else []))
+        if taken >= cutoff:
+            up_to_date = f"{noun} up to date" if noun else "up to date"
+            return _CareItem(
+                rule_id=rule_id,
+                due=False,
+                groups=groups,
+                statement=Statement(
+                    text=f"{topic}: {up_to_date} — {result.phrase}", citations=cited, rule=rule
+                ),
+            )
+        if not facts.complete(record_type):
+            return None  # a newer one may be among what the app could not read
+        evidence = (
+            f"the latest, {result.due_phrase or result.phrase}, is older than the site's interval"
+        )
+        return _CareItem(
+            rule_id=rule_id,
+            due=True,
+            groups=groups,
+            statement=Statement(
+                text=f"{topic}: consider {consider} — {evidence}", citations=cited, rule=rule
+            ),
+            plan_text=f"Consider {consider} — {evidence}",
+            patient_text=patient,
+        )
+
+    @staticmethod
+    def _bp_control_item(facts: ChartFacts, rules: CareGapRules) -> _CareItem | None:
+        """Blood pressure at or above the site's threshold at the last readings (a gap for
+        anyone); for hypertension on the list, a latest reading below it is reported met."""
+        snapshot = facts.snapshot
+        hypertension = facts.has_group("hypertension")
+        rule = (
+            f"Blood pressure at or above {rules.bp_systolic}/{rules.bp_diastolic} mmHg at the "
+            f"last {rules.bp_readings} readings"
+        )
+        readings = facts.blood_pressures[: rules.bp_readings]
+        if len(readings) == rules.bp_readings and all(
+            r.at_or_above(rules.bp_systolic, rules.bp_diastolic) for r in readings
         ):
             ordered = list(reversed(readings))
             shown = _join([f"{r.text()}{_on(r.date)}" for r in ordered])
             count = _COUNT_WORDS.get(len(ordered))
             scope = f"the last {count} readings are" if count else "the most recent reading is"
-            cited = [res for r in ordered for res in r.resources]
-            gaps.append(
-                _Gap(
-                    rule_id="bp_above_threshold",
-                    groups=frozenset({"hypertension"}),
-                    statement=Statement(
-                        text=f"Blood pressure {shown}: {scope} at or above the site's threshold",
-                        citations=_cite(snapshot, *cited),
-                        rule=(
-                            f"Blood pressure at or above {rules.bp_systolic}/"
-                            f"{rules.bp_diastolic} mmHg at the last {rules.bp_readings} readings"
-                        ),
-                    ),
-                    patient_text=(
-                        f"Your blood pressure was {shown}. That is above your goal. "
-                        "Talk with your care team about it."
-                    ),
-                )
-            )
-        return gaps
-
-    @staticmethod
-    def _interval_gap(
-        facts: ChartFacts,
-        problem: Problem,
-        codes: Sequence[str],
-        cutoff: date,
-        rule: str,
-        *,
-        rule_id: str,
-        what: str,
-        due: str,
-        patient: str,
-    ) -> _Gap | None:
-        latest = facts.latest(codes)
-        groups = problem.group_ids
-        if latest is None:
-            return _Gap(
-                rule_id=rule_id,
-                groups=groups,
+            evidence = f"blood pressure {shown}: {scope} at or above the site's threshold"
+            if hypertension:
+                topic, consider = "Hypertension", "consider reviewing treatment"
+            else:
+                topic, consider = "Blood pressure", "consider evaluating for hypertension"
+            return _CareItem(
+                rule_id="bp_above_threshold",
+                due=True,
+                groups=frozenset({"hypertension"}),
                 statement=Statement(
-                    text=f"{problem.name} is on the problem list and no {what} result is on file",
-                    citations=_cite(facts.snapshot, problem.condition),
+                    text=f"{topic}: {consider} — {evidence}",
+                    citations=_cite(snapshot, *[res for r in ordered for res in r.resources]),
                     rule=rule,
                 ),
-                patient_text=patient,
+                plan_text=f"{capitalize(consider)} — {evidence}",
+                patient_text=(
+                    f"Your blood pressure was {shown}. That is above your goal. "
+                    "Talk with your care team about it."
+                ),
             )
-        taken = to_date(latest.when)
-        if taken is not None and taken >= cutoff:
+        if not hypertension or not readings:
             return None
-        return _Gap(
-            rule_id=rule_id,
-            groups=groups,
-            statement=Statement(
-                text=f"{due}: the latest {latest.name} is {latest.value_text()}{_on(latest.date)}",
-                citations=_cite(facts.snapshot, latest.resource, problem.condition),
-                rule=rule,
-            ),
-            patient_text=patient,
+        latest = readings[0]
+        shown = f"{latest.text()}{_on(latest.date)}"
+        if not latest.at_or_above(rules.bp_systolic, rules.bp_diastolic):
+            text = f"Hypertension: latest blood pressure below the site's threshold — {shown}"
+            cited = list(latest.resources)
+        else:
+            # Above now, but not at every one of the last readings: not the site's gap yet.
+            below = next(
+                (r for r in readings if not r.at_or_above(rules.bp_systolic, rules.bp_diastolic)),
+                None,
+            )
+            text = f"Hypertension: latest blood pressure at or above the site's threshold — {shown}"
+            cited = list(latest.resources)
+            if below is not None:  # None: fewer readings on file than the rule looks at
+                text += f"; an earlier reading, {below.text()}{_on(below.date)}, was below it"
+                cited += below.resources
+        return _CareItem(
+            rule_id="bp_above_threshold",
+            due=False,
+            groups=frozenset({"hypertension"}),
+            statement=Statement(text=text, citations=_cite(snapshot, *cited), rule=rule),
         )
 
     # -- assessment and plan ------------------------------------------------------------
@@ -534,7 +769,7 @@ class BuiltinEngine:
                 if gap.groups & problem.group_ids:
                     statements.append(
                         Statement(
-                            text=f"Plan (care-gap rule): {gap.statement.text}",
+                            text=f"Plan (care-gap rule): {gap.plan_text}",
                             citations=gap.statement.citations,
                             rule=gap.statement.rule,
                         )

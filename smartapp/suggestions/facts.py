@@ -24,8 +24,10 @@ from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
     BP_PANEL,
     BP_SYSTOLIC,
+    CVX,
     DRUG_CLASSES,
     ICD10CM,
+    INFLUENZA_CVX,
     LAB_NAMES,
     LOINC,
     PROBLEM_GROUPS,
@@ -677,6 +679,46 @@ def reactions(allergy: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     return found
 
 
+# -- immunizations -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Vaccination:
+    """One dose given (Immunization with status completed), and when."""
+
+    resource: FHIRResource
+    name: str
+    when: str
+
+    @property
+    def date(self) -> str | None:
+        return date_part(self.when)
+
+
+_FLU_WORDS = re.compile(r"(?<![a-z])(?:influenza|flu)(?![a-z])")
+
+
+def is_influenza_vaccine(concept: Mapping[str, Any] | None) -> bool:
+    return has_code(concept, CVX, INFLUENZA_CVX) or bool(_FLU_WORDS.search(concept_words(concept)))
+
+
+def influenza_vaccinations(snapshot: ChartSnapshot) -> list[Vaccination]:
+    """Influenza doses given, newest first. Doses not given (`not-done`), entered in error,
+    subpotent, or with no date do not count: none of them protects the patient."""
+    found: list[Vaccination] = []
+    for imm in snapshot.of_type("Immunization"):
+        if not imm.get("id") or imm.get("status") != "completed" or imm.get("isSubpotent"):
+            continue
+        when = imm.get("occurrenceDateTime")
+        if not isinstance(when, str) or to_date(when) is None:
+            continue
+        if is_influenza_vaccine(imm.get("vaccineCode")):
+            name = concept_text(imm.get("vaccineCode")) or "influenza vaccine"
+            found.append(Vaccination(resource=imm, name=name, when=when))
+    found.sort(key=lambda v: (sort_time(v.when), ref(v.resource)), reverse=True)
+    return found
+
+
 # -- the patient -------------------------------------------------------------------------
 
 
@@ -685,6 +727,12 @@ def age_on(patient: Mapping[str, Any], day: date) -> int | None:
     if born is None:
         return None
     return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def deceased(patient: Mapping[str, Any]) -> bool:
+    return patient.get("deceasedBoolean") is True or isinstance(
+        patient.get("deceasedDateTime"), str
+    )
 
 
 def as_of(snapshot: ChartSnapshot) -> date:
@@ -742,11 +790,18 @@ def describe(resource: Mapping[str, Any] | None, snapshot: ChartSnapshot | None 
         return "Patient record"
     if rtype == "Encounter":
         return "Encounter"
+    if rtype == "Immunization":
+        given = date_part(resource.get("occurrenceDateTime"))
+        name = concept_text(resource.get("vaccineCode")) or "Immunization"
+        return f"{name} (given {given})" if given else name
     text = concept_text(resource.get("code")) if isinstance(resource.get("code"), Mapping) else ""
     return f"{rtype}: {text}" if text else str(rtype)
 
 
 # -- everything the rules read, computed once per snapshot ---------------------------
+
+#: Snapshot problems after which a search's results may be missing some resources.
+_INCOMPLETE = frozenset({"truncated", "search_failed", "scope_not_granted"})
 
 
 class ChartFacts:
@@ -780,8 +835,32 @@ class ChartFacts:
         ]
 
     @cached_property
+    def influenza_vaccinations(self) -> list[Vaccination]:
+        return influenza_vaccinations(self.snapshot)
+
+    @cached_property
     def as_of(self) -> date:
         return as_of(self.snapshot)
+
+    @cached_property
+    def age(self) -> int | None:
+        """Whole years on the as-of day, from birthDate (None when the chart has none)."""
+        return age_on(self.snapshot.patient, self.as_of)
+
+    @cached_property
+    def deceased(self) -> bool:
+        return deceased(self.snapshot.patient)
+
+    def complete(self, resource_type: str) -> bool:
+        """Whether the chart holds every resource of this type the EHR has: the scope was
+        granted and the search neither failed nor stopped early. Only then may a rule say
+        that something is *not* on file."""
+        if resource_type in self.snapshot.not_granted:
+            return False
+        return not any(
+            p.resource_type == resource_type and p.code in _INCOMPLETE
+            for p in self.snapshot.problems
+        )
 
     def results_for(self, loinc: Iterable[str]) -> list[Result]:
         """Every result of these codes, newest first."""

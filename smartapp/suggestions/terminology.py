@@ -18,6 +18,7 @@ LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CVX = "http://hl7.org/fhir/sid/cvx"
 UCUM = "http://unitsofmeasure.org"
 
 # -- laboratory and vital-sign codes (LOINC) ----------------------------------------------
@@ -31,6 +32,25 @@ BP_PANEL = ("85354-9", "55284-4")
 BP_SYSTOLIC = ("8480-6",)
 BP_DIASTOLIC = ("8462-4",)
 KIDNEY_FUNCTION = EGFR + CREATININE
+LDL = ("13457-7", "18262-6", "2089-1")
+TOTAL_CHOLESTEROL = ("2093-3",)
+#: A lipid panel counts as done when either of these was measured (LDL preferred).
+LIPIDS = LDL + TOTAL_CHOLESTEROL
+
+# -- vaccines (CVX) -----------------------------------------------------------------------
+
+#: Seasonal influenza vaccines: the VSAC "Influenza Vaccine" value set
+#: (2.16.840.1.113883.3.526.3.1254, used by CMS147 and CMS117) plus the live intranasal
+#: (111), unspecified nasal (151), older inactivated (15, 16) and quadrivalent pediatric
+#: and multi-dose (200, 201, 202) codes. Vaccines coded otherwise are recognised by the
+#: word "influenza" or "flu" in their text (not "influenzae": that is the Hib vaccine).
+INFLUENZA_CVX: frozenset[str] = frozenset(
+    {
+        "15", "16", "88", "111", "135", "140", "141", "144", "149", "150", "151", "153",
+        "155", "158", "161", "166", "168", "171", "185", "186", "197", "200", "201", "202",
+        "205",
+    }
+)  # fmt: skip
 
 #: Short names for results the rules talk about (the chart's own text for anything else).
 LAB_NAMES: dict[str, str] = {

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from smartapp.sandbox.population import BENCH_PATIENT_ID, generate_population
+from smartapp.sandbox.population import BENCH_PATIENT_ID, generate_population, profile_of
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +147,66 @@ def medication_style(request: dict[str, Any]) -> str:
 def test_count_must_be_positive():
     with pytest.raises(ValueError, match="count"):
         generate_population(count=0)
+
+
+NO_KNOWN_ALLERGY = {"716186003", "409137002"}  # SNOMED CT: no known (drug) allergy
+
+
+def patient_id(bundle: dict[str, Any]) -> str:
+    return str(bundle["entry"][0]["resource"]["id"])
+
+
+def test_every_chart_records_its_allergy_status(population):
+    statuses: Counter[str] = Counter()
+    for bundle in population:
+        allergies = resources(bundle, "AllergyIntolerance")
+        assert allergies, patient_id(bundle)  # an allergy, or the record that there is none
+        none_known = [a for a in allergies if a["code"]["coding"][0]["code"] in NO_KNOWN_ALLERGY]
+        # "No known allergy" stands alone: never next to an allergy it would contradict.
+        assert not none_known or len(allergies) == 1, patient_id(bundle)
+        for record in none_known:
+            assert record["code"]["coding"][0]["system"] == "http://snomed.info/sct"
+            assert record["clinicalStatus"]["coding"][0]["code"] == "active"
+            assert record["recordedDate"] and "reaction" not in record
+            statuses[record["code"]["coding"][0]["code"]] += 1
+    assert set(statuses) == NO_KNOWN_ALLERGY  # both are in use
+
+
+def test_every_chart_has_an_active_problem_and_treatment_where_the_profile_needs_one(
+    population,
+):
+    for index, bundle in enumerate(population):
+        active = [
+            c
+            for c in resources(bundle, "Condition")
+            if c["clinicalStatus"]["coding"][0]["code"] == "active"
+        ]
+        assert active, patient_id(bundle)
+        orders = [m for m in resources(bundle, "MedicationRequest") if m["status"] == "active"]
+        if patient_id(bundle) != BENCH_PATIENT_ID and profile_of(index) in ("healthy", "anaemia"):
+            assert orders, patient_id(bundle)
+    healthy = population[4]  # pt-05, a "healthy" profile: reflux, treated
+    codes = {c["code"]["coding"][0]["code"] for c in resources(healthy, "Condition")}
+    assert "K21.9" in codes
+
+
+def test_some_patients_had_this_seasons_flu_vaccine_at_their_last_visit(population):
+    given: list[str] = []
+    not_given: list[str] = []
+    for bundle in population:
+        last_visit = max(e["period"]["start"][:10] for e in resources(bundle, "Encounter"))
+        flu = [
+            i["occurrenceDateTime"]
+            for i in resources(bundle, "Immunization")
+            if "influenza" in i["vaccineCode"]["text"].lower()
+        ]
+        (given if last_visit in flu else not_given).append(patient_id(bundle))
+    # Both kinds of chart exist, so care gaps show vaccines up to date and due.
+    assert len(given) >= len(population) // 2 and not_given
+
+
+def test_oxygen_saturation_never_exceeds_100_percent(population):
+    for bundle in population:
+        for obs in resources(bundle, "Observation"):
+            if obs["code"]["coding"][0]["code"] in ("59408-5", "2708-6"):
+                assert obs["valueQuantity"]["value"] <= 100, obs["id"]

@@ -19,6 +19,14 @@ from smartapp.suggestions.kinds import KINDS
 from .conftest import AS_OF, load_chart
 
 ENGINE = BuiltinEngine()
+FIXTURE_CHARTS = [
+    "diabetes_hypertension",
+    "hypertension_history",
+    "ckd_anemia_labs",
+    "no_problems",
+    "preventive_due",
+    "preventive_met",
+]
 
 
 def run(name: str, kind: str, **config: Any) -> list[Suggestion]:
@@ -222,67 +230,6 @@ def test_vitals_labs_concise_keeps_key_and_abnormal_detailed_keeps_all():
     ]
 
 
-def test_care_gaps_hba1c_overdue():
-    [gaps] = run("diabetes_hypertension", "care_gaps")
-    assert gaps.title == "Care gaps (rule-based, site rules)"
-    assert pairs(gaps) == [
-        (
-            "HbA1c is due: the latest HbA1c is 8.0% on 2026-01-01",
-            ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
-        )
-    ]
-    assert gaps.statements[0].rule == "Diabetes: HbA1c at least every 6 months"
-
-
-def test_care_gaps_bp_above_threshold_at_last_two_readings():
-    [gaps] = run("hypertension_history", "care_gaps")
-    assert pairs(gaps) == [
-        (
-            "Blood pressure 140/86 mmHg on 2025-10-03 and 140/86 mmHg on 2026-01-01: "
-            "the last two readings are at or above the site's threshold",
-            ["Observation/htn1-bp-2025-10", "Observation/htn1-bp-2026-01"],
-        )
-    ]
-    assert gaps.statements[0].rule == (
-        "Blood pressure at or above 140/90 mmHg at the last 2 readings"
-    )
-
-
-def test_care_gap_thresholds_come_from_the_site():
-    strict = CareGapRules(bp_systolic=141, bp_diastolic=90)
-    assert run("hypertension_history", "care_gaps", care_gaps=strict) == []
-    three = CareGapRules(bp_readings=3, hba1c_interval_months=12)
-    [gaps] = run("hypertension_history", "care_gaps", care_gaps=three)
-    assert gaps.statements[0].text.endswith(
-        "the last three readings are at or above the site's threshold"
-    )
-    # A 12-month HbA1c interval: 2026-01-01 is recent enough on 2026-11-23.
-    assert run("diabetes_hypertension", "care_gaps", care_gaps=three) == []
-
-
-def test_care_gap_no_hba1c_on_file():
-    snapshot = load_chart("diabetes_hypertension")
-    resources = [r for r in snapshot.all_resources() if "hba1c" not in str(r.get("id"))]
-    without = build_snapshot(resources, patient_id="dm1", fetched_at=snapshot.fetched_at)
-    [gaps] = ENGINE.suggest(without, "care_gaps", {})
-    assert pairs(gaps) == [
-        (
-            "Type 2 diabetes mellitus without complications is on the problem list and no HbA1c "
-            "result is on file",
-            ["Condition/dm1-diabetes"],
-        )
-    ]
-
-
-def test_kidney_test_gap_counts_from_the_as_of_day():
-    later = load_chart("ckd_anemia_labs", fetched_at=AS_OF.replace(year=2027, month=6))
-    [gaps] = ENGINE.suggest(later, "care_gaps", {})
-    assert pairs(gaps)[0] == (
-        "A kidney function test is due: the latest eGFR is 44 mL/min/1.73 m2 on 2026-03-10",
-        ["Observation/ckd1-egfr-2026-03", "Condition/ckd1-ckd"],
-    )
-
-
 def test_assessment_plan_one_draft_per_problem_with_rule_based_plan():
     drafts = run("diabetes_hypertension", "assessment_plan")
     assert [d.title for d in drafts] == [
@@ -303,10 +250,17 @@ def test_assessment_plan_one_draft_per_problem_with_rule_based_plan():
             ["MedicationRequest/dm1-metformin"],
         ),
         (
-            "Plan (care-gap rule): HbA1c is due: the latest HbA1c is 8.0% on 2026-01-01",
+            "Plan (care-gap rule): Consider an HbA1c — the latest, 8.0% on 2026-01-01, is older "
+            "than the site's interval",
             ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
         ),
+        (
+            "Plan (care-gap rule): Consider a urine albumin/creatinine ratio — none is on file",
+            ["Condition/dm1-diabetes"],
+        ),
     ]
+    # What is up to date (the kidney function test, the lipid panel) is not a plan item.
+    assert not any("up to date" in s.text for d in drafts for s in d.statements)
     detailed = run("diabetes_hypertension", "assessment_plan", detail="detailed")[2]
     assert detailed.statements[1].text == (
         "Latest HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down)"
@@ -319,9 +273,10 @@ def test_assessment_plan_untreated_problem_and_bp_gap():
         "Essential (primary) hypertension, onset 2023-04-07: active on the problem list",
         "Blood pressure 140/86 mmHg on 2026-01-01",
         "No current medication on the list treats Essential (primary) hypertension",
-        "Plan (care-gap rule): Blood pressure 140/86 mmHg on 2025-10-03 and 140/86 mmHg on "
-        "2026-01-01: the last two readings are at or above the site's threshold",
-    ]
+        "Plan (care-gap rule): Consider reviewing treatment — blood pressure 140/86 mmHg on "
+        "2025-10-03 and 140/86 mmHg on 2026-01-01: the last two readings are at or above the "
+        "site's threshold",
+    ]  # the lipid panel and flu vaccine gaps belong to no problem: not in this plan
 
 
 def test_patient_instructions_plain_language_and_cited():
@@ -347,6 +302,10 @@ def test_patient_instructions_plain_language_and_cited():
             ["MedicationRequest/ckd1-furosemide"],
         ),
         (
+            "You are due for a urine test that checks your kidneys.",
+            ["Condition/ckd1-ckd"],
+        ),
+        (
             "Your blood pressure was 150/88 mmHg on 2025-09-15 and 144/92 mmHg on 2026-03-10. "
             "That is above your goal. Talk with your care team about it.",
             [
@@ -355,6 +314,11 @@ def test_patient_instructions_plain_language_and_cited():
                 "Observation/ckd1-systolic-2026-03",
                 "Observation/ckd1-diastolic-2026-03",
             ],
+        ),
+        ("You are due for a cholesterol blood test.", ["Patient/ckd1"]),
+        (
+            "You are due for a flu shot. It helps protect you from the flu.",
+            ["Patient/ckd1"],
         ),
         (
             "You are allergic to penicillin G. Tell every doctor and pharmacist.",
@@ -383,12 +347,25 @@ def test_allergies_with_reaction_criticality_and_no_known_allergy():
     ]
 
 
-@pytest.mark.parametrize(
-    "kind",
-    ["problem_summary", "medications", "assessment_plan", "care_gaps", "patient_instructions"],
-)
+def test_allergies_state_no_known_drug_allergy_only_from_a_record_saying_so():
+    [nkda] = run("preventive_met", "allergies")
+    assert pairs(nkda) == [
+        ("No known drug allergy (recorded 2024-02-02)", ["AllergyIntolerance/pm1-nkda"])
+    ]
+    # No allergy record of any kind: nothing is said, least of all "no allergies".
+    assert run("preventive_due", "allergies") == []
+    [instructions] = run("preventive_met", "patient_instructions")
+    assert not any("allerg" in s.text.lower() for s in instructions.statements)
+
+
+@pytest.mark.parametrize("kind", ["problem_summary", "medications", "assessment_plan"])
 def test_missing_data_gives_no_suggestion_rather_than_an_empty_one(kind):
     assert run("no_problems", kind) == []
+    # No care-gap rule applies, and no allergy record: nothing at all, not "no allergies".
+    rules = CareGapRules(rules=("hba1c_interval", "kidney_test_interval", "lipid_screening"))
+    assert run("no_problems", "care_gaps", care_gaps=rules) == []
+    assert run("no_problems", "patient_instructions", care_gaps=rules) == []
+    assert run("hypertension_history", "allergies") == []
 
 
 def test_medications_kind_is_silent_when_orders_were_not_granted():
@@ -398,9 +375,7 @@ def test_medications_kind_is_silent_when_orders_were_not_granted():
     assert ENGINE.suggest(snapshot, "medications", {}) == []
 
 
-@pytest.mark.parametrize(
-    "name", ["diabetes_hypertension", "hypertension_history", "ckd_anemia_labs", "no_problems"]
-)
+@pytest.mark.parametrize("name", FIXTURE_CHARTS)
 def test_every_builtin_statement_passes_the_grounding_verifier(name):
     snapshot = load_chart(name)
     verifier = GroundingVerifier(snapshot)

@@ -41,17 +41,21 @@ def test_json_report_on_a_folder_of_bundles(capsys, monkeypatch):
     assert list(rows) == list(KINDS)
     for row in report["kinds"]:
         assert list(row) == KEYS
-        assert row["patients"] == 4
+        assert row["patients"] == 6
         assert row["engine"].startswith("builtin-rules:")
         assert row["grounding_rate"] == 1.0
         assert row["dropped"] == 0
         assert row["p50_ms"] >= 0
-    # Who got what: no_problems has only vitals and its "no known allergy" record.
+    # Who got what: no_problems and preventive_due have no problems and no medications;
+    # hypertension_history and preventive_due have no allergy record of any kind (not even
+    # "no known allergy"), so nothing is said about allergies for them.
     assert rows["vitals_labs"]["coverage"] == 1.0
-    assert rows["allergies"]["coverage"] == 0.75  # hypertension_history has no allergy records
-    assert rows["problem_summary"]["coverage"] == 0.75
-    assert rows["care_gaps"]["coverage"] == 0.75
-    assert rows["medications"]["coverage"] == 0.75
+    assert rows["allergies"]["coverage"] == 0.6667
+    assert rows["problem_summary"]["coverage"] == 0.6667
+    assert rows["medications"]["coverage"] == 0.6667
+    # A care-gap rule (blood pressure, influenza vaccine) applies to every adult.
+    assert rows["care_gaps"]["coverage"] == 1.0
+    assert rows["patient_instructions"]["coverage"] == 1.0
     assert rows["assessment_plan"]["mean_chars"] > 0
 
 
@@ -118,7 +122,9 @@ def test_strict_fails_when_a_kind_is_below_the_minimum(tmp_path, capsys):
     assert status == 0
 
 
-def test_sandbox_cohort_grounding_is_perfect_for_every_builtin_kind(capsys, monkeypatch):
+def test_sandbox_cohort_grounding_and_coverage_are_perfect_for_every_builtin_kind(
+    capsys, monkeypatch
+):
     pytest.importorskip("smartapp.sandbox.population")
     monkeypatch.delenv("SMARTAPP_CONFIG", raising=False)
     monkeypatch.delenv("SMARTAPP_LLM_BASE_URL", raising=False)
@@ -127,5 +133,8 @@ def test_sandbox_cohort_grounding_is_perfect_for_every_builtin_kind(capsys, monk
     rows = json.loads(out)["kinds"]
     assert [row["kind"] for row in rows] == list(KINDS)
     for row in rows:
+        assert row["patients"] == 24, row
         assert row["grounding_rate"] == 1.0, row
-        assert row["coverage"] > 0, row
+        # Done when: every sandbox patient gets cited suggestions of every kind.
+        assert row["coverage"] == 1.0, row
+        assert row["dropped"] == 0, row

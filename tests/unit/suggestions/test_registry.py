@@ -46,6 +46,7 @@ kinds = ["care_gaps"]
 style = "prose"
 
 [sites."{ISS}".care_gaps]
+rules = ["bp_above_threshold"]
 bp_systolic = 145
 """
     )
@@ -53,12 +54,18 @@ bp_systolic = 145
     snapshot = load_chart("hypertension_history")
     default = service.suggest_all(snapshot, "https://other.example/fhir")
     assert [s.kind for s in default] == ["vitals_labs", "care_gaps"]
-    # At this site 140/86 is below the threshold: no care gap, so nothing at all.
-    assert service.suggest_all(snapshot, ISS) == []
+    assert "the last two readings are at or above" in (default[1].rendered_text or "")
+    # At this site 140/86 is below the threshold: no care gap, the reading is at goal.
+    [at_goal] = service.suggest_all(snapshot, ISS)
+    assert at_goal.rendered_text == (
+        "Hypertension: latest blood pressure below the site's threshold — 140/86 mmHg on "
+        "2026-01-01."
+    )
     [gap] = service.suggest_all(load_chart("ckd_anemia_labs"), ISS)
     assert gap.rendered_text == (
-        "Blood pressure 150/88 mmHg on 2025-09-15 and 144/92 mmHg on 2026-03-10: the last two "
-        "readings are at or above the site's threshold."
+        "Blood pressure: consider evaluating for hypertension — blood pressure 150/88 mmHg on "
+        "2025-09-15 and 144/92 mmHg on 2026-03-10: the last two readings are at or above the "
+        "site's threshold."
     )
 
 
