@@ -9,6 +9,7 @@ Where the chart lacks what a kind needs, the kind returns nothing rather than a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -26,7 +27,9 @@ from smartapp.suggestions.facts import (
     Problem,
     Result,
     capitalize,
+    codes_in,
     concept_text,
+    concept_words,
     date_part,
     describe,
     interpretation_flag,
@@ -47,13 +50,14 @@ from smartapp.suggestions.terminology import (
     KIDNEY_FUNCTION,
     LDL,
     LOINC,
+    RXNORM,
     TOTAL_CHOLESTEROL,
     UACR,
     ProblemGroup,
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 2
+RULES_REVISION = 3
 
 
 def _version() -> str:
@@ -263,6 +267,8 @@ class BuiltinEngine:
             if med.authored:
                 text += f" (ordered {med.authored})"
             statements.append(Statement(text=text, citations=_cite_refs(snapshot, med.references)))
+        # A drug the patient is recorded as allergic to comes first: it is a safety issue.
+        statements = self._allergy_conflict_hints(facts) + statements
         statements += self._duplicate_hints(facts)
         statements += self._unmatched_medication_hints(facts)
         statements += self._untreated_problem_hints(facts)
@@ -304,6 +310,36 @@ class BuiltinEngine:
                         rule=rule,
                     )
                 )
+        return hints
+
+    @staticmethod
+    def _allergy_conflict_hints(facts: ChartFacts) -> list[Statement]:
+        """Active orders for a substance the chart records an allergy or intolerance to."""
+        hints: list[Statement] = []
+        for allergy in facts.allergies:
+            if no_known_allergy(allergy):
+                continue
+            substance = concept_text(allergy.get("code"))
+            if not substance:
+                continue
+            allergy_codes = set(codes_in(allergy.get("code"), RXNORM))
+            allergy_words = concept_words(allergy.get("code"))
+            for med in facts.medications:
+                same_code = bool(allergy_codes & set(codes_in(med.concept, RXNORM)))
+                same_ingredient = any(
+                    re.search(rf"\b{re.escape(name)}\b", allergy_words) for name in med.ingredients
+                )
+                named = re.search(rf"\b{re.escape(allergy_words)}\b", concept_words(med.concept))
+                if same_code or same_ingredient or (allergy_words and named):
+                    hints.append(
+                        Statement(
+                            text=f"Allergy alert: {med.name} is an active order, and an "
+                            f"allergy or intolerance to {substance} is recorded",
+                            citations=_cite_refs(facts.snapshot, med.references)
+                            + _cite(facts.snapshot, allergy),
+                            rule="Reconciliation hint: active orders against recorded allergies",
+                        )
+                    )
         return hints
 
     @staticmethod

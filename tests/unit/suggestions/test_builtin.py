@@ -390,3 +390,76 @@ def test_every_builtin_statement_passes_the_grounding_verifier(name):
 
 def test_unknown_kind_gives_nothing():
     assert run("diabetes_hypertension", "discharge_summary") == []
+
+
+def _allergy_chart(allergy_code: dict[str, Any], med_code: dict[str, Any]):
+    patient = {"resourceType": "Patient", "id": "p", "birthDate": "1960-01-01"}
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "mr",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p"},
+        "authoredOn": "2026-01-02",
+        "medicationCodeableConcept": med_code,
+    }
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "id": "al",
+        "patient": {"reference": "Patient/p"},
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                    "code": "active",
+                }
+            ]
+        },
+        "code": allergy_code,
+        "recordedDate": "2020-05-01",
+    }
+    return build_snapshot([patient, order, allergy], patient_id="p")
+
+
+RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ASPIRIN_81 = {
+    "coding": [{"system": RX, "code": "243670", "display": "aspirin 81 MG Oral Tablet"}],
+    "text": "aspirin 81 MG Oral Tablet",
+}
+
+
+def test_an_active_order_for_a_recorded_allergen_is_flagged_first():
+    chart = _allergy_chart(
+        {"coding": [{"system": RX, "code": "1191", "display": "aspirin"}], "text": "aspirin"},
+        ASPIRIN_81,
+    )
+    [meds] = ENGINE.suggest(chart, "medications", {})
+    first = meds.statements[0]
+    assert first.text == (
+        "Allergy alert: aspirin 81 MG Oral Tablet is an active order, and an allergy or "
+        "intolerance to aspirin is recorded"
+    )
+    assert [c.reference for c in first.citations] == [
+        "MedicationRequest/mr",
+        "AllergyIntolerance/al",
+    ]
+    assert GroundingVerifier(chart).check(first).ok
+
+
+def test_no_allergy_alert_for_an_unrelated_drug_or_a_no_known_allergy_record():
+    penicillin = {
+        "coding": [
+            {"system": "http://snomed.info/sct", "code": "764146007", "display": "Penicillin"}
+        ],
+        "text": "penicillin G",
+    }
+    [meds] = ENGINE.suggest(_allergy_chart(penicillin, ASPIRIN_81), "medications", {})
+    assert not [s for s in meds.statements if s.text.startswith("Allergy alert")]
+    nka = {
+        "coding": [
+            {"system": "http://snomed.info/sct", "code": "716186003", "display": "No known allergy"}
+        ],
+        "text": "No known allergy",
+    }
+    [meds] = ENGINE.suggest(_allergy_chart(nka, ASPIRIN_81), "medications", {})
+    assert not [s for s in meds.statements if s.text.startswith("Allergy alert")]
