@@ -82,6 +82,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from smartapp.check import run_cli
+
+    return run_cli(args)
+
+
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     # Defined here, not in suggestions.evaluate, so that every command does not pay for
     # importing the engines.
@@ -150,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
+
+    from smartapp import check as check_module
+
+    check = sub.add_parser(
+        "check",
+        help="can the app be registered and launched against this FHIR server? (line by line)",
+    )
+    check_module.add_arguments(check)
+    check.set_defaults(handler=_check)
     return parser
 
 
