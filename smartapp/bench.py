@@ -758,6 +758,7 @@ def _measure(
     app_times: _ResponseTimes,
     counters: _SandboxCounters,
 ) -> dict[str, Any]:
+    load_before = _load_average()
     launch = ehr_launch_token(ehr, patient=patient, http=control)
     app, app_cold, baseline = (
         Series(name="app"),
@@ -837,13 +838,17 @@ def _measure(
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "cpus": os.cpu_count(),
-                "load_average_1m": round(os.getloadavg()[0], 2)
-                if hasattr(os, "getloadavg")
-                else None,
+                # Other work on the machine shows up in the timings: say how busy it was.
+                "load_average_1m_before": load_before,
+                "load_average_1m_after": _load_average(),
             },
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+
+
+def _load_average() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,10 +21,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import requests
+
+if TYPE_CHECKING:
+    from smartapp.smart.discovery import SMARTConfiguration
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -345,8 +348,8 @@ def _check_smart_configuration(
     iss: str,
     well_known: Fetched,
     capability: Mapping[str, Any] | None,
-) -> Any:
-    """The SMARTConfiguration the app's discovery would build, or None after a FAIL line."""
+) -> _Config | None:
+    """What the app's discovery would make of the server, or None after a FAIL line."""
     from smartapp.smart.discovery import DiscoveryError, SMARTConfiguration
 
     what = "SMART configuration"
@@ -370,7 +373,17 @@ def _check_smart_configuration(
                 return _Config(None, well_known.data)  # the PKCE line says why
             return _Config(None, well_known.data, refused=str(exc))
         return _Config(parsed, well_known.data)
-    fallback = SMARTConfiguration.from_capability_statement(iss, capability or {})
+    try:
+        fallback = SMARTConfiguration.from_capability_statement(iss, capability or {})
+    except DiscoveryError as exc:
+        report.add(
+            "fail",
+            "smart-configuration",
+            what,
+            f"no {WELL_KNOWN}; the CapabilityStatement's oauth-uris are unusable: {exc}",
+            why + "; without them the app cannot start a launch",
+        )
+        return None
     if fallback is None:
         report.add(
             "fail",
@@ -395,7 +408,7 @@ def _check_smart_configuration(
 @dataclass(frozen=True)
 class _Config:
     #: The app's SMARTConfiguration; None when the app's discovery refuses the document.
-    parsed: Any
+    parsed: SMARTConfiguration | None
     raw: Mapping[str, Any]
     #: Why the app's discovery refuses it, other than PKCE (which has its own line).
     refused: str | None = None
@@ -825,7 +838,7 @@ def _check_type(
     supports_interaction: Any,
 ) -> None:
     key = f"{'search' if searched else 'read'}:{rtype}"
-    what = f"{rtype} {'read + search by patient' if searched else 'read'}"
+    what = f"{rtype} {'search by patient' if searched else 'read'}"
     severity: Status = "fail" if rtype == "Patient" else "warn"
     why = (
         "the sidebar shows nothing without the patient"

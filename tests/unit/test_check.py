@@ -212,6 +212,16 @@ def test_no_smart_configuration_anywhere_fails(rsps, capability):
     assert report.exit_code == 1
 
 
+def test_unusable_fallback_oauth_uris_fail_without_a_traceback(rsps, capability):
+    uris = capability["rest"][0]["security"]["extension"][0]["extension"]
+    uris[0]["valueUri"] = "not a url"
+    report = run(rsps, None, capability)
+    config = line(report, "smart-configuration")
+    assert config.status == "fail"
+    assert "authorize" in config.detail
+    assert report.exit_code == 1
+
+
 def test_an_unreachable_server_fails_with_the_reason(rsps):
     rsps.get(WELL_KNOWN, body=requests.ConnectionError("refused"))
     rsps.get(METADATA, body=requests.ConnectionError("refused"))
