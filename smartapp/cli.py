@@ -83,6 +83,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from smartapp.check import run_cli
+
+    return run_cli(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from smartapp.bench import run_cli
+
+    return run_cli(args)
+
+
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     # Defined here, not in suggestions.evaluate, so that every command does not pay for
     # importing the engines.
@@ -151,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
+
+    from smartapp import bench as bench_module
+    from smartapp import check as check_module
+
+    check = sub.add_parser(
+        "check",
+        help="can the app be registered and launched against this FHIR server? (line by line)",
+    )
+    check_module.add_arguments(check)
+    check.set_defaults(handler=_check)
+
+    bench = sub.add_parser(
+        "bench",
+        help="the chart-loading benchmark: the app against a naive sequential SMART client",
+    )
+    bench_module.add_arguments(bench)
+    bench.set_defaults(handler=_bench)
     return parser
 
 
