@@ -783,9 +783,8 @@ def _check_capability_statement(
                 "update:DocumentReference",
                 "DocumentReference update",
                 "update" if updates else "update not supported",
-                "launch.json asks for it (DocumentReference .u) for replacing a draft; today's "
-                "note writes are creates, so launching and saving work without it"
-                + ("" if updates else ", but the EHR may refuse to grant the scope"),
+                "saving the note again updates the same draft in place; without update a "
+                "second save writes a new draft that replaces the first (relatesTo)",
             )
     if profile.writes_provenance:
         _check_create(

@@ -42,6 +42,8 @@ class NoteDraft:
     engines: Sequence[tuple[str, str]]  # (name, version) of every engine that drafted a part
     created_at: datetime
     ai_assisted: bool = True
+    #: The earlier draft this one replaces, when that one could not be updated in place.
+    replaces: str | None = None
 
 
 def note_identifier(note_id: str) -> dict[str, str]:
@@ -99,6 +101,8 @@ def document_reference(draft: NoteDraft, *, existing_id: str | None = None) -> d
         resource["author"] = [{"reference": draft.author}]
     if draft.encounter_id:
         resource["context"]["encounter"] = [{"reference": f"Encounter/{draft.encounter_id}"}]
+    if draft.replaces:
+        resource["relatesTo"] = [{"code": "replaces", "target": {"reference": draft.replaces}}]
     return resource
 
 

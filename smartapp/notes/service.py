@@ -326,8 +326,11 @@ class SidebarService:
         if document_revision < revision:
             revised = revise_document(client, draft, reference=document)
             if revised is None:
-                # The draft was signed (or removed) in the EHR: this revision is a new draft.
-                return write_note(client, replace(draft, note_id=_revision_id(note_id, revision)))
+                # Signed, removed or not updatable in the EHR: a new draft that replaces it.
+                replacing = replace(
+                    draft, note_id=_revision_id(note_id, revision), replaces=document
+                )
+                return write_note(client, replacing)
             self._record_step(note_id, revision, document=revised)
             document = revised
         provenance = write_revision_provenance(client, draft, reference=document)

@@ -75,17 +75,18 @@ def draft_is_editable(document: dict[str, Any]) -> bool:
 
 
 def revise_document(client: FHIRClient, draft: NoteDraft, *, reference: str) -> str | None:
-    """Update the draft in place; None when it can no longer be edited (signed, deleted)."""
+    """Update the draft in place; None when it cannot be (signed, deleted, update refused)."""
     rtype, _, rid = reference.partition("/")
     try:
         current = client.read(rtype, rid)
+        if not draft_is_editable(current):
+            return None
+        updated = client.update(document_reference(draft, existing_id=rid))
     except FHIRRequestRefused as exc:
-        if exc.status in (404, 410):
+        # Gone, or an EHR that does not let apps update notes: write a replacing draft.
+        if exc.status in (403, 404, 405, 410):
             return None
         raise
-    if not draft_is_editable(current):
-        return None
-    updated = client.update(document_reference(draft, existing_id=rid))
     return f"DocumentReference/{updated['id']}"
 
 

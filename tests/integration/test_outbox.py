@@ -247,3 +247,26 @@ def test_decisions_are_forwarded_to_the_engine_as_cds_hooks_feedback(
         assert stack.app.extensions["smartapp.outbox"].run_once().feedback_sent == 0
     finally:
         stack.stop()
+
+
+def test_a_draft_signed_in_the_ehr_is_never_overwritten(launched: Launched):
+    accept_first(launched, "problem_summary")
+    first = launched.api("POST", "/api/note").json()
+    # The clinician signs the draft in the EHR.
+    store = launched.stack.ehr.extensions["smartapp.sandbox"].store
+    rtype, rid = first["documentReference"].split("/")
+    signed = dict(store.get(rtype, rid).body, docStatus="final")
+    store.put(signed, patient="pt-01")
+    accept_first(launched, "medications")
+    second = launched.api("POST", "/api/note").json()
+    assert second["documentReference"] != first["documentReference"]
+    original = launched.sandbox("GET", f"/_sandbox/resources/{first['documentReference']}").json()
+    assert original["docStatus"] == "final"
+    assert "Medication" not in note_text(original)
+    replacement = launched.sandbox(
+        "GET", f"/_sandbox/resources/{second['documentReference']}"
+    ).json()
+    assert replacement["relatesTo"] == [
+        {"code": "replaces", "target": {"reference": first["documentReference"]}}
+    ]
+    assert "Medication" in note_text(replacement)
