@@ -226,3 +226,35 @@ def test_no_token_or_patient_name_in_any_log_line(stack, caplog):
     assert logged, "the flow logs something"
     for secret in (*secrets, "Amara", "Okafor", launched.csrf):
         assert secret not in logged
+
+
+@pytest.mark.parametrize("auth", ["private_key_jwt", "client_secret_basic"])
+def test_a_confidential_client_launches_against_the_sandbox(tmp_path, sandbox_template, auth):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.integration.conftest import app_environ, start_stack
+
+    extra: dict[str, str] = {}
+    if auth == "private_key_jwt":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = tmp_path / "app-key.pem"
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        extra["SMARTAPP_PRIVATE_KEY"] = str(pem)
+    else:
+        extra["SMARTAPP_CLIENT_SECRET"] = "a-shared-secret-for-the-sandbox"
+    stack = start_stack(tmp_path, sandbox_template, environ=app_environ(tmp_path, **extra))
+    try:
+        launched = ehr_launch(stack, "pt-02")
+        assert launched.api("GET", "/api/context").json()["patient"]["id"] == "pt-02"
+        jwks = requests.get(f"{stack.app_url}/.well-known/jwks.json", timeout=10).json()
+        assert len(jwks["keys"]) == (1 if auth == "private_key_jwt" else 0)
+        assert all("d" not in k for k in jwks["keys"]), "only the public half is served"
+    finally:
+        stack.stop()
