@@ -19,6 +19,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
 
+from smartapp.fhir.readers import codeable_text, codings
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource, reference_key
 from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
@@ -40,12 +41,6 @@ from smartapp.suggestions.terminology import (
 # -- codes -------------------------------------------------------------------------------
 
 
-def codings(concept: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
-    if not isinstance(concept, Mapping):
-        return []
-    return [c for c in concept.get("coding") or [] if isinstance(c, Mapping)]
-
-
 def codes_in(concept: Mapping[str, Any] | None, system: str) -> list[str]:
     return [str(c["code"]) for c in codings(concept) if c.get("system") == system and c.get("code")]
 
@@ -57,18 +52,7 @@ def has_code(concept: Mapping[str, Any] | None, system: str, codes: Iterable[str
 
 def concept_text(concept: Mapping[str, Any] | None) -> str:
     """What a person would call it: the text, else the first display, else the first code."""
-    if not isinstance(concept, Mapping):
-        return ""
-    text = concept.get("text")
-    if isinstance(text, str) and text.strip():
-        return text.strip()
-    for coding in codings(concept):
-        if isinstance(coding.get("display"), str) and coding["display"].strip():
-            return str(coding["display"]).strip()
-    for coding in codings(concept):
-        if coding.get("code"):
-            return str(coding["code"])
-    return ""
+    return codeable_text(concept) or ""
 
 
 def concept_words(concept: Mapping[str, Any] | None) -> str:

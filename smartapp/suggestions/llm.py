@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 
+from smartapp.fhir.readers import codings
 from smartapp.fhir.snapshot import ChartSnapshot, reference_key
 from smartapp.suggestions import facts as F
 from smartapp.suggestions.builtin import BuiltinEngine
@@ -131,7 +132,7 @@ def compact_chart(
         fact: dict[str, Any] = {"ref": problem.reference, "text": problem.name}
         codes = [
             f"{_system_name(c.get('system'))} {c['code']}"
-            for c in F.codings(problem.condition.get("code"))
+            for c in codings(problem.condition.get("code"))
             if c.get("code")
         ]
         if codes:
