@@ -359,9 +359,9 @@ def _first_line(child: subprocess.Popen[str], timeout: float) -> str:
 def _stop_child(child: subprocess.Popen[str]) -> None:
     if child.stdin is not None and not child.stdin.closed:
         try:
-            child.stdin.close()
+            child.stdin.close()  # the child stops when its stdin closes
         except OSError:
-            pass
+            pass  # already gone: nothing to tell it
     try:
         child.wait(timeout=15)
     except subprocess.TimeoutExpired:

@@ -23,7 +23,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class Base(DeclarativeBase):
-    pass
+    """Every table of the app's store (each concern's models.py declares its own)."""
 
 
 def utcnow() -> datetime:

@@ -97,7 +97,7 @@ def _change_control() -> ChangeControl:
 
 
 class _SignInNeeded(Exception):
-    pass
+    """No admin session: the page shows the sign-in (an API call gets 401)."""
 
 
 def _audit_denied(user: SignedInUser) -> None:
