@@ -58,11 +58,9 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     from smartapp.smart.services import get_services
 
     database = get_database(app)
+    cache = SnapshotCache(database, ttl_seconds=settings.snapshot_ttl_seconds)
     chart = LaunchChartSource(
-        settings=settings,
-        services=get_services(app),
-        cache=SnapshotCache(database, ttl_seconds=settings.snapshot_ttl_seconds),
-        http=requests.Session(),
+        settings=settings, services=get_services(app), cache=cache, http=requests.Session()
     )
     engines = SuggestionService.from_settings(settings)
     forwarder = FeedbackForwarder(database)
@@ -86,6 +84,8 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     app.extensions["smartapp.outbox"] = Outbox(
         database=database, sidebar=sidebar, clients=chart, forwarder=forwarder
     )
+    # Run beside the outbox by the background worker (`smartapp serve`, `smartapp sandbox`).
+    app.extensions["smartapp.housekeeping"] = [cache.purge_expired]
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()
     return engines

@@ -16,7 +16,9 @@ def _serve(args: argparse.Namespace) -> int:
     from smartapp.notes.outbox import OutboxWorker
 
     app = create_app()
-    worker = OutboxWorker(app.extensions["smartapp.outbox"])
+    worker = OutboxWorker(
+        app.extensions["smartapp.outbox"], housekeeping=app.extensions["smartapp.housekeeping"]
+    )
     worker.start()
     print(f"smartapp listening on http://{args.host}:{args.port}", flush=True)
     try:
@@ -43,7 +45,10 @@ def _sandbox(args: argparse.Namespace) -> int:
         patient="pt-01", encounter=None, user="dr-ada-lovelace", client_id=stack.settings.client_id
     )
     direct = sandbox.auth.launch_url(stack.settings.client_id, launch_id)
-    worker = OutboxWorker(stack.app.extensions["smartapp.outbox"])
+    worker = OutboxWorker(
+        stack.app.extensions["smartapp.outbox"],
+        housekeeping=stack.app.extensions["smartapp.housekeeping"],
+    )
     with stack:
         worker.start()
         print(

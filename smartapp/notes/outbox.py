@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -117,11 +118,22 @@ class Outbox:
 
 
 class OutboxWorker:
-    """A daemon thread that runs the outbox every `interval` seconds until stopped."""
+    """A daemon thread that runs the outbox every `interval` seconds until stopped.
 
-    def __init__(self, outbox: Outbox, *, interval: float = 10.0) -> None:
+    `housekeeping` tasks run on the same beat (e.g. deleting expired chart snapshots,
+    which are PHI and must not outlive their TTL in the store).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        interval: float = 10.0,
+        housekeeping: Sequence[Callable[[], object]] = (),
+    ) -> None:
         self._outbox = outbox
         self._interval = interval
+        self._housekeeping = tuple(housekeeping)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -133,10 +145,11 @@ class OutboxWorker:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self._outbox.run_once()
-            except Exception:  # the worker must outlive any one bad delivery
-                log.error("outbox run failed", exc_info=False)
+            for task in (self._outbox.run_once, *self._housekeeping):
+                try:
+                    task()
+                except Exception as exc:  # the worker must outlive any one bad run
+                    log.error("background task failed: %s", type(exc).__name__)
 
     def stop(self) -> None:
         self._stop.set()
