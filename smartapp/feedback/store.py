@@ -79,14 +79,27 @@ class FeedbackStore:
             )
             return {(kind, choice) for kind, choice in rows}
 
+    def latest_snapshot_key(self, launch_session_id: str) -> str | None:
+        """The snapshot this launch's suggestions were last drafted from."""
+        with self._db.session() as session:
+            return session.scalars(
+                select(DraftedKind.snapshot_key)
+                .where(DraftedKind.launch_session_id == launch_session_id)
+                .order_by(DraftedKind.drafted_at.desc())
+                .limit(1)
+            ).first()
+
     def record_draft(
         self, by: ShownBy, choices: Mapping[str, str], suggestions: Sequence[Suggestion]
     ) -> None:
         """Persist freshly drafted kinds and their suggestions, all or nothing.
 
-        If another request drafted the same kinds first, its rows stand and these are
-        discarded: the clinician sees one set, with stable ids.
+        A suggestion identical to one drafted from this launch's previous snapshot (same
+        kind, engine and text: the chart did not change what it says) keeps that row, so
+        its id and the clinician's decision survive a refresh of the chart. If another
+        request drafted the same kinds first, its rows stand and these are discarded.
         """
+        previous_key = self.latest_snapshot_key(by.launch_session_id)
         try:
             with self._db.session() as session:
                 last = session.scalar(
@@ -95,7 +108,7 @@ class FeedbackStore:
                         ShownSuggestion.snapshot_key == by.snapshot_key,
                     )
                 )
-                start = -1 if last is None else last
+                position = -1 if last is None else last
                 now = utcnow()
                 session.add_all(
                     DraftedKind(
@@ -107,31 +120,44 @@ class FeedbackStore:
                     )
                     for kind, choice in choices.items()
                 )
-                session.add_all(
-                    ShownSuggestion(
-                        launch_session_id=by.launch_session_id,
-                        snapshot_key=by.snapshot_key,
-                        site=by.site,
-                        fhir_user=by.fhir_user,
-                        patient_id=by.patient_id,
-                        position=start + offset,
-                        kind=s.kind,
-                        choice=choices.get(s.kind, ""),
-                        title=s.title,
-                        text=s.text,
-                        statements=[st.to_json() for st in s.statements],
-                        citations=[c.to_json() for c in s.citations],
-                        engine_name=s.engine.name,
-                        engine_version=s.engine.version,
-                        engine_extra=s.engine.to_json(),
-                        verification=s.verification.to_json() if s.verification else {},
-                        shown_at=now,
-                        decisions=[],
-                    )
-                    for offset, s in enumerate(suggestions, start=1)
-                )
+                earlier = self._carryable(session, by, previous_key, choices)
+                for s in suggestions:
+                    position += 1
+                    choice = choices.get(s.kind, "")
+                    matches = earlier.get((s.kind, choice, s.engine.name, s.engine.version, s.text))
+                    if matches:
+                        row = matches.pop(0)
+                        row.snapshot_key, row.position = by.snapshot_key, position
+                        row.statements = [st.to_json() for st in s.statements]
+                        row.citations = [c.to_json() for c in s.citations]
+                        row.verification = s.verification.to_json() if s.verification else {}
+                        continue
+                    session.add(_new_row(by, s, choice=choice, position=position, now=now))
         except IntegrityError:
             return
+
+    @staticmethod
+    def _carryable(
+        session: Session, by: ShownBy, previous_key: str | None, choices: Mapping[str, str]
+    ) -> dict[tuple[str, str, str, str, str], list[ShownSuggestion]]:
+        if previous_key is None or previous_key == by.snapshot_key:
+            return {}
+        rows = session.scalars(
+            select(ShownSuggestion)
+            .where(
+                ShownSuggestion.launch_session_id == by.launch_session_id,
+                ShownSuggestion.snapshot_key == previous_key,
+                ShownSuggestion.kind.in_(list(choices)),
+            )
+            .order_by(ShownSuggestion.position)
+        )
+        found: dict[tuple[str, str, str, str, str], list[ShownSuggestion]] = {}
+        for row in rows:
+            if row.choice != choices[row.kind]:
+                continue
+            key = (row.kind, row.choice, row.engine_name, row.engine_version, row.text)
+            found.setdefault(key, []).append(row)
+        return found
 
     def get(self, launch_session_id: str, suggestion_id: str) -> ShownSuggestion:
         with self._db.session() as session:
@@ -202,3 +228,28 @@ def _coded_reason(reason: str | None, comment: str | None) -> tuple[str | None, 
         return code, comment
     free = str(reason).strip()[:MAX_COMMENT]
     return "other", f"{free}\n{comment}" if comment else free
+
+
+def _new_row(
+    by: ShownBy, s: Suggestion, *, choice: str, position: int, now: datetime
+) -> ShownSuggestion:
+    return ShownSuggestion(
+        launch_session_id=by.launch_session_id,
+        snapshot_key=by.snapshot_key,
+        site=by.site,
+        fhir_user=by.fhir_user,
+        patient_id=by.patient_id,
+        position=position,
+        kind=s.kind,
+        choice=choice,
+        title=s.title,
+        text=s.text,
+        statements=[st.to_json() for st in s.statements],
+        citations=[c.to_json() for c in s.citations],
+        engine_name=s.engine.name,
+        engine_version=s.engine.version,
+        engine_extra=s.engine.to_json(),
+        verification=s.verification.to_json() if s.verification else {},
+        shown_at=now,
+        decisions=[],
+    )

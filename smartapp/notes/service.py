@@ -145,13 +145,7 @@ class SidebarService:
 
         Suggestions governance has since withdrawn (a kill switch) stay out of the note.
         """
-        with self._db.session() as session:
-            latest_key = session.scalars(
-                select(ShownSuggestion.snapshot_key)
-                .where(ShownSuggestion.launch_session_id == launch.session_id)
-                .order_by(ShownSuggestion.shown_at.desc())
-                .limit(1)
-            ).first()
+        latest_key = self.feedback.latest_snapshot_key(launch.session_id)
         if latest_key is None:
             return "", []
         plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)

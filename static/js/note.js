@@ -141,7 +141,7 @@ export async function init(context, getSuggestions) {
   schedulePoll();
 }
 
-/** After a refresh the note starts again from the new suggestions. */
+/** After a refresh the note is assembled again from the suggestions now shown. */
 export function resetSaved() {
   note.savedText = null;
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import requests
 
@@ -117,5 +119,15 @@ def test_refresh_reads_the_chart_again(launched: Launched):
     again = launched.api("GET", "/api/suggestions").json()
     assert [s["id"] for s in again["suggestions"]] == [s["id"] for s in first["suggestions"]]
     assert again["chart"]["fetchedAt"] == first["chart"]["fetchedAt"]  # served from the cache
+    accepted = first["suggestions"][0]
+    launched.api("POST", f"/api/suggestions/{accepted['id']}/feedback", json={"action": "accept"})
     refreshed = launched.api("POST", "/api/refresh").json()
     assert refreshed["chart"]["fetchedAt"] != first["chart"]["fetchedAt"]
+    # The chart did not change, so neither did the suggestions: same ids, decision kept.
+    assert [s["id"] for s in refreshed["suggestions"]] == [s["id"] for s in first["suggestions"]]
+    assert refreshed["suggestions"][0]["decision"]["action"] == "accept"
+    saved = launched.api("POST", "/api/note")
+    assert saved.status_code == 201
+    doc = launched.sandbox("GET", f"/_sandbox/resources/{saved.json()['documentReference']}").json()
+    note = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
+    assert accepted["title"] in note

@@ -111,3 +111,16 @@ def test_bad_decisions_are_refused(store):
 def test_timestamps_are_utc(store):
     row = record(store, [suggestion()])[0]
     assert abs((store.get("s1", row.id).shown_at - utcnow()).total_seconds()) < 60
+
+
+def test_an_unchanged_suggestion_keeps_its_row_and_decision_across_snapshots(store):
+    [row] = record(store, [suggestion("same text")])
+    store.decide("s1", row.id, action="accept")
+    newer = ShownBy(**{**BY.__dict__, "snapshot_key": "k2"})
+    store.record_draft(newer, {"problem_summary": ""}, [suggestion("same text"), suggestion("new")])
+    rows = store.shown(newer)
+    assert rows[0].id == row.id
+    assert rows[0].latest_decision().action == "accept"
+    assert rows[1].id != row.id and rows[1].decisions == []
+    assert store.shown(BY) == []
+    assert store.latest_snapshot_key("s1") == "k2"
