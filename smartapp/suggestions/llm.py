@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date
@@ -37,6 +38,9 @@ from smartapp.suggestions.interfaces import (
 from smartapp.suggestions.kinds import KIND_DESCRIPTIONS, KIND_LABELS, KINDS
 
 log = logging.getLogger(__name__)
+
+#: An answer larger than this is not a chart summary: refuse it rather than hold it.
+MAX_ANSWER_BYTES = 2 * 1024 * 1024
 
 MAX_STATEMENTS = 60
 MAX_STATEMENT_CHARS = 1200
@@ -388,23 +392,20 @@ class LLMEngine:
                 "json_schema": {"name": "suggestions", "schema": ANSWER_SCHEMA, "strict": True},
             },
         }
-        response = self._post(body)
-        if response.status_code == 400:
+        # One deadline for the whole exchange, retry included: the clinician is waiting.
+        deadline = time.monotonic() + self.timeout
+        status, payload = self._post(body, deadline=deadline)
+        if status == 400:
             # Older servers reject `response_format` (or its json_schema type): ask again
             # without it and rely on the prompt and the tolerant parser.
             body.pop("response_format")
-            response = self._post(body)
-        if response.status_code in (401, 403):
-            raise LLMFailure(
-                "The LLM endpoint refused the credentials", code=f"http_{response.status_code}"
-            )
-        if response.status_code >= 400:
-            raise LLMFailure(
-                f"The LLM endpoint answered HTTP {response.status_code}",
-                code=f"http_{response.status_code}",
-            )
+            status, payload = self._post(body, deadline=deadline)
+        if status in (401, 403):
+            raise LLMFailure("The LLM endpoint refused the credentials", code=f"http_{status}")
+        if status >= 400:
+            raise LLMFailure(f"The LLM endpoint answered HTTP {status}", code=f"http_{status}")
         try:
-            data = response.json()
+            data = json.loads(payload)
             content = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise LLMFailure(
@@ -414,7 +415,12 @@ class LLMEngine:
             raise LLMFailure("The LLM's answer was not a chat completion", code="bad_answer")
         return content
 
-    def _post(self, body: Mapping[str, Any]) -> requests.Response:
+    def _post(self, body: Mapping[str, Any], *, deadline: float) -> tuple[int, bytes]:
+        """POST the request and read the whole answer before `deadline` (time.monotonic()).
+
+        The read timeout alone bounds each wait, not the total: a server that trickles
+        its answer would otherwise keep the clinician waiting far past the timeout.
+        """
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             if self.auth_header == "api-key":
@@ -422,14 +428,28 @@ class LLMEngine:
             else:
                 headers["Authorization"] = f"Bearer {self._api_key}"
         params = {"api-version": self.api_version} if self.api_version else None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LLMFailure("The LLM endpoint timed out", code="timeout")
         try:
-            return self._session.post(
+            with self._session.post(
                 f"{self.base_url}/chat/completions",
                 json=body,
                 headers=headers,
                 params=params,
-                timeout=(min(self.timeout, 10.0), self.timeout),
-            )
+                timeout=(min(remaining, 10.0), remaining),
+                stream=True,
+            ) as response:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_content(16384):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if time.monotonic() > deadline:
+                        raise LLMFailure("The LLM endpoint timed out", code="timeout")
+                    if size > MAX_ANSWER_BYTES:
+                        raise LLMFailure("The LLM's answer was too long", code="bad_answer")
+                return response.status_code, b"".join(chunks)
         except requests.Timeout as exc:
             raise LLMFailure("The LLM endpoint timed out", code="timeout") from exc
         except requests.RequestException as exc:

@@ -56,6 +56,17 @@ class FakeLLM:
             self.release.wait(10)  # well past the client's timeout
         content = ANSWERS[self.mode]
         body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        if self.mode == "trickle":
+            # Headers at once, then a byte every 0.2 s: each read is quick, the whole is not.
+            data = json.dumps(body).encode()
+
+            def drip() -> Any:
+                for i in range(len(data)):
+                    if self.release.wait(0.2):
+                        return
+                    yield data[i : i + 1]
+
+            return Response(drip(), mimetype="application/json")(environ, start_response)
         return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
 
 
@@ -95,6 +106,7 @@ ANSWERS = {
     "bad_citation": _answer(MISSING_CITATION),
     "malformed": '```json\n{"suggestions": [{"title": "x", "statements": [{"text": "HbA1c 8.0%"',
     "slow": _answer(GOOD_1),
+    "trickle": _answer(GOOD_1),
 }
 
 
@@ -235,6 +247,17 @@ def test_answer_after_the_timeout_falls_back_to_the_rules(fake_llm, caplog):
     # Neither the prompt nor the answer is logged (they carry patient data).
     assert "LLM engine fell back for problem_summary: timeout" in caplog.text
     assert "HbA1c" not in caplog.text and "dm1" not in caplog.text
+
+
+def test_an_answer_trickling_in_past_the_timeout_falls_back_to_the_rules(fake_llm):
+    app, base = fake_llm
+    app.mode = "trickle"
+    summary = by_kind(service(base).run(load_chart("diabetes_hypertension")), "problem_summary")
+    [suggestion] = summary.suggestions
+    assert suggestion.engine.name == "builtin-rules"
+    assert suggestion.engine.fallback_reason == (
+        "The LLM endpoint timed out; showing rule-based suggestions"
+    )
 
 
 def test_no_endpoint_configured_means_rules_with_a_reason():
