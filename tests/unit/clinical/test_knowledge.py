@@ -1,0 +1,57 @@
+"""smartapp.clinical: every shipped data file loads, cites its source and uses known codes."""
+
+from pathlib import Path
+
+import pytest
+
+from smartapp import clinical
+
+
+def test_every_shipped_value_set_loads_with_a_citation():
+    sets = clinical.value_sets()
+    assert "hba1c" in sets
+    for value_set in sets.values():
+        assert value_set.cite.source and value_set.cite.version
+        assert value_set.codes or value_set.words
+
+
+def test_hba1c_covers_its_equivalent_loinc_codes():
+    assert clinical.value_set("hba1c").code_keys(clinical.LOINC) >= {"4548-4", "17856-6", "59261-8"}
+
+
+def test_unknown_code_system_is_refused(tmp_path: Path):
+    (tmp_path / "valuesets").mkdir()
+    (tmp_path / "valuesets" / "bad.toml").write_text(
+        '[[valueset]]\nid = "x"\ncite = { source = "s", version = "1" }\n'
+        'codes = [{ system = "made-up", code = "1" }]\n'
+    )
+    with pytest.raises(clinical.KnowledgeError, match="unknown code system"):
+        clinical.value_sets([tmp_path])
+
+
+def test_missing_citation_and_empty_value_set_are_refused(tmp_path: Path):
+    (tmp_path / "valuesets").mkdir()
+    (tmp_path / "valuesets" / "bad.toml").write_text('[[valueset]]\nid = "x"\nwords = ["x"]\n')
+    with pytest.raises(clinical.KnowledgeError, match="cite"):
+        clinical.value_sets([tmp_path])
+    (tmp_path / "valuesets" / "bad.toml").write_text(
+        '[[valueset]]\nid = "x"\ncite = { source = "s", version = "1" }\n'
+    )
+    with pytest.raises(clinical.KnowledgeError, match="empty"):
+        clinical.value_sets([tmp_path])
+
+
+def test_a_site_file_extends_a_built_in_value_set(tmp_path: Path):
+    (tmp_path / "valuesets").mkdir()
+    (tmp_path / "valuesets" / "site.toml").write_text(
+        '[[valueset]]\nid = "hba1c"\ncite = { source = "site", version = "1" }\n'
+        'codes = [{ system = "loinc", code = "41995-2" }]\n'
+    )
+    assert "41995-2" in clinical.value_sets([tmp_path])["hba1c"].code_keys(clinical.LOINC)
+
+
+def test_concepts_match_by_code_or_by_whole_words():
+    hba1c = clinical.value_set("hba1c")
+    assert hba1c.matches({"coding": [{"system": clinical.LOINC, "code": "59261-8"}]})
+    assert hba1c.matches({"text": "HbA1c (point of care)"})
+    assert not hba1c.matches({"text": "HbA1cX"})
