@@ -9,6 +9,7 @@ per process and would reshuffle clinicians on every restart: never use it here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,8 +52,32 @@ def _specificity(rule: RolloutRule) -> int:
     return (2 if rule.site != ANY else 0) + (1 if rule.kind != ANY else 0)
 
 
-def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) -> RolloutRule | None:
+def rules_in_force(session: Session) -> list[RolloutRule]:
+    """Every rule not retired (in force now or later): the input of `choose_rule`."""
+    return list(session.scalars(select(RolloutRule).where(RolloutRule.retired_at.is_(None))))
+
+
+def choose_rule(
+    rules: Iterable[RolloutRule], *, site: str, kind: str, now: datetime
+) -> RolloutRule | None:
     """The rule in force: the most specific one effective now; the newest among equals."""
+    site = normalize_issuer(site)
+    candidates = [
+        r
+        for r in rules
+        if r.retired_at is None
+        and r.site in (site, ANY)
+        and r.kind in (kind, ANY)
+        and (r.effective_from is None or r.effective_from <= now)
+        and (r.effective_to is None or r.effective_to > now)
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (_specificity(r), r.created_at, r.id))
+
+
+def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) -> RolloutRule | None:
+    """The rule in force for `kind` at `site` now, read from the store."""
     site = normalize_issuer(site)
     candidates = session.scalars(
         select(RolloutRule).where(
@@ -63,9 +88,16 @@ def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) ->
             or_(RolloutRule.effective_to.is_(None), RolloutRule.effective_to > now),
         )
     ).all()
-    if not candidates:
-        return None
-    return max(candidates, key=lambda r: (_specificity(r), r.created_at, r.id))
+    return choose_rule(candidates, site=site, kind=kind, now=now)
+
+
+def decide(
+    rules: Iterable[RolloutRule], *, site: str, kind: str, fhir_user: str | None, now: datetime
+) -> RolloutDecision:
+    """Whether this clinician gets `kind` at `site` now, from rules already read (pure)."""
+    return _decision(
+        choose_rule(rules, site=site, kind=kind, now=now), site=site, kind=kind, fhir_user=fhir_user
+    )
 
 
 def is_enabled(
@@ -73,6 +105,12 @@ def is_enabled(
 ) -> RolloutDecision:
     """Whether this clinician gets suggestions of `kind` at `site` now. No rule: enabled."""
     rule = applicable_rule(session, site=site, kind=kind, now=now)
+    return _decision(rule, site=site, kind=kind, fhir_user=fhir_user)
+
+
+def _decision(
+    rule: RolloutRule | None, *, site: str, kind: str, fhir_user: str | None
+) -> RolloutDecision:
     if rule is None:
         return RolloutDecision(enabled=True, reason="Enabled (no rollout rule applies).")
     if not rule.enabled:
