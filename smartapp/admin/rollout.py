@@ -1,14 +1,12 @@
 """Phased rollout: per site and per kind, on or off, a stable share of clinicians, dates.
 
-A clinician's place in a rollout is `sha256(salt|site|kind|fhirUser) mod 10000`, compared
-with the rule's share in basis points. The bucket does not depend on the share, so raising
-a rollout from 30 % to 50 % keeps everyone who already had it. Python's `hash()` is salted
-per process and would reshuffle clinicians on every restart: never use it here.
+A clinician is placed by `smartapp.placement.bucket`, the app's one placement hash, which
+the site file's `[rollout]` uses too. The dashboard's rule in force for a site and kind
+takes the place of the site file's: the two never stack.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,10 +18,9 @@ from smartapp.admin.identity import normalize_fhir_user
 from smartapp.admin.models import ANY, RolloutRule
 from smartapp.config import normalize_issuer
 from smartapp.errors import BadRequest, NotFound
-
-#: Changing this salt reshuffles every clinician in every partial rollout.
-ROLLOUT_SALT = "smartapp-rollout-v1"
-BUCKETS = 10_000
+from smartapp.placement import BUCKETS
+from smartapp.placement import bucket as _bucket
+from smartapp.suggestions.kinds import KINDS
 
 #: What the sidebar shows a clinician left out of a phased rollout.
 NOT_YET_FOR_YOU = (
@@ -41,11 +38,9 @@ class RolloutDecision:
 
 def bucket(*, site: str, kind: str, fhir_user: str) -> int:
     """The clinician's stable place (0–9999) in the rollout of `kind` at `site`."""
-    key = "|".join(
-        (ROLLOUT_SALT, normalize_issuer(site), kind, normalize_fhir_user(fhir_user) or "")
+    return _bucket(
+        site=normalize_issuer(site), kind=kind, fhir_user=normalize_fhir_user(fhir_user) or ""
     )
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
 def _specificity(rule: RolloutRule) -> int:
@@ -91,28 +86,18 @@ def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) ->
     return choose_rule(candidates, site=site, kind=kind, now=now)
 
 
-def decide(
-    rules: Iterable[RolloutRule], *, site: str, kind: str, fhir_user: str | None, now: datetime
-) -> RolloutDecision:
-    """Whether this clinician gets `kind` at `site` now, from rules already read (pure)."""
-    return _decision(
-        choose_rule(rules, site=site, kind=kind, now=now), site=site, kind=kind, fhir_user=fhir_user
-    )
-
-
 def is_enabled(
     session: Session, *, site: str, kind: str, fhir_user: str | None, now: datetime
 ) -> RolloutDecision:
     """Whether this clinician gets suggestions of `kind` at `site` now. No rule: enabled."""
     rule = applicable_rule(session, site=site, kind=kind, now=now)
-    return _decision(rule, site=site, kind=kind, fhir_user=fhir_user)
-
-
-def _decision(
-    rule: RolloutRule | None, *, site: str, kind: str, fhir_user: str | None
-) -> RolloutDecision:
     if rule is None:
         return RolloutDecision(enabled=True, reason="Enabled (no rollout rule applies).")
+    return decide(rule, site=site, kind=kind, fhir_user=fhir_user)
+
+
+def decide(rule: RolloutRule, *, site: str, kind: str, fhir_user: str | None) -> RolloutDecision:
+    """What a rule in force says for this clinician."""
     if not rule.enabled:
         return RolloutDecision(enabled=False, reason="Not enabled at this site.", rule_id=rule.id)
     if rule.percentage_bp >= BUCKETS:
@@ -143,8 +128,9 @@ class RuleInput:
             if not site.startswith(("http://", "https://")):
                 raise BadRequest("site: give the issuer's FHIR base URL, or * for every site.")
         kind = self.kind.strip()
-        if not kind or len(kind) > 64:
-            raise BadRequest("kind: give a suggestion kind, or * for every kind.")
+        if kind != ANY and kind not in KINDS:
+            # A typo ("care-gaps") would otherwise be a rule that silently applies to nothing.
+            raise BadRequest(f"kind: one of {', '.join(KINDS)}, or * for every kind.")
         if not 0 <= self.percentage <= 100:
             raise BadRequest("percentage: must be between 0 and 100.")
         if self.effective_from and self.effective_to and self.effective_to <= self.effective_from:

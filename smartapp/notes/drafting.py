@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from smartapp.admin.identity import normalize_fhir_user
 from smartapp.admin.policy import GovernanceState, PolicyCache
 from smartapp.admin.registry import pick_active
-from smartapp.admin.rollout import decide
+from smartapp.admin.rollout import NOT_YET_FOR_YOU, choose_rule, decide
+from smartapp.config import normalize_issuer
 from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.suggestions.interfaces import Suggestion
@@ -132,12 +134,21 @@ def plan_for(
         refused.append(NotEnabled(kind=kind, title=KIND_LABELS.get(kind, kind), reason=reason))
 
     for kind in effective.kind_ids:
-        if not effective.rollout_for(kind).includes(fhir_user, kind=kind, today=now.date()):
-            refuse(kind, "Not enabled for you yet at this site.")
-            continue
-        rollout = decide(state.rules, site=iss, kind=kind, fhir_user=fhir_user, now=now)
-        if not rollout.enabled:
-            refuse(kind, rollout.reason)
+        # One rollout rule decides, placed by the one hash: the dashboard's rule in
+        # force for this site and kind, else the site file's. They never stack.
+        rule = choose_rule(state.rules, site=iss, kind=kind, now=now)
+        if rule is not None:
+            rollout = decide(rule, site=iss, kind=kind, fhir_user=fhir_user)
+            if not rollout.enabled:
+                refuse(kind, rollout.reason)
+                continue
+        elif not effective.rollout_for(kind).includes(
+            normalize_fhir_user(fhir_user),
+            site=normalize_issuer(iss),
+            kind=kind,
+            today=now.date(),
+        ):
+            refuse(kind, NOT_YET_FOR_YOU)
             continue
         configured = effective.kind(kind)
         engine = configured.engine if configured is not None else "builtin"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from smartapp.fhir.snapshot import ChartSnapshot
-from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config
+from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config, normalize_issuer
 from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.grounding import GroundingVerifier, verify_suggestions
 from smartapp.suggestions.interfaces import EngineInfo, Suggestion, SuggestionEngine
@@ -186,7 +186,9 @@ class SuggestionService:
         return tuple(
             k
             for k in effective.kind_ids
-            if effective.rollout_for(k).includes(fhir_user, kind=k, today=day)
+            if effective.rollout_for(k).includes(
+                fhir_user, site=normalize_issuer(iss or ""), kind=k, today=day
+            )
         )
 
     # Running -----------------------------------------------------------------------
