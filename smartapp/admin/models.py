@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    DDL,
     JSON,
     Boolean,
     ForeignKey,
@@ -20,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    insert,
     update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
@@ -208,12 +208,11 @@ class GovernanceVersion(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
 
 
-# `create_all` (tests, the sandbox) gets the row the migration inserts.
-event.listen(
-    GovernanceVersion.__table__,
-    "after_create",
-    DDL("INSERT INTO governance_version (id, version) VALUES (1, 0)"),
-)
+@event.listens_for(GovernanceVersion.__table__, "after_create")
+def _first_version(target: Any, connection: Any, **kw: Any) -> None:
+    """`create_all` (tests, the sandbox) gets the row the migration inserts."""
+    connection.execute(insert(GovernanceVersion).values(id=1, version=0))
+
 
 _GOVERNED = (RolloutRule, KillSwitchEvent, EngineVersion, EngineTransition)
 

@@ -3,9 +3,10 @@
 Rollout rules, kill switches and active engine versions change rarely and are read on
 every sidebar request. Every write to those tables (any ORM flush that touches them)
 also bumps the single row of `governance_version` in the same transaction (see
-`admin.models`); a process reads that one row per request (1 statement) and
-reloads the whole state (3 statements) only when the number moved. So a change made by any process takes effect on the next
-request everywhere, as before, at the cost of one indexed read instead of ~42.
+`admin.models`); a process reads that one row per request (1 statement) and reloads
+the whole state (3 statements) only when the number moved. So a change made by any
+process takes effect on the next request everywhere, as before, at the cost of one
+indexed read instead of ~42.
 """
 
 from __future__ import annotations

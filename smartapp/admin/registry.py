@@ -76,9 +76,7 @@ def active_versions(session: Session) -> list[EngineVersion]:
     return list(session.scalars(select(EngineVersion).where(EngineVersion.state == "active")))
 
 
-def pick_active(
-    rows: Iterable[EngineVersion], *, kind: str, site: str
-) -> ActiveEngine | None:
+def pick_active(rows: Iterable[EngineVersion], *, kind: str, site: str) -> ActiveEngine | None:
     """`active_engine` over versions already read (pure)."""
     scopes = (_scope(site), ANY)
     serving = [
