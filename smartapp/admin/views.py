@@ -46,6 +46,8 @@ from smartapp.admin.metrics import (
     notes_written,
     site_variance,
 )
+from smartapp.admin.model_cards import as_fhir as cards_as_fhir
+from smartapp.admin.model_cards import model_cards
 from smartapp.admin.models import ANY, KILL_SCOPES
 from smartapp.admin.params import (
     body_bool,
@@ -670,6 +672,20 @@ def api_rollout_decision() -> Response:
 
 
 # --- JSON API: engine registry and kill switches -----------------------------------------
+
+
+@bp.get("/api/model-cards")
+def api_model_cards() -> Response:
+    """Each engine version with its HTI-1 source attributes; `?format=fhir` for Devices."""
+    _caller()
+    fmt = _format(("json", "fhir"))
+    with get_db().session() as s:
+        cards = model_cards(s)
+    if fmt == "fhir":
+        response = jsonify(cards_as_fhir(cards))
+        response.mimetype = "application/fhir+json"
+        return response
+    return jsonify({"cards": cards})
 
 
 @bp.get("/api/engines")
