@@ -9,8 +9,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    insert,
+    update,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from smartapp.audit.models import append_only, guard_orm
 from smartapp.db import Base, UTCDateTime, utcnow
@@ -184,6 +196,37 @@ def _iso(value: datetime | None) -> str | None:
 for _model in (EngineTransition, KillSwitchEvent):
     append_only(_model.__table__)  # type: ignore[arg-type]
     guard_orm(_model)
+
+
+class GovernanceVersion(Base):
+    """One row (id 1), bumped by every change to the tables above: the policy cache's signal
+    (`smartapp.admin.policy`) that any process must read governance again."""
+
+    __tablename__ = "governance_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+@event.listens_for(GovernanceVersion.__table__, "after_create")
+def _first_version(target: Any, connection: Any, **kw: Any) -> None:
+    """`create_all` (tests, the sandbox) gets the row the migration inserts."""
+    connection.execute(insert(GovernanceVersion).values(id=1, version=0))
+
+
+_GOVERNED = (RolloutRule, KillSwitchEvent, EngineVersion, EngineTransition)
+
+
+@event.listens_for(Session, "after_flush")
+def _bump_on_governance_change(session: Session, flush_context: Any) -> None:
+    """Any write to a governance table bumps the counter in the same transaction."""
+    changed = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(obj, _GOVERNED) for obj in changed):
+        session.connection().execute(
+            update(GovernanceVersion)
+            .where(GovernanceVersion.id == 1)
+            .values(version=GovernanceVersion.version + 1)
+        )
 
 
 REVIEW_STATES = ("open", "triaged", "assigned", "closed")

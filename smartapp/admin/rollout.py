@@ -7,6 +7,7 @@ takes the place of the site file's: the two never stack.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,8 +47,32 @@ def _specificity(rule: RolloutRule) -> int:
     return (2 if rule.site != ANY else 0) + (1 if rule.kind != ANY else 0)
 
 
-def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) -> RolloutRule | None:
+def rules_in_force(session: Session) -> list[RolloutRule]:
+    """Every rule not retired (in force now or later): the input of `choose_rule`."""
+    return list(session.scalars(select(RolloutRule).where(RolloutRule.retired_at.is_(None))))
+
+
+def choose_rule(
+    rules: Iterable[RolloutRule], *, site: str, kind: str, now: datetime
+) -> RolloutRule | None:
     """The rule in force: the most specific one effective now; the newest among equals."""
+    site = normalize_issuer(site)
+    candidates = [
+        r
+        for r in rules
+        if r.retired_at is None
+        and r.site in (site, ANY)
+        and r.kind in (kind, ANY)
+        and (r.effective_from is None or r.effective_from <= now)
+        and (r.effective_to is None or r.effective_to > now)
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (_specificity(r), r.created_at, r.id))
+
+
+def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) -> RolloutRule | None:
+    """The rule in force for `kind` at `site` now, read from the store."""
     site = normalize_issuer(site)
     candidates = session.scalars(
         select(RolloutRule).where(
@@ -58,9 +83,7 @@ def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) ->
             or_(RolloutRule.effective_to.is_(None), RolloutRule.effective_to > now),
         )
     ).all()
-    if not candidates:
-        return None
-    return max(candidates, key=lambda r: (_specificity(r), r.created_at, r.id))
+    return choose_rule(candidates, site=site, kind=kind, now=now)
 
 
 def is_enabled(

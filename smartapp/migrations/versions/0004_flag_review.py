@@ -1,7 +1,7 @@
 """Flag review: the governance team's workflow for flagged suggestions.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-02 13:15:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 import smartapp.db
 from smartapp.audit.models import append_only_ddl
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
