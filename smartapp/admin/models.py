@@ -227,3 +227,67 @@ def _bump_on_governance_change(session: Session, flush_context: Any) -> None:
             .where(GovernanceVersion.id == 1)
             .values(version=GovernanceVersion.version + 1)
         )
+
+
+REVIEW_STATES = ("open", "triaged", "assigned", "closed")
+#: How a closed review ended: what the governance team did about the flag.
+CLOSE_ACTIONS = ("engine_fix", "site_configuration", "training", "no_action")
+SEVERITIES = ("low", "medium", "high")
+
+
+class FlagReview(Base):
+    """The governance team's review of one flagged suggestion: triage, assign, close.
+
+    The row holds the current state; every step is an append-only `FlagReviewEvent`.
+    """
+
+    __tablename__ = "flag_review"
+
+    suggestion_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("shown_suggestion.id"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    severity: Mapped[str | None] = mapped_column(String(16))
+    assignee: Mapped[str | None] = mapped_column(String(512))
+    close_action: Mapped[str | None] = mapped_column(String(32))
+    #: What changed because of it: an engine version id or a rollout rule id (linked on close).
+    linked_change: Mapped[str | None] = mapped_column(String(64))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    events: Mapped[list[FlagReviewEvent]] = relationship(
+        order_by="FlagReviewEvent.seq", viewonly=True
+    )
+
+
+class FlagReviewEvent(Base):
+    """One step of a review (who, when, what), never changed once written."""
+
+    __tablename__ = "flag_review_event"
+    __table_args__ = (UniqueConstraint("suggestion_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    suggestion_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("flag_review.suggestion_id"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(512))
+    step: Mapped[str] = mapped_column(String(16))  # triage, assign, comment, close, reopen
+    comment: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "actor": self.actor,
+            "step": self.step,
+            "comment": self.comment,
+            "detail": self.detail,
+            "at": _iso(self.at),
+        }
+
+
+append_only(FlagReviewEvent.__table__)  # type: ignore[arg-type]
+guard_orm(FlagReviewEvent)
