@@ -148,6 +148,25 @@ class SuggestionService:
         if uses_llm and llm is None:
             log.warning("the site configuration selects the LLM engine but no endpoint is set")
 
+    def announce(self, logger: logging.Logger | None = None) -> None:
+        """Log, once at start-up, which engine serves which kind (per site where it differs).
+
+        Setting `SMARTAPP_LLM_*` alone changes nothing (the site file chooses the engine):
+        say so when an endpoint is configured and no kind uses it.
+        """
+        logger = logger or log
+        for effective in self.config.all_effective():
+            where = effective.issuer or "every site"
+            kinds = ", ".join(f"{k.kind}={k.engine}" for k in effective.kinds) or "none"
+            logger.info("suggestion engines for %s: %s", where, kinds)
+        uses_llm = any(k.engine == "llm" for e in self.config.all_effective() for k in e.kinds)
+        if self.llm is not None and not uses_llm:
+            logger.warning(
+                "SMARTAPP_LLM_* configures an LLM endpoint but no kind uses it: set "
+                'engine = "llm" for a kind in the site configuration (SMARTAPP_CONFIG), '
+                "or activate an LLM engine version in governance"
+            )
+
     @classmethod
     def from_settings(cls, settings: Settings) -> SuggestionService:
         """The service the app uses: `SMARTAPP_CONFIG` (validated now) and `SMARTAPP_LLM_*`.
