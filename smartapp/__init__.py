@@ -63,6 +63,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         settings=settings, services=get_services(app), cache=cache, http=requests.Session()
     )
     engines = SuggestionService.from_settings(settings)
+    engines.announce()
     forwarder = FeedbackForwarder(database)
 
     def forward_decision(decision_id: str, suggestion: ShownSuggestion) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -901,16 +900,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _environment() -> dict[str, str]:
     """os.environ over `.env` in the working directory, as the app reads them."""
-    from dotenv import dotenv_values
+    from smartapp.config import read_environment
 
-    env_file = Path.cwd() / ".env"
-    values = (
-        {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-        if (env_file.exists())
-        else {}
-    )
-    values.update(os.environ)
-    return values
+    return read_environment()
 
 
 def _no_credentials(request: requests.PreparedRequest) -> requests.PreparedRequest:

@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -80,7 +80,9 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+def _whole_number(
+    environ: Mapping[str, str], name: str, default: int, *, minimum: int = 0, means: str = ""
+) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -88,12 +90,26 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
-    if value < 0:
-        raise ConfigError(f"{name} must be zero or more, got {value}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}{means}, got {value}")
     return value
 
 
-@dataclass(frozen=True, kw_only=True)
+def read_environment(dotenv_path: Path | None = None) -> dict[str, str]:
+    """`os.environ` over `.env` (the working directory's, or `dotenv_path`): what every
+    command reads, so that `serve`, `check` and `evaluate` see the same settings."""
+    env_file = dotenv_path or Path.cwd() / ".env"
+    file_values = dotenv_values(env_file) if env_file.exists() else {}
+    merged = {k: v for k, v in file_values.items() if v is not None}
+    merged.update(os.environ)
+    return merged
+
+
+#: Settings never shown by `repr` (a traceback, a debugger, a log line).
+SECRET_FIELDS = ("secret_key", "client_secret", "admin_token", "llm_api_key")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Settings:
     instance_path: Path
     manifest: LaunchManifest
@@ -119,6 +135,10 @@ class Settings:
     static_folder: Path = PROJECT_ROOT / "static"
     sandbox_mode: bool = False
 
+    def __repr__(self) -> str:
+        """Every setting but the secrets (shown as '***') and the database password."""
+        return _settings_repr(self)
+
     @classmethod
     def from_env(
         cls,
@@ -133,11 +153,7 @@ class Settings:
         allow-list in sandbox mode.
         """
         if environ is None:
-            env_file = dotenv_path or Path.cwd() / ".env"
-            file_values = dotenv_values(env_file) if env_file.exists() else {}
-            merged = {k: v for k, v in file_values.items() if v is not None}
-            merged.update(os.environ)
-            environ = merged
+            environ = read_environment(dotenv_path)
 
         instance_path = Path(environ.get("SMARTAPP_INSTANCE_PATH") or Path.cwd() / "instance")
         instance_path.mkdir(parents=True, exist_ok=True)
@@ -192,10 +208,46 @@ class Settings:
             llm_model=environ.get("SMARTAPP_LLM_MODEL") or None,
             llm_api_key=environ.get("SMARTAPP_LLM_API_KEY") or None,
             frame_ancestors=frame_ancestors,
-            snapshot_ttl_seconds=_positive_int(environ, "SMARTAPP_SNAPSHOT_TTL", 300),
-            max_pages=_positive_int(environ, "SMARTAPP_MAX_PAGES", 20),
+            snapshot_ttl_seconds=_whole_number(
+                environ,
+                "SMARTAPP_SNAPSHOT_TTL",
+                300,
+                minimum=1,
+                means=" (seconds a launch reuses the chart it read)",
+            ),
+            max_pages=_whole_number(
+                environ,
+                "SMARTAPP_MAX_PAGES",
+                20,
+                minimum=1,
+                means=" (pages followed per search; 1 reads the first page only)",
+            ),
             sandbox_mode=sandbox_issuer is not None,
         )
+
+
+def _settings_repr(settings: Settings) -> str:
+    shown = []
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        if item.name in SECRET_FIELDS:
+            text = "None" if value is None else "'***'"
+        elif item.name == "database_url":
+            text = repr(_hide_password(value))
+        elif item.name == "manifest":
+            text = f"LaunchManifest(client_id={value.client_id!r})"
+        else:
+            text = repr(value)
+        shown.append(f"{item.name}={text}")
+    return f"Settings({', '.join(shown)})"
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _instance_secret(instance_path: Path) -> str:

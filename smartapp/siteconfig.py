@@ -10,7 +10,6 @@ builtin, llm`). `config/site.example.toml` documents every key. TOML: https://to
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import tomllib
@@ -20,6 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from smartapp.placement import placed_within
 from smartapp.suggestions.kinds import KINDS
 from smartapp.suggestions.templates import (
     DEFAULT_TEMPLATE_DIR,
@@ -113,8 +113,11 @@ class RolloutRule:
     start: date | None = None
     end: date | None = None
 
-    def includes(self, fhir_user: str | None, *, kind: str, today: date) -> bool:
-        """Whether this clinician is in the rollout today: a stable hash of fhirUser and kind."""
+    def includes(self, fhir_user: str | None, *, site: str, kind: str, today: date) -> bool:
+        """Whether this clinician is in the rollout today, placed by the app's one hash.
+
+        `site` and `fhir_user` come normalised by the caller, as `smartapp.placement` wants.
+        """
         if not self.enabled:
             return False
         if self.start is not None and today < self.start:
@@ -123,10 +126,9 @@ class RolloutRule:
             return False
         if self.percent >= 100:
             return True
-        if self.percent <= 0 or not fhir_user:
+        if not fhir_user:
             return False
-        digest = hashlib.sha256(f"{kind}\n{fhir_user}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % 100 < self.percent
+        return placed_within(site=site, kind=kind, fhir_user=fhir_user, share_bp=self.percent * 100)
 
 
 @dataclass(frozen=True, kw_only=True)

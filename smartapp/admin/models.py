@@ -9,8 +9,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    insert,
+    update,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from smartapp.audit.models import append_only, guard_orm
 from smartapp.db import Base, UTCDateTime, utcnow
@@ -184,3 +196,98 @@ def _iso(value: datetime | None) -> str | None:
 for _model in (EngineTransition, KillSwitchEvent):
     append_only(_model.__table__)  # type: ignore[arg-type]
     guard_orm(_model)
+
+
+class GovernanceVersion(Base):
+    """One row (id 1), bumped by every change to the tables above: the policy cache's signal
+    (`smartapp.admin.policy`) that any process must read governance again."""
+
+    __tablename__ = "governance_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+@event.listens_for(GovernanceVersion.__table__, "after_create")
+def _first_version(target: Any, connection: Any, **kw: Any) -> None:
+    """`create_all` (tests, the sandbox) gets the row the migration inserts."""
+    connection.execute(insert(GovernanceVersion).values(id=1, version=0))
+
+
+_GOVERNED = (RolloutRule, KillSwitchEvent, EngineVersion, EngineTransition)
+
+
+@event.listens_for(Session, "after_flush")
+def _bump_on_governance_change(session: Session, flush_context: Any) -> None:
+    """Any write to a governance table bumps the counter in the same transaction."""
+    changed = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(obj, _GOVERNED) for obj in changed):
+        session.connection().execute(
+            update(GovernanceVersion)
+            .where(GovernanceVersion.id == 1)
+            .values(version=GovernanceVersion.version + 1)
+        )
+
+
+REVIEW_STATES = ("open", "triaged", "assigned", "closed")
+#: How a closed review ended: what the governance team did about the flag.
+CLOSE_ACTIONS = ("engine_fix", "site_configuration", "training", "no_action")
+SEVERITIES = ("low", "medium", "high")
+
+
+class FlagReview(Base):
+    """The governance team's review of one flagged suggestion: triage, assign, close.
+
+    The row holds the current state; every step is an append-only `FlagReviewEvent`.
+    """
+
+    __tablename__ = "flag_review"
+
+    suggestion_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("shown_suggestion.id"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    severity: Mapped[str | None] = mapped_column(String(16))
+    assignee: Mapped[str | None] = mapped_column(String(512))
+    close_action: Mapped[str | None] = mapped_column(String(32))
+    #: What changed because of it: an engine version id or a rollout rule id (linked on close).
+    linked_change: Mapped[str | None] = mapped_column(String(64))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    events: Mapped[list[FlagReviewEvent]] = relationship(
+        order_by="FlagReviewEvent.seq", viewonly=True
+    )
+
+
+class FlagReviewEvent(Base):
+    """One step of a review (who, when, what), never changed once written."""
+
+    __tablename__ = "flag_review_event"
+    __table_args__ = (UniqueConstraint("suggestion_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    suggestion_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("flag_review.suggestion_id"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(512))
+    step: Mapped[str] = mapped_column(String(16))  # triage, assign, comment, close, reopen
+    comment: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "actor": self.actor,
+            "step": self.step,
+            "comment": self.comment,
+            "detail": self.detail,
+            "at": _iso(self.at),
+        }
+
+
+append_only(FlagReviewEvent.__table__)  # type: ignore[arg-type]
+guard_orm(FlagReviewEvent)

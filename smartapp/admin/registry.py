@@ -13,7 +13,7 @@ Every transition is a row in `engine_transition` (who, when, why); the views als
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,7 +68,20 @@ def active_engine(session: Session, *, kind: str, site: str) -> ActiveEngine | N
             EngineVersion.state == "active", EngineVersion.site.in_((_scope(site), ANY))
         )
     ).all()
-    serving = [r for r in rows if kind in (r.kinds or [])]
+    return pick_active(rows, kind=kind, site=site)
+
+
+def active_versions(session: Session) -> list[EngineVersion]:
+    """Every active version, any site: the input of `pick_active`."""
+    return list(session.scalars(select(EngineVersion).where(EngineVersion.state == "active")))
+
+
+def pick_active(rows: Iterable[EngineVersion], *, kind: str, site: str) -> ActiveEngine | None:
+    """`active_engine` over versions already read (pure)."""
+    scopes = (_scope(site), ANY)
+    serving = [
+        r for r in rows if r.state == "active" and r.site in scopes and kind in (r.kinds or [])
+    ]
     if not serving:
         return None
     row = max(serving, key=lambda r: (r.site != ANY, r.activated_at or r.proposed_at))
@@ -91,6 +104,11 @@ def kill_switches(session: Session) -> dict[tuple[str, str], KillSwitchEvent]:
     for row in rows:
         latest[(row.scope, row.target)] = row
     return latest
+
+
+def engaged_switches(session: Session) -> frozenset[tuple[str, str]]:
+    """The (scope, target) pairs whose kill switch is engaged now."""
+    return frozenset(key for key, row in kill_switches(session).items() if row.engaged)
 
 
 def _engaged(session: Session, scope: str, target: str) -> bool:

@@ -1,14 +1,13 @@
 """Phased rollout: per site and per kind, on or off, a stable share of clinicians, dates.
 
-A clinician's place in a rollout is `sha256(salt|site|kind|fhirUser) mod 10000`, compared
-with the rule's share in basis points. The bucket does not depend on the share, so raising
-a rollout from 30 % to 50 % keeps everyone who already had it. Python's `hash()` is salted
-per process and would reshuffle clinicians on every restart: never use it here.
+A clinician is placed by `smartapp.placement.bucket`, the app's one placement hash, which
+the site file's `[rollout]` uses too. The dashboard's rule in force for a site and kind
+takes the place of the site file's: the two never stack.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,10 +18,9 @@ from smartapp.admin.identity import normalize_fhir_user
 from smartapp.admin.models import ANY, RolloutRule
 from smartapp.config import normalize_issuer
 from smartapp.errors import BadRequest, NotFound
-
-#: Changing this salt reshuffles every clinician in every partial rollout.
-ROLLOUT_SALT = "smartapp-rollout-v1"
-BUCKETS = 10_000
+from smartapp.placement import BUCKETS
+from smartapp.placement import bucket as _bucket
+from smartapp.suggestions.kinds import KINDS
 
 #: What the sidebar shows a clinician left out of a phased rollout.
 NOT_YET_FOR_YOU = (
@@ -40,19 +38,41 @@ class RolloutDecision:
 
 def bucket(*, site: str, kind: str, fhir_user: str) -> int:
     """The clinician's stable place (0–9999) in the rollout of `kind` at `site`."""
-    key = "|".join(
-        (ROLLOUT_SALT, normalize_issuer(site), kind, normalize_fhir_user(fhir_user) or "")
+    return _bucket(
+        site=normalize_issuer(site), kind=kind, fhir_user=normalize_fhir_user(fhir_user) or ""
     )
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
 def _specificity(rule: RolloutRule) -> int:
     return (2 if rule.site != ANY else 0) + (1 if rule.kind != ANY else 0)
 
 
-def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) -> RolloutRule | None:
+def rules_in_force(session: Session) -> list[RolloutRule]:
+    """Every rule not retired (in force now or later): the input of `choose_rule`."""
+    return list(session.scalars(select(RolloutRule).where(RolloutRule.retired_at.is_(None))))
+
+
+def choose_rule(
+    rules: Iterable[RolloutRule], *, site: str, kind: str, now: datetime
+) -> RolloutRule | None:
     """The rule in force: the most specific one effective now; the newest among equals."""
+    site = normalize_issuer(site)
+    candidates = [
+        r
+        for r in rules
+        if r.retired_at is None
+        and r.site in (site, ANY)
+        and r.kind in (kind, ANY)
+        and (r.effective_from is None or r.effective_from <= now)
+        and (r.effective_to is None or r.effective_to > now)
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda r: (_specificity(r), r.created_at, r.id))
+
+
+def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) -> RolloutRule | None:
+    """The rule in force for `kind` at `site` now, read from the store."""
     site = normalize_issuer(site)
     candidates = session.scalars(
         select(RolloutRule).where(
@@ -63,9 +83,7 @@ def applicable_rule(session: Session, *, site: str, kind: str, now: datetime) ->
             or_(RolloutRule.effective_to.is_(None), RolloutRule.effective_to > now),
         )
     ).all()
-    if not candidates:
-        return None
-    return max(candidates, key=lambda r: (_specificity(r), r.created_at, r.id))
+    return choose_rule(candidates, site=site, kind=kind, now=now)
 
 
 def is_enabled(
@@ -75,6 +93,11 @@ def is_enabled(
     rule = applicable_rule(session, site=site, kind=kind, now=now)
     if rule is None:
         return RolloutDecision(enabled=True, reason="Enabled (no rollout rule applies).")
+    return decide(rule, site=site, kind=kind, fhir_user=fhir_user)
+
+
+def decide(rule: RolloutRule, *, site: str, kind: str, fhir_user: str | None) -> RolloutDecision:
+    """What a rule in force says for this clinician."""
     if not rule.enabled:
         return RolloutDecision(enabled=False, reason="Not enabled at this site.", rule_id=rule.id)
     if rule.percentage_bp >= BUCKETS:
@@ -105,8 +128,9 @@ class RuleInput:
             if not site.startswith(("http://", "https://")):
                 raise BadRequest("site: give the issuer's FHIR base URL, or * for every site.")
         kind = self.kind.strip()
-        if not kind or len(kind) > 64:
-            raise BadRequest("kind: give a suggestion kind, or * for every kind.")
+        if kind != ANY and kind not in KINDS:
+            # A typo ("care-gaps") would otherwise be a rule that silently applies to nothing.
+            raise BadRequest(f"kind: one of {', '.join(KINDS)}, or * for every kind.")
         if not 0 <= self.percentage <= 100:
             raise BadRequest("percentage: must be between 0 and 100.")
         if self.effective_from and self.effective_to and self.effective_to <= self.effective_from:

@@ -41,12 +41,15 @@ from smartapp.admin.identity import normalize_fhir_user
 from smartapp.admin.metrics import (
     FIELDS,
     GROUP_BYS,
+    aware,
     compare_periods,
     compute_metrics,
     notes_written,
     site_variance,
 )
-from smartapp.admin.models import ANY, KILL_SCOPES
+from smartapp.admin.model_cards import as_fhir as cards_as_fhir
+from smartapp.admin.model_cards import model_cards
+from smartapp.admin.models import ANY, KILL_SCOPES, REVIEW_STATES, FlagReview
 from smartapp.admin.params import (
     body_bool,
     body_list,
@@ -66,6 +69,7 @@ from smartapp.admin.registry import (
     kill_switches,
     list_versions,
 )
+from smartapp.admin.review import ReviewStep, apply_step, review_json, reviews_for
 from smartapp.audit import Action, AuditQuery, record, search
 from smartapp.audit.export import cell, to_csv, to_fhir_bundle
 from smartapp.config import Settings, normalize_issuer
@@ -360,9 +364,26 @@ def flagged_page() -> str:
             site=request.args.get("site") or None,
             kind=request.args.get("kind") or None,
         )
+        reviews = _reviews(s, items)
+    status = request.args.get("status") or "unclosed"
+    rows = [(i, reviews[i.id]) for i in items if _status_matches(reviews[i.id], status)]
     return render_template(
-        "admin/flagged.html", admin=_admin(), page="flagged", items=items, args=request.args
+        "admin/flagged.html", admin=_admin(), page="flagged", rows=rows, args=request.args
     )
+
+
+def _reviews(s: Any, items: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    found = reviews_for(s, (i.id for i in items))
+    now = utcnow()
+    return {i.id: review_json(found.get(i.id), flagged_at=i.flagged_at, now=now) for i in items}
+
+
+def _status_matches(review: Mapping[str, Any], wanted: str) -> bool:
+    if wanted == "all":
+        return True
+    if wanted == "unclosed":
+        return bool(review["status"] != "closed")
+    return bool(review["status"] == wanted)
 
 
 def _view_flagged(caller: AdminUser, suggestion_id: str) -> dict[str, Any]:
@@ -370,6 +391,10 @@ def _view_flagged(caller: AdminUser, suggestion_id: str) -> dict[str, Any]:
     with get_db().session() as s:
         row = flagged_suggestion(s, suggestion_id)
         data = detail_json(row)
+        flagged_at = max(aware(d.decided_at) for d in row.decisions if d.action == "flag")
+        data["review"] = review_json(
+            s.get(FlagReview, row.id), flagged_at=flagged_at, now=utcnow(), events=True
+        )
         record(
             s,
             actor=caller.actor,
@@ -542,12 +567,56 @@ def api_flagged() -> Response:
             kind=request.args.get("kind") or None,
             limit=limit,
         )
-    return jsonify({"flagged": [i.to_json() for i in items]})
+        reviews = _reviews(s, items)
+    status = parse_choice(
+        "status",
+        request.args.get("status"),
+        ("all", "unclosed", *REVIEW_STATES),
+        default="all",
+    )
+    return jsonify(
+        {
+            "flagged": [
+                {**i.to_json(), "review": reviews[i.id]}
+                for i in items
+                if _status_matches(reviews[i.id], status)
+            ]
+        }
+    )
 
 
 @bp.get("/api/flagged/<suggestion_id>")
 def api_flagged_detail(suggestion_id: str) -> Response:
     return jsonify({"suggestion": _view_flagged(_caller(), suggestion_id)})
+
+
+@bp.post("/api/flagged/<suggestion_id>/review")
+def api_flagged_review(suggestion_id: str) -> Response:
+    """One step of the review workflow (triage, assign, comment, close, reopen)."""
+    caller = _caller(changing=True)
+    step = ReviewStep.from_json(_json_body())
+    now = utcnow()
+    with get_db().session() as s:
+        row = flagged_suggestion(s, suggestion_id)
+        review = apply_step(s, row.id, step, actor=caller.actor, now=now)
+        flagged_at = max(aware(d.decided_at) for d in row.decisions if d.action == "flag")
+        data = review_json(review, flagged_at=flagged_at, now=now, events=True)
+        record(
+            s,
+            actor=caller.actor,
+            action=Action.FLAGGED_REVIEW,
+            site=row.site,
+            patient=None,
+            detail={
+                "suggestion_id": row.id,
+                "step": step.step,
+                "status": review.status,
+                "close_action": review.close_action,
+                "linked_change": review.linked_change,
+                "via": caller.via,
+            },
+        )
+    return jsonify({"review": data})
 
 
 # --- JSON API: audit ---------------------------------------------------------------------
@@ -670,6 +739,20 @@ def api_rollout_decision() -> Response:
 
 
 # --- JSON API: engine registry and kill switches -----------------------------------------
+
+
+@bp.get("/api/model-cards")
+def api_model_cards() -> Response:
+    """Each engine version with its HTI-1 source attributes; `?format=fhir` for Devices."""
+    _caller()
+    fmt = _format(("json", "fhir"))
+    with get_db().session() as s:
+        cards = model_cards(s)
+    if fmt == "fhir":
+        response = jsonify(cards_as_fhir(cards))
+        response.mimetype = "application/fhir+json"
+        return response
+    return jsonify({"cards": cards})
 
 
 @bp.get("/api/engines")

@@ -31,6 +31,7 @@ class Action:
     ADMIN_SIGNIN = "admin.signin"
     ADMIN_DENIED = "admin.denied"
     FLAGGED_VIEW = "admin.flagged.view"
+    FLAGGED_REVIEW = "admin.flagged.review"
     AUDIT_SEARCH = "audit.search"
     AUDIT_EXPORT = "audit.export"
     ROLLOUT_SET = "rollout.set"

@@ -9,7 +9,7 @@ from datetime import datetime
 from rapidfuzz.distance import Levenshtein
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from smartapp.db import Database, utcnow
 from smartapp.errors import BadRequest, NotFound
@@ -63,10 +63,11 @@ class FeedbackStore:
                 ShownSuggestion.launch_session_id == by.launch_session_id,
                 ShownSuggestion.snapshot_key == by.snapshot_key,
             )
-            .options(selectinload(ShownSuggestion.decisions))
+            # One statement with the decisions joined: this runs on every sidebar request.
+            .options(joinedload(ShownSuggestion.decisions))
             .order_by(ShownSuggestion.position)
         )
-        return list(rows)
+        return list(rows.unique())
 
     def drafted(self, by: ShownBy) -> set[tuple[str, str]]:
         """The (kind, engine choice) pairs already drafted for this launch and snapshot."""
@@ -78,6 +79,19 @@ class FeedbackStore:
                 )
             )
             return {(kind, choice) for kind, choice in rows}
+
+    def drafted_by_snapshot(self, launch_session_id: str) -> dict[str, set[tuple[str, str]]]:
+        """`drafted` for every snapshot of this launch, in one statement, by snapshot key."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(DraftedKind.snapshot_key, DraftedKind.kind, DraftedKind.choice).where(
+                    DraftedKind.launch_session_id == launch_session_id
+                )
+            )
+            drafted: dict[str, set[tuple[str, str]]] = {}
+            for key, kind, choice in rows:
+                drafted.setdefault(key, set()).add((kind, choice))
+            return drafted
 
     def latest_snapshot_key(self, launch_session_id: str) -> str | None:
         """The snapshot this launch's suggestions were last drafted from."""

@@ -6,6 +6,8 @@ knows nothing of OAuth): a FHIR client for a launch, and its snapshot loaded onc
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 
 from smartapp import audit
@@ -54,7 +56,13 @@ class LaunchChartSource:
         )
         return self.client_for(launch) if launch is not None else None
 
-    def snapshot(self, launch: LaunchContext, *, refresh: bool = False) -> ChartSnapshot:
+    def snapshot(
+        self, launch: LaunchContext, *, refresh: bool = False, reread: bool = False
+    ) -> ChartSnapshot:
+        """The launch's chart: this process's parsed copy, else the store's, else the EHR's.
+
+        `reread` skips the parsed copy (another process has read the chart again)."""
+
         def load() -> ChartSnapshot:
             snapshot = load_snapshot(
                 self.client_for(launch),
@@ -74,7 +82,27 @@ class LaunchChartSource:
             )
             return snapshot
 
-        return self._cache.get_or_load(launch.session_id, load, refresh=refresh)
+        return self._cache.get_or_load(launch.session_id, load, refresh=refresh, reread=reread)
+
+    def cached(self, launch: LaunchContext) -> ChartSnapshot | None:
+        """The launch's chart if it has been read already; never reads it from the EHR."""
+        return self._cache.get(launch.session_id)
+
+    def patient(self, launch: LaunchContext) -> dict[str, Any]:
+        """The launch's Patient alone (one read), for a context asked before the chart."""
+        if not launch.patient_id:
+            return {}
+        resource = self.client_for(launch).read("Patient", launch.patient_id)
+        audit.record(
+            self._services.db,
+            actor=launch.fhir_user,
+            action=audit.Action.CHART_READ,
+            site=launch.iss,
+            patient=launch.patient_id,
+            detail={"requests": 1, "types": ["Patient"]},
+        )
+        # Chart data is untrusted: anything but a Patient reads as an unnamed one.
+        return resource if resource.get("resourceType") == "Patient" else {}
 
     def invalidate(self, launch: LaunchContext) -> None:
         self._cache.invalidate(launch.session_id)

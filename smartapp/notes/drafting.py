@@ -1,18 +1,25 @@
 """What a clinician is shown, as governance allows it: rollout, kill switches, approved engines.
 
-On every request the plan is worked out afresh from the store (a kill switch or a
-rollback takes effect on the next request), then the engines draft only what the plan
-allows, with the engine version governance made active.
+On every request the plan is worked out from governance's state as this process caches
+it (`admin.policy`: one statement to learn that nothing changed, so a kill switch or a
+rollback still takes effect on the next request in every process), then the engines
+draft only what the plan allows, with the engine version governance made active. A plan
+is a pure function of that state, the site configuration, the clinician and the day, so
+it is kept per state version and computed once per clinician.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
-from smartapp.admin.registry import active_engine, is_killed
-from smartapp.admin.rollout import is_enabled
+from smartapp.admin.identity import normalize_fhir_user
+from smartapp.admin.policy import GovernanceState, PolicyCache
+from smartapp.admin.registry import pick_active
+from smartapp.admin.rollout import NOT_YET_FOR_YOU, choose_rule, decide
+from smartapp.config import normalize_issuer
 from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.suggestions.interfaces import Suggestion
@@ -62,6 +69,9 @@ class DraftPlan:
 
 
 class GovernedDrafter:
+    #: Plans kept per clinician and day for the current governance state (then dropped).
+    MAX_PLANS = 4096
+
     def __init__(
         self,
         *,
@@ -70,50 +80,33 @@ class GovernedDrafter:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engines = engines
-        self._db = database
         self._clock = clock
+        self._plans: dict[tuple[int, str, str | None, date], DraftPlan] = {}
+        self._plans_lock = threading.Lock()
+        self.policy = PolicyCache(database, on_reload=self._forget_plans)
+
+    def _forget_plans(self) -> None:
+        with self._plans_lock:
+            self._plans.clear()
 
     def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan:
         now = self._clock()
-        effective = self._engines.config.for_issuer(iss)
-        kinds: list[str] = []
-        choices: dict[str, EngineChoice] = {}
-        refused: list[NotEnabled] = []
-
-        def refuse(kind: str, reason: str) -> None:
-            refused.append(NotEnabled(kind=kind, title=KIND_LABELS.get(kind, kind), reason=reason))
-
-        with self._db.session() as session:
-            for kind in effective.kind_ids:
-                if not effective.rollout_for(kind).includes(fhir_user, kind=kind, today=now.date()):
-                    refuse(kind, "Not enabled for you yet at this site.")
-                    continue
-                rollout = is_enabled(session, site=iss, kind=kind, fhir_user=fhir_user, now=now)
-                if not rollout.enabled:
-                    refuse(kind, rollout.reason)
-                    continue
-                configured = effective.kind(kind)
-                engine = configured.engine if configured is not None else "builtin"
-                active = active_engine(session, kind=kind, site=iss)
-                model = version = None
-                if active is not None:
-                    engine = "llm" if active.name == "llm" else "builtin"
-                    model, version = active.model, active.version
-                if any(is_killed(session, kind=kind, engine=n) for n in ENGINE_NAMES[engine]):
-                    rules_allowed = engine == "llm" and not any(
-                        is_killed(session, kind=kind, engine=n) for n in ENGINE_NAMES["builtin"]
-                    )
-                    if not rules_allowed:
-                        refuse(kind, f"This suggestion type is {SWITCHED_OFF}.")
-                        continue
-                    choices[kind] = EngineChoice(
-                        engine="builtin",
-                        reason=f"The AI engine is {SWITCHED_OFF}; showing rule-based suggestions",
-                    )
-                elif active is not None:
-                    choices[kind] = EngineChoice(engine=engine, model=model, version=version)
-                kinds.append(kind)
-        return DraftPlan(kinds=tuple(kinds), choices=choices, not_enabled=tuple(refused))
+        state = self.policy.current()
+        # Rollout rules have start and end instants: only a state without any is day-stable.
+        keep = state.version is not None and not any(
+            r.effective_from or r.effective_to for r in state.rules
+        )
+        key = (state.version or 0, iss, fhir_user, now.date())
+        cached = self._plans.get(key) if keep else None
+        if cached is not None:
+            return cached
+        plan = plan_for(self._engines, state, iss=iss, fhir_user=fhir_user, now=now)
+        if keep:
+            with self._plans_lock:
+                if len(self._plans) >= self.MAX_PLANS:
+                    self._plans.clear()
+                self._plans[key] = plan
+        return plan
 
     def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> list[Suggestion]:
         if not plan.kinds:
@@ -121,3 +114,61 @@ class GovernedDrafter:
         return self._engines.run(
             snapshot, iss=iss, kinds=plan.kinds, choices=plan.choices
         ).suggestions
+
+
+def plan_for(
+    engines: SuggestionService,
+    state: GovernanceState,
+    *,
+    iss: str,
+    fhir_user: str | None,
+    now: datetime,
+) -> DraftPlan:
+    """What this clinician gets at `iss` now, from governance's state (pure: no store)."""
+    effective = engines.config.for_issuer(iss)
+    kinds: list[str] = []
+    choices: dict[str, EngineChoice] = {}
+    refused: list[NotEnabled] = []
+
+    def refuse(kind: str, reason: str) -> None:
+        refused.append(NotEnabled(kind=kind, title=KIND_LABELS.get(kind, kind), reason=reason))
+
+    for kind in effective.kind_ids:
+        # One rollout rule decides, placed by the one hash: the dashboard's rule in
+        # force for this site and kind, else the site file's. They never stack.
+        rule = choose_rule(state.rules, site=iss, kind=kind, now=now)
+        if rule is not None:
+            rollout = decide(rule, site=iss, kind=kind, fhir_user=fhir_user)
+            if not rollout.enabled:
+                refuse(kind, rollout.reason)
+                continue
+        elif not effective.rollout_for(kind).includes(
+            normalize_fhir_user(fhir_user),
+            site=normalize_issuer(iss),
+            kind=kind,
+            today=now.date(),
+        ):
+            refuse(kind, NOT_YET_FOR_YOU)
+            continue
+        configured = effective.kind(kind)
+        engine = configured.engine if configured is not None else "builtin"
+        active = pick_active(state.engines, kind=kind, site=iss)
+        model = version = None
+        if active is not None:
+            engine = "llm" if active.name == "llm" else "builtin"
+            model, version = active.model, active.version
+        if any(state.is_killed(kind=kind, engine=n) for n in ENGINE_NAMES[engine]):
+            rules_allowed = engine == "llm" and not any(
+                state.is_killed(kind=kind, engine=n) for n in ENGINE_NAMES["builtin"]
+            )
+            if not rules_allowed:
+                refuse(kind, f"This suggestion type is {SWITCHED_OFF}.")
+                continue
+            choices[kind] = EngineChoice(
+                engine="builtin",
+                reason=f"The AI engine is {SWITCHED_OFF}; showing rule-based suggestions",
+            )
+        elif active is not None:
+            choices[kind] = EngineChoice(engine=engine, model=model, version=version)
+        kinds.append(kind)
+    return DraftPlan(kinds=tuple(kinds), choices=choices, not_enabled=tuple(refused))

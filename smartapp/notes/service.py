@@ -42,7 +42,13 @@ MAX_NOTE_CHARS = 50_000
 
 
 class SnapshotSource(Protocol):
-    def snapshot(self, launch: LaunchContext, *, refresh: bool = False) -> ChartSnapshot: ...
+    def snapshot(
+        self, launch: LaunchContext, *, refresh: bool = False, reread: bool = False
+    ) -> ChartSnapshot: ...
+
+    def cached(self, launch: LaunchContext) -> ChartSnapshot | None: ...
+
+    def patient(self, launch: LaunchContext) -> dict[str, Any]: ...
 
 
 class Drafter(Protocol):
@@ -95,17 +101,34 @@ class SidebarService:
     def chart(self, launch: LaunchContext) -> ChartSnapshot:
         return self._snapshots.snapshot(launch)
 
+    def context(self, launch: LaunchContext) -> tuple[dict[str, Any], ChartSnapshot | None]:
+        """The Patient and the chart if already read: the context never waits on the chart."""
+        snapshot = self._snapshots.cached(launch)
+        if snapshot is not None:
+            return snapshot.patient, snapshot
+        return self._snapshots.patient(launch), None
+
     def suggestions(self, launch: LaunchContext, *, refresh: bool = False) -> SuggestionsView:
         """The suggestions for the current snapshot: drafted once, then the same rows (and ids).
 
         What may be shown is worked out on every request (rollout, kill switches, the
-        active engine version): a kind whose engine choice changed is drafted again from
-        the chart already read; the others keep their suggestions and decisions.
+        active engine version, from governance's cached state): a kind whose engine choice
+        changed is drafted again from the chart already read; the others keep their
+        suggestions and decisions. A warm request costs five statements: the launch, the
+        governance version, the drafted kinds, the shown rows with their decisions, and
+        the audit event.
         """
         snapshot = self._snapshots.snapshot(launch, refresh=refresh)
+        drafted_by_key = self.feedback.drafted_by_snapshot(launch.session_id)
+        newest = max((k for k in drafted_by_key if k != "unknown"), default=None)
+        key = snapshot_key(snapshot)
+        if not refresh and newest is not None and key != "unknown" and newest > key:
+            # Another process read the chart again for this launch: use its snapshot.
+            snapshot = self._snapshots.snapshot(launch, reread=True)
+            key = snapshot_key(snapshot)
         plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
-        by = self._shown_by(launch, snapshot_key(snapshot))
-        drafted = self.feedback.drafted(by)
+        by = self._shown_by(launch, key)
+        drafted = drafted_by_key.get(key, set())
         missing = tuple(k for k in plan.kinds if (k, plan.token(k)) not in drafted)
         if missing:
             partial = plan.only(missing)

@@ -62,9 +62,9 @@ def sidebar() -> str:
 
 @bp.get("/api/context")
 def context() -> Response:
+    """The launch's context; `chart` is null until the chart has been read (by /api/suggestions)."""
     launch = current_launch()
-    snapshot = _service().chart(launch)
-    patient = snapshot.patient
+    patient, snapshot = _service().context(launch)
     return jsonify(
         {
             "patient": {
@@ -78,7 +78,9 @@ def context() -> Response:
             "needPatientBanner": launch.need_patient_banner,
             "csrfToken": launch.csrf_token,
             "canWriteNotes": launch.scopes.allows("DocumentReference", "c"),
-            "chart": {
+            "chart": None
+            if snapshot is None
+            else {
                 "fetchedAt": snapshot.fetched_at.isoformat() if snapshot.fetched_at else None,
                 "problems": [p.to_json() for p in snapshot.problems],
                 "notGranted": list(snapshot.not_granted),

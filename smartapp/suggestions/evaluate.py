@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from collections import defaultdict
@@ -23,6 +22,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, TextIO
 
+from smartapp.config import read_environment
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import FHIRResource, reference_key
 from smartapp.siteconfig import SiteConfigError, load_site_config
@@ -357,7 +357,8 @@ def run_cli(
     """`smartapp evaluate`; the exit status: 2 bad input, 1 --strict and below the minimum."""
     out = out or sys.stdout
     err = err or sys.stderr
-    env = os.environ if environ is None else environ
+    # The same environment `serve` reads: os.environ over the working directory's .env.
+    env = read_environment() if environ is None else environ
     config_path = args.config or (
         Path(env["SMARTAPP_CONFIG"]) if env.get("SMARTAPP_CONFIG") else None
     )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from smartapp.fhir.snapshot import ChartSnapshot
-from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config
+from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config, normalize_issuer
 from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.grounding import GroundingVerifier, verify_suggestions
 from smartapp.suggestions.interfaces import EngineInfo, Suggestion, SuggestionEngine
@@ -148,6 +148,25 @@ class SuggestionService:
         if uses_llm and llm is None:
             log.warning("the site configuration selects the LLM engine but no endpoint is set")
 
+    def announce(self, logger: logging.Logger | None = None) -> None:
+        """Log, once at start-up, which engine serves which kind (per site where it differs).
+
+        Setting `SMARTAPP_LLM_*` alone changes nothing (the site file chooses the engine):
+        say so when an endpoint is configured and no kind uses it.
+        """
+        logger = logger or log
+        for effective in self.config.all_effective():
+            where = effective.issuer or "every site"
+            kinds = ", ".join(f"{k.kind}={k.engine}" for k in effective.kinds) or "none"
+            logger.info("suggestion engines for %s: %s", where, kinds)
+        uses_llm = any(k.engine == "llm" for e in self.config.all_effective() for k in e.kinds)
+        if self.llm is not None and not uses_llm:
+            logger.warning(
+                "SMARTAPP_LLM_* configures an LLM endpoint but no kind uses it: set "
+                'engine = "llm" for a kind in the site configuration (SMARTAPP_CONFIG), '
+                "or activate an LLM engine version in governance"
+            )
+
     @classmethod
     def from_settings(cls, settings: Settings) -> SuggestionService:
         """The service the app uses: `SMARTAPP_CONFIG` (validated now) and `SMARTAPP_LLM_*`.
@@ -186,7 +205,9 @@ class SuggestionService:
         return tuple(
             k
             for k in effective.kind_ids
-            if effective.rollout_for(k).includes(fhir_user, kind=k, today=day)
+            if effective.rollout_for(k).includes(
+                fhir_user, site=normalize_issuer(iss or ""), kind=k, today=day
+            )
         )
 
     # Running -----------------------------------------------------------------------

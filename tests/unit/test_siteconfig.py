@@ -283,17 +283,20 @@ def test_rollout_rules(tmp_path):
         )
     )
     effective = config.default
+    S = "https://ehr.example/fhir"  # noqa: N806 - the site the clinicians are placed at
     assert effective.rollout_for("care_gaps") == RolloutRule(percent=30, start=date(2026, 12, 1))
     assert effective.rollout_for("problem_summary") == RolloutRule(percent=100)
     assert not effective.rollout_for("allergies").includes(
-        "Practitioner/1", kind="allergies", today=date(2027, 1, 1)
+        "Practitioner/1", site=S, kind="allergies", today=date(2027, 1, 1)
     )
     rule = effective.rollout_for("care_gaps")
     users = [f"Practitioner/{n}" for n in range(2000)]
-    before = [rule.includes(u, kind="care_gaps", today=date(2026, 11, 30)) for u in users]
-    after = [rule.includes(u, kind="care_gaps", today=date(2026, 12, 1)) for u in users]
+    before = [rule.includes(u, site=S, kind="care_gaps", today=date(2026, 11, 30)) for u in users]
+    after = [rule.includes(u, site=S, kind="care_gaps", today=date(2026, 12, 1)) for u in users]
     assert not any(before)
     assert 0.26 < sum(after) / len(users) < 0.34
     # Stable: the same clinician gets the same answer every time.
-    assert after == [rule.includes(u, kind="care_gaps", today=date(2026, 12, 2)) for u in users]
-    assert not rule.includes(None, kind="care_gaps", today=date(2026, 12, 2))
+    assert after == [
+        rule.includes(u, site=S, kind="care_gaps", today=date(2026, 12, 2)) for u in users
+    ]
+    assert not rule.includes(None, site=S, kind="care_gaps", today=date(2026, 12, 2))

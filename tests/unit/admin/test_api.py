@@ -181,7 +181,7 @@ def test_flagged_list_has_no_clinical_text_and_the_detail_view_is_audited(seeded
 
 def test_session_changes_need_the_csrf_header(api, identity):
     identity.sign_in(ADMIN_1)
-    body = {"site": "*", "kind": "summary", "enabled": False}
+    body = {"site": "*", "kind": "problem_summary", "enabled": False}
     refused = api.post("/admin/api/rollout", json=body)
     assert refused.status_code == 403
     assert refused.get_json()["error"]["code"] == "csrf_failed"
@@ -195,7 +195,7 @@ def test_rollout_rules_through_the_api(api):
         "/admin/api/rollout",
         json={
             "site": "http://ehr.test/fhir",
-            "kind": "summary",
+            "kind": "problem_summary",
             "enabled": True,
             "percentage": 0,
             "reason": "pilot not started",
@@ -206,7 +206,7 @@ def test_rollout_rules_through_the_api(api):
     rule = created.get_json()["rule"]
     assert rule["percentage"] == 0 and rule["createdBy"] == "admin-api-token"
     decision = api.get(
-        "/admin/api/rollout/decision?site=http://ehr.test/fhir&kind=summary&fhir_user=Practitioner/5",
+        "/admin/api/rollout/decision?site=http://ehr.test/fhir&kind=problem_summary&fhir_user=Practitioner/5",
         headers=bearer(),
     ).get_json()
     assert decision["enabled"] is False
@@ -214,7 +214,7 @@ def test_rollout_rules_through_the_api(api):
     assert api.delete(f"/admin/api/rollout/{rule['id']}", headers=bearer()).status_code == 200
     assert (
         api.get(
-            "/admin/api/rollout/decision?site=http://ehr.test/fhir&kind=summary&fhir_user=Practitioner/5",
+            "/admin/api/rollout/decision?site=http://ehr.test/fhir&kind=problem_summary&fhir_user=Practitioner/5",
             headers=bearer(),
         ).get_json()["enabled"]
         is True

@@ -138,10 +138,10 @@ def test_other_admin_pages_render(seeded, identity):
     client = seeded.test_client()
     client.post(
         "/admin/api/rollout",
-        json={"site": "*", "kind": "summary", "percentage": 30},
+        json={"site": "*", "kind": "problem_summary", "percentage": 30},
         headers={"X-CSRF-Token": "csrf-token-for-admin-tests"},
     )
-    rollout = client.get("/admin/rollout?site=http://ehr.test/fhir&kind=summary&fhir_user=")
+    rollout = client.get("/admin/rollout?site=http://ehr.test/fhir&kind=problem_summary&fhir_user=")
     assert rollout.status_code == 200
     assert 'data-enabled="false"' in rollout.get_data(as_text=True)  # no fhirUser: not placed
     engines = client.get("/admin/engines")

@@ -150,7 +150,7 @@ def test_an_unreadable_entry_is_a_miss(cache, database):
     cache.put("launch-a", make_snapshot())
     with database.session() as session:
         session.get(CachedSnapshot, "launch-a").data = '{"not": "a snapshot"}'
-    assert cache.get("launch-a") is None
+    assert cache.get("launch-a", reread=True) is None
     with database.session() as session:
         assert session.get(CachedSnapshot, "launch-a") is None
 
@@ -184,3 +184,21 @@ def test_a_failed_load_caches_nothing(cache):
 def test_ttl_must_be_positive(database):
     with pytest.raises(ValueError):
         SnapshotCache(database, ttl_seconds=0)
+
+
+def test_a_snapshot_is_kept_parsed_in_memory_until_it_expires(cache, database, clock):
+    from sqlalchemy import event
+
+    snapshot = make_snapshot()
+    cache.put("launch-1", snapshot)
+    seen: list[str] = []
+    event.listen(database.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    assert cache.get("launch-1") is snapshot  # the parsed object: no read, no parse
+    assert seen == []
+    reread = cache.get("launch-1", reread=True)  # another process refreshed: the store's
+    assert reread is not None and reread is not snapshot and len(seen) == 1
+    clock.now = START + timedelta(seconds=301)
+    assert cache.get("launch-1") is None  # expired in memory and in the store
+    cache.put("launch-1", snapshot)
+    cache.invalidate("launch-1")
+    assert cache.get("launch-1") is None

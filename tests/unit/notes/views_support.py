@@ -35,9 +35,17 @@ class SnapshotSource:
         self.chart = snapshot
         self.calls: list[bool] = []  # the `refresh` flag of each call
 
-    def snapshot(self, launch: LaunchContext, *, refresh: bool = False) -> ChartSnapshot:
+    def snapshot(
+        self, launch: LaunchContext, *, refresh: bool = False, reread: bool = False
+    ) -> ChartSnapshot:
         self.calls.append(refresh)
         return self.chart
+
+    def cached(self, launch: LaunchContext) -> ChartSnapshot | None:
+        return self.chart
+
+    def patient(self, launch: LaunchContext) -> dict[str, Any]:
+        return self.chart.patient
 
 
 class NoDrafts:
