@@ -21,6 +21,7 @@ from smartapp.errors import BadRequest, Forbidden, NotFound, TemporaryUpstreamEr
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.notes.composition import Contribution, composition
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, NotEnabled
 from smartapp.notes.models import SavedNote
@@ -239,6 +240,10 @@ class SidebarService:
             else:
                 note.revision += 1
             note.text = body
+            measured = composition(body, _contributions(used))
+            note.launched_at = note.launched_at or launch.created_at
+            note.chars_total, note.chars_accepted = measured.total, measured.accepted
+            note.chars_edited, note.edits = measured.edited, measured.edits
             note.suggestion_ids = [r.id for r in used]
             note.engines = engines
             note.status = "pending"
@@ -417,3 +422,15 @@ class SidebarService:
                 .order_by(SavedNote.created_at)
             )
             return [r.to_json() for r in rows]
+
+
+def _contributions(used: list[ShownSuggestion]) -> list[Contribution]:
+    """What each used suggestion put in the note: its text, or the clinician's edit of it."""
+    found = []
+    for row in used:
+        decision = row.latest_decision()
+        if decision is None or decision.action not in ("accept", "edit"):
+            continue
+        text = decision.final_text if decision.final_text is not None else row.text
+        found.append(Contribution(action=decision.action, text=text))
+    return found

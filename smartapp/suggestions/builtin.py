@@ -19,6 +19,7 @@ from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
+from smartapp.suggestions import assessment
 from smartapp.suggestions import kinds as K
 from smartapp.suggestions.facts import (
     BloodPressure,
@@ -57,7 +58,7 @@ from smartapp.suggestions.terminology import (
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 3
+RULES_REVISION = 4
 
 
 def _version() -> str:
@@ -770,81 +771,14 @@ class BuiltinEngine:
     # -- assessment and plan ------------------------------------------------------------
 
     def assessment_plan(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
-        snapshot = facts.snapshot
-        gaps = self.find_gaps(facts, _rules(config))
-        detailed = config.get("detail") == "detailed"
+        """One block per active problem (smartapp.suggestions.assessment, rules as data)."""
         out: list[Suggestion] = []
-        for problem in facts.problems:
-            statements = [
-                Statement(
-                    text=f"{self._problem_phrase(problem)}: active on the problem list",
-                    citations=_cite(snapshot, problem.condition),
-                )
-            ]
-            for group in problem.groups:
-                statements += self._results_statements(facts, group, detailed=detailed)
-            meds = facts.medications_for(problem)
-            if meds:
-                refs = [r for m in meds for r in m.references]
-                statements.append(
-                    Statement(
-                        text="Current medication for this problem: "
-                        + "; ".join(m.name for m in meds),
-                        citations=_cite_refs(snapshot, refs),
-                    )
-                )
-            elif any(g.expects_treatment for g in problem.groups):
-                statements.append(
-                    Statement(
-                        text=f"No current medication on the list treats {problem.name}",
-                        citations=_cite(snapshot, problem.condition),
-                        rule="Reconciliation hint: problems usually treated with medication",
-                    )
-                )
-            for gap in gaps:
-                if gap.groups & problem.group_ids:
-                    statements.append(
-                        Statement(
-                            text=f"Plan (care-gap rule): {gap.plan_text}",
-                            citations=gap.statement.citations,
-                            rule=gap.statement.rule,
-                        )
-                    )
-            out += self._suggestion(
-                K.ASSESSMENT_PLAN,
-                f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {problem.name} (rule-based, for review)",
-                _unique(statements),
+        for block in assessment.blocks(facts, config.get("knowledge_dirs") or ()):
+            title = (
+                f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {block.problem.name} (rule-based, for review)"
             )
+            out += self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
         return out
-
-    @staticmethod
-    def _results_statements(
-        facts: ChartFacts, group: ProblemGroup, *, detailed: bool
-    ) -> list[Statement]:
-        snapshot = facts.snapshot
-        statements: list[Statement] = []
-        for codes in group.results:
-            if codes == BP_PANEL:
-                readings = facts.blood_pressures
-                if readings:
-                    statements.append(
-                        BuiltinEngine._bp_trend(snapshot, readings[: 2 if detailed else 1])
-                    )
-                continue
-            results = facts.results_for(codes)
-            if results:
-                latest = results[0]
-                previous = results[1] if len(results) > 1 else None
-                text = f"Latest {latest.name} {latest.value_text()}{_on(latest.date)}"
-                cited = [latest.resource]
-                if previous is not None and detailed:
-                    text += f", previous {previous.value_text()}{_on(previous.date)}"
-                    if _same_unit(latest.value.unit, previous.value.unit):
-                        direction = _direction(latest.value.number, previous.value.number)
-                        text += f" ({direction})" if direction else ""
-                    cited.append(previous.resource)
-                statements.append(Statement(text=text, citations=_cite(snapshot, *cited)))
-        return statements
 
     # -- patient instructions ------------------------------------------------------------
 

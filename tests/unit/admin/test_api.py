@@ -93,6 +93,13 @@ def test_metrics_json_matches_the_contract(seeded):
     assert [set(g) for g in groups] == [set(FIELDS), set(FIELDS)]
     assert groups[0]["key"] == "https://a.example/fhir"
     assert groups[0]["shown"] == 4 and groups[0]["acceptance_rate"] == 0.5
+    # Is it saving time: notes, launch to saved note, and the share written by suggestions.
+    assert groups[0]["notes"] == 1
+    assert groups[0]["median_seconds_launch_to_note"] == 240.0
+    assert groups[0]["ai_share_of_note_chars"] == 0.75
+    overall = seeded.test_client().get("/admin/api/metrics?group_by=week", headers=bearer())
+    weeks = {g["key"]: g for g in overall.get_json()["groups"]}
+    assert [w["ai_share_of_note_chars"] for w in weeks.values() if w["notes"]] == [0.75, 0.2]
 
 
 def test_metrics_period_filter(seeded):
@@ -115,7 +122,8 @@ def test_metrics_csv_by_accept_header_and_by_format(seeded):
         assert response.mimetype == "text/csv"
         rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
         assert tuple(rows[0]) == FIELDS
-        assert rows[1] == ["care_gaps", "3", "0", "1", "0", "1", "0.3333", "2.0", "36.0"]
+        assert rows[1][:9] == ["care_gaps", "3", "0", "1", "0", "1", "0.3333", "2.0", "36.0"]
+        assert rows[1][9] == "1"  # notes drawing on care gaps (seeded: one, before this release)
         assert rows[2][0] == "problem_list" and rows[2][7] == ""  # no edits: empty median
 
 

@@ -231,52 +231,58 @@ def test_vitals_labs_concise_keeps_key_and_abnormal_detailed_keeps_all():
     ]
 
 
-def test_assessment_plan_one_draft_per_problem_with_rule_based_plan():
+def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_options():
     drafts = run("diabetes_hypertension", "assessment_plan")
     assert [d.title for d in drafts] == [
         "Assessment and plan draft: Essential (primary) hypertension (rule-based, for review)",
-        "Assessment and plan draft: Obesity, unspecified (rule-based, for review)",
         "Assessment and plan draft: Type 2 diabetes mellitus without complications "
         "(rule-based, for review)",
+        "Assessment and plan draft: Obesity, unspecified (rule-based, for review)",
     ]
-    assert pairs(drafts[2]) == [
+    assert pairs(drafts[1]) == [
         (
-            "Type 2 diabetes mellitus without complications, onset 2024-01-02: active on the "
-            "problem list",
+            "Type 2 diabetes mellitus without complications, since 2024-01-02: above goal",
             ["Condition/dm1-diabetes"],
         ),
-        ("Latest HbA1c 8.0% on 2026-01-01", ["Observation/dm1-hba1c-2026-01"]),
+        ("HbA1c 8.0% on 2026-01-01; above goal", ["Observation/dm1-hba1c-2026-01"]),
+        ("eGFR 91 mL/min/1.73 m2 on 2026-01-01; not reduced", ["Observation/dm1-egfr"]),
         (
-            "Current medication for this problem: metformin hydrochloride 500 MG Oral Tablet",
+            "On metformin hydrochloride 500 MG Oral Tablet (ordered 2026-01-01)",
             ["MedicationRequest/dm1-metformin"],
         ),
         (
-            "Plan (care-gap rule): Consider an HbA1c — the latest, 8.0% on 2026-01-01, is older "
-            "than the site's interval",
-            ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
+            "Consider intensifying glucose-lowering therapy: HbA1c 8.0% on 2026-01-01; "
+            "on metformin alone",
+            [
+                "Condition/dm1-diabetes",
+                "Observation/dm1-hba1c-2026-01",
+                "MedicationRequest/dm1-metformin",
+            ],
         ),
         (
-            "Plan (care-gap rule): Consider a urine albumin/creatinine ratio — none is on file",
+            "HbA1c due: last on 2026-01-01",
+            ["Condition/dm1-diabetes", "Observation/dm1-hba1c-2026-01"],
+        ),
+        (
+            "Urine albumin/creatinine ratio due: none on file",
             ["Condition/dm1-diabetes"],
         ),
     ]
-    # What is up to date (the kidney function test, the lipid panel) is not a plan item.
-    assert not any("up to date" in s.text for d in drafts for s in d.statements)
-    detailed = run("diabetes_hypertension", "assessment_plan", detail="detailed")[2]
-    assert detailed.statements[1].text == (
-        "Latest HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down)"
+    # Goals and guideline wording are the rule line, never chart-fact text.
+    assert drafts[1].statements[1].rule == (
+        "ADA Standards of Care in Diabetes 2025: HbA1c goal below 7% for most nonpregnant adults"
     )
+    assert drafts[1].statements[4].rule.startswith("ADA Standards of Care in Diabetes 2025:")
 
 
-def test_assessment_plan_untreated_problem_and_bp_gap():
+def test_assessment_plan_untreated_problem_offers_starting_treatment():
     [draft] = run("hypertension_history", "assessment_plan")
     assert [s.text for s in draft.statements] == [
-        "Essential (primary) hypertension, onset 2023-04-07: active on the problem list",
-        "Blood pressure 140/86 mmHg on 2026-01-01",
-        "No current medication on the list treats Essential (primary) hypertension",
-        "Plan (care-gap rule): Consider reviewing treatment — blood pressure 140/86 mmHg on "
-        "2025-10-03 and 140/86 mmHg on 2026-01-01: the last two readings are at or above the "
-        "site's threshold",
+        "Essential (primary) hypertension, since 2023-04-07: above goal",
+        "BP 140/86 mmHg on 2026-01-01; above goal",
+        "No current medication on the list for Essential (primary) hypertension",
+        "Consider starting antihypertensive medication (confirm with home or repeat office "
+        "readings): BP 140/86 mmHg on 2026-01-01",
     ]  # the lipid panel and flu vaccine gaps belong to no problem: not in this plan
 
 
