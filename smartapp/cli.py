@@ -111,6 +111,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
     parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="DIR",
+        help="measure the drafts against the reference assessments and plans in DIR "
+        "(<name>.json beside <name>.reference.toml)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         default=None,

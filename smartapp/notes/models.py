@@ -61,6 +61,13 @@ class SavedNote(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When the launch that saved it began: "launch to saved note" in the metrics.
+    launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Where the note's characters came from (smartapp.notes.composition), at the last save.
+    chars_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    chars_accepted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    chars_edited: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    edits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -21,9 +21,11 @@ from smartapp.errors import BadRequest, Forbidden, NotFound, TemporaryUpstreamEr
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.notes.composition import Contribution, composition
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, NotEnabled
 from smartapp.notes.models import SavedNote
+from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.writeback import (
     WrittenNote,
     revise_document,
@@ -89,8 +91,10 @@ class SidebarService:
         drafter: Drafter,
         fhir_for: Callable[[LaunchContext], FHIRClient],
         on_decision: DecisionHook | None = None,
+        pulse_every: Callable[[str], int] = lambda _iss: 0,
     ) -> None:
         self._db = database
+        self._pulse_every = pulse_every
         self._snapshots = snapshots
         self._drafter = drafter
         self._fhir_for = fhir_for
@@ -239,6 +243,10 @@ class SidebarService:
             else:
                 note.revision += 1
             note.text = body
+            measured = composition(body, _contributions(used))
+            note.launched_at = note.launched_at or launch.created_at
+            note.chars_total, note.chars_accepted = measured.total, measured.accepted
+            note.chars_edited, note.edits = measured.edited, measured.edits
             note.suggestion_ids = [r.id for r in used]
             note.engines = engines
             note.status = "pending"
@@ -409,6 +417,18 @@ class SidebarService:
                     outcome="failure",
                 )
 
+    def pulse_for(self, launch: LaunchContext, note_id: str) -> PulseQuestion | None:
+        """The pulse to ask after this save, if this note is one of the sampled ones."""
+        with self._db.session() as session:
+            note = session.get(SavedNote, note_id)
+            if note is None or note.launch_session_id != launch.session_id:
+                return None
+            return maybe_ask(session, note, every=self._pulse_every(launch.iss), now=utcnow())
+
+    def answer_pulse(self, launch: LaunchContext, body: dict[str, Any]) -> None:
+        with self._db.session() as session:
+            answer(session, body, site=launch.iss, fhir_user=launch.fhir_user, now=utcnow())
+
     def notes(self, launch: LaunchContext) -> list[dict[str, Any]]:
         with self._db.session() as session:
             rows = session.scalars(
@@ -417,3 +437,15 @@ class SidebarService:
                 .order_by(SavedNote.created_at)
             )
             return [r.to_json() for r in rows]
+
+
+def _contributions(used: list[ShownSuggestion]) -> list[Contribution]:
+    """What each used suggestion put in the note: its text, or the clinician's edit of it."""
+    found = []
+    for row in used:
+        decision = row.latest_decision()
+        if decision is None or decision.action not in ("accept", "edit"):
+            continue
+        text = decision.final_text if decision.final_text is not None else row.text
+        found.append(Contribution(action=decision.action, text=text))
+    return found

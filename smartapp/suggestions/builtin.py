@@ -264,7 +264,7 @@ class BuiltinEngine:
         for med in facts.medications:
             text = med.name
             if med.dosage:
-                text += f": {med.dosage}"
+                text += f': the order\'s instructions say "{med.dosage}"'
             if med.authored:
                 text += f" (ordered {med.authored})"
             statements.append(Statement(text=text, citations=_cite_refs(snapshot, med.references)))

@@ -367,6 +367,8 @@ def run_cli(
     except SiteConfigError as exc:
         print(f"smartapp evaluate: SiteConfigError: {exc}", file=err)
         return 2
+    if getattr(args, "reference", None) is not None:
+        return _run_reference(args, config, env, out, err)
     try:
         if args.cohort == "sandbox":
             cohort = load_sandbox_cohort()
@@ -383,4 +385,28 @@ def run_cli(
         out.write(format_table(report) + "\n")
     if args.strict and report.below_minimum():
         return 1
+    return 0
+
+
+def _run_reference(
+    args: argparse.Namespace,
+    config: Any,
+    env: Mapping[str, str],
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """`smartapp evaluate --reference DIR`: drafts against reference assessments and plans."""
+    from smartapp.suggestions import reference
+
+    try:
+        refs = reference.load_references(Path(args.reference))
+    except reference.ReferenceError as exc:
+        print(f"smartapp evaluate: {exc}", file=err)
+        return 2
+    service = SuggestionService(config, LLMSettings.from_env(env))
+    rows = reference.score(service, refs, iss=args.site)
+    if args.json:
+        out.write(json.dumps(reference.scores_json(rows)) + "\n")
+    else:
+        out.write(reference.format_scores(rows) + "\n")
     return 0
