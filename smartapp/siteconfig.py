@@ -155,6 +155,8 @@ class EffectiveConfig:
     care_gaps: CareGapRules = field(default_factory=CareGapRules)
     llm: LLMConfig = field(default_factory=LLMConfig)
     min_grounding_rate: float = 0.95
+    #: Ask the clinician's one-tap pulse after at most 1 in this many saved notes (0: never).
+    pulse_every: int = 5
     #: kind → rollout rule; "all" is the default for kinds without their own.
     rollout: Mapping[str, RolloutRule] = field(default_factory=dict)
 
@@ -198,6 +200,10 @@ class SiteConfig:
 def normalize_issuer(url: str) -> str:
     """Issuers compare without a trailing slash, as in `smartapp.config`."""
     return url.strip().rstrip("/")
+
+
+#: The default sampling of the clinician pulse: about one saved note in five.
+DEFAULT_PULSE_EVERY = 5
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -522,9 +528,14 @@ class _Checker:
 
         if "governance" in data:
             p = (*path, "governance")
-            section = self.table(data["governance"], p, ("min_grounding_rate",))
+            section = self.table(data["governance"], p, ("min_grounding_rate", "pulse_every"))
             rate = self.number(section, p, "min_grounding_rate", 0, 1)
-            out["governance"] = {"min_grounding_rate": rate} if rate is not None else {}
+            every = self.integer(section, p, "pulse_every", 0, 1000)
+            out["governance"] = {
+                k: v
+                for k, v in (("min_grounding_rate", rate), ("pulse_every", every))
+                if v is not None
+            }
 
         if "rollout" in data:
             p = (*path, "rollout")
@@ -708,6 +719,7 @@ def _effective(issuer: str | None, layer: Mapping[str, Any]) -> EffectiveConfig:
         care_gaps=_build(CareGapRules, layer.get("care_gaps", {})),
         llm=_build(LLMConfig, layer.get("llm", {})),
         min_grounding_rate=governance.get("min_grounding_rate", 0.95),
+        pulse_every=governance.get("pulse_every", DEFAULT_PULSE_EVERY),
         rollout={k: _build(RolloutRule, v) for k, v in layer.get("rollout", {}).items()},
     )
 

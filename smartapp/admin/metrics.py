@@ -541,3 +541,70 @@ def site_variance(
             )
         )
     return out
+
+
+# --- the clinician pulse -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PulseGroup:
+    key: str
+    asked: int
+    answered: int
+    skipped: int
+    #: Means over answered pulses, 1–5: "Did this draft save you time?" (higher: more time
+    #: saved) and "How much checking did it need?" (higher: more checking).
+    mean_saved_time: float | None
+    mean_checking: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "asked": self.asked,
+            "answered": self.answered,
+            "skipped": self.skipped,
+            "mean_saved_time": _round(self.mean_saved_time, 2),
+            "mean_checking": _round(self.mean_checking, 2),
+        }
+
+
+def pulse_summary(
+    session: Session,
+    *,
+    group_by: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[PulseGroup]:
+    """Pulses asked in [start, end), by site, week or "all"."""
+    from smartapp.notes.pulse import PulseResponse
+
+    if group_by not in ("site", "week", "all"):
+        raise ValueError("group_by must be site, week or all for the pulse")
+    stmt = select(PulseResponse)
+    if start is not None:
+        stmt = stmt.where(PulseResponse.asked_at >= start)
+    if end is not None:
+        stmt = stmt.where(PulseResponse.asked_at < end)
+    buckets: dict[str, list[Any]] = defaultdict(list)
+    for row in session.scalars(stmt):
+        key = {"site": row.site, "week": week_key(aware(row.asked_at)), "all": "all"}[group_by]
+        buckets[key].append(row)
+
+    def mean(values: list[int]) -> float | None:
+        return statistics.fmean(values) if values else None
+
+    groups = []
+    for key in sorted(buckets):
+        rows = buckets[key]
+        answered = [r for r in rows if r.answered_at is not None and not r.skipped]
+        groups.append(
+            PulseGroup(
+                key=key,
+                asked=len(rows),
+                answered=len(answered),
+                skipped=sum(1 for r in rows if r.skipped),
+                mean_saved_time=mean([r.saved_time for r in answered if r.saved_time]),
+                mean_checking=mean([r.checking for r in answered if r.checking]),
+            )
+        )
+    return groups

@@ -25,6 +25,7 @@ from smartapp.notes.composition import Contribution, composition
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, NotEnabled
 from smartapp.notes.models import SavedNote
+from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.writeback import (
     WrittenNote,
     revise_document,
@@ -90,8 +91,10 @@ class SidebarService:
         drafter: Drafter,
         fhir_for: Callable[[LaunchContext], FHIRClient],
         on_decision: DecisionHook | None = None,
+        pulse_every: Callable[[str], int] = lambda _iss: 0,
     ) -> None:
         self._db = database
+        self._pulse_every = pulse_every
         self._snapshots = snapshots
         self._drafter = drafter
         self._fhir_for = fhir_for
@@ -413,6 +416,18 @@ class SidebarService:
                     detail={"error": exc.code},
                     outcome="failure",
                 )
+
+    def pulse_for(self, launch: LaunchContext, note_id: str) -> PulseQuestion | None:
+        """The pulse to ask after this save, if this note is one of the sampled ones."""
+        with self._db.session() as session:
+            note = session.get(SavedNote, note_id)
+            if note is None or note.launch_session_id != launch.session_id:
+                return None
+            return maybe_ask(session, note, every=self._pulse_every(launch.iss), now=utcnow())
+
+    def answer_pulse(self, launch: LaunchContext, body: dict[str, Any]) -> None:
+        with self._db.session() as session:
+            answer(session, body, site=launch.iss, fhir_user=launch.fhir_user, now=utcnow())
 
     def notes(self, launch: LaunchContext) -> list[dict[str, Any]]:
         with self._db.session() as session:

@@ -40,7 +40,7 @@ from smartapp.suggestions.facts import (
     status_code,
     to_date,
 )
-from smartapp.suggestions.grounding import canonical_unit
+from smartapp.suggestions.grounding import canonical_unit, contradictions
 from smartapp.suggestions.interfaces import Citation, EngineInfo, Statement, Suggestion
 from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
@@ -263,8 +263,12 @@ class BuiltinEngine:
         statements: list[Statement] = []
         for med in facts.medications:
             text = med.name
-            if med.dosage:
-                text += f": {med.dosage}"
+            if med.dosage and contradictions(med.dosage, snapshot):
+                # Free text that contradicts the chart (an instruction planted in it, an
+                # "allergy ruled out"): not repeated, even quoted; the order still shows.
+                text += ": its instructions text is left out (it contradicts the chart)"
+            elif med.dosage:
+                text += f': the order\'s instructions say "{med.dosage}"'
             if med.authored:
                 text += f" (ordered {med.authored})"
             statements.append(Statement(text=text, citations=_cite_refs(snapshot, med.references)))

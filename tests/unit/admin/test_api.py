@@ -406,3 +406,32 @@ def test_audit_search_and_exports(api):
     assert {e.action for e in audit_events(api.application)} >= {"audit.search", "audit.export"}
     bad = api.get("/admin/api/audit?from=someday", headers=bearer())
     assert bad.status_code == 400 and bad.get_json()["error"]["message"].startswith("from:")
+
+
+def test_pulse_summary_by_site_and_on_the_dashboard(seeded, identity):
+    from datetime import UTC, datetime
+
+    from smartapp.notes.models import SavedNote
+    from smartapp.notes.pulse import PulseResponse
+
+    with seeded.extensions["smartapp.db"].session() as s:
+        notes = s.query(SavedNote).order_by(SavedNote.created_at).all()
+        at = datetime(2026, 11, 20, tzinfo=UTC)
+        s.add_all(
+            [
+                PulseResponse(note_id=notes[0].id, site=notes[0].site, fhir_user="P/1",
+                              asked_at=at, answered_at=at, saved_time=4, checking=2),
+                PulseResponse(note_id=notes[1].id, site=notes[1].site, fhir_user="P/1",
+                              asked_at=at, answered_at=at, skipped=True),
+            ]
+        )  # fmt: skip
+    client = seeded.test_client()
+    groups = client.get("/admin/api/pulse?group_by=all", headers=bearer()).get_json()["groups"]
+    assert groups == [
+        {"key": "all", "asked": 2, "answered": 1, "skipped": 1,
+         "mean_saved_time": 4.0, "mean_checking": 2.0}
+    ]  # fmt: skip
+    assert client.get("/admin/api/pulse?group_by=kind", headers=bearer()).status_code == 400
+    identity.sign_in(ADMIN_1)
+    page = client.get("/admin").get_data(as_text=True)
+    assert "Is it saving time" in page and "4.0" in page

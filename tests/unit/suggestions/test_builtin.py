@@ -112,8 +112,8 @@ def test_medications_list_and_reconciliation_hints():
             ["MedicationRequest/dm1-losartan"],
         ),
         (
-            "metformin hydrochloride 500 MG Oral Tablet: Take 1 tablet by mouth twice daily with "
-            "meals (ordered 2026-01-01)",
+            "metformin hydrochloride 500 MG Oral Tablet: the order's instructions say "
+            '"Take 1 tablet by mouth twice daily with meals" (ordered 2026-01-01)',
             ["MedicationRequest/dm1-metformin"],
         ),
         (
@@ -138,7 +138,8 @@ def test_medications_resolve_medication_reference_and_contained_and_skip_stopped
     [meds] = run("ckd_anemia_labs", "medications")
     assert pairs(meds) == [
         (
-            "ferrous sulfate 325 MG Oral Tablet: 1 tablet by mouth once daily (ordered 2024-02-15)",
+            "ferrous sulfate 325 MG Oral Tablet: the order's instructions say "
+            '"1 tablet by mouth once daily" (ordered 2024-02-15)',
             ["MedicationRequest/ckd1-ferrous", "Medication/ckd1-med-ferrous"],
         ),
         # Contained: citing the order cites the Medication inside it.
