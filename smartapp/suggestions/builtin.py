@@ -18,7 +18,7 @@ from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
-from smartapp.suggestions import assessment, safety
+from smartapp.suggestions import assessment, preventive, safety
 from smartapp.suggestions import kinds as K
 from smartapp.suggestions.facts import (
     BloodPressure,
@@ -38,7 +38,7 @@ from smartapp.suggestions.facts import (
     status_code,
     to_date,
 )
-from smartapp.suggestions.grounding import canonical_unit
+from smartapp.suggestions.grounding import canonical_unit, contradictions
 from smartapp.suggestions.interfaces import Citation, EngineInfo, Statement, Suggestion
 from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
@@ -260,7 +260,11 @@ class BuiltinEngine:
         statements: list[Statement] = []
         for med in facts.medications:
             text = med.name
-            if med.dosage:
+            if med.dosage and contradictions(med.dosage, snapshot):
+                # Free text that contradicts the chart (an instruction planted in it, an
+                # "allergy ruled out"): not repeated, even quoted; the order still shows.
+                text += ": its instructions text is left out (it contradicts the chart)"
+            elif med.dosage:
                 text += f': the order\'s instructions say "{med.dosage}"'
             if med.reported:
                 text += " (reported, not an order)"
@@ -465,13 +469,13 @@ class BuiltinEngine:
     # -- care gaps -----------------------------------------------------------------------
 
     def care_gaps(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
-        items = self.review_care(facts, _rules(config))
+        rules = _rules(config)
+        items = [(i.due, i.statement) for i in self.review_care(facts, rules)]
+        items += preventive.review(facts, rules.packs)
         # What is due first: it is what the clinician may act on; then what is up to date.
-        ordered = [i for i in items if i.due] + [i for i in items if not i.due]
+        ordered = [s for due, s in items if due] + [s for due, s in items if not due]
         return self._suggestion(
-            K.CARE_GAPS,
-            f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)",
-            [item.statement for item in ordered],
+            K.CARE_GAPS, f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)", ordered
         )
 
     def find_gaps(self, facts: ChartFacts, rules: CareGapRules) -> list[_CareItem]:

@@ -467,7 +467,12 @@ def _walk(node: Any, evidence: Evidence, *, key: str, free: bool, depth: int) ->
         if key == "text" and "div" in node:
             return  # the narrative: the structured values are the evidence
         if isinstance(node.get("value"), int | float) and not isinstance(node.get("value"), bool):
-            evidence.add_number(node["value"], node.get("code") or node.get("unit"), free=free)
+            # The display unit and the UCUM code: a statement may give either.
+            spellings: list[str | None] = [
+                u for u in (node.get("unit"), node.get("code")) if isinstance(u, str)
+            ]
+            for unit in dict.fromkeys(spellings or [None]):
+                evidence.add_number(node["value"], unit, free=free)
         is_reference = isinstance(node.get("reference"), str)
         is_concept = "coding" in node or key in _CONCEPT_KEYS
         for child_key, child in node.items():
@@ -719,11 +724,15 @@ def contradictions(
                     f"contradicts the chart: an active allergy is recorded "
                     f"({ref(allergy)}, {substance[:60] or 'substance not named'})"
                 )
-    stopped = _STOPPED.search(text) is not None
-    ongoing = _ONGOING.search(text) is not None
-    if stopped or ongoing:
+    # A drug and a verb about it are read within one clause ("Simvastatin stopped
+    # (switched to atorvastatin)" says nothing about atorvastatin being stopped).
+    for clause in re.split(r"[();:.\n]|,\s*(?:and|but|then)\b|\bswitched\b|\bchanged\b", lowered):
+        stopped = _STOPPED.search(clause) is not None
+        ongoing = _ONGOING.search(clause) is not None
+        if not (stopped or ongoing):
+            continue
         for name in sorted(vocabulary):
-            if not _mentions(lowered, name):
+            if not _mentions(clause, name):
                 continue
             statuses = _order_statuses(snapshot, name)
             if stopped and statuses & _ACTIVE_ORDER:
@@ -748,6 +757,10 @@ def _order_statuses(snapshot: ChartSnapshot, name: str) -> set[str]:
     return statuses
 
 
+#: `Suggestion.extra` key: the statements the verifier dropped, with their issues.
+DROPPED = "dropped_statements"
+
+
 def verify_suggestions(
     suggestions: Sequence[Suggestion],
     verifier: GroundingVerifier,
@@ -762,6 +775,7 @@ def verify_suggestions(
     out: list[Suggestion] = []
     for suggestion in suggestions:
         kept: list[Statement] = []
+        lost: list[Statement] = []
         passed = dropped = shown = 0
         for statement in suggestion.statements:
             result = verifier.check(statement)
@@ -773,11 +787,15 @@ def verify_suggestions(
                 kept.append(_with(statement, verified=False, issues=result.issues))
             else:
                 dropped += 1
+                lost.append(_with(statement, verified=False, issues=result.issues))
         verification = Verification(
             checked=len(suggestion.statements), passed=passed, dropped=dropped,
             unverified_shown=shown,
         )  # fmt: skip
-        out.append(suggestion.with_statements(tuple(kept), verification=verification))
+        extra = dict(suggestion.extra)
+        if lost:
+            extra[DROPPED] = tuple(lost)  # for `smartapp draft` and evaluate --out: never shown
+        out.append(suggestion.with_statements(tuple(kept), verification=verification, extra=extra))
     return out
 
 
