@@ -43,6 +43,16 @@ CARE_GAP_RULES = (
 AUTH_HEADERS = ("authorization", "api-key")
 
 
+def preventive_pack_ids() -> tuple[str, ...]:
+    """The built-in preventive rule packs a site may list in `[care_gaps] packs`."""
+    from smartapp import clinical
+
+    ids = []
+    for path in clinical.topic_files("preventive"):
+        ids.append(str(clinical.read_toml(path).get("pack") or path.stem))
+    return tuple(ids)
+
+
 class SiteConfigError(Exception):
     """The site configuration is invalid; each line of the message names file, line and key."""
 
@@ -81,6 +91,8 @@ class CareGapRules:
     lipid_min_age: int = 40
     lipid_max_age: int = 75
     influenza_interval_months: int = 12
+    #: Preventive rule packs in effect (`smartapp/clinical/data/preventive/`); None: all.
+    packs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -451,9 +463,11 @@ class _Checker:
                     "lipid_min_age",
                     "lipid_max_age",
                     "influenza_interval_months",
+                    "packs",
                 ),
             )
             values = {
+                "packs": self.string_list(section, p, "packs", preventive_pack_ids()),
                 "rules": self.string_list(section, p, "rules", CARE_GAP_RULES),
                 "hba1c_interval_months": self.integer(section, p, "hba1c_interval_months", 1, 60),
                 "kidney_test_interval_months": self.integer(

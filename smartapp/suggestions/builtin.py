@@ -19,7 +19,7 @@ from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
-from smartapp.suggestions import assessment
+from smartapp.suggestions import assessment, preventive
 from smartapp.suggestions import kinds as K
 from smartapp.suggestions.facts import (
     BloodPressure,
@@ -488,13 +488,13 @@ class BuiltinEngine:
     # -- care gaps -----------------------------------------------------------------------
 
     def care_gaps(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
-        items = self.review_care(facts, _rules(config))
+        rules = _rules(config)
+        items = [(i.due, i.statement) for i in self.review_care(facts, rules)]
+        items += preventive.review(facts, rules.packs)
         # What is due first: it is what the clinician may act on; then what is up to date.
-        ordered = [i for i in items if i.due] + [i for i in items if not i.due]
+        ordered = [s for due, s in items if due] + [s for due, s in items if not due]
         return self._suggestion(
-            K.CARE_GAPS,
-            f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)",
-            [item.statement for item in ordered],
+            K.CARE_GAPS, f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)", ordered
         )
 
     def find_gaps(self, facts: ChartFacts, rules: CareGapRules) -> list[_CareItem]:

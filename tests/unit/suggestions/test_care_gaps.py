@@ -31,8 +31,9 @@ BP_RULE = "Blood pressure at or above 140/90 mmHg at the last 2 readings"
 
 
 def gaps(snapshot: ChartSnapshot, **rules: Any) -> list[tuple[str, list[str]]]:
-    """The care-gaps statements as (text, citations); [] when the kind says nothing."""
-    config = {"care_gaps": CareGapRules(**rules)} if rules else {}
+    """The care-gaps statements as (text, citations); [] when the kind says nothing. The
+    preventive packs are off here (tests/unit/suggestions/test_preventive.py has them)."""
+    config = {"care_gaps": CareGapRules(**{"packs": (), **rules})}
     found = ENGINE.suggest(snapshot, "care_gaps", config)
     if not found:
         return []
@@ -46,7 +47,7 @@ def pairs(suggestion: Suggestion) -> list[tuple[str, list[str]]]:
 
 
 def rules_of(snapshot: ChartSnapshot) -> list[str | None]:
-    [suggestion] = ENGINE.suggest(snapshot, "care_gaps", {})
+    [suggestion] = ENGINE.suggest(snapshot, "care_gaps", {"care_gaps": CareGapRules(packs=())})
     return [s.rule for s in suggestion.statements]
 
 
