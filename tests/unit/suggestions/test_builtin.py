@@ -369,7 +369,9 @@ def test_allergies_state_no_known_drug_allergy_only_from_a_record_saying_so():
 def test_missing_data_gives_no_suggestion_rather_than_an_empty_one(kind):
     assert run("no_problems", kind) == []
     # No care-gap rule applies, and no allergy record: nothing at all, not "no allergies".
-    rules = CareGapRules(rules=("hba1c_interval", "kidney_test_interval", "lipid_screening"))
+    rules = CareGapRules(
+        rules=("hba1c_interval", "kidney_test_interval", "lipid_screening"), packs=()
+    )
     assert run("no_problems", "care_gaps", care_gaps=rules) == []
     assert run("no_problems", "patient_instructions", care_gaps=rules) == []
     assert run("hypertension_history", "allergies") == []
