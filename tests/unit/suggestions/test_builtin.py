@@ -147,6 +147,8 @@ def test_medications_resolve_medication_reference_and_contained_and_skip_stopped
             "furosemide 40 MG Oral Tablet (ordered 2025-09-15)",
             ["MedicationRequest/ckd1-furosemide"],
         ),
+        # A stopped order is not current: it is shown as stopped, never as taken.
+        ("Stopped: ibuprofen 600 MG Oral Tablet", ["MedicationRequest/ckd1-ibuprofen"]),
     ]
 
 
