@@ -40,6 +40,7 @@ from smartapp.suggestions.facts import (
 )
 from smartapp.suggestions.grounding import canonical_unit, contradictions
 from smartapp.suggestions.interfaces import Citation, EngineInfo, Statement, Suggestion
+from smartapp.suggestions.ranges import default_range_check
 from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
     BP_PANEL,
@@ -151,6 +152,30 @@ class _CareItem:
     statement: Statement
     plan_text: str = ""
     patient_text: str = ""
+
+
+def _abnormal(facts: ChartFacts, result: Result) -> tuple[str | None, str | None]:
+    """How the result is out of range (the lab's flag, its own range, else the cited
+    default table's), and for the default table the range and its source (for `rule`)."""
+    flag = interpretation_flag(result.resource)
+    if flag:
+        return f"flagged {flag}", None
+    check = reference_range_check(result.resource, result.value)
+    if check:
+        return f"{check.direction} the reference range", None
+    if result.resource.get("referenceRange") or result.resource.get("interpretation"):
+        return None, None  # the lab's own range or flag: within it
+    gender = facts.snapshot.patient.get("gender")
+    found = default_range_check(
+        result.resource, result.value, sex=gender if isinstance(gender, str) else None
+    )
+    if found is None:
+        return None, None
+    default_check, default = found
+    return (
+        f"{default_check.direction} the default reference range",
+        f"default reference range {default_check.range_text} ({default.cite.label})",
+    )
 
 
 def _kidney_topic(problem: Problem) -> str:
@@ -663,7 +688,11 @@ class BuiltinEngine:
         without one the rule applies for the patient's age, and the Patient is cited."""
         snapshot = facts.snapshot
         groups = basis.group_ids if basis else frozenset()
+        abnormal: str | None = None  # "above the reference range": never "up to date"
         if isinstance(result, Result):
+            abnormal, range_rule = _abnormal(facts, result)
+            if range_rule:
+                rule = f"{rule}; {range_rule}"
             name = "" if result.name.lower() == noun.lower() else f"{result.name} "
             result = _Evidence(
                 phrase=f"{name}{result.value_text()}{_on(result.date)}",
@@ -688,6 +717,20 @@ class BuiltinEngine:
         if taken is None:
             return None  # undated: neither "up to date" nor "older" can be said
         cited = _cite(snapshot, *result.resources, *([basis.condition] if basis else []))
+        if taken >= cutoff and abnormal:
+            # Tested within the interval but out of range: the test is current, the
+            # problem is not "up to date".
+            done = f"{noun} done within the interval" if noun else "done within the interval"
+            return _CareItem(
+                rule_id=rule_id,
+                due=False,
+                groups=groups,
+                statement=Statement(
+                    text=f"{topic}: {done}, result {abnormal} — {result.phrase}",
+                    citations=cited,
+                    rule=rule,
+                ),
+            )
         if taken >= cutoff:
             up_to_date = f"{noun} up to date" if noun else "up to date"
             return _CareItem(
