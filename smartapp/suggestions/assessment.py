@@ -595,7 +595,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 citations=_cite(snapshot, [problem.condition]),
             )
         )
-    for option in kb.options:
+    for option in kb.options if not facts.deceased else ():  # no plan for the deceased
         if option.problem not in problem.group_ids or option.id in shown.options:
             continue
         option_spec = kb.problems.get(option.problem)

@@ -117,3 +117,12 @@ def test_an_option_naming_an_unknown_value_set_is_refused(tmp_path: Path):
     )
     with pytest.raises(clinical.KnowledgeError, match="no value set"):
         assessment.knowledge([tmp_path])
+
+
+def test_a_deceased_patient_gets_the_record_but_no_plan_options():
+    resources, _ = bundle_resources(json.loads((CHARTS / "t2d_htn_ckd.json").read_text()))
+    resources[0] = {**resources[0], "deceasedDateTime": "2026-11-20"}
+    dead = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    drafts = ENGINE.suggest(dead, "assessment_plan", {})
+    assert drafts
+    assert not any(s.text.startswith("Consider") for d in drafts for s in d.statements)
