@@ -25,7 +25,10 @@ DELIVERY_MESSAGES = {
     "ehr_forbidden": "The EHR refused the note: this app is not permitted to write it.",
     "ehr_not_found": "The EHR could not find the patient or the draft note.",
     "ehr_conflict": "The EHR refused the note because the chart changed; save again.",
-    "relaunch_required": "Your session with the EHR has ended; open the app again to send it.",
+    "relaunch_required": (
+        "Your session with the EHR ended before the note was sent. It is kept here and is "
+        "sent the next time you open the app for this patient."
+    ),
 }
 
 

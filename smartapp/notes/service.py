@@ -17,7 +17,14 @@ from sqlalchemy import CursorResult, select, update
 
 from smartapp import audit
 from smartapp.db import Database, utcnow
-from smartapp.errors import BadRequest, Forbidden, NotFound, TemporaryUpstreamError, UpstreamError
+from smartapp.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RelaunchRequired,
+    TemporaryUpstreamError,
+    UpstreamError,
+)
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
@@ -323,6 +330,11 @@ class SidebarService:
         except TemporaryUpstreamError as exc:
             self._record_failure(note_id, exc, retry=True)
             return None
+        except RelaunchRequired:
+            # The EHR ended the launch's tokens: the note can still be sent, with the
+            # clinician's next launch for this patient (the outbox picks that up).
+            self._record_waiting_for_launch(note_id)
+            return None
         except UpstreamError as exc:
             self._record_failure(note_id, exc, retry=False)
             raise
@@ -390,6 +402,17 @@ class SidebarService:
                 note.status = "in_chart" if note.revision == revision else "pending"
                 note.next_attempt_at = None
 
+    def _record_waiting_for_launch(self, note_id: str) -> None:
+        log.warning("note write-back waits for a new launch (relaunch_required)")
+        with self._db.session() as session:
+            note = session.get(SavedNote, note_id)
+            if note is None:
+                return
+            note.attempts += 1
+            note.last_error = RelaunchRequired.code
+            note.status = "pending"
+            note.next_attempt_at = None
+
     def _record_failure(self, note_id: str, exc: UpstreamError, *, retry: bool) -> None:
         log.warning(
             "note write-back failed (%s); %s", exc.code, "will retry" if retry else "gave up"
@@ -431,9 +454,24 @@ class SidebarService:
 
     def notes(self, launch: LaunchContext) -> list[dict[str, Any]]:
         with self._db.session() as session:
+            # This launch's notes, and this clinician's notes for this patient that an
+            # earlier launch left waiting (sent with this one by the outbox), still waiting
+            # or delivered since this launch began.
+            earlier_waiting = (
+                (
+                    (SavedNote.status == "pending")
+                    | (
+                        (SavedNote.status == "in_chart")
+                        & (SavedNote.updated_at >= launch.created_at)
+                    )
+                )
+                & (SavedNote.site == launch.iss)
+                & (SavedNote.patient_id == (launch.patient_id or ""))
+                & (SavedNote.fhir_user == launch.fhir_user)
+            )
             rows = session.scalars(
                 select(SavedNote)
-                .where(SavedNote.launch_session_id == launch.session_id)
+                .where((SavedNote.launch_session_id == launch.session_id) | earlier_waiting)
                 .order_by(SavedNote.created_at)
             )
             return [r.to_json() for r in rows]
