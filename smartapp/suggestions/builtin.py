@@ -300,8 +300,7 @@ class BuiltinEngine:
             statements.append(Statement(text=text, citations=_cite_refs(snapshot, med.references)))
         statements += self._stopped_orders(facts)
         # Safety flags (allergy, contraindication, interaction) come first.
-        statements = self._safety_hints(facts) + statements
-        statements += self._duplicate_hints(facts)
+        statements = self._safety_hints(facts) + self._duplicate_hints(facts) + statements
         statements += self._unmatched_medication_hints(facts)
         statements += self._untreated_problem_hints(facts)
         return self._suggestion(
