@@ -39,6 +39,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         app_port=args.app_port if args.app_port is not None else args.port + 1,
         latency_ms=args.latency_ms,
         population_size=args.patients,
+        rewrite_urn_uuids=args.rewrite_urn_uuids,
     )
     sandbox = stack.ehr.extensions["smartapp.sandbox"]
     launch_id = sandbox.auth.create_launch(
@@ -199,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument(
         "--patients", type=int, default=24, help="synthetic patients (first start)"
+    )
+    sandbox.add_argument(
+        "--rewrite-urn-uuids",
+        action="store_true",
+        help="replace a transaction's urn:uuid fullUrls everywhere, identifiers included",
     )
     sandbox.set_defaults(handler=_sandbox)
 

@@ -104,7 +104,13 @@ def test_citation_display_comes_from_the_resource():
 def test_medications_list_and_reconciliation_hints():
     [meds] = run("diabetes_hypertension", "medications")
     assert meds.title == "Medication list and reconciliation hints (rule-based)"
+    # Safety flags (the duplicate pair) come first.
     assert pairs(meds) == [
+        (
+            "Possible duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
+            "Oral Tablet are both renin-angiotensin blockers (ACE inhibitors and ARBs)",
+            ["MedicationRequest/dm1-lisinopril", "MedicationRequest/dm1-losartan"],
+        ),
         ("amlodipine 5 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-amlodipine"]),
         ("lisinopril 10 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-lisinopril"]),
         (
@@ -121,17 +127,12 @@ def test_medications_list_and_reconciliation_hints():
             ["MedicationRequest/dm1-omeprazole"],
         ),
         (
-            "Possible duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
-            "Oral Tablet are both renin-angiotensin blockers (ACE inhibitors and ARBs)",
-            ["MedicationRequest/dm1-lisinopril", "MedicationRequest/dm1-losartan"],
-        ),
-        (
             "No active problem on the list matches omeprazole 20 MG Delayed Release Oral Capsule "
             "(proton pump inhibitor)",
             ["MedicationRequest/dm1-omeprazole"],
         ),
     ]
-    assert [s.rule is not None for s in meds.statements] == [False] * 5 + [True] * 2
+    assert [s.rule is not None for s in meds.statements] == [True] + [False] * 5 + [True]
 
 
 def test_medications_resolve_medication_reference_and_contained_and_skip_stopped():
@@ -204,7 +205,11 @@ def test_vitals_labs_bp_panel_trend_and_up_direction():
         texts[0]
         == "Blood pressure 103/66 mmHg on 2026-01-01, previous 146/92 mmHg on 2025-10-03 (lower)"
     )
-    assert "HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down)" in texts
+    # No range on the result: the cited default table says it is above the normal range.
+    assert (
+        "HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down); above the default "
+        "reference range" in texts
+    )
     assert "Weight 96.0 kg on 2026-01-01" in texts
 
 
