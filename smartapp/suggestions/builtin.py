@@ -449,6 +449,13 @@ class BuiltinEngine:
         check = reference_range_check(result.resource, result.value)
         if check:
             return f"{check.direction} the reference range {check.range_text}"
+        if result.resource.get("referenceRange") or result.resource.get("interpretation"):
+            return None
+        # No range or flag on the result: the cited default table (ranges that do not
+        # depend on sex), named without its numbers (they are not the chart's).
+        found = default_range_check(result.resource, result.value, sex=None)
+        if found:
+            return f"{found[0].direction} the default reference range"
         return None
 
     def _trend(self, snapshot: ChartSnapshot, results: list[Result], flag: str | None) -> Statement:

@@ -162,3 +162,34 @@ def check_chart(
 
 def expectation_files(folder: Path) -> Sequence[Path]:
     return sorted(folder.glob("*.expect.toml"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SafetyReport:
+    """Conflicts the chart set's expectations plant vs those the drafts raised."""
+
+    expected: int
+    raised: int
+    missed: tuple[tuple[str, str], ...]  # (chart name, rule id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expected": self.expected,
+            "raised": self.raised,
+            "missed": [{"chart": c, "rule": r} for c, r in self.missed],
+        }
+
+
+def safety_report(folder: Path, service: SuggestionService | None = None) -> SafetyReport:
+    """Every `*.expect.toml` of a folder: planted `[[conflict]]` rules vs raised ones."""
+    expected = raised = 0
+    missed: list[tuple[str, str]] = []
+    for path in expectation_files(folder):
+        check = check_chart(load_expectations(path), service)
+        for rule in check.expectations.conflicts:
+            expected += 1
+            if rule in check.conflicts_raised:
+                raised += 1
+            else:
+                missed.append((path.name.removesuffix(".expect.toml"), rule))
+    return SafetyReport(expected=expected, raised=raised, missed=tuple(missed))

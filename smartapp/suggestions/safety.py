@@ -207,6 +207,9 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
                 continue
             evidence = context.pregnancy[0]
             what = concept_text(evidence.get("code")) or "pregnancy"
+            answer = concept_text(evidence.get("valueCodeableConcept"))
+            if answer:
+                what = f"{what}: {answer}"
             for med in meds:
                 flags.append(
                     SafetyFlag(

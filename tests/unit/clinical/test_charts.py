@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from smartapp.suggestions.charts import check_chart, expectation_files, load_expectations
+from smartapp.suggestions.charts import (
+    check_chart,
+    expectation_files,
+    load_expectations,
+    safety_report,
+)
 
 CHARTS = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"
 EXPECTATIONS = expectation_files(CHARTS)
@@ -33,3 +38,18 @@ def test_chart(path: Path) -> None:
         for st in s.statements
     )
     assert check.ok, "\n".join(check.failures) + "\nshown:\n" + shown
+
+
+def test_safety_report_counts_every_planted_conflict_as_raised(tmp_path: Path) -> None:
+    report = safety_report(CHARTS)
+    assert report.expected >= 12
+    assert report.raised == report.expected, report.missed
+    # A planted conflict the drafts do not raise is counted as missed.
+    for name in ("nkda.json",):
+        (tmp_path / name).write_bytes((CHARTS / name).read_bytes())
+    (tmp_path / "nkda.expect.toml").write_text(
+        'as_of = "2026-11-15"\n[[conflict]]\nrule = "allergy-penicillin"\n'
+    )
+    missed = safety_report(tmp_path)
+    assert (missed.expected, missed.raised) == (1, 0)
+    assert missed.missed == (("nkda", "allergy-penicillin"),)

@@ -205,7 +205,11 @@ def test_vitals_labs_bp_panel_trend_and_up_direction():
         texts[0]
         == "Blood pressure 103/66 mmHg on 2026-01-01, previous 146/92 mmHg on 2025-10-03 (lower)"
     )
-    assert "HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down)" in texts
+    # No range on the result: the cited default table says it is above the normal range.
+    assert (
+        "HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down); above the default "
+        "reference range" in texts
+    )
     assert "Weight 96.0 kg on 2026-01-01" in texts
 
 
