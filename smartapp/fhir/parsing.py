@@ -19,6 +19,24 @@ from pydantic import ValidationError
 
 from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
 
+# Far deeper than any real resource (each nested extension adds 2 levels), and well
+# inside Python's recursion limit, which pydantic's validation of nested extensions hits
+# at about 125 levels.
+MAX_JSON_DEPTH = 64
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True if `value` nests JSON objects/arrays more than `limit` levels (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
 
 @cache
 def _model(resource_type: str) -> Any:
@@ -36,8 +54,12 @@ def validation_error(resource: Any) -> str | None:
         model = _model(resource_type)
     except (ValueError, KeyError):
         return f"unknown resourceType {resource_type[:40]!r}"
+    if _too_deep(resource, MAX_JSON_DEPTH):
+        return f"nested more than {MAX_JSON_DEPTH} levels deep"
     try:
         model.model_validate(resource)
+    except RecursionError:
+        return "nested too deeply to validate"
     except ValidationError as exc:
         # Field paths only: pydantic's messages quote the offending input, which may be PHI.
         fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})

@@ -86,3 +86,26 @@ def test_missing_patient_is_a_problem_with_a_placeholder():
     assert [p.code for p in snapshot.problems] == ["search_failed"]
     not_granted = build_snapshot([], patient_id="pat-1", not_granted=("Patient",))
     assert [p.code for p in not_granted.problems] == ["scope_not_granted"]
+
+
+def _nested_extension_observation(levels: int) -> dict:
+    extension: dict = {"url": "http://example.org/leaf", "valueString": "x"}
+    for _ in range(levels):
+        extension = {"url": "http://example.org/nest", "extension": [extension]}
+    return {
+        "resourceType": "Observation",
+        "id": "deep",
+        "status": "final",
+        "code": {"text": "deep"},
+        "subject": {"reference": "Patient/p1"},
+        "extension": [extension],
+    }
+
+
+def test_extension_nested_200_levels_is_skipped_not_a_crash():
+    error = validation_error(_nested_extension_observation(200))
+    assert error is not None and "nested" in error
+
+
+def test_shallow_nested_extension_still_validates():
+    assert validation_error(_nested_extension_observation(3)) is None
