@@ -90,6 +90,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         drafter=GovernedDrafter(engines=engines, database=database),
         fhir_for=chart.client_for,
         on_decision=forward_decision,
+        pulse_every=lambda iss: engines.config.for_issuer(iss).pulse_every,
     )
     notes_views.init_app(app, sidebar)
     app.extensions["smartapp.outbox"] = Outbox(

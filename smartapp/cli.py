@@ -1,4 +1,4 @@
-"""The `smartapp` command: serve, sandbox, evaluate, check, outbox."""
+"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         app_port=args.app_port if args.app_port is not None else args.port + 1,
         latency_ms=args.latency_ms,
         population_size=args.patients,
+        rewrite_urn_uuids=args.rewrite_urn_uuids,
     )
     sandbox = stack.ehr.extensions["smartapp.sandbox"]
     launch_id = sandbox.auth.create_launch(
@@ -88,6 +89,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _draft(args: argparse.Namespace) -> int:
+    from smartapp.suggestions.evaluate import run_draft_cli
+
+    return run_draft_cli(args)
+
+
 def _check(args: argparse.Namespace) -> int:
     from smartapp.check import run_cli
 
@@ -111,6 +118,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
     parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="DIR",
+        help="measure the drafts against the reference assessments and plans in DIR "
+        "(<name>.json beside <name>.reference.toml)",
+    )
+    parser.add_argument(
         "--config",
         type=Path,
         default=None,
@@ -128,6 +142,38 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--strict",
         action="store_true",
         help="exit 1 when a kind's grounding rate is below the configured min_grounding_rate",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.ndjson",
+        help="also write one `smartapp draft --json` record per patient to this NDJSON file",
+    )
+
+
+def _draft_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chart", required=True, metavar="FILE", help="one chart: a FHIR Bundle (.json) or NDJSON"
+    )
+    parser.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the day the chart is read (default: today)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="site configuration file (default: $SMARTAPP_CONFIG, else the built-in defaults)",
+    )
+    parser.add_argument("--site", default=None, metavar="ISS", help="apply this issuer's overrides")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"suggestions": [...], "dropped": [...], "problems": [...]} as JSON',
     )
 
 
@@ -155,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--patients", type=int, default=24, help="synthetic patients (first start)"
     )
+    sandbox.add_argument(
+        "--rewrite-urn-uuids",
+        action="store_true",
+        help="replace a transaction's urn:uuid fullUrls everywhere, identifiers included",
+    )
     sandbox.set_defaults(handler=_sandbox)
 
     outbox = sub.add_parser("outbox", help="notes and feedback waiting to be delivered")
@@ -168,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
+
+    draft = sub.add_parser(
+        "draft",
+        help="every suggestion for one chart, each statement's verification, what was dropped",
+    )
+    _draft_arguments(draft)
+    draft.set_defaults(handler=_draft)
 
     from smartapp import bench as bench_module
     from smartapp import check as check_module

@@ -209,7 +209,7 @@ class Settings:
             secret_key=environ.get("SMARTAPP_SECRET_KEY") or _instance_secret(instance_path),
             site_config_path=Path(site_config) if site_config else None,
             admin_users=_split_list(environ.get("SMARTAPP_ADMIN_USERS"))
-            or ((SANDBOX_ADMIN,) if sandbox_issuer else ()),
+            or ((f"{normalize_issuer(sandbox_issuer)}|{SANDBOX_ADMIN}",) if sandbox_issuer else ()),
             admin_token=environ.get("SMARTAPP_ADMIN_TOKEN") or None,
             llm_base_url=(environ.get("SMARTAPP_LLM_BASE_URL") or "").rstrip("/") or None,
             llm_model=environ.get("SMARTAPP_LLM_MODEL") or None,

@@ -104,6 +104,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "smartapp.feedback.models",
     "smartapp.feedback.forwarding",
     "smartapp.notes.models",
+    "smartapp.notes.pulse",
     "smartapp.fhir.cache",
     "smartapp.audit.models",
     "smartapp.admin.models",

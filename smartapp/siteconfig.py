@@ -43,6 +43,16 @@ CARE_GAP_RULES = (
 AUTH_HEADERS = ("authorization", "api-key")
 
 
+def preventive_pack_ids() -> tuple[str, ...]:
+    """The built-in preventive rule packs a site may list in `[care_gaps] packs`."""
+    from smartapp import clinical
+
+    ids = []
+    for path in clinical.topic_files("preventive"):
+        ids.append(str(clinical.read_toml(path).get("pack") or path.stem))
+    return tuple(ids)
+
+
 class SiteConfigError(Exception):
     """The site configuration is invalid; each line of the message names file, line and key."""
 
@@ -81,6 +91,8 @@ class CareGapRules:
     lipid_min_age: int = 40
     lipid_max_age: int = 75
     influenza_interval_months: int = 12
+    #: Preventive rule packs in effect (`smartapp/clinical/data/preventive/`); None: all.
+    packs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +155,8 @@ class EffectiveConfig:
     care_gaps: CareGapRules = field(default_factory=CareGapRules)
     llm: LLMConfig = field(default_factory=LLMConfig)
     min_grounding_rate: float = 0.95
+    #: Ask the clinician's one-tap pulse after at most 1 in this many saved notes (0: never).
+    pulse_every: int = 5
     #: kind → rollout rule; "all" is the default for kinds without their own.
     rollout: Mapping[str, RolloutRule] = field(default_factory=dict)
 
@@ -186,6 +200,10 @@ class SiteConfig:
 def normalize_issuer(url: str) -> str:
     """Issuers compare without a trailing slash, as in `smartapp.config`."""
     return url.strip().rstrip("/")
+
+
+#: The default sampling of the clinician pulse: about one saved note in five.
+DEFAULT_PULSE_EVERY = 5
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -445,9 +463,11 @@ class _Checker:
                     "lipid_min_age",
                     "lipid_max_age",
                     "influenza_interval_months",
+                    "packs",
                 ),
             )
             values = {
+                "packs": self.string_list(section, p, "packs", preventive_pack_ids()),
                 "rules": self.string_list(section, p, "rules", CARE_GAP_RULES),
                 "hba1c_interval_months": self.integer(section, p, "hba1c_interval_months", 1, 60),
                 "kidney_test_interval_months": self.integer(
@@ -508,9 +528,14 @@ class _Checker:
 
         if "governance" in data:
             p = (*path, "governance")
-            section = self.table(data["governance"], p, ("min_grounding_rate",))
+            section = self.table(data["governance"], p, ("min_grounding_rate", "pulse_every"))
             rate = self.number(section, p, "min_grounding_rate", 0, 1)
-            out["governance"] = {"min_grounding_rate": rate} if rate is not None else {}
+            every = self.integer(section, p, "pulse_every", 0, 1000)
+            out["governance"] = {
+                k: v
+                for k, v in (("min_grounding_rate", rate), ("pulse_every", every))
+                if v is not None
+            }
 
         if "rollout" in data:
             p = (*path, "rollout")
@@ -694,6 +719,7 @@ def _effective(issuer: str | None, layer: Mapping[str, Any]) -> EffectiveConfig:
         care_gaps=_build(CareGapRules, layer.get("care_gaps", {})),
         llm=_build(LLMConfig, layer.get("llm", {})),
         min_grounding_rate=governance.get("min_grounding_rate", 0.95),
+        pulse_every=governance.get("pulse_every", DEFAULT_PULSE_EVERY),
         rollout={k: _build(RolloutRule, v) for k, v in layer.get("rollout", {}).items()},
     )
 

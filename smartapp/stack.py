@@ -73,6 +73,7 @@ def build_stack(
     access_token_lifetime: int = 3600,
     sandbox_data_dir: Path | None = None,
     ehr_manifest_overrides: Mapping[str, Any] | None = None,
+    rewrite_urn_uuids: bool = False,
 ) -> Stack:
     """Bind both servers, then build both apps (each needs the other's URL)."""
     ehr_server = BackgroundServer("127.0.0.1", ehr_port, public_host="localhost")
@@ -96,6 +97,7 @@ def build_stack(
         latency_ms=latency_ms,
         population_size=population_size,
         access_token_lifetime=access_token_lifetime,
+        rewrite_urn_uuids=rewrite_urn_uuids,
     )
     app = create_app(settings)
     ehr_server.set_app(ehr)

@@ -16,13 +16,14 @@ patching internals:
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from flask import Flask, Response, current_app, request
 
-from smartapp.admin.identity import normalize_fhir_user
+from smartapp.admin.identity import admin_entries, normalize_fhir_user, unbound_entries
 from smartapp.config import Settings
 from smartapp.errors import AppError, Forbidden, NotAuthenticated
 
@@ -31,6 +32,7 @@ SIGNIN_EXT = "smartapp.admin.start_signin"
 #: The audit trail's name for calls made with the admin API token (it is no person).
 TOKEN_ACTOR = "admin-api-token"
 ADMIN_SCOPE = "openid fhirUser"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,8 +87,28 @@ def smart_signin(iss: str) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    settings: Settings | None = app.extensions.get("smartapp.settings")
+    if settings is not None and settings.admin_users:
+        _log_admin_binding(settings)
     app.extensions.setdefault(IDENTITY_EXT, smart_session_identity)
     app.extensions.setdefault(SIGNIN_EXT, smart_signin)
+
+
+def _log_admin_binding(settings: Settings) -> None:
+    """Say at start-up how SMARTAPP_ADMIN_USERS entries are bound to issuers."""
+    relative = [u for u in settings.admin_users if "|" not in u and "://" not in u]
+    if relative and len(settings.allowed_issuers) == 1:
+        _log.info(
+            "SMARTAPP_ADMIN_USERS: %d relative entr(y/ies) bound to the only allowed issuer %s",
+            len(relative),
+            settings.allowed_issuers[0],
+        )
+    for entry in unbound_entries(settings.admin_users, settings.allowed_issuers):
+        _log.warning(
+            "SMARTAPP_ADMIN_USERS entry %r is ignored: name its issuer as ISS|Practitioner/id "
+            "or an absolute fhirUser URL on an allowed issuer's base",
+            entry,
+        )
 
 
 def set_identity_provider(app: Flask, provider: IdentityProvider) -> None:
@@ -103,14 +125,22 @@ def signed_in_user() -> SignedInUser | None:
     return provider()
 
 
-def is_admin(settings: Settings, fhir_user: str | None) -> bool:
+def is_admin(settings: Settings, fhir_user: str | None, iss: str | None) -> bool:
+    """Whether (iss, fhirUser) is on SMARTAPP_ADMIN_USERS: the id alone is not enough."""
     user = normalize_fhir_user(fhir_user)
-    return user is not None and user in {normalize_fhir_user(u) for u in settings.admin_users}
+    if user is None or not iss:
+        return False
+    issuer = iss.strip().rstrip("/")
+    if fhir_user is not None and "://" in fhir_user:
+        # An absolute fhirUser must sit on the issuer that signed it in.
+        if fhir_user.strip().rstrip("/")[: -len(user)].rstrip("/") != issuer:
+            return False
+    return (issuer, user) in admin_entries(settings.admin_users, settings.allowed_issuers)
 
 
 def admin_from(user: SignedInUser) -> AdminUser:
     """The admin behind a session; Forbidden when the user is not on SMARTAPP_ADMIN_USERS."""
-    if not is_admin(_settings(), user.fhir_user):
+    if not is_admin(_settings(), user.fhir_user, user.site):
         raise Forbidden("Your EHR account is not on this app's list of administrators.")
     return AdminUser(
         actor=normalize_fhir_user(user.fhir_user) or "",

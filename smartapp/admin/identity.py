@@ -23,3 +23,40 @@ def normalize_fhir_user(reference: str | None) -> str | None:
     if len(parts) >= 2 and parts[-2] in _USER_TYPES:
         return f"{parts[-2]}/{parts[-1]}"
     return text
+
+
+def admin_entries(
+    entries: tuple[str, ...], allowed_issuers: tuple[str, ...]
+) -> frozenset[tuple[str, str]]:
+    """SMARTAPP_ADMIN_USERS as (issuer, "Type/id") pairs: an admin is bound to one EHR.
+
+    An entry is "ISS|Practitioner/id", or an absolute fhirUser URL on an allowed issuer's
+    base, or (only when exactly one issuer is allowed) a relative "Practitioner/id". Entries
+    that name no allowed issuer match nobody: the same id at another EHR is another person.
+    """
+    issuers = tuple(i.strip().rstrip("/") for i in allowed_issuers)
+    pairs: set[tuple[str, str]] = set()
+    for entry in entries:
+        text = entry.strip()
+        if "|" in text:
+            iss, _, user = text.partition("|")
+            iss = iss.strip().rstrip("/")
+            ref = normalize_fhir_user(user)
+            if ref is not None and iss in issuers and "://" not in user:
+                pairs.add((iss, ref))
+            continue
+        ref = normalize_fhir_user(text)
+        if ref is None:
+            continue
+        if "://" in text:
+            base = text.rstrip("/")[: -len(ref)].rstrip("/")
+            if base in issuers:
+                pairs.add((base, ref))
+        elif len(issuers) == 1:
+            pairs.add((issuers[0], ref))
+    return frozenset(pairs)
+
+
+def unbound_entries(entries: tuple[str, ...], allowed_issuers: tuple[str, ...]) -> list[str]:
+    """The entries of SMARTAPP_ADMIN_USERS that bind to no allowed issuer (they are ignored)."""
+    return [e for e in entries if not admin_entries((e,), allowed_issuers)]

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -47,6 +47,9 @@ FIELDS: tuple[str, ...] = (
     "acceptance_rate",
     "median_edit_distance",
     "median_seconds_to_decision",
+    "notes",
+    "median_seconds_launch_to_note",
+    "ai_share_of_note_chars",
 )
 
 RATE_DIGITS = 4
@@ -63,6 +66,11 @@ class MetricsGroup:
     acceptance_rate: float | None
     median_edit_distance: float | None
     median_seconds_to_decision: float | None
+    #: Notes saved in the period that drew on this group (by site and week: every note).
+    notes: int = 0
+    median_seconds_launch_to_note: float | None = None
+    #: Of those notes' characters, the share from accepted or edited suggestions (0–1).
+    ai_share_of_note_chars: float | None = None
 
     @property
     def decided(self) -> int:
@@ -89,6 +97,9 @@ class MetricsGroup:
             "acceptance_rate": _round(self.acceptance_rate),
             "median_edit_distance": self.median_edit_distance,
             "median_seconds_to_decision": _round(self.median_seconds_to_decision, 1),
+            "notes": self.notes,
+            "median_seconds_launch_to_note": _round(self.median_seconds_launch_to_note, 1),
+            "ai_share_of_note_chars": _round(self.ai_share_of_note_chars),
         }
 
 
@@ -228,7 +239,110 @@ def compute_metrics(
     buckets: dict[str, list[_Shown]] = defaultdict(list)
     for row in _shown_rows(session, start, end):
         buckets[key_of(row)].append(row)
-    return [aggregate(key, buckets[key]) for key in sorted(buckets)]
+    notes: dict[str, list[_NoteRow]] = defaultdict(list)
+    for note in _note_rows(session, group_by, start, end):
+        for key in note.keys:
+            notes[key].append(note)
+    return [
+        _with_notes(aggregate(key, buckets[key]), notes.get(key, []))
+        for key in sorted(set(buckets) | {k for k in notes if k != NO_KEY})
+    ]
+
+
+#: The key of notes that drew on no suggestion, when grouping by kind or engine.
+NO_KEY = "(none)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _NoteRow:
+    keys: frozenset[str]
+    seconds_launch_to_note: float | None
+    chars_total: int
+    chars_from_suggestions: int
+
+
+def _with_notes(group: MetricsGroup, notes: Sequence[_NoteRow]) -> MetricsGroup:
+    if not notes:
+        return group
+    total = sum(n.chars_total for n in notes)
+    seconds = [n.seconds_launch_to_note for n in notes if n.seconds_launch_to_note is not None]
+    return replace(
+        group,
+        notes=len(notes),
+        median_seconds_launch_to_note=_median(seconds),
+        ai_share_of_note_chars=(
+            sum(n.chars_from_suggestions for n in notes) / total if total else None
+        ),
+    )
+
+
+def _note_rows(
+    session: Session, group_by: str, start: datetime | None, end: datetime | None
+) -> list[_NoteRow]:
+    """Each note saved in [start, end) with the group keys it counts under."""
+    stmt = select(
+        SavedNote.site,
+        SavedNote.created_at,
+        SavedNote.launched_at,
+        SavedNote.engines,
+        SavedNote.suggestion_ids,
+        SavedNote.chars_total,
+        SavedNote.chars_accepted,
+        SavedNote.chars_edited,
+    )
+    if start is not None:
+        stmt = stmt.where(SavedNote.created_at >= start)
+    if end is not None:
+        stmt = stmt.where(SavedNote.created_at < end)
+    notes = session.execute(stmt).all()
+    kinds_of = _kinds_of(session, notes) if group_by == "kind" else {}
+    rows = []
+    for n in notes:
+        created = aware(n.created_at)
+        launched = aware(n.launched_at) if n.launched_at else None
+        rows.append(
+            _NoteRow(
+                keys=frozenset(
+                    _note_keys(group_by, n.site, created, n.engines, n.suggestion_ids, kinds_of)
+                ),
+                seconds_launch_to_note=((created - launched).total_seconds() if launched else None),
+                chars_total=n.chars_total or 0,
+                chars_from_suggestions=(n.chars_accepted or 0) + (n.chars_edited or 0),
+            )
+        )
+    return rows
+
+
+def _kinds_of(session: Session, notes: Sequence[Any]) -> dict[str, str]:
+    kinds_of: dict[str, str] = {}
+    ids = sorted({i for n in notes for i in (n.suggestion_ids or [])})
+    for chunk_start in range(0, len(ids), 500):
+        chunk = ids[chunk_start : chunk_start + 500]
+        for sid, kind in session.execute(
+            select(ShownSuggestion.id, ShownSuggestion.kind).where(ShownSuggestion.id.in_(chunk))
+        ):
+            kinds_of[sid] = kind
+    return kinds_of
+
+
+def _note_keys(
+    group_by: str,
+    site: str,
+    created_at: datetime,
+    engines: Sequence[Sequence[str]] | None,
+    suggestion_ids: Sequence[str] | None,
+    kinds_of: Mapping[str, str],
+) -> set[str]:
+    """The keys a note counts under: once under each kind and engine it drew on."""
+    if group_by == "site":
+        return {site}
+    if group_by == "week":
+        return {week_key(aware(created_at))}
+    if group_by == "engine":
+        return {f"{e[0]} {e[1]}" for e in (engines or []) if len(e) >= 2} or {NO_KEY}
+    if group_by == "kind":
+        return {kinds_of[i] for i in (suggestion_ids or []) if i in kinds_of} or {NO_KEY}
+    return {"all"}
 
 
 # --- notes written ---------------------------------------------------------------------
@@ -270,31 +384,11 @@ def notes_written(
         stmt = stmt.where(SavedNote.created_at < end)
     notes = session.execute(stmt).all()
 
-    kinds_of: dict[str, str] = {}
-    if group_by == "kind":
-        ids = sorted({i for n in notes for i in (n.suggestion_ids or [])})
-        for chunk_start in range(0, len(ids), 500):
-            chunk = ids[chunk_start : chunk_start + 500]
-            for sid, kind in session.execute(
-                select(ShownSuggestion.id, ShownSuggestion.kind).where(
-                    ShownSuggestion.id.in_(chunk)
-                )
-            ):
-                kinds_of[sid] = kind
-
+    kinds_of = _kinds_of(session, notes) if group_by == "kind" else {}
     saved: dict[str, int] = defaultdict(int)
     in_chart: dict[str, int] = defaultdict(int)
     for site, created_at, status, engines, suggestion_ids in notes:
-        if group_by == "site":
-            keys = {site}
-        elif group_by == "week":
-            keys = {week_key(aware(created_at))}
-        elif group_by == "engine":
-            keys = {f"{e[0]} {e[1]}" for e in (engines or []) if len(e) >= 2} or {"(none)"}
-        elif group_by == "kind":
-            keys = {kinds_of[i] for i in (suggestion_ids or []) if i in kinds_of} or {"(none)"}
-        else:
-            keys = {"all"}
+        keys = _note_keys(group_by, site, created_at, engines, suggestion_ids, kinds_of)
         for key in keys:
             saved[key] += 1
             if status == "in_chart":
@@ -447,3 +541,70 @@ def site_variance(
             )
         )
     return out
+
+
+# --- the clinician pulse -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PulseGroup:
+    key: str
+    asked: int
+    answered: int
+    skipped: int
+    #: Means over answered pulses, 1–5: "Did this draft save you time?" (higher: more time
+    #: saved) and "How much checking did it need?" (higher: more checking).
+    mean_saved_time: float | None
+    mean_checking: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "asked": self.asked,
+            "answered": self.answered,
+            "skipped": self.skipped,
+            "mean_saved_time": _round(self.mean_saved_time, 2),
+            "mean_checking": _round(self.mean_checking, 2),
+        }
+
+
+def pulse_summary(
+    session: Session,
+    *,
+    group_by: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[PulseGroup]:
+    """Pulses asked in [start, end), by site, week or "all"."""
+    from smartapp.notes.pulse import PulseResponse
+
+    if group_by not in ("site", "week", "all"):
+        raise ValueError("group_by must be site, week or all for the pulse")
+    stmt = select(PulseResponse)
+    if start is not None:
+        stmt = stmt.where(PulseResponse.asked_at >= start)
+    if end is not None:
+        stmt = stmt.where(PulseResponse.asked_at < end)
+    buckets: dict[str, list[Any]] = defaultdict(list)
+    for row in session.scalars(stmt):
+        key = {"site": row.site, "week": week_key(aware(row.asked_at)), "all": "all"}[group_by]
+        buckets[key].append(row)
+
+    def mean(values: list[int]) -> float | None:
+        return statistics.fmean(values) if values else None
+
+    groups = []
+    for key in sorted(buckets):
+        rows = buckets[key]
+        answered = [r for r in rows if r.answered_at is not None and not r.skipped]
+        groups.append(
+            PulseGroup(
+                key=key,
+                asked=len(rows),
+                answered=len(answered),
+                skipped=sum(1 for r in rows if r.skipped),
+                mean_saved_time=mean([r.saved_time for r in answered if r.saved_time]),
+                mean_checking=mean([r.checking for r in answered if r.checking]),
+            )
+        )
+    return groups

@@ -45,6 +45,7 @@ from smartapp.admin.metrics import (
     compare_periods,
     compute_metrics,
     notes_written,
+    pulse_summary,
     site_variance,
 )
 from smartapp.admin.model_cards import as_fhir as cards_as_fhir
@@ -281,6 +282,7 @@ def _dashboard_context() -> dict[str, Any]:
         overall = compute_metrics(s, group_by="all", start=start, end=end)
         notes_by_week = notes_written(s, group_by="week", start=start, end=end)
         notes_by_site = notes_written(s, group_by="site", start=start, end=end)
+        pulse_by_site = pulse_summary(s, group_by="site", start=start, end=end)
         comparisons = (
             compare_periods(
                 s,
@@ -303,6 +305,7 @@ def _dashboard_context() -> dict[str, Any]:
         "overall": overall[0] if overall else None,
         "notes_by_week": notes_by_week,
         "notes_by_site": notes_by_site,
+        "pulse_by_site": pulse_by_site,
         "comparisons": comparisons,
         "pivot": pivot,
         "window_days": window_days,
@@ -739,6 +742,19 @@ def api_rollout_decision() -> Response:
 
 
 # --- JSON API: engine registry and kill switches -----------------------------------------
+
+
+@bp.get("/api/pulse")
+def api_pulse() -> Response:
+    """The clinician pulse: asked, answered, skipped and mean scores per site or week."""
+    _caller()
+    start, end = parse_range(request.args)
+    group_by = parse_choice(
+        "group_by", request.args.get("group_by"), ("site", "week", "all"), default="site"
+    )
+    with get_db().session() as s:
+        groups = pulse_summary(s, group_by=group_by, start=start, end=end)
+    return jsonify({"groups": [g.to_json() for g in groups]})
 
 
 @bp.get("/api/model-cards")

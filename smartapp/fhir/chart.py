@@ -41,6 +41,7 @@ from smartapp.fhir.client import (
     next_link,
     split_search_bundle,
 )
+from smartapp.fhir.compartment import Verdict, identifier_keys, matches_identifiers, verdict
 from smartapp.fhir.parsing import ResourceValidator, assemble_snapshot
 from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
 
@@ -176,6 +177,9 @@ class _Loader:
         self.seen_urls: set[str] = set()
         self.rounds = 0
         self.other_patient: Counter[str] = Counter()
+        #: Resources naming their patient only by identifier: judged once the Patient is read.
+        self._by_identifier: list[tuple[str, FHIRResource]] = []
+        self.patient_resource: FHIRResource | None = None
         self.read_counts: Counter[str] = Counter()
         self._arrived: list[FHIRResource] = []
         self._validator = ResourceValidator()
@@ -203,7 +207,18 @@ class _Loader:
             runner.shutdown(wait=True, cancel_futures=True)
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
+        self._judge_by_identifier()
         self._validate_arrived()
+
+    def _judge_by_identifier(self) -> None:
+        """Keep the identifier-only resources whose identifier is the launch patient's."""
+        keys = identifier_keys((self.patient_resource or {}).get("identifier"))
+        waiting, self._by_identifier = self._by_identifier, []
+        for rtype, resource in waiting:
+            if matches_identifiers(resource, PATIENT_FIELD[rtype], keys):
+                self._keep(rtype, [resource])
+            else:
+                self.other_patient[rtype] += 1
 
     def _validate_arrived(self) -> None:
         arrived, self._arrived = self._arrived, []
@@ -329,6 +344,8 @@ class _Loader:
         if resource.get("resourceType") != expected:
             return self._failed(fetch, _Outcome(status=0))
         if fetch.purpose in ("patient", "encounter"):
+            if fetch.purpose == "patient":
+                self.patient_resource = resource
             self._arrived.append(resource)
         elif fetch.purpose == "medication":
             self._add("Medication", [resource])
@@ -408,10 +425,28 @@ class _Loader:
     def _add(self, rtype: str, resources: list[FHIRResource]) -> None:
         kept: list[FHIRResource] = []
         for resource in resources:
-            if self._other_patient(rtype, resource):
-                # A server bug, but a dangerous one: never show another patient's data.
-                self.other_patient[rtype] += 1
-                continue
+            field = PATIENT_FIELD.get(rtype)
+            if field is not None:
+                judged = verdict(
+                    resource,
+                    field,
+                    patient_id=self.patient_id,
+                    on_base=self.client.is_on_base,
+                    relative=self.client.relative_to_base,
+                )
+                if judged is Verdict.BY_IDENTIFIER:
+                    self._by_identifier.append((rtype, resource))
+                    continue
+                if judged is Verdict.OTHER:
+                    # A server bug, but a dangerous one: never show another patient's data.
+                    self.other_patient[rtype] += 1
+                    continue
+            kept.append(resource)
+        self._keep(rtype, kept)
+
+    def _keep(self, rtype: str, resources: list[FHIRResource]) -> None:
+        kept: list[FHIRResource] = []
+        for resource in resources:
             if rtype == "DocumentReference":
                 resource = _without_attachment_data(resource)
             kept.append(resource)
@@ -481,7 +516,8 @@ class _Loader:
                 SnapshotProblem(
                     code="wrong_patient",
                     resource_type=rtype,
-                    detail=f"{count} {rtype} resource(s) for another patient were dropped",
+                    detail=f"{count} {rtype} resource(s) not for this patient were dropped "
+                    "(another patient or server, a group, or no patient reference)",
                     count=count,
                 )
             )
@@ -516,15 +552,6 @@ class _Loader:
                 ),
             )
         return snap
-
-    def _other_patient(self, rtype: str, resource: FHIRResource) -> bool:
-        field = PATIENT_FIELD.get(rtype)
-        ref = _reference(resource.get(field)) if field else None
-        if ref is None:
-            return False
-        parts = ref.split("/_history/")[0].rstrip("/").split("/")
-        # Only a recognisable Patient reference can be judged; anything else is left alone.
-        return len(parts) >= 2 and parts[-2] == "Patient" and parts[-1] != self.patient_id
 
 
 def _reference(value: Any) -> str | None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,9 @@ V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 AI_PROVENANCE_PROFILE = "http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Provenance"
 PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 #: Our identifier system for notes: it makes a retried write find the first one (If-None-Exist).
-NOTE_IDENTIFIER_SYSTEM = "urn:ietf:rfc:3986"
+#: The note's business identifier: its own system, never a urn:uuid a server may rewrite
+#: as it resolves a transaction's fullUrls (FHIR lets it, in any element of type uri).
+NOTE_IDENTIFIER_SYSTEM = "https://smartapp.invalid/fhir/sid/note-id"
 NOTE_TYPE = {"system": LOINC, "code": "11506-3", "display": "Progress note"}
 
 AI_ASSISTED_LABEL = {
@@ -47,7 +50,7 @@ class NoteDraft:
 
 
 def note_identifier(note_id: str) -> dict[str, str]:
-    return {"system": NOTE_IDENTIFIER_SYSTEM, "value": f"urn:uuid:{_as_uuid(note_id)}"}
+    return {"system": NOTE_IDENTIFIER_SYSTEM, "value": _as_uuid(note_id)}
 
 
 def _as_uuid(hex_id: str) -> str:
@@ -167,7 +170,9 @@ def transaction_bundle(draft: NoteDraft) -> dict[str, Any]:
     The DocumentReference is created conditionally on our identifier, so a retried
     transaction finds the note the first attempt wrote instead of writing a second one.
     """
-    doc_full_url = f"urn:uuid:{_as_uuid(draft.note_id)}"
+    # The entry's fullUrl is a fresh name for this one request, distinct from the note's
+    # identifier, so nothing a server substitutes for it can change what a retry matches.
+    doc_full_url = f"urn:uuid:{uuid.uuid4()}"
     ident = note_identifier(draft.note_id)
     return {
         "resourceType": "Bundle",
@@ -184,7 +189,12 @@ def transaction_bundle(draft: NoteDraft) -> dict[str, Any]:
             },
             {
                 "resource": provenance(draft, target=doc_full_url),
-                "request": {"method": "POST", "url": "Provenance"},
+                # Conditional too: a retry finds the Provenance of the note it finds.
+                "request": {
+                    "method": "POST",
+                    "url": "Provenance",
+                    "ifNoneExist": f"target={doc_full_url}",
+                },
             },
         ],
     }

@@ -25,7 +25,10 @@ DELIVERY_MESSAGES = {
     "ehr_forbidden": "The EHR refused the note: this app is not permitted to write it.",
     "ehr_not_found": "The EHR could not find the patient or the draft note.",
     "ehr_conflict": "The EHR refused the note because the chart changed; save again.",
-    "relaunch_required": "Your session with the EHR has ended; open the app again to send it.",
+    "relaunch_required": (
+        "Your session with the EHR ended before the note was sent. It is kept here and is "
+        "sent the next time you open the app for this patient."
+    ),
 }
 
 
@@ -61,6 +64,13 @@ class SavedNote(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When the launch that saved it began: "launch to saved note" in the metrics.
+    launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Where the note's characters came from (smartapp.notes.composition), at the last save.
+    chars_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    chars_accepted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    chars_edited: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    edits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def to_json(self) -> dict[str, Any]:
         return {

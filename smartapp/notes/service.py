@@ -17,13 +17,22 @@ from sqlalchemy import CursorResult, select, update
 
 from smartapp import audit
 from smartapp.db import Database, utcnow
-from smartapp.errors import BadRequest, Forbidden, NotFound, TemporaryUpstreamError, UpstreamError
+from smartapp.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RelaunchRequired,
+    TemporaryUpstreamError,
+    UpstreamError,
+)
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.notes.composition import Contribution, composition
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, NotEnabled
 from smartapp.notes.models import SavedNote
+from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.writeback import (
     WrittenNote,
     revise_document,
@@ -89,8 +98,10 @@ class SidebarService:
         drafter: Drafter,
         fhir_for: Callable[[LaunchContext], FHIRClient],
         on_decision: DecisionHook | None = None,
+        pulse_every: Callable[[str], int] = lambda _iss: 0,
     ) -> None:
         self._db = database
+        self._pulse_every = pulse_every
         self._snapshots = snapshots
         self._drafter = drafter
         self._fhir_for = fhir_for
@@ -239,6 +250,10 @@ class SidebarService:
             else:
                 note.revision += 1
             note.text = body
+            measured = composition(body, _contributions(used))
+            note.launched_at = note.launched_at or launch.created_at
+            note.chars_total, note.chars_accepted = measured.total, measured.accepted
+            note.chars_edited, note.edits = measured.edited, measured.edits
             note.suggestion_ids = [r.id for r in used]
             note.engines = engines
             note.status = "pending"
@@ -315,6 +330,11 @@ class SidebarService:
         except TemporaryUpstreamError as exc:
             self._record_failure(note_id, exc, retry=True)
             return None
+        except RelaunchRequired:
+            # The EHR ended the launch's tokens: the note can still be sent, with the
+            # clinician's next launch for this patient (the outbox picks that up).
+            self._record_waiting_for_launch(note_id)
+            return None
         except UpstreamError as exc:
             self._record_failure(note_id, exc, retry=False)
             raise
@@ -382,6 +402,17 @@ class SidebarService:
                 note.status = "in_chart" if note.revision == revision else "pending"
                 note.next_attempt_at = None
 
+    def _record_waiting_for_launch(self, note_id: str) -> None:
+        log.warning("note write-back waits for a new launch (relaunch_required)")
+        with self._db.session() as session:
+            note = session.get(SavedNote, note_id)
+            if note is None:
+                return
+            note.attempts += 1
+            note.last_error = RelaunchRequired.code
+            note.status = "pending"
+            note.next_attempt_at = None
+
     def _record_failure(self, note_id: str, exc: UpstreamError, *, retry: bool) -> None:
         log.warning(
             "note write-back failed (%s); %s", exc.code, "will retry" if retry else "gave up"
@@ -409,11 +440,50 @@ class SidebarService:
                     outcome="failure",
                 )
 
+    def pulse_for(self, launch: LaunchContext, note_id: str) -> PulseQuestion | None:
+        """The pulse to ask after this save, if this note is one of the sampled ones."""
+        with self._db.session() as session:
+            note = session.get(SavedNote, note_id)
+            if note is None or note.launch_session_id != launch.session_id:
+                return None
+            return maybe_ask(session, note, every=self._pulse_every(launch.iss), now=utcnow())
+
+    def answer_pulse(self, launch: LaunchContext, body: dict[str, Any]) -> None:
+        with self._db.session() as session:
+            answer(session, body, site=launch.iss, fhir_user=launch.fhir_user, now=utcnow())
+
     def notes(self, launch: LaunchContext) -> list[dict[str, Any]]:
         with self._db.session() as session:
+            # This launch's notes, and this clinician's notes for this patient that an
+            # earlier launch left waiting (sent with this one by the outbox), still waiting
+            # or delivered since this launch began.
+            earlier_waiting = (
+                (
+                    (SavedNote.status == "pending")
+                    | (
+                        (SavedNote.status == "in_chart")
+                        & (SavedNote.updated_at >= launch.created_at)
+                    )
+                )
+                & (SavedNote.site == launch.iss)
+                & (SavedNote.patient_id == (launch.patient_id or ""))
+                & (SavedNote.fhir_user == launch.fhir_user)
+            )
             rows = session.scalars(
                 select(SavedNote)
-                .where(SavedNote.launch_session_id == launch.session_id)
+                .where((SavedNote.launch_session_id == launch.session_id) | earlier_waiting)
                 .order_by(SavedNote.created_at)
             )
             return [r.to_json() for r in rows]
+
+
+def _contributions(used: list[ShownSuggestion]) -> list[Contribution]:
+    """What each used suggestion put in the note: its text, or the clinician's edit of it."""
+    found = []
+    for row in used:
+        decision = row.latest_decision()
+        if decision is None or decision.action not in ("accept", "edit"):
+            continue
+        text = decision.final_text if decision.final_text is not None else row.text
+        found.append(Contribution(action=decision.action, text=text))
+    return found

@@ -141,9 +141,13 @@ def save_note() -> tuple[Response, int]:
     launch = current_launch()
     body = _json_body() if request.content_length else {}
     result = _service().save_note(launch, text=body.get("text"))
+    pulse = _service().pulse_for(launch, result.note.id)
+    pulse_json = pulse.to_json() if pulse else None
     if result.written is None:
         # Kept here and retried: the clinician sees "saved here, will retry".
-        return jsonify({"status": "pending", "note": result.note.to_json()}), 202
+        return jsonify(
+            {"status": "pending", "note": result.note.to_json(), "pulse": pulse_json}
+        ), 202
     return (
         jsonify(
             {
@@ -151,10 +155,18 @@ def save_note() -> tuple[Response, int]:
                 "provenance": result.written.provenance,
                 "status": "in_chart",
                 "note": result.note.to_json(),
+                "pulse": pulse_json,
             }
         ),
         201,
     )
+
+
+@bp.post("/api/pulse")
+def pulse() -> Response:
+    """The clinician's answer to the pulse after a saved note (or that they skipped it)."""
+    _service().answer_pulse(current_launch(), _json_body())
+    return jsonify({"status": "recorded"})
 
 
 @bp.get("/api/notes")

@@ -78,12 +78,15 @@ def create_ehr_app(
     access_token_lifetime: int = 3600,
     extra_clients: Sequence[Mapping[str, Any]] = (),
     seed: int = DEFAULT_SEED,
+    rewrite_urn_uuids: bool = False,
 ) -> Flask:
     """The sandbox EHR at `ehr_base_url`; its FHIR base (the SMART `iss`) is `…/fhir`.
 
     `manifest` is the app's launch.json: its client is registered with URIs resolved
-    against `app_base_url`. `extra_clients` (same shape, plus `client_secret` or `jwks`)
-    registers more, e.g. a confidential client for tests.
+    against `app_base_url`. `rewrite_urn_uuids` makes transactions replace urn:uuid
+    fullUrls everywhere, identifiers included, as some servers do. `extra_clients`
+    (same shape, plus `client_secret` or `jwks`) registers more, e.g. a confidential
+    client for tests.
     """
     if population_size < 1:
         raise ValueError("population_size must be at least 1")
@@ -95,7 +98,7 @@ def create_ehr_app(
     data_dir.mkdir(parents=True, exist_ok=True)
 
     store = Store(data_dir / "sandbox-ehr.sqlite3")
-    service = FHIRService(store, base_url=fhir_base)
+    service = FHIRService(store, base_url=fhir_base, rewrite_urn_uuids=rewrite_urn_uuids)
     load_population(store, service, count=population_size, seed=seed)
 
     registrations = [ClientRegistration.from_manifest(manifest, app_base_url)]

@@ -152,9 +152,12 @@ class _Outcome:
 
 
 class FHIRService:
-    def __init__(self, store: Store, *, base_url: str) -> None:
+    def __init__(self, store: Store, *, base_url: str, rewrite_urn_uuids: bool = False) -> None:
         self.store = store
         self.base_url = base_url.rstrip("/")
+        #: Like some real servers (and as FHIR allows for elements of type uri): replace a
+        #: transaction entry's urn:uuid fullUrl wherever it appears, identifiers included.
+        self.rewrite_urn_uuids = rewrite_urn_uuids
 
     # -- helpers --------------------------------------------------------------------
     def _require_type(self, resource_type: str) -> None:
@@ -799,6 +802,8 @@ class FHIRService:
                 try:
                     body = copy.deepcopy(resource)
                     walk_references(body, resolve)
+                    if self.rewrite_urn_uuids:
+                        body = _replace_strings(body, mapping)
                     if method == "POST":
                         new_id, existing_id = planned[index]
                         if existing_id:
@@ -838,6 +843,17 @@ class FHIRService:
             "type": "transaction-response",
             "entry": [self._response_entry(results[i], prefer) for i in range(len(parsed))],
         }
+
+
+def _replace_strings(node: Any, mapping: Mapping[str, str]) -> Any:
+    """`node` with every string that is a key of `mapping` replaced by its value."""
+    if isinstance(node, dict):
+        return {k: _replace_strings(v, mapping) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_strings(v, mapping) for v in node]
+    if isinstance(node, str):
+        return mapping.get(node, node)
+    return node
 
 
 def _strip_version(body: Resource) -> None:

@@ -285,7 +285,19 @@ class SessionTokenProvider:
             raise
 
     def refresh(self) -> str:
-        return self._remember(self._refresh(force=True))
+        try:
+            return self._remember(self._refresh(force=True))
+        except RelaunchRequired:
+            # The FHIR server refused the access token and nothing can renew it: the
+            # launch is over, so a note waiting on it goes with the clinician's next one.
+            self._forget_access_token()
+            raise
+
+    def _forget_access_token(self) -> None:
+        with self._services.db.session() as s:
+            row = s.get(LaunchSession, self._session_id)
+            if row is not None:
+                row.access_token_enc = None
 
     def _remember(self, token: str) -> str:
         self._last_token = token

@@ -9,7 +9,6 @@ Where the chart lacks what a kind needs, the kind returns nothing rather than a 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -19,6 +18,7 @@ from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
+from smartapp.suggestions import assessment, preventive, safety
 from smartapp.suggestions import kinds as K
 from smartapp.suggestions.facts import (
     BloodPressure,
@@ -27,20 +27,20 @@ from smartapp.suggestions.facts import (
     Problem,
     Result,
     capitalize,
-    codes_in,
     concept_text,
-    concept_words,
     date_part,
     describe,
     interpretation_flag,
+    medication_concept,
     no_known_allergy,
     reactions,
     reference_range_check,
     status_code,
     to_date,
 )
-from smartapp.suggestions.grounding import canonical_unit
+from smartapp.suggestions.grounding import canonical_unit, contradictions
 from smartapp.suggestions.interfaces import Citation, EngineInfo, Statement, Suggestion
+from smartapp.suggestions.ranges import default_range_check
 from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
     BP_PANEL,
@@ -50,14 +50,13 @@ from smartapp.suggestions.terminology import (
     KIDNEY_FUNCTION,
     LDL,
     LOINC,
-    RXNORM,
     TOTAL_CHOLESTEROL,
     UACR,
     ProblemGroup,
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 3
+RULES_REVISION = 4
 
 
 def _version() -> str:
@@ -153,6 +152,30 @@ class _CareItem:
     statement: Statement
     plan_text: str = ""
     patient_text: str = ""
+
+
+def _abnormal(facts: ChartFacts, result: Result) -> tuple[str | None, str | None]:
+    """How the result is out of range (the lab's flag, its own range, else the cited
+    default table's), and for the default table the range and its source (for `rule`)."""
+    flag = interpretation_flag(result.resource)
+    if flag:
+        return f"flagged {flag}", None
+    check = reference_range_check(result.resource, result.value)
+    if check:
+        return f"{check.direction} the reference range", None
+    if result.resource.get("referenceRange") or result.resource.get("interpretation"):
+        return None, None  # the lab's own range or flag: within it
+    gender = facts.snapshot.patient.get("gender")
+    found = default_range_check(
+        result.resource, result.value, sex=gender if isinstance(gender, str) else None
+    )
+    if found is None:
+        return None, None
+    default_check, default = found
+    return (
+        f"{default_check.direction} the default reference range",
+        f"default reference range {default_check.range_text} ({default.cite.label})",
+    )
 
 
 def _kidney_topic(problem: Problem) -> str:
@@ -262,14 +285,22 @@ class BuiltinEngine:
         statements: list[Statement] = []
         for med in facts.medications:
             text = med.name
-            if med.dosage:
-                text += f": {med.dosage}"
-            if med.authored:
+            if med.dosage and contradictions(med.dosage, snapshot):
+                # Free text that contradicts the chart (an instruction planted in it, an
+                # "allergy ruled out"): not repeated, even quoted; the order still shows.
+                text += ": its instructions text is left out (it contradicts the chart)"
+            elif med.dosage:
+                text += f': the order\'s instructions say "{med.dosage}"'
+            if med.reported:
+                text += " (reported, not an order)"
+            elif med.authored:
                 text += f" (ordered {med.authored})"
+            if med.on_hold:
+                text += ", on hold"
             statements.append(Statement(text=text, citations=_cite_refs(snapshot, med.references)))
-        # A drug the patient is recorded as allergic to comes first: it is a safety issue.
-        statements = self._allergy_conflict_hints(facts) + statements
-        statements += self._duplicate_hints(facts)
+        statements += self._stopped_orders(facts)
+        # Safety flags (allergy, contraindication, interaction) come first.
+        statements = self._safety_hints(facts) + self._duplicate_hints(facts) + statements
         statements += self._unmatched_medication_hints(facts)
         statements += self._untreated_problem_hints(facts)
         return self._suggestion(
@@ -296,6 +327,7 @@ class BuiltinEngine:
                         f"order ({'; '.join(m.name for m in meds)})",
                         citations=_cite_refs(facts.snapshot, refs),
                         rule=rule,
+                        rule_id="duplicate-same-drug",
                     )
                 )
         for group, meds in by_group.items():
@@ -308,39 +340,42 @@ class BuiltinEngine:
                         f"are {'both' if len(meds) == 2 else 'all'} {group}",
                         citations=_cite_refs(facts.snapshot, refs),
                         rule=rule,
+                        rule_id="duplicate-class",
                     )
                 )
         return hints
 
     @staticmethod
-    def _allergy_conflict_hints(facts: ChartFacts) -> list[Statement]:
-        """Active orders for a substance the chart records an allergy or intolerance to."""
-        hints: list[Statement] = []
-        for allergy in facts.allergies:
-            if no_known_allergy(allergy):
+    def _safety_hints(facts: ChartFacts) -> list[Statement]:
+        return [
+            Statement(
+                text=flag.text,
+                citations=_cite_refs(facts.snapshot, flag.references),
+                rule=flag.rule.label,
+                rule_id=flag.rule.id,
+            )
+            for flag in safety.safety_flags(facts)
+        ]
+
+    @staticmethod
+    def _stopped_orders(facts: ChartFacts) -> list[Statement]:
+        """Orders stopped since the last year, with the chart's reason, shown as stopped."""
+        statements: list[Statement] = []
+        for mr in facts.snapshot.of_type("MedicationRequest"):
+            if mr.get("status") != "stopped" or not mr.get("id"):
                 continue
-            substance = concept_text(allergy.get("code"))
-            if not substance:
+            concept, references = medication_concept(mr, facts.snapshot)
+            name = concept_text(concept)
+            if not name:
                 continue
-            allergy_codes = set(codes_in(allergy.get("code"), RXNORM))
-            allergy_words = concept_words(allergy.get("code"))
-            for med in facts.medications:
-                same_code = bool(allergy_codes & set(codes_in(med.concept, RXNORM)))
-                same_ingredient = any(
-                    re.search(rf"\b{re.escape(name)}\b", allergy_words) for name in med.ingredients
-                )
-                named = re.search(rf"\b{re.escape(allergy_words)}\b", concept_words(med.concept))
-                if same_code or same_ingredient or (allergy_words and named):
-                    hints.append(
-                        Statement(
-                            text=f"Allergy alert: {med.name} is an active order, and an "
-                            f"allergy or intolerance to {substance} is recorded",
-                            citations=_cite_refs(facts.snapshot, med.references)
-                            + _cite(facts.snapshot, allergy),
-                            rule="Reconciliation hint: active orders against recorded allergies",
-                        )
-                    )
-        return hints
+            text = f"Stopped: {name}"
+            reason = concept_text(mr.get("statusReason"))
+            if reason:
+                text += f" (reason recorded: {reason})"
+            statements.append(
+                Statement(text=text, citations=_cite_refs(facts.snapshot, references))
+            )
+        return statements
 
     @staticmethod
     def _unmatched_medication_hints(facts: ChartFacts) -> list[Statement]:
@@ -414,6 +449,13 @@ class BuiltinEngine:
         check = reference_range_check(result.resource, result.value)
         if check:
             return f"{check.direction} the reference range {check.range_text}"
+        if result.resource.get("referenceRange") or result.resource.get("interpretation"):
+            return None
+        # No range or flag on the result: the cited default table (ranges that do not
+        # depend on sex), named without its numbers (they are not the chart's).
+        found = default_range_check(result.resource, result.value, sex=None)
+        if found:
+            return f"{found[0].direction} the default reference range"
         return None
 
     def _trend(self, snapshot: ChartSnapshot, results: list[Result], flag: str | None) -> Statement:
@@ -458,13 +500,13 @@ class BuiltinEngine:
     # -- care gaps -----------------------------------------------------------------------
 
     def care_gaps(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
-        items = self.review_care(facts, _rules(config))
+        rules = _rules(config)
+        items = [(i.due, i.statement) for i in self.review_care(facts, rules)]
+        items += preventive.review(facts, rules.packs)
         # What is due first: it is what the clinician may act on; then what is up to date.
-        ordered = [i for i in items if i.due] + [i for i in items if not i.due]
+        ordered = [s for due, s in items if due] + [s for due, s in items if not due]
         return self._suggestion(
-            K.CARE_GAPS,
-            f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)",
-            [item.statement for item in ordered],
+            K.CARE_GAPS, f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)", ordered
         )
 
     def find_gaps(self, facts: ChartFacts, rules: CareGapRules) -> list[_CareItem]:
@@ -653,7 +695,11 @@ class BuiltinEngine:
         without one the rule applies for the patient's age, and the Patient is cited."""
         snapshot = facts.snapshot
         groups = basis.group_ids if basis else frozenset()
+        abnormal: str | None = None  # "above the reference range": never "up to date"
         if isinstance(result, Result):
+            abnormal, range_rule = _abnormal(facts, result)
+            if range_rule:
+                rule = f"{rule}; {range_rule}"
             name = "" if result.name.lower() == noun.lower() else f"{result.name} "
             result = _Evidence(
                 phrase=f"{name}{result.value_text()}{_on(result.date)}",
@@ -678,6 +724,20 @@ class BuiltinEngine:
         if taken is None:
             return None  # undated: neither "up to date" nor "older" can be said
         cited = _cite(snapshot, *result.resources, *([basis.condition] if basis else []))
+        if taken >= cutoff and abnormal:
+            # Tested within the interval but out of range: the test is current, the
+            # problem is not "up to date".
+            done = f"{noun} done within the interval" if noun else "done within the interval"
+            return _CareItem(
+                rule_id=rule_id,
+                due=False,
+                groups=groups,
+                statement=Statement(
+                    text=f"{topic}: {done}, result {abnormal} — {result.phrase}",
+                    citations=cited,
+                    rule=rule,
+                ),
+            )
         if taken >= cutoff:
             up_to_date = f"{noun} up to date" if noun else "up to date"
             return _CareItem(
@@ -770,81 +830,14 @@ class BuiltinEngine:
     # -- assessment and plan ------------------------------------------------------------
 
     def assessment_plan(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
-        snapshot = facts.snapshot
-        gaps = self.find_gaps(facts, _rules(config))
-        detailed = config.get("detail") == "detailed"
+        """One block per active problem (smartapp.suggestions.assessment, rules as data)."""
         out: list[Suggestion] = []
-        for problem in facts.problems:
-            statements = [
-                Statement(
-                    text=f"{self._problem_phrase(problem)}: active on the problem list",
-                    citations=_cite(snapshot, problem.condition),
-                )
-            ]
-            for group in problem.groups:
-                statements += self._results_statements(facts, group, detailed=detailed)
-            meds = facts.medications_for(problem)
-            if meds:
-                refs = [r for m in meds for r in m.references]
-                statements.append(
-                    Statement(
-                        text="Current medication for this problem: "
-                        + "; ".join(m.name for m in meds),
-                        citations=_cite_refs(snapshot, refs),
-                    )
-                )
-            elif any(g.expects_treatment for g in problem.groups):
-                statements.append(
-                    Statement(
-                        text=f"No current medication on the list treats {problem.name}",
-                        citations=_cite(snapshot, problem.condition),
-                        rule="Reconciliation hint: problems usually treated with medication",
-                    )
-                )
-            for gap in gaps:
-                if gap.groups & problem.group_ids:
-                    statements.append(
-                        Statement(
-                            text=f"Plan (care-gap rule): {gap.plan_text}",
-                            citations=gap.statement.citations,
-                            rule=gap.statement.rule,
-                        )
-                    )
-            out += self._suggestion(
-                K.ASSESSMENT_PLAN,
-                f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {problem.name} (rule-based, for review)",
-                _unique(statements),
+        for block in assessment.blocks(facts, config.get("knowledge_dirs") or ()):
+            title = (
+                f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {block.problem.name} (rule-based, for review)"
             )
+            out += self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
         return out
-
-    @staticmethod
-    def _results_statements(
-        facts: ChartFacts, group: ProblemGroup, *, detailed: bool
-    ) -> list[Statement]:
-        snapshot = facts.snapshot
-        statements: list[Statement] = []
-        for codes in group.results:
-            if codes == BP_PANEL:
-                readings = facts.blood_pressures
-                if readings:
-                    statements.append(
-                        BuiltinEngine._bp_trend(snapshot, readings[: 2 if detailed else 1])
-                    )
-                continue
-            results = facts.results_for(codes)
-            if results:
-                latest = results[0]
-                previous = results[1] if len(results) > 1 else None
-                text = f"Latest {latest.name} {latest.value_text()}{_on(latest.date)}"
-                cited = [latest.resource]
-                if previous is not None and detailed:
-                    text += f", previous {previous.value_text()}{_on(previous.date)}"
-                    if _same_unit(latest.value.unit, previous.value.unit):
-                        direction = _direction(latest.value.number, previous.value.number)
-                        text += f" ({direction})" if direction else ""
-                    cited.append(previous.resource)
-                statements.append(Statement(text=text, citations=_cite(snapshot, *cited)))
-        return statements
 
     # -- patient instructions ------------------------------------------------------------
 
@@ -859,16 +852,19 @@ class BuiltinEngine:
         self, facts: ChartFacts, config: Mapping[str, Any]
     ) -> list[Suggestion]:
         snapshot = facts.snapshot
+        if facts.deceased:
+            return []  # nothing is addressed to a patient who has died
         statements: list[Statement] = []
         told: set[str] = set()
+        flagged = safety.flagged_medications(facts)
         for problem in facts.problems:
             group = next((g for g in problem.groups if g.id not in told), None)
             if group is None:
                 continue
             told.add(group.id)
-            text = f"You have {group.lay}."
             if group.id == "obesity":
-                text = "We talked about your weight."
+                continue  # "we talked about your weight" would state a visit the chart lacks
+            text = f"You have {group.lay}."
             cited: list[FHIRResource] = [problem.condition]
             template = self._PATIENT_RESULT.get(group.id)
             if template:
@@ -887,6 +883,8 @@ class BuiltinEngine:
                             break
             statements.append(Statement(text=text, citations=_cite(snapshot, *cited)))
         for med in facts.medications:
+            if set(med.references) & flagged or med.on_hold:
+                continue  # never reinforce a drug the medication card flags, or one on hold
             name = med.ingredients[0] if len(med.ingredients) == 1 else med.name
             statements.append(
                 Statement(

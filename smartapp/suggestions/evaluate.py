@@ -139,36 +139,10 @@ def load_cohort_dir(folder: Path) -> Cohort:
         raise CohortError(f"no *.json or *.ndjson files in {folder}")
     cohort = Cohort(source=str(folder))
     for path in json_files:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            cohort.unreadable_files += 1
-            continue
-        resources: list[Any]
-        if isinstance(data, dict) and data.get("resourceType") == "Bundle":
-            resources, skipped = bundle_resources(data)
-            cohort.skipped_resources += skipped
-        elif isinstance(data, list):
-            resources = data
-        else:
-            resources = [data]
-        patients, skipped = group_by_patient(resources)
-        cohort.patients += patients
-        cohort.skipped_resources += skipped
+        _read_json_file(path, cohort)
     pooled: list[Any] = []
     for path in ndjson_files:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):
-            cohort.unreadable_files += 1
-            continue
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                pooled.append(json.loads(line))
-            except json.JSONDecodeError:
-                cohort.unreadable_lines += 1
+        pooled += _read_ndjson_file(path, cohort)
     if pooled:
         patients, skipped = group_by_patient(pooled)
         cohort.patients += patients
@@ -176,6 +150,60 @@ def load_cohort_dir(folder: Path) -> Cohort:
     if not cohort.patients:
         raise CohortError(f"no Patient resources found in {folder}")
     return cohort
+
+
+def load_chart_file(path: Path) -> Cohort:
+    """One chart file (a FHIR Bundle or other JSON, or NDJSON) as a cohort."""
+    if not path.is_file():
+        raise CohortError(f"chart file not found: {path}")
+    cohort = Cohort(source=str(path))
+    if path.suffix == ".ndjson":
+        patients, skipped = group_by_patient(_read_ndjson_file(path, cohort))
+        cohort.patients += patients
+        cohort.skipped_resources += skipped
+    else:
+        _read_json_file(path, cohort)
+    if cohort.unreadable_files:
+        raise CohortError(f"not readable as FHIR JSON: {path}")
+    if not cohort.patients:
+        raise CohortError(f"no Patient resource found in {path}")
+    return cohort
+
+
+def _read_json_file(path: Path, cohort: Cohort) -> None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        cohort.unreadable_files += 1
+        return
+    resources: list[Any]
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+        resources, skipped = bundle_resources(data)
+        cohort.skipped_resources += skipped
+    elif isinstance(data, list):
+        resources = data
+    else:
+        resources = [data]
+    patients, skipped = group_by_patient(resources)
+    cohort.patients += patients
+    cohort.skipped_resources += skipped
+
+
+def _read_ndjson_file(path: Path, cohort: Cohort) -> list[Any]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        cohort.unreadable_files += 1
+        return []
+    pooled: list[Any] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            pooled.append(json.loads(line))
+        except json.JSONDecodeError:
+            cohort.unreadable_lines += 1
+    return pooled
 
 
 def load_sandbox_cohort() -> Cohort:
@@ -300,6 +328,147 @@ def evaluate(
     )
 
 
+# -- drafts, chart by chart ------------------------------------------------------------------
+
+
+def draft_record(
+    service: SuggestionService,
+    resources: list[FHIRResource],
+    *,
+    iss: str | None = None,
+    as_of: date | None = None,
+    skipped: int = 0,
+) -> dict[str, Any]:
+    """Every suggestion for one chart, each statement's verification, and what was dropped.
+
+    `{"patient", "suggestions": [{kind, title, text, citations, engine, statements,
+    verification}], "dropped": [{kind, title, text, citations, issues}], "problems": [...]}`:
+    the /api/suggestions shape without the per-launch id and decision.
+    """
+    fetched_at = datetime.combine(as_of, time(12, 0), tzinfo=UTC) if as_of else None
+    patient_id = str(resources[0].get("id"))
+    snapshot = build_snapshot(resources, patient_id=patient_id, fetched_at=fetched_at)
+    run = service.run(snapshot, iss=iss)
+    suggestions: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    for kind_run in run.kinds:
+        for suggestion in kind_run.suggestions:
+            suggestions.append(
+                {
+                    "kind": suggestion.kind,
+                    "title": suggestion.title,
+                    "text": suggestion.text,
+                    "citations": [c.to_json() for c in suggestion.citations],
+                    "engine": suggestion.engine.to_json(),
+                    "statements": [s.to_json() for s in suggestion.statements],
+                    "verification": (
+                        suggestion.verification.to_json() if suggestion.verification else None
+                    ),
+                }
+            )
+        for title, statement in kind_run.dropped_statements:
+            dropped.append(
+                {
+                    "kind": kind_run.kind,
+                    "title": title,
+                    "text": statement.text,
+                    "citations": [c.to_json() for c in statement.citations],
+                    "issues": list(statement.issues),
+                }
+            )
+    problems = [p.to_json() for p in snapshot.problems]
+    if skipped:
+        problems.append(
+            {
+                "code": "unreadable",
+                "resourceType": "",
+                "detail": "skipped on loading",
+                "count": skipped,
+            }
+        )
+    return {
+        "patient": f"Patient/{patient_id}",
+        "suggestions": suggestions,
+        "dropped": dropped,
+        "problems": problems,
+    }
+
+
+def format_draft(record: Mapping[str, Any]) -> str:
+    """The draft record for reading: each suggestion, each statement marked, what was dropped."""
+    lines = [f"{record['patient']}"]
+    for suggestion in record["suggestions"]:
+        engine = suggestion["engine"]
+        lines.append("")
+        lines.append(f"== {suggestion['title']}  [{engine['name']} {engine['version']}]")
+        if engine.get("fallbackReason"):
+            lines.append(f"   fallback: {engine['fallbackReason']}")
+        for statement in suggestion["statements"]:
+            mark = "verified  " if statement["verified"] else "UNVERIFIED"
+            cites = ", ".join(c["reference"] for c in statement["citations"]) or "no citation"
+            lines.append(f"  {mark} {statement['text']}")
+            lines.append(f"             cites: {cites}")
+            for issue in statement["issues"]:
+                lines.append(f"             issue: {issue}")
+    if record["dropped"]:
+        lines += ["", "== Dropped by the grounding verifier"]
+        for item in record["dropped"]:
+            lines.append(f"  [{item['kind']}] {item['text']}")
+            for issue in item["issues"]:
+                lines.append(f"             issue: {issue}")
+    if record["problems"]:
+        lines += ["", "== Could not be read"]
+        for problem in record["problems"]:
+            lines.append(
+                f"  {problem['code']} {problem['resourceType']} x{problem['count']}: "
+                f"{problem['detail']}"
+            )
+    return "\n".join(lines)
+
+
+def run_draft_cli(
+    args: argparse.Namespace,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """`smartapp draft --chart FILE`: exit 2 on bad input."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    env = read_environment() if environ is None else environ
+    config_path = args.config or (
+        Path(env["SMARTAPP_CONFIG"]) if env.get("SMARTAPP_CONFIG") else None
+    )
+    try:
+        config = load_site_config(config_path)
+        cohort = load_chart_file(Path(args.chart))
+    except (SiteConfigError, CohortError) as exc:
+        print(f"smartapp draft: {exc}", file=err)
+        return 2
+    if len(cohort.patients) != 1:
+        print(
+            f"smartapp draft: {len(cohort.patients)} patients in {args.chart}; "
+            "draft reads one chart (use smartapp evaluate --out for a cohort)",
+            file=err,
+        )
+        return 2
+    service = SuggestionService(config, LLMSettings.from_env(env))
+    record = draft_record(
+        service,
+        cohort.patients[0],
+        iss=args.site,
+        as_of=args.as_of,
+        skipped=cohort.skipped_resources + cohort.unreadable_lines,
+    )
+    if args.json:
+        record.pop("patient")
+        out.write(json.dumps(record) + "\n")
+    else:
+        out.write(format_draft(record) + "\n")
+    return 0
+
+
 # -- reporting ----------------------------------------------------------------------------
 
 
@@ -367,6 +536,8 @@ def run_cli(
     except SiteConfigError as exc:
         print(f"smartapp evaluate: SiteConfigError: {exc}", file=err)
         return 2
+    if getattr(args, "reference", None) is not None:
+        return _run_reference(args, config, env, out, err)
     try:
         if args.cohort == "sandbox":
             cohort = load_sandbox_cohort()
@@ -377,10 +548,39 @@ def run_cli(
         return 2
     service = SuggestionService(config, LLMSettings.from_env(env))
     report = evaluate(service, cohort, iss=args.site, as_of=args.as_of)
+    if getattr(args, "out", None) is not None:
+        with Path(args.out).open("w", encoding="utf-8") as records:
+            for resources in cohort.patients:
+                record = draft_record(service, resources, iss=args.site, as_of=args.as_of)
+                records.write(json.dumps(record) + "\n")
     if args.json:
         out.write(json.dumps(report.to_json()) + "\n")
     else:
         out.write(format_table(report) + "\n")
     if args.strict and report.below_minimum():
         return 1
+    return 0
+
+
+def _run_reference(
+    args: argparse.Namespace,
+    config: Any,
+    env: Mapping[str, str],
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """`smartapp evaluate --reference DIR`: drafts against reference assessments and plans."""
+    from smartapp.suggestions import reference
+
+    try:
+        refs = reference.load_references(Path(args.reference))
+    except reference.ReferenceError as exc:
+        print(f"smartapp evaluate: {exc}", file=err)
+        return 2
+    service = SuggestionService(config, LLMSettings.from_env(env))
+    rows = reference.score(service, refs, iss=args.site)
+    if args.json:
+        out.write(json.dumps(reference.scores_json(rows)) + "\n")
+    else:
+        out.write(reference.format_scores(rows) + "\n")
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from smartapp.fhir.readers import codeable_text, codings
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource, reference_key
+from smartapp.suggestions.context import PatientContext, pregnancy_evidence, usable
 from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
     BP_PANEL,
@@ -440,10 +441,25 @@ def blood_pressures(snapshot: ChartSnapshot) -> list[BloodPressure]:
 
 _INACTIVE_CLINICAL = {"inactive", "remission", "resolved"}
 _BAD_VERIFICATION = {"refuted", "entered-in-error"}
+#: A provisional or differential diagnosis is a hypothesis, not a current problem.
+_NOT_CURRENT_VERIFICATION = _BAD_VERIFICATION | {"provisional", "differential"}
+#: Gestational diabetes is not diabetes mellitus: it gets none of the diabetes rules.
+_GESTATIONAL_DIABETES_SNOMED = {"11687002", "40801000119106"}
+
+
+def gestational_diabetes(cond: Mapping[str, Any]) -> bool:
+    code = cond.get("code")
+    if has_code(code, SNOMED, _GESTATIONAL_DIABETES_SNOMED):
+        return True
+    if any(c.upper().startswith("O24.4") for c in codes_in(code, ICD10CM)):
+        return True
+    return "gestational" in concept_words(code)
 
 
 def active_condition(cond: Mapping[str, Any]) -> bool:
-    if status_code(cond.get("verificationStatus")) in _BAD_VERIFICATION:
+    if not usable(cond):
+        return False
+    if status_code(cond.get("verificationStatus")) in _NOT_CURRENT_VERIFICATION:
         return False
     clinical = status_code(cond.get("clinicalStatus"))
     if clinical is None:
@@ -459,6 +475,8 @@ def problem_groups(cond: Mapping[str, Any]) -> list[ProblemGroup]:
     anaemia, not also CKD.
     """
     code = cond.get("code")
+    if gestational_diabetes(cond):
+        return []
     snomed = set(codes_in(code, SNOMED))
     icd = [c.replace(".", "").upper() for c in codes_in(code, ICD10CM)]
     by_code = [
@@ -526,18 +544,25 @@ def active_problems(snapshot: ChartSnapshot) -> list[Problem]:
 
 # -- medications -------------------------------------------------------------------------
 
-_CURRENT_STATUS = {"active", "on-hold", "draft"}
+#: A draft order has not been signed, and a proposal or plan is not an order: none of them
+#: is something the patient takes. On-hold orders are current (shown as on hold).
+_CURRENT_STATUS = {"active", "on-hold"}
 _ORDER_INTENTS = {
     "order",
     "original-order",
     "reflex-order",
     "filler-order",
     "instance-order",
-    "plan",
 }
+#: MedicationStatement statuses that mean the patient takes the drug now.
+_STATEMENT_CURRENT = {"active", "intended"}
 
 
 def current_medication_request(mr: Mapping[str, Any]) -> bool:
+    if not usable(mr):
+        return False
+    if mr.get("resourceType") == "MedicationStatement":
+        return mr.get("status") in _STATEMENT_CURRENT
     return (
         mr.get("status", "active") in _CURRENT_STATUS
         and mr.get("intent", "order") in _ORDER_INTENTS
@@ -564,8 +589,18 @@ class Medication:
         return date_part(self.request.get("authoredOn"))
 
     @property
+    def on_hold(self) -> bool:
+        return self.request.get("status") == "on-hold"
+
+    @property
+    def reported(self) -> bool:
+        """From a MedicationStatement (what the patient or a record says is taken)."""
+        return self.request.get("resourceType") == "MedicationStatement"
+
+    @property
     def dosage(self) -> str | None:
-        for dosage in self.request.get("dosageInstruction") or []:
+        key = "dosage" if self.reported else "dosageInstruction"
+        for dosage in self.request.get(key) or []:
             if isinstance(dosage, Mapping) and isinstance(dosage.get("text"), str):
                 text = str(dosage["text"]).strip()
                 if text:
@@ -610,7 +645,8 @@ def drug_classes(concept: Mapping[str, Any]) -> tuple[tuple[DrugClass, ...], tup
 
 def current_medications(snapshot: ChartSnapshot) -> list[Medication]:
     meds: list[Medication] = []
-    for mr in snapshot.of_type("MedicationRequest"):
+    sources = snapshot.of_type("MedicationRequest") + snapshot.of_type("MedicationStatement")
+    for mr in sources:
         if not mr.get("id") or not current_medication_request(mr):
             continue
         concept, references = medication_concept(mr, snapshot)
@@ -640,13 +676,33 @@ NO_KNOWN_ALLERGY = {"716186003", "409137002", "428607008", "429625007"}
 
 
 def active_allergy(allergy: Mapping[str, Any]) -> bool:
+    if not usable(allergy):
+        return False
     if status_code(allergy.get("verificationStatus")) in _BAD_VERIFICATION:
         return False
     return status_code(allergy.get("clinicalStatus")) in (None, "active")
 
 
+#: How charts write "no known allergies" in text (normalised: lower case, no punctuation).
+NO_KNOWN_ALLERGY_TEXT = {
+    "nkda",
+    "nka",
+    "nkma",
+    "no known allergies",
+    "no known allergy",
+    "no known drug allergies",
+    "no known drug allergy",
+    "no known medication allergies",
+    "none known",
+    "no allergies",
+}
+
+
 def no_known_allergy(allergy: Mapping[str, Any]) -> bool:
-    return has_code(allergy.get("code"), SNOMED, NO_KNOWN_ALLERGY)
+    if has_code(allergy.get("code"), SNOMED, NO_KNOWN_ALLERGY):
+        return True
+    text = re.sub(r"[^a-z ]+", " ", concept_words(allergy.get("code"))).split()
+    return " ".join(text) in NO_KNOWN_ALLERGY_TEXT
 
 
 def reactions(allergy: Mapping[str, Any]) -> list[tuple[str, str | None]]:
@@ -834,6 +890,17 @@ class ChartFacts:
     @cached_property
     def deceased(self) -> bool:
         return deceased(self.snapshot.patient)
+
+    @cached_property
+    def context(self) -> PatientContext:
+        """Pregnancy, age band, deceased: what every kind must honour."""
+        return PatientContext(
+            age=self.age,
+            deceased=self.deceased,
+            pregnancy=pregnancy_evidence(
+                self.snapshot.of_type("Condition"), self.snapshot.of_type("Observation")
+            ),
+        )
 
     def complete(self, resource_type: str) -> bool:
         """Whether the chart holds every resource of this type the EHR has: the scope was

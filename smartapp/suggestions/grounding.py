@@ -20,7 +20,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot, reference_key
-from smartapp.suggestions.facts import age_on, as_of, concept_text
+from smartapp.suggestions import units
+from smartapp.suggestions.facts import (
+    active_allergy,
+    age_on,
+    as_of,
+    concept_text,
+    no_known_allergy,
+    ref,
+)
 from smartapp.suggestions.interfaces import Statement, Suggestion, Verification
 from smartapp.suggestions.terminology import KNOWN_DRUG_NAMES
 
@@ -200,6 +208,7 @@ class NumberMention:
     text: str
     value: Decimal
     unit: str | None  # canonical
+    raw_unit: str | None = None  # as written, for the UCUM parser
 
 
 def _blank(text: str, start: int, end: int) -> str:
@@ -284,14 +293,35 @@ def find_numbers(text: str) -> list[NumberMention]:
         if after == "." and end + 1 < len(text) and text[end + 1].isdigit():
             continue
         unit_match = _UNIT_AFTER.match(text, end)
-        if after.isalpha() and unit_match is None:
+        ucum_code, ucum_end = _ucum_after(text, end)
+        if after.isalpha() and unit_match is None and ucum_code is None:
             continue
         value = Decimal(match.group("num").replace(",", "") + (match.group("frac") or ""))
         unit = canonical_unit(unit_match.group("unit")) if unit_match else None
+        raw = unit_match.group("unit") if unit_match else None
         if unit_match is not None:
             position = unit_match.end()
-        found.append(NumberMention(text=text[start:position].strip(), value=value, unit=unit))
+        if ucum_code is not None and ucum_end > position:
+            # "0.42 mg/mg": the whole UCUM code, not the "mg" at its start.
+            unit, raw, position = canonical_unit(ucum_code), ucum_code, ucum_end
+        found.append(
+            NumberMention(text=text[start:position].strip(), value=value, unit=unit, raw_unit=raw)
+        )
     return found
+
+
+def _ucum_after(text: str, end: int) -> tuple[str | None, int]:
+    """A UCUM code right after a number (`mg/mg`, `10*3/uL`, `[lb_av]`) and where it ends."""
+    match = units.UCUM_TOKEN.match(text, end)
+    if match is None:
+        return None, end
+    code = match.group("unit")
+    stop = match.end()
+    while code and code[-1] in ".,;:)'-":
+        code, stop = code[:-1], stop - 1
+    if code and units.parse(code) is not None:
+        return code, stop
+    return None, end
 
 
 # -- what the cited resources hold ----------------------------------------------------------
@@ -309,39 +339,98 @@ _MACHINE_KEYS = {
 _SKIP_KEYS = {"meta", "identifier", "telecom", "address", "photo", "name", "contact"}
 
 
-@dataclass
-class Evidence:
-    """Numbers (with units), dates and words found in the cited resources."""
+#: Keys whose strings are free text (what someone typed), not structured data: words and
+#: numbers found only there show that "the chart says so", never that it is so.
+_FREE_TEXT_KEYS = {"note", "patientInstruction", "comment", "description", "div"}
+#: CodeableConcept-valued keys: their `text` labels a coded element (structured).
+_CONCEPT_KEYS = {
+    "code", "medicationCodeableConcept", "valueCodeableConcept", "substance", "manifestation",
+    "clinicalStatus", "verificationStatus", "category", "interpretation", "vaccineCode",
+    "reasonCode", "bodySite", "route", "method", "form", "ingredient", "itemCodeableConcept",
+    "statusReason", "severity", "type",
+}  # fmt: skip
 
-    numbers: list[tuple[Decimal, str | None]] = field(default_factory=list)
+#: A value with more significant digits than this, or this large, is not a measurement.
+MAX_DIGITS = 12
+MAX_MAGNITUDE = Decimal("1e9")
+
+
+def implausible(value: Decimal) -> bool:
+    """NaN, infinities, 309-digit creatinines: never shown as a fact."""
+    if not value.is_finite():
+        return True
+    return abs(value) >= MAX_MAGNITUDE or len(value.as_tuple().digits) > MAX_DIGITS
+
+
+@dataclass
+class _Facts:
+    numbers: list[tuple[Decimal, str | None, str | None]] = field(default_factory=list)
     dates: set[str] = field(default_factory=set)
     times: set[str] = field(default_factory=set)
     words: list[str] = field(default_factory=list)
 
+
+@dataclass
+class Evidence:
+    """Numbers (with units), dates and words found in the cited resources.
+
+    `structured` holds what coded and typed elements carry (values, units, dates, codings
+    and concept labels); `free` what only free text carries (dosage instructions, notes,
+    narrative, reference display strings).
+    """
+
+    structured: _Facts = field(default_factory=_Facts)
+    free: _Facts = field(default_factory=_Facts)
+
+    @property
+    def numbers(self) -> list[tuple[Decimal, str | None, str | None]]:
+        return self.structured.numbers
+
+    @property
+    def dates(self) -> set[str]:
+        return self.structured.dates
+
+    @property
+    def times(self) -> set[str]:
+        return self.structured.times
+
+    @property
+    def words(self) -> list[str]:
+        return self.structured.words
+
     @property
     def text(self) -> str:
-        return " \n ".join(self.words).lower()
+        return " \n ".join(self.structured.words).lower()
 
-    def add_number(self, value: Any, unit: str | None = None) -> None:
+    @property
+    def free_text(self) -> str:
+        return " \n ".join(self.free.words).lower()
+
+    def add_number(self, value: Any, unit: str | None = None, *, free: bool = False) -> None:
         if isinstance(value, bool):
             return
         try:
-            self.numbers.append((Decimal(str(value)), canonical_unit(unit)))
+            number = Decimal(str(value))
         except (InvalidOperation, ValueError):
             return
+        if implausible(number):
+            return  # never evidence: a statement repeating it is not verified
+        target = self.free if free else self.structured
+        target.numbers.append((number, canonical_unit(unit), unit))
 
-    def add_datetime(self, value: str) -> bool:
+    def add_datetime(self, value: str, *, free: bool = False) -> bool:
         match = _FHIR_DATETIME.match(value.strip())
         if not match:
             return False
+        target = self.free if free else self.structured
         year, month, day = match.group("year"), match.group("month"), match.group("day")
-        self.dates.add(year)
+        target.dates.add(year)
         if month:
-            self.dates.add(f"{year}-{month}")
+            target.dates.add(f"{year}-{month}")
         if day:
-            self.dates.add(f"{year}-{month}-{day}")
+            target.dates.add(f"{year}-{month}-{day}")
             if match.group("time"):
-                self.times.add(match.group("time"))
+                target.times.add(match.group("time"))
                 # A reader may give the date in UTC, or in the server's zone: accept both.
                 try:
                     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -349,15 +438,15 @@ class Evidence:
                     return True
                 if moment.tzinfo is not None:
                     utc = moment.astimezone(UTC)
-                    self.dates.update({f"{utc:%Y}", f"{utc:%Y-%m}", f"{utc:%Y-%m-%d}"})
-                    self.times.add(f"{utc:%H:%M}")
+                    target.dates.update({f"{utc:%Y}", f"{utc:%Y-%m}", f"{utc:%Y-%m-%d}"})
+                    target.times.add(f"{utc:%H:%M}")
         return True
 
 
 def collect_evidence(resources: Iterable[Mapping[str, Any]], *, today: date) -> Evidence:
     evidence = Evidence()
     for resource in resources:
-        _walk(resource, evidence, key="")
+        _walk(resource, evidence, key="", free=False, depth=0)
         if resource.get("resourceType") == "Patient":
             # "a 64-year-old": the age is the patient's, counted from birthDate.
             age = age_on(resource, today)
@@ -368,29 +457,52 @@ def collect_evidence(resources: Iterable[Mapping[str, Any]], *, today: date) -> 
     return evidence
 
 
-def _walk(node: Any, evidence: Evidence, *, key: str) -> None:
+_MAX_DEPTH = 40  # deeper nesting is hostile input, not evidence
+
+
+def _walk(node: Any, evidence: Evidence, *, key: str, free: bool, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        return
     if isinstance(node, Mapping):
         if key == "text" and "div" in node:
             return  # the narrative: the structured values are the evidence
         if isinstance(node.get("value"), int | float) and not isinstance(node.get("value"), bool):
-            evidence.add_number(node["value"], node.get("unit") or node.get("code"))
+            # The display unit and the UCUM code: a statement may give either.
+            spellings: list[str | None] = [
+                u for u in (node.get("unit"), node.get("code")) if isinstance(u, str)
+            ]
+            for unit in dict.fromkeys(spellings or [None]):
+                evidence.add_number(node["value"], unit, free=free)
+        is_reference = isinstance(node.get("reference"), str)
+        is_concept = "coding" in node or key in _CONCEPT_KEYS
         for child_key, child in node.items():
             if child_key in _SKIP_KEYS or (child_key == "value" and not isinstance(child, str)):
                 continue
-            _walk(child, evidence, key=child_key)
+            child_free = (
+                free
+                or child_key in _FREE_TEXT_KEYS
+                or (child_key == "text" and not is_concept)
+                or (child_key == "display" and is_reference)
+            )
+            _walk(child, evidence, key=child_key, free=child_free, depth=depth + 1)
     elif isinstance(node, list):
         for item in node:
-            _walk(item, evidence, key=key)
+            _walk(item, evidence, key=key, free=free, depth=depth + 1)
     elif isinstance(node, bool):
         return
     elif isinstance(node, int | float):
-        evidence.add_number(node)
+        evidence.add_number(node, free=free)
     elif isinstance(node, str):
-        if evidence.add_datetime(node) or key in _MACHINE_KEYS:
+        if evidence.add_datetime(node, free=free) or key in _MACHINE_KEYS:
             return
-        evidence.words.append(node)
-        for mention in find_numbers(find_dates(node)[2]):
-            evidence.add_number(mention.value, mention.unit)
+        target = evidence.free if free else evidence.structured
+        target.words.append(node)
+        dates, _times, rest = find_dates(node)
+        if free:
+            for date_mention in dates:
+                target.dates.update(date_mention.forms)
+        for number in find_numbers(rest):
+            evidence.add_number(number.value, number.raw_unit or number.unit, free=free)
 
 
 # -- drug names -------------------------------------------------------------------------
@@ -487,10 +599,21 @@ class GroundingVerifier:
             if reference not in self.snapshot:
                 issues.append(f"cites {reference[:80]}, which is not in this chart")
         evidence = self.evidence(present)
-        dates, times, rest = find_dates(statement.text)
+        # Quoted passages are the chart's words: each must be in a cited resource (free
+        # text or structured), and what they hold is then not checked as a finding.
+        text = statement.text
+        for quote in _QUOTED.finditer(text):
+            words = _squash(quote.group("q"))
+            if words and words not in _squash(evidence.free_text + " \n " + evidence.text):
+                issues.append(f"quoted {quote.group(0)[:60]!r} is not the cited resources' words")
+            text = _blank(text, quote.start(), quote.end())
+        dates, times, rest = find_dates(text)
         for mention in dates:
             if not any(form in evidence.dates for form in mention.forms):
-                issues.append(f"date {mention.text!r} is not in the cited resources")
+                if any(form in evidence.free.dates for form in mention.forms):
+                    issues.append(f"date {mention.text!r} is only in free text; quote it")
+                else:
+                    issues.append(f"date {mention.text!r} is not in the cited resources")
         for time in times:
             if time not in evidence.times:
                 issues.append(f"time {time!r} is not in the cited resources")
@@ -498,28 +621,144 @@ class GroundingVerifier:
             problem = _number_problem(number, evidence)
             if problem:
                 issues.append(problem)
-        lowered = statement.text.lower()
+        lowered = text.lower()
         cited_text = evidence.text
+        free_text = evidence.free_text
         for name in sorted(self.vocabulary):
             if _mentions(lowered, name) and not _mentions(cited_text, name):
-                issues.append(f"drug {name!r} is not in the cited resources")
+                if _mentions(free_text, name):
+                    issues.append(f"drug {name!r} is only in free text of the cited resources")
+                else:
+                    issues.append(f"drug {name!r} is not in the cited resources")
+        issues.extend(contradictions(statement.text, self.snapshot, self.vocabulary))
         return StatementCheck(ok=not issues, issues=tuple(dict.fromkeys(issues)))
 
 
+_QUOTED = re.compile('["\u201c](?P<q>[^"\u201d]{1,600})["\u201d]')
+
+
+def _squash(text: str | None) -> str:
+    return re.sub(r"\s+", " ", (text or "").lower()).strip()
+
+
 def _number_problem(number: NumberMention, evidence: Evidence) -> str | None:
-    same_value = [unit for value, unit in evidence.numbers if value == number.value]
+    if implausible(number.value):
+        return f"{number.text[:24]!r} is not a plausible value"
+    problem = _match_number(number, evidence.structured.numbers, evidence.dates)
+    if problem and _match_number(number, evidence.free.numbers, evidence.free.dates) is None:
+        return f"{number.text!r} is only in free text of the cited resources; quote it"
+    return problem
+
+
+def _match_number(
+    number: NumberMention,
+    numbers: Sequence[tuple[Decimal, str | None, str | None]],
+    dates: set[str],
+) -> str | None:
+    same_value = [(unit, raw) for value, unit, raw in numbers if value == number.value]
     if not same_value:
         if number.unit is None and number.value == number.value.to_integral_value():
             year = int(number.value)
-            if 1900 <= year <= 2100 and str(year) in evidence.dates:
+            if 1900 <= year <= 2100 and str(year) in dates:
                 return None  # "in 2025": a year the cited resources carry
         return f"{number.text!r} is not in the cited resources"
     if number.unit is None or number.unit == "a":
         return None
-    if any(unit is None or unit == number.unit for unit in same_value):
-        return None
-    cited = ", ".join(sorted({u for u in same_value if u}))
+    for unit, raw in same_value:
+        if unit is None or unit == number.unit:
+            return None
+        if units.same_unit(raw, number.raw_unit):
+            return None
+    cited = ", ".join(sorted({u for u, _ in same_value if u}))
     return f"{number.text!r} has a different unit in the cited resources ({cited})"
+
+
+# -- statements that contradict the chart ---------------------------------------------------
+
+_ALLERGY_DENIAL = re.compile(
+    r"\b(?:ruled\s+out|no\s+(?:known\s+)?(?:drug\s+)?allerg\w*|nkda|not\s+allergic|"
+    r"(?:is|are)\s+not\s+an?\s+allerg\w*|allergy\s+(?:was\s+|has\s+been\s+)?"
+    r"(?:excluded|resolved|removed|disproved)|safe\s+to\s+(?:prescribe|give|use|take|administer)|"
+    r"can\s+(?:safely\s+)?(?:be\s+)?(?:prescribed|given|taken))\b",
+    re.IGNORECASE,
+)
+_STOPPED = re.compile(
+    r"\b(?:stopped|discontinued|ceased|no\s+longer\s+(?:taking|takes|on|prescribed)|"
+    r"was\s+taken\s+off|came\s+off)\b",
+    re.IGNORECASE,
+)
+_ONGOING = re.compile(
+    r"\b(?:currently\s+(?:taking|takes|on)|still\s+(?:taking|takes|on)|continues\s+(?:on|to\s+take)|"
+    r"remains\s+on|is\s+active)\b",
+    re.IGNORECASE,
+)
+_ACTIVE_ORDER = {"active", "on-hold"}
+_ENDED_ORDER = {"stopped", "completed", "cancelled", "entered-in-error"}
+
+
+def contradictions(
+    text: str, snapshot: ChartSnapshot, vocabulary: frozenset[str] = frozenset()
+) -> list[str]:
+    """What in `text` the chart's structured data says is false (whatever the statement cites).
+
+    An allergy "ruled out", "no allergies" or "safe to prescribe" while an active
+    AllergyIntolerance is recorded; a drug "stopped" whose order is active, or "currently
+    taking" a drug whose every order has ended.
+    """
+    found: list[str] = []
+    lowered = text.lower()
+    if _ALLERGY_DENIAL.search(text):
+        for allergy in snapshot.of_type("AllergyIntolerance"):
+            if not active_allergy(allergy) or no_known_allergy(allergy):
+                continue
+            substance = concept_text(allergy.get("code")).lower()
+            if re.search(r"\bno known\b|\bnkda?\b|\bnone known\b", substance):
+                continue  # "NKDA" recorded as an allergy is the absence of one
+            names = {w for w in re.findall(r"[a-z]{4,}", substance)}
+            if (
+                "allerg" in lowered
+                or any(_mentions(lowered, n) for n in names)
+                or ("safe" in lowered)
+            ):
+                found.append(
+                    f"contradicts the chart: an active allergy is recorded "
+                    f"({ref(allergy)}, {substance[:60] or 'substance not named'})"
+                )
+    # A drug and a verb about it are read within one clause ("Simvastatin stopped
+    # (switched to atorvastatin)" says nothing about atorvastatin being stopped).
+    for clause in re.split(r"[();:.\n]|,\s*(?:and|but|then)\b|\bswitched\b|\bchanged\b", lowered):
+        stopped = _STOPPED.search(clause) is not None
+        ongoing = _ONGOING.search(clause) is not None
+        if not (stopped or ongoing):
+            continue
+        for name in sorted(vocabulary):
+            if not _mentions(clause, name):
+                continue
+            statuses = _order_statuses(snapshot, name)
+            if stopped and statuses & _ACTIVE_ORDER:
+                found.append(f"contradicts the chart: {name!r} has an active order")
+            elif ongoing and statuses and statuses <= _ENDED_ORDER:
+                found.append(f"contradicts the chart: every order for {name!r} has ended")
+    return found
+
+
+def _order_statuses(snapshot: ChartSnapshot, name: str) -> set[str]:
+    statuses: set[str] = set()
+    for order in snapshot.of_type("MedicationRequest"):
+        concept = order.get("medicationCodeableConcept")
+        label = concept_text(concept) if isinstance(concept, Mapping) else ""
+        med_ref = (order.get("medicationReference") or {}).get("reference")
+        if isinstance(med_ref, str):
+            medication = snapshot.get(med_ref)
+            if medication is not None:
+                label += " " + concept_text(medication.get("code"))
+        if _mentions(label.lower(), name) and isinstance(order.get("status"), str):
+            statuses.add(order["status"])
+    return statuses
+
+
+#: `Suggestion.extra` key: the statements the verifier dropped, with their issues.
+DROPPED = "dropped_statements"
 
 
 def verify_suggestions(
@@ -536,6 +775,7 @@ def verify_suggestions(
     out: list[Suggestion] = []
     for suggestion in suggestions:
         kept: list[Statement] = []
+        lost: list[Statement] = []
         passed = dropped = shown = 0
         for statement in suggestion.statements:
             result = verifier.check(statement)
@@ -547,11 +787,15 @@ def verify_suggestions(
                 kept.append(_with(statement, verified=False, issues=result.issues))
             else:
                 dropped += 1
+                lost.append(_with(statement, verified=False, issues=result.issues))
         verification = Verification(
             checked=len(suggestion.statements), passed=passed, dropped=dropped,
             unverified_shown=shown,
         )  # fmt: skip
-        out.append(suggestion.with_statements(tuple(kept), verification=verification))
+        extra = dict(suggestion.extra)
+        if lost:
+            extra[DROPPED] = tuple(lost)  # for `smartapp draft` and evaluate --out: never shown
+        out.append(suggestion.with_statements(tuple(kept), verification=verification, extra=extra))
     return out
 
 

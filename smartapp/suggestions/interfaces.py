@@ -38,6 +38,9 @@ class Statement:
     #: configuration, not a claim about the chart, so the verifier does not check it against
     #: the citations. Engines other than the built-in rules leave it None.
     rule: str | None = None
+    #: The id of the clinical safety rule (a data file entry) that raised this statement:
+    #: "pregnancy-ace-inhibitor". Its source is named in `rule`.
+    rule_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -48,6 +51,8 @@ class Statement:
         }
         if self.rule:
             data["rule"] = self.rule
+        if self.rule_id:
+            data["ruleId"] = self.rule_id
         return data
 
 

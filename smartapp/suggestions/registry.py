@@ -21,8 +21,8 @@ import requests
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config, normalize_issuer
 from smartapp.suggestions.builtin import BuiltinEngine
-from smartapp.suggestions.grounding import GroundingVerifier, verify_suggestions
-from smartapp.suggestions.interfaces import EngineInfo, Suggestion, SuggestionEngine
+from smartapp.suggestions.grounding import DROPPED, GroundingVerifier, verify_suggestions
+from smartapp.suggestions.interfaces import EngineInfo, Statement, Suggestion, SuggestionEngine
 from smartapp.suggestions.llm import LLMEngine
 from smartapp.suggestions.templates import TemplateRenderer
 
@@ -97,6 +97,9 @@ class KindRun:
     #: Why the built-in rules answered instead of the configured engine, if they did.
     fallback_reason: str | None = None
     elapsed_ms: float = 0.0
+    #: (suggestion title, statement with its issues) for every statement the verifier
+    #: dropped, the fallback's included: for `smartapp draft`, never shown to a clinician.
+    dropped_statements: tuple[tuple[str, Statement], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,12 +336,14 @@ class SuggestionService:
             fallback_reason = stand_in
 
         shown = [s for s in checked if s.statements]
+        lost = _dropped(checked)
         if isinstance(engine, LLMEngine) and own and not shown:
             # Everything the model said failed verification: the rules answer instead.
             produced = engine.fall_back(snapshot, kind, options, UNGROUNDED)
             again = verify_suggestions(produced, verifier, unverified=effective.unverified)
             dropped_total += _totals(again)["dropped"]
             shown = [s for s in again if s.statements]
+            lost += _dropped(again)
             fallback_reason = UNGROUNDED + SHOWING_RULES
 
         renderer = self.renderer(effective)
@@ -363,6 +368,7 @@ class SuggestionService:
             dropped_total=dropped_total,
             fallback_reason=fallback_reason,
             elapsed_ms=(self._clock() - started) * 1000.0,
+            dropped_statements=tuple(lost),
         )
 
     def _safe_suggest(
@@ -387,6 +393,10 @@ class SuggestionService:
                 except Exception as inner:  # noqa: BLE001
                     log.error("built-in engine failed on %s: %s", kind, type(inner).__name__)
             return []
+
+
+def _dropped(suggestions: Sequence[Suggestion]) -> list[tuple[str, Statement]]:
+    return [(s.title, d) for s in suggestions for d in s.extra.get(DROPPED, ())]
 
 
 def _totals(suggestions: Sequence[Suggestion]) -> dict[str, int]:

@@ -10,7 +10,7 @@ arranges them (bullets or prose, concise or detailed) into `Suggestion.rendered_
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,9 @@ class TemplateRenderer:
         """The suggestion's text; the shipped template (then plain bullets) if the site's fails."""
         context = render_context(suggestion, style=style, detail=detail)
         try:
-            return _clean(
-                self._env.get_template(self.template_name(suggestion.kind)).render(context)
+            return mark_unverified(
+                _clean(self._env.get_template(self.template_name(suggestion.kind)).render(context)),
+                suggestion.statements,
             )
         except Exception as exc:  # noqa: BLE001 - a site template is untrusted code
             # The error's type only (its message may quote chart data).
@@ -113,9 +114,36 @@ class TemplateRenderer:
                 type(exc).__name__,
             )
         try:
-            return _clean(self._defaults.get_template(f"{suggestion.kind}.j2").render(context))
+            return mark_unverified(
+                _clean(self._defaults.get_template(f"{suggestion.kind}.j2").render(context)),
+                suggestion.statements,
+            )
         except Exception:  # noqa: BLE001 - never lose the statements to a template
-            return "\n".join(f"- {s.text}" for s in suggestion.statements)
+            return mark_unverified(
+                "\n".join(f"- {s.text}" for s in suggestion.statements), suggestion.statements
+            )
+
+
+UNVERIFIED_MARK = "[unverified] "
+
+
+def mark_unverified(text: str, statements: Sequence[Statement]) -> str:
+    """`text` with the unverified marker before every unverified statement it shows.
+
+    Applied after the template (site or shipped) has run, so no template can drop the
+    marker: wherever an unverified statement's words appear without it, it is inserted.
+    """
+    for statement in statements:
+        if statement.verified is not False or not statement.text.strip():
+            continue
+        words = statement.text.strip()
+        position = 0
+        while (found := text.find(words, position)) >= 0:
+            if text[max(0, found - len(UNVERIFIED_MARK)) : found] != UNVERIFIED_MARK:
+                text = text[:found] + UNVERIFIED_MARK + text[found:]
+                found += len(UNVERIFIED_MARK)
+            position = found + len(words)
+    return text
 
 
 def _clean(text: str) -> str:

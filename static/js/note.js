@@ -4,6 +4,7 @@
 import { api, ApiError } from "./api.js";
 import { $, el, setStatus, plural } from "./dom.js";
 import { finalText } from "./cards.js";
+import { showPulse } from "./pulse.js";
 
 const POLL_MS = 10_000;
 
@@ -118,6 +119,7 @@ export async function save(suggestions, announce) {
     note.savedText = text;
     note.latest = data.note ?? { status: data.status ?? "in_chart", documentReference: data.documentReference };
     announce(note.latest.status === "pending" ? "Saved here; the app will retry sending it to the chart." : "The note is in the chart as a draft for you to sign.");
+    if (data.pulse) showPulse(data.pulse, announce);
     return true;
   } catch (err) {
     note.error = err instanceof ApiError ? err.message : "something went wrong. Try again.";

@@ -270,3 +270,28 @@ def test_a_draft_signed_in_the_ehr_is_never_overwritten(launched: Launched):
         {"code": "replaces", "target": {"reference": first["documentReference"]}}
     ]
     assert "Medication" in note_text(replacement)
+
+
+def test_a_note_saved_after_the_ehr_ended_the_tokens_waits_for_the_next_launch(
+    launched: Launched,
+):
+    accept_first(launched)
+    stack = launched.stack
+    # The EHR invalidates every token it issued (a sign-out, a revocation).
+    stack.ehr.extensions["smartapp.sandbox"].store._execute(
+        "UPDATE tokens SET access_revoked = 1, refresh_revoked = 1", ()
+    )
+    saved = launched.api("POST", "/api/note").json()
+    assert saved["note"]["status"] == "pending"  # never "failed" while it can be sent
+    assert "next time you open the app" in saved["note"]["error"]
+    outbox = stack.app.extensions["smartapp.outbox"]
+    assert outbox.run_once(force=True).notes_waiting == 1
+    assert our_notes(launched) == []
+
+    again = ehr_launch(stack)  # the clinician opens the app for this patient again
+    [waiting] = again.api("GET", "/api/notes").json()["notes"]
+    assert waiting["id"] == saved["note"]["id"] and waiting["status"] == "pending"
+    assert outbox.run_once(force=True).notes_delivered == 1
+    assert len(our_notes(launched)) == 1
+    [delivered] = again.api("GET", "/api/notes").json()["notes"]
+    assert delivered["status"] == "in_chart"

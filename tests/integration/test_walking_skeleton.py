@@ -72,6 +72,14 @@ def test_edited_text_is_what_lands_in_the_chart(launched: Launched):
     doc = launched.sandbox("GET", f"/_sandbox/resources/{saved['documentReference']}").json()
     assert "Losartan only." in base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
 
+    # The note's make-up is kept for the metrics: one edit, its characters counted as edited.
+    from smartapp.notes.models import SavedNote
+
+    with launched.stack.app.extensions["smartapp.db"].session() as s:
+        [note] = s.query(SavedNote).all()
+        assert (note.edits, note.chars_edited, note.chars_accepted) == (1, len("Losartan only."), 0)
+        assert note.launched_at is not None and note.launched_at <= note.created_at
+
 
 class _Recorder(BaseHTTPRequestHandler):
     hits: list[str] = []

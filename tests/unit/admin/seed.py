@@ -110,6 +110,10 @@ def seed_feedback(session: Session) -> None:
                 engines=[list(RULES)],
                 status="in_chart",
                 created_at=W47 + timedelta(minutes=5),
+                launched_at=W47 + timedelta(minutes=1),
+                chars_total=400,
+                chars_accepted=250,
+                chars_edited=50,
             ),
             SavedNote(
                 launch_session_id="launch-7",
@@ -121,6 +125,10 @@ def seed_feedback(session: Session) -> None:
                 engines=[list(RULES), list(LLM)],
                 status="pending",
                 created_at=W48 + timedelta(minutes=5),
+                launched_at=W48 + timedelta(minutes=3),
+                chars_total=100,
+                chars_accepted=0,
+                chars_edited=20,
             ),
         ]
     )

@@ -93,6 +93,13 @@ def test_metrics_json_matches_the_contract(seeded):
     assert [set(g) for g in groups] == [set(FIELDS), set(FIELDS)]
     assert groups[0]["key"] == "https://a.example/fhir"
     assert groups[0]["shown"] == 4 and groups[0]["acceptance_rate"] == 0.5
+    # Is it saving time: notes, launch to saved note, and the share written by suggestions.
+    assert groups[0]["notes"] == 1
+    assert groups[0]["median_seconds_launch_to_note"] == 240.0
+    assert groups[0]["ai_share_of_note_chars"] == 0.75
+    overall = seeded.test_client().get("/admin/api/metrics?group_by=week", headers=bearer())
+    weeks = {g["key"]: g for g in overall.get_json()["groups"]}
+    assert [w["ai_share_of_note_chars"] for w in weeks.values() if w["notes"]] == [0.75, 0.2]
 
 
 def test_metrics_period_filter(seeded):
@@ -115,7 +122,8 @@ def test_metrics_csv_by_accept_header_and_by_format(seeded):
         assert response.mimetype == "text/csv"
         rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
         assert tuple(rows[0]) == FIELDS
-        assert rows[1] == ["care_gaps", "3", "0", "1", "0", "1", "0.3333", "2.0", "36.0"]
+        assert rows[1][:9] == ["care_gaps", "3", "0", "1", "0", "1", "0.3333", "2.0", "36.0"]
+        assert rows[1][9] == "1"  # notes drawing on care gaps (seeded: one, before this release)
         assert rows[2][0] == "problem_list" and rows[2][7] == ""  # no edits: empty median
 
 
@@ -398,3 +406,32 @@ def test_audit_search_and_exports(api):
     assert {e.action for e in audit_events(api.application)} >= {"audit.search", "audit.export"}
     bad = api.get("/admin/api/audit?from=someday", headers=bearer())
     assert bad.status_code == 400 and bad.get_json()["error"]["message"].startswith("from:")
+
+
+def test_pulse_summary_by_site_and_on_the_dashboard(seeded, identity):
+    from datetime import UTC, datetime
+
+    from smartapp.notes.models import SavedNote
+    from smartapp.notes.pulse import PulseResponse
+
+    with seeded.extensions["smartapp.db"].session() as s:
+        notes = s.query(SavedNote).order_by(SavedNote.created_at).all()
+        at = datetime(2026, 11, 20, tzinfo=UTC)
+        s.add_all(
+            [
+                PulseResponse(note_id=notes[0].id, site=notes[0].site, fhir_user="P/1",
+                              asked_at=at, answered_at=at, saved_time=4, checking=2),
+                PulseResponse(note_id=notes[1].id, site=notes[1].site, fhir_user="P/1",
+                              asked_at=at, answered_at=at, skipped=True),
+            ]
+        )  # fmt: skip
+    client = seeded.test_client()
+    groups = client.get("/admin/api/pulse?group_by=all", headers=bearer()).get_json()["groups"]
+    assert groups == [
+        {"key": "all", "asked": 2, "answered": 1, "skipped": 1,
+         "mean_saved_time": 4.0, "mean_checking": 2.0}
+    ]  # fmt: skip
+    assert client.get("/admin/api/pulse?group_by=kind", headers=bearer()).status_code == 400
+    identity.sign_in(ADMIN_1)
+    page = client.get("/admin").get_data(as_text=True)
+    assert "Is it saving time" in page and "4.0" in page

@@ -45,6 +45,10 @@ def test_metrics_by_kind(seeded):
         "acceptance_rate": pytest.approx(0.3333),
         "median_edit_distance": 2.0,
         "median_seconds_to_decision": 36.0,  # median(60, 12)
+        # One note drew on care gaps (#7): launched 2 min before it was saved.
+        "notes": 1,
+        "median_seconds_launch_to_note": 120.0,
+        "ai_share_of_note_chars": 0.2,
     }
     assert rows["problem_list"] == {
         "key": "problem_list",
@@ -56,6 +60,9 @@ def test_metrics_by_kind(seeded):
         "acceptance_rate": 0.0,
         "median_edit_distance": None,
         "median_seconds_to_decision": 8.0,
+        "notes": 0,
+        "median_seconds_launch_to_note": None,
+        "ai_share_of_note_chars": None,
     }
     assert rows["summary"] == {
         "key": "summary",
@@ -67,6 +74,9 @@ def test_metrics_by_kind(seeded):
         "acceptance_rate": 0.75,
         "median_edit_distance": 10.0,  # median(5, 15)
         "median_seconds_to_decision": 25.0,  # median(10, 20, 30, 40)
+        "notes": 2,
+        "median_seconds_launch_to_note": 180.0,  # median(240, 120)
+        "ai_share_of_note_chars": 0.64,  # (250 + 50 + 0 + 20) / (400 + 100)
     }
 
 

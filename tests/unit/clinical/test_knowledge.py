@@ -55,3 +55,23 @@ def test_concepts_match_by_code_or_by_whole_words():
     assert hba1c.matches({"coding": [{"system": clinical.LOINC, "code": "59261-8"}]})
     assert hba1c.matches({"text": "HbA1c (point of care)"})
     assert not hba1c.matches({"text": "HbA1cX"})
+
+
+def test_every_medication_safety_rule_loads_with_a_citation_and_known_groups():
+    from smartapp.suggestions import safety
+
+    table = safety.rules()
+    ids = [r.id for r in table]
+    assert len(ids) == len(set(ids))
+    assert {"pregnancy-ace-inhibitor", "child-codeine-tramadol-under-12"} <= set(ids)
+    for rule in table:
+        assert rule.cite.source and rule.cite.version and rule.say
+
+
+def test_drug_groups_match_rxnorm_ingredients_and_text_only_allergies():
+    assert clinical.value_set("penicillins").matches(
+        {"coding": [{"system": clinical.RXNORM, "code": "723"}]}
+    )
+    assert clinical.value_set("sulfonamide_antibiotics").matches({"text": "Sulfa drugs"})
+    assert clinical.value_set("penicillins").matches({"text": "PCN"})
+    assert not clinical.value_set("sulfonamide_antibiotics").matches({"text": "sulfasalazine"})

@@ -525,3 +525,60 @@ def test_snapshot_round_trips_through_json(rsps):
     again = ChartSnapshot.from_json(snapshot.to_json())
     assert again == snapshot
     assert again.get(f"{BASE}/Medication/med-abs") is not None
+
+
+MRN = {"system": "urn:oid:1.2.36.146.595.217.0.1", "value": "MRN-0001"}
+CONTAINED_ME = [{"resourceType": "Patient", "id": "p", "identifier": [MRN]}]
+CONTAINED_OTHER = [{"resourceType": "Patient", "id": "p", "identifier": [{**MRN, "value": "X"}]}]
+
+
+@pytest.mark.parametrize(
+    ("subject", "contained", "kept"),
+    [
+        ({"reference": "Patient/pat-1"}, None, True),
+        ({"reference": "Patient/pat-1/_history/3"}, None, True),
+        ({"reference": "https://ehr.example/fhir/Patient/pat-1"}, None, True),
+        ({"reference": "HTTPS://EHR.EXAMPLE/fhir/Patient/pat-1"}, None, True),
+        ({"identifier": MRN}, None, True),
+        ({"reference": "#p", "type": "Patient"}, CONTAINED_ME, True),
+        # Everything below names someone else, or no one this app can confirm.
+        ({"reference": "Patient/pat-2"}, None, False),
+        ({"reference": "Patient/PAT-1"}, None, False),  # FHIR ids are case-sensitive
+        ({"reference": "https://other.example/fhir/Patient/pat-1"}, None, False),
+        ({"reference": "https://ehr.example/other/Patient/pat-1"}, None, False),
+        ({"reference": "urn:uuid:5f1c0e9a-0000-4000-8000-000000000001"}, None, False),
+        ({"reference": "Group/ward-3"}, None, False),
+        ({"identifier": {**MRN, "value": "MRN-0002"}}, None, False),
+        ({"identifier": {"value": "MRN-0001"}}, None, False),  # no system: not an identity
+        ({"display": "Anna Example"}, None, False),
+        (None, None, False),
+        ({"reference": "#p"}, CONTAINED_OTHER, False),
+        ({"reference": "#p"}, [{"resourceType": "Group", "id": "p"}], False),
+    ],
+)  # fmt: skip
+def test_only_the_launch_patient_in_any_reference_form_is_kept(rsps, subject, contained, kept):
+    server = serve(rsps)
+    original = server.answer_get
+
+    def leaky(relative: str):
+        status, body = original(relative)
+        if relative.startswith("Condition?"):
+            stray = {**fixture("condition-diabetes.json"), "id": "stray"}
+            stray.pop("subject", None)
+            if subject is not None:
+                stray["subject"] = subject
+            if contained is not None:
+                stray["contained"] = contained
+            body["entry"].append({"resource": stray, "search": {"mode": "match"}})
+        return status, body
+
+    server.answer_get = leaky
+    snapshot = load()
+    assert ("stray" in ids(snapshot)["Condition"]) is kept
+    dropped = [p for p in snapshot.problems if p.code == "wrong_patient"]
+    if kept:
+        assert dropped == []
+    else:
+        [problem] = dropped
+        assert problem.resource_type == "Condition" and problem.count == 1
+        assert "Anna" not in problem.detail

@@ -65,10 +65,14 @@ def test_transaction_is_idempotent_on_the_note_identifier():
     bundle = transaction_bundle(DRAFT)
     get_fhir_model_class("Bundle").model_validate(bundle)
     doc_entry, prov_entry = bundle["entry"]
-    assert doc_entry["request"]["ifNoneExist"].startswith(
-        "identifier=urn:ietf:rfc:3986|urn:uuid:01234567-89ab-"
-    )
+    ident = doc_entry["resource"]["identifier"][0]
+    assert doc_entry["request"]["ifNoneExist"] == f"identifier={ident['system']}|{ident['value']}"
+    assert ident["value"] == "01234567-89ab-cdef-0123-456789abcdef"
+    # The fullUrl is the request's own name, never the identifier a server may rewrite.
+    assert doc_entry["fullUrl"] not in (ident["value"], f"urn:uuid:{ident['value']}")
+    assert not ident["system"].startswith("urn:")
     assert prov_entry["resource"]["target"][0]["reference"] == doc_entry["fullUrl"]
+    assert prov_entry["request"]["ifNoneExist"] == f"target={doc_entry['fullUrl']}"
 
 
 def test_a_note_written_without_ai_has_no_ai_label():

@@ -104,7 +104,13 @@ def test_citation_display_comes_from_the_resource():
 def test_medications_list_and_reconciliation_hints():
     [meds] = run("diabetes_hypertension", "medications")
     assert meds.title == "Medication list and reconciliation hints (rule-based)"
+    # Safety flags (the duplicate pair) come first.
     assert pairs(meds) == [
+        (
+            "Possible duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
+            "Oral Tablet are both renin-angiotensin blockers (ACE inhibitors and ARBs)",
+            ["MedicationRequest/dm1-lisinopril", "MedicationRequest/dm1-losartan"],
+        ),
         ("amlodipine 5 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-amlodipine"]),
         ("lisinopril 10 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-lisinopril"]),
         (
@@ -112,8 +118,8 @@ def test_medications_list_and_reconciliation_hints():
             ["MedicationRequest/dm1-losartan"],
         ),
         (
-            "metformin hydrochloride 500 MG Oral Tablet: Take 1 tablet by mouth twice daily with "
-            "meals (ordered 2026-01-01)",
+            "metformin hydrochloride 500 MG Oral Tablet: the order's instructions say "
+            '"Take 1 tablet by mouth twice daily with meals" (ordered 2026-01-01)',
             ["MedicationRequest/dm1-metformin"],
         ),
         (
@@ -121,24 +127,20 @@ def test_medications_list_and_reconciliation_hints():
             ["MedicationRequest/dm1-omeprazole"],
         ),
         (
-            "Possible duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
-            "Oral Tablet are both renin-angiotensin blockers (ACE inhibitors and ARBs)",
-            ["MedicationRequest/dm1-lisinopril", "MedicationRequest/dm1-losartan"],
-        ),
-        (
             "No active problem on the list matches omeprazole 20 MG Delayed Release Oral Capsule "
             "(proton pump inhibitor)",
             ["MedicationRequest/dm1-omeprazole"],
         ),
     ]
-    assert [s.rule is not None for s in meds.statements] == [False] * 5 + [True] * 2
+    assert [s.rule is not None for s in meds.statements] == [True] + [False] * 5 + [True]
 
 
 def test_medications_resolve_medication_reference_and_contained_and_skip_stopped():
     [meds] = run("ckd_anemia_labs", "medications")
     assert pairs(meds) == [
         (
-            "ferrous sulfate 325 MG Oral Tablet: 1 tablet by mouth once daily (ordered 2024-02-15)",
+            "ferrous sulfate 325 MG Oral Tablet: the order's instructions say "
+            '"1 tablet by mouth once daily" (ordered 2024-02-15)',
             ["MedicationRequest/ckd1-ferrous", "Medication/ckd1-med-ferrous"],
         ),
         # Contained: citing the order cites the Medication inside it.
@@ -146,6 +148,8 @@ def test_medications_resolve_medication_reference_and_contained_and_skip_stopped
             "furosemide 40 MG Oral Tablet (ordered 2025-09-15)",
             ["MedicationRequest/ckd1-furosemide"],
         ),
+        # A stopped order is not current: it is shown as stopped, never as taken.
+        ("Stopped: ibuprofen 600 MG Oral Tablet", ["MedicationRequest/ckd1-ibuprofen"]),
     ]
 
 
@@ -201,7 +205,11 @@ def test_vitals_labs_bp_panel_trend_and_up_direction():
         texts[0]
         == "Blood pressure 103/66 mmHg on 2026-01-01, previous 146/92 mmHg on 2025-10-03 (lower)"
     )
-    assert "HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down)" in texts
+    # No range on the result: the cited default table says it is above the normal range.
+    assert (
+        "HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down); above the default "
+        "reference range" in texts
+    )
     assert "Weight 96.0 kg on 2026-01-01" in texts
 
 
@@ -230,52 +238,58 @@ def test_vitals_labs_concise_keeps_key_and_abnormal_detailed_keeps_all():
     ]
 
 
-def test_assessment_plan_one_draft_per_problem_with_rule_based_plan():
+def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_options():
     drafts = run("diabetes_hypertension", "assessment_plan")
     assert [d.title for d in drafts] == [
         "Assessment and plan draft: Essential (primary) hypertension (rule-based, for review)",
-        "Assessment and plan draft: Obesity, unspecified (rule-based, for review)",
         "Assessment and plan draft: Type 2 diabetes mellitus without complications "
         "(rule-based, for review)",
+        "Assessment and plan draft: Obesity, unspecified (rule-based, for review)",
     ]
-    assert pairs(drafts[2]) == [
+    assert pairs(drafts[1]) == [
         (
-            "Type 2 diabetes mellitus without complications, onset 2024-01-02: active on the "
-            "problem list",
+            "Type 2 diabetes mellitus without complications, since 2024-01-02: above goal",
             ["Condition/dm1-diabetes"],
         ),
-        ("Latest HbA1c 8.0% on 2026-01-01", ["Observation/dm1-hba1c-2026-01"]),
+        ("HbA1c 8.0% on 2026-01-01; above goal", ["Observation/dm1-hba1c-2026-01"]),
+        ("eGFR 91 mL/min/1.73 m2 on 2026-01-01; not reduced", ["Observation/dm1-egfr"]),
         (
-            "Current medication for this problem: metformin hydrochloride 500 MG Oral Tablet",
+            "On metformin hydrochloride 500 MG Oral Tablet (ordered 2026-01-01)",
             ["MedicationRequest/dm1-metformin"],
         ),
         (
-            "Plan (care-gap rule): Consider an HbA1c — the latest, 8.0% on 2026-01-01, is older "
-            "than the site's interval",
-            ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
+            "Consider intensifying glucose-lowering therapy: HbA1c 8.0% on 2026-01-01; "
+            "on metformin alone",
+            [
+                "Condition/dm1-diabetes",
+                "Observation/dm1-hba1c-2026-01",
+                "MedicationRequest/dm1-metformin",
+            ],
         ),
         (
-            "Plan (care-gap rule): Consider a urine albumin/creatinine ratio — none is on file",
+            "HbA1c due: last on 2026-01-01",
+            ["Condition/dm1-diabetes", "Observation/dm1-hba1c-2026-01"],
+        ),
+        (
+            "Urine albumin/creatinine ratio due: none on file",
             ["Condition/dm1-diabetes"],
         ),
     ]
-    # What is up to date (the kidney function test, the lipid panel) is not a plan item.
-    assert not any("up to date" in s.text for d in drafts for s in d.statements)
-    detailed = run("diabetes_hypertension", "assessment_plan", detail="detailed")[2]
-    assert detailed.statements[1].text == (
-        "Latest HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down)"
+    # Goals and guideline wording are the rule line, never chart-fact text.
+    assert drafts[1].statements[1].rule == (
+        "ADA Standards of Care in Diabetes 2025: HbA1c goal below 7% for most nonpregnant adults"
     )
+    assert drafts[1].statements[4].rule.startswith("ADA Standards of Care in Diabetes 2025:")
 
 
-def test_assessment_plan_untreated_problem_and_bp_gap():
+def test_assessment_plan_untreated_problem_offers_starting_treatment():
     [draft] = run("hypertension_history", "assessment_plan")
     assert [s.text for s in draft.statements] == [
-        "Essential (primary) hypertension, onset 2023-04-07: active on the problem list",
-        "Blood pressure 140/86 mmHg on 2026-01-01",
-        "No current medication on the list treats Essential (primary) hypertension",
-        "Plan (care-gap rule): Consider reviewing treatment — blood pressure 140/86 mmHg on "
-        "2025-10-03 and 140/86 mmHg on 2026-01-01: the last two readings are at or above the "
-        "site's threshold",
+        "Essential (primary) hypertension, since 2023-04-07: above goal",
+        "BP 140/86 mmHg on 2026-01-01; above goal",
+        "No current medication on the list for Essential (primary) hypertension",
+        "Consider starting antihypertensive medication (confirm with home or repeat office "
+        "readings): BP 140/86 mmHg on 2026-01-01",
     ]  # the lipid panel and flu vaccine gaps belong to no problem: not in this plan
 
 
@@ -362,7 +376,9 @@ def test_allergies_state_no_known_drug_allergy_only_from_a_record_saying_so():
 def test_missing_data_gives_no_suggestion_rather_than_an_empty_one(kind):
     assert run("no_problems", kind) == []
     # No care-gap rule applies, and no allergy record: nothing at all, not "no allergies".
-    rules = CareGapRules(rules=("hba1c_interval", "kidney_test_interval", "lipid_screening"))
+    rules = CareGapRules(
+        rules=("hba1c_interval", "kidney_test_interval", "lipid_screening"), packs=()
+    )
     assert run("no_problems", "care_gaps", care_gaps=rules) == []
     assert run("no_problems", "patient_instructions", care_gaps=rules) == []
     assert run("hypertension_history", "allergies") == []

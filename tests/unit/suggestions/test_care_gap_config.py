@@ -58,8 +58,9 @@ def test_the_example_file_documents_every_rule_and_key_with_the_defaults():
     for rule in CARE_GAP_RULES:
         assert f"#   {rule} " in text, rule
     for key, value in vars(CareGapRules()).items():
-        if key != "rules":
+        if key not in ("rules", "packs"):  # packs: absent means every pack
             assert f"\n{key} = {value}\n" in text, key
+    assert '# packs = ["uspstf", ' in text
 
 
 def test_new_keys_are_read_and_merged_per_site():

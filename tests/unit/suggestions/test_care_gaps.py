@@ -31,8 +31,9 @@ BP_RULE = "Blood pressure at or above 140/90 mmHg at the last 2 readings"
 
 
 def gaps(snapshot: ChartSnapshot, **rules: Any) -> list[tuple[str, list[str]]]:
-    """The care-gaps statements as (text, citations); [] when the kind says nothing."""
-    config = {"care_gaps": CareGapRules(**rules)} if rules else {}
+    """The care-gaps statements as (text, citations); [] when the kind says nothing. The
+    preventive packs are off here (tests/unit/suggestions/test_preventive.py has them)."""
+    config = {"care_gaps": CareGapRules(**{"packs": (), **rules})}
     found = ENGINE.suggest(snapshot, "care_gaps", config)
     if not found:
         return []
@@ -46,7 +47,7 @@ def pairs(suggestion: Suggestion) -> list[tuple[str, list[str]]]:
 
 
 def rules_of(snapshot: ChartSnapshot) -> list[str | None]:
-    [suggestion] = ENGINE.suggest(snapshot, "care_gaps", {})
+    [suggestion] = ENGINE.suggest(snapshot, "care_gaps", {"care_gaps": CareGapRules(packs=())})
     return [s.rule for s in suggestion.statements]
 
 
@@ -84,7 +85,9 @@ def test_due_items_come_first_then_what_is_up_to_date():
             ["Observation/dm1-bp-2026-01"],
         ),
         (
-            "Cholesterol: lipid panel up to date — LDL cholesterol 121 mg/dL on 2026-01-01",
+            "Cholesterol: lipid panel done within the interval, "
+            "result above the default reference range "
+            "— LDL cholesterol 121 mg/dL on 2026-01-01",
             ["Observation/dm1-ldl"],
         ),
     ]
@@ -94,11 +97,15 @@ def test_every_rule_met_is_reported_with_what_shows_it():
     snapshot = load_chart("preventive_met")
     assert gaps(snapshot) == [
         (
-            "Diabetes: HbA1c up to date — 7.1% on 2026-09-27",
+            "Diabetes: HbA1c done within the interval, "
+            "result above the default reference range "
+            "— 7.1% on 2026-09-27",
             ["Observation/pm1-hba1c-2026-09", "Condition/pm1-diabetes"],
         ),
         (
-            "Diabetes: kidney function test up to date — eGFR 58 mL/min/1.73 m2 on 2026-09-27",
+            "Diabetes: kidney function test done within the interval, "
+            "result below the default reference range "
+            "— eGFR 58 mL/min/1.73 m2 on 2026-09-27",
             ["Observation/pm1-egfr-2026-09", "Condition/pm1-diabetes"],
         ),
         (
@@ -121,8 +128,9 @@ def test_every_rule_met_is_reported_with_what_shows_it():
             ["Immunization/pm1-flu-2026"],
         ),
     ]
-    # The site's intervals are named in the rule, never stated as chart facts.
-    assert rules_of(snapshot) == [
+    # The site's intervals are named in the rule, never stated as chart facts (and a
+    # default reference range used for a result, with its source, after them).
+    assert [r.split("; default reference range")[0] for r in rules_of(snapshot)] == [
         "Diabetes: HbA1c at least every 6 months",
         "Diabetes or chronic kidney disease: eGFR or creatinine at least every 12 months",
         "Diabetes or chronic kidney disease: urine albumin/creatinine ratio at least every "
@@ -393,7 +401,9 @@ def test_no_hba1c_on_file_cites_the_problem():
         **{"hba1c_interval_months": 12},
     ) == [
         (
-            "Diabetes: HbA1c up to date — 8.0% on 2026-01-01",
+            "Diabetes: HbA1c done within the interval, "
+            "result above the default reference range "
+            "— 8.0% on 2026-01-01",
             ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
         )
     ]

@@ -151,7 +151,14 @@ CASES = [
     ("Blood pressure 148/92 mmHg on 2025-10-01", ["Observation/bp"], True),
     ("Blood pressure 148 / 92 mm[Hg]", ["Observation/bp"], True),
     ("Blood pressure 148/93 mmHg", ["Observation/bp"], False),
-    ("Metformin 500 mg, 1 tablet twice daily", ["MedicationRequest/metformin"], True),
+    # The dose instructions are free text: the chart's words, quoted, not the app's finding.
+    ("Metformin 500 mg, 1 tablet twice daily", ["MedicationRequest/metformin"], False),
+    (
+        'Metformin 500 mg: the order\'s instructions say "1 tablet twice daily"',
+        ["MedicationRequest/metformin"],
+        True,
+    ),
+    ('Metformin: the order says "2 tablets twice daily"', ["MedicationRequest/metformin"], False),
     ("METFORMIN hydrochloride 500 MG", ["MedicationRequest/metformin"], True),
     ("Metformin 850 mg", ["MedicationRequest/metformin"], False),
     ("Lisinopril 10 mg daily", ["MedicationRequest/metformin"], False),  # drug not cited
@@ -236,3 +243,82 @@ def test_suggestion_with_nothing_verified_comes_back_empty():
     [result] = verify_suggestions([_suggestion(statement("HbA1c 9.9%", A1C))], VERIFIER)
     assert result.statements == ()
     assert result.verification is not None and result.verification.dropped == 1
+
+
+# -- UCUM units, implausible values, contradictions --------------------------------------
+
+from smartapp.suggestions import units  # noqa: E402
+from smartapp.suggestions.grounding import find_numbers  # noqa: E402
+
+UCUM_CODES = [
+    "mg/mg", "ug/dL", "ug/mL", "mmol/mol", "%", "mL/min/{1.73_m2}", "10*3/uL", "[lb_av]", "kg",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("code", UCUM_CODES)
+def test_ucum_units_parse_and_are_read_whole_after_a_number(code):
+    assert units.parse(code) is not None
+    [mention] = find_numbers(f"value 4.2 {code} today")
+    assert mention.raw_unit == code or canonical_unit(mention.raw_unit) == canonical_unit(code)
+
+
+def test_ucum_equivalence_and_conversion():
+    assert units.same_unit("10*3/uL", "10*9/L")
+    assert not units.same_unit("mg/mg", "%")
+    assert units.convert(200, "[lb_av]", "kg") == pytest.approx(90.718474)
+
+
+def _one_chart(*resources):
+    patient = {"resourceType": "Patient", "id": "p9", "birthDate": "1994-01-01"}
+    return build_snapshot(
+        [patient, *resources], patient_id="p9", fetched_at=datetime(2026, 11, 15, tzinfo=UTC)
+    )
+
+
+def test_protein_creatinine_ratio_in_mg_per_mg_verifies():
+    snapshot = _one_chart(
+        _obs("upcr", "2890-2", 0.42, "mg/mg", "mg/mg", "2026-11-10")
+        | {"subject": {"reference": "Patient/p9"}}
+    )
+    check = GroundingVerifier(snapshot).check(
+        statement("Protein/creatinine ratio 0.42 mg/mg on 2026-11-10", "Observation/upcr")
+    )
+    assert check.ok, check.issues
+    wrong = GroundingVerifier(snapshot).check(
+        statement("Protein/creatinine ratio 0.42 mg/mmol on 2026-11-10", "Observation/upcr")
+    )
+    assert not wrong.ok
+
+
+def test_a_309_digit_value_is_never_verified():
+    huge = "9" * 309
+    snapshot = _one_chart(
+        _obs("cr", "2160-0", 1.0, "mg/dL", "mg/dL", "2026-11-10")
+        | {"subject": {"reference": "Patient/p9"}, "note": [{"text": f"creatinine {huge}"}]}
+    )
+    check = GroundingVerifier(snapshot).check(
+        statement(f'Creatinine: the note says "creatinine {huge}"', "Observation/cr")
+    )
+    assert check.ok  # quoted as the chart's words …
+    bare = GroundingVerifier(snapshot).check(
+        statement(f"Creatinine {huge} mg/dL", "Observation/cr")
+    )
+    assert not bare.ok and "not a plausible value" in bare.issues[0]  # … never as a finding
+
+
+def test_no_known_allergy_contradicts_an_active_allergy_but_nkda_record_does_not():
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "id": "pen",
+        "patient": {"reference": "Patient/p9"},
+        "code": {"text": "Penicillin"},
+    }
+    snapshot = _one_chart(allergy)
+    check = GroundingVerifier(snapshot).check(statement("No known drug allergies", "Patient/p9"))
+    assert not check.ok and "active allergy" in check.issues[-1]
+    nkda = dict(allergy, id="nkda", code={"text": "NKDA"})
+    assert (
+        GroundingVerifier(_one_chart(nkda))
+        .check(statement("No known drug allergies", "Patient/p9"))
+        .ok
+    )

@@ -9,6 +9,7 @@ import requests
 import responses
 
 from smartapp.suggestions.llm import (
+    CHART_DATA_KEY,
     LLMEngine,
     LLMFailure,
     compact_chart,
@@ -96,7 +97,8 @@ def test_prompt_carries_no_name_mrn_address_or_telecom_by_default():
         "Springfield",
     ):
         assert secret not in prompt
-    chart = json.loads(sent()["messages"][1]["content"].split("Chart (JSON):\n", 1)[1])
+    data = sent()["messages"][1]["content"].split("<<<CHART DATA\n", 1)[1]
+    chart = json.loads(data.split("\nCHART DATA>>>", 1)[0])[CHART_DATA_KEY]
     assert chart["patient"] == {"ref": "Patient/dm1", "age": 65, "sex": "male"}
 
 

@@ -48,6 +48,7 @@ style = "prose"
 [sites."{ISS}".care_gaps]
 rules = ["bp_above_threshold"]
 bp_systolic = 145
+packs = []
 """
     )
     service = SuggestionService(config)

@@ -85,7 +85,7 @@ def test_inline_template_and_named_file(tmp_path):
     )
     assert renderer.render(SUGGESTION, style="bullets", detail="concise") == (
         "Care gaps (rule-based, site rules): HbA1c is due: the latest HbA1c is 8.0% on "
-        "2026-01-01 / Blood pressure 150/95 mmHg on 2026-01-01"
+        "2026-01-01 / [unverified] Blood pressure 150/95 mmHg on 2026-01-01"
     )
     allergies = Suggestion(
         kind="allergies", title="t", statements=SUGGESTION.statements, engine=BUILTIN_INFO
@@ -125,3 +125,27 @@ def test_output_is_plain_text_not_escaped():
     assert TemplateRenderer().render(tricky, style="bullets", detail="concise") == (
         "- Peanut <b>& tree nuts</b>"
     )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for s in statements %}* {{ s.text }}\n{% endfor %}",  # no marker at all
+        "{% for s in statements %}{{ s.text | sentence }} {% endfor %}",
+    ],
+)
+def test_the_unverified_marker_is_added_after_a_site_template_that_omits_it(source):
+    renderer = TemplateRenderer(TemplateSet(inline={"care_gaps": source}))
+    text = renderer.render(SUGGESTION, style="bullets", detail="concise")
+    assert "[unverified] Blood pressure 150/95 mmHg on 2026-01-01" in text
+    assert "[unverified] HbA1c" not in text
+    assert text.count("[unverified]") == 1
+
+
+def test_the_marker_is_not_doubled_when_the_template_already_shows_it():
+    source = (
+        "{% for s in statements %}{% if s.verified is sameas false %}[unverified] "
+        "{% endif %}{{ s.text }}\n{% endfor %}"
+    )
+    renderer = TemplateRenderer(TemplateSet(inline={"care_gaps": source}))
+    assert renderer.render(SUGGESTION, style="bullets", detail="concise").count("[unverified]") == 1

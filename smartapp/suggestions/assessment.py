@@ -1,0 +1,650 @@
+"""The problem-oriented assessment and plan: one block per active problem.
+
+Each block says what a clinician writes: the problem and its status in a phrase, the
+latest relevant results with their dates, trend over a window and whether at goal or in
+range, the medications treating it (and those stopped, with the reason the chart gives),
+what is due, and plan options for the clinician to choose ("consider …"), each naming
+what triggered it. Which results and drug classes belong to a problem, the goals and the
+plan options are data (`smartapp/clinical/data/assessment.toml`, `plan_options.toml`,
+`valuesets/results.toml`); numbers and dates in the text come from the cited resources,
+so the grounding verifier checks them; goal numbers and guideline wording go to
+`Statement.rule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from smartapp import clinical
+from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
+from smartapp.suggestions.facts import (
+    BloodPressure,
+    ChartFacts,
+    Medication,
+    Problem,
+    Result,
+    capitalize,
+    concept_text,
+    date_part,
+    describe,
+    drug_classes,
+    medication_concept,
+    reference_range_check,
+    to_date,
+)
+from smartapp.suggestions.grounding import canonical_unit
+from smartapp.suggestions.interfaces import Citation, Statement
+
+BLOOD_PRESSURE = "blood_pressure"
+#: How far back a trend looks.
+TREND_MONTHS = 12
+_STOPPED = {"stopped", "completed", "cancelled"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProblemSpec:
+    group: str
+    results: tuple[str, ...]
+    classes: frozenset[str]
+    cite: clinical.Source
+
+
+@dataclass(frozen=True, kw_only=True)
+class Goal:
+    result: str
+    low: tuple[Decimal, ...] = ()  # at least
+    high: tuple[Decimal, ...] = ()  # strictly below (`below`) or at most (`at_most`)
+    high_inclusive: bool = False
+    unit: str | None = None
+    text: str
+    cite: clinical.Source
+    #: How to say "above goal", "below goal", "at goal" for this result (e.g. "albuminuria").
+    words: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanOption:
+    id: str
+    problem: str
+    text: str
+    rule: str
+    cite: clinical.Source
+    result: str | None = None
+    above: tuple[Decimal, ...] = ()
+    below: tuple[Decimal, ...] = ()
+    at_least: tuple[Decimal, ...] = ()
+    unit: str | None = None
+    out_of_range: str | None = None
+    rise_at_least: Decimal | None = None
+    within_days: int | None = None
+    due_months: int | None = None
+    with_problem: frozenset[str] = frozenset()
+    classes_present: frozenset[str] = frozenset()
+    classes_absent: frozenset[str] = frozenset()
+    ingredients_present: frozenset[str] = frozenset()
+    #: Say what treats the problem now ("on metformin") or that nothing does.
+    show_treatment: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Knowledge:
+    problems: Mapping[str, ProblemSpec]
+    goals: Mapping[str, Goal]
+    options: tuple[PlanOption, ...]
+    value_sets: Mapping[str, clinical.ValueSet]
+
+
+def _numbers(value: Any, *, where: str) -> tuple[Decimal, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    try:
+        return tuple(Decimal(str(v)) for v in items)
+    except ArithmeticError as exc:  # pragma: no cover - TOML numbers always convert
+        raise clinical.KnowledgeError(f"{where}: not a number: {value!r}") from exc
+
+
+def _ids(item: Mapping[str, Any], key: str) -> frozenset[str]:
+    return frozenset(str(v) for v in item.get(key, []))
+
+
+@lru_cache(maxsize=8)
+def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
+    sets = clinical.value_sets(extra_dirs)
+    known = {*sets, BLOOD_PRESSURE}
+    problems: dict[str, ProblemSpec] = {}
+    for path, item in clinical.entries("assessment", "problem", extra_dirs):
+        where = f"{path} problem {item.get('group')!r}"
+        results = tuple(str(r) for r in item.get("results", []))
+        for result_id in results:
+            if result_id not in known:
+                raise clinical.KnowledgeError(f"{where}: no value set {result_id!r}")
+        problems[str(item.get("group"))] = ProblemSpec(
+            group=str(item.get("group")),
+            results=results,
+            classes=_ids(item, "classes"),
+            cite=clinical.source(item.get("cite"), where=where),
+        )
+    goals: dict[str, Goal] = {}
+    for path, item in clinical.entries("assessment", "goal", extra_dirs):
+        where = f"{path} goal {item.get('result')!r}"
+        below, at_most = item.get("below"), item.get("at_most")
+        goals[str(item.get("result"))] = Goal(
+            result=str(item.get("result")),
+            low=_numbers(item.get("at_least"), where=where),
+            high=_numbers(below if below is not None else at_most, where=where),
+            high_inclusive=below is None,
+            unit=str(item["unit"]) if item.get("unit") else None,
+            text=str(item.get("text", "")),
+            cite=clinical.source(item.get("cite"), where=where),
+            words={str(k): str(v) for k, v in (item.get("words") or {}).items()},
+        )
+    options: list[PlanOption] = []
+    for path, item in clinical.entries("plan_options", "option", extra_dirs):
+        where = f"{path} option {item.get('id')!r}"
+        if not item.get("id") or not item.get("problem") or not item.get("text"):
+            raise clinical.KnowledgeError(f"{where}: needs id, problem and text")
+        result = str(item["result"]) if item.get("result") else None
+        if result is not None and result not in known:
+            raise clinical.KnowledgeError(f"{where}: no value set {result!r}")
+        rise = item.get("rise_at_least")
+        options.append(
+            PlanOption(
+                id=str(item["id"]),
+                problem=str(item["problem"]),
+                text=str(item["text"]),
+                rule=str(item.get("rule", "")),
+                cite=clinical.source(item.get("cite"), where=where),
+                result=result,
+                above=_numbers(item.get("above"), where=where),
+                below=_numbers(item.get("below"), where=where),
+                at_least=_numbers(item.get("at_least"), where=where),
+                unit=str(item["unit"]) if item.get("unit") else None,
+                out_of_range=str(item["out_of_range"]) if item.get("out_of_range") else None,
+                rise_at_least=Decimal(str(rise)) if rise is not None else None,
+                within_days=int(item["within_days"]) if item.get("within_days") else None,
+                due_months=int(item["due_months"]) if item.get("due_months") else None,
+                with_problem=_ids(item, "with_problem"),
+                classes_present=_ids(item, "classes_present"),
+                classes_absent=_ids(item, "classes_absent"),
+                ingredients_present=_ids(item, "ingredients_present"),
+                show_treatment=bool(item.get("show_treatment")),
+            )
+        )
+    return Knowledge(problems=problems, goals=goals, options=tuple(options), value_sets=sets)
+
+
+def knowledge(extra_dirs: Iterable[Path] = ()) -> Knowledge:
+    return _load(tuple(extra_dirs))
+
+
+# -- reading the chart -------------------------------------------------------------------
+
+
+def _cite(snapshot: ChartSnapshot, resources: Iterable[FHIRResource]) -> tuple[Citation, ...]:
+    seen: dict[str, Citation] = {}
+    for resource in resources:
+        reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+        seen.setdefault(
+            reference, Citation(reference=reference, display=describe(resource, snapshot))
+        )
+    return tuple(seen.values())
+
+
+def _on(when: str | None) -> str:
+    return f" on {when}" if when else ""
+
+
+def _months_before(day: date, months: int) -> date:
+    index = day.year * 12 + (day.month - 1) - months
+    year, month = divmod(index, 12)
+    for candidate in (day.day, 30, 29, 28):
+        try:
+            return date(year, month + 1, candidate)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _results(facts: ChartFacts, vs: clinical.ValueSet) -> list[Result]:
+    return facts.results_for(vs.code_keys(clinical.LOINC))
+
+
+def _unit_ok(wanted: str | None, unit: str | None) -> bool:
+    return wanted is None or canonical_unit(wanted) == canonical_unit(unit)
+
+
+def _values(reading: Result | BloodPressure) -> tuple[Decimal | None, ...]:
+    if isinstance(reading, BloodPressure):
+        return (reading.systolic.number, reading.diastolic.number)
+    return (reading.value.number,)
+
+
+def _unit(reading: Result | BloodPressure) -> str | None:
+    if isinstance(reading, BloodPressure):
+        return reading.systolic.unit or reading.diastolic.unit
+    return reading.value.unit
+
+
+def _any_at_least(values: Sequence[Decimal | None], bounds: Sequence[Decimal]) -> bool:
+    return any(v is not None and v >= b for v, b in zip(values, bounds, strict=False))
+
+
+def _any_above(values: Sequence[Decimal | None], bounds: Sequence[Decimal]) -> bool:
+    return any(v is not None and v > b for v, b in zip(values, bounds, strict=False))
+
+
+def _any_below(values: Sequence[Decimal | None], bounds: Sequence[Decimal]) -> bool:
+    return any(v is not None and v < b for v, b in zip(values, bounds, strict=False))
+
+
+def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
+    """ "at goal", "above goal", "below goal", or None when the units do not compare."""
+    if not _unit_ok(goal.unit, _unit(reading)):
+        return None
+    values = _values(reading)
+    if any(v is None for v in values):
+        return None
+    if goal.high:
+        over = (
+            _any_above(values, goal.high)
+            if goal.high_inclusive
+            else _any_at_least(values, goal.high)
+        )
+        if over:
+            return "above goal"
+    if goal.low and _any_below(values, goal.low):
+        return "below goal"
+    return "at goal"
+
+
+def range_status(result: Result) -> str | None:
+    """The lab's own verdict from the observation's reference range."""
+    check = reference_range_check(result.resource, result.value)
+    if check is not None:
+        return f"{check.direction} the reference range {check.range_text}"
+    if result.resource.get("referenceRange"):
+        return "within the reference range"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Series:
+    """One result type for one problem: newest first, and how to name it."""
+
+    id: str
+    readings: Sequence[Result | BloodPressure]
+
+    @property
+    def latest(self) -> Result | BloodPressure:
+        return self.readings[0]
+
+
+def _series(facts: ChartFacts, kb: Knowledge, result_id: str) -> _Series | None:
+    if result_id == BLOOD_PRESSURE:
+        readings: Sequence[Result | BloodPressure] = facts.blood_pressures
+    else:
+        vs = kb.value_sets.get(result_id)
+        readings = _results(facts, vs) if vs else []
+    return _Series(id=result_id, readings=readings) if readings else None
+
+
+def _name(reading: Result | BloodPressure) -> str:
+    return "BP" if isinstance(reading, BloodPressure) else reading.name
+
+
+def _text(reading: Result | BloodPressure) -> str:
+    if isinstance(reading, BloodPressure):
+        return reading.text()
+    if (reading.value.unit or "").startswith("{"):  # UCUM annotation only, e.g. {INR}
+        return reading.value.text().split(" ")[0]
+    return reading.value_text()
+
+
+def _resources(reading: Result | BloodPressure) -> tuple[FHIRResource, ...]:
+    if isinstance(reading, BloodPressure):
+        return reading.resources
+    return (reading.resource,)
+
+
+def _direction(latest: Result | BloodPressure, earlier: Result | BloodPressure) -> str | None:
+    if isinstance(latest, BloodPressure) or isinstance(earlier, BloodPressure):
+        a, b = _values(latest)[0], _values(earlier)[0]
+    else:
+        if canonical_unit(latest.value.unit) != canonical_unit(earlier.value.unit):
+            return None
+        a, b = latest.value.number, earlier.value.number
+    if a is None or b is None:
+        return None
+    return "up" if a > b else "down" if a < b else "unchanged"
+
+
+def _window_start(series: _Series, as_of: date) -> Result | BloodPressure | None:
+    """The oldest reading within the trend window (not the latest itself)."""
+    start = _months_before(as_of, TREND_MONTHS)
+    inside = [r for r in series.readings[1:] if (to_date(r.when) or date.min) >= start]
+    return inside[-1] if inside else None
+
+
+def _result_statement(
+    facts: ChartFacts, kb: Knowledge, series: _Series
+) -> tuple[Statement, str | None]:
+    """'HbA1c 8.4% on 2026-10-01, up from 7.6% on 2026-04-02; above goal' and the status."""
+    latest = series.latest
+    text = f"{capitalize(_name(latest))} {_text(latest)}{_on(latest.date)}"
+    cited = list(_resources(latest))
+    earlier = _window_start(series, facts.as_of)
+    if earlier is not None:
+        direction = _direction(latest, earlier)
+        if direction == "unchanged":
+            text += f", unchanged since {_text(earlier)}{_on(earlier.date)}"
+        elif direction:
+            text += f", {direction} from {_text(earlier)}{_on(earlier.date)}"
+        cited += _resources(earlier)
+    goal = kb.goals.get(series.id)
+    status: str | None = None
+    rule: str | None = None
+    if goal is not None:
+        status = goal_status(goal, latest)
+        status = goal.words.get(status, status) if status else None
+        if status:
+            rule = f"{goal.cite.label}: {goal.text}"
+    if status is None and isinstance(latest, Result):
+        status = range_status(latest)
+    if status:
+        text += f"; {status}"
+    return Statement(text=text, citations=_cite(facts.snapshot, cited), rule=rule), status
+
+
+def _stopped_orders(facts: ChartFacts, classes: frozenset[str]) -> list[tuple[str, FHIRResource]]:
+    """Stopped orders of these classes whose ingredient is not on the current list."""
+    current = {name for m in facts.medications for name in m.ingredients}
+    out: list[tuple[str, FHIRResource]] = []
+    for mr in facts.snapshot.of_type("MedicationRequest"):
+        if not mr.get("id") or mr.get("status") not in _STOPPED:
+            continue
+        concept, _ = medication_concept(mr, facts.snapshot)
+        if concept is None:
+            continue
+        found, ingredients = drug_classes(concept)
+        if not any(c.id in classes for c in found) or set(ingredients) & current:
+            continue
+        name = ingredients[0] if ingredients else concept_text(concept)
+        text = f"{name} {mr['status']}"
+        ended = date_part(
+            ((mr.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("end")
+        )
+        if ended:
+            text += f" {ended}"
+        reason = concept_text(mr.get("statusReason"))
+        if reason:
+            text += f" ({reason.lower()})"
+        out.append((text, mr))
+    return out
+
+
+def _med_phrase(med: Medication) -> str:
+    ordered = f" (ordered {med.authored})" if med.authored else ""
+    return f"{med.name}{ordered}"
+
+
+# -- the block for one problem -----------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Block:
+    problem: Problem
+    statements: tuple[Statement, ...]
+
+
+def _option_fires(
+    facts: ChartFacts,
+    kb: Knowledge,
+    option: PlanOption,
+    meds: Sequence[Medication],
+    problem: Problem,
+) -> tuple[str, list[FHIRResource]] | None:
+    """Why the option applies (a phrase and what to cite), or None."""
+    cited: list[FHIRResource] = []
+    reasons: list[str] = []
+    if option.with_problem and not problem.group_ids & option.with_problem:
+        # (A problem in both groups, e.g. diabetes with diabetic CKD, says it itself.)
+        others = [p for p in facts.problems if p.group_ids & option.with_problem]
+        if not others:
+            return None
+        reasons.append(f"with {others[0].name}")
+        cited.append(others[0].condition)
+    classes_on = {c.id for m in facts.medications for c in m.classes}
+    if option.classes_present:
+        on = [m for m in facts.medications if {c.id for c in m.classes} & option.classes_present]
+        if not on:
+            return None
+        names = dict.fromkeys(m.ingredients[0] if m.ingredients else m.name for m in on)
+        reasons.append("on " + ", ".join(names))
+        cited += [m.request for m in on]
+    if option.ingredients_present:
+        on = [m for m in facts.medications if set(m.ingredients) & option.ingredients_present]
+        if not on:
+            return None
+        if not option.classes_present:
+            reasons.append("on " + ", ".join(sorted(set(on[0].ingredients))))
+            cited += [m.request for m in on]
+    if option.classes_absent:
+        if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
+            return None
+    if option.result is not None:
+        series = _series(facts, kb, option.result)
+        if option.due_months is not None:
+            if series is None:
+                if not facts.complete("Observation"):
+                    return None
+                return "none on file", cited
+            last = series.latest
+            when = to_date(last.when)
+            if when is not None and when >= _months_before(facts.as_of, option.due_months):
+                return None
+            return f"last{_on(last.date)}", cited + list(_resources(last))
+        if series is None:
+            return None
+        latest = series.latest
+        if not _unit_ok(option.unit, _unit(latest)) and not option.rise_at_least:
+            return None
+        values = _values(latest)
+        if option.at_least and not _any_at_least(values, option.at_least):
+            return None
+        if option.above and not _any_above(values, option.above):
+            return None
+        if option.below and not _any_below(values, option.below):
+            return None
+        if option.out_of_range is not None:
+            if not isinstance(latest, Result):
+                return None
+            check = reference_range_check(latest.resource, latest.value)
+            if check is None or check.direction != option.out_of_range:
+                return None
+        phrase = f"{_name(latest)} {_text(latest)}{_on(latest.date)}"
+        cited += _resources(latest)
+        if option.rise_at_least is not None:
+            earlier = _rise(series, option)
+            if earlier is None:
+                return None
+            phrase += f", up from {_text(earlier)}{_on(earlier.date)}"
+            cited += _resources(earlier)
+        reasons.insert(0, phrase)
+    if option.show_treatment:
+        if meds:
+            treating = sorted({m.ingredients[0] if m.ingredients else m.name for m in meds})
+            alone = " alone" if len(treating) == 1 else ""
+            reasons.append("on " + " and ".join(treating) + alone)
+            cited += [m.request for m in meds]
+        elif facts.complete("MedicationRequest"):
+            reasons.append("no medication for it on the list")
+    return "; ".join(reasons), cited
+
+
+def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:
+    """The earlier reading the latest rose from by `rise_at_least` within `within_days`."""
+    latest = series.latest
+    end = to_date(latest.when)
+    value = _values(latest)[0]
+    if end is None or value is None or option.rise_at_least is None:
+        return None
+    start = end - timedelta(days=option.within_days or 7)
+    for earlier in series.readings[1:]:
+        when = to_date(earlier.when)
+        if when is None or when < start:
+            break
+        old = _values(earlier)[0]
+        if (
+            old is not None
+            and _unit_ok(option.unit, _unit(earlier))
+            and _unit_ok(option.unit, _unit(latest))
+            and value - old >= option.rise_at_least
+        ):
+            return earlier
+    return None
+
+
+@dataclass
+class _Shown:
+    """What earlier blocks already said: results, medications (by order) and options."""
+
+    results: dict[str, Problem] = field(default_factory=dict)  # latest result → its block
+    medications: dict[str, Problem] = field(default_factory=dict)  # order → its block
+    stopped: set[str] = field(default_factory=set)
+    options: set[str] = field(default_factory=set)
+
+
+def _treating(facts: ChartFacts, classes: frozenset[str]) -> list[Medication]:
+    return [m for m in facts.medications if {c.id for c in m.classes} & classes]
+
+
+def _short(med: Medication) -> str:
+    return med.ingredients[0] if len(med.ingredients) == 1 else med.name
+
+
+def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Shown) -> Block:
+    """The assessment and plan for one problem. What an earlier block already stated is
+    not repeated: a result is left out, a medication is named with a cross-reference."""
+    snapshot = facts.snapshot
+    specs = [kb.problems[g.id] for g in problem.groups if g.id in kb.problems]
+    result_ids: list[str] = []
+    classes: set[str] = set()
+    for spec in specs:
+        classes |= spec.classes
+        result_ids += [r for r in spec.results if r not in result_ids]
+    statements: list[Statement] = []
+    status: str | None = None
+    elsewhere: dict[str, tuple[Problem, list[Result | BloodPressure]]] = {}
+    for index, result_id in enumerate(result_ids):
+        series = _series(facts, kb, result_id)
+        if series is None:
+            continue
+        statement, verdict = _result_statement(facts, kb, series)
+        if verdict and index == 0:
+            status = verdict.split(" the reference range ")[0] + (
+                " the reference range" if " the reference range " in verdict else ""
+            )
+        key = "|".join(_ref(r) for r in _resources(series.latest))
+        if key in shown.results:
+            owner = shown.results[key]
+            elsewhere.setdefault(owner.reference, (owner, []))[1].append(series.latest)
+            continue
+        shown.results[key] = problem
+        statements.append(statement)
+    for owner, readings in elsewhere.values():
+        names = _join_names([_name(r) for r in readings])
+        resources = [owner.condition, *(x for r in readings for x in _resources(r))]
+        statements.append(
+            Statement(text=f"{names}: see {owner.name}", citations=_cite(snapshot, resources))
+        )
+    meds = _treating(facts, frozenset(classes)) if classes else facts.medications_for(problem)
+    if meds:
+        phrases = []
+        cited: list[FHIRResource] = [m.request for m in meds]
+        for med in meds:
+            earlier = shown.medications.get(med.reference)
+            if earlier is None:
+                phrases.append(_med_phrase(med))
+                shown.medications[med.reference] = problem
+            else:
+                phrases.append(f"{_short(med)} (see {earlier.name})")
+                cited.append(earlier.condition)
+        statements.append(
+            Statement(text="On " + "; ".join(phrases), citations=_cite(snapshot, cited))
+        )
+    for text, mr in _stopped_orders(facts, frozenset(classes)):
+        if _ref(mr) in shown.stopped:
+            continue
+        shown.stopped.add(_ref(mr))
+        statements.append(Statement(text=capitalize(text), citations=_cite(snapshot, [mr])))
+    if (
+        not meds
+        and any(g.expects_treatment for g in problem.groups)
+        and facts.complete("MedicationRequest")
+    ):
+        statements.append(
+            Statement(
+                text=f"No current medication on the list for {problem.name}",
+                citations=_cite(snapshot, [problem.condition]),
+            )
+        )
+    for option in kb.options if not facts.deceased else ():  # no plan for the deceased
+        if option.problem not in problem.group_ids or option.id in shown.options:
+            continue
+        option_spec = kb.problems.get(option.problem)
+        own = _treating(facts, option_spec.classes) if option_spec else meds
+        fired = _option_fires(facts, kb, option, own, problem)
+        if fired is None:
+            continue
+        shown.options.add(option.id)
+        why, cited = fired
+        lead = capitalize(option.text)
+        text = f"{lead}: {why}" if why else lead
+        statements.append(
+            Statement(
+                text=text,
+                citations=_cite(snapshot, [problem.condition, *cited]),
+                rule=f"{option.cite.label}: {option.rule}" if option.rule else option.cite.label,
+            )
+        )
+    onset = date_part(problem.onset)
+    head = problem.name + (f", since {onset}" if onset else "")
+    if status:
+        head += f": {status}"
+    statements.insert(0, Statement(text=head, citations=_cite(snapshot, [problem.condition])))
+    return Block(problem=problem, statements=tuple(_unique(statements)))
+
+
+def _join_names(names: Sequence[str]) -> str:
+    return capitalize(", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0])
+
+
+def _ref(resource: Mapping[str, Any]) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def blocks(facts: ChartFacts, extra_dirs: Iterable[Path] = ()) -> list[Block]:
+    """One block per active problem, treated problems with results first."""
+    kb = knowledge(extra_dirs)
+    shown = _Shown()
+    ordered = sorted(
+        facts.problems, key=lambda p: 0 if any(g in kb.problems for g in p.group_ids) else 1
+    )
+    return [problem_block(facts, kb, problem, shown) for problem in ordered]
+
+
+def _unique(statements: Sequence[Statement]) -> list[Statement]:
+    seen: set[str] = set()
+    out: list[Statement] = []
+    for statement in statements:
+        if statement.text not in seen:
+            seen.add(statement.text)
+            out.append(statement)
+    return out

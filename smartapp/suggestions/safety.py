@@ -1,0 +1,289 @@
+"""Medication safety checks from the cited tables in `clinical/data/medication_safety.toml`.
+
+Allergy and intolerance conflicts (by ingredient, and by class through the cross-reactivity
+table), high-risk interactions, and contraindications in pregnancy, in children and with
+kidney function or a high potassium. Each hit is a `SafetyFlag`: the statement text holds
+only chart facts (drug names, values and dates from the cited resources), the rule id and
+its source go to `Statement.rule_id` / `Statement.rule`. These are documentation aids that
+point at the chart; they are not the EHR's order-time checking.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from smartapp import clinical
+from smartapp.fhir.snapshot import FHIRResource
+from smartapp.suggestions.facts import (
+    ChartFacts,
+    Medication,
+    Result,
+    codes_in,
+    concept_text,
+    concept_words,
+    date_part,
+    no_known_allergy,
+    ref,
+)
+from smartapp.suggestions.terminology import RXNORM
+
+TOPIC = "medication_safety"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SafetyRule:
+    id: str
+    kind: str  # "allergy", "interaction", "contraindication"
+    say: str
+    cite: clinical.Source
+    groups: tuple[str, ...]  # value set ids: (allergy, drug), (a, b) or (drug,)
+    when: str | None = None
+    result: str | None = None
+    value: Decimal | None = None
+    upper: Decimal | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.id}: {self.say} ({self.cite.label})"
+
+
+@lru_cache(maxsize=1)
+def rules() -> tuple[SafetyRule, ...]:
+    sets = clinical.value_sets()
+    found: list[SafetyRule] = []
+    for kind, keys in (
+        ("allergy", ("allergy", "drug")),
+        ("interaction", ("a", "b")),
+        ("contraindication", ("drug",)),
+    ):
+        for path, item in clinical.entries(TOPIC, kind):
+            where = f"{path} {kind} {item.get('id')!r}"
+            groups = tuple(str(item.get(k)) for k in keys)
+            for group in groups:
+                if group not in sets:
+                    raise clinical.KnowledgeError(f"{where}: no value set {group!r}")
+            if not item.get("id") or not item.get("say"):
+                raise clinical.KnowledgeError(f"{where}: needs id and say")
+            found.append(
+                SafetyRule(
+                    id=str(item["id"]),
+                    kind=kind,
+                    say=str(item["say"]),
+                    cite=clinical.source(item.get("cite"), where=where),
+                    groups=groups,
+                    when=str(item["when"]) if item.get("when") else None,
+                    result=str(item["result"]) if item.get("result") else None,
+                    value=Decimal(str(item["value"])) if "value" in item else None,
+                    upper=Decimal(str(item["upper"])) if "upper" in item else None,
+                )
+            )
+    return tuple(found)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SafetyFlag:
+    rule: SafetyRule
+    text: str
+    #: What the statement cites: the orders, the allergy, the result, the pregnancy...
+    references: tuple[str, ...]
+    #: The medication orders the flag is about (patient instructions never reinforce them).
+    medications: tuple[str, ...]
+
+
+def _in_group(group: str, concept: Mapping[str, Any] | None) -> bool:
+    return clinical.value_set(group).matches(concept)
+
+
+def _med_refs(*meds: Medication) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r for m in meds for r in m.references))
+
+
+def _same_ingredient(allergy: FHIRResource, med: Medication) -> bool:
+    allergy_codes = set(codes_in(allergy.get("code"), RXNORM))
+    if allergy_codes & set(codes_in(med.concept, RXNORM)):
+        return True
+    words = concept_words(allergy.get("code"))
+    if not words:
+        return False
+    if any(re.search(rf"\b{re.escape(name)}\b", words) for name in med.ingredients):
+        return True
+    return re.search(rf"\b{re.escape(words)}\b", concept_words(med.concept)) is not None
+
+
+def _allergy_phrase(allergy: FHIRResource) -> str:
+    substance = concept_text(allergy.get("code"))
+    phrase = f"an allergy or intolerance to {substance} is recorded"
+    if allergy.get("criticality") == "high":
+        phrase += " (criticality high)"
+    return phrase
+
+
+def allergy_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[SafetyFlag]:
+    flags: list[SafetyFlag] = []
+    for allergy in facts.allergies:
+        if no_known_allergy(allergy) or not concept_text(allergy.get("code")):
+            continue
+        for med in facts.medications:
+            hit = next(
+                (
+                    r
+                    for r in table
+                    if r.kind == "allergy"
+                    and _in_group(r.groups[0], allergy.get("code"))
+                    and _in_group(r.groups[1], med.concept)
+                ),
+                None,
+            )
+            if hit is None and _same_ingredient(allergy, med):
+                hit = SAME_INGREDIENT
+            if hit is None:
+                continue
+            flags.append(
+                SafetyFlag(
+                    rule=hit,
+                    text=f"Allergy alert: {med.name} is an active order, and "
+                    f"{_allergy_phrase(allergy)}",
+                    references=_med_refs(med) + (ref(allergy),),
+                    medications=_med_refs(med),
+                )
+            )
+    return flags
+
+
+SAME_INGREDIENT = SafetyRule(
+    id="allergy-ingredient",
+    kind="allergy",
+    say="an active order contains a substance the patient is recorded as allergic to",
+    cite=clinical.Source(source="AllergyIntolerance.code matched to the order", version="R4"),
+    groups=(),
+)
+
+
+def interaction_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[SafetyFlag]:
+    flags: list[SafetyFlag] = []
+    for rule in (r for r in table if r.kind == "interaction"):
+        first = [m for m in facts.medications if _in_group(rule.groups[0], m.concept)]
+        second = [m for m in facts.medications if _in_group(rule.groups[1], m.concept)]
+        for a in first:
+            for b in second:
+                if a.reference == b.reference:
+                    continue
+                flags.append(
+                    SafetyFlag(
+                        rule=rule,
+                        text=f"Interaction: {a.name} and {b.name} are both active orders",
+                        references=_med_refs(a, b),
+                        medications=_med_refs(a, b),
+                    )
+                )
+    return flags
+
+
+def _latest_of(facts: ChartFacts, value_set_id: str) -> Result | None:
+    codes = clinical.value_set(value_set_id).code_keys(clinical.LOINC)
+    return facts.latest(codes)
+
+
+def _on(result: Result) -> str:
+    day = result.date
+    return f" on {day}" if day else ""
+
+
+def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[SafetyFlag]:
+    flags: list[SafetyFlag] = []
+    context = facts.context
+    patient_ref = ref(facts.snapshot.patient) if facts.snapshot.patient else None
+    for rule in (r for r in table if r.kind == "contraindication"):
+        meds = [m for m in facts.medications if _in_group(rule.groups[0], m.concept)]
+        if not meds:
+            continue
+        if rule.when == "pregnant":
+            if not context.pregnant:
+                continue
+            evidence = context.pregnancy[0]
+            what = concept_text(evidence.get("code")) or "pregnancy"
+            answer = concept_text(evidence.get("valueCodeableConcept"))
+            if answer:
+                what = f"{what}: {answer}"
+            for med in meds:
+                flags.append(
+                    SafetyFlag(
+                        rule=rule,
+                        text=f"Pregnancy: {med.name} is an active order, and the chart "
+                        f"records {what}",
+                        references=_med_refs(med) + tuple(ref(e) for e in context.pregnancy),
+                        medications=_med_refs(med),
+                    )
+                )
+        elif rule.when == "age_below":
+            if context.age is None or rule.value is None or context.age >= rule.value:
+                continue
+            born = date_part(facts.snapshot.patient.get("birthDate"))
+            for med in meds:
+                flags.append(
+                    SafetyFlag(
+                        rule=rule,
+                        text=f"Child (born {born}): {med.name} is an active order",
+                        references=_med_refs(med) + ((patient_ref,) if patient_ref else ()),
+                        medications=_med_refs(med),
+                    )
+                )
+        elif rule.when in ("result_below", "result_between", "result_above") and rule.result:
+            result = _latest_of(facts, rule.result)
+            number = result.value.number if result is not None else None
+            if result is None or number is None or rule.value is None:
+                continue
+            if rule.when == "result_below" and not number < rule.value:
+                continue
+            if rule.when == "result_above" and not number > rule.value:
+                continue
+            if rule.when == "result_between" and not (
+                rule.value <= number < (rule.upper if rule.upper is not None else rule.value)
+            ):
+                continue
+            names = " and ".join(m.name for m in meds)
+            verb = "is an active order" if len(meds) == 1 else "are active orders"
+            flags.append(
+                SafetyFlag(
+                    rule=rule,
+                    text=f"{names} {verb}, and the latest {result.name} is "
+                    f"{result.value_text()}{_on(result)}",
+                    references=_med_refs(*meds) + (result.reference,),
+                    medications=_med_refs(*meds),
+                )
+            )
+    return flags
+
+
+def safety_flags(facts: ChartFacts) -> list[SafetyFlag]:
+    """Every hit of the safety tables on this chart, allergy conflicts first."""
+    table = rules()
+    return (
+        allergy_flags(facts, table)
+        + contraindication_flags(facts, table)
+        + interaction_flags(facts, table)
+    )
+
+
+def flagged_medications(facts: ChartFacts) -> set[str]:
+    """References of the orders with an open safety flag (duplicates included)."""
+    flagged = {r for f in safety_flags(facts) for r in f.medications}
+    by_ingredient: dict[str, list[Medication]] = {}
+    by_group: dict[str, list[Medication]] = {}
+    for med in facts.medications:
+        for ingredient in med.ingredients:
+            by_ingredient.setdefault(ingredient, []).append(med)
+        for group in dict.fromkeys(c.duplicate_group for c in med.classes):
+            by_group.setdefault(group, []).append(med)
+    for meds in by_ingredient.values():
+        if len(meds) > 1:
+            flagged.update(r for m in meds for r in m.references)
+    for meds in by_group.values():
+        if len({frozenset(m.ingredients) for m in meds}) > 1:
+            flagged.update(r for m in meds for r in m.references)
+    return flagged
