@@ -10,7 +10,7 @@ from smartapp.suggestions.registry import SuggestionService
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
-    from smartapp import admin, db, errors, logging_setup, security, web
+    from smartapp import admin, db, errors, logging_setup, observability, security, web
 
     settings = settings or Settings.from_env()
     app = Flask(
@@ -27,8 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["smartapp.settings"] = settings
 
-    logging_setup.init_app(app)
+    logging_setup.init_app(app, log_format=settings.log_format)
     db.init_app(app, db.Database(settings.database_url))
+    observability.init_app(app)
     errors.init_app(app)
     security.init_app(app)
     web.init_app(app)
@@ -55,14 +56,23 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     from smartapp.notes.drafting import GovernedDrafter
     from smartapp.notes.outbox import Outbox
     from smartapp.notes.service import SidebarService
+    from smartapp.observability import get_metrics
     from smartapp.smart.services import get_services
 
     database = get_database(app)
     cache = SnapshotCache(database, ttl_seconds=settings.snapshot_ttl_seconds)
+    metrics = get_metrics(app)
     chart = LaunchChartSource(
-        settings=settings, services=get_services(app), cache=cache, http=requests.Session()
+        settings=settings,
+        services=get_services(app),
+        cache=cache,
+        http=requests.Session(),
+        on_chart_loaded=lambda seconds, trips: metrics.chart_loaded(
+            seconds=seconds, round_trips=trips
+        ),
     )
     engines = SuggestionService.from_settings(settings)
+    engines.on_kinds_drafted = metrics.kinds_drafted
     engines.announce()
     forwarder = FeedbackForwarder(database)
 

@@ -536,8 +536,8 @@ def _check_authorization(
     }[profile.client_auth]
     configured = {
         "public": "a public client (PKCE, no secret)",
-        "confidential-symmetric": "SMARTAPP_CLIENT_SECRET is set",
-        "confidential-asymmetric": "SMARTAPP_PRIVATE_KEY is set",
+        "confidential-symmetric": "a confidential client (SMARTAPP_CLIENT_SECRET is set)",
+        "confidential-asymmetric": "a confidential client (SMARTAPP_PRIVATE_KEY is set)",
     }[profile.client_auth]
     methods_listed = _strings(raw, "token_endpoint_auth_methods_supported")
     if auth_cap not in capabilities:

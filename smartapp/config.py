@@ -132,6 +132,8 @@ class Settings:
     snapshot_ttl_seconds: int = 300
     #: Most pages followed per search before a result set is reported as truncated.
     max_pages: int = 20
+    #: "json" (one object per line, with the request id) or "text".
+    log_format: str = "json"
     static_folder: Path = PROJECT_ROOT / "static"
     sandbox_mode: bool = False
 
@@ -189,7 +191,12 @@ class Settings:
         if not frame_ancestors:
             frame_ancestors = tuple(dict.fromkeys(origin_of(i) for i in issuers))
 
+        log_format = (environ.get("SMARTAPP_LOG_FORMAT") or "json").strip().lower()
+        if log_format not in ("json", "text"):
+            raise ConfigError(f"SMARTAPP_LOG_FORMAT={log_format!r}: use json or text")
+
         return cls(
+            log_format=log_format,
             instance_path=instance_path,
             manifest=manifest,
             allowed_issuers=issuers,

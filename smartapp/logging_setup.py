@@ -6,8 +6,10 @@ the second line, for messages from libraries (urllib3, authlib) we do not contro
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from datetime import UTC, datetime
 
 from flask import Flask
 
@@ -35,6 +37,32 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id (or None) on every record as `request_id`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from smartapp.observability import request_id
+
+        record.request_id = request_id()
+        return True
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+        }
+        if record.exc_info:
+            line["exception"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(line, ensure_ascii=False)
+
+
 def install_redaction(logger: logging.Logger | None = None) -> None:
     target = logger or logging.getLogger()
     if not any(isinstance(f, RedactingFilter) for f in target.filters):
@@ -44,11 +72,22 @@ def install_redaction(logger: logging.Logger | None = None) -> None:
             handler.addFilter(RedactingFilter())
 
 
-def init_app(app: Flask) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+def init_app(app: Flask, *, log_format: str = "json") -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        stream = logging.StreamHandler()
+        stream.setFormatter(
+            JSONFormatter()
+            if log_format == "json"
+            else logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+            )
         )
+        root.addHandler(stream)
+        root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+            handler.addFilter(RequestIdFilter())
     install_redaction()
     install_redaction(app.logger)
     # urllib3 logs full request lines (with query strings) at DEBUG; keep it quiet.

@@ -6,6 +6,8 @@ knows nothing of OAuth): a FHIR client for a launch, and its snapshot loaded onc
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -33,8 +35,11 @@ class LaunchChartSource:
         services: SMARTServices,
         cache: SnapshotCache,
         http: requests.Session,
+        on_chart_loaded: Callable[[float, int], None] | None = None,
     ) -> None:
         self._settings = settings
+        #: Told (seconds, round trips) of every chart read from the EHR: the app's metrics.
+        self._on_chart_loaded = on_chart_loaded
         self._services = services
         self._cache = cache
         # One connection pool for every launch: keep-alive saves a handshake per request.
@@ -64,6 +69,7 @@ class LaunchChartSource:
         `reread` skips the parsed copy (another process has read the chart again)."""
 
         def load() -> ChartSnapshot:
+            started = time.perf_counter()
             snapshot = load_snapshot(
                 self.client_for(launch),
                 patient_id=launch.patient_id or "",
@@ -71,6 +77,8 @@ class LaunchChartSource:
                 readable_types=launch.scopes.readable_types(),
                 max_pages=self._settings.max_pages,
             )
+            if self._on_chart_loaded is not None:
+                self._on_chart_loaded(time.perf_counter() - started, snapshot.request_count)
             # A read from the EHR (not from the cache) is the PHI access to record.
             audit.record(
                 self._services.db,

@@ -145,6 +145,8 @@ class SuggestionService:
         self.builtin = BuiltinEngine()
         self._session = session or requests.Session()
         self._clock = clock
+        #: Told of every drafted kind (the app's metrics: engine latency, fallbacks).
+        self.on_kinds_drafted: Callable[[Sequence[KindRun]], None] | None = None
         self._llm_engines: dict[tuple[str | None, str, str | None], LLMEngine] = {}
         self._renderers: dict[str | None, TemplateRenderer] = {}
         uses_llm = any(k.engine == "llm" for e in config.all_effective() for k in e.kinds)
@@ -296,7 +298,10 @@ class SuggestionService:
                 results[kind] = self._run_kind(
                     snapshot, effective, kind, verifier, chosen.get(kind)
                 )
-        return SuggestionRun(kinds=tuple(results[k] for k in wanted))
+        run = SuggestionRun(kinds=tuple(results[k] for k in wanted))
+        if self.on_kinds_drafted is not None:
+            self.on_kinds_drafted(run.kinds)
+        return run
 
     def _run_kind(
         self,

@@ -283,6 +283,7 @@ def test_a_confidential_app_needs_the_confidential_capability(rsps, smart_config
     auth = line(report, "client-auth")
     assert auth.status == "fail"
     assert "SMARTAPP_CLIENT_SECRET" in auth.why
+    assert auth.why.startswith("the app is a confidential client (SMARTAPP_CLIENT_SECRET is set)")
     assert "s3cret-not-shown" not in report.format_text()
 
 
