@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["smartapp.settings"] = settings
 
     logging_setup.init_app(app, log_format=settings.log_format)
-    db.init_app(app, db.Database(settings.database_url))
+    db.init_app(app, db.Database.from_settings(settings))
     observability.init_app(app)
     errors.init_app(app)
     security.init_app(app)
