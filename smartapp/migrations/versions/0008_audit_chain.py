@@ -3,8 +3,8 @@
 Rows written before this migration keep no seal; the head counts them, so that `smartapp
 audit verify` notices one added or removed later.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02 15:40:00
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from smartapp.audit.models import chain_head_ddl
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
