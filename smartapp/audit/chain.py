@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from smartapp.audit.models import GENESIS, AuditChainHead, AuditEvent
@@ -70,11 +70,9 @@ def append(session: Session, event: AuditEvent) -> None:
         .values(seq=table.c.seq + 1)
         .returning(table.c.seq, table.c.hash)
     ).first()
-    if head is None:  # a store made by create_all (tests); the migration seeds the head
-        session.execute(insert(table).values(id=1, seq=1, hash=GENESIS, legacy_rows=0))
-        seq, previous = 1, GENESIS
-    else:
-        seq, previous = int(head.seq), str(head.hash)
+    if head is None:
+        raise RuntimeError("audit_chain has no head row: run the migrations (smartapp serve does)")
+    seq, previous = int(head.seq), str(head.hash)
     if event.id is None:
         from smartapp.feedback.models import new_id
 

@@ -138,6 +138,12 @@ class AuditChainHead(Base):
 
 append_only(AuditEvent.__table__)  # type: ignore[arg-type]
 guard_orm(AuditEvent)
+# The head exists from the start (the migration seeds it too): appends only ever update it.
+event.listen(
+    AuditChainHead.__table__,
+    "after_create",
+    _ddl(f"INSERT INTO audit_chain (id, seq, hash, legacy_rows) VALUES (1, 0, '{GENESIS}', 0)"),
+)
 for _dialect in ("sqlite", "postgresql"):
     for _statement in chain_head_ddl(_dialect):
         event.listen(
