@@ -13,6 +13,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from smartapp import admin, db, errors, logging_setup, observability, security, web
 
     settings = settings or Settings.from_env()
+    settings.require_public_url()
     app = Flask(
         __name__,
         instance_path=str(settings.instance_path),
@@ -44,13 +45,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     """Compose the clinician's flow: chart source, engines, feedback, outbox."""
-    import requests
-
     from smartapp.db import get_database
     from smartapp.feedback.forwarding import FeedbackForwarder
     from smartapp.feedback.models import ShownSuggestion
     from smartapp.fhir.cache import SnapshotCache
     from smartapp.fhir.parsing import warm_up
+    from smartapp.httplimits import limited_session
     from smartapp.notes import views as notes_views
     from smartapp.notes.chart_source import LaunchChartSource
     from smartapp.notes.drafting import GovernedDrafter
@@ -66,7 +66,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         settings=settings,
         services=get_services(app),
         cache=cache,
-        http=requests.Session(),
+        http=limited_session(),
         on_chart_loaded=lambda seconds, trips: metrics.chart_loaded(
             seconds=seconds, round_trips=trips
         ),
