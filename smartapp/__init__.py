@@ -10,7 +10,7 @@ from smartapp.suggestions.registry import SuggestionService
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
-    from smartapp import admin, db, errors, logging_setup, observability, security, web
+    from smartapp import admin, db, errors, jsonbody, logging_setup, observability, security, web
 
     settings = settings or Settings.from_env()
     settings.require_public_url()
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app, db.Database(settings.database_url))
     observability.init_app(app)
     errors.init_app(app)
+    jsonbody.init_app(app)
     security.init_app(app)
     web.init_app(app)
 
