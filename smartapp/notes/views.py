@@ -135,8 +135,8 @@ def feedback(suggestion_id: str) -> Response:
         action_count = 1
     if not 0 <= action_count <= MAX_ACTIONS:
         raise BadRequest(f"actions must be a whole number from 0 to {MAX_ACTIONS}.")
-    _service().feedback.decide(
-        launch.session_id,
+    _service().decide(
+        launch,
         suggestion_id,
         action=str(body.get("action", "")),
         text=body.get("text"),
@@ -182,7 +182,9 @@ def pulse() -> Response:
 
 @bp.get("/api/notes")
 def notes() -> Response:
-    return jsonify({"notes": _service().notes(current_launch())})
+    """This visit's note (and notes an earlier launch left waiting), and the visit's draft."""
+    launch = current_launch()
+    return jsonify({"notes": _service().notes(launch), "visit": _service().visit_state(launch)})
 
 
 @bp.get("/api/resources/<resource_type>/<resource_id>")
