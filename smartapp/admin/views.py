@@ -75,6 +75,7 @@ from smartapp.config import Settings, normalize_issuer
 from smartapp.db import get_db, utcnow
 from smartapp.errors import AppError, BadRequest, Forbidden
 from smartapp.identity import bound_identity
+from smartapp.jsonbody import json_body
 from smartapp.security import check_csrf
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -177,10 +178,7 @@ def _bearer_challenge(response: Response) -> Response:
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("Send a JSON object with Content-Type: application/json.")
-    return body
+    return json_body()
 
 
 def _format(choices: Sequence[str]) -> str:
@@ -822,8 +820,7 @@ def _engine_step(
     step: Callable[[ChangeControl, Session, AdminUser, str | None], Any],
 ) -> Response:
     caller = _caller(changing=True)
-    body = request.get_json(silent=True)
-    body = body if isinstance(body, dict) else {}
+    body = json_body(required=False)
     reason = body_str(body, "reason", required=False)
 
     def change(s: Session) -> tuple[dict[str, Any], Any]:
