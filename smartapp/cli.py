@@ -150,6 +150,12 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit 1 when a kind's grounding rate is below the configured min_grounding_rate",
     )
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="store the report in the app's store and print its SHA-256: what change control "
+        "cites to evaluate an engine version",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
