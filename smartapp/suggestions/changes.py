@@ -21,7 +21,6 @@ from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.suggestions.facts import (
-    LOINC,
     BloodPressure,
     ChartFacts,
     Result,
@@ -35,7 +34,7 @@ from smartapp.suggestions.facts import (
 )
 from smartapp.suggestions.grounding import GroundingVerifier
 from smartapp.suggestions.interfaces import Citation, Statement
-from smartapp.suggestions.terminology import BP_DIASTOLIC, BP_SYSTOLIC, KEY_RESULTS
+from smartapp.suggestions.terminology import BP_DIASTOLIC, BP_SYSTOLIC, KEY_RESULTS, LOINC
 
 #: Days looked back when the chart holds no earlier note or visit.
 FALLBACK_DAYS = 90
