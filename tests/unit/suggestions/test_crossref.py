@@ -47,13 +47,10 @@ def cards_stating(suggestions: list[Suggestion]) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize(
-    "name", ["fifteen_problems", "t2d_htn_ckd", "hf_weight_gain", "anemia_iron", "hypothyroid_tsh"]
-)
+@pytest.mark.parametrize("name", sorted(p.stem for p in CHARTS.glob("*.json")))
 def test_each_observation_is_stated_as_a_fact_in_at_most_one_card(name: str):
     _, run = draft_chart(bundle(name), as_of=AS_OF)
     stated = cards_stating(run.suggestions)
-    assert stated, "the chart has results"
     assert {ref: titles for ref, titles in stated.items() if len(titles) > 1} == {}
 
 
