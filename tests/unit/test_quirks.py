@@ -1,4 +1,4 @@
-"""Unit: the vendor-quirks profiles (data), their detection, and what they change in a chart read."""
+"""Unit: the vendor-quirks profiles (data), their detection, what they change in a read."""
 
 from __future__ import annotations
 
