@@ -9,8 +9,9 @@ Where the chart lacks what a kind needs, the kind returns nothing rather than a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -20,6 +21,7 @@ from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
 from smartapp.suggestions import assessment, preventive, safety
 from smartapp.suggestions import kinds as K
+from smartapp.suggestions.crossref import PROBLEM, PROBLEM_REFERENCE
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
@@ -271,7 +273,11 @@ class BuiltinEngine:
                         parts.append(phrase)
                         cited.extend(resources)
             statements.append(
-                Statement(text="; ".join(parts), citations=_cite(facts.snapshot, *cited))
+                Statement(
+                    text="; ".join(parts),
+                    citations=_cite(facts.snapshot, *cited),
+                    brief=parts[0] if len(parts) > 1 else None,
+                )
             )
         return self._suggestion(
             K.PROBLEM_SUMMARY, f"{K.KIND_LABELS[K.PROBLEM_SUMMARY]} (rule-based)", statements
@@ -737,6 +743,7 @@ class BuiltinEngine:
                     text=f"{topic}: {done}, result {abnormal} — {result.phrase}",
                     citations=cited,
                     rule=rule,
+                    brief=f"{topic}: {done}, result {abnormal}",
                 ),
             )
         if taken >= cutoff:
@@ -746,7 +753,10 @@ class BuiltinEngine:
                 due=False,
                 groups=groups,
                 statement=Statement(
-                    text=f"{topic}: {up_to_date} — {result.phrase}", citations=cited, rule=rule
+                    text=f"{topic}: {up_to_date} — {result.phrase}",
+                    citations=cited,
+                    rule=rule,
+                    brief=f"{topic}: {up_to_date}",
                 ),
             )
         if not facts.newest_known(record_type):
@@ -759,7 +769,10 @@ class BuiltinEngine:
             due=True,
             groups=groups,
             statement=Statement(
-                text=f"{topic}: consider {consider} — {evidence}", citations=cited, rule=rule
+                text=f"{topic}: consider {consider} — {evidence}",
+                citations=cited,
+                rule=rule,
+                brief=f"{topic}: consider {consider} — the latest is older than the interval",
             ),
             plan_text=f"Consider {consider} — {evidence}",
             patient_text=patient,
@@ -800,6 +813,7 @@ class BuiltinEngine:
                     text=f"{topic}: {consider} — {evidence}",
                     citations=_cite(snapshot, *[res for r in ordered for res in r.resources]),
                     rule=rule,
+                    brief=f"{topic}: {consider} — {scope} at or above the site's threshold",
                 ),
                 plan_text=f"{capitalize(consider)} — {evidence}",
                 patient_text=(
@@ -821,7 +835,17 @@ class BuiltinEngine:
             title = (
                 f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {block.problem.name} (rule-based, for review)"
             )
-            out += self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
+            out += [
+                replace(
+                    s,
+                    extra={
+                        **s.extra,
+                        PROBLEM: block.problem.name,
+                        PROBLEM_REFERENCE: block.problem.reference,
+                    },
+                )
+                for s in self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
+            ]
         return out
 
     # -- patient instructions ------------------------------------------------------------
@@ -897,6 +921,10 @@ class BuiltinEngine:
                         citations=_cite(snapshot, allergy),
                     )
                 )
+        grade = config.get("reading_grade")
+        if isinstance(grade, int) and grade <= PLAIN_GRADE:
+            # The site asks for easier reading: leave out the terms in brackets.
+            statements = [replace(s, text=_plain(s.text)) for s in statements]
         return self._suggestion(
             K.PATIENT_INSTRUCTIONS,
             f"{K.KIND_LABELS[K.PATIENT_INSTRUCTIONS]} (plain language, rule-based draft)",
@@ -933,6 +961,17 @@ class BuiltinEngine:
         return self._suggestion(
             K.ALLERGIES, f"{K.KIND_LABELS[K.ALLERGIES]} (from the chart, rule-based)", statements
         )
+
+
+#: At this Flesch-Kincaid grade and below ([after_visit_summary] reading_grade), patient
+#: instructions leave out the medical terms in brackets ("irregular heartbeat (atrial
+#: fibrillation)" becomes "irregular heartbeat"): long words weigh most in the grade.
+PLAIN_GRADE = 5
+_BRACKETED = re.compile(r"\s*\([^()]*\)")
+
+
+def _plain(text: str) -> str:
+    return _BRACKETED.sub("", text)
 
 
 def _rules(config: Mapping[str, Any]) -> CareGapRules:
