@@ -268,9 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from smartapp.config import ConfigError
+    from smartapp.instance import private_umask
     from smartapp.siteconfig import SiteConfigError
 
     args = build_parser().parse_args(argv)
+    # Every command may write PHI (the store, the sandbox's data): owner-only files.
+    private_umask()
     try:
         result: int = args.handler(args)
     except (ConfigError, SiteConfigError) as exc:

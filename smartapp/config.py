@@ -183,7 +183,8 @@ class Settings:
             environ = read_environment(dotenv_path)
 
         instance_path = Path(environ.get("SMARTAPP_INSTANCE_PATH") or Path.cwd() / "instance")
-        instance_path.mkdir(parents=True, exist_ok=True)
+        # Owner-only: it holds the SQLite store (PHI) and the generated secret key.
+        instance_path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or PROJECT_ROOT / "launch.json")
         manifest = LaunchManifest.load(manifest_path)

@@ -25,11 +25,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, String, Text, delete
+from sqlalchemy import CursorResult, String, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from smartapp.db import Base, Database, UTCDateTime, utcnow
+from smartapp.db import Base, Database, EncryptedText, UTCDateTime, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ class CachedSnapshot(Base):
     __tablename__ = "fhir_snapshot_cache"
 
     launch_session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    #: `ChartSnapshot.to_json()`, serialized: PHI, see the module docstring.
-    data: Mapped[str] = mapped_column(Text)
+    #: `ChartSnapshot.to_json()`, serialized: PHI, encrypted at rest (see the module docstring).
+    data: Mapped[str] = mapped_column(EncryptedText())
     stored_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
