@@ -1,4 +1,4 @@
-"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit."""
+"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit, purge."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from smartapp.audit.chain import run_verify_cli
 
     return run_verify_cli(args)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from smartapp.purge import run_cli
+
+    return run_cli(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -232,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_audit_verify)
+
+    purge = sub.add_parser(
+        "purge", help="remove expired PHI (snapshots, sessions, old texts) and say what went"
+    )
+    purge.add_argument("--json", action="store_true", help="print the counts as JSON")
+    purge.set_defaults(handler=_purge)
 
     evaluate = sub.add_parser(
         "evaluate",
