@@ -10,8 +10,20 @@ from smartapp.suggestions.registry import SuggestionService
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
-    from smartapp import admin, db, errors, jsonbody, logging_setup, observability, security, web
+    from smartapp import (
+        admin,
+        db,
+        errors,
+        instance,
+        jsonbody,
+        logging_setup,
+        observability,
+        security,
+        web,
+    )
 
+    # PHI and the secret key are written below: owner-only from the first byte.
+    instance.private_umask()
     settings = settings or Settings.from_env()
     settings.require_public_url()
     app = Flask(
@@ -29,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["smartapp.settings"] = settings
 
     logging_setup.init_app(app, log_format=settings.log_format)
+    instance.secure_instance(settings)
     db.init_app(app, db.Database.from_settings(settings))
     observability.init_app(app)
     errors.init_app(app)

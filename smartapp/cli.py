@@ -1,4 +1,4 @@
-"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit."""
+"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit, purge."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from smartapp.audit.chain import run_verify_cli
 
     return run_verify_cli(args)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from smartapp.purge import run_cli
+
+    return run_cli(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -233,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_audit_verify)
 
+    purge = sub.add_parser(
+        "purge", help="remove expired PHI (snapshots, sessions, old texts) and say what went"
+    )
+    purge.add_argument("--json", action="store_true", help="print the counts as JSON")
+    purge.set_defaults(handler=_purge)
+
     evaluate = sub.add_parser(
         "evaluate",
         help="run the configured suggestion engines over a cohort; report coverage and grounding",
@@ -268,9 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from smartapp.config import ConfigError
+    from smartapp.instance import private_umask
     from smartapp.siteconfig import SiteConfigError
 
     args = build_parser().parse_args(argv)
+    # Every command may write PHI (the store, the sandbox's data): owner-only files.
+    private_umask()
     try:
         result: int = args.handler(args)
     except (ConfigError, SiteConfigError) as exc:

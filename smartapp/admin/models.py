@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from smartapp.audit.models import append_only, guard_orm
-from smartapp.db import Base, UTCDateTime, utcnow
+from smartapp.db import Base, EncryptedText, UTCDateTime, utcnow
 from smartapp.feedback.models import new_id
 
 #: Matches every site or every kind in a rollout rule or an engine version's site.
@@ -279,7 +279,8 @@ class FlagReviewEvent(Base):
     seq: Mapped[int] = mapped_column(Integer)
     actor: Mapped[str] = mapped_column(String(512))
     step: Mapped[str] = mapped_column(String(16))  # triage, assign, comment, close, reopen
-    comment: Mapped[str | None] = mapped_column(Text)
+    #: A reviewer's comment may quote the chart: encrypted at rest.
+    comment: Mapped[str | None] = mapped_column(EncryptedText())
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

@@ -29,7 +29,7 @@ from smartapp.admin.evaluations import find_run, intact, parse_hash
 from smartapp.admin.models import ANY, KILL_SCOPES, EngineTransition, EngineVersion, KillSwitchEvent
 from smartapp.config import normalize_issuer
 from smartapp.errors import AppError, BadRequest, NotFound
-from smartapp.identity import is_person
+from smartapp.identity import is_person, normalize_fhir_user
 
 #: Used when the site configuration gives no minimum (the lead wires `min_grounding_rate`).
 DEFAULT_MIN_GROUNDING_RATE = 0.95
@@ -57,7 +57,13 @@ class ActiveEngine:
 
 def _same_actor(a: str | None, b: str | None) -> bool:
     # Actors are issuer-bound ("ISS|Practitioner/1"): the same id at another EHR differs.
-    return bool(a) and a == b
+    if not a or not b:
+        return False
+    if "|" in a and "|" in b:
+        return a == b
+    # A version proposed before actors were bound names only the id: compare the ids, so
+    # that its proposer cannot approve it now under the bound name.
+    return normalize_fhir_user(a.rpartition("|")[2]) == normalize_fhir_user(b.rpartition("|")[2])
 
 
 def _scope(site: str | None) -> str:

@@ -307,3 +307,11 @@ def test_an_evaluation_of_another_engine_version_is_refused(database, cc):
     assert "summary (llm:1.9)" in refused.value.message
     row = step(database, cc, "evaluate", vid, ALICE, report=report("llm:2.0", summary=0.99))
     assert row.evaluation_sha256 is not None and row.evaluation["kinds"][0]["engine"] == "llm:2.0"
+
+
+def test_a_proposal_recorded_before_actors_were_bound_cannot_be_self_approved(database, cc):
+    vid = propose(database, cc, by="Practitioner/alice")  # as older versions recorded it
+    step(database, cc, "evaluate", vid, BOB, report=report(summary=0.99))
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "approve", vid, ALICE)
+    assert refused.value.code == "self_approval"
