@@ -22,8 +22,8 @@ from smartapp.smart.views import start_authorization
 
 MANIFEST_SCOPE = (
     "launch openid fhirUser patient/Patient.rs patient/Encounter.rs patient/Condition.rs "
-    "patient/Observation.rs patient/MedicationRequest.rs patient/Medication.rs "
-    "patient/AllergyIntolerance.rs patient/Procedure.rs patient/Immunization.rs "
+    "patient/Observation.rs patient/MedicationRequest.rs patient/MedicationStatement.rs "
+    "patient/Medication.rs patient/AllergyIntolerance.rs patient/Procedure.rs patient/Immunization.rs "
     "patient/DocumentReference.crus patient/Provenance.c offline_access"
 )
 ACCESS_TOKEN = "at-ehr-launch-0001"
