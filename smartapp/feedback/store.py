@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from rapidfuzz.distance import Levenshtein
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -28,13 +29,22 @@ MAX_COMMENT = 2_000
 
 @dataclass(frozen=True, kw_only=True)
 class ShownBy:
-    """Who was shown a set of suggestions, and from which snapshot."""
+    """Who was shown a set of suggestions, for which visit, and from which snapshot.
+
+    The rows belong to the visit (`visit_key`, see smartapp.notes.visits): every launch of
+    it sees them and may decide on them; `launch_session_id` is the launch that drafted them.
+    """
 
     launch_session_id: str
+    visit_key: str
     snapshot_key: str
     site: str
     fhir_user: str | None
     patient_id: str
+
+
+class _CarriedElsewhere(Exception):
+    """Another launch of the visit carried a row first: this draft is discarded."""
 
 
 def edit_distance(before: str, after: str) -> int:
@@ -51,7 +61,7 @@ class FeedbackStore:
         self._on_decision = on_decision
 
     def shown(self, by: ShownBy) -> list[ShownSuggestion]:
-        """The suggestions already shown for this launch and snapshot, in order."""
+        """The suggestions already shown for this visit and snapshot, in order."""
         with self._db.session() as session:
             return self._shown(session, by)
 
@@ -60,7 +70,7 @@ class FeedbackStore:
         rows = session.scalars(
             select(ShownSuggestion)
             .where(
-                ShownSuggestion.launch_session_id == by.launch_session_id,
+                ShownSuggestion.visit_key == by.visit_key,
                 ShownSuggestion.snapshot_key == by.snapshot_key,
             )
             # One statement with the decisions joined: this runs on every sidebar request.
@@ -70,22 +80,22 @@ class FeedbackStore:
         return list(rows.unique())
 
     def drafted(self, by: ShownBy) -> set[tuple[str, str]]:
-        """The (kind, engine choice) pairs already drafted for this launch and snapshot."""
+        """The (kind, engine choice) pairs already drafted for this visit and snapshot."""
         with self._db.session() as session:
             rows = session.execute(
                 select(DraftedKind.kind, DraftedKind.choice).where(
-                    DraftedKind.launch_session_id == by.launch_session_id,
+                    DraftedKind.visit_key == by.visit_key,
                     DraftedKind.snapshot_key == by.snapshot_key,
                 )
             )
             return {(kind, choice) for kind, choice in rows}
 
-    def drafted_by_snapshot(self, launch_session_id: str) -> dict[str, set[tuple[str, str]]]:
-        """`drafted` for every snapshot of this launch, in one statement, by snapshot key."""
+    def drafted_by_snapshot(self, visit_key: str) -> dict[str, set[tuple[str, str]]]:
+        """`drafted` for every snapshot of this visit, in one statement, by snapshot key."""
         with self._db.session() as session:
             rows = session.execute(
                 select(DraftedKind.snapshot_key, DraftedKind.kind, DraftedKind.choice).where(
-                    DraftedKind.launch_session_id == launch_session_id
+                    DraftedKind.visit_key == visit_key
                 )
             )
             drafted: dict[str, set[tuple[str, str]]] = {}
@@ -93,12 +103,12 @@ class FeedbackStore:
                 drafted.setdefault(key, set()).add((kind, choice))
             return drafted
 
-    def latest_snapshot_key(self, launch_session_id: str) -> str | None:
-        """The snapshot this launch's suggestions were last drafted from."""
+    def latest_snapshot_key(self, visit_key: str) -> str | None:
+        """The snapshot this visit's suggestions were last drafted from (by any launch)."""
         with self._db.session() as session:
             return session.scalars(
                 select(DraftedKind.snapshot_key)
-                .where(DraftedKind.launch_session_id == launch_session_id)
+                .where(DraftedKind.visit_key == visit_key)
                 .order_by(DraftedKind.drafted_at.desc())
                 .limit(1)
             ).first()
@@ -108,17 +118,18 @@ class FeedbackStore:
     ) -> None:
         """Persist freshly drafted kinds and their suggestions, all or nothing.
 
-        A suggestion identical to one drafted from this launch's previous snapshot (same
+        A suggestion identical to one drafted from the visit's previous snapshot (same
         kind, engine and text: the chart did not change what it says) keeps that row, so
-        its id and the clinician's decision survive a refresh of the chart. If another
-        request drafted the same kinds first, its rows stand and these are discarded.
+        its id and the clinician's decision survive a refresh of the chart and a new
+        launch of the same visit. If another request drafted the same kinds first, or
+        carried the same rows, its rows stand and these are discarded.
         """
-        previous_key = self.latest_snapshot_key(by.launch_session_id)
+        previous_key = self.latest_snapshot_key(by.visit_key)
         try:
             with self._db.session() as session:
                 last = session.scalar(
                     select(func.max(ShownSuggestion.position)).where(
-                        ShownSuggestion.launch_session_id == by.launch_session_id,
+                        ShownSuggestion.visit_key == by.visit_key,
                         ShownSuggestion.snapshot_key == by.snapshot_key,
                     )
                 )
@@ -127,6 +138,7 @@ class FeedbackStore:
                 session.add_all(
                     DraftedKind(
                         launch_session_id=by.launch_session_id,
+                        visit_key=by.visit_key,
                         snapshot_key=by.snapshot_key,
                         kind=kind,
                         choice=choice,
@@ -140,15 +152,42 @@ class FeedbackStore:
                     choice = choices.get(s.kind, "")
                     matches = earlier.get((s.kind, choice, s.engine.name, s.engine.version, s.text))
                     if matches:
-                        row = matches.pop(0)
-                        row.snapshot_key, row.position = by.snapshot_key, position
-                        row.statements = [st.to_json() for st in s.statements]
-                        row.citations = [c.to_json() for c in s.citations]
-                        row.verification = s.verification.to_json() if s.verification else {}
+                        self._carry(session, matches.pop(0), by, s, position, previous_key)
                         continue
                     session.add(_new_row(by, s, choice=choice, position=position, now=now))
-        except IntegrityError:
+        except (IntegrityError, _CarriedElsewhere):
             return
+
+    @staticmethod
+    def _carry(
+        session: Session,
+        row: ShownSuggestion,
+        by: ShownBy,
+        s: Suggestion,
+        position: int,
+        previous_key: str | None,
+    ) -> None:
+        """Move a row (its id, shown time and decisions) to the new snapshot.
+
+        Conditional on it still being where it was read: two launches of one visit
+        drafting at once must not both take it (the second is discarded, and drafts again
+        from the first one's snapshot on its next request).
+        """
+        moved: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            update(ShownSuggestion)
+            .where(ShownSuggestion.id == row.id, ShownSuggestion.snapshot_key == previous_key)
+            .values(
+                launch_session_id=by.launch_session_id,
+                snapshot_key=by.snapshot_key,
+                position=position,
+                statements=[st.to_json() for st in s.statements],
+                citations=[c.to_json() for c in s.citations],
+                verification=s.verification.to_json() if s.verification else {},
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount != 1:
+            raise _CarriedElsewhere
 
     @staticmethod
     def _carryable(
@@ -159,7 +198,7 @@ class FeedbackStore:
         rows = session.scalars(
             select(ShownSuggestion)
             .where(
-                ShownSuggestion.launch_session_id == by.launch_session_id,
+                ShownSuggestion.visit_key == by.visit_key,
                 ShownSuggestion.snapshot_key == previous_key,
                 ShownSuggestion.kind.in_(list(choices)),
             )
@@ -173,21 +212,34 @@ class FeedbackStore:
             found.setdefault(key, []).append(row)
         return found
 
-    def get(self, launch_session_id: str, suggestion_id: str) -> ShownSuggestion:
+    def rows(self, visit_key: str, ids: Sequence[str]) -> list[ShownSuggestion]:
+        """This visit's rows with these ids (e.g. the suggestions a saved draft used)."""
+        if not ids:
+            return []
+        with self._db.session() as session:
+            return list(
+                session.scalars(
+                    select(ShownSuggestion)
+                    .where(ShownSuggestion.visit_key == visit_key, ShownSuggestion.id.in_(ids))
+                    .options(selectinload(ShownSuggestion.decisions))
+                )
+            )
+
+    def get(self, visit_key: str, suggestion_id: str) -> ShownSuggestion:
         with self._db.session() as session:
             row = session.scalars(
                 select(ShownSuggestion)
                 .where(ShownSuggestion.id == suggestion_id)
                 .options(selectinload(ShownSuggestion.decisions))
             ).first()
-            # Another launch's suggestion is reported as absent, not forbidden: no probing.
-            if row is None or row.launch_session_id != launch_session_id:
-                raise NotFound("No such suggestion in this launch.")
+            # Another visit's suggestion is reported as absent, not forbidden: no probing.
+            if row is None or row.visit_key != visit_key:
+                raise NotFound("No such suggestion in this visit.")
             return row
 
     def decide(
         self,
-        launch_session_id: str,
+        visit_key: str,
         suggestion_id: str,
         *,
         action: str,
@@ -209,8 +261,8 @@ class FeedbackStore:
         now = now or utcnow()
         with self._db.session() as session:
             row = session.get(ShownSuggestion, suggestion_id)
-            if row is None or row.launch_session_id != launch_session_id:
-                raise NotFound("No such suggestion in this launch.")
+            if row is None or row.visit_key != visit_key:
+                raise NotFound("No such suggestion in this visit.")
             final_text = text if action == "edit" else (row.text if action == "accept" else None)
             decision = Decision(
                 suggestion_id=row.id,
@@ -249,6 +301,7 @@ def _new_row(
 ) -> ShownSuggestion:
     return ShownSuggestion(
         launch_session_id=by.launch_session_id,
+        visit_key=by.visit_key,
         snapshot_key=by.snapshot_key,
         site=by.site,
         fhir_user=by.fhir_user,

@@ -10,6 +10,8 @@ from smartapp.config import Settings, origin_of
 from smartapp.errors import AppError, BadRequest, NotFound
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
+from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.notes.incomplete import chart_incomplete
 from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SidebarService
 from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
@@ -30,7 +32,7 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-def suggestion_json(row: ShownSuggestion) -> dict[str, Any]:
+def suggestion_json(row: ShownSuggestion, snapshot: ChartSnapshot | None = None) -> dict[str, Any]:
     decision = row.latest_decision()
     engine = dict(row.engine_extra or {})
     engine.update({"name": row.engine_name, "version": row.engine_version})
@@ -43,6 +45,11 @@ def suggestion_json(row: ShownSuggestion) -> dict[str, Any]:
         "engine": engine,
         "statements": row.statements,
         "verification": row.verification,
+        "chartIncomplete": chart_incomplete(
+            snapshot, row.kind, (c.get("reference", "") for c in row.citations or [])
+        )
+        if snapshot is not None
+        else [],
         "decision": None
         if decision is None
         else {
@@ -93,7 +100,7 @@ def _suggestions_response(launch: LaunchContext, *, refresh: bool) -> Response:
     view = _service().suggestions(launch, refresh=refresh)
     return jsonify(
         {
-            "suggestions": [suggestion_json(r) for r in view.rows],
+            "suggestions": [suggestion_json(r, view.snapshot) for r in view.rows],
             "notEnabled": [n.to_json() for n in view.not_enabled],
             "chart": {
                 "fetchedAt": view.snapshot.fetched_at.isoformat()
@@ -124,8 +131,8 @@ def feedback(suggestion_id: str) -> Response:
     action_count = body.get("actions", 1)
     if not isinstance(action_count, int) or isinstance(action_count, bool):
         action_count = 1
-    _service().feedback.decide(
-        launch.session_id,
+    _service().decide(
+        launch,
         suggestion_id,
         action=str(body.get("action", "")),
         text=body.get("text"),
@@ -171,7 +178,9 @@ def pulse() -> Response:
 
 @bp.get("/api/notes")
 def notes() -> Response:
-    return jsonify({"notes": _service().notes(current_launch())})
+    """This visit's note (and notes an earlier launch left waiting), and the visit's draft."""
+    launch = current_launch()
+    return jsonify({"notes": _service().notes(launch), "visit": _service().visit_state(launch)})
 
 
 @bp.get("/api/resources/<resource_type>/<resource_id>")
