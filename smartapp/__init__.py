@@ -94,6 +94,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         fhir_for=chart.client_for,
         on_decision=forward_decision,
         pulse_every=lambda iss: engines.config.for_issuer(iss).pulse_every,
+        note_layout=lambda iss: engines.config.for_issuer(iss).note,
         visit_timezone=lambda iss: ZoneInfo(engines.config.for_issuer(iss).visit_timezone),
     )
     notes_views.init_app(app, sidebar)

@@ -9,8 +9,9 @@ Where the chart lacks what a kind needs, the kind returns nothing rather than a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -790,7 +791,7 @@ class BuiltinEngine:
     @staticmethod
     def _bp_control_item(facts: ChartFacts, rules: CareGapRules) -> _CareItem | None:
         """Blood pressure at or above the site's threshold at the last readings (a gap for
-        anyone); for hypertension on the list, a latest reading below it is reported met."""
+        anyone); otherwise nothing."""
         snapshot = facts.snapshot
         if not facts.newest_known("Observation"):
             # The readings read may not be the last ones (a truncated, unsorted read): the
@@ -829,30 +830,10 @@ class BuiltinEngine:
                     "Talk with your care team about it."
                 ),
             )
-        if not hypertension or not readings:
-            return None
-        latest = readings[0]
-        shown = f"{latest.text()}{_on(latest.date)}"
-        if not latest.at_or_above(rules.bp_systolic, rules.bp_diastolic):
-            text = f"Hypertension: latest blood pressure below the site's threshold — {shown}"
-            cited = list(latest.resources)
-        else:
-            # Above now, but not at every one of the last readings: not the site's gap yet.
-            below = next(
-                (r for r in readings if not r.at_or_above(rules.bp_systolic, rules.bp_diastolic)),
-                None,
-            )
-            text = f"Hypertension: latest blood pressure at or above the site's threshold — {shown}"
-            cited = list(latest.resources)
-            if below is not None:  # None: fewer readings on file than the rule looks at
-                text += f"; an earlier reading, {below.text()}{_on(below.date)}, was below it"
-                cited += below.resources
-        return _CareItem(
-            rule_id="bp_above_threshold",
-            due=False,
-            groups=frozenset({"hypertension"}),
-            statement=Statement(text=text, citations=_cite(snapshot, *cited), rule=rule),
-        )
+        # Below the site's threshold is not "at goal": the assessment and plan judges control
+        # against the patient's own goal (130/80 with diabetes or kidney disease), and a
+        # care gap saying "below the threshold" beside "above goal" contradicted it.
+        return None
 
     # -- assessment and plan ------------------------------------------------------------
 
@@ -939,6 +920,10 @@ class BuiltinEngine:
                         citations=_cite(snapshot, allergy),
                     )
                 )
+        grade = config.get("reading_grade")
+        if isinstance(grade, int) and grade <= PLAIN_GRADE:
+            # The site asks for easier reading: leave out the terms in brackets.
+            statements = [replace(s, text=_plain(s.text)) for s in statements]
         return self._suggestion(
             K.PATIENT_INSTRUCTIONS,
             f"{K.KIND_LABELS[K.PATIENT_INSTRUCTIONS]} (plain language, rule-based draft)",
@@ -975,6 +960,17 @@ class BuiltinEngine:
         return self._suggestion(
             K.ALLERGIES, f"{K.KIND_LABELS[K.ALLERGIES]} (from the chart, rule-based)", statements
         )
+
+
+#: At this Flesch-Kincaid grade and below ([after_visit_summary] reading_grade), patient
+#: instructions leave out the medical terms in brackets ("irregular heartbeat (atrial
+#: fibrillation)" becomes "irregular heartbeat"): long words weigh most in the grade.
+PLAIN_GRADE = 5
+_BRACKETED = re.compile(r"\s*\([^()]*\)")
+
+
+def _plain(text: str) -> str:
+    return _BRACKETED.sub("", text)
 
 
 def _rules(config: Mapping[str, Any]) -> CareGapRules:
