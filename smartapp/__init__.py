@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["smartapp.settings"] = settings
 
     logging_setup.init_app(app, log_format=settings.log_format)
-    db.init_app(app, db.Database(settings.database_url))
+    db.init_app(app, db.Database.from_settings(settings))
     observability.init_app(app)
     errors.init_app(app)
     jsonbody.init_app(app)
@@ -103,6 +103,8 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     )
     # Run beside the outbox by the background worker (`smartapp serve`, `smartapp sandbox`).
     app.extensions["smartapp.housekeeping"] = [cache.purge_expired]
+    # Logout ends a launch: its chart copy goes with it, not at the end of its TTL.
+    app.extensions.setdefault("smartapp.session_ended", []).append(cache.invalidate)
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()
     return engines

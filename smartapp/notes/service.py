@@ -51,6 +51,7 @@ from smartapp.notes.writeback import (
     write_note,
     write_revision_provenance,
 )
+from smartapp.suggestions.changes import Changes, changes_since
 from smartapp.suggestions.interfaces import Suggestion
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class Drafter(Protocol):
 class SuggestionsView:
     snapshot: ChartSnapshot
     rows: list[ShownSuggestion]
+    #: What changed since the last note or visit (shown above the cards).
+    changes: Changes
     #: Kinds this clinician does not get here (rollout, kill switch), and why.
     not_enabled: tuple[NotEnabled, ...] = ()
 
@@ -185,7 +188,12 @@ class SidebarService:
             patient=launch.patient_id,
             detail={"suggestions": [r.id for r in rows], "kinds": sorted({r.kind for r in rows})},
         )
-        return SuggestionsView(snapshot=snapshot, rows=rows, not_enabled=plan.not_enabled)
+        return SuggestionsView(
+            snapshot=snapshot,
+            rows=rows,
+            changes=changes_since(snapshot),
+            not_enabled=plan.not_enabled,
+        )
 
     @staticmethod
     def _shown_by(launch: LaunchContext, visit: Visit, key: str) -> ShownBy:

@@ -22,6 +22,7 @@ from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.httplimits import limited_session
 from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config, normalize_issuer
 from smartapp.suggestions.builtin import BuiltinEngine
+from smartapp.suggestions.crossref import deduplicate
 from smartapp.suggestions.grounding import DROPPED, GroundingVerifier, verify_suggestions
 from smartapp.suggestions.interfaces import EngineInfo, Statement, Suggestion, SuggestionEngine
 from smartapp.suggestions.llm import LLMEngine
@@ -300,7 +301,7 @@ class SuggestionService:
                 results[kind] = self._run_kind(
                     snapshot, effective, kind, verifier, chosen.get(kind)
                 )
-        run = SuggestionRun(kinds=tuple(results[k] for k in wanted))
+        run = SuggestionRun(kinds=self._finish(effective, [results[k] for k in wanted], verifier))
         if self.on_kinds_drafted is not None:
             self.on_kinds_drafted(run.kinds)
         return run
@@ -348,21 +349,11 @@ class SuggestionService:
             lost += _dropped(again)
             fallback_reason = UNGROUNDED + SHOWING_RULES
 
-        renderer = self.renderer(effective)
-        rendered = tuple(
-            replace(
-                s,
-                rendered_text=renderer.render(
-                    s, style=kind_config.style, detail=kind_config.detail
-                ),
-            )
-            for s in shown
-        )
         return KindRun(
             kind=kind,
             engine=kind_config.engine,
             engine_info=configured,
-            suggestions=rendered,
+            suggestions=tuple(shown),
             checked=counts["checked"],
             passed=counts["passed"],
             dropped=counts["dropped"],
@@ -372,6 +363,31 @@ class SuggestionService:
             elapsed_ms=(self._clock() - started) * 1000.0,
             dropped_statements=tuple(lost),
         )
+
+    def _finish(
+        self, effective: EffectiveConfig, runs: Sequence[KindRun], verifier: GroundingVerifier
+    ) -> tuple[KindRun, ...]:
+        """Each result stated in one card only (crossref), then every card rendered."""
+        flat = [s for run in runs for s in run.suggestions]
+        deduplicated = iter(deduplicate(flat, verifier))
+        renderer = self.renderer(effective)
+        finished: list[KindRun] = []
+        for run in runs:
+            kind_config = effective.kind(run.kind)
+            assert kind_config is not None
+            mine = [next(deduplicated) for _ in run.suggestions]
+            rendered = tuple(
+                replace(
+                    s,
+                    rendered_text=renderer.render(
+                        s, style=kind_config.style, detail=kind_config.detail
+                    ),
+                )
+                for s in mine
+                if s.statements
+            )
+            finished.append(replace(run, suggestions=rendered))
+        return tuple(finished)
 
     def _safe_suggest(
         self,
