@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from smartapp.redirects import RedirectRefused, get_within_origin, origin_text
+
 if TYPE_CHECKING:
     from smartapp.smart.discovery import SMARTConfiguration
 
@@ -187,7 +189,18 @@ def fetch_json(http: requests.Session, url: str, *, accept: str, timeout: float)
     """GET `url` without credentials; the JSON object, if the answer is one."""
     started = time.perf_counter()
     try:
-        response = http.get(url, headers={"Accept": accept}, timeout=(min(timeout, 5.0), timeout))
+        response = get_within_origin(
+            http, url, headers={"Accept": accept}, timeout=(min(timeout, 5.0), timeout)
+        )
+    except RedirectRefused as exc:
+        # The app itself would refuse this redirect (smartapp/redirects.py): say so.
+        return Fetched(
+            url=url,
+            status=exc.status,
+            error=f"HTTP {exc.status}, redirect {exc.reason}"
+            + (f" ({origin_text(exc.target)})" if exc.target else "")
+            + ", which the app does not follow",
+        )
     except requests.RequestException as exc:
         return Fetched(url=url, error=type(exc).__name__)
     ms = (time.perf_counter() - started) * 1000
@@ -234,6 +247,8 @@ def _outcome(fetched: Fetched) -> str:
         if fetched.error == "SSLError":
             return "TLS failed: certificate not trusted or wrong host name (SSLError)"
         return str(fetched.error)
+    if fetched.error:
+        return fetched.error
     if fetched.status is not None and fetched.status < 400 and fetched.data is None:
         return f"HTTP {fetched.status}, not a JSON object"
     return f"HTTP {fetched.status}"
@@ -360,6 +375,16 @@ def _check_smart_configuration(
             what,
             f"{WELL_KNOWN} answered HTTP {well_known.status}",
             why + "; the app does not fall back when the server errs, so launches fail",
+        )
+        return None
+    if well_known.status is not None and well_known.error:
+        # A redirect off the issuer's origin: the app's discovery refuses it, no fallback.
+        report.add(
+            "fail",
+            "smart-configuration",
+            what,
+            f"{WELL_KNOWN}: {well_known.error}",
+            why + "; serve it from the FHIR server's own origin",
         )
         return None
     if well_known.data is not None:

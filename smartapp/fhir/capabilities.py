@@ -1,4 +1,4 @@
-"""What a server's CapabilityStatement says it can do (batch, `_include`), as pure functions.
+"""What a server's CapabilityStatement says it can do (batch, `_include`, `_sort`).
 
 https://hl7.org/fhir/R4/capabilitystatement.html
 """
@@ -62,3 +62,26 @@ def supports_include(capabilities: Mapping[str, Any], resource_type: str, includ
         return False
     listed = resource.get("searchInclude")
     return isinstance(listed, list) and (include in listed or "*" in listed)
+
+
+def _search_param_names(entry: Mapping[str, Any]) -> set[str]:
+    params = entry.get("searchParam")
+    if not isinstance(params, list):
+        return set()
+    return {p["name"] for p in params if isinstance(p, dict) and isinstance(p.get("name"), str)}
+
+
+def supports_sort(capabilities: Mapping[str, Any], resource_type: str, param: str) -> bool:
+    """True if the statement lists `_sort` (for the type or the whole server) and `param`
+    as a search parameter of the type: then `_sort=-param` may be asked for.
+
+    R4 lists `_sort` among the search result parameters a statement may declare
+    (https://hl7.org/fhir/R4/search.html#sort); a server that does not declare it may
+    still sort, but the app cannot count on it.
+    """
+    resource = resource_capability(capabilities, resource_type)
+    if resource is None or param not in _search_param_names(resource):
+        return False
+    if "_sort" in _search_param_names(resource):
+        return True
+    return any("_sort" in _search_param_names(rest) for rest in _server_rests(capabilities))

@@ -33,7 +33,7 @@ from smartapp.errors import (
     TemporaryUpstreamError,
     UpstreamError,
 )
-from smartapp.fhir.capabilities import supports_batch, supports_include
+from smartapp.fhir.capabilities import supports_batch, supports_include, supports_sort
 from smartapp.fhir.client import (
     BatchRequest,
     FHIRClient,
@@ -88,6 +88,9 @@ SEARCHES: tuple[tuple[str, str | None], ...] = (
     ("DocumentReference", None),
 )
 
+#: The searched types read newest first where the server declares `_sort` (by `date`).
+SORTED_TYPES = frozenset({"Observation"})
+
 _TEMPORARY = frozenset({429, 500, 502, 503, 504})
 #: Entry statuses that, on every search of a batch, mean "no searches in a batch here".
 _NO_SEARCH_IN_BATCH = frozenset({400, 405, 422, 501})
@@ -100,13 +103,18 @@ def search_params(
     *,
     category: str | None = None,
     include_medications: bool = False,
+    newest_first: bool = False,
     plain: bool = False,
 ) -> dict[str, str]:
     """The search the loader sends for a type. `plain` drops the optional parameters
-    (`_include`, `_sort`, `_elements`), for a server that refused them."""
+    (`_include`, `_sort`, `_elements`), for a server that refused them. `newest_first`
+    asks Observations by date, newest first: when paging stops at the cap, the pages read
+    then hold the latest values and what is missing is the oldest history."""
     params = {"patient": patient_id}
     if category:
         params["category"] = category
+    if resource_type in SORTED_TYPES and newest_first and not plain:
+        params["_sort"] = "-date"
     if resource_type == "MedicationRequest":
         params["status"] = "active"
         if include_medications and not plain:
@@ -136,6 +144,8 @@ class _Fetch:
     retried: bool = False
     #: For `medications` (an `_id` search): the ids, read one by one if the search fails.
     ids: tuple[str, ...] = ()
+    #: The search asked `_sort=-date` and, as far as its pages show, the server honoured it.
+    newest_first: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +173,7 @@ class _Loader:
         max_pages: int,
         use_batch: bool,
         include_medications: bool,
+        sort_newest: bool = False,
     ) -> None:
         self.client = client
         self.patient_id = patient_id
@@ -171,6 +182,7 @@ class _Loader:
         self.max_pages = max_pages
         self.use_batch = use_batch
         self.include_medications = include_medications
+        self.sort_newest = sort_newest
         self.found: dict[str, list[FHIRResource]] = {t: [] for t in SNAPSHOT_TYPES}
         self.problems: list[SnapshotProblem] = []
         self.medication_ids: set[str] = set()
@@ -255,6 +267,7 @@ class _Loader:
                     label=f"{rtype} ({category})" if category else rtype,
                     url=url,
                     fallback_url=plain if plain != url else None,
+                    newest_first=self.sort_newest and rtype in SORTED_TYPES,
                 )
             )
         return fetches
@@ -265,6 +278,7 @@ class _Loader:
             self.patient_id,
             category=category,
             include_medications=self.include_medications,
+            newest_first=self.sort_newest,
             plain=plain,
         )
         return f"{rtype}?{urlencode(params)}"
@@ -358,6 +372,9 @@ class _Loader:
         matches, includes = split_search_bundle(bundle)
         matches = [r for r in matches if r.get("resourceType") == rtype]
         self.read_counts[label] += len(matches)
+        if fetch.newest_first and fetch.page == 1 and not _self_link_kept_sort(bundle):
+            log.info("FHIR search %s: the server did not apply _sort; pages are unordered", label)
+            fetch = replace(fetch, newest_first=False)
         self._add(rtype, matches)
         if rtype == "MedicationRequest":
             self._add("Medication", [r for r in includes if r.get("resourceType") == "Medication"])
@@ -368,18 +385,31 @@ class _Loader:
         if fetch.page >= self.max_pages:
             total = bundle.get("total")
             of = f" of {total}" if isinstance(total, int) else ""
-            self._problem(
-                "truncated",
-                rtype,
-                f"{label}: read {self.read_counts[label]}{of} in {fetch.page} page(s); "
-                f"the rest was not read (max_pages={self.max_pages})",
+            order = (
+                "read newest first: the oldest were not read"
+                if fetch.newest_first
+                else "not read newest first: the latest may be among those not read"
+            )
+            self.problems.append(
+                SnapshotProblem(
+                    code="truncated",
+                    resource_type=rtype,
+                    detail=f"{label}: read {self.read_counts[label]}{of} in {fetch.page} "
+                    f"page(s); the rest was not read (max_pages={self.max_pages}); {order}",
+                    newest_first=fetch.newest_first,
+                )
             )
             return []
         try:
             relative = self.client.relative_to_base(link)
         except FatalUpstreamError:
-            self._problem(
-                "truncated", rtype, f"{label}: the next page is on another server; not followed"
+            self.problems.append(
+                SnapshotProblem(
+                    code="truncated",
+                    resource_type=rtype,
+                    detail=f"{label}: the next page is on another server; not followed",
+                    newest_first=fetch.newest_first,
+                )
             )
             return []
         if relative in self.seen_urls:
@@ -395,7 +425,15 @@ class _Loader:
             log.info(
                 "FHIR search %s refused; retrying without optional parameters", fetch.resource_type
             )
-            return [replace(fetch, url=fetch.fallback_url, fallback_url=None, retried=False)]
+            return [
+                replace(
+                    fetch,
+                    url=fetch.fallback_url,
+                    fallback_url=None,
+                    retried=False,
+                    newest_first=False,  # the plain search has no _sort
+                )
+            ]
         status = f"HTTP {outcome.status}" if outcome.status else "an unexpected answer"
         if fetch.purpose == "patient":
             raise _patient_error(outcome)
@@ -554,6 +592,17 @@ class _Loader:
         return snap
 
 
+def _self_link_kept_sort(bundle: FHIRResource) -> bool:
+    """False when the page's `self` link shows the search the server ran, without `_sort`
+    (R4: the self link carries the parameters actually used). No such link: trusted."""
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "self":
+            url = link.get("url")
+            if isinstance(url, str) and "?" in url:
+                return "_sort=" in url.split("?", 1)[1]
+    return True
+
+
 def _reference(value: Any) -> str | None:
     """`value.reference` if `value` is a Reference with a string reference (data is unvalidated)."""
     ref = value.get("reference") if isinstance(value, dict) else None
@@ -608,6 +657,7 @@ def load_snapshot(
     readable_types: Collection[str] | None,
     max_pages: int = 20,
     prefer_batch: bool = True,
+    sort_newest: bool | None = None,
 ) -> ChartSnapshot:
     """The launch's chart: one batch per round where the server supports batch, else ≤ 6 GETs
     at a time; `next` pages followed up to `max_pages` per type.
@@ -615,6 +665,7 @@ def load_snapshot(
     `readable_types`: the types the granted scopes allow (None or "*": all). The others are not
     asked for and are listed in `not_granted`. Raises only when the Patient cannot be read
     (or the whole server fails); every other failure is a problem in the snapshot.
+    `sort_newest`: ask Observations newest first; None: where the statement declares `_sort`.
     """
     if max_pages < 1:
         raise ValueError("max_pages must be at least 1")
@@ -642,6 +693,9 @@ def load_snapshot(
         use_batch=prefer_batch and supports_batch(capabilities),
         include_medications="Medication" in granted
         and supports_include(capabilities, "MedicationRequest", MEDICATION_INCLUDE),
+        sort_newest=supports_sort(capabilities, "Observation", "date")
+        if sort_newest is None
+        else sort_newest,
     )
     loader.run()
     snapshot = loader.snapshot(not_granted=not_granted, request_count=client.request_count - start)

@@ -41,14 +41,20 @@ class SnapshotProblem:
     resource_type: str
     detail: str
     count: int = 1
+    #: For `truncated`: whether the pages read were the newest (`_sort=-date` honoured), so
+    #: that the latest value is among them; None when not a truncation.
+    newest_first: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "code": self.code,
             "resourceType": self.resource_type,
             "detail": self.detail,
             "count": self.count,
         }
+        if self.newest_first is not None:
+            data["newestFirst"] = self.newest_first
+        return data
 
 
 def reference_key(reference: str) -> str:
@@ -137,6 +143,7 @@ class ChartSnapshot:
                     resource_type=p["resourceType"],
                     detail=p["detail"],
                     count=p.get("count", 1),
+                    newest_first=p.get("newestFirst"),
                 )
                 for p in data.get("problems", [])
             ),

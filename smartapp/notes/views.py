@@ -10,6 +10,8 @@ from smartapp.config import Settings, origin_of
 from smartapp.errors import AppError, BadRequest, NotFound
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
+from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.notes.incomplete import chart_incomplete
 from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SidebarService
 from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
@@ -35,7 +37,11 @@ def _json_body() -> dict[str, Any]:
 NOT_ARRIVED = "The AI draft did not arrive; showing rule-based suggestions"
 
 
-def suggestion_json(row: ShownSuggestion, pending: tuple[str, ...] = ()) -> dict[str, Any]:
+def suggestion_json(
+    row: ShownSuggestion,
+    snapshot: ChartSnapshot | None = None,
+    pending: tuple[str, ...] = (),
+) -> dict[str, Any]:
     decision = row.latest_decision()
     engine = dict(row.engine_extra or {})
     engine.update({"name": row.engine_name, "version": row.engine_version})
@@ -51,6 +57,11 @@ def suggestion_json(row: ShownSuggestion, pending: tuple[str, ...] = ()) -> dict
         "engine": engine,
         "statements": row.statements,
         "verification": row.verification,
+        "chartIncomplete": chart_incomplete(
+            snapshot, row.kind, (c.get("reference", "") for c in row.citations or [])
+        )
+        if snapshot is not None
+        else [],
         "decision": None
         if decision is None
         else {
@@ -101,7 +112,7 @@ def _suggestions_response(launch: LaunchContext, *, refresh: bool) -> Response:
     view = _service().suggestions(launch, refresh=refresh)
     return jsonify(
         {
-            "suggestions": [suggestion_json(r, view.pending) for r in view.rows],
+            "suggestions": [suggestion_json(r, view.snapshot, view.pending) for r in view.rows],
             "notEnabled": [n.to_json() for n in view.not_enabled],
             "pending": _pending_json(view.pending),
             "chart": {

@@ -74,6 +74,9 @@ def capability_statement(
                 for name, param in search.params_for(rtype).items()
             ],
         }
+        if rtype in search.SORT_DATE:
+            # Declared so that clients may count on `_sort=date` / `-date` here.
+            entry["searchParam"].append({"name": "_sort", "type": "string"})
         includes = [
             f"{rtype}:{name}"
             for name, p in search.params_for(rtype).items()

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import quote_plus, urljoin, urlsplit
 
 import requests
 from authlib.common.urls import add_params_to_qs
@@ -28,6 +28,7 @@ from smartapp.errors import (
     RelaunchRequired,
     TemporaryUpstreamError,
 )
+from smartapp.redirects import REDIRECT_STATUSES, RedirectRefused
 from smartapp.smart.keys import ASSERTION_TYPE, SigningKey, client_assertion
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,12 @@ class SMARTClient:
             raise AuthorizationFailed(
                 f"The EHR refused to issue a token ({_safe_error_code(exc.error)})."
             ) from exc
+        except RedirectRefused as exc:
+            log.warning("token endpoint %s: %s", _host(token_endpoint), exc)
+            raise AuthorizationFailed(
+                f"The EHR's token endpoint answered with a redirect (HTTP {exc.status}); "
+                "the app does not follow redirects there."
+            ) from None
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             log.warning("token endpoint %s answered HTTP %s", _host(token_endpoint), status)
@@ -248,6 +255,9 @@ class SMARTClient:
                 "refresh refused by %s: %s", _host(token_endpoint), _safe_error_code(exc.error)
             )
             raise RefreshRefused() from exc
+        except RedirectRefused as exc:
+            log.warning("refresh at %s: %s", _host(token_endpoint), exc)
+            raise RefreshRefused() from None
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             log.warning("refresh at %s answered HTTP %s", _host(token_endpoint), status)
@@ -270,7 +280,7 @@ class SMARTClient:
 
     def _session(self) -> OAuth2Session:
         auth = self.auth
-        oauth = OAuth2Session(
+        oauth = _TokenSession(
             client_id=auth.client_id,
             client_secret=auth.client_secret,
             token_endpoint_auth_method=auth.method,
@@ -345,3 +355,30 @@ def _http_url_or_none(value: object) -> str | None:
 
 def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+class _TokenSession(OAuth2Session):  # type: ignore[misc]  # authlib is untyped
+    """authlib's session with redirects off: a token request (code, verifier, client
+    credentials) is never re-sent anywhere, not even within the same origin."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for hook in ("access_token_response", "refresh_token_response"):
+            self.register_compliance_hook(hook, _refuse_redirect)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["allow_redirects"] = False
+        response: requests.Response = super().request(method, url, *args, **kwargs)
+        return response
+
+
+def _refuse_redirect(response: requests.Response) -> requests.Response:
+    if response.status_code in REDIRECT_STATUSES:
+        location = response.headers.get("Location")
+        raise RedirectRefused(
+            response.url,
+            urljoin(response.url, location) if location else None,
+            response.status_code,
+            reason="from the token endpoint",
+        )
+    return response

@@ -19,6 +19,7 @@ import requests
 
 from smartapp.config import normalize_issuer
 from smartapp.errors import AuthorizationFailed, TemporaryUpstreamError
+from smartapp.redirects import RedirectRefused, get_within_origin
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,19 @@ def discover(
 def _get_json(
     http: requests.Session, url: str, timeout: float | tuple[float, float], accept: str
 ) -> dict[str, Any] | None:
-    """The JSON object at `url`, or None when the server has no such document (4xx / not JSON)."""
+    """The JSON object at `url`, or None when the server has no such document (4xx / not JSON).
+
+    A redirect is followed only within the issuer's origin: the document decides where the
+    clinician signs in, so it must come from the allowed server itself.
+    """
     try:
-        response = http.get(url, headers={"Accept": accept}, timeout=timeout)
+        response = get_within_origin(http, url, headers={"Accept": accept}, timeout=timeout)
+    except RedirectRefused as exc:
+        log.warning("discovery at %s: redirect not followed: %s", _host(url), exc)
+        raise DiscoveryError(
+            "The EHR's server redirected the app's discovery request to another server "
+            f"({exc}); the app follows redirects only within the EHR's own address."
+        ) from None
     except requests.RequestException as exc:
         log.warning("discovery request to %s failed: %s", _host(url), type(exc).__name__)
         raise TemporaryUpstreamError(

@@ -22,6 +22,7 @@ from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from smartapp.errors import AuthorizationFailed, TemporaryUpstreamError
+from smartapp.redirects import RedirectRefused, get_within_origin
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,15 @@ def _fetch_jwks(
     jwks_uri: str, *, http: requests.Session, timeout: float | tuple[float, float]
 ) -> KeySet:
     try:
-        response = http.get(jwks_uri, headers={"Accept": "application/json"}, timeout=timeout)
+        # The keys decide whose identity tokens are believed: never from another origin.
+        response = get_within_origin(
+            http, jwks_uri, headers={"Accept": "application/json"}, timeout=timeout
+        )
+    except RedirectRefused as exc:
+        log.warning("JWKS at %s: redirect not followed: %s", urlsplit(jwks_uri).netloc, exc)
+        raise IDTokenInvalid(
+            "The EHR's signing keys (jwks_uri) redirect to another server; not followed."
+        ) from None
     except requests.RequestException as exc:
         log.warning("JWKS request to %s failed: %s", urlsplit(jwks_uri).netloc, type(exc).__name__)
         raise TemporaryUpstreamError(

@@ -38,8 +38,11 @@ SESSION_COOKIES = {"clinician": "smartapp_session", "admin": "smartapp_admin"}
 IDLE_TIMEOUT = timedelta(hours=1)
 #: A session ends this long after the launch, however busy.
 ABSOLUTE_LIFETIME = timedelta(hours=12)
-#: Refresh the access token this long before it expires.
+#: Refresh the access token this long before it expires, at most...
 REFRESH_MARGIN = timedelta(seconds=60)
+#: ...and at most this share of its lifetime: a 60-second token (some EHRs issue them)
+#: would otherwise need a refresh from the moment it is issued, on every FHIR request.
+REFRESH_MARGIN_SHARE = 0.25
 #: last_seen_at is written at most this often (not on every request).
 TOUCH_INTERVAL = timedelta(seconds=60)
 
@@ -270,17 +273,18 @@ class SessionTokenProvider:
         row = self._read()
         now = utcnow()
         token = self._decrypt(row.access_token_enc)
-        if not _needs_refresh(row, now):
+        if _expired(row, now) and row.refresh_token_enc is None:
+            raise RelaunchRequired()
+        if not _needs_refresh(row, now) or row.refresh_token_enc is None:
+            # Fresh, or about to expire with nothing to renew it: still good for now.
             return self._remember(token)
-        if row.refresh_token_enc is None:
-            if row.access_expires_at is not None and now >= row.access_expires_at:
-                raise RelaunchRequired()
-            return self._remember(token)  # still valid for a few seconds; nothing to refresh with
         try:
             return self._remember(self._refresh(force=False))
-        except TemporaryUpstreamError:
-            # The server is briefly away but the token has not expired yet: use it.
-            if row.access_expires_at is not None and now < row.access_expires_at:
+        except (TemporaryUpstreamError, RelaunchRequired):
+            # An early refresh failed (server away, refresh token refused or already
+            # spent) but the access token has not expired: the launch goes on until it does.
+            if not _expired(row, utcnow()):
+                log.info("early refresh failed; the access token is still valid, using it")
                 return self._remember(token)
             raise
 
@@ -361,7 +365,16 @@ class SessionTokenProvider:
 
 
 def _needs_refresh(row: LaunchSession, now: datetime) -> bool:
-    return row.access_expires_at is not None and now >= row.access_expires_at - REFRESH_MARGIN
+    if row.access_expires_at is None:
+        return False
+    issued = row.last_refreshed_at or row.created_at
+    lifetime = max(row.access_expires_at - issued, timedelta(0))
+    margin = min(REFRESH_MARGIN, lifetime * REFRESH_MARGIN_SHARE)
+    return now >= row.access_expires_at - margin
+
+
+def _expired(row: LaunchSession, now: datetime) -> bool:
+    return row.access_expires_at is not None and now >= row.access_expires_at
 
 
 def token_provider(launch: LaunchContext) -> TokenProvider:

@@ -350,6 +350,9 @@ def _result_statement(
     goal = kb.goals.get(series.id)
     status: str | None = None
     rule: str | None = None
+    if not facts.newest_known("Observation"):
+        # Not "at goal" or "above goal" from a reading that may not be the latest.
+        return Statement(text=text, citations=_cite(facts.snapshot, cited)), None
     if goal is not None:
         status = goal_status(goal, latest)
         status = goal.words.get(status, status) if status else None
@@ -439,6 +442,8 @@ def _option_fires(
         if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
             return None
     if option.result is not None:
+        if not facts.newest_known("Observation"):
+            return None  # the latest result may be one the app did not read
         series = _series(facts, kb, option.result)
         if option.due_months is not None:
             if series is None:

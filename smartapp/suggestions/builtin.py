@@ -232,19 +232,20 @@ class BuiltinEngine:
     ) -> list[tuple[str, list[FHIRResource]]]:
         """'latest HbA1c 7.2% on 2025-11-02' phrases (and what they cite) for a problem."""
         phrases: list[tuple[str, list[FHIRResource]]] = []
+        latest = facts.latest_word("Observation")
         for codes in group.results:
             if codes == BP_PANEL:
                 if facts.blood_pressures:
                     bp = facts.blood_pressures[0]
                     phrases.append(
-                        (f"latest blood pressure {bp.text()}{_on(bp.date)}", list(bp.resources))
+                        (f"{latest} blood pressure {bp.text()}{_on(bp.date)}", list(bp.resources))
                     )
                 continue
             result = facts.latest(codes)
             if result is not None:
                 phrases.append(
                     (
-                        f"latest {result.name} {result.value_text()}{_on(result.date)}",
+                        f"{latest} {result.name} {result.value_text()}{_on(result.date)}",
                         [result.resource],
                     )
                 )
@@ -748,7 +749,7 @@ class BuiltinEngine:
                     text=f"{topic}: {up_to_date} — {result.phrase}", citations=cited, rule=rule
                 ),
             )
-        if not facts.complete(record_type):
+        if not facts.newest_known(record_type):
             return None  # a newer one may be among what the app could not read
         evidence = (
             f"the latest, {result.due_phrase or result.phrase}, is older than the site's interval"
@@ -769,6 +770,10 @@ class BuiltinEngine:
         """Blood pressure at or above the site's threshold at the last readings (a gap for
         anyone); for hypertension on the list, a latest reading below it is reported met."""
         snapshot = facts.snapshot
+        if not facts.newest_known("Observation"):
+            # The readings read may not be the last ones (a truncated, unsorted read): the
+            # chart's current blood pressure could say the opposite.
+            return None
         hypertension = facts.has_group("hypertension")
         rule = (
             f"Blood pressure at or above {rules.bp_systolic}/{rules.bp_diastolic} mmHg at the "

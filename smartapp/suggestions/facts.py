@@ -913,6 +913,24 @@ class ChartFacts:
             for p in self.snapshot.problems
         )
 
+    def newest_known(self, resource_type: str) -> bool:
+        """Whether the newest resources of this type are in the chart read: the search was
+        complete, or it stopped at the page cap having read newest first. Otherwise a
+        "latest" value may be older than one the app did not read, and no rule may say
+        what the latest value is or whether it is at goal."""
+        if resource_type in self.snapshot.not_granted:
+            return False
+        for p in self.snapshot.problems:
+            if p.resource_type != resource_type:
+                continue
+            if p.code == "search_failed" or (p.code == "truncated" and not p.newest_first):
+                return False
+        return True
+
+    def latest_word(self, resource_type: str = "Observation") -> str:
+        """'latest', or 'latest read' when the newest may not have been read."""
+        return "latest" if self.newest_known(resource_type) else "latest read"
+
     def results_for(self, loinc: Iterable[str]) -> list[Result]:
         """Every result of these codes, newest first."""
         wanted = [f"{LOINC}|{code}" for code in loinc]

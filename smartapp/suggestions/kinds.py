@@ -65,3 +65,19 @@ KIND_DESCRIPTIONS: dict[str, str] = {
     ),
     ALLERGIES: "allergies and intolerances, with reactions, severity and criticality",
 }
+
+#: The chart's resource types each kind draws on. A search of one of these that stopped
+#: early (or failed) is named on every card of the kind: what it says may be incomplete.
+KIND_SOURCES: dict[str, frozenset[str]] = {
+    PROBLEM_SUMMARY: frozenset({"Condition", "Observation"}),
+    MEDICATIONS: frozenset(
+        {"MedicationRequest", "Medication", "AllergyIntolerance", "Condition", "Observation"}
+    ),
+    VITALS_LABS: frozenset({"Observation"}),
+    ASSESSMENT_PLAN: frozenset({"Condition", "Observation", "MedicationRequest", "Medication"}),
+    CARE_GAPS: frozenset({"Condition", "Observation", "Procedure", "Immunization"}),
+    PATIENT_INSTRUCTIONS: frozenset(
+        {"Condition", "Observation", "MedicationRequest", "Medication", "Procedure", "Immunization"}
+    ),
+    ALLERGIES: frozenset({"AllergyIntolerance"}),
+}

@@ -173,6 +173,21 @@ function actionButton(className, label, key, onClick, extra = {}) {
  * onSubmitEdit(text), onSubmitReject(reason, comment), onSubmitFlag(comment),
  * onToggleDiff, onAction (any other action spent on it, for the honest action count).
  */
+// A search this card draws on stopped early: say which, and whether "latest" can be trusted.
+function chartIncompleteNote(items) {
+  if (!items.length) return null;
+  const latestMissing = items.some((i) => !i.latestRead);
+  return el(
+    "div",
+    { className: "chart-incomplete", attrs: { role: "note" } },
+    el("strong", { text: "Chart not read in full: " }),
+    latestMissing
+      ? "the latest values may not be among those read; check the chart before relying on them."
+      : "older history was not read; the latest values were read first.",
+    el("ul", {}, ...items.map((i) => el("li", { text: `${i.resourceType}: ${i.detail}` }))),
+  );
+}
+
 export function createCard(suggestion, index, handlers) {
   const titleId = uniqueId("title");
   const card = el("li", {
@@ -198,6 +213,8 @@ export function createCard(suggestion, index, handlers) {
       ),
     );
   }
+  const incomplete = chartIncompleteNote(suggestion.chartIncomplete ?? []);
+  if (incomplete) card.append(incomplete);
   const statements = suggestion.statements?.length
     ? suggestion.statements
     : [{ text: suggestion.text, citations: suggestion.citations ?? [], verified: null }];

@@ -377,3 +377,16 @@ def test_a_missing_issuer_is_bad_usage():
     with pytest.raises(SystemExit) as exited:
         main(["check"])
     assert exited.value.code == 2
+
+
+def test_a_configuration_redirected_to_another_host_is_reported(rsps, capability):
+    # The app refuses this redirect at launch (smartapp/redirects.py): the check says so.
+    rsps.get(WELL_KNOWN, status=302, headers={"Location": "https://elsewhere.test/cfg"})
+    rsps.get("https://elsewhere.test/cfg", json={"authorization_endpoint": "x"})
+    rsps.get(METADATA, json=capability, content_type="application/fhir+json")
+    report = check_server(ISS, profile=profile(), http=requests.Session(), timeout=3.0)
+    assert "https://elsewhere.test" in report.format_text()
+    assert "does not follow" in report.format_text()
+    assert all("elsewhere.test" not in c.request.url for c in rsps.calls)
+    assert statuses(report)["smart-configuration"] == "fail"
+    assert not report.launchable

@@ -19,6 +19,11 @@ def _settings(tmp_path: Path, admins: str, issuers: str = f"{A},{B}"):  # type: 
     return make_settings(tmp_path, SMARTAPP_ALLOWED_ISSUERS=issuers, SMARTAPP_ADMIN_USERS=admins)
 
 
+def _start_and_dispose(settings) -> None:  # type: ignore[no-untyped-def]
+    """Start-up logs are what is under test; the app's engine must not outlive it."""
+    create_app(settings).extensions["smartapp.db"].dispose()
+
+
 def test_pipe_entry_binds_to_its_issuer(tmp_path: Path) -> None:
     settings = _settings(tmp_path, f"{A}|Practitioner/1")
     assert is_admin(settings, "Practitioner/1", A)
@@ -49,9 +54,9 @@ def test_startup_says_how_entries_are_bound(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="smartapp.admin.auth"):
-        create_app(_settings(tmp_path, "Practitioner/1"))
+        _start_and_dispose(_settings(tmp_path, "Practitioner/1"))
     assert any("is ignored" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="smartapp.admin.auth"):
-        create_app(_settings(tmp_path / "one", "Practitioner/1", issuers=A))
+        _start_and_dispose(_settings(tmp_path / "one", "Practitioner/1", issuers=A))
     assert any("bound to the only allowed issuer" in r.getMessage() for r in caplog.records)

@@ -140,6 +140,7 @@ class FakeFHIRServer:
         latency: float = 0.0,
         accept_token: str | None = None,
         searches_in_batch: bool = True,
+        ignore_sort: bool = False,
     ) -> None:
         self.base = base
         self.capability = fixture(capability)
@@ -156,6 +157,8 @@ class FakeFHIRServer:
         self.accept_token = accept_token
         #: False: a batch entry that is a search gets 400 (reads still work).
         self.searches_in_batch = searches_in_batch
+        #: True: `_sort` is ignored, and the self link shows the search without it.
+        self.ignore_sort = ignore_sort
         #: Statuses for the next HTTP requests, whatever they are (then normal service).
         self.fail_next: list[int] = []
         #: Statuses for the next reads/searches of a type, in a batch or not: {"Procedure": [500]}.
@@ -307,8 +310,8 @@ class FakeFHIRServer:
             found = [r for r in found if r.get("status") in status.split(",")]
         if (ids := first("_id")) is not None:
             found = [r for r in found if r["id"] in ids.split(",")]
-        if first("_sort") == "-date":
-            found.sort(key=lambda r: r.get("date", ""), reverse=True)
+        if first("_sort") == "-date" and not self.ignore_sort:
+            found.sort(key=lambda r: r.get("date") or r.get("effectiveDateTime", ""), reverse=True)
         include = first("_include")
         if include is not None:
             if self.reject_include or include != "MedicationRequest:medication":
@@ -347,7 +350,7 @@ class FakeFHIRServer:
             "resourceType": "Bundle",
             "type": "searchset",
             "total": len(found),
-            "link": [{"relation": "self", "url": f"{self.base}/{rtype}"}],
+            "link": [{"relation": "self", "url": self._self_url(rtype, params)}],
             "entry": entries,
         }
         if offset + count < len(found):
@@ -355,6 +358,12 @@ class FakeFHIRServer:
                 {"relation": "next", "url": self.next_url(rtype, params, offset + count)}
             )
         return 200, bundle
+
+    def _self_url(self, rtype: str, params: dict[str, list[str]]) -> str:
+        if not self.ignore_sort:
+            return f"{self.base}/{rtype}"
+        used = {k: v[0] for k, v in params.items() if k != "_sort"}
+        return f"{self.base}/{rtype}?{urlencode(used)}"
 
     def next_url(self, rtype: str, params: dict[str, list[str]], offset: int) -> str:
         if self.hapi_next_links:

@@ -144,8 +144,66 @@ def test_paging_stops_at_max_pages_and_reports_truncation(rsps):
     assert problem.resource_type == "Observation"
     assert problem.detail == (
         "Observation (vital-signs): read 400 of 452 in 2 page(s); "
-        "the rest was not read (max_pages=2)"
+        "the rest was not read (max_pages=2); "
+        "not read newest first: the latest may be among those not read"
     )
+    assert problem.newest_first is False
+
+
+def _declare_sort(server: FakeFHIRServer) -> None:
+    """The statement lists `date` and `_sort` for Observation (as a server that sorts does)."""
+    for rest in server.capability["rest"]:
+        for resource in rest["resource"]:
+            if resource["type"] == "Observation":
+                resource["searchParam"] = [
+                    {"name": "patient", "type": "reference"},
+                    {"name": "date", "type": "date"},
+                    {"name": "_sort", "type": "string"},
+                ]
+
+
+def _dated_vitals(count: int) -> list[dict]:
+    """`count` heart rates, one a day from 2020-01-01, stored oldest first."""
+    from datetime import date, timedelta
+
+    first = date(2020, 1, 1)
+    return [
+        {**obs, "effectiveDateTime": (first + timedelta(days=i)).isoformat()}
+        for i, obs in enumerate(vital_observations(count))
+    ]
+
+
+def test_observations_are_read_newest_first_where_the_server_declares_sort(rsps):
+    server = serve(rsps, chart_fixtures() + _dated_vitals(450))
+    _declare_sort(server)
+    snapshot = load(max_pages=2)
+    searches = [u for u in server.batches[0] if u.startswith("Observation?")]
+    assert all(parse_qs(u.split("?")[1])["_sort"] == ["-date"] for u in searches)
+    vitals = [o for o in snapshot.of_type("Observation") if o["id"].startswith("hr-")]
+    assert len(snapshot.of_type("Observation")) == 400 + 2  # + the 2 laboratory results
+    newest = max(o["effectiveDateTime"] for o in vitals)
+    assert newest == "2021-03-25"  # day 449: the latest is among those read
+    assert min(o["effectiveDateTime"] for o in vitals) >= "2020-02-19"  # day 49: the oldest not
+    [problem] = [p for p in snapshot.problems if p.code == "truncated"]
+    assert problem.newest_first is True
+    assert problem.detail.endswith("read newest first: the oldest were not read")
+    assert problem.to_json()["newestFirst"] is True
+
+
+def test_observations_are_not_sorted_where_the_statement_does_not_declare_it(rsps):
+    server = serve(rsps, chart_fixtures() + _dated_vitals(450))
+    load(max_pages=2)
+    searches = [u for u in server.batches[0] if u.startswith("Observation?")]
+    assert searches and all("_sort" not in parse_qs(u.split("?")[1]) for u in searches)
+
+
+def test_a_server_that_ignores_sort_is_not_taken_as_newest_first(rsps):
+    server = serve(rsps, chart_fixtures() + _dated_vitals(450), ignore_sort=True)
+    _declare_sort(server)
+    snapshot = load(max_pages=2)
+    [problem] = [p for p in snapshot.problems if p.code == "truncated"]
+    assert problem.newest_first is False
+    assert "not read newest first" in problem.detail
 
 
 def test_server_page_cap_below_count_is_followed(rsps):

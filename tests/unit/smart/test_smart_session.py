@@ -27,13 +27,51 @@ def _row(app, session_id):
         return s.get(LaunchSession, session_id)
 
 
-def _expire_in(app, session_id, seconds):
+def _expire_in(app, session_id, seconds, *, lifetime=3600):
+    """As if the access token, issued `lifetime` seconds long, had `seconds` left."""
+    now = utcnow()
     with app.extensions["smartapp.db"].session() as s:
         s.execute(
             update(LaunchSession)
             .where(LaunchSession.id == session_id)
-            .values(access_expires_at=utcnow() + timedelta(seconds=seconds))
+            .values(
+                access_expires_at=now + timedelta(seconds=seconds),
+                created_at=now - timedelta(seconds=lifetime - seconds),
+                last_refreshed_at=None,
+            )
         )
+
+
+def _short_lived_launch(app, launcher, ehr, seconds=60):
+    """A launch whose EHR issues `seconds`-long access tokens (Oracle Health: ~570 s)."""
+    launcher.complete(launcher.start(), token=ehr.token_response(expires_in=seconds))
+    with app.extensions["smartapp.db"].session() as s:
+        return s.scalars(select(LaunchSession.id)).one()
+
+
+def _refresh_requests(ehr):
+    return [r for r in ehr.token_requests if r["form"]["grant_type"] == "refresh_token"]
+
+
+def _together(providers, call):
+    """Run `call(provider)` on one thread per provider, all released at once."""
+    results: list[object] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(providers))
+
+    def run(provider):
+        barrier.wait()
+        try:
+            results.append(call(provider))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in providers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
 
 
 def _provider(app, session_id):
@@ -143,6 +181,65 @@ def test_concurrent_refreshes_spend_the_refresh_token_once(app, session_id, ehr)
     assert results == ["at-2", "at-2"]
     refreshes = [r for r in ehr.token_requests if r["form"]["grant_type"] == "refresh_token"]
     assert len(refreshes) == 1
+
+
+def test_short_lived_token_is_not_refreshed_on_every_request(app, launcher, ehr):
+    session_id = _short_lived_launch(app, launcher, ehr, seconds=60)
+    provider = _provider(app, session_id)
+    for _ in range(7):  # one chart load's FHIR rounds
+        assert provider.access_token() == "at-ehr-launch-0001"
+    assert _refresh_requests(ehr) == []
+    # A refresh that brings another 60-second token is not followed by another one.
+    ehr.queue_token(_refreshed("at-2", "rt-2", expires_in=60))
+    assert provider.refresh() == "at-2"
+    for _ in range(7):
+        assert provider.access_token() == "at-2"
+    assert len(_refresh_requests(ehr)) == 1
+
+
+def test_short_lived_token_is_refreshed_in_its_last_quarter(app, launcher, ehr):
+    session_id = _short_lived_launch(app, launcher, ehr, seconds=60)
+    _expire_in(app, session_id, 10, lifetime=60)
+    ehr.queue_token(_refreshed("at-2", "rt-2", expires_in=60))
+    assert _provider(app, session_id).access_token() == "at-2"
+    assert len(_refresh_requests(ehr)) == 1
+
+
+def test_refused_early_refresh_keeps_the_still_valid_token(app, launcher, ehr):
+    session_id = _short_lived_launch(app, launcher, ehr, seconds=60)
+    _expire_in(app, session_id, 10, lifetime=60)
+    ehr.queue_token({"error": "invalid_grant"}, status=400)
+    provider = _provider(app, session_id)
+    assert provider.access_token() == "at-ehr-launch-0001"
+    assert provider.access_token() == "at-ehr-launch-0001"
+    assert len(_refresh_requests(ehr)) == 1  # refused once, not asked again
+    _expire_in(app, session_id, -1, lifetime=60)
+    with pytest.raises(RelaunchRequired):
+        provider.access_token()
+
+
+def test_concurrent_requests_near_expiry_refresh_once(app, launcher, ehr):
+    session_id = _short_lived_launch(app, launcher, ehr, seconds=60)
+    _expire_in(app, session_id, 10, lifetime=60)
+    for n in range(2, 6):
+        ehr.queue_token(_refreshed(f"at-{n}", f"rt-{n}", expires_in=60))
+    providers = [_provider(app, session_id) for _ in range(4)]
+    results, errors = _together(providers, lambda p: p.access_token())
+    assert errors == []
+    assert results == ["at-2"] * 4
+    assert len(_refresh_requests(ehr)) == 1
+
+
+def test_concurrent_requests_when_the_refresh_is_refused_keep_the_valid_token(app, launcher, ehr):
+    session_id = _short_lived_launch(app, launcher, ehr, seconds=60)
+    _expire_in(app, session_id, 10, lifetime=60)
+    ehr.queue_token({"error": "invalid_grant"}, status=400)
+    ehr.queue_token({"error": "invalid_grant"}, status=400)
+    providers = [_provider(app, session_id) for _ in range(3)]
+    results, errors = _together(providers, lambda p: p.access_token())
+    assert errors == []
+    assert results == ["at-ehr-launch-0001"] * 3
+    assert len(_refresh_requests(ehr)) == 1
 
 
 def test_token_provider_for_the_current_launch(app, client, session_id):
