@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     """Compose the clinician's flow: chart source, engines, feedback, outbox."""
+    from zoneinfo import ZoneInfo
+
     import requests
 
     from smartapp.db import get_database
@@ -92,6 +94,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         fhir_for=chart.client_for,
         on_decision=forward_decision,
         pulse_every=lambda iss: engines.config.for_issuer(iss).pulse_every,
+        visit_timezone=lambda iss: ZoneInfo(engines.config.for_issuer(iss).visit_timezone),
     )
     notes_views.init_app(app, sidebar)
     app.extensions["smartapp.outbox"] = Outbox(

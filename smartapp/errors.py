@@ -11,6 +11,7 @@
     ├── Forbidden                  403 not allowed (scope not granted, not an admin)
     ├── NotFound                   404
     ├── BadRequest                 400 malformed JSON body or parameter
+    ├── Conflict                   409 a concurrent change won (e.g. two tabs saving a note)
     └── UpstreamError              the EHR's FHIR server
         ├── TemporaryUpstreamError 503 could be retried (timeouts, 5xx, 429)
         └── FatalUpstreamError     502 retrying will not help (4xx, bad response)
@@ -103,6 +104,12 @@ class BadRequest(AppError):
     status_code = 400
     code = "bad_request"
     default_message = "The request was not understood."
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+    default_message = "Someone else changed this at the same time; try again."
 
 
 class UpstreamError(AppError):

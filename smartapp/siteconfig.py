@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from smartapp.placement import placed_within
 from smartapp.suggestions.kinds import KINDS
@@ -157,6 +158,8 @@ class EffectiveConfig:
     min_grounding_rate: float = 0.95
     #: Ask the clinician's one-tap pulse after at most 1 in this many saved notes (0: never).
     pulse_every: int = 5
+    #: The IANA zone whose date names a visit when the launch has no encounter.
+    visit_timezone: str = "UTC"
     #: kind → rollout rule; "all" is the default for kinds without their own.
     rollout: Mapping[str, RolloutRule] = field(default_factory=dict)
 
@@ -398,7 +401,7 @@ class _Checker:
 
     # The schema -------------------------------------------------------------------------
 
-    SECTIONS = ("suggestions", "kinds", "care_gaps", "llm", "governance", "rollout")
+    SECTIONS = ("suggestions", "kinds", "care_gaps", "llm", "governance", "rollout", "visits")
 
     def check_layer(self, data: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
         """Validate one layer (the defaults, or one site's overrides) into plain overrides."""
@@ -536,6 +539,19 @@ class _Checker:
                 for k, v in (("min_grounding_rate", rate), ("pulse_every", every))
                 if v is not None
             }
+
+        if "visits" in data:
+            p = (*path, "visits")
+            section = self.table(data["visits"], p, ("timezone",))
+            zone = self.string(section, p, "timezone")
+            if zone is not None:
+                if _known_zone(zone):
+                    out["visits"] = {"timezone": zone}
+                else:
+                    self.error(
+                        (*p, "timezone"),
+                        f"{zone!r} is not an IANA time zone (e.g. 'America/Chicago', 'UTC')",
+                    )
 
         if "rollout" in data:
             p = (*path, "rollout")
@@ -720,8 +736,17 @@ def _effective(issuer: str | None, layer: Mapping[str, Any]) -> EffectiveConfig:
         llm=_build(LLMConfig, layer.get("llm", {})),
         min_grounding_rate=governance.get("min_grounding_rate", 0.95),
         pulse_every=governance.get("pulse_every", DEFAULT_PULSE_EVERY),
+        visit_timezone=layer.get("visits", {}).get("timezone", "UTC"),
         rollout={k: _build(RolloutRule, v) for k, v in layer.get("rollout", {}).items()},
     )
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return False
+    return True
 
 
 def _build(cls: Callable[..., Any], values: Mapping[str, Any]) -> Any:

@@ -32,11 +32,15 @@ class ShownSuggestion(Base):
         # Two concurrent first loads of the sidebar must not both record the same set.
         UniqueConstraint("launch_session_id", "snapshot_key", "position"),
         Index("ix_shown_launch", "launch_session_id"),
+        Index("ix_shown_visit", "visit_key", "snapshot_key"),
         Index("ix_shown_site_time", "site", "shown_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    #: The launch that last drafted it (a later launch of the visit carries it over).
     launch_session_id: Mapped[str] = mapped_column(String(64))
+    #: The visit it belongs to (smartapp.notes.visits): every launch of it sees this row.
+    visit_key: Mapped[str] = mapped_column(String(64))
     #: The snapshot this suggestion was drafted from (its fetch time), to regenerate on refresh.
     snapshot_key: Mapped[str] = mapped_column(String(64))
     site: Mapped[str] = mapped_column(String(512))  # the issuer (FHIR base URL)
@@ -94,8 +98,10 @@ class DraftedKind(Base):
     nothing: so that a kind with no suggestions is not drafted again on every request."""
 
     __tablename__ = "drafted_kind"
+    __table_args__ = (Index("ix_drafted_visit", "visit_key", "drafted_at"),)
 
     launch_session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    visit_key: Mapped[str] = mapped_column(String(64))
     snapshot_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(64), primary_key=True)
     choice: Mapped[str] = mapped_column(String(160), primary_key=True)

@@ -32,13 +32,22 @@ KEPT = "you decided on it before the AI draft arrived, which follows it"
 
 @dataclass(frozen=True, kw_only=True)
 class ShownBy:
-    """Who was shown a set of suggestions, and from which snapshot."""
+    """Who was shown a set of suggestions, for which visit, and from which snapshot.
+
+    The rows belong to the visit (`visit_key`, see smartapp.notes.visits): every launch of
+    it sees them and may decide on them; `launch_session_id` is the launch that drafted them.
+    """
 
     launch_session_id: str
+    visit_key: str
     snapshot_key: str
     site: str
     fhir_user: str | None
     patient_id: str
+
+
+class _CarriedElsewhere(Exception):
+    """Another launch of the visit carried a row first: this draft is discarded."""
 
 
 def edit_distance(before: str, after: str) -> int:
@@ -55,7 +64,7 @@ class FeedbackStore:
         self._on_decision = on_decision
 
     def shown(self, by: ShownBy) -> list[ShownSuggestion]:
-        """The suggestions already shown for this launch and snapshot, in order."""
+        """The suggestions already shown for this visit and snapshot, in order."""
         with self._db.session() as session:
             return self._shown(session, by)
 
@@ -64,7 +73,7 @@ class FeedbackStore:
         rows = session.scalars(
             select(ShownSuggestion)
             .where(
-                ShownSuggestion.launch_session_id == by.launch_session_id,
+                ShownSuggestion.visit_key == by.visit_key,
                 ShownSuggestion.snapshot_key == by.snapshot_key,
             )
             # One statement with the decisions joined: this runs on every sidebar request.
@@ -74,20 +83,20 @@ class FeedbackStore:
         return list(rows.unique())
 
     def drafted(self, by: ShownBy) -> set[tuple[str, str]]:
-        """The (kind, engine choice) pairs already drafted for this launch and snapshot."""
+        """The (kind, engine choice) pairs already drafted for this visit and snapshot."""
         with self._db.session() as session:
             rows = session.execute(
                 select(DraftedKind.kind, DraftedKind.choice).where(
-                    DraftedKind.launch_session_id == by.launch_session_id,
+                    DraftedKind.visit_key == by.visit_key,
                     DraftedKind.snapshot_key == by.snapshot_key,
                 )
             )
             return {(kind, choice) for kind, choice in rows}
 
     def drafted_by_snapshot(
-        self, launch_session_id: str
+        self, visit_key: str
     ) -> dict[str, dict[tuple[str, str], datetime | None]]:
-        """`drafted` for every snapshot of this launch, in one statement, by snapshot key;
+        """`drafted` for every snapshot of this visit, in one statement, by snapshot key;
         each (kind, choice) with the instant its LLM draft is due by, while it is on its way."""
         with self._db.session() as session:
             rows = session.execute(
@@ -96,19 +105,24 @@ class FeedbackStore:
                     DraftedKind.kind,
                     DraftedKind.choice,
                     DraftedKind.pending_until,
-                ).where(DraftedKind.launch_session_id == launch_session_id)
+                ).where(DraftedKind.visit_key == visit_key)
             )
             drafted: dict[str, dict[tuple[str, str], datetime | None]] = {}
             for key, kind, choice, until in rows:
-                drafted.setdefault(key, {})[(kind, choice)] = until
+                previous = drafted.setdefault(key, {}).get((kind, choice))
+                # Two launches of the visit may each have drafted it: the later due time counts.
+                if (kind, choice) not in drafted[key] or (
+                    until is not None and (previous is None or until > previous)
+                ):
+                    drafted[key][(kind, choice)] = until
             return drafted
 
-    def latest_snapshot_key(self, launch_session_id: str) -> str | None:
-        """The snapshot this launch's suggestions were last drafted from."""
+    def latest_snapshot_key(self, visit_key: str) -> str | None:
+        """The snapshot this visit's suggestions were last drafted from (by any launch)."""
         with self._db.session() as session:
             return session.scalars(
                 select(DraftedKind.snapshot_key)
-                .where(DraftedKind.launch_session_id == launch_session_id)
+                .where(DraftedKind.visit_key == visit_key)
                 .order_by(DraftedKind.drafted_at.desc())
                 .limit(1)
             ).first()
@@ -123,20 +137,21 @@ class FeedbackStore:
     ) -> bool:
         """Persist freshly drafted kinds and their suggestions, all or nothing.
 
-        A suggestion identical to one drafted from this launch's previous snapshot (same
+        A suggestion identical to one drafted from the visit's previous snapshot (same
         kind, engine and text: the chart did not change what it says) keeps that row, so
-        its id and the clinician's decision survive a refresh of the chart. If another
-        request drafted the same kinds first, its rows stand, these are discarded and the
-        answer is False. `pending_until` names the kinds whose LLM draft is on its way
-        (their suggestions here are the rules standing in) and when it is due by.
+        its id and the clinician's decision survive a refresh of the chart and a new
+        launch of the same visit. If another request drafted the same kinds first, or
+        carried the same rows, its rows stand, these are discarded and the answer is False.
+        `pending_until` names the kinds whose LLM draft is on its way (their suggestions
+        here are the rules standing in) and when it is due by.
         """
         pending = pending_until or {}
-        previous_key = self.latest_snapshot_key(by.launch_session_id)
+        previous_key = self.latest_snapshot_key(by.visit_key)
         try:
             with self._db.session() as session:
                 last = session.scalar(
                     select(func.max(ShownSuggestion.position)).where(
-                        ShownSuggestion.launch_session_id == by.launch_session_id,
+                        ShownSuggestion.visit_key == by.visit_key,
                         ShownSuggestion.snapshot_key == by.snapshot_key,
                     )
                 )
@@ -145,6 +160,7 @@ class FeedbackStore:
                 session.add_all(
                     DraftedKind(
                         launch_session_id=by.launch_session_id,
+                        visit_key=by.visit_key,
                         snapshot_key=by.snapshot_key,
                         kind=kind,
                         choice=choice,
@@ -159,14 +175,10 @@ class FeedbackStore:
                     choice = choices.get(s.kind, "")
                     matches = earlier.get((s.kind, choice, s.engine.name, s.engine.version, s.text))
                     if matches:
-                        row = matches.pop(0)
-                        row.snapshot_key, row.position = by.snapshot_key, position
-                        row.statements = [st.to_json() for st in s.statements]
-                        row.citations = [c.to_json() for c in s.citations]
-                        row.verification = s.verification.to_json() if s.verification else {}
+                        self._carry(session, matches.pop(0), by, s, position, previous_key)
                         continue
                     session.add(_new_row(by, s, choice=choice, position=position, now=now))
-        except IntegrityError:
+        except (IntegrityError, _CarriedElsewhere):
             return False
         return True
 
@@ -209,7 +221,7 @@ class FeedbackStore:
                 return False
             newest = session.scalar(
                 select(func.max(DraftedKind.snapshot_key)).where(
-                    DraftedKind.launch_session_id == by.launch_session_id,
+                    DraftedKind.visit_key == by.visit_key,
                     DraftedKind.snapshot_key != "unknown",
                 )
             )
@@ -219,7 +231,7 @@ class FeedbackStore:
                 session.scalars(
                     select(ShownSuggestion)
                     .where(
-                        ShownSuggestion.launch_session_id == by.launch_session_id,
+                        ShownSuggestion.visit_key == by.visit_key,
                         ShownSuggestion.snapshot_key == by.snapshot_key,
                         ShownSuggestion.kind == kind,
                         ShownSuggestion.choice == choice,
@@ -232,7 +244,7 @@ class FeedbackStore:
                 same.setdefault((row.engine_name, row.engine_version, row.text), []).append(row)
             last = session.scalar(
                 select(func.max(ShownSuggestion.position)).where(
-                    ShownSuggestion.launch_session_id == by.launch_session_id,
+                    ShownSuggestion.visit_key == by.visit_key,
                     ShownSuggestion.snapshot_key == by.snapshot_key,
                 )
             )
@@ -275,6 +287,37 @@ class FeedbackStore:
             return True
 
     @staticmethod
+    def _carry(
+        session: Session,
+        row: ShownSuggestion,
+        by: ShownBy,
+        s: Suggestion,
+        position: int,
+        previous_key: str | None,
+    ) -> None:
+        """Move a row (its id, shown time and decisions) to the new snapshot.
+
+        Conditional on it still being where it was read: two launches of one visit
+        drafting at once must not both take it (the second is discarded, and drafts again
+        from the first one's snapshot on its next request).
+        """
+        moved: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            update(ShownSuggestion)
+            .where(ShownSuggestion.id == row.id, ShownSuggestion.snapshot_key == previous_key)
+            .values(
+                launch_session_id=by.launch_session_id,
+                snapshot_key=by.snapshot_key,
+                position=position,
+                statements=[st.to_json() for st in s.statements],
+                citations=[c.to_json() for c in s.citations],
+                verification=s.verification.to_json() if s.verification else {},
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount != 1:
+            raise _CarriedElsewhere
+
+    @staticmethod
     def _carryable(
         session: Session, by: ShownBy, previous_key: str | None, choices: Mapping[str, str]
     ) -> dict[tuple[str, str, str, str, str], list[ShownSuggestion]]:
@@ -283,7 +326,7 @@ class FeedbackStore:
         rows = session.scalars(
             select(ShownSuggestion)
             .where(
-                ShownSuggestion.launch_session_id == by.launch_session_id,
+                ShownSuggestion.visit_key == by.visit_key,
                 ShownSuggestion.snapshot_key == previous_key,
                 ShownSuggestion.kind.in_(list(choices)),
             )
@@ -297,21 +340,34 @@ class FeedbackStore:
             found.setdefault(key, []).append(row)
         return found
 
-    def get(self, launch_session_id: str, suggestion_id: str) -> ShownSuggestion:
+    def rows(self, visit_key: str, ids: Sequence[str]) -> list[ShownSuggestion]:
+        """This visit's rows with these ids (e.g. the suggestions a saved draft used)."""
+        if not ids:
+            return []
+        with self._db.session() as session:
+            return list(
+                session.scalars(
+                    select(ShownSuggestion)
+                    .where(ShownSuggestion.visit_key == visit_key, ShownSuggestion.id.in_(ids))
+                    .options(selectinload(ShownSuggestion.decisions))
+                )
+            )
+
+    def get(self, visit_key: str, suggestion_id: str) -> ShownSuggestion:
         with self._db.session() as session:
             row = session.scalars(
                 select(ShownSuggestion)
                 .where(ShownSuggestion.id == suggestion_id)
                 .options(selectinload(ShownSuggestion.decisions))
             ).first()
-            # Another launch's suggestion is reported as absent, not forbidden: no probing.
-            if row is None or row.launch_session_id != launch_session_id:
-                raise NotFound("No such suggestion in this launch.")
+            # Another visit's suggestion is reported as absent, not forbidden: no probing.
+            if row is None or row.visit_key != visit_key:
+                raise NotFound("No such suggestion in this visit.")
             return row
 
     def decide(
         self,
-        launch_session_id: str,
+        visit_key: str,
         suggestion_id: str,
         *,
         action: str,
@@ -337,16 +393,15 @@ class FeedbackStore:
             marked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(ShownSuggestion)
                 .where(
-                    ShownSuggestion.id == suggestion_id,
-                    ShownSuggestion.launch_session_id == launch_session_id,
+                    ShownSuggestion.id == suggestion_id, ShownSuggestion.visit_key == visit_key
                 )
                 .values(decided_at=now)
                 .execution_options(synchronize_session=False)
             )
             row = session.get(ShownSuggestion, suggestion_id) if marked.rowcount else None
-            if row is None or row.launch_session_id != launch_session_id:
+            if row is None or row.visit_key != visit_key:
                 raise NotFound(
-                    "No such suggestion in this launch (an AI draft may have replaced it: "
+                    "No such suggestion in this visit (an AI draft may have replaced it: "
                     "reload the suggestions)."
                 )
             final_text = text if action == "edit" else (row.text if action == "accept" else None)
@@ -387,6 +442,7 @@ def _new_row(
 ) -> ShownSuggestion:
     return ShownSuggestion(
         launch_session_id=by.launch_session_id,
+        visit_key=by.visit_key,
         snapshot_key=by.snapshot_key,
         site=by.site,
         fhir_user=by.fhir_user,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartapp.db import Base, UTCDateTime, utcnow
@@ -36,10 +36,15 @@ class SavedNote(Base):
     __tablename__ = "saved_note"
     __table_args__ = (
         Index("ix_note_launch", "launch_session_id"),
+        # One draft per visit: two tabs saving at once cannot make two notes.
+        UniqueConstraint("visit_key", name="uq_note_visit"),
         Index("ix_note_status", "status", "next_attempt_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    #: The visit's key (smartapp.notes.visits): its one draft, whatever launch saves it.
+    visit_key: Mapped[str] = mapped_column(String(64))
+    #: The launch that saved it last: the outbox sends it with that launch's token.
     launch_session_id: Mapped[str] = mapped_column(String(64))
     site: Mapped[str] = mapped_column(String(512))
     patient_id: Mapped[str] = mapped_column(String(128))
@@ -49,7 +54,7 @@ class SavedNote(Base):
     suggestion_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     engines: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    #: Saving again in the same launch revises this note: the same draft in the chart.
+    #: Saving again (in any launch of the visit) revises this note: the same draft in the chart.
     revision: Mapped[int] = mapped_column(Integer, default=1)
     #: The revision whose DocumentReference (and then Provenance) the EHR has.
     document_revision: Mapped[int] = mapped_column(Integer, default=0)
@@ -63,6 +68,8 @@ class SavedNote(Base):
     last_error: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    #: When the clinician last saved it (updated_at also moves as the outbox delivers it).
+    saved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: When the launch that saved it began: "launch to saved note" in the metrics.
     launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -85,4 +92,5 @@ class SavedNote(Base):
             else None,
             "createdAt": self.created_at.isoformat(),
             "updatedAt": self.updated_at.isoformat() if self.updated_at else None,
+            "savedAt": (self.saved_at or self.created_at).isoformat(),
         }

@@ -12,15 +12,17 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import IntegrityError
 
 from smartapp import audit
 from smartapp.db import Database, utcnow
 from smartapp.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     RelaunchRequired,
@@ -35,6 +37,7 @@ from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, Drafts, NotEnabled
 from smartapp.notes.models import SavedNote
 from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
+from smartapp.notes.visits import Visit, visit_of
 from smartapp.notes.writeback import (
     WrittenNote,
     revise_document,
@@ -50,6 +53,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_NOTE_CHARS = 50_000
+#: Saves of one visit's note that may collide (tabs saving at once) before giving up.
+SAVE_ATTEMPTS = 5
+
+
+class _SavedMeanwhile(Exception):
+    """The visit's note was revised between reading it and writing this revision."""
 
 
 class SnapshotSource(Protocol):
@@ -103,8 +112,10 @@ class SidebarService:
         fhir_for: Callable[[LaunchContext], FHIRClient],
         on_decision: DecisionHook | None = None,
         pulse_every: Callable[[str], int] = lambda _iss: 0,
+        visit_timezone: Callable[[str], tzinfo] = lambda _iss: UTC,
     ) -> None:
         self._db = database
+        self._visit_timezone = visit_timezone
         self._pulse_every = pulse_every
         self._snapshots = snapshots
         self._drafter = drafter
@@ -112,6 +123,10 @@ class SidebarService:
         self.feedback = FeedbackStore(database, on_decision=on_decision)
 
     # -- reading -------------------------------------------------------------------
+
+    def visit(self, launch: LaunchContext) -> Visit:
+        """The visit this launch works on: its decisions and draft are the visit's."""
+        return visit_of(launch, timezone=self._visit_timezone(launch.iss))
 
     def chart(self, launch: LaunchContext) -> ChartSnapshot:
         return self._snapshots.snapshot(launch)
@@ -134,15 +149,20 @@ class SidebarService:
         the audit event.
         """
         snapshot = self._snapshots.snapshot(launch, refresh=refresh)
-        drafted_by_key = self.feedback.drafted_by_snapshot(launch.session_id)
+        visit = self.visit(launch)
+        drafted_by_key = self.feedback.drafted_by_snapshot(visit.key)
         newest = max((k for k in drafted_by_key if k != "unknown"), default=None)
         key = snapshot_key(snapshot)
         if not refresh and newest is not None and key != "unknown" and newest > key:
             # Another process read the chart again for this launch: use its snapshot.
             snapshot = self._snapshots.snapshot(launch, reread=True)
             key = snapshot_key(snapshot)
+            if newest > key:
+                # Another launch of this visit (a second tab) read the chart later: show
+                # its suggestions, so that both tabs decide on the same rows.
+                key = newest
         plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
-        by = self._shown_by(launch, key)
+        by = self._shown_by(launch, visit, key)
         drafted = drafted_by_key.get(key, {})
         now = utcnow()
         pending = {
@@ -201,12 +221,12 @@ class SidebarService:
             log.error("storing the LLM's drafts of %s failed: %s", kind, type(exc).__name__)
 
     def pending(self, launch: LaunchContext) -> tuple[str, ...]:
-        """The kinds of this launch's newest drafts whose LLM draft is still on its way.
+        """The kinds of this visit's newest drafts whose LLM draft is still on its way.
 
         One statement beside the launch's: the sidebar asks this while it waits, and
         reads the suggestions again only when something arrived.
         """
-        drafted = self.feedback.drafted_by_snapshot(launch.session_id)
+        drafted = self.feedback.drafted_by_snapshot(self.visit(launch).key)
         newest = max((k for k in drafted if k != "unknown"), default=None)
         if newest is None:
             return ()
@@ -215,9 +235,11 @@ class SidebarService:
             sorted({kind for (kind, _), until in drafted[newest].items() if until and until > now})
         )
 
-    def _shown_by(self, launch: LaunchContext, key: str) -> ShownBy:
+    @staticmethod
+    def _shown_by(launch: LaunchContext, visit: Visit, key: str) -> ShownBy:
         return ShownBy(
             launch_session_id=launch.session_id,
+            visit_key=visit.key,
             snapshot_key=key,
             site=launch.iss,
             fhir_user=launch.fhir_user,
@@ -233,16 +255,25 @@ class SidebarService:
 
     # -- saving the note -------------------------------------------------------------
 
+    def current_rows(self, launch: LaunchContext) -> list[ShownSuggestion]:
+        """The visit's suggestions now shown (its latest snapshot, governance's current plan)."""
+        visit = self.visit(launch)
+        latest_key = self.feedback.latest_snapshot_key(visit.key)
+        if latest_key is None:
+            return []
+        plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
+        return self._visible(self.feedback.shown(self._shown_by(launch, visit, latest_key)), plan)
+
+    def decide(self, launch: LaunchContext, suggestion_id: str, **decision: Any) -> None:
+        """Record a decision on one of this visit's suggestions (any launch of it may)."""
+        self.feedback.decide(self.visit(launch).key, suggestion_id, **decision)
+
     def assemble_note(self, launch: LaunchContext) -> tuple[str, list[ShownSuggestion]]:
         """The note from the accepted and edited suggestions now shown, in order.
 
         Suggestions governance has since withdrawn (a kill switch) stay out of the note.
         """
-        latest_key = self.feedback.latest_snapshot_key(launch.session_id)
-        if latest_key is None:
-            return "", []
-        plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
-        rows = self._visible(self.feedback.shown(self._shown_by(launch, latest_key)), plan)
+        rows = self.current_rows(launch)
         sections: list[str] = []
         used: list[ShownSuggestion] = []
         for row in rows:
@@ -257,8 +288,10 @@ class SidebarService:
     def save_note(self, launch: LaunchContext, *, text: str | None = None) -> SaveResult:
         """Keep the note here, then try to put it in the chart.
 
-        Saving again in the same launch revises the same note (one draft in the chart,
-        updated), so a clinician who accepts one more suggestion does not get two notes.
+        Saving again, in this launch or any later one of the same visit (another tab, the
+        chart reopened), revises the visit's one note: one draft in the chart, updated in
+        place until it is signed, so a clinician who accepts one more suggestion does not
+        get two notes. Two saves at once are serialised by the store (see _store_note).
         """
         if not launch.scopes.allows("DocumentReference", "c"):
             raise Forbidden(
@@ -281,49 +314,90 @@ class SidebarService:
         if len(body) > MAX_NOTE_CHARS:
             raise BadRequest(f"The note is longer than {MAX_NOTE_CHARS} characters.")
         engines = [list(e) for e in sorted({(r.engine_name, r.engine_version) for r in used})]
-        with self._db.session() as session:
-            note = session.scalars(
-                select(SavedNote)
-                .where(
-                    SavedNote.launch_session_id == launch.session_id,
-                    SavedNote.patient_id == launch.patient_id,
-                    SavedNote.status != "failed",
-                )
-                .order_by(SavedNote.created_at.desc())
-                .limit(1)
-            ).first()
-            if note is None:
-                note = SavedNote(
-                    launch_session_id=launch.session_id,
-                    site=launch.iss,
-                    patient_id=launch.patient_id,
-                    encounter_id=launch.encounter_id,
-                    fhir_user=launch.fhir_user,
-                    created_at=utcnow(),
-                    revision=1,
-                )
-                session.add(note)
-            elif note.text == body and note.chart_revision == note.revision:
-                # Nothing changed since the chart got it: no new version, no new Provenance.
-                return SaveResult(note=note, written=self._written(note))
-            else:
-                note.revision += 1
-            note.text = body
-            measured = composition(body, _contributions(used))
-            note.launched_at = note.launched_at or launch.created_at
-            note.chars_total, note.chars_accepted = measured.total, measured.accepted
-            note.chars_edited, note.edits = measured.edited, measured.edits
-            note.suggestion_ids = [r.id for r in used]
-            note.engines = engines
-            note.status = "pending"
-            note.next_attempt_at = None
-            session.flush()
-            note_id = note.id
+        visit = self.visit(launch)
+        for _ in range(SAVE_ATTEMPTS):
+            try:
+                note_id, unchanged = self._store_note(launch, visit, body, used, engines)
+                break
+            except (IntegrityError, _SavedMeanwhile):
+                # Another tab saved this visit's note between our read and our write:
+                # read it again and revise it (never a second note for the visit).
+                continue
+        else:
+            raise Conflict("The note is being saved from another window; save again.")
+        if unchanged is not None:
+            return SaveResult(note=unchanged, written=self._written(unchanged))
         written = self.deliver(note_id, client=self._fhir_for(launch))
         with self._db.session() as session:
             refreshed = session.get(SavedNote, note_id)
             assert refreshed is not None
         return SaveResult(note=refreshed, written=written)
+
+    def _store_note(
+        self,
+        launch: LaunchContext,
+        visit: Visit,
+        body: str,
+        used: list[ShownSuggestion],
+        engines: list[list[str]],
+    ) -> tuple[str, SavedNote | None]:
+        """Create the visit's note or revise it; (its id, the note if nothing changed).
+
+        The revision is a compare-and-set on the revision read, and the first note of a
+        visit is held to one by `uq_note_visit`: a concurrent save makes this one raise,
+        and the caller reads the note again.
+        """
+        measured = composition(body, _contributions(used))
+        now = utcnow()
+        values: dict[str, Any] = {
+            "text": body,
+            "launch_session_id": launch.session_id,
+            "chars_total": measured.total,
+            "chars_accepted": measured.accepted,
+            "chars_edited": measured.edited,
+            "edits": measured.edits,
+            "suggestion_ids": [r.id for r in used],
+            "engines": engines,
+            "status": "pending",
+            "next_attempt_at": None,
+            "saved_at": now,
+        }
+        with self._db.session() as session:
+            note = session.scalars(
+                select(SavedNote).where(SavedNote.visit_key == visit.key)
+            ).first()
+            if note is None:
+                note = SavedNote(
+                    visit_key=visit.key,
+                    site=launch.iss,
+                    patient_id=launch.patient_id or "",
+                    encounter_id=launch.encounter_id,
+                    fhir_user=launch.fhir_user,
+                    created_at=now,
+                    revision=1,
+                    launched_at=launch.created_at,
+                    **values,
+                )
+                session.add(note)
+                session.flush()
+                return note.id, None
+            if note.text == body and note.chart_revision == note.revision:
+                # Nothing changed since the chart got it: no new version, no new Provenance.
+                return note.id, note
+            revised: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(SavedNote)
+                .where(SavedNote.id == note.id, SavedNote.revision == note.revision)
+                .values(
+                    revision=note.revision + 1,
+                    launched_at=note.launched_at or launch.created_at,
+                    updated_at=now,
+                    **values,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if revised.rowcount != 1:
+                raise _SavedMeanwhile
+            return note.id, None
 
     @staticmethod
     def _written(note: SavedNote) -> WrittenNote | None:
@@ -512,8 +586,9 @@ class SidebarService:
             answer(session, body, site=launch.iss, fhir_user=launch.fhir_user, now=utcnow())
 
     def notes(self, launch: LaunchContext) -> list[dict[str, Any]]:
+        visit_key = self.visit(launch).key
         with self._db.session() as session:
-            # This launch's notes, and this clinician's notes for this patient that an
+            # This visit's note, and this clinician's notes for this patient that an
             # earlier launch left waiting (sent with this one by the outbox), still waiting
             # or delivered since this launch began.
             earlier_waiting = (
@@ -530,10 +605,48 @@ class SidebarService:
             )
             rows = session.scalars(
                 select(SavedNote)
-                .where((SavedNote.launch_session_id == launch.session_id) | earlier_waiting)
+                .where((SavedNote.visit_key == visit_key) | earlier_waiting)
                 .order_by(SavedNote.created_at)
             )
             return [r.to_json() for r in rows]
+
+    def visit_state(self, launch: LaunchContext) -> dict[str, Any]:
+        """The visit, its saved draft, and what changed in the suggestions since it was saved.
+
+        `changes.new`: suggestions shown after the draft was saved and not decided yet (the
+        chart changed, or governance turned a kind on); `changes.removed`: suggestions the
+        draft used that the chart no longer gives (their text changed or they are gone).
+        """
+        visit = self.visit(launch)
+        state: dict[str, Any] = {**visit.to_json(), "draft": None, "changes": None}
+        with self._db.session() as session:
+            note = session.scalars(
+                select(SavedNote).where(SavedNote.visit_key == visit.key)
+            ).first()
+        if note is None:
+            return state
+        saved_at = note.saved_at or note.created_at
+        current = self.current_rows(launch)
+        current_ids = {r.id for r in current}
+        used = {r.id: r for r in self.feedback.rows(visit.key, note.suggestion_ids)}
+        state["draft"] = {
+            **note.to_json(),
+            "text": note.text,
+            "sections": [
+                {"suggestion": sid, "title": used[sid].title}
+                for sid in note.suggestion_ids
+                if sid in used
+            ],
+        }
+        state["changes"] = {
+            "new": [r.id for r in current if r.latest_decision() is None and r.shown_at > saved_at],
+            "removed": [
+                {"id": sid, "kind": used[sid].kind, "title": used[sid].title}
+                for sid in note.suggestion_ids
+                if sid in used and sid not in current_ids
+            ],
+        }
+        return state
 
 
 def _contributions(used: list[ShownSuggestion]) -> list[Contribution]:

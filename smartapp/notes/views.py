@@ -154,8 +154,8 @@ def feedback(suggestion_id: str) -> Response:
     action_count = body.get("actions", 1)
     if not isinstance(action_count, int) or isinstance(action_count, bool):
         action_count = 1
-    _service().feedback.decide(
-        launch.session_id,
+    _service().decide(
+        launch,
         suggestion_id,
         action=str(body.get("action", "")),
         text=body.get("text"),
@@ -201,7 +201,9 @@ def pulse() -> Response:
 
 @bp.get("/api/notes")
 def notes() -> Response:
-    return jsonify({"notes": _service().notes(current_launch())})
+    """This visit's note (and notes an earlier launch left waiting), and the visit's draft."""
+    launch = current_launch()
+    return jsonify({"notes": _service().notes(launch), "visit": _service().visit_state(launch)})
 
 
 @bp.get("/api/resources/<resource_type>/<resource_id>")

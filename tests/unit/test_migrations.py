@@ -53,3 +53,39 @@ def test_migrated_audit_table_refuses_updates(empty_db):
         )
     with pytest.raises(Exception, match="append-only"), empty_db.engine.begin() as connection:
         connection.execute(text("UPDATE audit_event SET action = 'forged' WHERE id = 'a1'"))
+
+
+def test_visits_migration_gives_existing_notes_and_suggestions_keys_of_their_own(empty_db):
+    """Two notes of one launch (the first failed) both survive 0007's UNIQUE visit key."""
+    from alembic import command
+
+    with empty_db.engine.begin() as connection:
+        command.upgrade(empty_db.alembic_config(connection), "0006")
+        for note_id in ("n1", "n2"):
+            connection.execute(
+                text(
+                    "INSERT INTO saved_note (id, launch_session_id, site, patient_id, text, "
+                    "suggestion_ids, engines, status, revision, document_revision, "
+                    "chart_revision, attempts, created_at, updated_at) VALUES (:id, :launch, "
+                    "'http://ehr/fhir', 'p1', 'note', '[]', '[]', 'failed', 1, 0, 0, 1, "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"id": note_id, "launch": "a" * 64},
+            )
+        connection.execute(
+            text(
+                "INSERT INTO drafted_kind (launch_session_id, snapshot_key, kind, choice, "
+                "drafted_at) VALUES (:launch, 'k', 'allergies', '', CURRENT_TIMESTAMP)"
+            ),
+            {"launch": "a" * 64},
+        )
+    empty_db.upgrade()
+    with empty_db.engine.connect() as connection:
+        notes = connection.execute(text("SELECT visit_key FROM saved_note ORDER BY id")).all()
+        drafted = connection.execute(text("SELECT visit_key FROM drafted_kind")).scalar_one()
+    assert [k for (k,) in notes] == ["note:n1", "note:n2"]
+    assert drafted == "launch:" + "a" * 56
+    unique = [
+        c["column_names"] for c in inspect(empty_db.engine).get_unique_constraints("saved_note")
+    ]
+    assert ["visit_key"] in unique

@@ -54,6 +54,20 @@ def test_example_file_loads_cleanly():
     assert site.kind("care_gaps") == KindConfig(kind="care_gaps", engine="llm", style="prose")
     assert (site.care_gaps.bp_systolic, site.care_gaps.bp_diastolic) == (130, 80)
     assert site.care_gaps.hba1c_interval_months == 6  # merged from the defaults
+    assert default.visit_timezone == "UTC"
+
+
+def test_a_site_names_the_time_zone_of_its_visits(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [sites."https://ehr.example.org/fhir".visits]
+        timezone = "America/Chicago"
+        """,
+    )
+    config = load_site_config(path)
+    assert config.for_issuer("https://ehr.example.org/fhir").visit_timezone == "America/Chicago"
+    assert config.default.visit_timezone == "UTC"
 
 
 def test_good_file_with_per_issuer_override(tmp_path):
@@ -200,6 +214,13 @@ def test_good_file_with_per_issuer_override(tmp_path):
             detail = "concise
             """,
             "site.toml line 3: not valid TOML",
+        ),
+        (
+            """
+            [visits]
+            timezone = "Mars/Olympus_Mons"
+            """,
+            "site.toml line 2: visits.timezone: 'Mars/Olympus_Mons' is not an IANA time zone",
         ),
     ],
 )

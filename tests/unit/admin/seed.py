@@ -62,6 +62,7 @@ def add_suggestion(
     row = ShownSuggestion(
         id=f"s{number:03d}",
         launch_session_id=f"launch-{number}",
+        visit_key=f"visit-{number}",
         snapshot_key="k",
         site=seeded.site,
         fhir_user="Practitioner/9",
@@ -101,6 +102,7 @@ def seed_feedback(session: Session) -> None:
     session.add_all(
         [
             SavedNote(
+                visit_key="visit-1",
                 launch_session_id="launch-1",
                 site=SITE_A,
                 patient_id="p1",
@@ -116,6 +118,7 @@ def seed_feedback(session: Session) -> None:
                 chars_edited=50,
             ),
             SavedNote(
+                visit_key="visit-7",
                 launch_session_id="launch-7",
                 site=SITE_B,
                 patient_id="p2",

@@ -17,6 +17,7 @@ from tests.conftest import test_database_url
 ENDPOINT = "http://engine.test/cds-services/smartapp-drafts/feedback"
 BY = ShownBy(
     launch_session_id="s1",
+    visit_key="s1",
     snapshot_key="k",
     site="http://ehr/fhir",
     fhir_user=None,

@@ -15,6 +15,7 @@ from tests.conftest import test_database_url
 ENGINE = EngineInfo(name="builtin-rules", version="1.0.0", rule_based=True)
 BY = ShownBy(
     launch_session_id="s1",
+    visit_key="s1",
     snapshot_key="k1",
     site="http://ehr/fhir",
     fhir_user="Practitioner/1",

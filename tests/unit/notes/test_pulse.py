@@ -9,6 +9,7 @@ import pytest
 
 from smartapp.db import Database
 from smartapp.errors import BadRequest, NotFound
+from smartapp.feedback.models import new_id
 from smartapp.notes.models import SavedNote
 from smartapp.notes.pulse import PulseResponse, answer, maybe_ask
 
@@ -26,8 +27,8 @@ def db(tmp_path: Path):
 
 def save(s, user="Practitioner/1", revision=1):
     note = SavedNote(
-        launch_session_id="l1", site=SITE, patient_id="p1", fhir_user=user, text="n",
-        revision=revision,
+        visit_key=new_id(), launch_session_id="l1", site=SITE, patient_id="p1",
+        fhir_user=user, text="n", revision=revision,
     )  # fmt: skip
     s.add(note)
     s.flush()

@@ -1,7 +1,7 @@
 """The LLM's drafts arrive after the rules': which kinds are on their way, when a card was decided.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02 15:40:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import smartapp.db
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
