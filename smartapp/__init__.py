@@ -10,9 +10,10 @@ from smartapp.suggestions.registry import SuggestionService
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
-    from smartapp import admin, db, errors, logging_setup, observability, security, web
+    from smartapp import admin, db, errors, jsonbody, logging_setup, observability, security, web
 
     settings = settings or Settings.from_env()
+    settings.require_public_url()
     app = Flask(
         __name__,
         instance_path=str(settings.instance_path),
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app, db.Database(settings.database_url))
     observability.init_app(app)
     errors.init_app(app)
+    jsonbody.init_app(app)
     security.init_app(app)
     web.init_app(app)
 
@@ -46,13 +48,12 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     """Compose the clinician's flow: chart source, engines, feedback, outbox."""
     from zoneinfo import ZoneInfo
 
-    import requests
-
     from smartapp.db import get_database
     from smartapp.feedback.forwarding import FeedbackForwarder
     from smartapp.feedback.models import ShownSuggestion
     from smartapp.fhir.cache import SnapshotCache
     from smartapp.fhir.parsing import warm_up
+    from smartapp.httplimits import limited_session
     from smartapp.notes import views as notes_views
     from smartapp.notes.chart_source import LaunchChartSource
     from smartapp.notes.drafting import GovernedDrafter
@@ -68,7 +69,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         settings=settings,
         services=get_services(app),
         cache=cache,
-        http=requests.Session(),
+        http=limited_session(),
         on_chart_loaded=lambda seconds, trips: metrics.chart_loaded(
             seconds=seconds, round_trips=trips
         ),

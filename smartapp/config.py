@@ -134,6 +134,10 @@ class Settings:
     snapshot_ttl_seconds: int = 300
     #: Most pages followed per search before a result set is reported as truncated.
     max_pages: int = 20
+    #: Seconds one FHIR request may take in all (connect, answer, retries): SMARTAPP_FHIR_DEADLINE.
+    fhir_deadline_seconds: int = 30
+    #: The largest FHIR answer read, in MiB (SMARTAPP_FHIR_MAX_MB): larger ones are refused.
+    fhir_max_response_mb: int = 32
     #: "json" (one object per line, with the request id) or "text".
     log_format: str = "json"
     static_folder: Path = PROJECT_ROOT / "static"
@@ -142,6 +146,19 @@ class Settings:
     def __repr__(self) -> str:
         """Every setting but the secrets (shown as '***') and the database password."""
         return _settings_repr(self)
+
+    def require_public_url(self) -> None:
+        """The app's own URLs (redirect_uri above all) come from SMARTAPP_PUBLIC_URL.
+
+        Built from the request's Host header instead, anyone who can send the app a Host
+        (a proxy left open, a DNS rebinding) would choose where the EHR sends the code.
+        The sandbox, on loopback only, may go without.
+        """
+        if not self.public_url and not self.sandbox_mode:
+            raise ConfigError(
+                "SMARTAPP_PUBLIC_URL is not set: give the app's external base URL "
+                "(e.g. https://smartapp.hospital.org), from which its redirect URI is built"
+            )
 
     @classmethod
     def from_env(
@@ -188,6 +205,12 @@ class Settings:
         public_url = environ.get("SMARTAPP_PUBLIC_URL") or None
         if public_url:
             public_url = public_url.rstrip("/")
+            parts = urlsplit(public_url)
+            if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
+                raise ConfigError(
+                    f"SMARTAPP_PUBLIC_URL={public_url!r} is not an absolute http(s) base URL "
+                    "(e.g. https://smartapp.hospital.org)"
+                )
 
         frame_ancestors = _split_list(environ.get("SMARTAPP_FRAME_ANCESTORS"))
         if not frame_ancestors:
@@ -237,6 +260,20 @@ class Settings:
                 20,
                 minimum=1,
                 means=" (pages followed per search; 1 reads the first page only)",
+            ),
+            fhir_deadline_seconds=_whole_number(
+                environ,
+                "SMARTAPP_FHIR_DEADLINE",
+                30,
+                minimum=1,
+                means=" (seconds one FHIR request may take, retries included)",
+            ),
+            fhir_max_response_mb=_whole_number(
+                environ,
+                "SMARTAPP_FHIR_MAX_MB",
+                32,
+                minimum=1,
+                means=" (MiB: the largest FHIR answer the app reads)",
             ),
             sandbox_mode=sandbox_issuer is not None,
         )

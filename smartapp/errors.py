@@ -15,6 +15,7 @@
     └── UpstreamError              the EHR's FHIR server
         ├── TemporaryUpstreamError 503 could be retried (timeouts, 5xx, 429)
         └── FatalUpstreamError     502 retrying will not help (4xx, bad response)
+            ├── ChartTooLarge      502 an answer over the size cap (SMARTAPP_FHIR_MAX_MB)
             └── RelaunchRequired   401 the token was refused and could not be refreshed
 
 Messages never carry a token, a secret or patient data: they are shown and logged.
@@ -131,6 +132,13 @@ class FatalUpstreamError(UpstreamError):
 
     status_code = 502
     code = "ehr_error"
+
+
+class ChartTooLarge(FatalUpstreamError):
+    """An answer from the EHR was larger than the cap: it was not read, and nothing was kept."""
+
+    code = "chart_too_large"
+    default_message = "The chart is too large to read in one go."
 
 
 class RelaunchRequired(FatalUpstreamError):

@@ -112,6 +112,8 @@ class LLMConfig:
     api_version: str | None = None
     temperature: float = 0.0
     max_observations_per_code: int = 3
+    #: The largest answer read from the endpoint, in KiB; a larger one falls back to the rules.
+    max_answer_kb: int = 2048
     #: The LLM service's CDS Hooks feedback endpoint: every decision on its suggestions is
     #: forwarded there (`{baseUrl}/cds-services/{id}/feedback`). Unset: nothing is sent.
     feedback_url: str | None = None
@@ -509,6 +511,7 @@ class _Checker:
                     "api_version",
                     "temperature",
                     "max_observations_per_code",
+                    "max_answer_kb",
                     "feedback_url",
                 ),
             )
@@ -525,6 +528,7 @@ class _Checker:
                 "max_observations_per_code": self.integer(
                     section, p, "max_observations_per_code", 1, 50
                 ),
+                "max_answer_kb": self.integer(section, p, "max_answer_kb", 1, 65536),
                 "feedback_url": self.http_url(section, p, "feedback_url"),
             }
             out["llm"] = {k: v for k, v in values.items() if v is not None}

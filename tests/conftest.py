@@ -20,6 +20,8 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
         "SMARTAPP_INSTANCE_PATH": str(tmp_path / "instance"),
         "SMARTAPP_ALLOWED_ISSUERS": SANDBOX_ISS,
         "SMARTAPP_SECRET_KEY": "test-secret-key-not-for-production",
+        # The test client's own origin: production refuses to start without a public URL.
+        "SMARTAPP_PUBLIC_URL": "http://localhost",
         "SMARTAPP_DATABASE_URL": test_database_url(tmp_path),
     }
     base.update(env)

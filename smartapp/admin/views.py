@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import wraps
@@ -26,6 +25,7 @@ from flask import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from smartapp import jsonsafe
 from smartapp.admin import charts, rollout
 from smartapp.admin.auth import (
     SIGNIN_EXT,
@@ -76,6 +76,7 @@ from smartapp.audit.export import cell, to_csv, to_fhir_bundle
 from smartapp.config import Settings, normalize_issuer
 from smartapp.db import get_db, utcnow
 from smartapp.errors import AppError, BadRequest, Forbidden
+from smartapp.jsonbody import json_body
 from smartapp.security import check_csrf
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -178,10 +179,7 @@ def _bearer_challenge(response: Response) -> Response:
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("Send a JSON object with Content-Type: application/json.")
-    return body
+    return json_body()
 
 
 def _format(choices: Sequence[str]) -> str:
@@ -823,8 +821,7 @@ def _engine_step(
     step: Callable[[ChangeControl, Session, AdminUser, str | None], Any],
 ) -> Response:
     caller = _caller(changing=True)
-    body = request.get_json(silent=True)
-    body = body if isinstance(body, dict) else {}
+    body = json_body(required=False)
     reason = body_str(body, "reason", required=False)
 
     def change(s: Session) -> tuple[dict[str, Any], Any]:
@@ -852,8 +849,8 @@ def api_engine_evaluate(version_id: str) -> Response:
     report = body.get("report", body if "kinds" in body else None)
     if isinstance(report, str):
         try:
-            report = json.loads(report)
-        except ValueError:
+            report = jsonsafe.loads(report)
+        except jsonsafe.UnsafeJSON:
             raise BadRequest("report: not valid JSON.") from None
     if report is None:
         raise BadRequest("report: attach the `smartapp evaluate --json` output.")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 from smartapp.errors import (
+    ChartTooLarge,
     FatalUpstreamError,
     RelaunchRequired,
     TemporaryUpstreamError,
@@ -302,7 +303,7 @@ class _Loader:
         if batched:
             try:
                 responses = self.client.batch([BatchRequest(url=fetches[i].url) for i in batched])
-            except RelaunchRequired:
+            except (RelaunchRequired, ChartTooLarge):
                 raise
             except FatalUpstreamError:
                 # The statement said batch but the server refused it (some gateways do):
@@ -336,7 +337,8 @@ class _Loader:
             # `?…` is a page of the base itself (`[base]?_getpages=…`): no slash before it.
             separator = "" if fetch.url.startswith("?") else "/"
             resource = self.client.get_url(f"{self.client.base_url}{separator}{fetch.url}")
-        except RelaunchRequired:
+        except (RelaunchRequired, ChartTooLarge):
+            # Too large: the clinician is told so, rather than shown a chart with a hole.
             raise
         except FHIRRequestRefused as exc:
             return _Outcome(status=exc.status, error=exc)

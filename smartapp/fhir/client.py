@@ -2,7 +2,9 @@
 
 https://hl7.org/fhir/R4/http.html
 
-Every request has connect and read timeouts and carries `Accept: application/fhir+json`.
+Every request has connect and read timeouts, a total deadline (retries included: a server
+trickling its answer is cut off there) and a cap on the answer's size, and carries
+`Accept: application/fhir+json`.
 Idempotent requests (GET, PUT, a batch of reads, a create made conditional with
 `If-None-Exist`) are retried with exponential backoff and jitter on 429/502/503/504 and on
 connection errors and timeouts, honouring `Retry-After`; other POSTs (plain creates,
@@ -11,9 +13,11 @@ A 401 costs one `TokenProvider.refresh()` and one replay, then `RelaunchRequired
 
 Errors (all from `smartapp.errors`):
 
-    TemporaryUpstreamError   timeouts, refused connections, 5xx and 429 (after the retries)
+    TemporaryUpstreamError   timeouts, the deadline, refused connections, 5xx and 429 (after
+                             the retries)
     FatalUpstreamError       a bad answer: not JSON, not the resource asked for, a redirect
     ├── FHIRRequestRefused   a 4xx other than 401/429 (`.status` holds it)
+    ├── ChartTooLarge        an answer larger than the cap
     └── RelaunchRequired     401 after the refresh, or the refresh itself refused
 
 Messages and log lines name the method and the resource type only: never a token, never
@@ -38,7 +42,13 @@ from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
 import requests
 
-from smartapp.errors import FatalUpstreamError, RelaunchRequired, TemporaryUpstreamError
+from smartapp import httplimits
+from smartapp.errors import (
+    ChartTooLarge,
+    FatalUpstreamError,
+    RelaunchRequired,
+    TemporaryUpstreamError,
+)
 from smartapp.fhir.auth import TokenProvider
 from smartapp.fhir.snapshot import reference_key
 
@@ -49,6 +59,10 @@ FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: How long a server's CapabilityStatement is reused, across clients and launches.
 CAPABILITIES_TTL_SECONDS = 300.0
+#: The whole of one request, retries and their waits included (SMARTAPP_FHIR_DEADLINE).
+DEFAULT_DEADLINE_SECONDS = 30.0
+#: The largest answer read (SMARTAPP_FHIR_MAX_MB): a chart page is far smaller.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 #: R4 allows 64 characters, but some EHRs (Epic) issue longer ids; the characters are what
@@ -183,6 +197,10 @@ def _parse_status(value: Any) -> int:
     return 0
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -214,6 +232,8 @@ class FHIRClient:
         max_retries: int = 3,
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
+        deadline: float = DEFAULT_DEADLINE_SECONDS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -225,14 +245,18 @@ class FHIRClient:
             raise ValueError("base_url must not have a query or fragment")
         if max_retries < 0 or backoff_base < 0 or backoff_cap < 0:
             raise ValueError("max_retries, backoff_base and backoff_cap must not be negative")
+        if deadline <= 0 or max_response_bytes < 1:
+            raise ValueError("deadline and max_response_bytes must be positive")
         self.base_url = base
         self._base_origin = _origin(base)
         self._base_path = parts.path.rstrip("/")
         self._tokens = tokens
-        self._session = session or requests.Session()
+        self._session = session or httplimits.limited_session()
         self._owns_session = session is None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.deadline = deadline
+        self.max_response_bytes = max_response_bytes
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -359,6 +383,8 @@ class FHIRClient:
         token = self._tokens.access_token()
         refreshed = False
         attempt = 0
+        # One deadline for the request, its retries and their waits: the clinician is waiting.
+        deadline = time.monotonic() + self.deadline
         while True:
             request_headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {token}"}
             if data is not None:
@@ -366,15 +392,32 @@ class FHIRClient:
             request_headers.update(headers or {})
             self._count()
             try:
-                response = self._session.request(
+                response = httplimits.send(
+                    self._session,
                     method,
                     url,
+                    deadline=deadline,
+                    max_bytes=self.max_response_bytes,
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
                     data=data,
                     headers=request_headers,
-                    timeout=(self.connect_timeout, self.read_timeout),
                     # A redirect could carry the token to a host we never vetted.
                     allow_redirects=False,
                 )
+            except httplimits.DeadlineExceeded:
+                log.warning("FHIR %s: no whole answer within %.1fs", what, self.deadline)
+                raise TemporaryUpstreamError(
+                    f"The EHR's FHIR server did not answer in time ({what}: no whole answer "
+                    f"within {self.deadline:g} s, {attempt + 1} attempt(s))."
+                ) from None
+            except httplimits.ResponseTooLarge as exc:
+                log.warning("FHIR %s: answer larger than %d bytes; refused", what, exc.limit)
+                raise ChartTooLarge(
+                    f"The chart is too large to read in one go: the EHR's answer to {what} "
+                    f"was larger than {_megabytes(exc.limit)} (SMARTAPP_FHIR_MAX_MB). "
+                    "Ask your IT service desk to raise the limit."
+                ) from None
             except (
                 requests.ConnectionError,
                 requests.Timeout,
@@ -387,17 +430,18 @@ class FHIRClient:
                 )
                 if idempotent and attempt < self.max_retries:
                     delay = self._backoff(attempt)
-                    log.warning(
-                        "FHIR %s: %s, retry %d/%d in %.2fs",
-                        what,
-                        type(exc).__name__,
-                        attempt + 1,
-                        self.max_retries,
-                        delay,
-                    )
-                    self._sleep(delay)
-                    attempt += 1
-                    continue
+                    if time.monotonic() + delay < deadline:
+                        log.warning(
+                            "FHIR %s: %s, retry %d/%d in %.2fs",
+                            what,
+                            type(exc).__name__,
+                            attempt + 1,
+                            self.max_retries,
+                            delay,
+                        )
+                        self._sleep(delay)
+                        attempt += 1
+                        continue
                 # `from None`: the requests exception's text holds the full URL and query.
                 raise TemporaryUpstreamError(
                     f"The EHR's FHIR server {kind} ({what}, {type(exc).__name__}, "
@@ -418,8 +462,13 @@ class FHIRClient:
                 token = self._token_after_401(token)
                 continue
             if status in RETRY_STATUSES or status >= 500:
-                if status in RETRY_STATUSES and idempotent and attempt < self.max_retries:
-                    delay = self._retry_delay(response, attempt)
+                delay = self._retry_delay(response, attempt)
+                if (
+                    status in RETRY_STATUSES
+                    and idempotent
+                    and attempt < self.max_retries
+                    and time.monotonic() + delay < deadline
+                ):
                     log.warning(
                         "FHIR %s: HTTP %d, retry %d/%d in %.2fs",
                         what,
@@ -455,6 +504,11 @@ class FHIRClient:
         except ValueError:
             raise FatalUpstreamError(
                 f"The EHR's FHIR server answered {what} with something other than JSON."
+            ) from None
+        except RecursionError:
+            # Nesting no FHIR resource has (parsing.MAX_JSON_DEPTH skips deep ones that parse).
+            raise FatalUpstreamError(
+                f"The EHR's FHIR server answered {what} with JSON nested too deeply to read."
             ) from None
         rtype = data.get("resourceType") if isinstance(data, dict) else None
         if not isinstance(rtype, str):
@@ -613,7 +667,7 @@ class FHIRClient:
         if response.content.strip():
             try:
                 data = json.loads(response.content)
-            except ValueError:
+            except (ValueError, RecursionError):
                 data = None
             if isinstance(data, dict) and data.get("resourceType") == rtype and data.get("id"):
                 return data

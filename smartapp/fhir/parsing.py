@@ -17,6 +17,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from smartapp.fhir import quality
 from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
 
 # Far deeper than any real resource (each nested extension adds 2 levels), and well
@@ -164,7 +165,9 @@ def assemble_snapshot(
         if rtype in SNAPSHOT_TYPES:
             # Paged searches and batches can return a resource twice; keep the first.
             grouped[rtype].setdefault(rid or f"#{len(grouped[rtype])}", resource)
-    all_problems = list(problems)
+    fetched_at = fetched_at or datetime.now(UTC)
+    screened, implausible = quality.screen(grouped, fetched_at)
+    all_problems = [*problems, *implausible]
     not_granted = tuple(not_granted)
     if patient is None:
         patient = {"resourceType": "Patient", "id": patient_id}
@@ -184,9 +187,9 @@ def assemble_snapshot(
     return ChartSnapshot(
         patient=patient,
         encounter=encounter,
-        resources={t: tuple(grouped[t].values()) for t in SNAPSHOT_TYPES if grouped.get(t)},
+        resources={t: tuple(screened[t].values()) for t in SNAPSHOT_TYPES if screened.get(t)},
         problems=tuple(all_problems),
         not_granted=not_granted,
-        fetched_at=fetched_at or datetime.now(UTC),
+        fetched_at=fetched_at,
         request_count=request_count,
     )

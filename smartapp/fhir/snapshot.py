@@ -33,7 +33,8 @@ class SnapshotProblem:
 
     `code` is one of: `invalid_resource` (failed validation and was skipped),
     `truncated` (more pages than the cap), `scope_not_granted`, `search_failed`,
-    `unresolved_reference`, `wrong_patient` (the server sent another patient's resources:
+    `unresolved_reference`, `future_date` and `duplicate` (screened out by
+    `smartapp.fhir.quality`), `wrong_patient` (the server sent another patient's resources:
     dropped).
     """
 

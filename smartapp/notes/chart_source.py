@@ -50,6 +50,8 @@ class LaunchChartSource:
             launch.iss,
             tokens=SessionTokenProvider(self._services, launch.session_id),
             session=self._http,
+            deadline=float(self._settings.fhir_deadline_seconds),
+            max_response_bytes=self._settings.fhir_max_response_mb * 1024 * 1024,
         )
 
     def client_for_note(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template
 
 from smartapp.config import Settings, origin_of
 from smartapp.errors import AppError, BadRequest, NotFound
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.jsonbody import json_body
 from smartapp.notes.incomplete import chart_incomplete
 from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SidebarService
@@ -26,11 +27,12 @@ def _service() -> SidebarService:
     return service
 
 
+#: A decision takes a few clicks or keys; more than this is not a count but a bad value.
+MAX_ACTIONS = 10_000
+
+
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("Send a JSON object with Content-Type: application/json.")
-    return body
+    return json_body()
 
 
 #: Shown on a stand-in whose LLM draft never arrived (its process stopped on the way).
@@ -154,6 +156,8 @@ def feedback(suggestion_id: str) -> Response:
     action_count = body.get("actions", 1)
     if not isinstance(action_count, int) or isinstance(action_count, bool):
         action_count = 1
+    if not 0 <= action_count <= MAX_ACTIONS:
+        raise BadRequest(f"actions must be a whole number from 0 to {MAX_ACTIONS}.")
     _service().decide(
         launch,
         suggestion_id,
@@ -169,7 +173,7 @@ def feedback(suggestion_id: str) -> Response:
 @bp.post("/api/note")
 def save_note() -> tuple[Response, int]:
     launch = current_launch()
-    body = _json_body() if request.content_length else {}
+    body = json_body(required=False)
     result = _service().save_note(launch, text=body.get("text"))
     pulse = _service().pulse_for(launch, result.note.id)
     pulse_json = pulse.to_json() if pulse else None

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from smartapp import audit
-from smartapp.config import Settings
+from smartapp.config import ConfigError, Settings
 from smartapp.db import get_db
 from smartapp.security import clear_cookie, set_cookie
 from smartapp.smart import flow
@@ -57,11 +57,21 @@ def launch_scope(manifest_scope: str, *, ehr_launch: bool) -> str:
 
 
 def redirect_uri(settings: Settings) -> str:
-    """The manifest's first redirect URI, resolved against the app's public base URL."""
+    """The manifest's first redirect URI, resolved against the app's public base URL.
+
+    Never against the request's Host header outside sandbox mode: whoever sets the Host
+    would choose where the EHR sends the authorization code (`create_app` refuses to
+    start without SMARTAPP_PUBLIC_URL; this holds even if it is bypassed).
+    """
     target = settings.manifest.redirect_uris[0]
     if urlsplit(target).scheme:
         return target
-    base = settings.public_url or request.url_root
+    if settings.public_url:
+        base = settings.public_url
+    elif settings.sandbox_mode:
+        base = request.url_root
+    else:
+        raise ConfigError("SMARTAPP_PUBLIC_URL is not set: the redirect URI cannot be built")
     return base.rstrip("/") + "/" + target.lstrip("/")
 
 

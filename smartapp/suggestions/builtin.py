@@ -768,7 +768,7 @@ class BuiltinEngine:
     @staticmethod
     def _bp_control_item(facts: ChartFacts, rules: CareGapRules) -> _CareItem | None:
         """Blood pressure at or above the site's threshold at the last readings (a gap for
-        anyone); for hypertension on the list, a latest reading below it is reported met."""
+        anyone); otherwise nothing."""
         snapshot = facts.snapshot
         if not facts.newest_known("Observation"):
             # The readings read may not be the last ones (a truncated, unsorted read): the
@@ -807,30 +807,10 @@ class BuiltinEngine:
                     "Talk with your care team about it."
                 ),
             )
-        if not hypertension or not readings:
-            return None
-        latest = readings[0]
-        shown = f"{latest.text()}{_on(latest.date)}"
-        if not latest.at_or_above(rules.bp_systolic, rules.bp_diastolic):
-            text = f"Hypertension: latest blood pressure below the site's threshold — {shown}"
-            cited = list(latest.resources)
-        else:
-            # Above now, but not at every one of the last readings: not the site's gap yet.
-            below = next(
-                (r for r in readings if not r.at_or_above(rules.bp_systolic, rules.bp_diastolic)),
-                None,
-            )
-            text = f"Hypertension: latest blood pressure at or above the site's threshold — {shown}"
-            cited = list(latest.resources)
-            if below is not None:  # None: fewer readings on file than the rule looks at
-                text += f"; an earlier reading, {below.text()}{_on(below.date)}, was below it"
-                cited += below.resources
-        return _CareItem(
-            rule_id="bp_above_threshold",
-            due=False,
-            groups=frozenset({"hypertension"}),
-            statement=Statement(text=text, citations=_cite(snapshot, *cited), rule=rule),
-        )
+        # Below the site's threshold is not "at goal": the assessment and plan judges control
+        # against the patient's own goal (130/80 with diabetes or kidney disease), and a
+        # care gap saying "below the threshold" beside "above goal" contradicted it.
+        return None
 
     # -- assessment and plan ------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import requests
 
+from smartapp import httplimits
 from smartapp.fhir.readers import codings
 from smartapp.fhir.snapshot import ChartSnapshot, reference_key
 from smartapp.suggestions import facts as F
@@ -40,7 +41,8 @@ from smartapp.suggestions.kinds import KIND_DESCRIPTIONS, KIND_LABELS, KINDS
 
 log = logging.getLogger(__name__)
 
-#: An answer larger than this is not a chart summary: refuse it rather than hold it.
+#: An answer larger than this is not a chart summary: refuse it rather than hold it
+#: (`[llm] max_answer_kb` in the site file).
 MAX_ANSWER_BYTES = 2 * 1024 * 1024
 
 MAX_STATEMENTS = 60
@@ -333,6 +335,7 @@ class LLMEngine:
         api_version: str | None = None,
         temperature: float = 0.0,
         max_observations_per_code: int = 3,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
         session: requests.Session | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -345,7 +348,8 @@ class LLMEngine:
         self.api_version = api_version
         self.temperature = temperature
         self.max_observations_per_code = max_observations_per_code
-        self._session = session or requests.Session()
+        self.max_answer_bytes = max_answer_bytes
+        self._session = session or httplimits.limited_session()
         self.info = EngineInfo(name="llm", version=f"{model}@{version or 'unpinned'}")
 
     def __repr__(self) -> str:  # never show the key
@@ -455,7 +459,8 @@ class LLMEngine:
         """POST the request and read the whole answer before `deadline` (time.monotonic()).
 
         The read timeout alone bounds each wait, not the total: a server that trickles
-        its answer would otherwise keep the clinician waiting far past the timeout.
+        its answer would otherwise keep the clinician waiting far past the timeout, so the
+        connection is cut at the deadline (`smartapp.httplimits`).
         """
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
@@ -464,32 +469,28 @@ class LLMEngine:
             else:
                 headers["Authorization"] = f"Bearer {self._api_key}"
         params = {"api-version": self.api_version} if self.api_version else None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise LLMFailure("The LLM endpoint timed out", code="timeout")
         try:
-            with self._session.post(
+            response = httplimits.send(
+                self._session,
+                "POST",
                 f"{self.base_url}/chat/completions",
+                deadline=deadline,
+                max_bytes=self.max_answer_bytes,
+                connect_timeout=10.0,
+                read_timeout=self.timeout,
                 json=body,
                 headers=headers,
                 params=params,
-                timeout=(min(remaining, 10.0), remaining),
-                stream=True,
-            ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_content(16384):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if time.monotonic() > deadline:
-                        raise LLMFailure("The LLM endpoint timed out", code="timeout")
-                    if size > MAX_ANSWER_BYTES:
-                        raise LLMFailure("The LLM's answer was too long", code="bad_answer")
-                return response.status_code, b"".join(chunks)
-        except requests.Timeout as exc:
-            raise LLMFailure("The LLM endpoint timed out", code="timeout") from exc
-        except requests.RequestException as exc:
-            raise LLMFailure("The LLM endpoint could not be reached", code="unreachable") from exc
+            )
+        except httplimits.DeadlineExceeded:
+            raise LLMFailure("The LLM endpoint timed out", code="timeout") from None
+        except httplimits.ResponseTooLarge:
+            raise LLMFailure("The LLM's answer was too long", code="too_large") from None
+        except requests.Timeout:
+            raise LLMFailure("The LLM endpoint timed out", code="timeout") from None
+        except requests.RequestException:
+            raise LLMFailure("The LLM endpoint could not be reached", code="unreachable") from None
+        return response.status_code, response.content
 
     # The answer ---------------------------------------------------------------------
 

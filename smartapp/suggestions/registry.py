@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.httplimits import limited_session
 from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config, normalize_issuer
 from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.grounding import DROPPED, GroundingVerifier, verify_suggestions
@@ -166,7 +167,7 @@ class SuggestionService:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.builtin = BuiltinEngine()
-        self._session = session or requests.Session()
+        self._session = session or limited_session()
         self._clock = clock
         #: Told of every drafted kind (the app's metrics: engine latency, fallbacks).
         self.on_kinds_drafted: Callable[[Sequence[KindRun]], None] | None = None
@@ -288,6 +289,7 @@ class SuggestionService:
                 api_version=effective.llm.api_version,
                 temperature=effective.llm.temperature,
                 max_observations_per_code=effective.llm.max_observations_per_code,
+                max_answer_bytes=effective.llm.max_answer_kb * 1024,
                 session=self._session,
             )
             self._llm_engines[cache_key] = engine

@@ -134,6 +134,8 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
         "SMARTAPP_INSTANCE_PATH": str(tmp_path / "instance"),
         "SMARTAPP_ALLOWED_ISSUERS": ISS,
         "SMARTAPP_SECRET_KEY": "test-secret-key-not-for-production",
+        # The test client's own origin: production refuses to start without a public URL.
+        "SMARTAPP_PUBLIC_URL": "http://localhost",
         "SMARTAPP_DATABASE_URL": os.environ.get("SMARTAPP_TEST_DATABASE_URL")
         or f"sqlite:///{tmp_path / 'app.db'}",
     }

@@ -80,11 +80,6 @@ def test_due_items_come_first_then_what_is_up_to_date():
             ["Observation/dm1-egfr", "Condition/dm1-diabetes"],
         ),
         (
-            "Hypertension: latest blood pressure below the site's threshold — 103/66 mmHg on "
-            "2026-01-01",
-            ["Observation/dm1-bp-2026-01"],
-        ),
-        (
             "Cholesterol: lipid panel done within the interval, "
             "result above the default reference range "
             "— LDL cholesterol 121 mg/dL on 2026-01-01",
@@ -112,11 +107,6 @@ def test_every_rule_met_is_reported_with_what_shows_it():
             "Diabetes: urine albumin/creatinine ratio up to date — 42 mg/g on 2026-09-27",
             ["Observation/pm1-uacr-2026-09", "Condition/pm1-diabetes"],
         ),
-        (
-            "Hypertension: latest blood pressure below the site's threshold — 132/84 mmHg on "
-            "2026-09-27",
-            ["Observation/pm1-bp-2026-09"],
-        ),
         # LDL and total cholesterol drawn the same day: the LDL is the one shown.
         (
             "Cholesterol: lipid panel up to date — LDL cholesterol 96 mg/dL on 2025-03-14",
@@ -135,7 +125,6 @@ def test_every_rule_met_is_reported_with_what_shows_it():
         "Diabetes or chronic kidney disease: eGFR or creatinine at least every 12 months",
         "Diabetes or chronic kidney disease: urine albumin/creatinine ratio at least every "
         "12 months",
-        BP_RULE,
         LIPID_RULE,
         FLU_RULE,
     ]
@@ -362,11 +351,8 @@ def test_bp_latest_above_but_an_earlier_reading_below():
             resource["effectiveDateTime"] = dates[resource["id"]]
 
     snapshot = edited("preventive_met", swap_dates)
-    assert (
-        "Hypertension: latest blood pressure at or above the site's threshold — 144/92 mmHg on "
-        "2026-09-27; an earlier reading, 132/84 mmHg on 2026-06-20, was below it",
-        ["Observation/pm1-bp-2026-06", "Observation/pm1-bp-2026-09"],
-    ) in gaps(snapshot)
+    # Control against the patient's goal is the assessment and plan's to state.
+    assert not any("blood pressure" in text.lower() for text, _ in gaps(snapshot))
     # Not the site's gap (that needs every one of the last readings): not a plan item.
     assert not any(
         s.text.startswith("Plan (care-gap rule)")
@@ -378,13 +364,9 @@ def test_bp_latest_above_but_an_earlier_reading_below():
 def test_bp_thresholds_come_from_the_site():
     snapshot = load_chart("hypertension_history")
     only_bp = ("bp_above_threshold",)
-    assert gaps(snapshot, rules=only_bp, bp_systolic=141, bp_diastolic=90) == [
-        (
-            "Hypertension: latest blood pressure below the site's threshold — 140/86 mmHg on "
-            "2026-01-01",
-            ["Observation/htn1-bp-2026-01"],
-        )
-    ]
+    # 140/86 is below a 141/90 threshold: not a gap, and no "below the threshold" line
+    # beside an assessment that judges it against the patient's goal.
+    assert gaps(snapshot, rules=only_bp, bp_systolic=141, bp_diastolic=90) == []
     [(text, _)] = gaps(snapshot, rules=only_bp, bp_readings=3)
     assert text.endswith("the last three readings are at or above the site's threshold")
 

@@ -66,9 +66,9 @@ def test_problem_summary_says_latest_read_when_the_newest_may_be_missing():
 
 
 def test_blood_pressure_control_is_not_judged_from_an_unsorted_partial_read():
-    full = texts(load_chart("diabetes_hypertension"), "care_gaps")
-    assert any(t.startswith("Hypertension: latest blood pressure below") for t in full)
-    cut = texts(truncated("diabetes_hypertension", newest_first=False), "care_gaps")
+    full = texts(load_chart("hypertension_history"), "care_gaps")
+    assert any("at or above the site's threshold" in t for t in full)
+    cut = texts(truncated("hypertension_history", newest_first=False), "care_gaps")
     assert not any("blood pressure" in t.lower() and "threshold" in t for t in cut)
 
 

@@ -14,9 +14,11 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from smartapp.siteconfig import parse_site_config
+from smartapp.siteconfig import SiteConfigError, parse_site_config
+from smartapp.suggestions.llm import LLMEngine
 from smartapp.suggestions.registry import LLMSettings, SuggestionService
 
+from ..slow_http import SlowServer, slow_server
 from .conftest import load_chart
 
 pytestmark = pytest.mark.integration
@@ -288,3 +290,50 @@ model = "fake-model"
     assert [k.suggestions[0].engine.name for k in run.kinds] == ["llm", "builtin-rules", "llm"]
     kinds_asked = sorted(b["messages"][1]["content"].split("\n")[0] for b in app.bodies)
     assert [k.split(" (")[0] for k in kinds_asked] == ["Kind: allergies", "Kind: problem_summary"]
+
+
+# -- hard limits: a total deadline and a size cap, on real sockets ------------------------
+
+
+def _completion(content: str) -> bytes:
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+    return json.dumps(body).encode()
+
+
+def test_an_answer_with_a_length_trickling_past_the_deadline_is_cut_off():
+    # Content-Length and a byte every 0.1 s: a read of the whole length blocks on every
+    # byte, each well inside the read timeout; only the deadline ends it.
+    server = SlowServer(mode="trickle_body", body=_completion(ANSWERS["good"]), interval=0.1)
+    with slow_server(server) as base:
+        engine = LLMEngine(base_url=f"{base}/v1", model="m", timeout=0.5)
+        [suggestion] = engine.suggest(load_chart("diabetes_hypertension"), "problem_summary", {})
+        # The connection was closed under the server, long before the answer was whole.
+        assert server.cut_off.wait(5)
+        assert not server.finished.is_set()
+    assert suggestion.engine.fallback_reason == (
+        "The LLM endpoint timed out; showing rule-based suggestions"
+    )
+
+
+def test_an_answer_over_the_size_cap_is_refused():
+    server = SlowServer(mode="flood", body=b" " * (1 << 20), repeat=3)
+    with slow_server(server) as base:
+        engine = LLMEngine(base_url=f"{base}/v1", model="m", timeout=10, max_answer_bytes=1 << 20)
+        [suggestion] = engine.suggest(load_chart("diabetes_hypertension"), "problem_summary", {})
+    assert suggestion.engine.fallback_reason == (
+        "The LLM's answer was too long; showing rule-based suggestions"
+    )
+
+
+def test_the_site_file_sets_the_answer_cap():
+    config = parse_site_config(
+        '[kinds.problem_summary]\nengine = "llm"\n[llm]\nmodel = "m"\nmax_answer_kb = 64\n'
+    )
+    settings = LLMSettings.from_values("http://127.0.0.1:9/v1", "m", None)
+    engine, _ = SuggestionService(config, settings).engine_for(
+        config.for_issuer(None), "problem_summary"
+    )
+    assert isinstance(engine, LLMEngine)
+    assert engine.max_answer_bytes == 64 * 1024
+    with pytest.raises(SiteConfigError, match="max_answer_kb"):
+        parse_site_config("[llm]\nmax_answer_kb = 0\n")

@@ -1,0 +1,95 @@
+"""Unit (Flask test client, real store): bad JSON from the browser is a 4xx JSON error, never a
+500 — deep nesting, huge numbers, NaN, lone surrogates, bodies too large (finding 7)."""
+
+from __future__ import annotations
+
+import pytest
+
+from smartapp.fhir.cache import SnapshotCache
+
+from .views_support import fixture_snapshot, launch
+
+
+@pytest.fixture
+def sidebar(app, client):
+    """A launched sidebar with drafted suggestions: (client, csrf headers, a suggestion id)."""
+    context = launch(app, client)
+    SnapshotCache(app.extensions["smartapp.db"], ttl_seconds=600).put(
+        context.session_id, fixture_snapshot()
+    )
+    first = client.get("/api/suggestions").get_json()["suggestions"][0]
+    return client, {"X-CSRF-Token": context.csrf_token}, first["id"]
+
+
+def _post(client, headers, path, data: bytes):
+    return client.post(path, data=data, headers={**headers, "Content-Type": "application/json"})
+
+
+BAD_BODIES = {
+    "deeply nested": b'{"action": "accept", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    "nested past the limit": b'{"action": "accept", "x": ' + b"[" * 40 + b"]" * 40 + b"}",
+    "a huge integer in actions": b'{"action": "accept", "actions": 1' + b"0" * 40 + b"}",
+    "a 5000-digit integer": b'{"action": "accept", "actions": ' + b"9" * 5000 + b"}",
+    "infinity": b'{"action": "accept", "actions": 1e400}',
+    "NaN": b'{"action": "accept", "actions": NaN}',
+    "a lone surrogate": b'{"action": "edit", "text": "fine \\ud800 text"}',
+    "a lone surrogate in a key": b'{"action": "accept", "\\udfff": 1}',
+    "not UTF-8": b'{"action": "edit", "text": "\xff\xfe"}',
+    "not JSON": b'{"action": ',
+    "not an object": b'["accept"]',
+}
+
+
+@pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_bad_feedback_bodies_are_a_400_json_error(sidebar, body):
+    client, headers, suggestion = sidebar
+    response = _post(client, headers, f"/api/suggestions/{suggestion}/feedback", body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] in ("invalid_json", "bad_request")
+    assert "\ud800" not in error["message"] and "9999" not in error["message"]
+
+
+def test_the_refusal_says_what_was_wrong(sidebar):
+    client, headers, suggestion = sidebar
+    deep = _post(
+        client, headers, f"/api/suggestions/{suggestion}/feedback", BAD_BODIES["deeply nested"]
+    )
+    assert "nested more than 32 levels" in deep.get_json()["error"]["message"]
+    surrogate = _post(
+        client, headers, f"/api/suggestions/{suggestion}/feedback", BAD_BODIES["a lone surrogate"]
+    )
+    assert "lone UTF-16 surrogate" in surrogate.get_json()["error"]["message"]
+
+
+def test_an_actions_count_out_of_range_is_refused(sidebar):
+    client, headers, suggestion = sidebar
+    response = client.post(
+        f"/api/suggestions/{suggestion}/feedback",
+        json={"action": "accept", "actions": 9_000_000_000_000},
+        headers=headers,
+    )
+    assert response.status_code == 400
+    assert "actions must be a whole number" in response.get_json()["error"]["message"]
+    ok = client.post(
+        f"/api/suggestions/{suggestion}/feedback",
+        json={"action": "accept", "actions": 3},
+        headers=headers,
+    )
+    assert ok.status_code == 200
+
+
+def test_a_body_over_the_size_limit_is_a_413_json_error(sidebar):
+    client, headers, suggestion = sidebar
+    big = b'{"action": "edit", "text": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+    response = _post(client, headers, f"/api/suggestions/{suggestion}/feedback", big)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize("body", [BAD_BODIES["deeply nested"], BAD_BODIES["a lone surrogate"]])
+def test_the_note_and_the_pulse_refuse_bad_bodies_too(sidebar, body):
+    client, headers, _ = sidebar
+    for path in ("/api/note", "/api/pulse"):
+        response = _post(client, headers, path, body)
+        assert response.status_code == 400, (path, response.get_data(as_text=True))
