@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["smartapp.settings"] = settings
 
     logging_setup.init_app(app, log_format=settings.log_format)
-    db.init_app(app, db.Database(settings.database_url))
+    db.init_app(app, db.Database.from_settings(settings))
     observability.init_app(app)
     errors.init_app(app)
     jsonbody.init_app(app)
@@ -95,6 +95,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         fhir_for=chart.client_for,
         on_decision=forward_decision,
         pulse_every=lambda iss: engines.config.for_issuer(iss).pulse_every,
+        note_layout=lambda iss: engines.config.for_issuer(iss).note,
         visit_timezone=lambda iss: ZoneInfo(engines.config.for_issuer(iss).visit_timezone),
     )
     notes_views.init_app(app, sidebar)

@@ -735,6 +735,8 @@ def _check_capability_statement(
         "the app speaks application/fhir+json only",
     )
 
+    _check_quirks(report, capability)
+
     if supports_batch(capability):
         report.add("ok", "batch", "batch", "batch", "the whole chart in one round trip")
     else:
@@ -820,6 +822,45 @@ def _check_capability_statement(
             resource_capability=resource_capability,
             supports_interaction=supports_interaction,
         )
+
+
+def _check_quirks(report: CheckReport, capability: Mapping[str, Any]) -> None:
+    """Which EHR family's quirks profile applies, and each thing it changes."""
+    from smartapp.fhir.capabilities import supports_sort
+    from smartapp.quirks import catalog
+
+    quirks = catalog().detect(capability)
+    how = (
+        "detected from the CapabilityStatement's software/publisher"
+        if quirks.chosen_by == "CapabilityStatement"
+        else "no known EHR family named in software/publisher"
+    )
+    report.add(
+        "ok",
+        "quirks-profile",
+        "EHR quirks profile",
+        f"{quirks.id} ({quirks.title})",
+        f'{how}; a site file\'s [sites."<iss>".ehr] quirks = "..." overrides it',
+    )
+    for quirk in quirks.quirks:
+        report.add(
+            "ok",
+            f"quirk-{quirk.key}",
+            f"quirk: {quirk.key}",
+            quirk.says,
+            f"{quirk.app} ({quirk.cite})",
+        )
+    declared = supports_sort(capability, "Observation", "date")
+    newest = quirks.sort_newest(declared)
+    report.add(
+        "ok" if newest else "warn",
+        "sort-newest",
+        "Observations newest first",
+        "_sort=-date" if newest else "not asked (_sort not declared for Observation)",
+        "with the page cap reached, the latest values are among those read"
+        if newest
+        else "with the page cap reached, cards say the latest values may not have been read",
+    )
 
 
 def _check_create(

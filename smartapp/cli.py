@@ -1,4 +1,4 @@
-"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox."""
+"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit."""
 
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ def _outbox_retry(args: argparse.Namespace) -> int:
         f"failed: {report.notes_failed}; feedback forwarded: {report.feedback_sent}"
     )
     return 1 if report.notes_failed else 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from smartapp.audit.chain import run_verify_cli
+
+    return run_verify_cli(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -212,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
     retry = outbox_sub.add_parser("retry", help="try to deliver everything pending, now")
     retry.set_defaults(handler=_outbox_retry)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check the audit trail's hash chain; report the first break (exit 1)"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=_audit_verify)
 
     evaluate = sub.add_parser(
         "evaluate",

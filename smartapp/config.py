@@ -106,7 +106,13 @@ def read_environment(dotenv_path: Path | None = None) -> dict[str, str]:
 
 
 #: Settings never shown by `repr` (a traceback, a debugger, a log line).
-SECRET_FIELDS = ("secret_key", "client_secret", "admin_token", "llm_api_key")
+SECRET_FIELDS = (
+    "secret_key",
+    "previous_secret_keys",
+    "client_secret",
+    "admin_token",
+    "llm_api_key",
+)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -117,6 +123,8 @@ class Settings:
     client_id: str
     database_url: str
     secret_key: str
+    #: Keys being rotated out: what they encrypted still reads (SMARTAPP_PREVIOUS_SECRET_KEYS).
+    previous_secret_keys: tuple[str, ...] = ()
     client_secret: str | None = None
     private_key_path: Path | None = None
     public_url: str | None = None
@@ -232,6 +240,7 @@ class Settings:
             database_url=environ.get("SMARTAPP_DATABASE_URL")
             or f"sqlite:///{instance_path / 'smartapp.db'}",
             secret_key=environ.get("SMARTAPP_SECRET_KEY") or _instance_secret(instance_path),
+            previous_secret_keys=_split_list(environ.get("SMARTAPP_PREVIOUS_SECRET_KEYS")),
             site_config_path=Path(site_config) if site_config else None,
             admin_users=_split_list(environ.get("SMARTAPP_ADMIN_USERS"))
             or ((f"{normalize_issuer(sandbox_issuer)}|{SANDBOX_ADMIN}",) if sandbox_issuer else ()),
@@ -284,7 +293,7 @@ def _settings_repr(settings: Settings) -> str:
     for item in fields(settings):
         value = getattr(settings, item.name)
         if item.name in SECRET_FIELDS:
-            text = "None" if value is None else "'***'"
+            text = "None" if value is None else ("()" if value == () else "'***'")
         elif item.name == "database_url":
             text = repr(_hide_password(value))
         elif item.name == "manifest":

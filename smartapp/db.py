@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import DateTime, Dialect, create_engine, event, text
+from sqlalchemy import DateTime, Dialect, Text, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -49,10 +49,46 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-class Database:
-    """An engine and a session factory; `with db.session() as s:` commits or rolls back."""
+#: The key of stores built outside the app (tests, tools): create_app and every command
+#: pass the settings' SMARTAPP_SECRET_KEY instead.
+UNKEYED = "smartapp-store-without-a-configured-key"
 
-    def __init__(self, url: str) -> None:
+
+class EncryptedText(TypeDecorator[str]):
+    """PHI at rest (chart snapshots, comments, edited texts): encrypted under the store's
+    key, as tokens are; text stored before encryption was added still reads."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else _phi_cipher(dialect).seal_text(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else _phi_cipher(dialect).open_text(value)
+
+
+def _phi_cipher(dialect: Dialect) -> Any:
+    cipher = getattr(dialect, "smartapp_phi_cipher", None)
+    if cipher is None:
+        raise RuntimeError("PHI columns need an engine made by smartapp.db.Database")
+    return cipher
+
+
+class Database:
+    """An engine and a session factory; `with db.session() as s:` commits or rolls back.
+
+    `secret_key` (and the `previous_keys` being rotated out) seal the audit chain and
+    encrypt PHI columns (`smartapp.atrest`); sessions carry them in `Session.info`.
+    """
+
+    def __init__(
+        self, url: str, *, secret_key: str | None = None, previous_keys: tuple[str, ...] = ()
+    ) -> None:
+        from smartapp.atrest import Cipher, derive
+
+        key = secret_key or UNKEYED
+        keys = (key, *(k for k in previous_keys if k and k != key))
         kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -60,7 +96,23 @@ class Database:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        #: Handed to every session: the audit chain's seal keys, current first.
+        self.info: dict[str, Any] = {
+            "smartapp.audit.seal_keys": tuple(derive(k, "audit") for k in keys)
+        }
+        #: PHI columns (`EncryptedText`) find it on the engine's dialect, per store.
+        self.phi_cipher = Cipher(key, purpose="phi", previous=keys[1:])
+        self.engine.dialect.smartapp_phi_cipher = self.phi_cipher  # type: ignore[attr-defined]
+        self._factory = sessionmaker(self.engine, expire_on_commit=False, info=self.info)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Database:
+        """The app's store with its keys (what create_app and every command open)."""
+        return cls(
+            settings.database_url,
+            secret_key=settings.secret_key,
+            previous_keys=settings.previous_secret_keys,
+        )
 
     def alembic_config(self, connection: Any = None) -> Any:
         from alembic.config import Config

@@ -20,6 +20,17 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from smartapp.notes.layout import (
+    DEFAULT_LABELS,
+    MAX_READING_GRADE,
+    MIN_READING_GRADE,
+    PARTS,
+    AfterVisitSummary,
+    DocumentType,
+    NoteLayout,
+    NoteSection,
+    loinc_problem,
+)
 from smartapp.placement import placed_within
 from smartapp.suggestions.kinds import KINDS
 from smartapp.suggestions.templates import (
@@ -164,6 +175,10 @@ class EffectiveConfig:
     visit_timezone: str = "UTC"
     #: kind → rollout rule; "all" is the default for kinds without their own.
     rollout: Mapping[str, RolloutRule] = field(default_factory=dict)
+    #: The saved note's type and sections (`[note]`).
+    note: NoteLayout = field(default_factory=NoteLayout)
+    #: The patient's after-visit summary (`[after_visit_summary]`).
+    after_visit_summary: AfterVisitSummary = field(default_factory=AfterVisitSummary)
 
     def kind(self, kind: str) -> KindConfig | None:
         for item in self.kinds:
@@ -181,7 +196,14 @@ class EffectiveConfig:
     def engine_options(self, kind: str) -> dict[str, Any]:
         """The mapping an engine's `suggest(snapshot, kind, config)` receives."""
         kc = self.kind(kind) or KindConfig(kind=kind)
-        return {"kind": kind, "style": kc.style, "detail": kc.detail, "care_gaps": self.care_gaps}
+        return {
+            "kind": kind,
+            "style": kc.style,
+            "detail": kc.detail,
+            "care_gaps": self.care_gaps,
+            # Patient instructions are written at the after-visit summary's reading grade.
+            "reading_grade": self.after_visit_summary.reading_grade,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,7 +311,9 @@ class _Checker:
         where = f"{self.name} line {line}" if line is not None else self.name
         self.errors.append(f"{where}: {dotted(path)}: {message}" if path else f"{where}: {message}")
 
-    def table(self, data: Any, path: tuple[str, ...], allowed: Sequence[str]) -> dict[str, Any]:
+    def table(
+        self, data: Any, path: tuple[str | int, ...], allowed: Sequence[str]
+    ) -> dict[str, Any]:
         if not isinstance(data, dict):
             self.error(path, f"must be a table, not {_toml_type(data)}")
             return {}
@@ -316,7 +340,9 @@ class _Checker:
             return None
         return value
 
-    def string(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> str | None:
+    def string(
+        self, data: Mapping[str, Any], path: tuple[str | int, ...], key: str
+    ) -> str | None:
         if key not in data:
             return None
         value = data[key]
@@ -403,7 +429,17 @@ class _Checker:
 
     # The schema -------------------------------------------------------------------------
 
-    SECTIONS = ("suggestions", "kinds", "care_gaps", "llm", "governance", "rollout", "visits")
+    SECTIONS = (
+        "suggestions",
+        "kinds",
+        "care_gaps",
+        "llm",
+        "governance",
+        "rollout",
+        "visits",
+        "note",
+        "after_visit_summary",
+    )
 
     def check_layer(self, data: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
         """Validate one layer (the defaults, or one site's overrides) into plain overrides."""
@@ -577,7 +613,124 @@ class _Checker:
                 if values.get("start") and values.get("end") and values["end"] < values["start"]:
                     self.error((*rp, "end"), "is before start")
                 out["rollout"][target] = values
+
+        if "note" in data:
+            p = (*path, "note")
+            section = self.table(data["note"], p, ("type", "type_display", "sections", "labels"))
+            values = {
+                "type": self.document_type(section, p),
+                "sections": self.note_sections(section, p),
+            }
+            if "labels" in section:
+                labels = self.table(section["labels"], (*p, "labels"), PARTS)
+                checked = {}
+                for part, label in labels.items():
+                    if part not in PARTS:
+                        continue
+                    if not isinstance(label, str):
+                        self.error(
+                            (*p, "labels", part),
+                            f'must be a string ("" for no sub-heading), not {_show(label)}',
+                        )
+                        continue
+                    checked[part] = label.strip()
+                values["labels"] = checked
+            out["note"] = {k: v for k, v in values.items() if v is not None}
+
+        if "after_visit_summary" in data:
+            p = (*path, "after_visit_summary")
+            section = self.table(
+                data["after_visit_summary"],
+                p,
+                ("offer", "type", "type_display", "title", "reading_grade"),
+            )
+            values = {
+                "offer": self.boolean(section, p, "offer"),
+                "type": self.document_type(section, p),
+                "title": self.string(section, p, "title"),
+                "reading_grade": self.integer(
+                    section, p, "reading_grade", MIN_READING_GRADE, MAX_READING_GRADE
+                ),
+            }
+            out["after_visit_summary"] = {k: v for k, v in values.items() if v is not None}
         return out
+
+    def document_type(self, data: Mapping[str, Any], path: tuple[str, ...]) -> DocumentType | None:
+        """`type` (a LOINC document code) with its `type_display`: DocumentReference.type."""
+        code = self.string(data, path, "type")
+        display = self.string(data, path, "type_display")
+        if code is None:
+            if display is not None:
+                self.error((*path, "type_display"), "is given without type")
+            return None
+        problem = loinc_problem(code.strip())
+        if problem:
+            self.error((*path, "type"), problem)
+            return None
+        if display is None:
+            self.error((*path, "type"), "needs type_display (the LOINC display) beside it")
+            return None
+        return DocumentType(code=code.strip(), display=display.strip())
+
+    def note_sections(
+        self, data: Mapping[str, Any], path: tuple[str, ...]
+    ) -> tuple[NoteSection, ...] | None:
+        """`[[note.sections]]`: a heading and its parts; every part placed exactly once."""
+        if "sections" not in data:
+            return None
+        raw = data["sections"]
+        p = (*path, "sections")
+        if not isinstance(raw, list) or not raw:
+            self.error(p, f"must be a non-empty list of [[note.sections]] tables, not {_show(raw)}")
+            return None
+        sections: list[NoteSection] = []
+        placed: dict[str, str] = {}
+        ok = True
+        for index, item in enumerate(raw):
+            sp: tuple[str | int, ...] = (*p, index)
+            table = self.table(item, sp, ("heading", "parts"))
+            heading = self.string(table, sp, "heading")
+            if heading is None:
+                if "heading" not in table:
+                    self.error(sp, "needs a heading")
+                ok = False
+                continue
+            heading = heading.strip()
+            if any(s.heading.lower() == heading.lower() for s in sections):
+                self.error((*sp, "heading"), f"{heading!r} is given twice")
+                ok = False
+            parts = table.get("parts", [])
+            if not isinstance(parts, list):
+                self.error((*sp, "parts"), f"must be a list, not {_show(parts)}")
+                ok = False
+                continue
+            chosen: list[str] = []
+            for pi, part in enumerate(parts):
+                if part == "patient_instructions":
+                    self.error(
+                        (*sp, "parts", pi),
+                        "patient instructions never go in the clinician's note: they are "
+                        "saved as the after-visit summary ([after_visit_summary])",
+                    )
+                    ok = False
+                elif not isinstance(part, str) or part not in PARTS:
+                    self.error((*sp, "parts", pi), f"{_show(part)} is not one of {_choices(PARTS)}")
+                    ok = False
+                elif part in placed:
+                    self.error(
+                        (*sp, "parts", pi), f"{part!r} is already in section {placed[part]!r}"
+                    )
+                    ok = False
+                else:
+                    placed[part] = heading
+                    chosen.append(part)
+            sections.append(NoteSection(heading=heading, parts=tuple(chosen)))
+        missing = [part for part in PARTS if part not in placed]
+        if ok and missing:
+            # A part in no section would drop what the clinician accepted from the note.
+            self.error(p, f"every part must be in a section; missing: {_choices(missing)}")
+            ok = False
+        return tuple(sections) if ok else None
 
     def directory(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> Path | None:
         raw = self.string(data, path, key)
@@ -742,6 +895,17 @@ def _effective(issuer: str | None, layer: Mapping[str, Any]) -> EffectiveConfig:
         pulse_every=governance.get("pulse_every", DEFAULT_PULSE_EVERY),
         visit_timezone=layer.get("visits", {}).get("timezone", "UTC"),
         rollout={k: _build(RolloutRule, v) for k, v in layer.get("rollout", {}).items()},
+        note=_note_layout(layer.get("note", {})),
+        after_visit_summary=_build(AfterVisitSummary, layer.get("after_visit_summary", {})),
+    )
+
+
+def _note_layout(values: Mapping[str, Any]) -> NoteLayout:
+    defaults = NoteLayout()
+    return NoteLayout(
+        type=values.get("type", defaults.type),
+        sections=values.get("sections", defaults.sections),
+        labels={**DEFAULT_LABELS, **values.get("labels", {})},
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from smartapp.audit import chain
 from smartapp.audit.models import OUTCOMES, AuditEvent
 from smartapp.db import Database, utcnow
 
@@ -114,9 +115,9 @@ def record(
     )
     if isinstance(session_or_db, Database):
         with session_or_db.session() as session:
-            session.add(event)
+            chain.append(session, event)
     else:
-        session_or_db.add(event)
+        chain.append(session_or_db, event)
     return event
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DDL, JSON, Index, String, Table, event
+from sqlalchemy import DDL, JSON, Index, Integer, String, Table, event
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartapp.db import Base, UTCDateTime, utcnow
 from smartapp.feedback.models import new_id
 
 OUTCOMES = ("success", "failure", "error")
+#: The seal "before" the first row of the chain.
+GENESIS = "0" * 64
 
 
 class AppendOnlyError(RuntimeError):
@@ -59,6 +61,26 @@ def append_only(table: Table) -> None:
             event.listen(table, "after_create", _ddl(statement).execute_if(dialect=dialect))
 
 
+def chain_head_ddl(dialect: str) -> list[str]:
+    """The trigger that keeps `audit_chain.hash` at the last sealed row's, in the same
+    transaction as the INSERT (one statement fewer per audited request)."""
+    if dialect == "sqlite":
+        return [
+            "CREATE TRIGGER audit_event_chain_head AFTER INSERT ON audit_event "
+            "WHEN NEW.seq IS NOT NULL "
+            "BEGIN UPDATE audit_chain SET hash = NEW.hash WHERE id = 1; END"
+        ]
+    if dialect == "postgresql":
+        return [
+            "CREATE OR REPLACE FUNCTION audit_event_chain_head() RETURNS trigger "
+            "LANGUAGE plpgsql AS $fn$ BEGIN "
+            "UPDATE audit_chain SET hash = NEW.hash WHERE id = 1; RETURN NULL; END $fn$",
+            "CREATE TRIGGER audit_event_chain_head AFTER INSERT ON audit_event "
+            "FOR EACH ROW WHEN (NEW.seq IS NOT NULL) EXECUTE FUNCTION audit_event_chain_head()",
+        ]
+    return []
+
+
 def _refuse_change(_mapper: Any, _connection: Any, target: Any) -> None:
     raise AppendOnlyError(f"{type(target).__tablename__} rows are never changed or deleted")
 
@@ -78,6 +100,7 @@ class AuditEvent(Base):
         Index("ix_audit_actor", "actor", "recorded"),
         Index("ix_audit_patient", "patient", "recorded"),
         Index("ix_audit_action", "action", "recorded"),
+        Index("ix_audit_seq", "seq", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -93,7 +116,36 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     #: What was done, to what: ids, counts, before/after values. Never tokens (scrubbed).
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Place in the hash chain (1, 2, ...); None only for rows written before the chain.
+    seq: Mapped[int | None] = mapped_column(Integer)
+    #: The seal of row seq-1 (GENESIS for row 1) and this row's own (`chain.seal`).
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """One row: the last place and seal of the chain. Appends lock it, so two processes
+    never take the same place; `verify` compares it with the last row (a trimmed tail)."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    #: Rows written before the chain existed (counted by the migration that added it).
+    legacy_rows: Mapped[int] = mapped_column(Integer)
 
 
 append_only(AuditEvent.__table__)  # type: ignore[arg-type]
 guard_orm(AuditEvent)
+# The head exists from the start (the migration seeds it too): appends only ever update it.
+event.listen(
+    AuditChainHead.__table__,
+    "after_create",
+    _ddl(f"INSERT INTO audit_chain (id, seq, hash, legacy_rows) VALUES (1, 0, '{GENESIS}', 0)"),
+)
+for _dialect in ("sqlite", "postgresql"):
+    for _statement in chain_head_ddl(_dialect):
+        event.listen(
+            AuditEvent.__table__, "after_create", _ddl(_statement).execute_if(dialect=_dialect)
+        )

@@ -45,6 +45,7 @@ from smartapp.fhir.client import (
 from smartapp.fhir.compartment import Verdict, identifier_keys, matches_identifiers, verdict
 from smartapp.fhir.parsing import ResourceValidator, assemble_snapshot
 from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
+from smartapp.quirks import QuirksProfile, catalog
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class _Loader:
         use_batch: bool,
         include_medications: bool,
         sort_newest: bool = False,
+        required_search: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.client = client
         self.patient_id = patient_id
@@ -184,6 +186,7 @@ class _Loader:
         self.use_batch = use_batch
         self.include_medications = include_medications
         self.sort_newest = sort_newest
+        self.required_search = dict(required_search or {})
         self.found: dict[str, list[FHIRResource]] = {t: [] for t in SNAPSHOT_TYPES}
         self.problems: list[SnapshotProblem] = []
         self.medication_ids: set[str] = set()
@@ -261,6 +264,17 @@ class _Loader:
                 continue
             url = self._search_url(rtype, category, plain=False)
             plain = self._search_url(rtype, category, plain=True)
+            missing = [
+                p for p in self.required_search.get(rtype, ()) if f"{p}=" not in plain.split("?")[1]
+            ]
+            if missing:
+                # This EHR refuses the search without them (quirks profile): say so, do not ask.
+                self._problem(
+                    "search_failed",
+                    rtype,
+                    f"{rtype} search needs {', '.join(missing)} on this EHR; not sent",
+                )
+                continue
             fetches.append(
                 _Fetch(
                     purpose="search",
@@ -660,6 +674,7 @@ def load_snapshot(
     max_pages: int = 20,
     prefer_batch: bool = True,
     sort_newest: bool | None = None,
+    quirks: QuirksProfile | None = None,
 ) -> ChartSnapshot:
     """The launch's chart: one batch per round where the server supports batch, else ≤ 6 GETs
     at a time; `next` pages followed up to `max_pages` per type.
@@ -667,7 +682,9 @@ def load_snapshot(
     `readable_types`: the types the granted scopes allow (None or "*": all). The others are not
     asked for and are listed in `not_granted`. Raises only when the Patient cannot be read
     (or the whole server fails); every other failure is a problem in the snapshot.
-    `sort_newest`: ask Observations newest first; None: where the statement declares `_sort`.
+    `sort_newest`: ask Observations newest first; None: as the quirks profile says (by
+    default, where the statement declares `_sort`). `quirks`: the EHR family's profile;
+    None: detected from the CapabilityStatement.
     """
     if max_pages < 1:
         raise ValueError("max_pages must be at least 1")
@@ -686,6 +703,7 @@ def load_snapshot(
         # No usable statement: assume the least (separate searches, no _include).
         log.warning("FHIR capability statement unusable; loading without batch")
         capabilities = {}
+    profile = quirks or catalog().detect(capabilities)
     loader = _Loader(
         client,
         patient_id=patient_id,
@@ -694,18 +712,22 @@ def load_snapshot(
         max_pages=max_pages,
         use_batch=prefer_batch and supports_batch(capabilities),
         include_medications="Medication" in granted
-        and supports_include(capabilities, "MedicationRequest", MEDICATION_INCLUDE),
-        sort_newest=supports_sort(capabilities, "Observation", "date")
+        and profile.use_include(
+            supports_include(capabilities, "MedicationRequest", MEDICATION_INCLUDE)
+        ),
+        sort_newest=profile.sort_newest(supports_sort(capabilities, "Observation", "date"))
         if sort_newest is None
         else sort_newest,
+        required_search=profile.required_search(),
     )
     loader.run()
     snapshot = loader.snapshot(not_granted=not_granted, request_count=client.request_count - start)
     log.info(
-        "chart snapshot: %d request(s) in %d round(s), batch=%s, %d problem(s)",
+        "chart snapshot: %d request(s) in %d round(s), batch=%s, quirks=%s, %d problem(s)",
         snapshot.request_count,
         loader.rounds,
         loader.use_batch,
+        profile.id,
         len(snapshot.problems),
     )
     return snapshot

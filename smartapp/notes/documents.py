@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,9 +44,12 @@ class NoteDraft:
     author: str | None  # "Practitioner/123" (relative), from the id_token's fhirUser
     engines: Sequence[tuple[str, str]]  # (name, version) of every engine that drafted a part
     created_at: datetime
+    #: Whether an engine drafted any of `text`: only then is it labelled AI-assisted.
     ai_assisted: bool = True
     #: The earlier draft this one replaces, when that one could not be updated in place.
     replaces: str | None = None
+    #: DocumentReference.type (LOINC), from the site's `[note]` table.
+    doc_type: Mapping[str, str] = field(default_factory=lambda: dict(NOTE_TYPE))
 
 
 def note_identifier(note_id: str) -> dict[str, str]:
@@ -60,13 +63,14 @@ def _as_uuid(hex_id: str) -> str:
 
 def document_reference(draft: NoteDraft, *, existing_id: str | None = None) -> dict[str, Any]:
     """A preliminary US Core clinical note: the clinician signs it in the EHR."""
+    name = draft.doc_type.get("display") or "Clinical note"
     resource: dict[str, Any] = {
         "resourceType": "DocumentReference",
         "meta": {"security": [AI_ASSISTED_LABEL]} if draft.ai_assisted else {},
         "identifier": [note_identifier(draft.note_id)],
         "status": "current",
         "docStatus": "preliminary",
-        "type": {"coding": [NOTE_TYPE], "text": "Progress note"},
+        "type": {"coding": [dict(draft.doc_type)], "text": name},
         "category": [
             {
                 "coding": [
@@ -80,16 +84,16 @@ def document_reference(draft: NoteDraft, *, existing_id: str | None = None) -> d
         ],
         "subject": {"reference": f"Patient/{draft.patient_id}"},
         "date": draft.created_at.isoformat(timespec="seconds"),
-        "description": "Draft progress note (AI-assisted, reviewed by the author)"
+        "description": f"Draft {name.lower()} (AI-assisted, reviewed by the author)"
         if draft.ai_assisted
-        else "Draft progress note",
+        else f"Draft {name.lower()}",
         "content": [
             {
                 "attachment": {
                     "contentType": "text/plain; charset=utf-8",
                     "language": "en",
                     "data": base64.b64encode(draft.text.encode("utf-8")).decode("ascii"),
-                    "title": "Progress note (draft)",
+                    "title": f"{name} (draft)",
                     "creation": draft.created_at.isoformat(timespec="seconds"),
                 }
             }

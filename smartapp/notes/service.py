@@ -32,9 +32,18 @@ from smartapp.errors import (
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
-from smartapp.notes.composition import Contribution, composition
+from smartapp.notes.composer import (
+    ComposedNote,
+    Decided,
+    Document,
+    as_written,
+    compose,
+    has_unverified_marker,
+)
+from smartapp.notes.composition import composition
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, Drafts, NotEnabled
+from smartapp.notes.layout import NoteLayout
 from smartapp.notes.models import SavedNote
 from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.visits import Visit, visit_of
@@ -112,9 +121,11 @@ class SidebarService:
         fhir_for: Callable[[LaunchContext], FHIRClient],
         on_decision: DecisionHook | None = None,
         pulse_every: Callable[[str], int] = lambda _iss: 0,
+        note_layout: Callable[[str], NoteLayout] = lambda _iss: NoteLayout(),
         visit_timezone: Callable[[str], tzinfo] = lambda _iss: UTC,
     ) -> None:
         self._db = database
+        self._note_layout = note_layout
         self._visit_timezone = visit_timezone
         self._pulse_every = pulse_every
         self._snapshots = snapshots
@@ -255,6 +266,9 @@ class SidebarService:
 
     # -- saving the note -------------------------------------------------------------
 
+    def note_layout(self, iss: str) -> NoteLayout:
+        return self._note_layout(iss)
+
     def current_rows(self, launch: LaunchContext) -> list[ShownSuggestion]:
         """The visit's suggestions now shown (its latest snapshot, governance's current plan)."""
         visit = self.visit(launch)
@@ -268,22 +282,13 @@ class SidebarService:
         """Record a decision on one of this visit's suggestions (any launch of it may)."""
         self.feedback.decide(self.visit(launch).key, suggestion_id, **decision)
 
-    def assemble_note(self, launch: LaunchContext) -> tuple[str, list[ShownSuggestion]]:
-        """The note from the accepted and edited suggestions now shown, in order.
+    def compose_note(self, launch: LaunchContext) -> ComposedNote:
+        """The note from the accepted and edited suggestions now shown, in the site's sections.
 
+        The sidebar's preview and the saved note both come from here (one composer).
         Suggestions governance has since withdrawn (a kill switch) stay out of the note.
         """
-        rows = self.current_rows(launch)
-        sections: list[str] = []
-        used: list[ShownSuggestion] = []
-        for row in rows:
-            decision = row.latest_decision()
-            if decision is None or decision.action not in ("accept", "edit"):
-                continue
-            body = decision.final_text if decision.final_text is not None else row.text
-            sections.append(f"{row.title}\n{body.strip()}")
-            used.append(row)
-        return "\n\n".join(sections), used
+        return compose(_decided(self.current_rows(launch)), self._note_layout(launch.iss))
 
     def save_note(self, launch: LaunchContext, *, text: str | None = None) -> SaveResult:
         """Keep the note here, then try to put it in the chart.
@@ -300,24 +305,31 @@ class SidebarService:
             )
         if not launch.patient_id:
             raise BadRequest("This launch has no patient in context.")
-        assembled, used = self.assemble_note(launch)
+        composed = self.compose_note(launch)
+        content: Document = composed.note
         if text is not None:
             if not isinstance(text, str):
                 raise BadRequest("text must be a string.")
-            body = text.strip()
-        else:
-            body = assembled
+            if has_unverified_marker(text):
+                raise BadRequest(
+                    "The note still holds a statement marked [unverified]: check it against "
+                    "the chart, then remove the marker or the statement."
+                )
+            # The clinician's own text: labelled by the suggestion lines it still holds.
+            content = as_written(text.strip(), composed.note)
+        body = content.text
         if not body:
             raise BadRequest(
                 "Nothing to save: accept or edit a suggestion, or write the note text."
             )
         if len(body) > MAX_NOTE_CHARS:
             raise BadRequest(f"The note is longer than {MAX_NOTE_CHARS} characters.")
-        engines = [list(e) for e in sorted({(r.engine_name, r.engine_version) for r in used})]
+        # Only the engines whose text is in the note: they label it (and its Provenance).
+        engines = [list(e) for e in content.engines]
         visit = self.visit(launch)
         for _ in range(SAVE_ATTEMPTS):
             try:
-                note_id, unchanged = self._store_note(launch, visit, body, used, engines)
+                note_id, unchanged = self._store_note(launch, visit, body, content, engines)
                 break
             except (IntegrityError, _SavedMeanwhile):
                 # Another tab saved this visit's note between our read and our write:
@@ -338,7 +350,7 @@ class SidebarService:
         launch: LaunchContext,
         visit: Visit,
         body: str,
-        used: list[ShownSuggestion],
+        content: Document,
         engines: list[list[str]],
     ) -> tuple[str, SavedNote | None]:
         """Create the visit's note or revise it; (its id, the note if nothing changed).
@@ -347,7 +359,7 @@ class SidebarService:
         visit is held to one by `uq_note_visit`: a concurrent save makes this one raise,
         and the caller reads the note again.
         """
-        measured = composition(body, _contributions(used))
+        measured = composition(body, content.contributions)
         now = utcnow()
         values: dict[str, Any] = {
             "text": body,
@@ -356,7 +368,7 @@ class SidebarService:
             "chars_accepted": measured.accepted,
             "chars_edited": measured.edited,
             "edits": measured.edits,
-            "suggestion_ids": [r.id for r in used],
+            "suggestion_ids": list(content.used),
             "engines": engines,
             "status": "pending",
             "next_attempt_at": None,
@@ -447,6 +459,7 @@ class SidebarService:
             if note.chart_revision >= note.revision:
                 return self._written(note)
             revision = note.revision
+            doc_type = self._note_layout(note.site).type
             draft = NoteDraft(
                 note_id=note.id,
                 text=note.text,
@@ -456,6 +469,7 @@ class SidebarService:
                 engines=[(n, v) for n, v in note.engines],
                 created_at=note.updated_at if revision > 1 and note.updated_at else note.created_at,
                 ai_assisted=bool(note.engines),
+                doc_type=doc_type.coding(),
             )
             document, document_revision = note.document_reference, note.document_revision
         try:
@@ -649,13 +663,23 @@ class SidebarService:
         return state
 
 
-def _contributions(used: list[ShownSuggestion]) -> list[Contribution]:
-    """What each used suggestion put in the note: its text, or the clinician's edit of it."""
+def _decided(rows: list[ShownSuggestion]) -> list[Decided]:
+    """The suggestions the clinician accepted or edited (latest decision), in order."""
     found = []
-    for row in used:
+    for row in rows:
         decision = row.latest_decision()
         if decision is None or decision.action not in ("accept", "edit"):
             continue
-        text = decision.final_text if decision.final_text is not None else row.text
-        found.append(Contribution(action=decision.action, text=text))
+        found.append(
+            Decided(
+                id=row.id,
+                kind=row.kind,
+                title=row.title,
+                text=row.text,
+                statements=row.statements or [],
+                engine=(row.engine_name, row.engine_version),
+                action=decision.action,
+                final_text=decision.final_text,
+            )
+        )
     return found

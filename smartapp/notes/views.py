@@ -12,7 +12,9 @@ from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.jsonbody import json_body
+from smartapp.notes.composer import ComposedNote
 from smartapp.notes.incomplete import chart_incomplete
+from smartapp.notes.layout import NoteLayout
 from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SidebarService
 from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
@@ -168,6 +170,26 @@ def feedback(suggestion_id: str) -> Response:
         action_count=action_count,
     )
     return jsonify({"status": "recorded"})
+
+
+def note_json(composed: ComposedNote, layout: NoteLayout) -> dict[str, Any]:
+    """The note exactly as `POST /api/note` would write it (the sidebar's preview)."""
+    return {
+        "text": composed.text,
+        "sections": [s.to_json() for s in composed.sections],
+        "type": layout.type.coding(),
+        "aiAssisted": composed.note.ai_assisted,
+        "engines": [{"name": n, "version": v} for n, v in composed.note.engines],
+        "suggestions": list(composed.note.used),
+        "omitted": [o.to_json() for o in composed.omitted],
+    }
+
+
+@bp.get("/api/note/preview")
+def note_preview() -> Response:
+    launch = current_launch()
+    service = _service()
+    return jsonify(note_json(service.compose_note(launch), service.note_layout(launch.iss)))
 
 
 @bp.post("/api/note")

@@ -6,14 +6,13 @@ HKDF-SHA256. https://cryptography.io/en/latest/fernet/
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
 
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from smartapp.atrest import Cipher, DecryptionFailed
+
+__all__ = ["DecryptionFailed", "TokenCipher", "hash_secret", "random_secret", "same_secret"]
 
 
 def hash_secret(value: str) -> str:
@@ -30,29 +29,11 @@ def random_secret(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
-class DecryptionFailed(Exception):
-    """The ciphertext was not made with this key (the secret key changed) or was altered."""
+class TokenCipher(Cipher):
+    """Encrypts tokens for the store; the key never leaves the process. `previous` keys
+    (SMARTAPP_PREVIOUS_SECRET_KEYS) still decrypt during a rotation."""
 
-
-class TokenCipher:
-    """Encrypts tokens for the store; the key never leaves the process."""
-
-    def __init__(self, secret_key: str) -> None:
+    def __init__(self, secret_key: str, *, previous: tuple[str, ...] = ()) -> None:
         if not secret_key:
             raise ValueError("a secret key is required to encrypt tokens")
-        derived = HKDF(
-            algorithm=hashes.SHA256(),
-            length=32,
-            salt=b"smartapp.smart.tokens",
-            info=b"launch-session token encryption v1",
-        ).derive(secret_key.encode("utf-8"))
-        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
-
-    def encrypt(self, plaintext: str) -> str:
-        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
-
-    def decrypt(self, ciphertext: str) -> str:
-        try:
-            return self._fernet.decrypt(ciphertext.encode("ascii")).decode("utf-8")
-        except (InvalidToken, ValueError) as exc:
-            raise DecryptionFailed() from exc
+        super().__init__(secret_key, purpose="tokens", previous=previous)

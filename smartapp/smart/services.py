@@ -65,7 +65,7 @@ class SMARTServices:
             settings=settings,
             db=db,
             client=SMARTClient(auth=ClientAuthentication.from_settings(settings, signing_key)),
-            cipher=TokenCipher(settings.secret_key),
+            cipher=TokenCipher(settings.secret_key, previous=settings.previous_secret_keys),
             signing_key=signing_key,
         )
 

@@ -9,8 +9,9 @@ Where the chart lacks what a kind needs, the kind returns nothing rather than a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -897,6 +898,10 @@ class BuiltinEngine:
                         citations=_cite(snapshot, allergy),
                     )
                 )
+        grade = config.get("reading_grade")
+        if isinstance(grade, int) and grade <= PLAIN_GRADE:
+            # The site asks for easier reading: leave out the terms in brackets.
+            statements = [replace(s, text=_plain(s.text)) for s in statements]
         return self._suggestion(
             K.PATIENT_INSTRUCTIONS,
             f"{K.KIND_LABELS[K.PATIENT_INSTRUCTIONS]} (plain language, rule-based draft)",
@@ -933,6 +938,17 @@ class BuiltinEngine:
         return self._suggestion(
             K.ALLERGIES, f"{K.KIND_LABELS[K.ALLERGIES]} (from the chart, rule-based)", statements
         )
+
+
+#: At this Flesch-Kincaid grade and below ([after_visit_summary] reading_grade), patient
+#: instructions leave out the medical terms in brackets ("irregular heartbeat (atrial
+#: fibrillation)" becomes "irregular heartbeat"): long words weigh most in the grade.
+PLAIN_GRADE = 5
+_BRACKETED = re.compile(r"\s*\([^()]*\)")
+
+
+def _plain(text: str) -> str:
+    return _BRACKETED.sub("", text)
 
 
 def _rules(config: Mapping[str, Any]) -> CareGapRules:

@@ -48,6 +48,7 @@ export const api = {
   feedback: (id, body) => request("POST", `/api/suggestions/${encodeURIComponent(id)}/feedback`, body),
   saveNote: (body) => request("POST", "/api/note", body ?? {}),
   notes: () => request("GET", "/api/notes"),
+  notePreview: () => request("GET", "/api/note/preview"),
   pulse: (body) => request("POST", "/api/pulse", body),
   resource: (reference) => {
     // "Observation/1", or an absolute or versioned reference: the last Type/id pair.

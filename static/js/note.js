@@ -1,9 +1,9 @@
-// The note: sections in order from the accepted and edited suggestions, a preview, the
-// save to the chart, and the note's delivery state afterwards (GET /api/notes).
+// The note: the server composes it from the accepted and edited suggestions (sections,
+// no engine labels) and the preview shows exactly that; the save to the chart, and the
+// note's delivery state afterwards (GET /api/notes).
 
 import { api, ApiError } from "./api.js";
 import { $, el, setStatus, plural } from "./dom.js";
-import { finalText } from "./cards.js";
 import { showPulse } from "./pulse.js";
 
 const POLL_MS = 10_000;
@@ -13,16 +13,34 @@ const note = {
   saving: false,
   savedText: null, // the text last sent to the chart
   latest: null, // the latest note of this launch, as GET /api/notes lists it
+  preview: null, // the server's composition of the note (GET /api/note/preview)
+  previewSeq: 0, // the latest preview asked for
+  previewDone: 0, // the latest preview answered
+  decided: false, // whether any suggestion is accepted or edited (until the preview answers)
+  previewError: null,
   error: null, // the message of a failed save
   timer: null,
 };
 
-/** The note's sections as the server assembles them: title, then the (edited) text. */
-export function noteText(suggestions) {
-  return suggestions
-    .filter((s) => s.decision && (s.decision.action === "accept" || s.decision.action === "edit"))
-    .map((s) => `${s.title}\n${finalText(s).trim()}`)
-    .join("\n\n");
+/** The note as the server will write it (GET /api/note/preview): the preview is the note. */
+async function refreshPreview() {
+  const seq = ++note.previewSeq;
+  try {
+    const { data } = await api.notePreview();
+    // A later request (another decision meanwhile) answers for the newer state.
+    if (seq !== note.previewSeq) return;
+    note.preview = data;
+    note.previewError = null;
+  } catch (err) {
+    if (seq !== note.previewSeq) return;
+    note.previewError = err instanceof ApiError ? err.message : "The preview could not be loaded.";
+  }
+  note.previewDone = seq;
+  render();
+}
+
+function previewText() {
+  return note.preview?.text ?? "";
 }
 
 function clock(iso) {
@@ -82,22 +100,45 @@ export async function refreshDelivery() {
     return;
   }
   renderDelivery();
-  update(currentSuggestions());
+  render();
 }
 
-let currentSuggestions = () => [];
-
-/** Draw the preview and the save button for the current decisions. */
+/** The decisions changed: compose the note again (on the server) and draw it. */
 export function update(suggestions) {
-  const text = noteText(suggestions);
-  const sections = suggestions.filter((s) => s.decision && (s.decision.action === "accept" || s.decision.action === "edit")).length;
-  $("#note-text").textContent = text || "Accept or edit a suggestion to start the note.";
-  $("#note-text").dataset.empty = text ? "" : "true";
+  if (suggestions) note.decided = suggestions.some((s) => s.decision && (s.decision.action === "accept" || s.decision.action === "edit"));
+  render();
+  refreshPreview();
+}
+
+function renderOmitted() {
+  const box = $("#note-omitted");
+  if (!box) return;
+  const omitted = note.preview?.omitted ?? [];
+  box.hidden = omitted.length === 0;
+  box.replaceChildren();
+  if (!omitted.length) return;
+  box.append(
+    el("strong", { text: `Left out of the note: ${plural(omitted.length, "statement")} not verified against the chart.` }),
+    " Edit the suggestion and remove the [unverified] marker to keep one.",
+    el("ul", {}, ...omitted.map((o) => el("li", { text: o.text }))),
+  );
+}
+
+/** Draw the preview and the save button from the latest composition. */
+function render() {
+  const text = previewText();
+  const sections = note.preview?.sections?.length ?? 0;
+  const shown = $("#note-text");
+  shown.textContent = text || (note.previewError ?? "Accept or edit a suggestion to start the note.");
+  shown.dataset.empty = text ? "" : "true";
   $("#note-count").textContent = plural(sections, "section");
+  renderOmitted();
   const button = $("#save-note");
   button.hidden = !note.canWrite;
-  const unchanged = note.savedText !== null && text === note.savedText && note.latest?.status !== "failed";
-  button.disabled = note.saving || !text || unchanged;
+  // While the server composes the note, the decisions say whether there is one to save.
+  const composing = note.previewDone !== note.previewSeq;
+  const unchanged = !composing && note.savedText !== null && text === note.savedText && note.latest?.status !== "failed";
+  button.disabled = note.saving || !(composing ? note.decided : text) || unchanged;
   const label = $("#save-label");
   const savedLabel = { in_chart: "In the chart", pending: "Saved here, will retry" }[note.latest?.status] ?? "Note saved";
   label.textContent = note.savedText === null ? "Save note to chart" : unchanged ? savedLabel : "Save changes to chart";
@@ -109,12 +150,15 @@ export function update(suggestions) {
 export async function save(suggestions, announce) {
   const button = $("#save-note");
   if (!note.canWrite || button.disabled || note.saving) return false;
-  const text = noteText(suggestions);
   note.saving = true;
   note.error = null;
-  update(suggestions);
+  render();
   renderDelivery();
   try {
+    // The note the server composes now (every decision is recorded before the preview asks).
+    await refreshPreview();
+    const text = previewText();
+    if (!text) throw new ApiError(400, "bad_request", "nothing to save: accept or edit a suggestion.");
     const { data } = await api.saveNote();
     note.savedText = text;
     note.latest = data.note ?? { status: data.status ?? "in_chart", documentReference: data.documentReference };
@@ -128,15 +172,14 @@ export async function save(suggestions, announce) {
   } finally {
     note.saving = false;
     renderDelivery();
-    update(suggestions);
+    update();
     schedulePoll();
   }
 }
 
 /** Set up from the launch context; picks up a note saved earlier in this launch. */
-export async function init(context, getSuggestions) {
+export async function init(context) {
   note.canWrite = Boolean(context.canWriteNotes);
-  currentSuggestions = getSuggestions;
   $("#save-note").hidden = !note.canWrite;
   renderDelivery();
   await refreshDelivery();

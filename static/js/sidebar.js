@@ -375,7 +375,7 @@ async function load(refresh = false) {
       state.context = (await api.context()).data;
       renderBanner(state.context);
       renderChartStatus(state.context.chart);
-      await note.init(state.context, () => state.suggestions);
+      await note.init(state.context);
     }
     const { data } = refresh ? await api.refresh() : await api.suggestions();
     if (refresh) note.resetSaved();

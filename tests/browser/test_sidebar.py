@@ -51,6 +51,7 @@ def test_launch_accept_and_save_a_note_from_the_ehr_page(ehr_page, stack: Stack)
 
     first = sidebar.locator(".card").first
     title = first.locator(".card-title").inner_text()
+    statement = first.locator(".statement-text").first.inner_text()
     first.locator("button.accept").click()
     # The decision is shown once the server has recorded it (an async request).
     expect(first).to_have_attribute("data-decision", "accept")
@@ -71,5 +72,7 @@ def test_launch_accept_and_save_a_note_from_the_ehr_page(ehr_page, stack: Stack)
         if any(s.get("code") == "AIAST" for s in d.get("meta", {}).get("security", []))
     ]
     assert len(ours) == 1
-    assert title in base64.b64decode(ours[0]["content"][0]["attachment"]["data"]).decode()
+    text = base64.b64decode(ours[0]["content"][0]["attachment"]["data"]).decode()
+    # The card's statement, under a section heading; never the card's title or engine label.
+    assert statement in text and title not in text
     assert not [m for m in console if "Content Security Policy" in m], console

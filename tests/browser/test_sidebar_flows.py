@@ -215,9 +215,22 @@ def test_keyboard_only_from_launch_to_a_saved_note(page, stack: Stack):
     assert all(len(ds) == 1 for _, ds in recorded), "one decision each, none twice"
 
     (note,) = notes_in_chart(stack, "pt-01")
-    assert note.startswith(titles[0])
+    # A clinical note: sections, not card titles or engine labels.
+    assert note.startswith("Subjective\n")
+    assert not any(title in note for title in titles)
+    assert "rule-based" not in note
     assert "Reviewed with the patient today." in note
-    assert titles[2] not in note and titles[3] not in note  # rejected and flagged stay out
+    # Rejected and flagged cards stay out (what only they said is not in the note).
+    used = {
+        st["text"]
+        for i, (row, _) in enumerate(recorded)
+        if i not in (2, 3)
+        for st in row.statements
+    }
+    for row, _ in recorded[2:4]:
+        for st in row.statements:
+            assert st["text"] in used or f"- {st['text']}" not in note
+    assert sidebar.locator("#note-text").text_content() == note  # the preview was the note
     app_errors = [
         m for m in page.console_messages if m[0] == "error" and m[2].startswith(stack.app_url)
     ]
@@ -261,7 +274,9 @@ def test_inline_edit_keeps_a_word_diff_and_records_the_final_text(page, stack: S
     sidebar.locator("#save-note").click()
     expect(sidebar.locator("#save-status[data-kind=ok]")).to_be_visible(timeout=20_000)
     (note,) = notes_in_chart(stack, "pt-01")
-    assert note == f"{row.title}\n{edited.strip()}"
+    assert note.startswith("Subjective\n") and row.title not in note
+    assert "(well controlled)" in note
+    assert sidebar.locator("#note-text").text_content() == note  # the preview was the note
 
     # Edited again after the save: the note is offered for saving again.
     expect(sidebar.locator("#save-note")).to_be_disabled()

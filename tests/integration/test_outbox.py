@@ -202,7 +202,7 @@ def test_a_killed_process_still_delivers_its_note_after_restart(
             if any(s.get("code") == "AIAST" for s in d.get("meta", {}).get("security", []))
         ]
         assert len(ours) == 1
-        assert suggestion["title"] in note_text(ours[0])
+        assert suggestion["statements"][0]["text"] in note_text(ours[0])
     finally:
         ehr_server.stop()
 

@@ -379,6 +379,22 @@ def test_a_missing_issuer_is_bad_usage():
     assert exited.value.code == 2
 
 
+def test_the_quirks_profile_and_what_it_changes_are_reported(rsps, smart_config, capability):
+    report = run(rsps, smart_config, capability)
+    assert line(report, "quirks-profile").detail == "generic (Any other FHIR R4 server)"
+    assert line(report, "sort-newest").detail == "_sort=-date"
+    epic = {**copy.deepcopy(capability), "software": {"name": "Epic"}, "publisher": "Epic"}
+    del type_entry(epic, "Observation")["searchParam"][-1]  # no _sort declared
+    rsps.reset()
+    report = run(rsps, smart_config, epic)
+    assert line(report, "quirks-profile").detail == "epic (Epic)"
+    required = line(report, "quirk-required_search")
+    assert "category" in required.detail
+    assert "https://open.epic.com/Clinical/Observation" in required.why
+    assert line(report, "sort-newest").status == "warn"
+    assert "may not have been read" in line(report, "sort-newest").why
+
+
 def test_a_configuration_redirected_to_another_host_is_reported(rsps, capability):
     # The app refuses this redirect at launch (smartapp/redirects.py): the check says so.
     rsps.get(WELL_KNOWN, status=302, headers={"Location": "https://elsewhere.test/cfg"})

@@ -321,3 +321,133 @@ def test_rollout_rules(tmp_path):
         rule.includes(u, site=S, kind="care_gaps", today=date(2026, 12, 2)) for u in users
     ]
     assert not rule.includes(None, site=S, kind="care_gaps", today=date(2026, 12, 2))
+
+
+# -- the note's layout and the after-visit summary -----------------------------------------
+
+
+def test_note_layout_defaults_to_soap_progress_note():
+    effective = load_site_config(None).default
+    assert [s.heading for s in effective.note.sections] == [
+        "Subjective",
+        "Objective",
+        "Assessment",
+        "Plan",
+    ]
+    assert effective.note.type.coding() == {
+        "system": "http://loinc.org",
+        "code": "11506-3",
+        "display": "Progress note",
+    }
+    assert effective.after_visit_summary.type.code == "69730-0"
+    assert effective.after_visit_summary.reading_grade == 6
+    assert effective.engine_options("patient_instructions")["reading_grade"] == 6
+
+
+def test_site_note_template_and_type_with_a_per_site_override(tmp_path):
+    config = load_site_config(
+        write(
+            tmp_path,
+            """
+            [note]
+            type = "11488-4"
+            type_display = "Consult note"
+
+            [[note.sections]]
+            heading = "History"
+            parts = ["problems", "allergies", "medications"]
+
+            [[note.sections]]
+            heading = "Findings"
+            parts = ["results"]
+
+            [[note.sections]]
+            heading = "Impression and plan"
+            parts = ["assessment", "plan", "health_maintenance"]
+
+            [note.labels]
+            medications = "Current medications"
+
+            [after_visit_summary]
+            reading_grade = 5
+            offer = false
+
+            [sites."https://ehr.example.org/fhir".note.labels]
+            health_maintenance = "Prevention"
+            """,
+        )
+    )
+    default = config.default
+    assert default.note.type.code == "11488-4" and default.note.type.display == "Consult note"
+    assert [s.heading for s in default.note.sections] == [
+        "History",
+        "Findings",
+        "Impression and plan",
+    ]
+    assert default.note.label("medications") == "Current medications"
+    assert default.note.label("health_maintenance") == "Health maintenance"
+    assert default.after_visit_summary.reading_grade == 5
+    assert default.after_visit_summary.offer is False
+    site = config.for_issuer("https://ehr.example.org/fhir")
+    assert site.note.sections == default.note.sections  # merged from the defaults
+    assert site.note.label("health_maintenance") == "Prevention"
+    assert site.note.label("medications") == "Current medications"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            '[note]\ntype = "11506-4"\ntype_display = "Progress note"\n',
+            "site.toml line 2: note.type: '11506-4' is not a LOINC code (its check digit is wrong)",
+        ),
+        (
+            '[note]\ntype = "progress"\ntype_display = "Progress note"\n',
+            "site.toml line 2: note.type: 'progress' is not a LOINC code",
+        ),
+        (
+            '[note]\ntype = "11488-4"\n',
+            "site.toml line 2: note.type: needs type_display (the LOINC display) beside it",
+        ),
+        (
+            '[[note.sections]]\nheading = "All"\nparts = ["problems", "patient_instructions"]\n',
+            "note.sections[0].parts[1]: patient instructions never go in the clinician's note",
+        ),
+        (
+            '[[note.sections]]\nheading = "All"\nparts = ["problems", "results"]\n',
+            "site.toml line 1: note.sections: every part must be in a section; missing: "
+            "allergies, medications, assessment, plan, health_maintenance",
+        ),
+        (
+            '[[note.sections]]\nheading = "A"\nparts = ["problems", "problem"]\n',
+            "note.sections[0].parts[1]: 'problem' is not one of problems, allergies",
+        ),
+        (
+            "[after_visit_summary]\nreading_grade = 20\n",
+            "site.toml line 2: after_visit_summary.reading_grade: must be a whole number "
+            "from 3 to 12, not 20",
+        ),
+        (
+            "[note.labels]\nplan = 3\n",
+            "site.toml line 2: note.labels.plan: must be a string",
+        ),
+    ],
+)
+def test_note_configuration_errors_name_the_file_line_and_key(tmp_path, toml, message):
+    assert message in error_of(tmp_path, toml)
+
+
+def test_a_part_placed_twice_names_both_sections(tmp_path):
+    error = error_of(
+        tmp_path,
+        """
+        [[note.sections]]
+        heading = "S"
+        parts = ["problems", "allergies", "results", "medications"]
+
+        [[note.sections]]
+        heading = "AP"
+        parts = ["assessment", "plan", "health_maintenance", "results"]
+        """,
+    )
+    assert "note.sections[1].parts[3]: 'results' is already in section 'S'" in error

@@ -247,7 +247,7 @@ def test_a_new_launch_of_the_visit_shows_the_decisions_and_the_saved_draft(sideb
     assert state["draft"]["sections"] == [{"suggestion": accepted, "title": "Problem summary"}]
     assert state["changes"] == {"new": [], "removed": []}
     # The note assembled in the new launch is the saved one: nothing new to save.
-    assert sidebar.service.assemble_note(again)[0] == saved.note.text
+    assert sidebar.service.compose_note(again).text == saved.note.text
 
 
 def test_another_encounter_starts_a_visit_of_its_own(sidebar: Sidebar):

@@ -1,0 +1,125 @@
+"""Unit: the note preview is the note written to the chart, and its AI label is earned.
+
+The real app and drafter, a fixture chart, and a fake EHR that keeps what it is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from smartapp.notes.service import SidebarService
+from tests.unit.notes.views_support import SnapshotSource, fixture_snapshot, launch
+
+
+class FakeEHR:
+    """Takes transactions (note + Provenance) and keeps them."""
+
+    def __init__(self) -> None:
+        self.bundles: list[dict[str, Any]] = []
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"rest": [{"mode": "server", "interaction": [{"code": "transaction"}]}]}
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        self.bundles.append(bundle)
+        n = len(self.bundles)
+        return {
+            "entry": [
+                {"response": {"location": f"DocumentReference/doc{n}/_history/1"}},
+                {"response": {"location": f"Provenance/prov{n}/_history/1"}},
+            ]
+        }
+
+    def document(self) -> dict[str, Any]:
+        return self.bundles[-1]["entry"][0]["resource"]
+
+    def provenance(self) -> dict[str, Any]:
+        return self.bundles[-1]["entry"][1]["resource"]
+
+    def text(self) -> str:
+        data = self.document()["content"][0]["attachment"]["data"]
+        return base64.b64decode(data).decode("utf-8")
+
+
+@pytest.fixture
+def ehr(app) -> FakeEHR:
+    fake = FakeEHR()
+    real: SidebarService = app.extensions["smartapp.sidebar"]
+    app.extensions["smartapp.sidebar"] = SidebarService(
+        database=app.extensions["smartapp.db"],
+        snapshots=SnapshotSource(fixture_snapshot()),
+        drafter=real._drafter,
+        fhir_for=lambda _launch: fake,
+        note_layout=real.note_layout,
+    )
+    return fake
+
+
+def _api(client: Any, context: Any, method: str, path: str, **kwargs: Any) -> Any:
+    return client.open(path, method=method, headers={"X-CSRF-Token": context.csrf_token}, **kwargs)
+
+
+def _accept(client: Any, context: Any, kind: str) -> dict[str, Any]:
+    suggestions = _api(client, context, "GET", "/api/suggestions").get_json()["suggestions"]
+    chosen = next(s for s in suggestions if s["kind"] == kind)
+    answer = _api(
+        client,
+        context,
+        "POST",
+        f"/api/suggestions/{chosen['id']}/feedback",
+        json={"action": "accept"},
+    )
+    assert answer.status_code == 200, answer.get_json()
+    return chosen
+
+
+def test_preview_is_exactly_the_note_written(app, client, ehr):
+    context = launch(app, client)
+    empty = _api(client, context, "GET", "/api/note/preview").get_json()
+    assert empty["text"] == "" and empty["sections"] == [] and empty["aiAssisted"] is False
+    accepted = _accept(client, context, "problem_summary")
+    preview = _api(client, context, "GET", "/api/note/preview").get_json()
+    assert preview["text"].startswith("Subjective\n- ")
+    assert accepted["title"] not in preview["text"]  # no card title, no engine label
+    assert preview["type"] == {
+        "system": "http://loinc.org",
+        "code": "11506-3",
+        "display": "Progress note",
+    }
+    assert preview["aiAssisted"] is True and preview["suggestions"] == [accepted["id"]]
+    saved = _api(client, context, "POST", "/api/note")
+    assert saved.status_code == 201, saved.get_json()
+    assert ehr.text() == preview["text"]
+    assert ehr.document()["type"]["coding"][0]["code"] == "11506-3"
+    assert ehr.document()["meta"]["security"][0]["code"] == "AIAST"
+    assert [c["resourceType"] for c in ehr.provenance()["contained"]] == ["Device"]
+
+
+def test_note_of_the_clinicians_own_text_is_not_labelled_ai(app, client, ehr):
+    context = launch(app, client)
+    _accept(client, context, "problem_summary")
+    saved = _api(
+        client, context, "POST", "/api/note", json={"text": "Seen today; doing well. Recheck 3 mo."}
+    )
+    assert saved.status_code == 201, saved.get_json()
+    document = ehr.document()
+    assert ehr.text() == "Seen today; doing well. Recheck 3 mo."
+    assert "meta" not in document
+    assert document["description"] == "Draft progress note"
+    provenance = ehr.provenance()
+    assert "contained" not in provenance and "meta" not in provenance
+    assert all(not a["who"]["reference"].startswith("#") for a in provenance["agent"])
+
+
+def test_own_text_still_marked_unverified_is_refused(app, client, ehr):
+    context = launch(app, client)
+    _accept(client, context, "problem_summary")
+    answer = _api(
+        client, context, "POST", "/api/note", json={"text": "- [unverified] Potassium 6.9"}
+    )
+    assert answer.status_code == 400
+    assert "[unverified]" in answer.get_json()["error"]["message"]
+    assert ehr.bundles == []
