@@ -104,6 +104,8 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     )
     # Run beside the outbox by the background worker (`smartapp serve`, `smartapp sandbox`).
     app.extensions["smartapp.housekeeping"] = [cache.purge_expired]
+    # Logout ends a launch: its chart copy goes with it, not at the end of its TTL.
+    app.extensions.setdefault("smartapp.session_ended", []).append(cache.invalidate)
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()
     return engines

@@ -53,6 +53,7 @@ from smartapp.notes.writeback import (
     write_note,
     write_revision_provenance,
 )
+from smartapp.suggestions.changes import Changes, changes_since
 from smartapp.suggestions.interfaces import Suggestion
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class Drafter(Protocol):
 class SuggestionsView:
     snapshot: ChartSnapshot
     rows: list[ShownSuggestion]
+    #: What changed since the last note or visit (shown above the cards).
+    changes: Changes
     #: Kinds this clinician does not get here (rollout, kill switch), and why.
     not_enabled: tuple[NotEnabled, ...] = ()
     #: Kinds whose LLM draft is on its way (the rules stand in for them meanwhile).
@@ -210,6 +213,7 @@ class SidebarService:
         return SuggestionsView(
             snapshot=snapshot,
             rows=rows,
+            changes=changes_since(snapshot),
             not_enabled=plan.not_enabled,
             pending=tuple(k for k in plan.kinds if k in pending),
         )

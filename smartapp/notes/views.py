@@ -119,6 +119,7 @@ def _suggestions_response(launch: LaunchContext, *, refresh: bool) -> Response:
             "suggestions": [suggestion_json(r, view.snapshot, view.pending) for r in view.rows],
             "notEnabled": [n.to_json() for n in view.not_enabled],
             "pending": _pending_json(view.pending),
+            "changes": view.changes.to_json(),
             "chart": {
                 "fetchedAt": view.snapshot.fetched_at.isoformat()
                 if view.snapshot.fetched_at

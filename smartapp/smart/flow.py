@@ -18,7 +18,13 @@ from sqlalchemy import delete
 
 from smartapp.config import normalize_issuer
 from smartapp.db import utcnow
-from smartapp.errors import AuthorizationFailed, InvalidLaunch, InvalidState, UnknownIssuer
+from smartapp.errors import (
+    AuthorizationFailed,
+    InvalidLaunch,
+    InvalidState,
+    UnknownIssuer,
+    UpstreamError,
+)
 from smartapp.smart.client import TokenResponse
 from smartapp.smart.crypto import DecryptionFailed, hash_secret, random_secret, same_secret
 from smartapp.smart.idtoken import IDTokenClaims, IDTokenInvalid, validate_id_token
@@ -172,7 +178,9 @@ def consume_pending(
     """The pending authorization for `state`, deleted so it can never be used again.
 
     Raises InvalidState when the state is missing, unknown (forged), already used,
-    expired, or was started in another browser (the binding cookie does not match).
+    expired, or was started in another browser (the binding cookie does not match). A
+    callback from another browser leaves the row alone: whoever learnt a `state` cannot
+    spend it and so break the real sign-in.
     """
     if not state or len(state) > _MAX_PARAM:
         raise InvalidState(
@@ -184,6 +192,15 @@ def consume_pending(
         pending = s.get(PendingAuthorization, state_hash)
         if pending is None:
             raise InvalidState()
+        if utcnow() >= pending.expires_at:
+            s.delete(pending)
+            raise InvalidState("This sign-in took too long and has expired. Open the app again.")
+        if not binding or not same_secret(binding, pending.binding_hash):
+            log.warning("callback refused: state bound to another browser")
+            raise InvalidState(
+                "This sign-in was started in another browser or window. Open the app again "
+                "from the patient's chart in the EHR."
+            )
         # Delete first and count: of two concurrent callbacks with one state, one wins.
         result = s.execute(
             delete(PendingAuthorization).where(PendingAuthorization.state_hash == state_hash)
@@ -191,21 +208,29 @@ def consume_pending(
         deleted = getattr(result, "rowcount", 0)
         if deleted != 1:
             raise InvalidState()
-    if utcnow() >= pending.expires_at:
-        raise InvalidState("This sign-in took too long and has expired. Open the app again.")
-    if not binding or not same_secret(binding, pending.binding_hash):
-        log.warning("callback refused: state bound to another browser")
-        raise InvalidState(
-            "This sign-in was started in another browser or window. Open the app again "
-            "from the patient's chart in the EHR."
-        )
     return pending
+
+
+def restore_pending(services: SMARTServices, pending: PendingAuthorization) -> None:
+    """Put back a pending authorization whose code the token endpoint refused.
+
+    A callback with a forged or stale code spends nothing at the EHR; the real callback,
+    with the real code, must still find its state.
+    """
+    columns = {c.key: getattr(pending, c.key) for c in PendingAuthorization.__table__.columns}
+    with services.db.session() as s:
+        if s.get(PendingAuthorization, pending.state_hash) is None:
+            s.add(PendingAuthorization(**columns))
 
 
 def fail_authorization(
     services: SMARTServices, *, state: str | None, binding: str | None, error: str
 ) -> AuthorizationFailed:
-    """The error for an authorization server's `error=` redirect (state consumed if valid)."""
+    """The error for an authorization server's `error=` redirect.
+
+    The state is spent only by the browser that started the sign-in (the EHR's refusal
+    ends it); an `error=` sent from anywhere else leaves it for the real callback.
+    """
     try:
         consume_pending(services, state=state, binding=binding)
     except InvalidState:
@@ -232,19 +257,25 @@ def complete(
     """
     pending = consume_pending(services, state=state, binding=binding)
     if not code or len(code) > _MAX_PARAM:
+        restore_pending(services, pending)
         raise InvalidLaunch("The EHR sent no authorization code. Open the app again.")
     try:
         verifier = services.cipher.decrypt(pending.code_verifier_enc)
     except DecryptionFailed as exc:
         # SMARTAPP_SECRET_KEY changed while this sign-in was under way.
         raise InvalidState() from exc
-    token = services.client.exchange_code(
-        pending.token_endpoint,
-        code=code,
-        redirect_uri=pending.redirect_uri,
-        code_verifier=verifier,
-        requested_scope=pending.requested_scope,
-    )
+    try:
+        token = services.client.exchange_code(
+            pending.token_endpoint,
+            code=code,
+            redirect_uri=pending.redirect_uri,
+            code_verifier=verifier,
+            requested_scope=pending.requested_scope,
+        )
+    except (AuthorizationFailed, UpstreamError):
+        # No token was issued for this code: a forged callback must not cost the real one.
+        restore_pending(services, pending)
+        raise
     id_claims = _identity(services, pending, token)
     _check_context(pending, token)
     granted = GrantedScopes(token.scope)

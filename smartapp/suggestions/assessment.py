@@ -567,7 +567,11 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         names = _join_names([_name(r) for r in readings])
         resources = [owner.condition, *(x for r in readings for x in _resources(r))]
         statements.append(
-            Statement(text=f"{names}: see {owner.name}", citations=_cite(snapshot, resources))
+            Statement(
+                text=f"{names}: see {owner.name}",
+                citations=_cite(snapshot, resources),
+                see=owner.name,
+            )
         )
     meds = _treating(facts, frozenset(classes)) if classes else facts.medications_for(problem)
     if meds:
@@ -617,6 +621,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 text=text,
                 citations=_cite(snapshot, [problem.condition, *cited]),
                 rule=f"{option.cite.label}: {option.rule}" if option.rule else option.cite.label,
+                brief=lead if why else None,
             )
         )
     onset = date_part(problem.onset)

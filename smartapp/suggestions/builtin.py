@@ -21,6 +21,7 @@ from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
 from smartapp.suggestions import assessment, preventive, safety
 from smartapp.suggestions import kinds as K
+from smartapp.suggestions.crossref import PROBLEM, PROBLEM_REFERENCE
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
@@ -272,7 +273,11 @@ class BuiltinEngine:
                         parts.append(phrase)
                         cited.extend(resources)
             statements.append(
-                Statement(text="; ".join(parts), citations=_cite(facts.snapshot, *cited))
+                Statement(
+                    text="; ".join(parts),
+                    citations=_cite(facts.snapshot, *cited),
+                    brief=parts[0] if len(parts) > 1 else None,
+                )
             )
         return self._suggestion(
             K.PROBLEM_SUMMARY, f"{K.KIND_LABELS[K.PROBLEM_SUMMARY]} (rule-based)", statements
@@ -738,6 +743,7 @@ class BuiltinEngine:
                     text=f"{topic}: {done}, result {abnormal} — {result.phrase}",
                     citations=cited,
                     rule=rule,
+                    brief=f"{topic}: {done}, result {abnormal}",
                 ),
             )
         if taken >= cutoff:
@@ -747,7 +753,10 @@ class BuiltinEngine:
                 due=False,
                 groups=groups,
                 statement=Statement(
-                    text=f"{topic}: {up_to_date} — {result.phrase}", citations=cited, rule=rule
+                    text=f"{topic}: {up_to_date} — {result.phrase}",
+                    citations=cited,
+                    rule=rule,
+                    brief=f"{topic}: {up_to_date}",
                 ),
             )
         if not facts.newest_known(record_type):
@@ -760,7 +769,10 @@ class BuiltinEngine:
             due=True,
             groups=groups,
             statement=Statement(
-                text=f"{topic}: consider {consider} — {evidence}", citations=cited, rule=rule
+                text=f"{topic}: consider {consider} — {evidence}",
+                citations=cited,
+                rule=rule,
+                brief=f"{topic}: consider {consider} — the latest is older than the interval",
             ),
             plan_text=f"Consider {consider} — {evidence}",
             patient_text=patient,
@@ -801,6 +813,7 @@ class BuiltinEngine:
                     text=f"{topic}: {consider} — {evidence}",
                     citations=_cite(snapshot, *[res for r in ordered for res in r.resources]),
                     rule=rule,
+                    brief=f"{topic}: {consider} — {scope} at or above the site's threshold",
                 ),
                 plan_text=f"{capitalize(consider)} — {evidence}",
                 patient_text=(
@@ -822,7 +835,17 @@ class BuiltinEngine:
             title = (
                 f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {block.problem.name} (rule-based, for review)"
             )
-            out += self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
+            out += [
+                replace(
+                    s,
+                    extra={
+                        **s.extra,
+                        PROBLEM: block.problem.name,
+                        PROBLEM_REFERENCE: block.problem.reference,
+                    },
+                )
+                for s in self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
+            ]
         return out
 
     # -- patient instructions ------------------------------------------------------------

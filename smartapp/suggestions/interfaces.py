@@ -41,6 +41,14 @@ class Statement:
     #: The id of the clinical safety rule (a data file entry) that raised this statement:
     #: "pregnancy-ace-inhibitor". Its source is named in `rule`.
     rule_id: str | None = None
+    #: Set on a cross-reference: the card that states the facts this statement cites
+    #: ("Assessment and plan: Type 2 diabetes mellitus"). Its citations point the way; they
+    #: are not facts stated here (smartapp.suggestions.crossref).
+    see: str | None = None
+    #: What this statement says when the results it cites are stated in another card: the
+    #: same claim without their values ("Diabetes: HbA1c done within the interval"). None:
+    #: the statement is dropped there and the card points to the other one instead.
+    brief: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -53,6 +61,8 @@ class Statement:
             data["rule"] = self.rule
         if self.rule_id:
             data["ruleId"] = self.rule_id
+        if self.see:
+            data["see"] = self.see
         return data
 
 

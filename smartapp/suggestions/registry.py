@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.httplimits import limited_session
 from smartapp.siteconfig import EffectiveConfig, SiteConfig, load_site_config, normalize_issuer
 from smartapp.suggestions.builtin import BuiltinEngine
+from smartapp.suggestions.crossref import deduplicate
 from smartapp.suggestions.grounding import DROPPED, GroundingVerifier, verify_suggestions
 from smartapp.suggestions.interfaces import EngineInfo, Statement, Suggestion, SuggestionEngine
 from smartapp.suggestions.llm import LLMEngine
@@ -129,6 +130,14 @@ class StartedRun:
     run: SuggestionRun
     pending: Mapping[str, Future[KindRun]]
     deadline: float
+
+
+@dataclass
+class _Others:
+    """A request's other kinds, for an LLM kind finishing beside them (set once drafted)."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    runs: list[KindRun] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -340,26 +349,34 @@ class SuggestionService:
         verifier = GroundingVerifier(snapshot)
         deadline = time.monotonic() + self.timeout_for(effective)
         pending: dict[str, Future[KindRun]] = {}
+        others = _Others()
         for kind in wanted:
             if isinstance(self.engine_for(effective, kind, chosen.get(kind))[0], LLMEngine):
                 pending[kind] = self.llm_pool().submit(
-                    self._run_remote, snapshot, effective, kind, verifier, chosen.get(kind),
+                    self._run_remote,
+                    snapshot,
+                    effective,
+                    kind,
+                    verifier,
+                    chosen.get(kind),
                     deadline,
+                    others,
                 )
-        results = {
-            kind: self._run_kind(
-                snapshot, effective, kind, verifier, chosen.get(kind), interim=kind in pending
-            )
-            for kind in wanted
-        }
+        try:
+            raw = [
+                self._run_kind(
+                    snapshot, effective, kind, verifier, chosen.get(kind), interim=kind in pending
+                )
+                for kind in wanted
+            ]
+            others.runs = raw
+        finally:
+            others.ready.set()
+        run = SuggestionRun(kinds=self._finish(effective, raw, verifier))
         if self.on_kinds_drafted is not None:
             # The rules standing in are not the LLM's run: its own is told when it arrives.
-            self.on_kinds_drafted([r for k, r in results.items() if k not in pending])
-        return StartedRun(
-            run=SuggestionRun(kinds=tuple(results[k] for k in wanted)),
-            pending=pending,
-            deadline=deadline,
-        )
+            self.on_kinds_drafted([r for r in run.kinds if r.kind not in pending])
+        return StartedRun(run=run, pending=pending, deadline=deadline)
 
     def timeout_for(self, effective: EffectiveConfig) -> float:
         """Seconds an LLM kind may take: `[llm] timeout_seconds`, unless the settings say."""
@@ -375,8 +392,14 @@ class SuggestionService:
         verifier: GroundingVerifier,
         choice: EngineChoice | None,
         deadline: float,
+        others: _Others,
     ) -> KindRun:
         run = self._run_kind(snapshot, effective, kind, verifier, choice, deadline=deadline)
+        # Finished beside the request's other kinds (each result stated in one card only),
+        # with this kind's own run in place of the rules that stood in for it.
+        others.ready.wait()
+        runs = [run if r.kind == kind else r for r in others.runs] or [run]
+        run = next(r for r in self._finish(effective, runs, verifier) if r.kind == kind)
         if self.on_kinds_drafted is not None:
             try:
                 self.on_kinds_drafted([run])
@@ -436,21 +459,11 @@ class SuggestionService:
             lost += _dropped(again)
             fallback_reason = UNGROUNDED + SHOWING_RULES
 
-        renderer = self.renderer(effective)
-        rendered = tuple(
-            replace(
-                s,
-                rendered_text=renderer.render(
-                    s, style=kind_config.style, detail=kind_config.detail
-                ),
-            )
-            for s in shown
-        )
         return KindRun(
             kind=kind,
             engine=kind_config.engine,
             engine_info=configured,
-            suggestions=rendered,
+            suggestions=tuple(shown),
             checked=counts["checked"],
             passed=counts["passed"],
             dropped=counts["dropped"],
@@ -460,6 +473,31 @@ class SuggestionService:
             elapsed_ms=(self._clock() - started) * 1000.0,
             dropped_statements=tuple(lost),
         )
+
+    def _finish(
+        self, effective: EffectiveConfig, runs: Sequence[KindRun], verifier: GroundingVerifier
+    ) -> tuple[KindRun, ...]:
+        """Each result stated in one card only (crossref), then every card rendered."""
+        flat = [s for run in runs for s in run.suggestions]
+        deduplicated = iter(deduplicate(flat, verifier))
+        renderer = self.renderer(effective)
+        finished: list[KindRun] = []
+        for run in runs:
+            kind_config = effective.kind(run.kind)
+            assert kind_config is not None
+            mine = [next(deduplicated) for _ in run.suggestions]
+            rendered = tuple(
+                replace(
+                    s,
+                    rendered_text=renderer.render(
+                        s, style=kind_config.style, detail=kind_config.detail
+                    ),
+                )
+                for s in mine
+                if s.statements
+            )
+            finished.append(replace(run, suggestions=rendered))
+        return tuple(finished)
 
     def _safe_suggest(
         self,

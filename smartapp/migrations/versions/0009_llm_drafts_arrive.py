@@ -1,7 +1,7 @@
 """The LLM's drafts arrive after the rules': which kinds are on their way, when a card was decided.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-02 15:40:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import smartapp.db
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
