@@ -928,7 +928,18 @@ def _check_type(
         if rtype == "Patient"
         else f"the chart would lack {rtype} (the sidebar says what is missing)"
     )
+    from smartapp.fhir.chart import OPTIONAL_TYPES
+
     resource = resource_capability(capability, rtype)
+    if resource is None and rtype in OPTIONAL_TYPES:
+        report.add(
+            "ok",
+            key,
+            what,
+            "not in the CapabilityStatement",
+            f"optional: the app asks for {rtype} only where the server offers it",
+        )
+        return
     if resource is None:
         report.add(severity, key, what, "not in the CapabilityStatement", why)
         return

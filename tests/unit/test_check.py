@@ -319,6 +319,22 @@ def test_a_type_without_patient_search_is_a_warning(rsps, smart_config, capabili
     assert report.exit_code == 0
 
 
+def test_medication_statement_not_offered_is_fine_and_offered_is_checked(
+    rsps, smart_config, capability
+):
+    # The shared statement does not list MedicationStatement (US Core 4+ dropped it).
+    report = run(rsps, smart_config, capability)
+    statement = line(report, "search:MedicationStatement")
+    assert statement.status == "ok" and "only where the server offers it" in statement.why
+    rsps.reset()
+    offered = copy.deepcopy(capability)
+    offered["rest"][0]["resource"].append(
+        {"type": "MedicationStatement", "interaction": [{"code": "read"}]}
+    )
+    report = run(rsps, smart_config, offered)
+    assert line(report, "search:MedicationStatement").status == "warn"
+
+
 def test_no_include_and_no_conditional_create_are_warnings(rsps, smart_config, capability):
     del type_entry(capability, "MedicationRequest")["searchInclude"]
     del type_entry(capability, "Provenance")["conditionalCreate"]
