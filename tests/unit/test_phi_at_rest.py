@@ -67,7 +67,10 @@ def test_start_up_tightens_a_folder_left_open(tmp_path, open_umask, caplog):
     (folder / "old-copy.db").write_text("x")
     (folder / "old-copy.db").chmod(0o644)
     with caplog.at_level(logging.WARNING, logger="smartapp.instance"):
-        app = create_app(make_settings(tmp_path))
+        # SQLite here, whatever the run's database: this test is about files.
+        app = create_app(
+            make_settings(tmp_path, SMARTAPP_DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}")
+        )
     app.extensions["smartapp.db"].dispose()
     assert _mode(folder) == 0o700
     assert _mode(folder / "old-copy.db") == 0o600
