@@ -1,7 +1,7 @@
 """Change control cites stored evaluations by hash and records who activated a version.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02 16:00:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import smartapp.db
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
