@@ -6,6 +6,8 @@
   treats http://127.0.0.1 and localhost as secure contexts.
 - Every state-changing request must carry `X-CSRF-Token` equal to the token bound to the
   launch session (see `smart/session.py`, which registers the lookup).
+- `Cache-Control: no-store` on every answer but static files: pages and API answers may
+  hold PHI.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from smartapp.errors import CSRFError
 
 CSRF_HEADER = "X-CSRF-Token"
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Paths whose answers hold no patient data and may be cached.
+_CACHEABLE_PREFIXES = ("/static/",)
 
 #: Looks up the CSRF token bound to the current browser session, or None without one.
 CSRFLookup = Callable[[], str | None]
@@ -94,6 +98,9 @@ def init_app(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         # Launch and callback URLs carry one-time codes: never leak them in a Referer.
         response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.path.startswith(("/api/", "/callback", "/launch", "/admin")):
+        # Every page and API answer may hold PHI (the sidebar, /admin, an error page naming
+        # the launch): no cache, shared or the browser's, keeps a copy. Static files hold
+        # none; a view that knows better (the JWKS) sets its own.
+        if not request.path.startswith(_CACHEABLE_PREFIXES):
             response.headers.setdefault("Cache-Control", "no-store")
         return response

@@ -22,6 +22,7 @@ import requests
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin, grants
+from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import AuthorizationCodeMixin
@@ -344,6 +345,24 @@ class SMARTOpenIDCode(OpenIDCode):  # type: ignore[misc]
         return info
 
 
+class SandboxRevocation(RevocationEndpoint):  # type: ignore[misc]
+    """RFC 7009 token revocation: a revoked refresh token takes its access token with it."""
+
+    CLIENT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:
+        store = _sandbox(self.server).store
+        row = None
+        if token_type_hint != "access_token":
+            row = store.get_token_by_refresh(token_string)
+        if row is None and token_type_hint != "refresh_token":
+            row = store.get_token(token_string)
+        return TokenRecord(row) if row is not None else None
+
+    def revoke_token(self, token: TokenRecord, request: Any) -> None:
+        _sandbox(self.server).store.revoke_grant(token.row["access_token"])
+
+
 class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
     """SMART confidential-asymmetric client authentication (RFC 7523 client assertions)."""
 
@@ -356,7 +375,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
         self._seen_jti: dict[str, float] = {}
 
     def get_audiences(self) -> list[str]:
-        return [self.sandbox.token_endpoint]
+        # A client signs its assertion for the endpoint it calls (RFC 7523 §3).
+        return [self.sandbox.token_endpoint, self.sandbox.revocation_endpoint]
 
     def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
         key = f"{claims['sub']}:{jti}"
@@ -453,6 +473,7 @@ class SandboxAuth:
         self.latest_encounter = latest_encounter
         self.authorization_endpoint = f"{self.ehr_base_url}/auth/authorize"
         self.token_endpoint = f"{self.ehr_base_url}/auth/token"
+        self.revocation_endpoint = f"{self.ehr_base_url}/auth/revoke"
         self.jwks_uri = f"{self.ehr_base_url}/auth/jwks.json"
         self.style_url = f"{self.ehr_base_url}/auth/smart-style.json"
         self.server: AuthorizationServer | None = None
@@ -464,6 +485,7 @@ class SandboxAuth:
             "jwks_uri": self.jwks_uri,
             "authorization_endpoint": self.authorization_endpoint,
             "token_endpoint": self.token_endpoint,
+            "revocation_endpoint": self.revocation_endpoint,
             "token_endpoint_auth_methods_supported": [
                 "none",
                 "client_secret_basic",
@@ -593,12 +615,14 @@ class SandboxAuth:
         )
         server.register_grant(SMARTRefreshTokenGrant)
         server.register_client_auth_method("private_key_jwt", PrivateKeyJWT(self))
+        server.register_endpoint(SandboxRevocation)
         self.server = server
 
         app.add_url_rule(
             "/auth/authorize", "authorize", self.authorize_view, methods=["GET", "POST"]
         )
         app.add_url_rule("/auth/token", "token", self.token_view, methods=["POST"])
+        app.add_url_rule("/auth/revoke", "revoke", self.revoke_view, methods=["POST"])
         app.add_url_rule("/auth/jwks.json", "jwks", lambda: _public_json(self.jwks()))
         app.add_url_rule("/auth/smart-style.json", "smart_style", lambda: _public_json(SMART_STYLE))
         app.add_url_rule(
@@ -676,6 +700,11 @@ class SandboxAuth:
     def token_view(self) -> Response:
         assert self.server is not None
         response: Response = self.server.create_token_response()
+        return response
+
+    def revoke_view(self) -> Response:
+        assert self.server is not None
+        response: Response = self.server.create_endpoint_response(SandboxRevocation.ENDPOINT_NAME)
         return response
 
     def authorize_view(self) -> Any:

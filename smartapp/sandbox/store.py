@@ -306,6 +306,13 @@ class Store:
             "UPDATE tokens SET refresh_revoked = 1 WHERE refresh_token = ?", (refresh_token,)
         )
 
+    def revoke_grant(self, access_token: str) -> None:
+        """RFC 7009: the token revoked, with the other half of its pair."""
+        self._execute(
+            "UPDATE tokens SET access_revoked = 1, refresh_revoked = 1 WHERE access_token = ?",
+            (access_token,),
+        )
+
     def revoke_tokens_from_code(self, code: str) -> None:
         """RFC 6749 §4.1.2: a replayed code revokes every token it produced."""
         self._execute(

@@ -278,6 +278,30 @@ class SMARTClient:
             parsed = _replace_refresh_token(parsed, refresh_token)
         return parsed
 
+    def revoke(self, revocation_endpoint: str, *, token: str, token_type_hint: str) -> bool:
+        """RFC 7009 revocation, with this client's authentication. True if the server took it.
+
+        Never raises: logout ends the session here whatever the EHR answers.
+        https://www.rfc-editor.org/rfc/rfc7009#section-2.1
+        """
+        try:
+            with self._session() as oauth:
+                response = oauth.revoke_token(
+                    revocation_endpoint,
+                    token=token,
+                    token_type_hint=token_type_hint,
+                    timeout=self.timeout,
+                )
+        except (OAuthError, requests.RequestException, ValueError) as exc:
+            log.warning(
+                "revocation at %s failed: %s", _host(revocation_endpoint), type(exc).__name__
+            )
+            return False
+        status = response.status_code
+        if status != 200:
+            log.warning("revocation at %s answered HTTP %s", _host(revocation_endpoint), status)
+        return bool(status == 200)
+
     def _session(self) -> OAuth2Session:
         auth = self.auth
         oauth = _TokenSession(

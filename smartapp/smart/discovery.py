@@ -49,6 +49,8 @@ class SMARTConfiguration:
     token_endpoint_auth_methods_supported: tuple[str, ...]
     #: "well-known" or "capability-statement" (the deprecated fallback).
     source: str = "well-known"
+    #: RFC 7009 token revocation, where the server advertises it (logout revokes there).
+    revocation_endpoint: str | None = None
 
     @classmethod
     def from_well_known(cls, iss: str, data: Mapping[str, Any]) -> SMARTConfiguration:
@@ -76,6 +78,7 @@ class SMARTConfiguration:
                 data, "token_endpoint_auth_methods_supported"
             ),
             source="well-known",
+            revocation_endpoint=_revocation_endpoint(iss, data),
         )
 
     @classmethod
@@ -237,6 +240,15 @@ def _required_url(iss: str, data: Mapping[str, Any], key: str) -> str:
     if url is None:
         raise DiscoveryError(f"The EHR's SMART configuration has no {key}.")
     return url
+
+
+def _revocation_endpoint(iss: str, data: Mapping[str, Any]) -> str | None:
+    # Optional and used only at logout: a bad one must not stop every launch.
+    try:
+        return _optional_url(iss, data, "revocation_endpoint")
+    except DiscoveryError:
+        log.warning("SMART server %s: revocation_endpoint unusable; logout will not revoke", iss)
+        return None
 
 
 def _optional_url(iss: str, data: Mapping[str, Any], key: str) -> str | None:

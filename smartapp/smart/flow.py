@@ -14,11 +14,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 
 from smartapp.config import normalize_issuer
 from smartapp.db import utcnow
-from smartapp.errors import AuthorizationFailed, InvalidLaunch, InvalidState, UnknownIssuer
+from smartapp.errors import (
+    AuthorizationFailed,
+    InvalidLaunch,
+    InvalidState,
+    LaunchError,
+    UnknownIssuer,
+    UpstreamError,
+)
 from smartapp.smart.client import TokenResponse
 from smartapp.smart.crypto import DecryptionFailed, hash_secret, random_secret, same_secret
 from smartapp.smart.idtoken import IDTokenClaims, IDTokenInvalid, validate_id_token
@@ -32,6 +39,11 @@ log = logging.getLogger(__name__)
 
 #: An authorize request must come back within this time.
 PENDING_TTL = timedelta(minutes=10)
+#: Sign-ins under way at once, across every browser: past it, /launch answers 503 until
+#: some complete or expire (anonymous launches must not fill the store).
+MAX_PENDING = 5000
+#: Sign-ins under way in one browser (one binding cookie); the oldest go first.
+MAX_PENDING_PER_BROWSER = 10
 
 #: FHIR ids (R4 `id`): the context ids end up in FHIR URLs, so nothing else is accepted.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -48,6 +60,14 @@ _AUTHORIZE_ERRORS = {
     "server_error": "The EHR could not complete the sign-in.",
     "temporarily_unavailable": "The EHR's sign-in is unavailable right now. Try again shortly.",
 }
+
+
+class TooManyPending(LaunchError):
+    """The store holds as many sign-ins under way as it will: try again shortly."""
+
+    status_code = 503
+    code = "too_many_sign_ins"
+    default_message = "Too many sign-ins are under way right now. Try again in a minute."
 
 
 class AccessDenied(AuthorizationFailed):
@@ -131,12 +151,28 @@ def begin(
     if binding is None or not _BINDING.match(binding):
         binding = random_secret(32)
     now = utcnow()
+    binding_hash = hash_secret(binding)
     with services.db.session() as s:
         s.execute(delete(PendingAuthorization).where(PendingAuthorization.expires_at <= now))
+        live = s.scalar(select(func.count()).select_from(PendingAuthorization)) or 0
+        if live >= MAX_PENDING:
+            log.warning("launch refused: %d sign-ins under way (MAX_PENDING)", live)
+            raise TooManyPending()
+        # One browser keeps its newest few: a page reloaded in a loop cannot grow the table.
+        stale = s.scalars(
+            select(PendingAuthorization.state_hash)
+            .where(PendingAuthorization.binding_hash == binding_hash)
+            .order_by(PendingAuthorization.created_at.desc())
+            .offset(MAX_PENDING_PER_BROWSER - 1)
+        ).all()
+        if stale:
+            s.execute(
+                delete(PendingAuthorization).where(PendingAuthorization.state_hash.in_(stale))
+            )
         s.add(
             PendingAuthorization(
                 state_hash=hash_secret(state),
-                binding_hash=hash_secret(binding),
+                binding_hash=binding_hash,
                 iss=iss,
                 launch=launch,
                 code_verifier_enc=services.cipher.encrypt(verifier),
@@ -166,13 +202,24 @@ def begin(
     return AuthorizationStart(url=url, binding=binding)
 
 
+def purge_expired(services: SMARTServices) -> int:
+    """Delete the sign-ins that were never completed in time; returns how many."""
+    with services.db.session() as s:
+        result = s.execute(
+            delete(PendingAuthorization).where(PendingAuthorization.expires_at <= utcnow())
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def consume_pending(
     services: SMARTServices, *, state: str | None, binding: str | None
 ) -> PendingAuthorization:
     """The pending authorization for `state`, deleted so it can never be used again.
 
     Raises InvalidState when the state is missing, unknown (forged), already used,
-    expired, or was started in another browser (the binding cookie does not match).
+    expired, or was started in another browser (the binding cookie does not match). A
+    callback from another browser leaves the row alone: whoever learnt a `state` cannot
+    spend it and so break the real sign-in.
     """
     if not state or len(state) > _MAX_PARAM:
         raise InvalidState(
@@ -184,6 +231,15 @@ def consume_pending(
         pending = s.get(PendingAuthorization, state_hash)
         if pending is None:
             raise InvalidState()
+        if utcnow() >= pending.expires_at:
+            s.delete(pending)
+            raise InvalidState("This sign-in took too long and has expired. Open the app again.")
+        if not binding or not same_secret(binding, pending.binding_hash):
+            log.warning("callback refused: state bound to another browser")
+            raise InvalidState(
+                "This sign-in was started in another browser or window. Open the app again "
+                "from the patient's chart in the EHR."
+            )
         # Delete first and count: of two concurrent callbacks with one state, one wins.
         result = s.execute(
             delete(PendingAuthorization).where(PendingAuthorization.state_hash == state_hash)
@@ -191,21 +247,29 @@ def consume_pending(
         deleted = getattr(result, "rowcount", 0)
         if deleted != 1:
             raise InvalidState()
-    if utcnow() >= pending.expires_at:
-        raise InvalidState("This sign-in took too long and has expired. Open the app again.")
-    if not binding or not same_secret(binding, pending.binding_hash):
-        log.warning("callback refused: state bound to another browser")
-        raise InvalidState(
-            "This sign-in was started in another browser or window. Open the app again "
-            "from the patient's chart in the EHR."
-        )
     return pending
+
+
+def restore_pending(services: SMARTServices, pending: PendingAuthorization) -> None:
+    """Put back a pending authorization whose code the token endpoint refused.
+
+    A callback with a forged or stale code spends nothing at the EHR; the real callback,
+    with the real code, must still find its state.
+    """
+    columns = {c.key: getattr(pending, c.key) for c in PendingAuthorization.__table__.columns}
+    with services.db.session() as s:
+        if s.get(PendingAuthorization, pending.state_hash) is None:
+            s.add(PendingAuthorization(**columns))
 
 
 def fail_authorization(
     services: SMARTServices, *, state: str | None, binding: str | None, error: str
 ) -> AuthorizationFailed:
-    """The error for an authorization server's `error=` redirect (state consumed if valid)."""
+    """The error for an authorization server's `error=` redirect.
+
+    The state is spent only by the browser that started the sign-in (the EHR's refusal
+    ends it); an `error=` sent from anywhere else leaves it for the real callback.
+    """
     try:
         consume_pending(services, state=state, binding=binding)
     except InvalidState:
@@ -232,19 +296,25 @@ def complete(
     """
     pending = consume_pending(services, state=state, binding=binding)
     if not code or len(code) > _MAX_PARAM:
+        restore_pending(services, pending)
         raise InvalidLaunch("The EHR sent no authorization code. Open the app again.")
     try:
         verifier = services.cipher.decrypt(pending.code_verifier_enc)
     except DecryptionFailed as exc:
         # SMARTAPP_SECRET_KEY changed while this sign-in was under way.
         raise InvalidState() from exc
-    token = services.client.exchange_code(
-        pending.token_endpoint,
-        code=code,
-        redirect_uri=pending.redirect_uri,
-        code_verifier=verifier,
-        requested_scope=pending.requested_scope,
-    )
+    try:
+        token = services.client.exchange_code(
+            pending.token_endpoint,
+            code=code,
+            redirect_uri=pending.redirect_uri,
+            code_verifier=verifier,
+            requested_scope=pending.requested_scope,
+        )
+    except (AuthorizationFailed, UpstreamError):
+        # No token was issued for this code: a forged callback must not cost the real one.
+        restore_pending(services, pending)
+        raise
     id_claims = _identity(services, pending, token)
     _check_context(pending, token)
     granted = GrantedScopes(token.scope)

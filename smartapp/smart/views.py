@@ -15,7 +15,7 @@ from smartapp import audit
 from smartapp.config import ConfigError, Settings
 from smartapp.db import get_db
 from smartapp.security import clear_cookie, set_cookie
-from smartapp.smart import flow
+from smartapp.smart import flow, logout
 from smartapp.smart.keys import public_jwks
 from smartapp.smart.services import EXTENSION_KEY, SMARTServices, get_services
 from smartapp.smart.session import ABSOLUTE_LIFETIME, SESSION_COOKIES, init_csrf
@@ -149,6 +149,42 @@ def callback() -> Response:
     )
     clear_cookie(response, BINDING_COOKIE)
     return response
+
+
+#: Callables told the session id of every launch that logout ends (the chart cache drops it).
+SESSION_ENDED_EXT = "smartapp.session_ended"
+
+
+def _logout(purpose: str) -> Response:
+    services = get_services()
+    cookie = SESSION_COOKIES[purpose]
+    ended = logout.end_launch(services, request.cookies.get(cookie, ""), purpose=purpose)
+    if ended is not None:
+        for hook in current_app.extensions.get(SESSION_ENDED_EXT, ()):
+            hook(ended.session_id)
+        audit.record(
+            services.db,
+            actor=ended.fhir_user,
+            action="launch.logout" if purpose == "clinician" else "admin.signout",
+            site=ended.iss,
+            patient=ended.patient_id,
+            detail={"revoked": ended.revoked},
+        )
+    response = jsonify({"status": "signed_out", "revoked": bool(ended and ended.revoked)})
+    clear_cookie(response, cookie)
+    return response
+
+
+@bp.post("/logout")
+def logout_clinician() -> Response:
+    """End this browser's launch (header X-CSRF-Token): server-side, and at the EHR if it can."""
+    return _logout("clinician")
+
+
+@bp.post("/admin/logout")
+def logout_admin() -> Response:
+    """End this browser's admin session (header X-CSRF-Token of that session)."""
+    return _logout("admin")
 
 
 @bp.get("/.well-known/jwks.json")

@@ -408,6 +408,8 @@ def format_draft(record: Mapping[str, Any]) -> str:
             cites = ", ".join(c["reference"] for c in statement["citations"]) or "no citation"
             lines.append(f"  {mark} {statement['text']}")
             lines.append(f"             cites: {cites}")
+            if statement.get("rule"):  # why it was said, and on whose authority
+                lines.append(f"             rule: {statement['rule']}")
             for issue in statement["issues"]:
                 lines.append(f"             issue: {issue}")
     if record["dropped"]:

@@ -5,10 +5,12 @@ Works with vLLM, llama.cpp's server, Ollama and Azure OpenAI (`api-key` header a
 https://platform.openai.com/docs/api-reference/chat/create. The model sees a compact,
 de-duplicated chart in which every fact carries its resource reference, with the minimum
 identifiers (age and sex; no name, MRN, address or telecom unless the site allows the
-name), and must answer in JSON. Its statements then go through the same grounding
-verifier as the built-in rules. When the endpoint fails, is slow, or answers badly, the
-built-in engine answers instead and says so (`EngineInfo.fallback_reason`). Neither the
-prompt nor the answer is ever logged: both carry patient data.
+name) and its free text scrubbed of the patient's names and identifiers found anywhere
+in the chart (`deidentify.py`), and must answer in JSON. Its statements then go through
+the same grounding verifier as the built-in rules. When the endpoint fails, is slow, or
+answers badly, the built-in engine answers instead and says so
+(`EngineInfo.fallback_reason`). Neither the prompt nor the answer is ever logged: both
+carry patient data.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from smartapp.fhir.readers import codings
 from smartapp.fhir.snapshot import ChartSnapshot, reference_key
 from smartapp.suggestions import facts as F
 from smartapp.suggestions.builtin import BuiltinEngine
+from smartapp.suggestions.deidentify import scrubber_for
 from smartapp.suggestions.grounding import GroundingVerifier
 from smartapp.suggestions.interfaces import (
     Citation,
@@ -393,6 +396,8 @@ class LLMEngine:
             send_patient_name=self.send_patient_name,
             max_observations_per_code=self.max_observations_per_code,
         )
+        # Free text can carry what the compact chart leaves out ("call Jane at 555-0100").
+        chart = scrubber_for(snapshot, keep_name=self.send_patient_name).chart(chart)
         style = f"{config.get('style', 'bullets')}, {config.get('detail', 'concise')}"
         described = KIND_DESCRIPTIONS.get(kind, "")
         grade = config.get("reading_grade")

@@ -22,7 +22,6 @@ from smartapp import clinical
 from smartapp.fhir.snapshot import FHIRResource
 from smartapp.suggestions.facts import (
     ChartFacts,
-    active_condition,
     as_decimal,
     concept_text,
     date_part,
@@ -36,7 +35,6 @@ _WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 PACK_YEARS = clinical.Code(system=clinical.SNOMED, code="401201003")
 SMOKING_STATUS = "72166-2"
 BMI = "39156-5"
-PREGNANCY = ("77386006", "Z33.1", "Z34")
 #: Smoking-status answers (SNOMED CT, US Core) that mean the patient has ever smoked.
 EVER_SMOKER = frozenset(
     {"449868002", "428041000124106", "8517006", "77176002", "428071000124103", "428061000124105"}
@@ -68,6 +66,8 @@ class Rule:
     ever_smoked: bool = False
     min_bmi: Decimal | None = None
     pregnant: bool = False
+    #: Skipped in pregnancy: a pregnancy-specific rule applies instead.
+    not_pregnant: bool = False
     excluded_by: clinical.ValueSet | None = None
     #: (age in months, doses due by then) for a childhood series.
     schedule: tuple[tuple[int, int], ...] = ()
@@ -125,6 +125,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> tuple[Rule, ...]:
                     ever_smoked=bool(item.get("ever_smoked")),
                     min_bmi=as_decimal(item.get("min_bmi")),
                     pregnant=bool(item.get("pregnant")),
+                    not_pregnant=bool(item.get("not_pregnant")),
                     excluded_by=(
                         _set(excluded, vs_id=f"{item['id']}-excluded", cite=cite, where=where)
                         if excluded
@@ -244,14 +245,10 @@ def _ever_smoked(facts: ChartFacts) -> FHIRResource | None:
 
 
 def _pregnant(facts: ChartFacts) -> FHIRResource | None:
-    for cond in facts.snapshot.of_type("Condition"):
-        if not active_condition(cond):
-            continue
-        for coding in (cond.get("code") or {}).get("coding") or []:
-            code = str(coding.get("code", ""))
-            if code == PREGNANCY[0] or code.startswith(PREGNANCY[1:]):
-                return cond
-    return None
+    """What says the patient is pregnant (a current pregnancy Condition or a pregnancy-status
+    Observation), from the one place that decides it (`suggestions.context`)."""
+    evidence = facts.context.pregnancy
+    return evidence[0] if evidence else None
 
 
 def _excluded(facts: ChartFacts, rule: Rule) -> bool:
@@ -294,6 +291,8 @@ def _applies(facts: ChartFacts, rule: Rule) -> list[FHIRResource] | None:
         if pregnancy is None:
             return None
         because.append(pregnancy)
+    if rule.not_pregnant and _pregnant(facts) is not None:
+        return None
     if rule.min_pack_years is not None:
         years = _latest_obs(facts, PACK_YEARS.system, PACK_YEARS.code)
         value = _value(years)

@@ -5,6 +5,7 @@
 import { api, ApiError } from "./api.js";
 import { $, el, setStatus, plural } from "./dom.js";
 import { showPulse } from "./pulse.js";
+import { renderVisit } from "./visit.js";
 
 const POLL_MS = 10_000;
 
@@ -13,6 +14,7 @@ const note = {
   saving: false,
   savedText: null, // the text last sent to the chart
   latest: null, // the latest note of this launch, as GET /api/notes lists it
+  visit: null, // the visit's saved draft and what changed since (GET /api/notes' `visit`)
   preview: null, // the server's composition of the note (GET /api/note/preview)
   previewSeq: 0, // the latest preview asked for
   previewDone: 0, // the latest preview answered
@@ -89,16 +91,22 @@ function schedulePoll() {
   }, POLL_MS);
 }
 
-/** Ask where the latest note of this launch is (pending, in the chart, failed). */
+/** Ask where the latest note of this visit is (pending, in the chart, failed). */
 export async function refreshDelivery() {
   try {
     const { data } = await api.notes();
     const notes = data.notes ?? [];
     note.latest = notes.length ? notes[notes.length - 1] : null;
+    note.visit = data.visit ?? null;
   } catch (err) {
     // The next poll tries again; the last known state stays on screen.
     return;
   }
+  // A draft saved for this visit in an earlier launch (or another tab) is the saved note:
+  // "Save changes" only once the note differs from it.
+  const draft = note.visit?.draft;
+  if (draft && note.savedText === null && draft.status !== "failed") note.savedText = draft.text;
+  renderVisit(note.visit);
   renderDelivery();
   render();
 }
@@ -164,6 +172,7 @@ export async function save(suggestions, announce) {
     note.latest = data.note ?? { status: data.status ?? "in_chart", documentReference: data.documentReference };
     announce(note.latest.status === "pending" ? "Saved here; the app will retry sending it to the chart." : "The note is in the chart as a draft for you to sign.");
     if (data.pulse) showPulse(data.pulse, announce);
+    refreshDelivery(); // the visit's draft line: saved now
     return true;
   } catch (err) {
     note.error = err instanceof ApiError ? err.message : "something went wrong. Try again.";

@@ -363,6 +363,8 @@ async function load(refresh = false) {
     const { data } = refresh ? await api.refresh() : await api.suggestions();
     if (refresh) note.resetSaved();
     renderSuggestions(data);
+    // What changed since the visit's draft is known once this launch's suggestions are.
+    note.refreshDelivery();
     if (refresh && hadFocus) focusCard(0);
   } catch (err) {
     showError(err);

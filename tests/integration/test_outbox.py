@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from smartapp.config import PROJECT_ROOT
+from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
 from smartapp.notes.models import SavedNote
 from smartapp.sandbox.ehr import create_ehr_app
 from smartapp.sandbox.server import BackgroundServer
@@ -33,10 +34,11 @@ def our_notes(launched: Launched, patient: str = "pt-01") -> list[dict[str, Any]
     docs = launched.sandbox(
         "GET", "/_sandbox/resources/DocumentReference", params={"patient": patient}
     ).json()
+    # The app's notes carry its identifier; the AI label only when an engine drafted text.
     return [
         d
         for d in docs
-        if any(s.get("code") == "AIAST" for s in d.get("meta", {}).get("security", []))
+        if any(i.get("system") == NOTE_IDENTIFIER_SYSTEM for i in d.get("identifier", []))
     ]
 
 
@@ -148,7 +150,13 @@ def test_a_killed_process_still_delivers_its_note_after_restart(
     ehr_server.set_app(ehr)
     ehr_server.start()
     fhir_base = f"{ehr_server.url}/fhir"
-    env = {**os.environ, **app_environ(tmp_path), "SMARTAPP_ALLOWED_ISSUERS": fhir_base}
+    env = {
+        **os.environ,
+        **app_environ(tmp_path),
+        "SMARTAPP_ALLOWED_ISSUERS": fhir_base,
+        # Production mode refuses to start without it (the redirect URI is built from it).
+        "SMARTAPP_PUBLIC_URL": app_url,
+    }
     smartapp = [sys.executable, "-m", "smartapp.cli"]
     app = subprocess.Popen(
         [*smartapp, "serve", "--port", str(app_port)],

@@ -8,12 +8,26 @@ EHR, updated. Two tabs saving at once, and a draft signed in the EHR between lau
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import requests
 
+from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
 from tests.integration.conftest import Launched, ehr_launch
-from tests.integration.test_outbox import accept_first, note_text, our_notes
+from tests.integration.test_outbox import accept_first, note_text
+
+
+def our_notes(launched: Launched, patient: str = "pt-01") -> list[dict[str, Any]]:
+    """Every note this app wrote for the patient (AI-assisted or the clinician's own text)."""
+    docs = launched.sandbox(
+        "GET", "/_sandbox/resources/DocumentReference", params={"patient": patient}
+    ).json()
+    return [
+        d
+        for d in docs
+        if any(i.get("system") == NOTE_IDENTIFIER_SYSTEM for i in d.get("identifier", []))
+    ]
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +55,7 @@ def test_a_reopened_chart_shows_the_draft_and_its_decisions_and_saves_the_same_n
     assert visit["draft"]["sections"] == [
         {"suggestion": accepted["id"], "title": accepted["title"]}
     ]
-    assert accepted["title"] in visit["draft"]["text"]
+    assert accepted["statements"][0]["text"] in visit["draft"]["text"]
     assert visit["changes"] == {"new": [], "removed": []}
 
     medications = accept_first(again, "medications")
@@ -54,8 +68,8 @@ def test_a_reopened_chart_shows_the_draft_and_its_decisions_and_saves_the_same_n
     assert f"DocumentReference/{document['id']}" == saved["documentReference"]
     assert document["meta"]["versionId"] == "2"  # updated in place, not written again
     assert document["docStatus"] == "preliminary"
-    assert medications["title"] in note_text(document)
-    assert accepted["title"] in note_text(document)
+    assert medications["statements"][0]["text"] in note_text(document)
+    assert accepted["statements"][0]["text"] in note_text(document)
     provenances = launched.sandbox(
         "GET", "/_sandbox/resources/Provenance", params={"patient": "pt-01"}
     ).json()

@@ -93,3 +93,28 @@ def test_the_note_and_the_pulse_refuse_bad_bodies_too(sidebar, body):
     for path in ("/api/note", "/api/pulse"):
         response = _post(client, headers, path, body)
         assert response.status_code == 400, (path, response.get_data(as_text=True))
+
+
+# -- finding 11: no PHI page or API answer may be cached ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/api/context", "/api/suggestions", "/api/notes", "/api/resources/Patient/pat-1"]
+)
+def test_phi_pages_and_api_answers_are_never_cached(sidebar, path):
+    client, headers, _ = sidebar
+    response = client.get(path, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "no-store" in response.headers["Cache-Control"]
+
+
+def test_errors_and_admin_pages_are_not_cached_either(client):
+    for path in ("/", "/api/context", "/admin", "/callback", "/no-such-page"):
+        assert "no-store" in client.get(path).headers["Cache-Control"], path
+
+
+def test_static_files_stay_cacheable(client):
+    response = client.get("/static/js/sidebar.js")
+    assert response.status_code == 200
+    assert "no-store" not in response.headers.get("Cache-Control", "")
+    response.close()

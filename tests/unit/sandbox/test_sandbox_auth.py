@@ -551,3 +551,43 @@ def test_manifest_uris_resolve_against_the_app_base(ehr):
     assert registration.launch_uri == f"{APP_BASE}/launch"
     assert "offline_access" in registration.scope
     assert load_manifest()["client_id"] == "smartapp"
+
+
+# -- revocation (RFC 7009) ----------------------------------------------------------------
+def test_smart_configuration_advertises_revocation(client):
+    config = client.get("/fhir/.well-known/smart-configuration").get_json()
+    assert config["revocation_endpoint"].endswith("/auth/revoke")
+
+
+def test_revoking_the_refresh_token_ends_the_grant(smart: SmartClient, client):
+    token = smart.token()
+    revoked = client.post(
+        "/auth/revoke",
+        data={
+            "token": token["refresh_token"],
+            "token_type_hint": "refresh_token",
+            "client_id": "smartapp",
+        },
+    )
+    assert revoked.status_code == 200, revoked.get_data(as_text=True)
+    refreshed = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": token["refresh_token"],
+            "client_id": "smartapp",
+        },
+    )
+    assert refreshed.status_code == 400
+    # Its access token went with it.
+    assert client.get("/fhir/Patient/pt-01", headers=bearer(token)).status_code == 401
+
+
+def test_another_client_cannot_revoke_a_token(tmp_path: Path, populated_dir: Path):
+    app = make_ehr(tmp_path / "ehr", populated_dir, extra_clients=[NARROW])
+    token = SmartClient(app.test_client()).token()
+    refused = app.test_client().post(
+        "/auth/revoke", data={"token": token["refresh_token"], "client_id": "narrow-app"}
+    )
+    assert refused.status_code == 400
+    assert app.test_client().get("/fhir/Patient/pt-01", headers=bearer(token)).status_code == 200

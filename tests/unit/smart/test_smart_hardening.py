@@ -58,3 +58,126 @@ def test_outside_the_sandbox_the_host_header_is_never_used(app):
     with app.test_request_context("/launch", base_url="http://evil.example"):
         with pytest.raises(ConfigError):
             redirect_uri(settings)
+
+
+# -- finding 11: a forged or failed callback never consumes the real pending state ---------
+
+
+def test_a_callback_from_another_browser_does_not_spend_the_state(app, client, launcher):
+    params = launcher.start()
+    # Whoever learnt the state (a Referer, a log) calls back without the browser's cookie.
+    forged = app.test_client().get(
+        "/callback", query_string={"code": "attacker-code", "state": params["state"]}
+    )
+    assert forged.status_code == 400
+    assert "another browser" in forged.get_data(as_text=True)
+    assert launcher.complete(params).status_code == 302  # the real callback still works
+
+
+def test_a_callback_with_a_refused_code_does_not_spend_the_state(client, launcher, ehr):
+    params = launcher.start()
+    # In the clinician's own browser, a code the EHR refuses (nothing is queued: 400).
+    forged = client.get("/callback", query_string={"code": "forged", "state": params["state"]})
+    assert forged.status_code == 502
+    assert len(ehr.token_requests) == 1
+    real = launcher.complete(params)
+    assert real.status_code == 302 and real.headers["Location"].endswith("/")
+
+
+def test_a_forged_error_callback_does_not_spend_the_state(app, client, launcher):
+    params = launcher.start()
+    forged = app.test_client().get(
+        "/callback", query_string={"error": "access_denied", "state": params["state"]}
+    )
+    assert forged.status_code == 403
+    assert launcher.complete(params).status_code == 302
+
+
+def test_a_redeemed_state_is_still_single_use(client, launcher):
+    params = launcher.start()
+    assert launcher.complete(params).status_code == 302
+    again = launcher.complete(params)
+    assert again.status_code == 400
+
+
+# -- finding 11: logout ends the session here and revokes at the EHR ----------------------
+
+REVOKE = "http://ehr.test/auth/revoke"
+
+
+def _session_rows(app):
+    from sqlalchemy import select
+
+    from smartapp.smart.models import LaunchSession
+
+    with app.extensions["smartapp.db"].session() as s:
+        return list(s.scalars(select(LaunchSession)))
+
+
+def _revocations(rsps):
+    from urllib.parse import parse_qs
+
+    seen: list[dict[str, str]] = []
+
+    def revoke(request):
+        seen.append({k: v[0] for k, v in parse_qs(request.body or "").items()})
+        return 200, {}, ""
+
+    rsps.add_callback("POST", REVOKE, callback=revoke)
+    return seen
+
+
+def test_logout_ends_the_session_and_revokes_the_refresh_token(app, client, launcher, ehr, rsps):
+    ehr.rsps.replace(
+        "GET",
+        f"{ISS}/.well-known/smart-configuration",
+        json={**_discovery(), "revocation_endpoint": REVOKE},
+    )
+    seen = _revocations(rsps)
+    launcher.launch()
+    [row] = _session_rows(app)
+    response = client.post("/logout", headers={"X-CSRF-Token": row.csrf_token})
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "signed_out", "revoked": True}
+    assert "no-store" in response.headers["Cache-Control"]
+    assert seen == [
+        {"token": "rt-ehr-launch-0001", "token_type_hint": "refresh_token", "client_id": "smartapp"}
+    ]
+    assert _session_rows(app) == []
+    cookie = next(h for h in response.headers.getlist("Set-Cookie") if "smartapp_session=" in h)
+    assert "Max-Age=0" in cookie
+    # The browser's old cookie names nothing any more.
+    assert client.get("/api/context").status_code == 401
+
+
+def test_logout_without_a_revocation_endpoint_still_ends_the_session(app, client, launcher):
+    launcher.launch()
+    [row] = _session_rows(app)
+    response = client.post("/logout", headers={"X-CSRF-Token": row.csrf_token})
+    assert response.get_json() == {"status": "signed_out", "revoked": False}
+    assert _session_rows(app) == []
+
+
+def test_logout_needs_the_sessions_csrf_token(app, client, launcher):
+    launcher.launch()
+    assert client.post("/logout").status_code == 403
+    assert client.post("/logout", headers={"X-CSRF-Token": "guess"}).status_code == 403
+    assert len(_session_rows(app)) == 1
+
+
+def test_logout_drops_the_launchs_chart_copy(app, client, launcher):
+    from smartapp.fhir.cache import SnapshotCache
+    from tests.unit.notes.views_support import fixture_snapshot
+
+    launcher.launch()
+    [row] = _session_rows(app)
+    cache = SnapshotCache(app.extensions["smartapp.db"], ttl_seconds=600)
+    cache.put(row.id, fixture_snapshot())
+    client.post("/logout", headers={"X-CSRF-Token": row.csrf_token})
+    assert SnapshotCache(app.extensions["smartapp.db"], ttl_seconds=600).get(row.id) is None
+
+
+def _discovery():
+    from smart_fakes import load_fixture
+
+    return load_fixture("smart-configuration.json")

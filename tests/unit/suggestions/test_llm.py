@@ -256,3 +256,59 @@ def test_titles_with_numbers_are_not_shown():
 
 def test_repr_hides_the_key():
     assert "sk-test-key" not in repr(engine())
+
+
+def _chart_with_names_in_free_text():
+    from smartapp.fhir.parsing import build_snapshot
+    from smartapp.suggestions.evaluate import bundle_resources
+    from tests.unit.suggestions.conftest import AS_OF, PATIENTS
+
+    bundle = json.loads((PATIENTS / "diabetes_hypertension.json").read_text(encoding="utf-8"))
+    resources, _ = bundle_resources(bundle)
+    by_id = {r["id"]: r for r in resources}
+    by_id["dm1"]["contact"] = [
+        {"name": {"given": ["Ada"], "family": "Lovelock"}, "telecom": [{"value": "555-0199"}]}
+    ]
+    by_id["dm1-metformin"]["dosageInstruction"] = [
+        {
+            "text": "Take 1 tablet twice daily. Ives (Mr DUMMETT) to call 555 0100 or his "
+            "daughter Ada Lovelock on (555) 0199; 12 Example Street, Springfield 01101; "
+            "chart MRN-6D367230"
+        }
+    ]
+    by_id["dm1-obesity"]["code"]["text"] = "Obesity, unspecified - Ives Dummett reports"
+    return build_snapshot(resources, patient_id="dm1", fetched_at=AS_OF)
+
+
+def test_free_text_sent_to_the_llm_is_scrubbed_of_names_and_identifiers():
+    snapshot = _chart_with_names_in_free_text()
+    prompt = json.dumps(engine().messages(snapshot, "medications", {}), ensure_ascii=False)
+    for secret in (
+        "Ives",
+        "Dummett",
+        "DUMMETT",
+        "Lovelock",
+        "Ada",
+        "555 0100",
+        "0199",
+        "Example Street",
+        "Springfield",
+        "01101",
+        "6D367230",
+    ):
+        assert secret not in prompt, secret
+    # What is left still reads, and the citations are untouched.
+    assert "Take 1 tablet twice daily. [patient name] (Mr [patient name]) to call" in prompt
+    assert "[contact detail]" in prompt and "[address]" in prompt and "[identifier]" in prompt
+    assert "MedicationRequest/dm1-metformin" in prompt
+    assert "Obesity, unspecified - [patient name] reports" in prompt
+
+
+def test_a_site_that_sends_the_name_still_gets_identifiers_scrubbed():
+    snapshot = _chart_with_names_in_free_text()
+    prompt = json.dumps(
+        engine(send_patient_name=True).messages(snapshot, "medications", {}), ensure_ascii=False
+    )
+    assert "Ives Dummett" in prompt
+    for secret in ("555 0100", "Example Street", "6D367230"):
+        assert secret not in prompt, secret
