@@ -5,6 +5,7 @@
 import { api, ApiError } from "./api.js";
 import { $, el, setStatus, plural } from "./dom.js";
 import { showPulse } from "./pulse.js";
+import { renderVisit } from "./visit.js";
 
 const POLL_MS = 10_000;
 
@@ -14,6 +15,7 @@ const note = {
   savedText: null, // the text last sent to the chart
   savedSummary: null, // the after-visit summary's text last sent, if one was
   latest: null, // the latest note of this launch, as GET /api/notes lists it
+  visit: null, // the visit's saved draft and what changed since (GET /api/notes' `visit`)
   preview: null, // the server's composition of the note (GET /api/note/preview)
   previewSeq: 0, // the latest preview asked for
   previewDone: 0, // the latest preview answered
@@ -96,7 +98,7 @@ function schedulePoll() {
   }, POLL_MS);
 }
 
-/** Ask where the latest note of this launch is (pending, in the chart, failed). */
+/** Ask where the latest note of this visit is (pending, in the chart, failed). */
 export async function refreshDelivery() {
   try {
     const { data } = await api.notes();
@@ -105,10 +107,16 @@ export async function refreshDelivery() {
     note.latest = notes.length ? notes[notes.length - 1] : null;
     const summaries = (data.notes ?? []).filter((n) => n.kind === "after_visit_summary");
     note.summary = summaries.length ? summaries[summaries.length - 1] : note.summary;
+    note.visit = data.visit ?? null;
   } catch (err) {
     // The next poll tries again; the last known state stays on screen.
     return;
   }
+  // A draft saved for this visit in an earlier launch (or another tab) is the saved note:
+  // "Save changes" only once the note differs from it.
+  const draft = note.visit?.draft;
+  if (draft && note.savedText === null && draft.status !== "failed") note.savedText = draft.text;
+  renderVisit(note.visit);
   renderDelivery();
   render();
 }
@@ -205,6 +213,7 @@ export async function save(suggestions, announce) {
     const summarySaid = withSummary ? (note.summary?.status === "in_chart" ? " The after-visit summary is in the chart too." : " The after-visit summary is kept here.") : "";
     announce((note.latest.status === "pending" ? "Saved here; the app will retry sending it to the chart." : "The note is in the chart as a draft for you to sign.") + summarySaid);
     if (data.pulse) showPulse(data.pulse, announce);
+    refreshDelivery(); // the visit's draft line: saved now
     return true;
   } catch (err) {
     note.error = err instanceof ApiError ? err.message : "something went wrong. Try again.";

@@ -8,12 +8,26 @@ EHR, updated. Two tabs saving at once, and a draft signed in the EHR between lau
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import requests
 
+from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
 from tests.integration.conftest import Launched, ehr_launch
-from tests.integration.test_outbox import accept_first, note_text, our_notes
+from tests.integration.test_outbox import accept_first, note_text
+
+
+def our_notes(launched: Launched, patient: str = "pt-01") -> list[dict[str, Any]]:
+    """Every note this app wrote for the patient (AI-assisted or the clinician's own text)."""
+    docs = launched.sandbox(
+        "GET", "/_sandbox/resources/DocumentReference", params={"patient": patient}
+    ).json()
+    return [
+        d
+        for d in docs
+        if any(i.get("system") == NOTE_IDENTIFIER_SYSTEM for i in d.get("identifier", []))
+    ]
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ The after-visit summary is a document of its own (its own DocumentReference, out
 and revisions), kept beside the visit's note under a key derived from the visit's.
 Existing rows are clinicians' notes.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02 16:10:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
