@@ -104,27 +104,31 @@ class FeedbackStore:
             return drafted
 
     def latest_snapshot_key(self, visit_key: str) -> str | None:
-        """The snapshot this visit's suggestions were last drafted from (by any launch)."""
+        """The visit's current set: the newest chart read drafted from (by any launch).
+
+        Snapshot keys are the reads' UTC fetch times, so the newest read wins whichever
+        launch drafted last; "unknown" (a snapshot without a fetch time) only when alone.
+        """
         with self._db.session() as session:
-            return session.scalars(
-                select(DraftedKind.snapshot_key)
-                .where(DraftedKind.visit_key == visit_key)
-                .order_by(DraftedKind.drafted_at.desc())
-                .limit(1)
-            ).first()
+            return _newest_key(session, visit_key)
 
     def record_draft(
         self, by: ShownBy, choices: Mapping[str, str], suggestions: Sequence[Suggestion]
-    ) -> None:
+    ) -> bool:
         """Persist freshly drafted kinds and their suggestions, all or nothing.
 
         A suggestion identical to one drafted from the visit's previous snapshot (same
         kind, engine and text: the chart did not change what it says) keeps that row, so
         its id and the clinician's decision survive a refresh of the chart and a new
         launch of the same visit. If another request drafted the same kinds first, or
-        carried the same rows, its rows stand and these are discarded.
+        carried the same rows, its rows stand and these are discarded (False).
         """
-        previous_key = self.latest_snapshot_key(by.visit_key)
+        with self._db.session() as session:
+            previous_key = _newest_key(session, by.visit_key, besides=by.snapshot_key)
+        if _older(by.snapshot_key, previous_key):
+            # A newer read of the chart (another tab) is the visit's set already: this
+            # older one must not take its rows back.
+            return False
         try:
             with self._db.session() as session:
                 last = session.scalar(
@@ -146,6 +150,11 @@ class FeedbackStore:
                     )
                     for kind, choice in choices.items()
                 )
+                session.flush()
+                if _newest_key(session, by.visit_key, besides=by.snapshot_key) != previous_key:
+                    # Another launch of the visit drafted a newer read meanwhile (and may
+                    # have carried the rows this one would): its set stands.
+                    raise _CarriedElsewhere
                 earlier = self._carryable(session, by, previous_key, choices)
                 for s in suggestions:
                     position += 1
@@ -156,7 +165,8 @@ class FeedbackStore:
                         continue
                     session.add(_new_row(by, s, choice=choice, position=position, now=now))
         except (IntegrityError, _CarriedElsewhere):
-            return
+            return False
+        return True
 
     @staticmethod
     def _carry(
@@ -281,6 +291,20 @@ class FeedbackStore:
         if self._on_decision is not None:
             self._on_decision(decision.id, row)
         return decision
+
+
+def _older(key: str, than: str | None) -> bool:
+    return than is not None and "unknown" not in (key, than) and key < than
+
+
+def _newest_key(session: Session, visit_key: str, *, besides: str | None = None) -> str | None:
+    keys = select(func.max(DraftedKind.snapshot_key)).where(DraftedKind.visit_key == visit_key)
+    if besides is not None:
+        keys = keys.where(DraftedKind.snapshot_key != besides)
+    newest = session.scalar(keys.where(DraftedKind.snapshot_key != "unknown"))
+    if newest is None and besides != "unknown":
+        newest = session.scalar(keys.where(DraftedKind.snapshot_key == "unknown"))
+    return newest
 
 
 def _coded_reason(reason: str | None, comment: str | None) -> tuple[str | None, str | None]:

@@ -178,7 +178,13 @@ class SidebarService:
         if missing:
             partial = plan.only(missing)
             new = self._drafter.draft(snapshot, iss=launch.iss, plan=partial)
-            self.feedback.record_draft(by, {k: partial.token(k) for k in missing}, new)
+            if not self.feedback.record_draft(by, {k: partial.token(k) for k in missing}, new):
+                # Another request of this visit drafted (or carried its rows) first: show
+                # what it recorded, the newest set of the visit, not an empty list.
+                # (When this launch read the newer chart, its next request drafts it again.)
+                latest = self.feedback.latest_snapshot_key(visit.key)
+                if latest is not None and latest != key:
+                    by = self._shown_by(launch, visit, latest)
         rows = self._visible(self.feedback.shown(by), plan)
         audit.record(
             self._db,
