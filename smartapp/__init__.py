@@ -10,7 +10,17 @@ from smartapp.suggestions.registry import SuggestionService
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
-    from smartapp import admin, db, errors, jsonbody, logging_setup, observability, security, web
+    from smartapp import (
+        admin,
+        db,
+        errors,
+        jsonbody,
+        logging_setup,
+        observability,
+        ratelimit,
+        security,
+        web,
+    )
 
     settings = settings or Settings.from_env()
     settings.require_public_url()
@@ -41,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     smart_views.init_app(app)
     engines = _init_sidebar(app, settings)
     admin.init_app(app, min_grounding_rate=lambda: engines.config.default.min_grounding_rate)
+    ratelimit.init_app(app, settings)
     return app
 
 
@@ -60,6 +71,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     from smartapp.notes.outbox import Outbox
     from smartapp.notes.service import SidebarService
     from smartapp.observability import get_metrics
+    from smartapp.smart.flow import purge_expired as purge_expired_sign_ins
     from smartapp.smart.services import get_services
 
     database = get_database(app)
@@ -76,6 +88,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     )
     engines = SuggestionService.from_settings(settings)
     engines.on_kinds_drafted = metrics.kinds_drafted
+    app.extensions["smartapp.engines"] = engines
     engines.announce()
     forwarder = FeedbackForwarder(database)
 
@@ -102,7 +115,10 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         database=database, sidebar=sidebar, clients=chart, forwarder=forwarder
     )
     # Run beside the outbox by the background worker (`smartapp serve`, `smartapp sandbox`).
-    app.extensions["smartapp.housekeeping"] = [cache.purge_expired]
+    app.extensions["smartapp.housekeeping"] = [
+        cache.purge_expired,
+        lambda: purge_expired_sign_ins(get_services(app)),
+    ]
     # Logout ends a launch: its chart copy goes with it, not at the end of its TTL.
     app.extensions.setdefault("smartapp.session_ended", []).append(cache.invalidate)
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.

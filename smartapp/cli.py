@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+# A plain table, cheap to import: the sandbox's --imitate choices.
+from smartapp.sandbox.imitations import IMITATIONS
+
 
 def _serve(args: argparse.Namespace) -> int:
     from waitress import serve
@@ -40,6 +43,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         population_size=args.patients,
         rewrite_urn_uuids=args.rewrite_urn_uuids,
+        imitate=args.imitate,
     )
     sandbox = stack.ehr.extensions["smartapp.sandbox"]
     launch_id = sandbox.auth.create_launch(
@@ -211,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rewrite-urn-uuids",
         action="store_true",
         help="replace a transaction's urn:uuid fullUrls everywhere, identifiers included",
+    )
+    sandbox.add_argument(
+        "--imitate",
+        choices=sorted(IMITATIONS),
+        default="generic",
+        help="behave like one EHR family's server (see the README's table of EHR families)",
     )
     sandbox.set_defaults(handler=_sandbox)
 

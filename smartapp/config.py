@@ -95,6 +95,19 @@ def _whole_number(
     return value
 
 
+def _rate_limit(environ: Mapping[str, str], name: str, default: str) -> str:
+    from limits import parse_many
+
+    value = (environ.get(name) or default).strip()
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not a rate limit (e.g. '60 per minute' or '10/minute')"
+        ) from None
+    return value
+
+
 def read_environment(dotenv_path: Path | None = None) -> dict[str, str]:
     """`os.environ` over `.env` (the working directory's, or `dotenv_path`): what every
     command reads, so that `serve`, `check` and `evaluate` see the same settings."""
@@ -134,6 +147,8 @@ class Settings:
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key: str | None = None
+    #: LLM requests this process makes at once; more kinds wait for a free slot.
+    llm_concurrency: int = 8
     #: Origins allowed to frame the sidebar (CSP frame-ancestors). Defaults to the issuers' origins.
     frame_ancestors: tuple[str, ...] = ()
     #: Seconds a chart snapshot is reused within one launch before it is read again.
@@ -144,6 +159,14 @@ class Settings:
     fhir_deadline_seconds: int = 30
     #: The largest FHIR answer read, in MiB (SMARTAPP_FHIR_MAX_MB): larger ones are refused.
     fhir_max_response_mb: int = 32
+    #: Where rate-limit counters live (SMARTAPP_REDIS_URL); None: in each process.
+    redis_url: str | None = None
+    #: Per client address, on /launch, /callback and /admin/signin each.
+    sign_in_rate_limit: str = "60 per minute"
+    #: Per client address: refused admin credentials (a wrong bearer token).
+    admin_auth_rate_limit: str = "10 per minute"
+    #: Reverse proxies in front of the app whose X-Forwarded-For is trusted (rate limits).
+    proxy_hops: int = 0
     #: "json" (one object per line, with the request id) or "text".
     log_format: str = "json"
     static_folder: Path = PROJECT_ROOT / "static"
@@ -226,8 +249,26 @@ class Settings:
         if log_format not in ("json", "text"):
             raise ConfigError(f"SMARTAPP_LOG_FORMAT={log_format!r}: use json or text")
 
+        redis_url = environ.get("SMARTAPP_REDIS_URL") or None
+        if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                "SMARTAPP_REDIS_URL must be a redis:// or rediss:// URL (it holds the rate "
+                "limits shared by the app's processes)"
+            )
+
         return cls(
             log_format=log_format,
+            redis_url=redis_url,
+            sign_in_rate_limit=_rate_limit(environ, "SMARTAPP_SIGNIN_RATE_LIMIT", "60 per minute"),
+            admin_auth_rate_limit=_rate_limit(
+                environ, "SMARTAPP_ADMIN_AUTH_RATE_LIMIT", "10 per minute"
+            ),
+            proxy_hops=_whole_number(
+                environ,
+                "SMARTAPP_PROXY_HOPS",
+                0,
+                means=" (reverse proxies in front of the app)",
+            ),
             instance_path=instance_path,
             manifest=manifest,
             allowed_issuers=issuers,
@@ -246,6 +287,13 @@ class Settings:
             llm_base_url=(environ.get("SMARTAPP_LLM_BASE_URL") or "").rstrip("/") or None,
             llm_model=environ.get("SMARTAPP_LLM_MODEL") or None,
             llm_api_key=environ.get("SMARTAPP_LLM_API_KEY") or None,
+            llm_concurrency=_whole_number(
+                environ,
+                "SMARTAPP_LLM_CONCURRENCY",
+                8,
+                minimum=1,
+                means=" (LLM requests one process makes at once)",
+            ),
             frame_ancestors=frame_ancestors,
             snapshot_ttl_seconds=_whole_number(
                 environ,

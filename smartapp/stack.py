@@ -74,6 +74,7 @@ def build_stack(
     sandbox_data_dir: Path | None = None,
     ehr_manifest_overrides: Mapping[str, Any] | None = None,
     rewrite_urn_uuids: bool = False,
+    imitate: str = "generic",
 ) -> Stack:
     """Bind both servers, then build both apps (each needs the other's URL)."""
     ehr_server = BackgroundServer("127.0.0.1", ehr_port, public_host="localhost")
@@ -98,6 +99,7 @@ def build_stack(
         population_size=population_size,
         access_token_lifetime=access_token_lifetime,
         rewrite_urn_uuids=rewrite_urn_uuids,
+        imitate=imitate,
     )
     app = create_app(settings)
     ehr_server.set_app(ehr)

@@ -21,6 +21,7 @@ from smartapp.sandbox import controls as controls_module
 from smartapp.sandbox import fhir_api, pages
 from smartapp.sandbox.auth import ClientRegistration, SandboxAuth, load_signing_key
 from smartapp.sandbox.fhir_service import FHIRError, FHIRService
+from smartapp.sandbox.imitations import imitation
 from smartapp.sandbox.pages import human_name, latest_encounter_id, practitioner_name
 from smartapp.sandbox.population import (
     CLINICIANS,
@@ -79,6 +80,7 @@ def create_ehr_app(
     extra_clients: Sequence[Mapping[str, Any]] = (),
     seed: int = DEFAULT_SEED,
     rewrite_urn_uuids: bool = False,
+    imitate: str = "generic",
 ) -> Flask:
     """The sandbox EHR at `ehr_base_url`; its FHIR base (the SMART `iss`) is `…/fhir`.
 
@@ -86,8 +88,13 @@ def create_ehr_app(
     against `app_base_url`. `rewrite_urn_uuids` makes transactions replace urn:uuid
     fullUrls everywhere, identifiers included, as some servers do. `extra_clients`
     (same shape, plus `client_secret` or `jwks`) registers more, e.g. a confidential
-    client for tests.
+    client for tests. `imitate` makes it behave like one EHR family's server
+    (`smartapp.sandbox.imitations`).
     """
+    behaviour = imitation(imitate)
+    rewrite_urn_uuids = rewrite_urn_uuids or behaviour.rewrite_urn_uuids
+    if behaviour.access_token_lifetime is not None:
+        access_token_lifetime = behaviour.access_token_lifetime
     if population_size < 1:
         raise ValueError("population_size must be at least 1")
     if access_token_lifetime < 1:
@@ -98,7 +105,13 @@ def create_ehr_app(
     data_dir.mkdir(parents=True, exist_ok=True)
 
     store = Store(data_dir / "sandbox-ehr.sqlite3")
-    service = FHIRService(store, base_url=fhir_base, rewrite_urn_uuids=rewrite_urn_uuids)
+    service = FHIRService(
+        store,
+        base_url=fhir_base,
+        rewrite_urn_uuids=rewrite_urn_uuids,
+        honour_sort=behaviour.sort,
+        observation_needs_category=behaviour.observation_needs_category,
+    )
     load_population(store, service, count=population_size, seed=seed)
 
     registrations = [ClientRegistration.from_manifest(manifest, app_base_url)]
@@ -170,6 +183,9 @@ def create_ehr_app(
             authorize_url=auth.authorization_endpoint,
             token_url=auth.token_endpoint,
             published=published,
+            declare_sort=behaviour.sort,
+            software=behaviour.software,
+            publisher=behaviour.publisher,
         ),
     )
     pages.init_app(

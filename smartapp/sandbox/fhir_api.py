@@ -53,7 +53,14 @@ def _resource_headers(item: StoredResource) -> dict[str, str]:
 
 
 def capability_statement(
-    *, fhir_base: str, authorize_url: str, token_url: str, published: str
+    *,
+    fhir_base: str,
+    authorize_url: str,
+    token_url: str,
+    published: str,
+    declare_sort: bool = True,
+    software: str = "smartapp sandbox EHR",
+    publisher: str = "smartapp sandbox EHR (synthetic data, not for clinical use)",
 ) -> dict[str, Any]:
     resources = []
     for rtype in SUPPORTED_TYPES:
@@ -74,7 +81,7 @@ def capability_statement(
                 for name, param in search.params_for(rtype).items()
             ],
         }
-        if rtype in search.SORT_DATE:
+        if declare_sort and rtype in search.SORT_DATE:
             # Declared so that clients may count on `_sort=date` / `-date` here.
             entry["searchParam"].append({"name": "_sort", "type": "string"})
         includes = [
@@ -92,9 +99,9 @@ def capability_statement(
         "id": "sandbox-ehr",
         "status": "active",
         "date": published,
-        "publisher": "smartapp sandbox EHR (synthetic data, not for clinical use)",
+        "publisher": publisher,
         "kind": "instance",
-        "software": {"name": "smartapp sandbox EHR", "version": "1.0"},
+        "software": {"name": software, "version": "1.0"},
         "implementation": {"description": "Embedded sandbox EHR for smartapp", "url": fhir_base},
         "fhirVersion": "4.0.1",
         "format": ["json"],

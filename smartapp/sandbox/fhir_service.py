@@ -152,8 +152,20 @@ class _Outcome:
 
 
 class FHIRService:
-    def __init__(self, store: Store, *, base_url: str, rewrite_urn_uuids: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        base_url: str,
+        rewrite_urn_uuids: bool = False,
+        honour_sort: bool = True,
+        observation_needs_category: bool = False,
+    ) -> None:
         self.store = store
+        #: False: `_sort` is ignored and left out of the self link (a server without it).
+        self.honour_sort = honour_sort
+        #: True: an Observation search without category or code answers 400 (as Epic's).
+        self.observation_needs_category = observation_needs_category
         self.base_url = base_url.rstrip("/")
         #: Like some real servers (and as FHIR allows for elements of type uri): replace a
         #: transaction entry's urn:uuid fullUrl wherever it appears, identifiers included.
@@ -351,6 +363,16 @@ class FHIRService:
         strict: bool = False,
     ) -> Resource:
         """A searchset Bundle: one page of matches, `total`, self/next links, includes."""
+        if (
+            self.observation_needs_category
+            and resource_type == "Observation"
+            and not any(name.split(":")[0] in ("category", "code", "_id") for name, _ in params)
+        ):
+            raise FHIRError(
+                400, "required", "Observation searches need a category or a code parameter"
+            )
+        if not self.honour_sort:
+            params = [(n, v) for n, v in params if n != "_sort"]
         warnings: list[str] = []
         results = self.find(access, resource_type, params, strict=strict, warnings=warnings)
         control = {name: value for name, value in params if name in _CONTROL_PARAMS}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 
 from smartapp.config import normalize_issuer
 from smartapp.db import utcnow
@@ -22,6 +22,7 @@ from smartapp.errors import (
     AuthorizationFailed,
     InvalidLaunch,
     InvalidState,
+    LaunchError,
     UnknownIssuer,
     UpstreamError,
 )
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 
 #: An authorize request must come back within this time.
 PENDING_TTL = timedelta(minutes=10)
+#: Sign-ins under way at once, across every browser: past it, /launch answers 503 until
+#: some complete or expire (anonymous launches must not fill the store).
+MAX_PENDING = 5000
+#: Sign-ins under way in one browser (one binding cookie); the oldest go first.
+MAX_PENDING_PER_BROWSER = 10
 
 #: FHIR ids (R4 `id`): the context ids end up in FHIR URLs, so nothing else is accepted.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -54,6 +60,14 @@ _AUTHORIZE_ERRORS = {
     "server_error": "The EHR could not complete the sign-in.",
     "temporarily_unavailable": "The EHR's sign-in is unavailable right now. Try again shortly.",
 }
+
+
+class TooManyPending(LaunchError):
+    """The store holds as many sign-ins under way as it will: try again shortly."""
+
+    status_code = 503
+    code = "too_many_sign_ins"
+    default_message = "Too many sign-ins are under way right now. Try again in a minute."
 
 
 class AccessDenied(AuthorizationFailed):
@@ -137,12 +151,28 @@ def begin(
     if binding is None or not _BINDING.match(binding):
         binding = random_secret(32)
     now = utcnow()
+    binding_hash = hash_secret(binding)
     with services.db.session() as s:
         s.execute(delete(PendingAuthorization).where(PendingAuthorization.expires_at <= now))
+        live = s.scalar(select(func.count()).select_from(PendingAuthorization)) or 0
+        if live >= MAX_PENDING:
+            log.warning("launch refused: %d sign-ins under way (MAX_PENDING)", live)
+            raise TooManyPending()
+        # One browser keeps its newest few: a page reloaded in a loop cannot grow the table.
+        stale = s.scalars(
+            select(PendingAuthorization.state_hash)
+            .where(PendingAuthorization.binding_hash == binding_hash)
+            .order_by(PendingAuthorization.created_at.desc())
+            .offset(MAX_PENDING_PER_BROWSER - 1)
+        ).all()
+        if stale:
+            s.execute(
+                delete(PendingAuthorization).where(PendingAuthorization.state_hash.in_(stale))
+            )
         s.add(
             PendingAuthorization(
                 state_hash=hash_secret(state),
-                binding_hash=hash_secret(binding),
+                binding_hash=binding_hash,
                 iss=iss,
                 launch=launch,
                 code_verifier_enc=services.cipher.encrypt(verifier),
@@ -170,6 +200,15 @@ def begin(
     )
     log.info("authorization started (purpose %s, issuer host %s)", purpose, _host(iss))
     return AuthorizationStart(url=url, binding=binding)
+
+
+def purge_expired(services: SMARTServices) -> int:
+    """Delete the sign-ins that were never completed in time; returns how many."""
+    with services.db.session() as s:
+        result = s.execute(
+            delete(PendingAuthorization).where(PendingAuthorization.expires_at <= utcnow())
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def consume_pending(
