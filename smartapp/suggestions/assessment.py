@@ -13,6 +13,7 @@ so the grounding verifier checks them; goal numbers and guideline wording go to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -40,6 +41,7 @@ from smartapp.suggestions.facts import (
 )
 from smartapp.suggestions.grounding import canonical_unit
 from smartapp.suggestions.interfaces import Citation, Statement
+from smartapp.suggestions.terminology import DRUG_CLASSES
 
 BLOOD_PRESSURE = "blood_pressure"
 #: How far back a trend looks.
@@ -66,6 +68,35 @@ class Goal:
     cite: clinical.Source
     #: How to say "above goal", "below goal", "at goal" for this result (e.g. "albuminuria").
     words: Mapping[str, str] = field(default_factory=dict)
+    #: Named categories, first match wins (KDIGO G1-G5 for eGFR, A1-A3 for UACR).
+    categories: tuple[Category, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Category:
+    """A named band of one result: the value is at least `at_least` or above `above`
+    (neither: every value that reached no earlier band)."""
+
+    label: str
+    at_least: Decimal | None = None
+    above: Decimal | None = None
+
+    def holds(self, value: Decimal) -> bool:
+        if self.at_least is not None:
+            return value >= self.at_least
+        if self.above is not None:
+            return value > self.above
+        return True
+
+
+def category_of(goal: Goal, reading: Result | BloodPressure) -> str | None:
+    """The reading's category label, when the goal names categories and the units compare."""
+    if not goal.categories or not isinstance(reading, Result):
+        return None
+    value = reading.value.number
+    if value is None or not _unit_ok(goal.unit, _unit(reading)):
+        return None
+    return next((c.label for c in goal.categories if c.holds(value)), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +119,12 @@ class PlanOption:
     classes_present: frozenset[str] = frozenset()
     classes_absent: frozenset[str] = frozenset()
     ingredients_present: frozenset[str] = frozenset()
+    #: Options with the same decision are offered once, in the first block that fires one
+    #: ("consider a statin" for diabetes, CKD and a high LDL is one choice); default: id.
+    decision: str = ""
+    #: The patient's age in years at the chart's date (inclusive bounds).
+    min_age: int | None = None
+    max_age: int | None = None
     #: Say what treats the problem now ("on metformin") or that nothing does.
     show_treatment: bool = False
 
@@ -108,6 +145,10 @@ def _numbers(value: Any, *, where: str) -> tuple[Decimal, ...]:
         return tuple(Decimal(str(v)) for v in items)
     except ArithmeticError as exc:  # pragma: no cover - TOML numbers always convert
         raise clinical.KnowledgeError(f"{where}: not a number: {value!r}") from exc
+
+
+def _number(value: Any, *, where: str) -> Decimal | None:
+    return _numbers(value, where=where)[0] if value is not None else None
 
 
 def _ids(item: Mapping[str, Any], key: str) -> frozenset[str]:
@@ -144,6 +185,14 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
             text=str(item.get("text", "")),
             cite=clinical.source(item.get("cite"), where=where),
             words={str(k): str(v) for k, v in (item.get("words") or {}).items()},
+            categories=tuple(
+                Category(
+                    label=str(c["label"]),
+                    at_least=_number(c.get("at_least"), where=where),
+                    above=_number(c.get("above"), where=where),
+                )
+                for c in item.get("category", [])
+            ),
         )
     options: list[PlanOption] = []
     for path, item in clinical.entries("plan_options", "option", extra_dirs):
@@ -174,6 +223,9 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 classes_present=_ids(item, "classes_present"),
                 classes_absent=_ids(item, "classes_absent"),
                 ingredients_present=_ids(item, "ingredients_present"),
+                decision=str(item.get("decision") or item["id"]),
+                min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
+                max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
                 show_treatment=bool(item.get("show_treatment")),
             )
         )
@@ -354,10 +406,15 @@ def _result_statement(
         # Not "at goal" or "above goal" from a reading that may not be the latest.
         return Statement(text=text, citations=_cite(facts.snapshot, cited)), None
     if goal is not None:
-        status = goal_status(goal, latest)
-        status = goal.words.get(status, status) if status else None
+        verdict = goal_status(goal, latest)
+        status = goal.words.get(verdict, verdict) if verdict else None
         if status:
             rule = f"{goal.cite.label}: {goal.text}"
+            # The category is what a clinician writes of an abnormal result ("G3a"); beside
+            # a normal one ("not reduced (G1)") it is noise.
+            label = category_of(goal, latest) if verdict != "at goal" else None
+            if label:
+                status += f" ({label})"
     if status is None and isinstance(latest, Result):
         status = range_status(latest)
     if status:
@@ -393,8 +450,12 @@ def _stopped_orders(facts: ChartFacts, classes: frozenset[str]) -> list[tuple[st
 
 
 def _med_phrase(med: Medication) -> str:
-    ordered = f" (ordered {med.authored})" if med.authored else ""
-    return f"{med.name}{ordered}"
+    if med.reported:
+        return f"{med.name} ({med.source_phrase}; not an order)"
+    ordered = f"ordered {med.authored}" if med.authored else ""
+    if med.on_hold:
+        ordered = f"{ordered}, on hold" if ordered else "on hold"
+    return f"{med.name} ({ordered})" if ordered else med.name
 
 
 # -- the block for one problem -----------------------------------------------------------
@@ -416,6 +477,16 @@ def _option_fires(
     """Why the option applies (a phrase and what to cite), or None."""
     cited: list[FHIRResource] = []
     reasons: list[str] = []
+    if option.min_age is not None or option.max_age is not None:
+        age = facts.age
+        if age is None or facts.deceased:
+            return None
+        if (option.min_age is not None and age < option.min_age) or (
+            option.max_age is not None and age > option.max_age
+        ):
+            return None
+        reasons.append(f"age {age}")
+        cited.append(facts.snapshot.patient)
     if option.with_problem and not problem.group_ids & option.with_problem:
         # (A problem in both groups, e.g. diabetes with diabetic CKD, says it itself.)
         others = [p for p in facts.problems if p.group_ids & option.with_problem]
@@ -441,6 +512,10 @@ def _option_fires(
     if option.classes_absent:
         if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
             return None
+        if option.min_age is not None or option.max_age is not None:
+            # Age alone reads as the reason; say that the drug is not on the list either.
+            labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
+            reasons.append("no " + " or ".join(labels) + " on the medication list")
     if option.result is not None:
         if not facts.newest_known("Observation"):
             return None  # the latest result may be one the app did not read
@@ -546,6 +621,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         result_ids += [r for r in spec.results if r not in result_ids]
     statements: list[Statement] = []
     status: str | None = None
+    #: KDIGO-style categories of the problem's leading results ("G3a", "A2"): together
+    #: they are the status a clinician writes ("CKD G3a A2").
+    categories: list[str] = []
     elsewhere: dict[str, tuple[Problem, list[Result | BloodPressure]]] = {}
     for index, result_id in enumerate(result_ids):
         series = _series(facts, kb, result_id)
@@ -556,6 +634,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             status = verdict.split(" the reference range ")[0] + (
                 " the reference range" if " the reference range " in verdict else ""
             )
+        category = _CATEGORY.search(verdict or "")
+        if category and (index == 0 or categories):
+            categories.append(category.group(1))
         key = "|".join(_ref(r) for r in _resources(series.latest))
         if key in shown.results:
             owner = shown.results[key]
@@ -605,14 +686,14 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             )
         )
     for option in kb.options if not facts.deceased else ():  # no plan for the deceased
-        if option.problem not in problem.group_ids or option.id in shown.options:
+        if option.problem not in problem.group_ids or option.decision in shown.options:
             continue
         option_spec = kb.problems.get(option.problem)
         own = _treating(facts, option_spec.classes) if option_spec else meds
         fired = _option_fires(facts, kb, option, own, problem)
         if fired is None:
             continue
-        shown.options.add(option.id)
+        shown.options.add(option.decision)
         why, cited = fired
         lead = capitalize(option.text)
         text = f"{lead}: {why}" if why else lead
@@ -624,12 +705,17 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 brief=lead if why else None,
             )
         )
+    if len(categories) > 1:
+        status = " ".join(categories)
     onset = date_part(problem.onset)
     head = problem.name + (f", since {onset}" if onset else "")
     if status:
         head += f": {status}"
     statements.insert(0, Statement(text=head, citations=_cite(snapshot, [problem.condition])))
     return Block(problem=problem, statements=tuple(_unique(statements)))
+
+
+_CATEGORY = re.compile(r" \(([A-Z][0-9][a-z]?)\)$")
 
 
 def _join_names(names: Sequence[str]) -> str:

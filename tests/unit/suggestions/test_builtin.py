@@ -274,6 +274,11 @@ def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_op
             "Urine albumin/creatinine ratio due: none on file",
             ["Condition/dm1-diabetes"],
         ),
+        # ADA: a statin for diabetes at 40-75, whatever the LDL; the age is the Patient's.
+        (
+            "Consider a moderate-intensity statin: age 65; no statin on the medication list",
+            ["Condition/dm1-diabetes", "Patient/dm1"],
+        ),
     ]
     # Goals and guideline wording are the rule line, never chart-fact text.
     assert drafts[1].statements[1].rule == (
