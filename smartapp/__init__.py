@@ -88,6 +88,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     )
     engines = SuggestionService.from_settings(settings)
     engines.on_kinds_drafted = metrics.kinds_drafted
+    app.extensions["smartapp.engines"] = engines
     engines.announce()
     forwarder = FeedbackForwarder(database)
 

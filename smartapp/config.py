@@ -147,6 +147,8 @@ class Settings:
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key: str | None = None
+    #: LLM requests this process makes at once; more kinds wait for a free slot.
+    llm_concurrency: int = 8
     #: Origins allowed to frame the sidebar (CSP frame-ancestors). Defaults to the issuers' origins.
     frame_ancestors: tuple[str, ...] = ()
     #: Seconds a chart snapshot is reused within one launch before it is read again.
@@ -285,6 +287,13 @@ class Settings:
             llm_base_url=(environ.get("SMARTAPP_LLM_BASE_URL") or "").rstrip("/") or None,
             llm_model=environ.get("SMARTAPP_LLM_MODEL") or None,
             llm_api_key=environ.get("SMARTAPP_LLM_API_KEY") or None,
+            llm_concurrency=_whole_number(
+                environ,
+                "SMARTAPP_LLM_CONCURRENCY",
+                8,
+                minimum=1,
+                means=" (LLM requests one process makes at once)",
+            ),
             frame_ancestors=frame_ancestors,
             snapshot_ttl_seconds=_whole_number(
                 environ,

@@ -59,6 +59,9 @@ class ShownSuggestion(Base):
     engine_extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     verification: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     shown_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: When the clinician last decided on it: set in the same statement that checks the row
+    #: is still there, so a draft replaced by the LLM's never loses a decision made meanwhile.
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     decisions: Mapped[list[Decision]] = relationship(
         back_populates="suggestion", order_by="Decision.decided_at", cascade="all, delete-orphan"
@@ -103,3 +106,6 @@ class DraftedKind(Base):
     kind: Mapped[str] = mapped_column(String(64), primary_key=True)
     choice: Mapped[str] = mapped_column(String(160), primary_key=True)
     drafted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Set while the LLM's draft of this kind is on its way (the rules stand in until then):
+    #: the latest it can arrive. Cleared when it has.
+    pending_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

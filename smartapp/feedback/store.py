@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -25,6 +25,9 @@ from smartapp.suggestions.interfaces import Suggestion
 
 MAX_TEXT = 20_000
 MAX_COMMENT = 2_000
+
+#: Why a stand-in stays after the LLM's drafts of its kind arrived.
+KEPT = "you decided on it before the AI draft arrived, which follows it"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,17 +93,28 @@ class FeedbackStore:
             )
             return {(kind, choice) for kind, choice in rows}
 
-    def drafted_by_snapshot(self, visit_key: str) -> dict[str, set[tuple[str, str]]]:
-        """`drafted` for every snapshot of this visit, in one statement, by snapshot key."""
+    def drafted_by_snapshot(
+        self, visit_key: str
+    ) -> dict[str, dict[tuple[str, str], datetime | None]]:
+        """`drafted` for every snapshot of this visit, in one statement, by snapshot key;
+        each (kind, choice) with the instant its LLM draft is due by, while it is on its way."""
         with self._db.session() as session:
             rows = session.execute(
-                select(DraftedKind.snapshot_key, DraftedKind.kind, DraftedKind.choice).where(
-                    DraftedKind.visit_key == visit_key
-                )
+                select(
+                    DraftedKind.snapshot_key,
+                    DraftedKind.kind,
+                    DraftedKind.choice,
+                    DraftedKind.pending_until,
+                ).where(DraftedKind.visit_key == visit_key)
             )
-            drafted: dict[str, set[tuple[str, str]]] = {}
-            for key, kind, choice in rows:
-                drafted.setdefault(key, set()).add((kind, choice))
+            drafted: dict[str, dict[tuple[str, str], datetime | None]] = {}
+            for key, kind, choice, until in rows:
+                previous = drafted.setdefault(key, {}).get((kind, choice))
+                # Two launches of the visit may each have drafted it: the later due time counts.
+                if (kind, choice) not in drafted[key] or (
+                    until is not None and (previous is None or until > previous)
+                ):
+                    drafted[key][(kind, choice)] = until
             return drafted
 
     def latest_snapshot_key(self, visit_key: str) -> str | None:
@@ -114,16 +128,24 @@ class FeedbackStore:
             ).first()
 
     def record_draft(
-        self, by: ShownBy, choices: Mapping[str, str], suggestions: Sequence[Suggestion]
-    ) -> None:
+        self,
+        by: ShownBy,
+        choices: Mapping[str, str],
+        suggestions: Sequence[Suggestion],
+        *,
+        pending_until: Mapping[str, datetime] | None = None,
+    ) -> bool:
         """Persist freshly drafted kinds and their suggestions, all or nothing.
 
         A suggestion identical to one drafted from the visit's previous snapshot (same
         kind, engine and text: the chart did not change what it says) keeps that row, so
         its id and the clinician's decision survive a refresh of the chart and a new
         launch of the same visit. If another request drafted the same kinds first, or
-        carried the same rows, its rows stand and these are discarded.
+        carried the same rows, its rows stand, these are discarded and the answer is False.
+        `pending_until` names the kinds whose LLM draft is on its way (their suggestions
+        here are the rules standing in) and when it is due by.
         """
+        pending = pending_until or {}
         previous_key = self.latest_snapshot_key(by.visit_key)
         try:
             with self._db.session() as session:
@@ -143,6 +165,7 @@ class FeedbackStore:
                         kind=kind,
                         choice=choice,
                         drafted_at=now,
+                        pending_until=pending.get(kind),
                     )
                     for kind, choice in choices.items()
                 )
@@ -156,7 +179,112 @@ class FeedbackStore:
                         continue
                     session.add(_new_row(by, s, choice=choice, position=position, now=now))
         except (IntegrityError, _CarriedElsewhere):
-            return
+            return False
+        return True
+
+    def replace_drafted(
+        self, by: ShownBy, kind: str, choice: str, suggestions: Sequence[Suggestion] | None
+    ) -> bool:
+        """The LLM's drafts of `kind` take the place of the rules that stood in for them.
+
+        A stand-in the clinician has not decided on is replaced (its place in the list
+        goes to the LLM's suggestions); one already decided stays, decision and all, and
+        says why. A suggestion identical to a stand-in keeps that row. `None` (the run
+        failed) leaves the stand-ins as they are. False when the kind was not waiting
+        here any more (already arrived, or the chart has been read again since).
+        """
+        for _attempt in range(3):
+            try:
+                return self._replace_drafted(by, kind, choice, suggestions)
+            except IntegrityError:
+                # Another kind's drafts took the same positions at the same moment.
+                continue
+        return False
+
+    def _replace_drafted(
+        self, by: ShownBy, kind: str, choice: str, suggestions: Sequence[Suggestion] | None
+    ) -> bool:
+        with self._db.session() as session:
+            # Written first: it takes the store's write lock (SQLite) before anything is read.
+            settled: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(DraftedKind)
+                .where(
+                    DraftedKind.launch_session_id == by.launch_session_id,
+                    DraftedKind.snapshot_key == by.snapshot_key,
+                    DraftedKind.kind == kind,
+                    DraftedKind.choice == choice,
+                    DraftedKind.pending_until.is_not(None),
+                )
+                .values(pending_until=None)
+            )
+            if not settled.rowcount or suggestions is None:
+                return False
+            newest = session.scalar(
+                select(func.max(DraftedKind.snapshot_key)).where(
+                    DraftedKind.visit_key == by.visit_key,
+                    DraftedKind.snapshot_key != "unknown",
+                )
+            )
+            if newest is not None and newest > by.snapshot_key:
+                return False  # the chart was read again: that snapshot's drafts stand
+            standing = list(
+                session.scalars(
+                    select(ShownSuggestion)
+                    .where(
+                        ShownSuggestion.visit_key == by.visit_key,
+                        ShownSuggestion.snapshot_key == by.snapshot_key,
+                        ShownSuggestion.kind == kind,
+                        ShownSuggestion.choice == choice,
+                    )
+                    .order_by(ShownSuggestion.position)
+                )
+            )
+            same: dict[tuple[str, str, str], list[ShownSuggestion]] = {}
+            for row in standing:
+                same.setdefault((row.engine_name, row.engine_version, row.text), []).append(row)
+            last = session.scalar(
+                select(func.max(ShownSuggestion.position)).where(
+                    ShownSuggestion.visit_key == by.visit_key,
+                    ShownSuggestion.snapshot_key == by.snapshot_key,
+                )
+            )
+            position = -1 if last is None else last
+            now = utcnow()
+            kept: set[str] = set()
+            for s in suggestions:
+                matches = same.get((s.engine.name, s.engine.version, s.text))
+                if matches:
+                    row = matches.pop(0)
+                    kept.add(row.id)
+                    row.title, row.engine_extra = s.title, s.engine.to_json()
+                    row.statements = [st.to_json() for st in s.statements]
+                    row.verification = s.verification.to_json() if s.verification else {}
+                    continue
+                position += 1
+                session.add(_new_row(by, s, choice=choice, position=position, now=now))
+            replaced = [row for row in standing if row.id not in kept]
+            if replaced:
+                ids = [row.id for row in replaced]
+                session.flush()
+                # `decided_at IS NULL` is checked again on the row itself (PostgreSQL
+                # re-reads a row another transaction just decided), so a decision recorded
+                # meanwhile keeps its card.
+                session.execute(
+                    delete(ShownSuggestion)
+                    .where(ShownSuggestion.id.in_(ids), ShownSuggestion.decided_at.is_(None))
+                    .execution_options(synchronize_session=False)
+                )
+                extra = {
+                    k: v for k, v in (replaced[0].engine_extra or {}).items() if k != "interim"
+                }
+                extra.update(fallbackReason=KEPT, kept=True)
+                session.execute(
+                    update(ShownSuggestion)
+                    .where(ShownSuggestion.id.in_(ids), ShownSuggestion.decided_at.is_not(None))
+                    .values(engine_extra=extra)
+                    .execution_options(synchronize_session=False)
+                )
+            return True
 
     @staticmethod
     def _carry(
@@ -260,9 +388,22 @@ class FeedbackStore:
         reason, comment = _coded_reason(reason, comment)
         now = now or utcnow()
         with self._db.session() as session:
-            row = session.get(ShownSuggestion, suggestion_id)
+            # Marked decided in the statement that finds it: a stand-in the LLM's draft is
+            # replacing either keeps this decision or is gone (and the clinician is told).
+            marked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(ShownSuggestion)
+                .where(
+                    ShownSuggestion.id == suggestion_id, ShownSuggestion.visit_key == visit_key
+                )
+                .values(decided_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            row = session.get(ShownSuggestion, suggestion_id) if marked.rowcount else None
             if row is None or row.visit_key != visit_key:
-                raise NotFound("No such suggestion in this visit.")
+                raise NotFound(
+                    "No such suggestion in this visit (an AI draft may have replaced it: "
+                    "reload the suggestions)."
+                )
             final_text = text if action == "edit" else (row.text if action == "accept" else None)
             decision = Decision(
                 suggestion_id=row.id,

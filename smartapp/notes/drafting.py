@@ -11,9 +11,11 @@ it is kept per state version and computed once per clinician.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from smartapp.admin.identity import normalize_fhir_user
 from smartapp.admin.policy import GovernanceState, PolicyCache
@@ -24,7 +26,7 @@ from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.suggestions.interfaces import Suggestion
 from smartapp.suggestions.kinds import KIND_LABELS
-from smartapp.suggestions.registry import EngineChoice, SuggestionService
+from smartapp.suggestions.registry import EngineChoice, KindRun, SuggestionService
 
 #: Names an engine goes by in the registry and kill switches, per site-configuration engine.
 ENGINE_NAMES = {"builtin": ("builtin", "builtin-rules"), "llm": ("llm",)}
@@ -39,6 +41,24 @@ class NotEnabled:
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "title": self.title, "reason": self.reason}
+
+
+#: Seconds past an LLM deadline for its draft to be verified and stored, before the kind is
+#: no longer reported as on its way (its process may have died meanwhile).
+GRACE = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Drafts:
+    """What the engines drafted now, and the LLM's kinds still on their way.
+
+    `suggestions` holds every kind (the rules standing in for the pending ones); each
+    pending future gives that kind's own suggestions, by `pending_until` at the latest.
+    """
+
+    suggestions: list[Suggestion]
+    pending: Mapping[str, Future[list[Suggestion]]] = field(default_factory=dict)
+    pending_until: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,12 +128,36 @@ class GovernedDrafter:
                 self._plans[key] = plan
         return plan
 
-    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> list[Suggestion]:
+    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts:
         if not plan.kinds:
-            return []
-        return self._engines.run(
-            snapshot, iss=iss, kinds=plan.kinds, choices=plan.choices
-        ).suggestions
+            return Drafts(suggestions=[])
+        started = self._engines.start(snapshot, iss=iss, kinds=plan.kinds, choices=plan.choices)
+        # The deadline is a monotonic instant; the store keeps wall-clock time.
+        until = self._clock() + timedelta(seconds=started.deadline - time.monotonic() + GRACE)
+        return Drafts(
+            suggestions=started.run.suggestions,
+            pending={
+                kind: _suggestions_of(future) for kind, future in started.pending.items()
+            },
+            pending_until=until if started.pending else None,
+        )
+
+
+def _suggestions_of(future: Future[KindRun]) -> Future[list[Suggestion]]:
+    """The shown suggestions of a kind's run, when it arrives."""
+    out: Future[list[Suggestion]] = Future()
+
+    def done(run: Future[KindRun]) -> None:
+        if run.cancelled():
+            out.cancel()
+            out.set_running_or_notify_cancel()
+        elif (error := run.exception()) is not None:
+            out.set_exception(error)
+        else:
+            out.set_result(list(run.result().suggestions))
+
+    future.add_done_callback(done)
+    return out
 
 
 def plan_for(

@@ -6,9 +6,11 @@ service never sees the request.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,7 +42,7 @@ from smartapp.notes.composer import (
 )
 from smartapp.notes.composition import composition
 from smartapp.notes.documents import NoteDraft
-from smartapp.notes.drafting import DraftPlan, NotEnabled
+from smartapp.notes.drafting import DraftPlan, Drafts, NotEnabled
 from smartapp.notes.layout import NoteLayout
 from smartapp.notes.models import SavedNote
 from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
@@ -82,7 +84,7 @@ class SnapshotSource(Protocol):
 class Drafter(Protocol):
     def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan: ...
 
-    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> list[Suggestion]: ...
+    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +95,8 @@ class SuggestionsView:
     changes: Changes
     #: Kinds this clinician does not get here (rollout, kill switch), and why.
     not_enabled: tuple[NotEnabled, ...] = ()
+    #: Kinds whose LLM draft is on its way (the rules stand in for them meanwhile).
+    pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,12 +177,30 @@ class SidebarService:
                 key = newest
         plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
         by = self._shown_by(launch, visit, key)
-        drafted = drafted_by_key.get(key, set())
+        drafted = drafted_by_key.get(key, {})
+        now = utcnow()
+        pending = {
+            k for k in plan.kinds if (until := drafted.get((k, plan.token(k)))) and until > now
+        }
         missing = tuple(k for k in plan.kinds if (k, plan.token(k)) not in drafted)
         if missing:
             partial = plan.only(missing)
-            new = self._drafter.draft(snapshot, iss=launch.iss, plan=partial)
-            self.feedback.record_draft(by, {k: partial.token(k) for k in missing}, new)
+            drafts = self._drafter.draft(snapshot, iss=launch.iss, plan=partial)
+            tokens = {k: partial.token(k) for k in missing}
+            until = drafts.pending_until or now
+            recorded = self.feedback.record_draft(
+                by, tokens, drafts.suggestions, pending_until={k: until for k in drafts.pending}
+            )
+            for kind, future in drafts.pending.items():
+                if not recorded:
+                    future.cancel()  # another request's drafts (and LLM calls) stand
+                    continue
+                pending.add(kind)
+                # Attached only now that the stand-ins are stored, so an answer that is
+                # already in replaces them rather than racing them.
+                future.add_done_callback(
+                    functools.partial(self._arrived, by, kind, tokens[kind])
+                )
         rows = self._visible(self.feedback.shown(by), plan)
         audit.record(
             self._db,
@@ -193,6 +215,39 @@ class SidebarService:
             rows=rows,
             changes=changes_since(snapshot),
             not_enabled=plan.not_enabled,
+            pending=tuple(k for k in plan.kinds if k in pending),
+        )
+
+    def _arrived(
+        self, by: ShownBy, kind: str, choice: str, future: Future[list[Suggestion]]
+    ) -> None:
+        """An LLM kind's drafts are in (on the LLM thread): they replace the stand-ins."""
+        suggestions: list[Suggestion] | None
+        if future.cancelled():
+            suggestions = None
+        elif future.exception() is not None:
+            log.error("the LLM run of %s failed: %s", kind, type(future.exception()).__name__)
+            suggestions = None
+        else:
+            suggestions = future.result()
+        try:
+            self.feedback.replace_drafted(by, kind, choice, suggestions)
+        except Exception as exc:  # noqa: BLE001 - a background thread: log, never raise
+            log.error("storing the LLM's drafts of %s failed: %s", kind, type(exc).__name__)
+
+    def pending(self, launch: LaunchContext) -> tuple[str, ...]:
+        """The kinds of this visit's newest drafts whose LLM draft is still on its way.
+
+        One statement beside the launch's: the sidebar asks this while it waits, and
+        reads the suggestions again only when something arrived.
+        """
+        drafted = self.feedback.drafted_by_snapshot(self.visit(launch).key)
+        newest = max((k for k in drafted if k != "unknown"), default=None)
+        if newest is None:
+            return ()
+        now = utcnow()
+        return tuple(
+            sorted({kind for (kind, _), until in drafted[newest].items() if until and until > now})
         )
 
     @staticmethod

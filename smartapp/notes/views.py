@@ -19,6 +19,7 @@ from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SidebarService
 from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
 from smartapp.smart.session import LaunchContext, current_launch
+from smartapp.suggestions.kinds import KIND_LABELS
 
 bp = Blueprint("sidebar", __name__)
 
@@ -36,10 +37,21 @@ def _json_body() -> dict[str, Any]:
     return json_body()
 
 
-def suggestion_json(row: ShownSuggestion, snapshot: ChartSnapshot | None = None) -> dict[str, Any]:
+#: Shown on a stand-in whose LLM draft never arrived (its process stopped on the way).
+NOT_ARRIVED = "The AI draft did not arrive; showing rule-based suggestions"
+
+
+def suggestion_json(
+    row: ShownSuggestion,
+    snapshot: ChartSnapshot | None = None,
+    pending: tuple[str, ...] = (),
+) -> dict[str, Any]:
     decision = row.latest_decision()
     engine = dict(row.engine_extra or {})
     engine.update({"name": row.engine_name, "version": row.engine_version})
+    if engine.get("interim") and row.kind not in pending:
+        del engine["interim"]
+        engine["fallbackReason"] = NOT_ARRIVED
     return {
         "id": row.id,
         "kind": row.kind,
@@ -104,8 +116,9 @@ def _suggestions_response(launch: LaunchContext, *, refresh: bool) -> Response:
     view = _service().suggestions(launch, refresh=refresh)
     return jsonify(
         {
-            "suggestions": [suggestion_json(r, view.snapshot) for r in view.rows],
+            "suggestions": [suggestion_json(r, view.snapshot, view.pending) for r in view.rows],
             "notEnabled": [n.to_json() for n in view.not_enabled],
+            "pending": _pending_json(view.pending),
             "changes": view.changes.to_json(),
             "chart": {
                 "fetchedAt": view.snapshot.fetched_at.isoformat()
@@ -118,9 +131,19 @@ def _suggestions_response(launch: LaunchContext, *, refresh: bool) -> Response:
     )
 
 
+def _pending_json(kinds: tuple[str, ...]) -> list[dict[str, str]]:
+    return [{"kind": k, "title": KIND_LABELS.get(k, k)} for k in kinds]
+
+
 @bp.get("/api/suggestions")
 def suggestions() -> Response:
     return _suggestions_response(current_launch(), refresh=False)
+
+
+@bp.get("/api/suggestions/pending")
+def pending() -> Response:
+    """The kinds whose LLM draft is still on its way: what the sidebar polls while it waits."""
+    return jsonify({"pending": _pending_json(_service().pending(current_launch()))})
 
 
 @bp.post("/api/refresh")

@@ -546,8 +546,12 @@ def _stopped_orders(facts: ChartFacts, classes: frozenset[str]) -> list[tuple[st
 
 
 def _med_phrase(med: Medication) -> str:
-    ordered = f" (ordered {med.authored})" if med.authored else ""
-    return f"{med.name}{ordered}"
+    if med.reported:
+        return f"{med.name} ({med.source_phrase}; not an order)"
+    ordered = f"ordered {med.authored}" if med.authored else ""
+    if med.on_hold:
+        ordered = f"{ordered}, on hold" if ordered else "on hold"
+    return f"{med.name} ({ordered})" if ordered else med.name
 
 
 # -- the block for one problem -----------------------------------------------------------

@@ -73,6 +73,8 @@ class EngineInfo:
     rule_based: bool = False
     #: Set when this output comes from a fallback (e.g. the LLM failed): says why.
     fallback_reason: str | None = None
+    #: The rules standing in while the configured LLM's draft of this kind is on its way.
+    interim: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "version": self.version}
@@ -80,6 +82,8 @@ class EngineInfo:
             data["ruleBased"] = True
         if self.fallback_reason:
             data["fallbackReason"] = self.fallback_reason
+        if self.interim:
+            data["interim"] = True
         return data
 
 

@@ -367,10 +367,26 @@ class LLMEngine:
         return KINDS
 
     def suggest(
-        self, snapshot: ChartSnapshot, kind: str, config: Mapping[str, Any]
+        self,
+        snapshot: ChartSnapshot,
+        kind: str,
+        config: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
     ) -> list[Suggestion]:
+        """The model's suggestions, or the rules' with the reason; never later than `deadline`.
+
+        `deadline` (time.monotonic()) is the request's, shared by all its kinds; without
+        it the engine's own timeout counts from now. A kind that waited in the process's
+        queue until the deadline passed falls back without asking.
+        """
         try:
-            answer = self._ask(snapshot, kind, config)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LLMFailure(
+                    "The LLM endpoint was busy with other requests until the deadline",
+                    code="busy",
+                )
+            answer = self._ask(snapshot, kind, config, deadline=deadline)
             suggestions = parse_answer(answer)
         except LLMFailure as failure:
             log.warning("LLM engine fell back for %s: %s", kind, failure.code)
@@ -416,7 +432,14 @@ class LLMEngine:
         )
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
-    def _ask(self, snapshot: ChartSnapshot, kind: str, config: Mapping[str, Any]) -> str:
+    def _ask(
+        self,
+        snapshot: ChartSnapshot,
+        kind: str,
+        config: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+    ) -> str:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self.messages(snapshot, kind, config),
@@ -427,7 +450,8 @@ class LLMEngine:
             },
         }
         # One deadline for the whole exchange, retry included: the clinician is waiting.
-        deadline = time.monotonic() + self.timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         status, payload = self._post(body, deadline=deadline)
         if status == 400:
             # Older servers reject `response_format` (or its json_schema type): ask again

@@ -9,10 +9,11 @@ failing engine costs its kind, never the request.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: LLM kinds asked at the same time (a local model server may serve one request at a time;
-#: it then queues them, which costs nothing over asking in turn).
-MAX_PARALLEL_LLM_CALLS = 4
+#: LLM requests one process makes at once (SMARTAPP_LLM_CONCURRENCY): the pool's threads
+#: are the only ones that wait on the endpoint, so 32 clinicians cannot take the request
+#: threads; kinds beyond it queue, and one still queued at its deadline falls back unasked.
+DEFAULT_LLM_CONCURRENCY = 8
+
+INTERIM = (
+    "The AI draft is being written; showing rule-based suggestions until it arrives"
+)
 
 NO_ENDPOINT = (
     "No LLM endpoint is configured (SMARTAPP_LLM_BASE_URL); showing rule-based suggestions"
@@ -114,6 +120,27 @@ class SuggestionRun:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StartedRun:
+    """A run that answers now: every kind drafted, the LLM's kinds by the rules for the moment.
+
+    `pending` holds each LLM kind's own run, arriving in the background before `deadline`
+    (time.monotonic(), one for the whole request); `run` has the rules standing in for them.
+    """
+
+    run: SuggestionRun
+    pending: Mapping[str, Future[KindRun]]
+    deadline: float
+
+
+@dataclass
+class _Others:
+    """A request's other kinds, for an LLM kind finishing beside them (set once drafted)."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    runs: list[KindRun] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EngineChoice:
     """Governance's say over one kind's engine, over the site configuration's.
 
@@ -141,9 +168,13 @@ class SuggestionService:
         *,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        llm_concurrency: int = DEFAULT_LLM_CONCURRENCY,
     ) -> None:
         self.config = config
         self.llm = llm
+        self.llm_concurrency = max(1, llm_concurrency)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.builtin = BuiltinEngine()
         self._session = session or limited_session()
         self._clock = clock
@@ -184,7 +215,23 @@ class SuggestionService:
         llm = LLMSettings.from_values(
             settings.llm_base_url, settings.llm_model, settings.llm_api_key
         )
-        return cls(config, llm)
+        return cls(config, llm, llm_concurrency=settings.llm_concurrency)
+
+    def llm_pool(self) -> ThreadPoolExecutor:
+        """The process's LLM threads (made on first use: most sites never ask an LLM)."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.llm_concurrency, thread_name_prefix="smartapp-llm"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the LLM threads: queued kinds are cancelled, running ones end by their deadline."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # The lead's `Drafter` protocol (notes.service) -------------------------------------
 
@@ -276,34 +323,88 @@ class SuggestionService:
         kinds: Iterable[str] | None = None,
         choices: Mapping[str, EngineChoice] | None = None,
     ) -> SuggestionRun:
+        """Every kind with its configured engine's own output (waits for the LLM's kinds)."""
+        started = self.start(snapshot, iss=iss, kinds=kinds, choices=choices)
+        arrived = {kind: future.result() for kind, future in started.pending.items()}
+        return SuggestionRun(kinds=tuple(arrived.get(r.kind, r) for r in started.run.kinds))
+
+    def start(
+        self,
+        snapshot: ChartSnapshot,
+        *,
+        iss: str | None = None,
+        kinds: Iterable[str] | None = None,
+        choices: Mapping[str, EngineChoice] | None = None,
+    ) -> StartedRun:
+        """Draft every kind now, the LLM's in the background: the clinician never waits on it.
+
+        Each LLM kind is asked at once on the process's LLM threads, all under one
+        deadline (the site's `timeout_seconds` from now); meanwhile the rules draft it,
+        labelled as standing in, so that the sidebar has something to show at once.
+        """
         effective = self.config.for_issuer(iss)
         wanted = effective.kind_ids if kinds is None else tuple(kinds)
         wanted = tuple(k for k in wanted if effective.kind(k) is not None)
         chosen = dict(choices or {})
         verifier = GroundingVerifier(snapshot)
-        remote = [
-            k
-            for k in wanted
-            if isinstance(self.engine_for(effective, k, chosen.get(k))[0], LLMEngine)
-        ]
-        results: dict[str, KindRun] = {}
-        if len(remote) > 1:
-            # Each LLM call waits on the network: ask for the kinds at once, so the clinician
-            # waits for the slowest answer rather than for their sum.
-            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_LLM_CALLS, len(remote))) as pool:
-                futures = {
-                    k: pool.submit(self._run_kind, snapshot, effective, k, verifier, chosen.get(k))
-                    for k in remote
-                }
-                results = {k: f.result() for k, f in futures.items()}
+        deadline = time.monotonic() + self.timeout_for(effective)
+        pending: dict[str, Future[KindRun]] = {}
+        others = _Others()
         for kind in wanted:
-            if kind not in results:
-                results[kind] = self._run_kind(
-                    snapshot, effective, kind, verifier, chosen.get(kind)
+            if isinstance(self.engine_for(effective, kind, chosen.get(kind))[0], LLMEngine):
+                pending[kind] = self.llm_pool().submit(
+                    self._run_remote,
+                    snapshot,
+                    effective,
+                    kind,
+                    verifier,
+                    chosen.get(kind),
+                    deadline,
+                    others,
                 )
-        run = SuggestionRun(kinds=self._finish(effective, [results[k] for k in wanted], verifier))
+        try:
+            raw = [
+                self._run_kind(
+                    snapshot, effective, kind, verifier, chosen.get(kind), interim=kind in pending
+                )
+                for kind in wanted
+            ]
+            others.runs = raw
+        finally:
+            others.ready.set()
+        run = SuggestionRun(kinds=self._finish(effective, raw, verifier))
         if self.on_kinds_drafted is not None:
-            self.on_kinds_drafted(run.kinds)
+            # The rules standing in are not the LLM's run: its own is told when it arrives.
+            self.on_kinds_drafted([r for r in run.kinds if r.kind not in pending])
+        return StartedRun(run=run, pending=pending, deadline=deadline)
+
+    def timeout_for(self, effective: EffectiveConfig) -> float:
+        """Seconds an LLM kind may take: `[llm] timeout_seconds`, unless the settings say."""
+        if self.llm is not None and self.llm.timeout:
+            return self.llm.timeout
+        return effective.llm.timeout_seconds
+
+    def _run_remote(
+        self,
+        snapshot: ChartSnapshot,
+        effective: EffectiveConfig,
+        kind: str,
+        verifier: GroundingVerifier,
+        choice: EngineChoice | None,
+        deadline: float,
+        others: _Others,
+    ) -> KindRun:
+        run = self._run_kind(snapshot, effective, kind, verifier, choice, deadline=deadline)
+        # Finished beside the request's other kinds (each result stated in one card only),
+        # with this kind's own run in place of the rules that stood in for it.
+        others.ready.wait()
+        runs = [run if r.kind == kind else r for r in others.runs] or [run]
+        run = next(r for r in self._finish(effective, runs, verifier) if r.kind == kind)
+        if self.on_kinds_drafted is not None:
+            try:
+                self.on_kinds_drafted([run])
+            except Exception as exc:  # noqa: BLE001 - metrics must not cost the draft
+                log.error("recording the LLM run failed: %s", type(exc).__name__)
         return run
 
     def _run_kind(
@@ -313,6 +414,9 @@ class SuggestionService:
         kind: str,
         verifier: GroundingVerifier,
         choice: EngineChoice | None = None,
+        *,
+        interim: bool = False,
+        deadline: float | None = None,
     ) -> KindRun:
         started = self._clock()
         kind_config = effective.kind(kind)
@@ -322,11 +426,17 @@ class SuggestionService:
         configured = (
             engine.info if stand_in is None else EngineInfo(name="llm", version="unavailable")
         )
+        if interim:
+            # The rules answer for now; the LLM's own run of this kind is on its way.
+            engine, stand_in = self.builtin, INTERIM
 
-        produced = self._safe_suggest(engine, snapshot, kind, options)
+        produced = self._safe_suggest(engine, snapshot, kind, options, deadline=deadline)
         if stand_in is not None:
             produced = [
-                replace(s, engine=replace(s.engine, fallback_reason=stand_in)) for s in produced
+                replace(
+                    s, engine=replace(s.engine, fallback_reason=stand_in, interim=interim)
+                )
+                for s in produced
             ]
         checked = verify_suggestions(produced, verifier, unverified=effective.unverified)
         own = [s for s in checked if s.engine.fallback_reason is None]
@@ -395,8 +505,12 @@ class SuggestionService:
         snapshot: ChartSnapshot,
         kind: str,
         options: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
     ) -> list[Suggestion]:
         try:
+            if isinstance(engine, LLMEngine):
+                return list(engine.suggest(snapshot, kind, options, deadline=deadline))
             return list(engine.suggest(snapshot, kind, options))
         except Exception as exc:  # noqa: BLE001 - one kind failing must not cost the sidebar
             # The exception type only: its message could quote chart data.

@@ -43,6 +43,7 @@ async function request(method, path, body) {
 export const api = {
   context: () => request("GET", "/api/context"),
   suggestions: () => request("GET", "/api/suggestions"),
+  pending: () => request("GET", "/api/suggestions/pending"),
   refresh: () => request("POST", "/api/refresh"),
   feedback: (id, body) => request("POST", `/api/suggestions/${encodeURIComponent(id)}/feedback`, body),
   saveNote: (body) => request("POST", "/api/note", body ?? {}),

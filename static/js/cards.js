@@ -208,7 +208,7 @@ export function createCard(suggestion, index, handlers) {
       el(
         "p",
         { className: "fallback" },
-        el("strong", { text: "AI draft unavailable: " }),
+        el("strong", { text: suggestion.engine.interim ? "AI draft on its way: " : suggestion.engine.kept ? "Rule-based draft kept: " : "AI draft unavailable: " }),
         suggestion.engine.fallbackReason,
       ),
     );

@@ -15,7 +15,13 @@ const state = {
   actions: new Map(), // suggestion id -> clicks/keys spent on it (sent with each decision)
   inFlight: new Set(), // suggestion ids whose decision is being recorded
   loading: false,
+  pending: [], // kinds whose AI draft is on its way (the rules stand in meanwhile)
+  pollTimer: null,
 };
+
+// While AI drafts are on their way: ask every POLL_MS whether some arrived, at most POLL_LIMIT times.
+const POLL_MS = 1000;
+const POLL_LIMIT = 180;
 
 // -- small helpers ---------------------------------------------------------------------
 
@@ -214,6 +220,8 @@ async function decide(index, action, extra = {}) {
     return true;
   } catch (err) {
     setCardMessage(card, `Not recorded: ${messageOf(err)}`);
+    // The AI draft replaced this card a moment ago: show the new one.
+    if (err instanceof ApiError && err.status === 404 && state.pending.length) schedulePoll(0);
     return false;
   } finally {
     state.inFlight.delete(suggestion.id);
@@ -296,7 +304,47 @@ function showError(err) {
   $("#retry").focus();
 }
 
-function renderSuggestions(payload) {
+/** Is the clinician in the middle of something on a card (a panel open, a decision on its way)? */
+function busyWithACard() {
+  return state.inFlight.size > 0 || cards().some((card) => card.classList.contains("deciding"));
+}
+
+function schedulePoll(delay = POLL_MS, left = POLL_LIMIT) {
+  clearTimeout(state.pollTimer);
+  state.pollTimer = null;
+  if (!state.pending.length || left <= 0) return;
+  state.pollTimer = setTimeout(() => poll(left - 1), delay);
+}
+
+/**
+ * Ask whether AI drafts arrived; when some did, read the suggestions again and put the new
+ * cards in place of the rule-based ones that stood in (never while a card is being decided).
+ */
+async function poll(left) {
+  if (state.loading) return schedulePoll(POLL_MS, left);
+  try {
+    const { data } = await api.pending();
+    const still = new Set((data.pending ?? []).map((p) => p.kind));
+    const arrived = state.pending.filter((p) => !still.has(p.kind));
+    if (!arrived.length) return schedulePoll(POLL_MS, left);
+    if (busyWithACard()) return schedulePoll(POLL_MS, left);
+    const focusedId = document.activeElement?.closest?.("#suggestion-list > .card") ? state.suggestions[state.current]?.id : null;
+    const focusedKind = state.suggestions[state.current]?.kind;
+    const { data: fresh } = await api.suggestions();
+    if (busyWithACard()) return schedulePoll(POLL_MS, left); // started deciding meanwhile
+    renderSuggestions(fresh, { quiet: true });
+    announce(`AI draft arrived: ${arrived.map((p) => p.title).join(", ")}.`);
+    if (focusedId) {
+      const same = state.suggestions.findIndex((s) => s.id === focusedId);
+      const sameKind = state.suggestions.findIndex((s) => s.kind === focusedKind);
+      focusCard(same >= 0 ? same : Math.max(0, sameKind));
+    }
+  } catch (err) {
+    schedulePoll(POLL_MS * 5, left); // the rules' drafts stand; try again a little later
+  }
+}
+
+function renderSuggestions(payload, { quiet = false } = {}) {
   state.loading = false;
   state.suggestions = payload.suggestions ?? [];
   state.current = Math.min(state.current, Math.max(0, state.suggestions.length - 1));
@@ -310,6 +358,9 @@ function renderSuggestions(payload) {
   $("#main").setAttribute("aria-busy", "false");
   renderCounts();
   setCurrent(state.current);
+  state.pending = payload.pending ?? [];
+  schedulePoll();
+  if (quiet) return;
   const pending = pendingIndexes().length;
   announce(state.suggestions.length ? `${plural(state.suggestions.length, "suggestion")}, ${pending} to decide.` : "No suggestions for this chart.");
 }

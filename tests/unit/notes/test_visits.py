@@ -26,7 +26,7 @@ from smartapp.db import Database, utcnow
 from smartapp.errors import NotFound
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
-from smartapp.notes.drafting import DraftPlan
+from smartapp.notes.drafting import DraftPlan, Drafts
 from smartapp.notes.models import SavedNote
 from smartapp.notes.service import SidebarService
 from smartapp.notes.visits import visit_of
@@ -149,8 +149,10 @@ class Drafter:
     def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan:
         return DraftPlan(kinds=KINDS)
 
-    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> list[Suggestion]:
-        return [suggestion(k, self.texts[k]) for k in plan.kinds if k in self.texts]
+    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts:
+        return Drafts(
+            suggestions=[suggestion(k, self.texts[k]) for k in plan.kinds if k in self.texts]
+        )
 
 
 class FakeEHR:
