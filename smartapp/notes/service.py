@@ -213,6 +213,13 @@ class SidebarService:
                 future.add_done_callback(
                     functools.partial(self._arrived, by, kind, tokens[kind])
                 )
+            if not recorded:
+                # Another request of this visit drafted (or carried its rows) first: show
+                # what it recorded, the newest set of the visit, not an empty list.
+                # (When this launch read the newer chart, its next request drafts it again.)
+                latest = self.feedback.latest_snapshot_key(visit.key)
+                if latest is not None and latest != key:
+                    by = self._shown_by(launch, visit, latest)
         rows = self._visible(self.feedback.shown(by), plan)
         audit.record(
             self._db,
