@@ -4,8 +4,8 @@ Snapshots, comments, edits, notes and review comments were already text columns;
 values are encrypted from now on (`smartapp.db.EncryptedText`), and what was stored before
 still reads. The outbox payload was JSON: stored JSON stays readable as text.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-02 16:10:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
