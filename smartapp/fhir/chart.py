@@ -34,7 +34,12 @@ from smartapp.errors import (
     TemporaryUpstreamError,
     UpstreamError,
 )
-from smartapp.fhir.capabilities import supports_batch, supports_include, supports_sort
+from smartapp.fhir.capabilities import (
+    supports_batch,
+    supports_include,
+    supports_interaction,
+    supports_sort,
+)
 from smartapp.fhir.client import (
     BatchRequest,
     FHIRClient,
@@ -71,6 +76,7 @@ PATIENT_FIELD: Mapping[str, str] = {
     "Condition": "subject",
     "Observation": "subject",
     "MedicationRequest": "subject",
+    "MedicationStatement": "subject",
     "AllergyIntolerance": "patient",
     "Procedure": "subject",
     "Immunization": "patient",
@@ -84,12 +90,20 @@ SEARCHES: tuple[tuple[str, str | None], ...] = (
     ("Observation", "vital-signs"),
     ("Observation", "laboratory"),
     ("MedicationRequest", None),
+    ("MedicationStatement", None),
     ("AllergyIntolerance", None),
     ("Procedure", None),
     ("Immunization", None),
     ("DocumentReference", None),
 )
 
+#: Types many servers do not offer (US Core 4+ dropped MedicationStatement for
+#: MedicationRequest with `reported`): asked for only when the CapabilityStatement lists a
+#: search for them, or when there is no usable statement to say.
+OPTIONAL_TYPES = frozenset({"MedicationStatement"})
+#: Order statuses read: current ones, and drafts (shown as proposed, never as therapy).
+#: Stopped and completed orders are history the search would page through for years.
+MEDICATION_REQUEST_STATUSES = "active,on-hold,draft"
 #: The searched types read newest first where the server declares `_sort` (by `date`).
 SORTED_TYPES = frozenset({"Observation"})
 
@@ -118,7 +132,7 @@ def search_params(
     if resource_type in SORTED_TYPES and newest_first and not plain:
         params["_sort"] = "-date"
     if resource_type == "MedicationRequest":
-        params["status"] = "active"
+        params["status"] = MEDICATION_REQUEST_STATUSES
         if include_medications and not plain:
             params["_include"] = MEDICATION_INCLUDE
     if resource_type == "DocumentReference":
@@ -530,7 +544,7 @@ class _Loader:
         if "Medication" not in self.granted:
             return []
         wanted: list[str] = []
-        for request in self.found["MedicationRequest"]:
+        for request in (*self.found["MedicationRequest"], *self.found["MedicationStatement"]):
             ref = _reference(request.get("medicationReference"))
             if ref is None or ref.startswith("#"):
                 continue  # contained: already here
@@ -586,7 +600,7 @@ class _Loader:
         )
         unresolved = sum(
             1
-            for mr in snap.of_type("MedicationRequest")
+            for mr in (*snap.of_type("MedicationRequest"), *snap.of_type("MedicationStatement"))
             if (ref := _reference(mr.get("medicationReference"))) is not None
             and snap.resolve(ref, within=mr) is None
         )
@@ -599,8 +613,8 @@ class _Loader:
                     SnapshotProblem(
                         code="unresolved_reference",
                         resource_type="Medication",
-                        detail=f"{unresolved} MedicationRequest(s) name a Medication that "
-                        f"could not be read{why}",
+                        detail=f"{unresolved} medication order(s) or statement(s) name a "
+                        f"Medication that could not be read{why}",
                         count=unresolved,
                     ),
                 ),
@@ -690,10 +704,6 @@ def load_snapshot(
         raise ValueError("max_pages must be at least 1")
     if not _ID.fullmatch(patient_id or ""):
         raise FatalUpstreamError("The EHR's launch context has no valid patient id.")
-    # "*" stands for a wildcard scope (`patient/*.rs`).
-    everything = readable_types is None or "*" in readable_types
-    granted = frozenset(READABLE_TYPES if everything else readable_types or ())
-    not_granted = tuple(t for t in READABLE_TYPES if t not in granted)
     start = client.request_count
     try:
         capabilities = client.capabilities()
@@ -703,6 +713,18 @@ def load_snapshot(
         # No usable statement: assume the least (separate searches, no _include).
         log.warning("FHIR capability statement unusable; loading without batch")
         capabilities = {}
+    # A type the server does not offer is neither asked for nor "not granted".
+    offered = tuple(
+        t
+        for t in READABLE_TYPES
+        if t not in OPTIONAL_TYPES
+        or not capabilities
+        or supports_interaction(capabilities, t, "search-type")
+    )
+    # "*" stands for a wildcard scope (`patient/*.rs`).
+    everything = readable_types is None or "*" in readable_types
+    granted = frozenset(t for t in offered if everything or t in (readable_types or ()))
+    not_granted = tuple(t for t in offered if t not in granted)
     profile = quirks or catalog().detect(capabilities)
     loader = _Loader(
         client,

@@ -8,6 +8,8 @@ such as `7.20` reaches the engines as the EHR sent it.
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -24,19 +26,87 @@ from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, 
 # inside Python's recursion limit, which pydantic's validation of nested extensions hits
 # at about 125 levels.
 MAX_JSON_DEPTH = 64
+#: R4 caps a string at 1 MB (https://hl7.org/fhir/R4/datatypes.html#string); counted in
+#: characters here. Attachment `data` (base64Binary) has no such cap and is exempt.
+MAX_STRING_CHARS = 1024 * 1024
+#: R4 decimals need only 18 digits of precision (https://hl7.org/fhir/R4/datatypes.html#decimal);
+#: a number this large is not a measurement (a 309-digit "creatinine" is an attack or a bug).
+MAX_ABS_NUMBER = 10**18
+#: Modifier extensions the app understands (none yet). Any other one may change the meaning
+#: of everything in the resource (https://hl7.org/fhir/R4/extensibility.html#modifierExtension),
+#: so the resource is skipped and reported rather than read as if it were not there.
+UNDERSTOOD_MODIFIERS: frozenset[str] = frozenset()
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _too_deep(value: Any, limit: int) -> bool:
-    """True if `value` nests JSON objects/arrays more than `limit` levels (iteratively)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+def _bad_text(text: str, *, key: str | None) -> str | None:
+    if len(text) > MAX_STRING_CHARS and key != "data":
+        return f"a string longer than {MAX_STRING_CHARS} characters"
+    if _SURROGATE.search(text):
+        # A lone surrogate cannot be written as UTF-8: it would fail far from here (in a
+        # log line, the store, the note) instead of in validation.
+        return "text that is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def hostile_content(value: Any) -> str | None:
+    """Why a parsed resource cannot be used safely, whatever its schema says, or None.
+
+    Iterative (no recursion): nesting deeper than `MAX_JSON_DEPTH`, strings over R4's
+    1 MB or with lone surrogates, numbers that are not finite or beyond 18 digits.
+    """
+    stack: list[tuple[Any, int, str | None]] = [(value, 0, None)]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth >= limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return False
+        item, depth, key = stack.pop()
+        if isinstance(item, dict):
+            if depth >= MAX_JSON_DEPTH:
+                return f"nested more than {MAX_JSON_DEPTH} levels deep"
+            for child_key, child in item.items():
+                if isinstance(child_key, str) and (why := _bad_text(child_key, key=None)):
+                    return why
+                stack.append((child, depth + 1, child_key if isinstance(child_key, str) else None))
+        elif isinstance(item, list):
+            if depth >= MAX_JSON_DEPTH:
+                return f"nested more than {MAX_JSON_DEPTH} levels deep"
+            stack.extend((child, depth + 1, key) for child in item)
+        elif isinstance(item, str):
+            if why := _bad_text(item, key=key):
+                return why
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if abs(item) >= MAX_ABS_NUMBER:
+                return "a number beyond 18 digits (not a plausible value)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "a number that is not finite"
+            if abs(item) >= MAX_ABS_NUMBER:
+                return "a number beyond 18 digits (not a plausible value)"
+    return None
+
+
+def unsupported_modifiers(resource: Any) -> list[str]:
+    """The URLs of the `modifierExtension`s anywhere in `resource` the app does not understand.
+
+    A modifier on an element (a dosage, a reaction) changes that element's meaning, which
+    the app would then state wrongly: anywhere in the resource counts.
+    """
+    found: list[str] = []
+    stack: list[Any] = [resource]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if key == "modifierExtension" and isinstance(child, list):
+                    for modifier in child:
+                        url = modifier.get("url") if isinstance(modifier, dict) else None
+                        if url not in UNDERSTOOD_MODIFIERS:
+                            found.append(url if isinstance(url, str) else "(no url)")
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 @cache
@@ -55,8 +125,9 @@ def validation_error(resource: Any) -> str | None:
         model = _model(resource_type)
     except (ValueError, KeyError):
         return f"unknown resourceType {resource_type[:40]!r}"
-    if _too_deep(resource, MAX_JSON_DEPTH):
-        return f"nested more than {MAX_JSON_DEPTH} levels deep"
+    hostile = hostile_content(resource)
+    if hostile is not None:
+        return hostile
     try:
         model.model_validate(resource)
     except RecursionError:
@@ -68,6 +139,23 @@ def validation_error(resource: Any) -> str | None:
     return None
 
 
+def rejection(resource: Any) -> tuple[str, str] | None:
+    """(problem code, reason) when the resource is not to be used, else None.
+
+    `invalid_resource`: it fails R4 validation or is hostile (`hostile_content`);
+    `unsupported_modifier`: a valid resource with a modifier extension the app does not
+    understand. Reasons never quote the resource (it may hold PHI); a modifier's URL is a
+    definition, not patient data, but is cut short all the same.
+    """
+    error = validation_error(resource)
+    if error is not None:
+        return "invalid_resource", error
+    modifiers = unsupported_modifiers(resource)
+    if modifiers:
+        return "unsupported_modifier", f"modifierExtension {modifiers[0][:80]!r}"
+    return None
+
+
 class ResourceValidator:
     """Validates resources as they arrive, keeping the valid ones and counting the bad by type.
 
@@ -76,32 +164,40 @@ class ResourceValidator:
 
     def __init__(self) -> None:
         self.valid: list[FHIRResource] = []
-        self._bad: Counter[str] = Counter()
-        self._reasons: dict[str, str] = {}
+        self._bad: Counter[tuple[str, str]] = Counter()
+        #: The first few distinct reasons per key, for the problem's detail.
+        self._reasons: dict[tuple[str, str], list[str]] = {}
 
     def add(self, resources: Iterable[Any]) -> None:
         for resource in resources:
-            error = validation_error(resource)
-            if error is None:
+            rejected = rejection(resource)
+            if rejected is None:
                 self.valid.append(resource)
                 continue
+            code, reason = rejected
             rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-            key = rtype if isinstance(rtype, str) and len(rtype) <= 64 else "unknown"
+            key = (code, rtype if isinstance(rtype, str) and len(rtype) <= 64 else "unknown")
             self._bad[key] += 1
-            self._reasons.setdefault(key, error)
+            reasons = self._reasons.setdefault(key, [])
+            if reason not in reasons and len(reasons) < 3:
+                reasons.append(reason)
 
     def problems(self) -> list[SnapshotProblem]:
-        """One `invalid_resource` problem per resource type that had bad resources."""
-        return [
-            SnapshotProblem(
-                code="invalid_resource",
-                resource_type=rtype,
-                detail=f"{count} {rtype} resource(s) skipped: failed R4 validation "
-                f"({self._reasons[rtype]})",
-                count=count,
-            )
-            for rtype, count in sorted(self._bad.items())
-        ]
+        """One problem per (code, resource type) that had resources skipped."""
+        out: list[SnapshotProblem] = []
+        for (code, rtype), count in sorted(self._bad.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            reason = "; ".join(self._reasons[(code, rtype)])
+            if code == "unsupported_modifier":
+                detail = (
+                    f"{count} {rtype} resource(s) skipped: a modifier extension the app does "
+                    f"not understand may change what they mean ({reason})"
+                )
+            else:
+                detail = (
+                    f"{count} {rtype} resource(s) skipped: not valid or not safe to read ({reason})"
+                )
+            out.append(SnapshotProblem(code=code, resource_type=rtype, detail=detail, count=count))
+        return out
 
 
 def parse_resources(

@@ -19,6 +19,7 @@ SNAPSHOT_TYPES: tuple[str, ...] = (
     "Condition",
     "Observation",
     "MedicationRequest",
+    "MedicationStatement",
     "Medication",
     "AllergyIntolerance",
     "Procedure",
@@ -35,7 +36,8 @@ class SnapshotProblem:
     `truncated` (more pages than the cap), `scope_not_granted`, `search_failed`,
     `unresolved_reference`, `future_date` and `duplicate` (screened out by
     `smartapp.fhir.quality`), `wrong_patient` (the server sent another patient's resources:
-    dropped).
+    dropped), `unsupported_modifier` (a `modifierExtension` the app does not understand:
+    skipped, since it may change the meaning of everything in the resource).
     """
 
     code: str

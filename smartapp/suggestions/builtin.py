@@ -297,14 +297,21 @@ class BuiltinEngine:
                 # "allergy ruled out"): not repeated, even quoted; the order still shows.
                 text += ": its instructions text is left out (it contradicts the chart)"
             elif med.dosage:
-                text += f': the order\'s instructions say "{med.dosage}"'
+                source = (
+                    "the statement's dosage says"
+                    if med.reported
+                    else "the order's instructions say"
+                )
+                text += f': {source} "{med.dosage}"'
             if med.reported:
-                text += " (reported, not an order)"
+                asserted = f", recorded {med.asserted}" if med.asserted else ""
+                text += f" ({med.source_phrase}{asserted}; not an order)"
             elif med.authored:
                 text += f" (ordered {med.authored})"
             if med.on_hold:
                 text += ", on hold"
             statements.append(Statement(text=text, citations=_cite_refs(snapshot, med.references)))
+        statements += self._proposed_orders(facts)
         statements += self._stopped_orders(facts)
         # Safety flags (allergy, contraindication, interaction) come first.
         statements = self._safety_hints(facts) + self._duplicate_hints(facts) + statements
@@ -363,6 +370,21 @@ class BuiltinEngine:
             )
             for flag in safety.safety_flags(facts)
         ]
+
+    @staticmethod
+    def _proposed_orders(facts: ChartFacts) -> list[Statement]:
+        """Drafts, proposals and plans, said to be what they are: not current therapy."""
+        statements: list[Statement] = []
+        for med in facts.proposed_medications:
+            what = "draft order" if med.request.get("status") == "draft" else med.request["intent"]
+            when = f", {med.authored}" if med.authored else ""
+            statements.append(
+                Statement(
+                    text=f"Proposed, not yet ordered: {med.name} ({what}{when})",
+                    citations=_cite_refs(facts.snapshot, med.references),
+                )
+            )
+        return statements
 
     @staticmethod
     def _stopped_orders(facts: ChartFacts) -> list[Statement]:

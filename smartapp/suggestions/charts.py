@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smartapp.fhir.parsing import build_snapshot
-from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.fhir.snapshot import ChartSnapshot, SnapshotProblem
 from smartapp.siteconfig import load_site_config
 from smartapp.suggestions.evaluate import bundle_resources
 from smartapp.suggestions.interfaces import Statement, Suggestion
@@ -82,6 +82,26 @@ class Expectation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProblemExpectation:
+    """A `[[problem]]`: the chart load must report this (`code`, `resource_type`, `count`)."""
+
+    code: str
+    resource_type: str
+    count: int | None = None
+
+    def matches(self, problem: SnapshotProblem) -> bool:
+        return (
+            problem.code == self.code
+            and problem.resource_type == self.resource_type
+            and (self.count is None or problem.count == self.count)
+        )
+
+    def __str__(self) -> str:
+        count = f" x{self.count}" if self.count is not None else ""
+        return f"{self.code} {self.resource_type}{count}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ChartExpectations:
     chart: Path
     description: str
@@ -89,6 +109,7 @@ class ChartExpectations:
     must: tuple[Expectation, ...] = ()
     must_not: tuple[Expectation, ...] = ()
     conflicts: tuple[str, ...] = field(default=())
+    problems: tuple[ProblemExpectation, ...] = ()
 
 
 def _expectations(items: Any) -> tuple[Expectation, ...]:
@@ -119,6 +140,14 @@ def load_expectations(path: Path) -> ChartExpectations:
         must=_expectations(data.get("must")),
         must_not=_expectations(data.get("must_not")),
         conflicts=tuple(str(c["rule"]) for c in data.get("conflict") or []),
+        problems=tuple(
+            ProblemExpectation(
+                code=str(p["code"]),
+                resource_type=str(p["resource_type"]),
+                count=int(p["count"]) if "count" in p else None,
+            )
+            for p in data.get("problem") or []
+        ),
     )
 
 
@@ -128,6 +157,8 @@ class ChartCheck:
     run: SuggestionRun
     failures: tuple[str, ...]
     conflicts_raised: frozenset[str]
+    #: What the chart load skipped or could not read (the sidebar's "could not be read").
+    problems: tuple[SnapshotProblem, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -138,7 +169,7 @@ def check_chart(
     expectations: ChartExpectations, service: SuggestionService | None = None
 ) -> ChartCheck:
     bundle = json.loads(expectations.chart.read_text(encoding="utf-8"))
-    _snapshot, run = draft_chart(bundle, as_of=expectations.as_of, service=service)
+    snapshot, run = draft_chart(bundle, as_of=expectations.as_of, service=service)
     shown = shown_statements(run)
     failures: list[str] = []
     for want in expectations.must:
@@ -148,6 +179,14 @@ def check_chart(
         hits = [st.text for kind, st in shown if avoid.matches(kind, st)]
         if hits:
             failures.append(f"must not: {avoid.kind or 'any kind'} /{avoid.text}/ but {hits[0]!r}")
+    for want_problem in expectations.problems:
+        if not any(want_problem.matches(p) for p in snapshot.problems):
+            reported = ", ".join(
+                f"{p.code} {p.resource_type} x{p.count}" for p in snapshot.problems
+            )
+            failures.append(
+                f"problem not reported: {want_problem} (reported: {reported or 'none'})"
+            )
     raised = raised_rules(run.suggestions)
     for rule in expectations.conflicts:
         if rule not in raised:
@@ -157,6 +196,7 @@ def check_chart(
         run=run,
         failures=tuple(failures),
         conflicts_raised=frozenset(raised),
+        problems=snapshot.problems,
     )
 
 

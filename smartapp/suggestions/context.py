@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from smartapp import clinical
+from smartapp.fhir.parsing import UNDERSTOOD_MODIFIERS
 from smartapp.fhir.snapshot import FHIRResource
-
-#: Modifier extensions the app understands (none yet): anything else makes a resource unusable.
-UNDERSTOOD_MODIFIERS: frozenset[str] = frozenset()
 
 PAEDIATRIC_BELOW = 18
 OLDER_FROM = 65

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -185,6 +185,13 @@ class Quantity:
     value: Any  # int, float or Decimal, as parsed from the resource
     unit: str | None = None
     comparator: str | None = None
+    #: The UCUM code when the quantity carries one (`meq/L` where the display says
+    #: "mEq/L", `[lb_av]` for "lb"): what unit comparisons and conversions read.
+    code: str | None = None
+
+    @property
+    def ucum(self) -> str | None:
+        return self.code or self.unit
 
     @property
     def number(self) -> Decimal | None:
@@ -198,15 +205,21 @@ class Quantity:
         return f"{number}{unit}" if unit == "%" else f"{number} {unit}"
 
 
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+
 def quantity(data: Any) -> Quantity | None:
     if not isinstance(data, Mapping) or as_decimal(data.get("value")) is None:
         return None
     unit = data.get("unit") or data.get("code")
     comparator = data.get("comparator")
+    system, code = data.get("system"), data.get("code")
+    ucum = code if code and system in (None, UCUM_SYSTEM) else None
     return Quantity(
         value=data["value"],
         unit=str(unit) if unit else None,
         comparator=str(comparator) if comparator else None,
+        code=str(ucum) if ucum else None,
     )
 
 
@@ -589,6 +602,17 @@ class Medication:
         return date_part(self.request.get("authoredOn"))
 
     @property
+    def asserted(self) -> str | None:
+        """When a MedicationStatement was recorded (dateAsserted, else its effective date)."""
+        when = self.request.get("dateAsserted")
+        if not isinstance(when, str):
+            period = self.request.get("effectivePeriod")
+            when = self.request.get("effectiveDateTime") or (
+                period.get("start") if isinstance(period, Mapping) else None
+            )
+        return date_part(when) if isinstance(when, str) else None
+
+    @property
     def on_hold(self) -> bool:
         return self.request.get("status") == "on-hold"
 
@@ -596,6 +620,18 @@ class Medication:
     def reported(self) -> bool:
         """From a MedicationStatement (what the patient or a record says is taken)."""
         return self.request.get("resourceType") == "MedicationStatement"
+
+    @property
+    def intended(self) -> bool:
+        """A MedicationStatement saying the patient is about to start it (`intended`)."""
+        return self.reported and self.request.get("status") == "intended"
+
+    @property
+    def source_phrase(self) -> str:
+        """What the chart holds for it: "an active order", "reported as taken", ..."""
+        if self.intended:
+            return "reported as about to be started"
+        return "reported as taken" if self.reported else "an active order"
 
     @property
     def dosage(self) -> str | None:
@@ -643,11 +679,28 @@ def drug_classes(concept: Mapping[str, Any]) -> tuple[tuple[DrugClass, ...], tup
     return tuple(classes), tuple(ingredients)
 
 
-def current_medications(snapshot: ChartSnapshot) -> list[Medication]:
+#: Intents that are not orders: a suggestion (`proposal`) or an intention (`plan`).
+_PROPOSED_INTENTS = {"proposal", "plan"}
+
+
+def proposed_medication_request(mr: Mapping[str, Any]) -> bool:
+    """A draft order, or a proposal or plan not withdrawn: something no one has ordered yet."""
+    if not usable(mr) or mr.get("resourceType") != "MedicationRequest" or mr.get("doNotPerform"):
+        return False
+    status = mr.get("status", "active")
+    if status == "draft":
+        return True
+    return mr.get("intent") in _PROPOSED_INTENTS and status in _CURRENT_STATUS
+
+
+def _medications(
+    snapshot: ChartSnapshot,
+    sources: Iterable[FHIRResource],
+    wanted: Callable[[Mapping[str, Any]], bool],
+) -> list[Medication]:
     meds: list[Medication] = []
-    sources = snapshot.of_type("MedicationRequest") + snapshot.of_type("MedicationStatement")
     for mr in sources:
-        if not mr.get("id") or not current_medication_request(mr):
+        if not mr.get("id") or not wanted(mr):
             continue
         concept, references = medication_concept(mr, snapshot)
         if concept is None:
@@ -668,6 +721,31 @@ def current_medications(snapshot: ChartSnapshot) -> list[Medication]:
         )
     meds.sort(key=lambda m: (m.name.lower(), m.reference))
     return meds
+
+
+def current_medications(snapshot: ChartSnapshot) -> list[Medication]:
+    """What the patient takes now: current orders and MedicationStatements (active, intended)."""
+    sources = snapshot.of_type("MedicationRequest") + snapshot.of_type("MedicationStatement")
+    return _medications(snapshot, sources, current_medication_request)
+
+
+def listed_as(meds: Sequence[Medication]) -> str:
+    """ "is an active order", "are reported as taken", "are on the medication list" (mixed)."""
+    phrases = {m.source_phrase for m in meds}
+    if len(meds) == 1:
+        return "is " + meds[0].source_phrase
+    if phrases == {"an active order"}:
+        return "are active orders"
+    if len(phrases) == 1:
+        return "are " + phrases.pop()
+    return "are on the medication list"
+
+
+def proposed_medications(snapshot: ChartSnapshot) -> list[Medication]:
+    """Drafts, proposals and plans: shown as "proposed, not yet ordered", never as therapy."""
+    return _medications(
+        snapshot, snapshot.of_type("MedicationRequest"), proposed_medication_request
+    )
 
 
 # -- allergies ---------------------------------------------------------------------------
@@ -822,6 +900,17 @@ def describe(resource: Mapping[str, Any] | None, snapshot: ChartSnapshot | None 
         name = concept_text(concept) or "Medication order"
         authored = date_part(resource.get("authoredOn"))
         return f"{name} (ordered {authored})" if authored else name
+    if rtype == "MedicationStatement":
+        concept = None
+        if snapshot is not None:
+            concept, _ = medication_concept(resource, snapshot)
+        elif isinstance(resource.get("medicationCodeableConcept"), Mapping):
+            concept = resource["medicationCodeableConcept"]
+        name = concept_text(concept) or "Medication statement"
+        status = resource.get("status")
+        asserted = date_part(resource.get("dateAsserted"))
+        parts = [p for p in (status, f"recorded {asserted}" if asserted else None) if p]
+        return f"{name} ({', '.join(parts)})" if parts else name
     if rtype == "Medication":
         return concept_text(resource.get("code")) or "Medication"
     if rtype == "AllergyIntolerance":
@@ -841,7 +930,17 @@ def describe(resource: Mapping[str, Any] | None, snapshot: ChartSnapshot | None 
 # -- everything the rules read, computed once per snapshot ---------------------------
 
 #: Snapshot problems after which a search's results may be missing some resources.
-_INCOMPLETE = frozenset({"truncated", "search_failed", "scope_not_granted"})
+#: A skipped resource (invalid, hostile, an unknown modifier) may be the very one a rule
+#: looks for.
+_INCOMPLETE = frozenset(
+    {
+        "truncated",
+        "search_failed",
+        "scope_not_granted",
+        "invalid_resource",
+        "unsupported_modifier",
+    }
+)
 
 
 class ChartFacts:
@@ -865,6 +964,10 @@ class ChartFacts:
     @cached_property
     def medications(self) -> list[Medication]:
         return current_medications(self.snapshot)
+
+    @cached_property
+    def proposed_medications(self) -> list[Medication]:
+        return proposed_medications(self.snapshot)
 
     @cached_property
     def allergies(self) -> list[FHIRResource]:

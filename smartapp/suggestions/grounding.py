@@ -516,7 +516,11 @@ _FORM_WORDS = {
 def drug_vocabulary(snapshot: ChartSnapshot) -> frozenset[str]:
     """Drug names to look for in statements: the table's ingredients and the chart's drugs."""
     names = set(KNOWN_DRUG_NAMES)
-    for rtype, key in (("MedicationRequest", "medicationCodeableConcept"), ("Medication", "code")):
+    for rtype, key in (
+        ("MedicationRequest", "medicationCodeableConcept"),
+        ("MedicationStatement", "medicationCodeableConcept"),
+        ("Medication", "code"),
+    ):
         for resource in snapshot.of_type(rtype):
             concepts = [resource.get(key)]
             for contained in resource.get("contained") or []:
@@ -692,8 +696,8 @@ _ONGOING = re.compile(
     r"remains\s+on|is\s+active)\b",
     re.IGNORECASE,
 )
-_ACTIVE_ORDER = {"active", "on-hold"}
-_ENDED_ORDER = {"stopped", "completed", "cancelled", "entered-in-error"}
+_ACTIVE_ORDER = {"active", "on-hold", "intended"}  # intended: a MedicationStatement's
+_ENDED_ORDER = {"stopped", "completed", "cancelled", "entered-in-error", "not-taken"}
 
 
 def contradictions(
@@ -744,7 +748,8 @@ def contradictions(
 
 def _order_statuses(snapshot: ChartSnapshot, name: str) -> set[str]:
     statuses: set[str] = set()
-    for order in snapshot.of_type("MedicationRequest"):
+    # A MedicationStatement's status (active, stopped, completed...) reads the same way.
+    for order in (*snapshot.of_type("MedicationRequest"), *snapshot.of_type("MedicationStatement")):
         concept = order.get("medicationCodeableConcept")
         label = concept_text(concept) if isinstance(concept, Mapping) else ""
         med_ref = (order.get("medicationReference") or {}).get("reference")

@@ -27,6 +27,7 @@ from smartapp.suggestions.facts import (
     concept_text,
     concept_words,
     date_part,
+    listed_as,
     no_known_allergy,
     ref,
 )
@@ -146,7 +147,7 @@ def allergy_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[Safety
             flags.append(
                 SafetyFlag(
                     rule=hit,
-                    text=f"Allergy alert: {med.name} is an active order, and "
+                    text=f"Allergy alert: {med.name} {listed_as([med])}, and "
                     f"{_allergy_phrase(allergy)}",
                     references=_med_refs(med) + (ref(allergy),),
                     medications=_med_refs(med),
@@ -176,7 +177,7 @@ def interaction_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[Sa
                 flags.append(
                     SafetyFlag(
                         rule=rule,
-                        text=f"Interaction: {a.name} and {b.name} are both active orders",
+                        text=f"Interaction: {a.name} and {b.name} {listed_as([a, b])}",
                         references=_med_refs(a, b),
                         medications=_med_refs(a, b),
                     )
@@ -214,7 +215,7 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
                 flags.append(
                     SafetyFlag(
                         rule=rule,
-                        text=f"Pregnancy: {med.name} is an active order, and the chart "
+                        text=f"Pregnancy: {med.name} {listed_as([med])}, and the chart "
                         f"records {what}",
                         references=_med_refs(med) + tuple(ref(e) for e in context.pregnancy),
                         medications=_med_refs(med),
@@ -228,7 +229,7 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
                 flags.append(
                     SafetyFlag(
                         rule=rule,
-                        text=f"Child (born {born}): {med.name} is an active order",
+                        text=f"Child (born {born}): {med.name} {listed_as([med])}",
                         references=_med_refs(med) + ((patient_ref,) if patient_ref else ()),
                         medications=_med_refs(med),
                     )
@@ -247,7 +248,7 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
             ):
                 continue
             names = " and ".join(m.name for m in meds)
-            verb = "is an active order" if len(meds) == 1 else "are active orders"
+            verb = listed_as(meds)
             flags.append(
                 SafetyFlag(
                     rule=rule,

@@ -319,6 +319,22 @@ def test_a_type_without_patient_search_is_a_warning(rsps, smart_config, capabili
     assert report.exit_code == 0
 
 
+def test_medication_statement_not_offered_is_fine_and_offered_is_checked(
+    rsps, smart_config, capability
+):
+    # The shared statement does not list MedicationStatement (US Core 4+ dropped it).
+    report = run(rsps, smart_config, capability)
+    statement = line(report, "search:MedicationStatement")
+    assert statement.status == "ok" and "only where the server offers it" in statement.why
+    rsps.reset()
+    offered = copy.deepcopy(capability)
+    offered["rest"][0]["resource"].append(
+        {"type": "MedicationStatement", "interaction": [{"code": "read"}]}
+    )
+    report = run(rsps, smart_config, offered)
+    assert line(report, "search:MedicationStatement").status == "warn"
+
+
 def test_no_include_and_no_conditional_create_are_warnings(rsps, smart_config, capability):
     del type_entry(capability, "MedicationRequest")["searchInclude"]
     del type_entry(capability, "Provenance")["conditionalCreate"]
@@ -406,3 +422,16 @@ def test_a_configuration_redirected_to_another_host_is_reported(rsps, capability
     assert all("elsewhere.test" not in c.request.url for c in rsps.calls)
     assert statuses(report)["smart-configuration"] == "fail"
     assert not report.launchable
+
+
+def test_an_athena_server_without_pkce_methods_is_a_warning_not_a_failure(
+    rsps, smart_config, capability
+):
+    del smart_config["code_challenge_methods_supported"]
+    report = run(rsps, smart_config, capability)
+    assert statuses(report)["pkce"] == "fail"
+    rsps.reset()
+    athena = {**copy.deepcopy(capability), "software": {"name": "athenaOne FHIR"}}
+    report = run(rsps, smart_config, athena)
+    assert statuses(report)["pkce"] == "warn"
+    assert "does S256 without listing it" in line(report, "pkce").why

@@ -31,13 +31,18 @@ def test_chart(path: Path) -> None:
     expectations = load_expectations(path)
     assert expectations.chart.is_file(), f"no chart {expectations.chart.name} beside {path.name}"
     assert expectations.must or expectations.must_not or expectations.conflicts
+    # Every chart says what its drafts must not say: that is where unsafe output shows.
+    assert expectations.must_not, f"{path.name} has no [[must_not]]"
     check = check_chart(expectations)
     shown = "\n".join(
         f"  [{s.kind}] {st.text} (verified={st.verified}, rule={st.rule_id})"
         for s in check.run.suggestions
         for st in s.statements
     )
-    assert check.ok, "\n".join(check.failures) + "\nshown:\n" + shown
+    problems = "\n".join(
+        f"  {p.code} {p.resource_type} x{p.count}: {p.detail}" for p in check.problems
+    )
+    assert check.ok, "\n".join(check.failures) + "\nshown:\n" + shown + "\nproblems:\n" + problems
 
 
 def test_safety_report_counts_every_planted_conflict_as_raised(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ EXPECTED_IDS = {
     "Condition": {"cond-dm", "cond-min", "cond-resolved"},
     "Observation": {"obs-bp", "obs-a1c", "obs-culture", "obs-min"},
     "MedicationRequest": {"mr-contained", "mr-relative", "mr-absolute", "mr-included", "mr-cc"},
+    "MedicationStatement": {"ms-omeprazole"},
     "Medication": {"med-rel", "med-abs", "med-inc"},
     "AllergyIntolerance": {"allergy-1"},
     "Procedure": {"proc-1"},
@@ -96,6 +97,7 @@ def test_batch_server_gets_the_whole_chart_in_one_batch(rsps):
         "Observation:vital-signs",
         "Observation:laboratory",
         "MedicationRequest",
+        "MedicationStatement",
         "AllergyIntolerance",
         "Procedure",
         "Immunization",
@@ -103,7 +105,10 @@ def test_batch_server_gets_the_whole_chart_in_one_batch(rsps):
     }
     assert all(params["patient"] == ["pat-1"] for params in searches.values())
     assert searches["Observation:laboratory"]["_count"] == ["200"]
-    assert searches["MedicationRequest"]["status"] == ["active"]
+    # Current orders and drafts (shown as proposed); not years of stopped ones.
+    assert searches["MedicationRequest"]["status"] == ["active,on-hold,draft"]
+    # Every statement, whatever its status: the engines decide what is current.
+    assert "status" not in searches["MedicationStatement"]
     assert searches["MedicationRequest"]["_include"] == ["MedicationRequest:medication"]
     assert searches["DocumentReference"]["_sort"] == ["-date"]
     assert searches["DocumentReference"]["_count"] == ["10"]
@@ -284,6 +289,7 @@ def test_types_not_granted_are_neither_requested_nor_present(rsps):
     assert set(snapshot.resources) == {"Condition", "MedicationRequest", "Medication"}
     assert snapshot.not_granted == (
         "Observation",
+        "MedicationStatement",
         "AllergyIntolerance",
         "Procedure",
         "Immunization",
@@ -307,6 +313,39 @@ def test_medication_not_granted_leaves_references_unresolved_without_asking(rsps
     [problem] = [p for p in snapshot.problems if p.code == "unresolved_reference"]
     assert problem.count == 3  # relative, absolute, included: not readable; contained: fine
     assert "not granted" in problem.detail
+
+
+def test_medication_statements_are_read_only_where_the_server_offers_them(rsps):
+    capability = fixture("capabilitystatement-batch.json")
+    resources = capability["rest"][0]["resource"]
+    capability["rest"][0]["resource"] = [r for r in resources if r["type"] != "MedicationStatement"]
+    server = serve(rsps)
+    server.capability = capability
+    snapshot = load(readable_types={"Patient", "MedicationRequest", "Medication"})
+
+    assert not any(url.startswith("MedicationStatement") for url in server.gets)
+    assert "MedicationStatement" not in snapshot.resources
+    # Not offered by the server is not "not granted": the sidebar lists only real gaps.
+    assert "MedicationStatement" not in snapshot.not_granted
+    assert snapshot.problems == ()
+
+
+def test_a_statement_naming_a_medication_gets_it_read_in_the_next_round(rsps):
+    statement = {
+        **fixture("medicationstatement.json"),
+        "id": "ms-ref",
+        "medicationReference": {"reference": "Medication/med-stmt"},
+    }
+    del statement["medicationCodeableConcept"]
+    medication = {**fixture("medication-rel.json"), "id": "med-stmt"}
+    server = serve(rsps, [*chart_fixtures(), statement, medication])
+    snapshot = load()
+
+    assert server.batches[1] == ["Medication/med-stmt"]
+    assert medication_name(snapshot.get("MedicationStatement/ms-ref"), snapshot) == (
+        medication_name(snapshot.get("MedicationRequest/mr-relative"), snapshot)
+    )
+    assert snapshot.problems == ()
 
 
 def test_patient_not_granted_gives_a_placeholder_and_says_why(rsps):

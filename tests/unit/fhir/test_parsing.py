@@ -109,3 +109,118 @@ def test_extension_nested_200_levels_is_skipped_not_a_crash():
 
 def test_shallow_nested_extension_still_validates():
     assert validation_error(_nested_extension_observation(3)) is None
+
+
+# -- hostile input: each bad resource is skipped and reported, never a crash ---------------
+
+
+def _creatinine(**changes) -> dict:
+    resource = {
+        "resourceType": "Observation",
+        "id": "cr",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
+        "subject": {"reference": "Patient/pat-1"},
+        "effectiveDateTime": "2026-11-02",
+        "valueQuantity": {"value": 1.1, "unit": "mg/dL"},
+    }
+    resource.update(changes)
+    return resource
+
+
+HOSTILE = {
+    "309-digit integer": (
+        _creatinine(valueQuantity={"value": 10**308, "unit": "mg/dL"}),
+        "a number beyond 18 digits",
+    ),
+    "309-digit decimal read as a float": (
+        _creatinine(valueQuantity={"value": 1e308, "unit": "mg/dL"}),
+        "a number beyond 18 digits",
+    ),
+    "infinity": (
+        _creatinine(valueQuantity={"value": float("inf"), "unit": "mg/dL"}),
+        "not finite",
+    ),
+    "impossible date": (_creatinine(effectiveDateTime="2026-13-45"), "invalid effectiveDateTime"),
+    "a word for a date": (_creatinine(effectiveDateTime="yesterday"), "invalid effectiveDateTime"),
+    "year zero": (_creatinine(effectiveDateTime="0000-01-01"), "invalid effectiveDateTime"),
+    "a 2 MB string": (
+        _creatinine(code={"text": "x" * (2 * 1024 * 1024)}),
+        "a string longer than",
+    ),
+    "a lone surrogate in text": (
+        _creatinine(code={"text": "creatinine \ud800"}),
+        "not valid Unicode",
+    ),
+    "a lone surrogate in a key": (
+        _creatinine(**{"note\udfff": "x"}),
+        "not valid Unicode",
+    ),
+}
+
+
+def test_each_hostile_input_has_a_reason_that_quotes_nothing():
+    for name, (resource, reason) in HOSTILE.items():
+        error = validation_error(resource)
+        assert error is not None and reason in error, name
+        assert "x" * 20 not in error and "\ud800" not in error, name
+
+
+def test_hostile_resources_are_skipped_and_reported_and_the_rest_is_kept():
+    resources = [*chart_fixtures(), *(r for r, _ in HOSTILE.values())]
+    for i, resource in enumerate(resources[-len(HOSTILE) :]):
+        resource["id"] = f"hostile-{i}"
+    snapshot = build_snapshot(resources, patient_id="pat-1")
+
+    assert not any(r["id"].startswith("hostile-") for r in snapshot.of_type("Observation"))
+    assert len(snapshot.of_type("Observation")) == 4  # the fixtures' own
+    [problem] = snapshot.problems
+    assert (problem.code, problem.resource_type, problem.count) == (
+        "invalid_resource",
+        "Observation",
+        len(HOSTILE),
+    )
+    # The problem's text can be written anywhere (log, store, sidebar).
+    problem.detail.encode("utf-8")
+
+
+def test_a_large_attachment_is_not_a_hostile_string():
+    document = fixture("documentreference-with-data.json")
+    document["content"][0]["attachment"]["data"] = "QUJD" * (400 * 1024)  # 1.6 MB base64
+    assert validation_error(document) is None
+
+
+def test_plausible_large_numbers_still_validate():
+    # A viral load in copies/mL, a cell count per litre: large but real.
+    assert (
+        validation_error(_creatinine(valueQuantity={"value": 12_000_000, "unit": "{copies}/mL"}))
+        is None
+    )
+    assert validation_error(_creatinine(valueQuantity={"value": 5.1e12, "unit": "/L"})) is None
+
+
+def test_unknown_modifier_extensions_anywhere_skip_the_resource_and_say_so():
+    top = _creatinine(
+        id="mod-top",
+        modifierExtension=[{"url": "http://example.org/not-really", "valueBoolean": True}],
+    )
+    nested = fixture("medicationrequest-codeableconcept.json")
+    nested["id"] = "mod-nested"
+    nested["dosageInstruction"] = [
+        {
+            "text": "twice daily",
+            "modifierExtension": [{"url": "http://example.org/only-if", "valueString": "asked"}],
+        }
+    ]
+    plain = _creatinine(
+        id="plain", extension=[{"url": "http://example.org/x", "valueBoolean": True}]
+    )
+    snapshot = build_snapshot([fixture("patient.json"), top, nested, plain], patient_id="pat-1")
+
+    assert [r["id"] for r in snapshot.of_type("Observation")] == ["plain"]
+    assert snapshot.of_type("MedicationRequest") == ()
+    by_type = {p.resource_type: p for p in snapshot.problems}
+    assert set(by_type) == {"Observation", "MedicationRequest"}
+    assert {p.code for p in snapshot.problems} == {"unsupported_modifier"}
+    assert "http://example.org/only-if" in by_type["MedicationRequest"].detail
+    assert "twice daily" not in by_type["MedicationRequest"].detail

@@ -22,9 +22,9 @@ from smartapp.smart.views import start_authorization
 
 MANIFEST_SCOPE = (
     "launch openid fhirUser patient/Patient.rs patient/Encounter.rs patient/Condition.rs "
-    "patient/Observation.rs patient/MedicationRequest.rs patient/Medication.rs "
-    "patient/AllergyIntolerance.rs patient/Procedure.rs patient/Immunization.rs "
-    "patient/DocumentReference.crus patient/Provenance.c offline_access"
+    "patient/Observation.rs patient/MedicationRequest.rs patient/MedicationStatement.rs "
+    "patient/Medication.rs patient/AllergyIntolerance.rs patient/Procedure.rs "
+    "patient/Immunization.rs patient/DocumentReference.crus patient/Provenance.c offline_access"
 )
 ACCESS_TOKEN = "at-ehr-launch-0001"
 REFRESH_TOKEN = "rt-ehr-launch-0001"
