@@ -206,30 +206,66 @@ def expectation_files(folder: Path) -> Sequence[Path]:
 
 @dataclass(frozen=True, kw_only=True)
 class SafetyReport:
-    """Conflicts the chart set's expectations plant vs those the drafts raised."""
+    """Conflicts the chart set's expectations plant vs those the drafts raised, and every
+    other expectation (must, must not, problems) that a chart's drafts did not meet."""
 
     expected: int
     raised: int
     missed: tuple[tuple[str, str], ...]  # (chart name, rule id)
+    charts: int = 0
+    #: (chart name, failure) for every unmet expectation, conflicts included.
+    failures: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed and not self.failures
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "charts": self.charts,
             "expected": self.expected,
             "raised": self.raised,
             "missed": [{"chart": c, "rule": r} for c, r in self.missed],
+            "failures": [{"chart": c, "failure": f} for c, f in self.failures],
         }
 
 
 def safety_report(folder: Path, service: SuggestionService | None = None) -> SafetyReport:
     """Every `*.expect.toml` of a folder: planted `[[conflict]]` rules vs raised ones."""
-    expected = raised = 0
+    expected = raised = charts = 0
     missed: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = []
     for path in expectation_files(folder):
+        charts += 1
+        name = path.name.removesuffix(".expect.toml")
         check = check_chart(load_expectations(path), service)
+        failures += [(name, failure) for failure in check.failures]
         for rule in check.expectations.conflicts:
             expected += 1
             if rule in check.conflicts_raised:
                 raised += 1
             else:
-                missed.append((path.name.removesuffix(".expect.toml"), rule))
-    return SafetyReport(expected=expected, raised=raised, missed=tuple(missed))
+                missed.append((name, rule))
+    return SafetyReport(
+        expected=expected,
+        raised=raised,
+        missed=tuple(missed),
+        charts=charts,
+        failures=tuple(failures),
+    )
+
+
+def format_safety(report: SafetyReport) -> str:
+    """The `safety` section of `smartapp evaluate`'s table."""
+    lines = [
+        f"safety: {report.charts} chart(s) with expectations; conflicts planted "
+        f"{report.expected}, raised {report.raised}"
+    ]
+    lines += [f"  missed: {chart}: {rule}" for chart, rule in report.missed]
+    others = [(c, f) for c, f in report.failures if not f.startswith("conflict not raised")]
+    if others:
+        lines.append(f"  {len(others)} other expectation(s) not met:")
+        lines += [f"    {chart}: {failure}" for chart, failure in others]
+    elif report.charts:
+        lines.append("  every must / must not / problem expectation met")
+    return "\n".join(lines)
