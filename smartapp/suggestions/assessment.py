@@ -655,6 +655,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             )
         )
     meds = _treating(facts, frozenset(classes)) if classes else facts.medications_for(problem)
+    if facts.deceased:
+        meds = []  # nothing is current therapy for a patient who has died
     if meds:
         phrases = []
         cited: list[FHIRResource] = [m.request for m in meds]
@@ -676,6 +678,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         statements.append(Statement(text=capitalize(text), citations=_cite(snapshot, [mr])))
     if (
         not meds
+        and not facts.deceased
         and any(g.expects_treatment for g in problem.groups)
         and facts.complete("MedicationRequest")
     ):

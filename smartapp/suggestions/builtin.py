@@ -31,6 +31,7 @@ from smartapp.suggestions.facts import (
     capitalize,
     concept_text,
     date_part,
+    deceased_text,
     describe,
     interpretation_flag,
     medication_concept,
@@ -279,9 +280,16 @@ class BuiltinEngine:
                     brief=parts[0] if len(parts) > 1 else None,
                 )
             )
+        if facts.deceased:
+            statements.insert(0, self._deceased_statement(facts))
         return self._suggestion(
             K.PROBLEM_SUMMARY, f"{K.KIND_LABELS[K.PROBLEM_SUMMARY]} (rule-based)", statements
         )
+
+    @staticmethod
+    def _deceased_statement(facts: ChartFacts) -> Statement:
+        patient = facts.snapshot.patient
+        return Statement(text=deceased_text(patient), citations=_cite(facts.snapshot, patient))
 
     # -- medications -------------------------------------------------------------------
 
@@ -289,6 +297,12 @@ class BuiltinEngine:
         if "MedicationRequest" in facts.snapshot.not_granted:
             return []  # without the orders, "no treatment" would be a guess
         snapshot = facts.snapshot
+        if facts.deceased:
+            return self._suggestion(
+                K.MEDICATIONS,
+                f"{K.KIND_LABELS[K.MEDICATIONS]} (rule-based)",
+                self._deceased_medications(facts),
+            )
         statements: list[Statement] = []
         for med in facts.medications:
             text = med.name
@@ -370,6 +384,20 @@ class BuiltinEngine:
             )
             for flag in safety.safety_flags(facts)
         ]
+
+    def _deceased_medications(self, facts: ChartFacts) -> list[Statement]:
+        """The death first; what the chart still lists, said not to be therapy; no checks,
+        hints or proposals (a conflict or a gap is no longer something to act on)."""
+        statements = [self._deceased_statement(facts)]
+        for med in facts.medications:
+            when = f" (ordered {med.authored})" if med.authored and not med.reported else ""
+            statements.append(
+                Statement(
+                    text=f"Still listed in the chart, not current therapy: {med.name}{when}",
+                    citations=_cite_refs(facts.snapshot, med.references),
+                )
+            )
+        return statements
 
     @staticmethod
     def _proposed_orders(facts: ChartFacts) -> list[Statement]:
@@ -853,10 +881,13 @@ class BuiltinEngine:
     def assessment_plan(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
         """One block per active problem (smartapp.suggestions.assessment, rules as data)."""
         out: list[Suggestion] = []
-        for block in assessment.blocks(facts, config.get("knowledge_dirs") or ()):
+        for index, block in enumerate(assessment.blocks(facts, config.get("knowledge_dirs") or ())):
             title = (
                 f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {block.problem.name} (rule-based, for review)"
             )
+            statements = list(block.statements)
+            if facts.deceased and index == 0:
+                statements.insert(0, self._deceased_statement(facts))
             out += [
                 replace(
                     s,
@@ -866,7 +897,7 @@ class BuiltinEngine:
                         PROBLEM_REFERENCE: block.problem.reference,
                     },
                 )
-                for s in self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
+                for s in self._suggestion(K.ASSESSMENT_PLAN, title, statements)
             ]
         return out
 

@@ -72,6 +72,8 @@ class Expectation:
     text: str
     kind: str | None = None
     verified: bool | None = None
+    #: Only the first statement of the kind's first card counts (`first = true`).
+    first: bool = False
 
     def matches(self, kind: str, statement: Statement) -> bool:
         if self.kind is not None and kind != self.kind:
@@ -121,6 +123,7 @@ def _expectations(items: Any) -> tuple[Expectation, ...]:
                 text=str(item["text"]),
                 kind=str(item["kind"]) if item.get("kind") else None,
                 verified=bool(verified) if verified is not None else None,
+                first=bool(item.get("first", False)),
             )
         )
     return tuple(out)
@@ -171,10 +174,16 @@ def check_chart(
     bundle = json.loads(expectations.chart.read_text(encoding="utf-8"))
     snapshot, run = draft_chart(bundle, as_of=expectations.as_of, service=service)
     shown = shown_statements(run)
+    leading: list[tuple[str, Statement]] = []
+    for suggestion in run.suggestions:
+        if suggestion.statements and all(kind != suggestion.kind for kind, _ in leading):
+            leading.append((suggestion.kind, suggestion.statements[0]))
     failures: list[str] = []
     for want in expectations.must:
-        if not any(want.matches(kind, st) for kind, st in shown):
-            failures.append(f"missing: {want.kind or 'any kind'} /{want.text}/")
+        candidates = leading if want.first else shown
+        if not any(want.matches(kind, st) for kind, st in candidates):
+            where = "first in " if want.first else ""
+            failures.append(f"missing: {where}{want.kind or 'any kind'} /{want.text}/")
     for avoid in expectations.must_not:
         hits = [st.text for kind, st in shown if avoid.matches(kind, st)]
         if hits:

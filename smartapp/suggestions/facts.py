@@ -840,6 +840,12 @@ def deceased(patient: Mapping[str, Any]) -> bool:
     )
 
 
+def deceased_text(patient: Mapping[str, Any]) -> str:
+    """What every draft says first about a patient who has died, from Patient.deceased[x]."""
+    when = date_part(patient.get("deceasedDateTime"))
+    return f"The patient died on {when}" if when else "The chart records that the patient has died"
+
+
 def as_of(snapshot: ChartSnapshot) -> date:
     """The day the chart was read: care-gap intervals count back from it."""
     moment = snapshot.fetched_at or datetime.now(UTC)

@@ -86,6 +86,8 @@ LAB_NAMES: dict[str, str] = {
     "14959-1": "urine microalbumin/creatinine ratio",
     "14957-5": "urine microalbumin",
     "3016-3": "TSH",
+    "6301-6": "INR",
+    "34714-6": "INR",
     "85354-9": "blood pressure",
     "55284-4": "blood pressure",
     "8480-6": "systolic blood pressure",
