@@ -108,6 +108,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         on_decision=forward_decision,
         pulse_every=lambda iss: engines.config.for_issuer(iss).pulse_every,
         note_layout=lambda iss: engines.config.for_issuer(iss).note,
+        summary_config=lambda iss: engines.config.for_issuer(iss).after_visit_summary,
         visit_timezone=lambda iss: ZoneInfo(engines.config.for_issuer(iss).visit_timezone),
     )
     notes_views.init_app(app, sidebar)

@@ -303,7 +303,7 @@ def check_server(
     capability = metadata.data if _is_capability_statement(metadata.data) else None
     config = _check_smart_configuration(report, iss, well_known, capability)
     if config is not None:
-        _check_authorization(report, iss, config, profile)
+        _check_authorization(report, iss, config, profile, capability)
     _check_capability_statement(report, metadata, capability, profile)
     return report
 
@@ -439,7 +439,11 @@ class _Config:
 
 
 def _check_authorization(
-    report: CheckReport, iss: str, config: _Config, profile: AppProfile
+    report: CheckReport,
+    iss: str,
+    config: _Config,
+    profile: AppProfile,
+    capability: Mapping[str, Any] | None = None,
 ) -> None:
     raw = config.raw
     fallback = config.parsed is not None and config.parsed.source == "capability-statement"
@@ -494,6 +498,15 @@ def _check_authorization(
             "PKCE S256",
             "not declared (no .well-known)",
             pkce_why + "; the app sends S256 anyway, which a server without PKCE ignores",
+        )
+    elif "code_challenge_methods_supported" not in raw and _family_omits_pkce(capability):
+        report.add(
+            "warn",
+            "pkce",
+            "PKCE S256",
+            "code_challenge_methods_supported not listed",
+            pkce_why + "; this EHR family does S256 without listing it (quirks profile): "
+            "the app sends S256, never plain",
         )
     elif "S256" not in methods:
         report.add(
@@ -822,6 +835,12 @@ def _check_capability_statement(
             resource_capability=resource_capability,
             supports_interaction=supports_interaction,
         )
+
+
+def _family_omits_pkce(capability: Mapping[str, Any] | None) -> bool:
+    from smartapp.quirks import catalog
+
+    return catalog().detect(capability).value("pkce_methods_listed", True) is False
 
 
 def _check_quirks(report: CheckReport, capability: Mapping[str, Any]) -> None:

@@ -10,9 +10,11 @@ refused at the cap instead of being held.
     DeadlineExceeded   the whole exchange took longer than its deadline
     ResponseTooLarge   the body (decoded) is larger than the cap; `.limit` holds the cap
 
-Both are raised by `send()`; callers turn them into their own errors. The watchdog finds
-the sockets through `LimitedAdapter`'s connection pools (`limited_session()` mounts it);
-with another adapter (a test's `responses`) the deadline is checked between chunks only.
+Both are raised by `send()`, and by a `LimitedAdapter` given limits of its own; they are
+`requests` exceptions (a Timeout, a RequestException), so code written for `requests`
+handles them. The watchdog finds the sockets through `LimitedAdapter`'s connection pools
+(`limited_session()` mounts it); with another adapter (a test's `responses`) the
+deadline is checked between chunks only.
 https://requests.readthedocs.io/en/latest/user/advanced/#timeouts
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -28,16 +31,21 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 CHUNK_BYTES = 64 * 1024
+#: The cap of an adapter given a deadline but no size.
+DEFAULT_MAX_BYTES = 1024 * 1024
 #: Once the deadline has passed, how often the watchdog looks again for a socket that was
 #: still connecting when it first looked.
 _RECHECK_SECONDS = 0.05
 
 
-class DeadlineExceeded(Exception):
-    """The exchange (connect, send, headers, body) did not finish before its deadline."""
+class DeadlineExceeded(requests.Timeout):
+    """The exchange (connect, send, headers, body) did not finish before its deadline.
+
+    A `requests.Timeout`, so that code written for `requests` treats it as one.
+    """
 
 
-class ResponseTooLarge(Exception):
+class ResponseTooLarge(requests.RequestException):
     """The answer's body is larger than the cap."""
 
     def __init__(self, limit: int) -> None:
@@ -113,18 +121,63 @@ class _WatchedTLSPool(HTTPSConnectionPool):
 
 
 class LimitedAdapter(HTTPAdapter):
-    """An adapter whose connections the watchdog of `send()` can cut at the deadline."""
+    """An adapter whose connections the watchdog can cut at the deadline.
+
+    With `deadline` and `max_bytes` it enforces them on every request sent through it
+    (`session.get(...)` included: what discovery, the token endpoint and JWKS use);
+    without, only `send()` does, with the deadline it is given.
+    """
+
+    def __init__(self, *, deadline: float | None = None, max_bytes: int | None = None) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.max_bytes = max_bytes
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedTLSPool}
 
+    def send(
+        self,
+        request: Any,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> requests.Response:
+        options = {"verify": verify, "cert": cert, "proxies": proxies}
+        if self.deadline is None or getattr(_current, "watchdog", None) is not None:
+            # Inside `send()` below, or no limits of its own: a plain send.
+            plain: requests.Response = super().send(
+                request, stream=stream, timeout=timeout, **options
+            )
+            return plain
 
-def limited_session() -> requests.Session:
-    """A `requests.Session` on `LimitedAdapter`: what the FHIR client and the LLM engine use."""
+        def start(remaining: float) -> requests.Response:
+            response: requests.Response = super(LimitedAdapter, self).send(
+                request, stream=True, timeout=_clamp(timeout, remaining), **options
+            )
+            return response
+
+        return _exchange(
+            start,
+            deadline=time.monotonic() + self.deadline,
+            max_bytes=self.max_bytes or DEFAULT_MAX_BYTES,
+        )
+
+
+def limited_session(
+    *, deadline: float | None = None, max_bytes: int | None = None
+) -> requests.Session:
+    """A `requests.Session` on `LimitedAdapter`.
+
+    Without arguments (the FHIR client, the LLM engine) the limits come with each `send()`;
+    with them, every request through the session has them.
+    """
     session = requests.Session()
-    session.mount("http://", LimitedAdapter())
-    session.mount("https://", LimitedAdapter())
+    session.mount("http://", LimitedAdapter(deadline=deadline, max_bytes=max_bytes))
+    session.mount("https://", LimitedAdapter(deadline=deadline, max_bytes=max_bytes))
     return session
 
 
@@ -144,6 +197,30 @@ def send(
     The response comes back with its body read (`response.content`) and its connection
     released. Raises DeadlineExceeded, ResponseTooLarge, or what `requests` raises.
     """
+
+    def start(remaining: float) -> requests.Response:
+        return session.request(
+            method,
+            url,
+            stream=True,
+            timeout=(min(connect_timeout, remaining), min(read_timeout, remaining)),
+            **kwargs,
+        )
+
+    return _exchange(start, deadline=deadline, max_bytes=max_bytes)
+
+
+def _clamp(timeout: Any, remaining: float) -> Any:
+    if isinstance(timeout, tuple):
+        return tuple(remaining if t is None else min(t, remaining) for t in timeout)
+    if isinstance(timeout, int | float):
+        return min(float(timeout), remaining)
+    return remaining
+
+
+def _exchange(
+    start: Callable[[float], requests.Response], *, deadline: float, max_bytes: int
+) -> requests.Response:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise DeadlineExceeded()
@@ -152,13 +229,7 @@ def send(
     _current.watchdog = watchdog
     try:
         try:
-            response = session.request(
-                method,
-                url,
-                stream=True,
-                timeout=(min(connect_timeout, remaining), min(read_timeout, remaining)),
-                **kwargs,
-            )
+            response = start(remaining)
         finally:
             _current.watchdog = outer
         with response:
@@ -179,6 +250,8 @@ def send(
                 raise DeadlineExceeded()
             response._content = b"".join(chunks)
         return response
+    except (DeadlineExceeded, ResponseTooLarge):
+        raise
     except requests.RequestException:
         if watchdog.fired:
             raise DeadlineExceeded() from None

@@ -340,9 +340,7 @@ class _Checker:
             return None
         return value
 
-    def string(
-        self, data: Mapping[str, Any], path: tuple[str | int, ...], key: str
-    ) -> str | None:
+    def string(self, data: Mapping[str, Any], path: tuple[str | int, ...], key: str) -> str | None:
         if key not in data:
             return None
         value = data[key]

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from smartapp.db import Base, Database, UTCDateTime, utcnow
 from smartapp.feedback.models import Decision, ShownSuggestion, new_id
+from smartapp.httplimits import limited_session
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class FeedbackForwarder:
         self, database: Database, *, http: requests.Session | None = None, timeout: float = 10.0
     ) -> None:
         self._db = database
-        self._http = http or requests.Session()
+        self._http = http or limited_session(deadline=max(timeout, 1.0) * 2)
         self._timeout = timeout
 
     def enqueue(self, decision_id: str, endpoint: str) -> None:

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from smartapp.httplimits import limited_session
+
 log = logging.getLogger(__name__)
 
 RGB = tuple[int, int, int]
@@ -340,7 +342,8 @@ class SMARTStyleSheets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._trusted = {o for o in (_origin(u) for u in trusted_origins) if o}
-        self._http = session or requests.Session()
+        # A stylesheet is a few kilobytes; a slow or huge one must not hold the sidebar.
+        self._http = session or limited_session(deadline=10.0, max_bytes=2 * MAX_STYLE_BYTES)
         self._timeout = timeout
         self._ttl = ttl
         self._failure_ttl = failure_ttl
@@ -387,7 +390,11 @@ class SMARTStyleSheets:
                 if response.status_code != 200:
                     log.info("smart_style_url answered %s", response.status_code)
                     return EMPTY_CSS, False
-                body = response.raw.read(MAX_STYLE_BYTES + 1, decode_content=True)
+                body = b""
+                for chunk in response.iter_content(16384):
+                    body += chunk
+                    if len(body) > MAX_STYLE_BYTES:
+                        break
         except requests.RequestException as exc:
             log.info("smart_style_url could not be fetched (%s)", type(exc).__name__)
             return EMPTY_CSS, False

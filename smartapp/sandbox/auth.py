@@ -289,8 +289,12 @@ class SMARTAuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignor
 
 class SMARTRefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = SMARTAuthorizationCodeGrant.TOKEN_ENDPOINT_AUTH_METHODS
-    # Rotate: each refresh returns a new refresh token and retires the old one.
-    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    @property
+    def INCLUDE_NEW_REFRESH_TOKEN(self) -> bool:  # noqa: N802 - authlib's name
+        # Rotate (the default): each refresh returns a new refresh token and retires the
+        # old one. Without rotation (as Oracle Health may): no new one, the old one stays.
+        return _sandbox(self.server).rotate_refresh_tokens
 
     def authenticate_refresh_token(self, refresh_token: str) -> TokenRecord | None:
         row = _sandbox(self.server).store.get_token_by_refresh(refresh_token)
@@ -304,7 +308,8 @@ class SMARTRefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         return refresh_token.get_user()
 
     def revoke_old_credential(self, refresh_token: TokenRecord) -> None:
-        _sandbox(self.server).store.revoke_refresh(refresh_token.row["refresh_token"])
+        if _sandbox(self.server).rotate_refresh_tokens:
+            _sandbox(self.server).store.revoke_refresh(refresh_token.row["refresh_token"])
 
 
 class SMARTOpenIDCode(OpenIDCode):  # type: ignore[misc]
@@ -459,7 +464,16 @@ class SandboxAuth:
         practitioners: Callable[[], list[tuple[str, str]]],
         patients: Callable[[], list[tuple[str, str]]],
         latest_encounter: Callable[[str], str | None],
+        rotate_refresh_tokens: bool = True,
+        scope_version: str = "v2",
+        list_pkce_methods: bool = True,
     ) -> None:
+        #: False: a refresh returns no new refresh token and the old one stays valid.
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        #: "v1": grants written `.read`/`.write` and only permission-v1 advertised.
+        self.scope_version = scope_version
+        #: False: the configuration omits code_challenge_methods_supported (S256 still required).
+        self.list_pkce_methods = list_pkce_methods
         self.store = store
         self.ehr_base_url = ehr_base_url.rstrip("/")
         self.fhir_base = fhir_base
@@ -480,7 +494,7 @@ class SandboxAuth:
 
     # -- configuration documents ------------------------------------------------------
     def smart_configuration(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "issuer": self.issuer,
             "jwks_uri": self.jwks_uri,
             "authorization_endpoint": self.authorization_endpoint,
@@ -516,6 +530,14 @@ class SandboxAuth:
             "code_challenge_methods_supported": ["S256"],
             "capabilities": CAPABILITIES,
         }
+        if self.scope_version == "v1":
+            config["capabilities"] = [c for c in CAPABILITIES if c != "permission-v2"]
+            config["scopes_supported"] = [
+                s for s in config["scopes_supported"] if s.rsplit(".", 1)[-1] not in ("rs", "cruds")
+            ]
+        if not self.list_pkce_methods:
+            del config["code_challenge_methods_supported"]
+        return config
 
     def openid_configuration(self) -> dict[str, Any]:
         return {
@@ -650,6 +672,8 @@ class SandboxAuth:
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         granted = smart_scopes.split(scope)
+        if self.scope_version == "v1":
+            granted = smart_scopes.as_v1(granted)
         token: dict[str, Any] = {
             "access_token": secrets.token_urlsafe(32),
             "token_type": "Bearer",

@@ -148,6 +148,9 @@ def create_ehr_app(
         practitioners=practitioners,
         patients=patients,
         latest_encounter=latest_encounter,
+        rotate_refresh_tokens=behaviour.rotate_refresh_tokens,
+        scope_version=behaviour.scope_version,
+        list_pkce_methods=behaviour.list_pkce_methods,
     )
     controls = controls_module.Controls(latency_ms)
 

@@ -25,6 +25,12 @@ class Imitation:
     rewrite_urn_uuids: bool = False
     #: Access-token lifetime in seconds (None: the sandbox's setting).
     access_token_lifetime: int | None = None
+    #: False: a refresh returns no new refresh token; the one held stays valid.
+    rotate_refresh_tokens: bool = True
+    #: "v1": scopes granted as `.read`/`.write` whatever was asked, only permission-v1 listed.
+    scope_version: str = "v2"
+    #: False: the SMART configuration omits code_challenge_methods_supported.
+    list_pkce_methods: bool = True
 
 
 IMITATIONS: dict[str, Imitation] = {
@@ -40,6 +46,8 @@ IMITATIONS: dict[str, Imitation] = {
         software="Cerner Millennium (sandbox imitation)",
         publisher="Oracle Health (imitated)",
         access_token_lifetime=570,
+        rotate_refresh_tokens=False,
+        scope_version="v1",
         rewrite_urn_uuids=True,
     ),
     "athena": Imitation(
@@ -47,6 +55,7 @@ IMITATIONS: dict[str, Imitation] = {
         software="athenaOne FHIR (sandbox imitation)",
         publisher="athenahealth (imitated)",
         sort=False,
+        list_pkce_methods=False,
     ),
     "meditech": Imitation(
         name="meditech",

@@ -71,6 +71,27 @@ def split(scope: str | None) -> list[str]:
     return [item for item in (scope or "").split() if item]
 
 
+def as_v1(scopes: Iterable[str]) -> list[str]:
+    """The same grant as a SMART v1 server writes it: `.read` for r/s, `.write` for c/u/d.
+
+    v1 has no granular (`?category=`) form, so a granular scope becomes the whole type:
+    broader than asked, as servers that only speak v1 grant it."""
+    out: list[str] = []
+    for scope in scopes:
+        parsed = parse_resource_scope(scope)
+        if parsed is None or parsed.v1:
+            written = [scope]
+        else:
+            base = f"{parsed.context}/{parsed.resource_type}"
+            written = []
+            if parsed.permissions & frozenset("rs"):
+                written.append(f"{base}.read")
+            if parsed.permissions & frozenset("cud"):
+                written.append(f"{base}.write")
+        out.extend(s for s in written if s not in out)
+    return out
+
+
 def grant(requested: Iterable[str], registered: Iterable[str]) -> list[str]:
     """What the server grants: each requested scope, narrowed to what the client registered.
 

@@ -28,6 +28,7 @@ from smartapp.errors import (
     RelaunchRequired,
     TemporaryUpstreamError,
 )
+from smartapp.httplimits import LimitedAdapter
 from smartapp.redirects import REDIRECT_STATUSES, RedirectRefused
 from smartapp.smart.keys import ASSERTION_TYPE, SigningKey, client_assertion
 
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: (connect, read) seconds for every request to the authorization server.
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 20.0)
+#: The whole of one exchange with the authorization server (SMARTAPP_FHIR_DEADLINE).
+DEFAULT_DEADLINE = 30.0
+#: A token response, a SMART configuration or a JWKS is a few kilobytes.
+AUTH_MAX_BYTES = 1024 * 1024
 
 CLIENT_AUTH_METHODS = ("none", "client_secret_basic", "private_key_jwt")
 
@@ -144,16 +149,19 @@ class TokenResponse:
 
 
 class SMARTClient:
-    """Talks OAuth to one app registration; every request has a timeout."""
+    """Talks OAuth to one app registration; every request has a timeout, a deadline for the
+    whole exchange and a cap on the answer's size (`smartapp.httplimits`)."""
 
     def __init__(
         self,
         *,
         auth: ClientAuthentication,
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.auth = auth
         self.timeout = timeout
+        self.deadline = deadline
 
     @property
     def client_id(self) -> str:
@@ -311,6 +319,9 @@ class SMARTClient:
             code_challenge_method="S256",
             default_timeout=self.timeout,
         )
+        # A token endpoint that trickles its answer must not hold the callback for ever.
+        for prefix in ("https://", "http://"):
+            oauth.mount(prefix, LimitedAdapter(deadline=self.deadline, max_bytes=AUTH_MAX_BYTES))
         if auth.method == "client_secret_basic":
             oauth.register_client_auth_method(("client_secret_basic", _client_secret_basic))
         elif auth.method == "private_key_jwt":

@@ -53,8 +53,14 @@ class SMARTConfiguration:
     revocation_endpoint: str | None = None
 
     @classmethod
-    def from_well_known(cls, iss: str, data: Mapping[str, Any]) -> SMARTConfiguration:
+    def from_well_known(
+        cls, iss: str, data: Mapping[str, Any], *, unlisted_pkce: bool = False
+    ) -> SMARTConfiguration:
+        """`unlisted_pkce`: the EHR family is known to do S256 without listing any method
+        (the quirks profile's `pkce_methods_listed = false`); an absent list then means S256."""
         methods = _strings(data, "code_challenge_methods_supported")
+        if unlisted_pkce and "code_challenge_methods_supported" not in data:
+            methods = ("S256",)
         # SMART 2.x: servers SHALL support S256 and SHALL NOT support `plain`. A server
         # that cannot do S256 would let an intercepted code be redeemed, so refuse it.
         if "S256" not in methods:
@@ -163,7 +169,15 @@ def discover(
 
     data = _get_json(http, f"{iss}/.well-known/smart-configuration", timeout, "application/json")
     if data is not None:
-        config = SMARTConfiguration.from_well_known(iss, data)
+        try:
+            config = SMARTConfiguration.from_well_known(iss, data)
+        except DiscoveryError:
+            if "code_challenge_methods_supported" in data or not _pkce_unlisted_by_family(
+                http, iss, timeout
+            ):
+                raise
+            log.info("SMART server %s lists no PKCE methods; its EHR family does S256", iss)
+            config = SMARTConfiguration.from_well_known(iss, data, unlisted_pkce=True)
     else:
         # Deprecated since SMART 2.0 but still the only mechanism on some servers.
         metadata = _get_json(http, f"{iss}/metadata", timeout, "application/fhir+json")
@@ -181,6 +195,20 @@ def discover(
     if cache is not None:
         cache.put(iss, config)
     return config
+
+
+def _pkce_unlisted_by_family(
+    http: requests.Session, iss: str, timeout: float | tuple[float, float]
+) -> bool:
+    """Whether the server's EHR family (its quirks profile, from the CapabilityStatement)
+    is known to require S256 without listing it in code_challenge_methods_supported."""
+    from smartapp.quirks import catalog
+
+    try:
+        metadata = _get_json(http, f"{iss}/metadata", timeout, "application/fhir+json")
+    except (DiscoveryError, TemporaryUpstreamError):
+        return False  # no statement: nothing vouches for S256
+    return catalog().detect(metadata).value("pkce_methods_listed", True) is False
 
 
 def _get_json(

@@ -16,7 +16,8 @@ from flask import Flask, current_app
 
 from smartapp.config import Settings
 from smartapp.db import Database
-from smartapp.smart.client import DEFAULT_TIMEOUT, ClientAuthentication, SMARTClient
+from smartapp.httplimits import limited_session
+from smartapp.smart.client import AUTH_MAX_BYTES, DEFAULT_TIMEOUT, ClientAuthentication, SMARTClient
 from smartapp.smart.crypto import TokenCipher
 from smartapp.smart.discovery import DiscoveryCache, SMARTConfiguration, discover
 from smartapp.smart.idtoken import JWKSCache
@@ -64,7 +65,10 @@ class SMARTServices:
         return cls(
             settings=settings,
             db=db,
-            client=SMARTClient(auth=ClientAuthentication.from_settings(settings, signing_key)),
+            client=SMARTClient(
+                auth=ClientAuthentication.from_settings(settings, signing_key),
+                deadline=float(settings.fhir_deadline_seconds),
+            ),
             cipher=TokenCipher(settings.secret_key, previous=settings.previous_secret_keys),
             signing_key=signing_key,
         )
@@ -80,7 +84,7 @@ class SMARTServices:
         Short-lived on purpose: discovery and JWKS are cached, and nothing is left open
         when the app is discarded (tests, reloads).
         """
-        return requests.Session()
+        return limited_session(deadline=self.client.deadline, max_bytes=AUTH_MAX_BYTES)
 
 
 def get_services(app: Flask | None = None) -> SMARTServices:

@@ -237,6 +237,43 @@ def test_keyboard_only_from_launch_to_a_saved_note(page, stack: Stack):
     assert not app_errors
 
 
+def test_patient_instructions_are_saved_as_a_separate_after_visit_summary(page, stack: Stack):
+    """The note holds no sentence to the patient; ticking the choice at the save step
+    writes the instructions as their own DocumentReference (LOINC 69730-0)."""
+    sidebar = open_chart(page, stack, "pt-01")
+    for kind in ("problem_summary", "patient_instructions"):
+        card = sidebar.locator(f"#suggestion-list > .card[data-kind={kind}]").first
+        card.locator("button.accept").click()
+        expect(card).to_have_attribute("data-decision", "accept")
+    avs = sidebar.locator("#avs")
+    expect(avs).to_be_visible()
+    expect(sidebar.locator("#avs-grade")).to_contain_text("reading grade")
+    sidebar.locator("#note-preview > summary").click()
+    expect(sidebar.locator("#note-text")).to_contain_text("Subjective")
+    expect(sidebar.locator("#note-text")).not_to_contain_text("You ")
+    sidebar.locator("#avs-save").check()
+    sidebar.locator("#save-note").click()
+    status = sidebar.locator("#save-status[data-kind=ok]")
+    expect(status).to_contain_text("After-visit summary: in the chart", timeout=20_000)
+
+    docs = requests.get(
+        f"{stack.ehr_url}/_sandbox/resources/DocumentReference",
+        params={"patient": "pt-01"},
+        timeout=10,
+    ).json()
+    by_type = {
+        d["type"]["coding"][0]["code"]: d for d in docs if d.get("docStatus") == "preliminary"
+    }
+    note = base64.b64decode(by_type["11506-3"]["content"][0]["attachment"]["data"]).decode()
+    summary = base64.b64decode(by_type["69730-0"]["content"][0]["attachment"]["data"]).decode()
+    assert "You " not in note and summary.startswith("- You ")
+    assert sidebar.locator("#avs-text").text_content() == summary  # its preview was it
+    # Saved as chosen: nothing left to save; unticking does not take the summary back.
+    expect(sidebar.locator("#save-note")).to_be_disabled()
+    sidebar.locator("#avs-save").uncheck()
+    expect(sidebar.locator("#save-note")).to_be_disabled()
+
+
 # -- an inline edit, a coded rejection --------------------------------------------------------
 
 

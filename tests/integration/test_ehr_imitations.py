@@ -48,16 +48,16 @@ def _session_id(launched) -> str:
     return hash_secret(launched.session.cookies.get("smartapp_session"))
 
 
-def _tokens_near_expiry(stack: Stack, session_id: str) -> None:
-    """As if the access token had 5 of its 600 seconds left: a refresh is due, not needed."""
+def _tokens_near_expiry(stack: Stack, session_id: str, *, left: int = 5) -> None:
+    """As if the access token had `left` of its 600 seconds left (negative: expired)."""
     now = utcnow()
     with stack.app.extensions["smartapp.db"].session() as s:
         s.execute(
             update(LaunchSession)
             .where(LaunchSession.id == session_id)
             .values(
-                access_expires_at=now + timedelta(seconds=5),
-                created_at=now - timedelta(seconds=595),
+                access_expires_at=now + timedelta(seconds=left),
+                created_at=now - timedelta(seconds=600 - left),
                 last_refreshed_at=None,
             )
         )
@@ -81,6 +81,8 @@ def test_the_whole_loop_under_each_ehr_imitation(imitated):
     assert answer.status_code == 200, answer.text[:300]
     problems = answer.json()["chart"]["problems"]
     assert not [p for p in problems if p["code"] == "search_failed"], problems
+    context = launched.api("GET", "/api/context").json()
+    assert context["canWriteNotes"] is True  # v1 grants (.write) count as create
 
     # A note, and its retry after the answer was lost: one note in the chart.
     accept_first(launched)
@@ -93,6 +95,13 @@ def test_the_whole_loop_under_each_ehr_imitation(imitated):
     outbox = stack.app.extensions["smartapp.outbox"]
     assert outbox.run_once(force=True).notes_delivered == 1
     assert len(our_notes(launched)) == 1
+
+    # The token runs out, twice: each time one refresh renews it (rotated refresh token
+    # or, where the EHR does not rotate, the same one again).
+    for _ in range(2):
+        _tokens_near_expiry(stack, _session_id(launched), left=-1)
+        renewed = launched.api("POST", "/api/refresh")
+        assert renewed.status_code == 200, renewed.text[:300]
 
     # The EHR refuses the early refresh; the still-valid token carries on.
     store = stack.ehr.extensions["smartapp.sandbox"].store

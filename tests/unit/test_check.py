@@ -422,3 +422,16 @@ def test_a_configuration_redirected_to_another_host_is_reported(rsps, capability
     assert all("elsewhere.test" not in c.request.url for c in rsps.calls)
     assert statuses(report)["smart-configuration"] == "fail"
     assert not report.launchable
+
+
+def test_an_athena_server_without_pkce_methods_is_a_warning_not_a_failure(
+    rsps, smart_config, capability
+):
+    del smart_config["code_challenge_methods_supported"]
+    report = run(rsps, smart_config, capability)
+    assert statuses(report)["pkce"] == "fail"
+    rsps.reset()
+    athena = {**copy.deepcopy(capability), "software": {"name": "athenaOne FHIR"}}
+    report = run(rsps, smart_config, athena)
+    assert statuses(report)["pkce"] == "warn"
+    assert "does S256 without listing it" in line(report, "pkce").why

@@ -59,13 +59,49 @@ def test_athena_imitation_neither_declares_nor_applies_sort(athena: Flask) -> No
     assert "_sort" not in self_link
 
 
-def test_oracle_imitation_issues_short_tokens(tmp_path: Path, populated_dir: Path) -> None:
+def _refresh(client, refresh_token: str):
+    return client.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": "smartapp",
+        },
+    )
+
+
+def test_oracle_imitation_short_v1_tokens_and_a_refresh_token_that_does_not_rotate(
+    tmp_path: Path, populated_dir: Path
+) -> None:
     app = _ehr(tmp_path, populated_dir, "oracle-health")
     try:
-        token = SmartClient(app.test_client()).token("pt-01")
+        client = app.test_client()
+        token = SmartClient(client).token("pt-01")
         assert token["expires_in"] == 570
+        granted = token["scope"].split()
+        assert "patient/Observation.read" in granted
+        assert not [s for s in granted if s.endswith((".rs", ".cruds", ".c", ".cu"))]
+        config = client.get("/fhir/.well-known/smart-configuration").get_json()
+        assert "permission-v2" not in config["capabilities"]
+        for _ in range(2):  # the same refresh token, twice: nothing new comes back
+            again = _refresh(client, token["refresh_token"])
+            assert again.status_code == 200, again.get_data(as_text=True)
+            assert "refresh_token" not in again.get_json()
     finally:
         app.extensions["smartapp.sandbox"].store.close()
+
+
+def test_generic_sandbox_rotates_refresh_tokens(ehr: Flask) -> None:
+    client = ehr.test_client()
+    token = SmartClient(client).token("pt-01")
+    first = _refresh(client, token["refresh_token"])
+    assert first.get_json()["refresh_token"] != token["refresh_token"]
+    assert _refresh(client, token["refresh_token"]).status_code == 400  # spent
+
+
+def test_athena_imitation_lists_no_pkce_methods(athena: Flask) -> None:
+    config = athena.test_client().get("/fhir/.well-known/smart-configuration").get_json()
+    assert "code_challenge_methods_supported" not in config
 
 
 def test_an_unknown_imitation_is_refused_with_the_choices() -> None:

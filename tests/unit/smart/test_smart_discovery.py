@@ -64,6 +64,35 @@ def test_refuses_a_server_without_s256(rsps, methods):
         _discover()
 
 
+@pytest.mark.parametrize(
+    ("software", "accepted"), [("athenaOne FHIR", True), ("HAPI FHIR Server", False)]
+)
+def test_unlisted_pkce_methods_are_s256_only_for_a_family_known_to_omit_them(
+    rsps, software, accepted
+):
+    config = load_fixture("smart-configuration.json")
+    del config["code_challenge_methods_supported"]
+    rsps.get(WELL_KNOWN, json=config)
+    rsps.get(
+        f"{ISS}/metadata",
+        json={"resourceType": "CapabilityStatement", "software": {"name": software}},
+    )
+    if accepted:
+        assert _discover().code_challenge_methods_supported == ("S256",)
+    else:
+        with pytest.raises(DiscoveryError, match="S256"):
+            _discover()
+
+
+def test_an_athena_server_listing_only_plain_is_still_refused(rsps):
+    config = load_fixture("smart-configuration.json")
+    config["code_challenge_methods_supported"] = ["plain"]
+    rsps.get(WELL_KNOWN, json=config)
+    rsps.get(f"{ISS}/metadata", json={"resourceType": "CapabilityStatement", "publisher": "athena"})
+    with pytest.raises(DiscoveryError, match="S256"):
+        _discover()
+
+
 def test_refuses_missing_token_endpoint(rsps):
     config = load_fixture("smart-configuration.json")
     del config["token_endpoint"]

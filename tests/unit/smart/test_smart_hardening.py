@@ -4,6 +4,7 @@ rows, logout. The authorization server is faked with `responses`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from smart_fakes import ISS, authorize_params, make_settings
@@ -181,3 +182,59 @@ def _discovery():
     from smart_fakes import load_fixture
 
     return load_fixture("smart-configuration.json")
+
+
+# -- finding 6, at the authorization server: discovery and the token endpoint ---------------
+
+
+def _trickling(body: bytes):
+    from tests.unit.slow_http import SlowServer
+
+    return SlowServer(mode="trickle_body", body=body, interval=0.1, content_type="application/json")
+
+
+def test_discovery_from_a_trickling_server_is_cut_off_at_the_deadline():
+    from smartapp.errors import TemporaryUpstreamError
+    from smartapp.httplimits import limited_session
+    from smartapp.smart.discovery import discover
+    from tests.unit.slow_http import slow_server
+
+    server = _trickling(json.dumps(_discovery()).encode())
+    with slow_server(server) as base, limited_session(deadline=0.5) as http:
+        with pytest.raises(TemporaryUpstreamError):
+            discover(f"{base}/fhir", http=http, timeout=(5.0, 20.0))
+        assert server.cut_off.wait(5)
+        assert not server.finished.is_set()
+
+
+def test_a_huge_smart_configuration_is_refused():
+    from smartapp.errors import TemporaryUpstreamError
+    from smartapp.httplimits import limited_session
+    from smartapp.smart.discovery import discover
+    from tests.unit.slow_http import SlowServer, slow_server
+
+    server = SlowServer(mode="flood", body=b" " * (1 << 20), repeat=4)
+    with slow_server(server) as base, limited_session(deadline=10, max_bytes=1 << 20) as http:
+        with pytest.raises(TemporaryUpstreamError):
+            discover(f"{base}/fhir", http=http, timeout=(5.0, 20.0))
+
+
+def test_a_token_endpoint_trickling_its_answer_is_cut_off_at_the_deadline():
+    from smartapp.errors import TemporaryUpstreamError
+    from smartapp.smart.client import ClientAuthentication, SMARTClient
+    from tests.unit.slow_http import slow_server
+
+    token = {"access_token": "at", "token_type": "Bearer", "expires_in": 300, "scope": "launch"}
+    server = _trickling(json.dumps(token).encode())
+    client = SMARTClient(auth=ClientAuthentication(client_id="smartapp"), deadline=0.5)
+    with slow_server(server) as base:
+        with pytest.raises(TemporaryUpstreamError):
+            client.exchange_code(
+                f"{base}/auth/token",
+                code="c",
+                redirect_uri="http://localhost/callback",
+                code_verifier="v" * 43,
+                requested_scope="launch",
+            )
+        assert server.cut_off.wait(5)
+        assert not server.finished.is_set()
