@@ -28,6 +28,7 @@ from smartapp.suggestions.facts import (
     Medication,
     Problem,
     Result,
+    age_note,
     capitalize,
     concept_text,
     date_part,
@@ -248,7 +249,8 @@ class BuiltinEngine:
             if result is not None:
                 phrases.append(
                     (
-                        f"{latest} {result.name} {result.value_text()}{_on(result.date)}",
+                        f"{latest} {result.name} {result.value_text()}{_on(result.date)}"
+                        f"{age_note(result, facts.as_of)}",
                         [result.resource],
                     )
                 )
@@ -488,7 +490,7 @@ class BuiltinEngine:
                 (
                     order.get(key, len(order)),
                     latest.name.lower(),
-                    self._trend(snapshot, results, flag),
+                    self._trend(facts, results, flag),
                 )
             )
         rows.sort(key=lambda row: (row[0], row[1]))
@@ -515,17 +517,15 @@ class BuiltinEngine:
             return f"{found[0].direction} the default reference range"
         return None
 
-    def _trend(self, snapshot: ChartSnapshot, results: list[Result], flag: str | None) -> Statement:
+    def _trend(self, facts: ChartFacts, results: list[Result], flag: str | None) -> Statement:
+        snapshot = facts.snapshot
         latest = results[0]
         text = f"{capitalize(latest.name)} {latest.value_text()}{_on(latest.date)}"
+        text += age_note(latest, facts.as_of)
         cited = [latest.resource]
         previous = results[1] if len(results) > 1 else None
         if previous is not None:
-            direction = (
-                _direction(latest.value.number, previous.value.number)
-                if _same_unit(latest.value.unit, previous.value.unit)
-                else None
-            )
+            direction = _direction(*assessment.in_one_unit(latest, previous))
             text += f", previous {previous.value_text()}{_on(previous.date)}"
             if direction:
                 text += f" ({direction})"
