@@ -118,14 +118,13 @@ class FeedbackStore:
             return drafted
 
     def latest_snapshot_key(self, visit_key: str) -> str | None:
-        """The snapshot this visit's suggestions were last drafted from (by any launch)."""
+        """The visit's current set: the newest chart read drafted from (by any launch).
+
+        Snapshot keys are the reads' UTC fetch times, so the newest read wins whichever
+        launch drafted last; "unknown" (a snapshot without a fetch time) only when alone.
+        """
         with self._db.session() as session:
-            return session.scalars(
-                select(DraftedKind.snapshot_key)
-                .where(DraftedKind.visit_key == visit_key)
-                .order_by(DraftedKind.drafted_at.desc())
-                .limit(1)
-            ).first()
+            return _newest_key(session, visit_key)
 
     def record_draft(
         self,
@@ -146,7 +145,12 @@ class FeedbackStore:
         here are the rules standing in) and when it is due by.
         """
         pending = pending_until or {}
-        previous_key = self.latest_snapshot_key(by.visit_key)
+        with self._db.session() as session:
+            previous_key = _newest_key(session, by.visit_key, besides=by.snapshot_key)
+        if _older(by.snapshot_key, previous_key):
+            # A newer read of the chart (another tab) is the visit's set already: this
+            # older one must not take its rows back.
+            return False
         try:
             with self._db.session() as session:
                 last = session.scalar(
@@ -169,6 +173,11 @@ class FeedbackStore:
                     )
                     for kind, choice in choices.items()
                 )
+                session.flush()
+                if _newest_key(session, by.visit_key, besides=by.snapshot_key) != previous_key:
+                    # Another launch of the visit drafted a newer read meanwhile (and may
+                    # have carried the rows this one would): its set stands.
+                    raise _CarriedElsewhere
                 earlier = self._carryable(session, by, previous_key, choices)
                 for s in suggestions:
                     position += 1
@@ -422,6 +431,20 @@ class FeedbackStore:
         if self._on_decision is not None:
             self._on_decision(decision.id, row)
         return decision
+
+
+def _older(key: str, than: str | None) -> bool:
+    return than is not None and "unknown" not in (key, than) and key < than
+
+
+def _newest_key(session: Session, visit_key: str, *, besides: str | None = None) -> str | None:
+    keys = select(func.max(DraftedKind.snapshot_key)).where(DraftedKind.visit_key == visit_key)
+    if besides is not None:
+        keys = keys.where(DraftedKind.snapshot_key != besides)
+    newest = session.scalar(keys.where(DraftedKind.snapshot_key != "unknown"))
+    if newest is None and besides != "unknown":
+        newest = session.scalar(keys.where(DraftedKind.snapshot_key == "unknown"))
+    return newest
 
 
 def _coded_reason(reason: str | None, comment: str | None) -> tuple[str | None, str | None]:

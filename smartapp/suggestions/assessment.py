@@ -24,11 +24,13 @@ from typing import Any
 
 from smartapp import clinical
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
+from smartapp.suggestions import units
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
     Medication,
     Problem,
+    RangeCheck,
     Result,
     capitalize,
     concept_text,
@@ -41,6 +43,7 @@ from smartapp.suggestions.facts import (
 )
 from smartapp.suggestions.grounding import canonical_unit
 from smartapp.suggestions.interfaces import Citation, Statement
+from smartapp.suggestions.ranges import DefaultRange, default_range_check
 from smartapp.suggestions.terminology import DRUG_CLASSES
 
 BLOOD_PRESSURE = "blood_pressure"
@@ -93,8 +96,9 @@ def category_of(goal: Goal, reading: Result | BloodPressure) -> str | None:
     """The reading's category label, when the goal names categories and the units compare."""
     if not goal.categories or not isinstance(reading, Result):
         return None
-    value = reading.value.number
-    if value is None or not _unit_ok(goal.unit, _unit(reading)):
+    converted = values_in(goal.result, reading, goal.unit)
+    value = converted[0] if converted else None
+    if value is None:
         return None
     return next((c.label for c in goal.categories if c.holds(value)), None)
 
@@ -284,6 +288,71 @@ def _unit(reading: Result | BloodPressure) -> str | None:
     return reading.value.unit
 
 
+@dataclass(frozen=True, kw_only=True)
+class Conversion:
+    """A result's value in one unit from another that is not a fixed factor of it."""
+
+    result: str
+    source: str
+    target: str
+    slope: Decimal
+    intercept: Decimal
+    cite: clinical.Source
+
+
+@lru_cache(maxsize=1)
+def conversions() -> tuple[Conversion, ...]:
+    found: list[Conversion] = []
+    for path, item in clinical.entries("conversions", "conversion"):
+        where = f"{path} conversion {item.get('result')!r}"
+        try:
+            found.append(
+                Conversion(
+                    result=str(item["result"]),
+                    source=str(item["from"]),
+                    target=str(item["to"]),
+                    slope=Decimal(str(item["slope"])),
+                    intercept=Decimal(str(item.get("intercept", 0))),
+                    cite=clinical.source(item.get("cite"), where=where),
+                )
+            )
+        except KeyError as exc:
+            raise clinical.KnowledgeError(f"{where}: needs {exc.args[0]}") from exc
+    return tuple(found)
+
+
+def values_in(
+    result_id: str | None, reading: Result | BloodPressure, wanted: str | None
+) -> tuple[Decimal | None, ...] | None:
+    """The reading's values in `wanted` (a goal's or rule's unit): as they are when the
+    units agree, converted when UCUM can (lb to kg) or a cited conversion can (IFCC HbA1c
+    to %), None when they do not compare."""
+    unit = _unit(reading)
+    if _unit_ok(wanted, unit):
+        return _values(reading)
+    if wanted is None or unit is None or isinstance(reading, BloodPressure):
+        return None
+    value = reading.value.number
+    if value is None:
+        return None
+    unit = reading.value.ucum or unit
+    if _unit_ok(wanted, unit) or units.same_unit(unit, wanted):
+        return (value,)
+    for conversion in conversions():  # a cited conversion for this test comes first
+        if (
+            conversion.result == result_id
+            and _unit_ok(conversion.source, unit)
+            and _unit_ok(conversion.target, wanted)
+        ):
+            return (conversion.slope * value + conversion.intercept,)
+    if units.dimensionless(unit) or units.dimensionless(wanted):
+        # mmol/mol and % are both "ratios" to UCUM, yet 69 mmol/mol of HbA1c is 8.5%, not
+        # 6.9%: ratios of different things never convert by their factor.
+        return None
+    converted = units.convert(float(value), unit, wanted)
+    return (Decimal(str(round(converted, 6))),) if converted is not None else None
+
+
 def _any_at_least(values: Sequence[Decimal | None], bounds: Sequence[Decimal]) -> bool:
     return any(v is not None and v >= b for v, b in zip(values, bounds, strict=False))
 
@@ -298,10 +367,8 @@ def _any_below(values: Sequence[Decimal | None], bounds: Sequence[Decimal]) -> b
 
 def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
     """ "at goal", "above goal", "below goal", or None when the units do not compare."""
-    if not _unit_ok(goal.unit, _unit(reading)):
-        return None
-    values = _values(reading)
-    if any(v is None for v in values):
+    values = values_in(goal.result, reading, goal.unit)
+    if values is None or any(v is None for v in values):
         return None
     if goal.high:
         over = (
@@ -316,14 +383,43 @@ def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
     return "at goal"
 
 
-def range_status(result: Result) -> str | None:
-    """The lab's own verdict from the observation's reference range."""
+def range_status(facts: ChartFacts, result: Result) -> tuple[str | None, str | None]:
+    """The verdict of the lab's own reference range, else of the cited default table (a
+    feed that sends no range must not make a potassium of 5.6 read as unremarkable), and
+    for the default table the range and its source (for `Statement.rule`)."""
     check = reference_range_check(result.resource, result.value)
     if check is not None:
-        return f"{check.direction} the reference range {check.range_text}"
+        return f"{check.direction} the reference range {check.range_text}", None
     if result.resource.get("referenceRange"):
-        return "within the reference range"
-    return None
+        return "within the reference range", None
+    found = _default_range(facts, result)
+    if found is None:
+        return None, None
+    default_check, default = found
+    return (
+        f"{default_check.direction} the default reference range",
+        f"default reference range {default_check.range_text} ({default.cite.label})",
+    )
+
+
+def _default_range(facts: ChartFacts, result: Result) -> tuple[RangeCheck, DefaultRange] | None:
+    if result.resource.get("interpretation"):
+        return None  # the lab flagged (or chose not to flag) it: its word stands
+    gender = facts.snapshot.patient.get("gender")
+    return default_range_check(
+        result.resource, result.value, sex=gender if isinstance(gender, str) else None
+    )
+
+
+def _out_of_range(facts: ChartFacts, result: Result) -> str | None:
+    """'above' or 'below' by the lab's own range, else by the default table."""
+    check = reference_range_check(result.resource, result.value)
+    if check is not None:
+        return check.direction
+    if result.resource.get("referenceRange"):
+        return None
+    found = _default_range(facts, result)
+    return found[0].direction if found else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -416,7 +512,7 @@ def _result_statement(
             if label:
                 status += f" ({label})"
     if status is None and isinstance(latest, Result):
-        status = range_status(latest)
+        status, rule = range_status(facts, latest)
     if status:
         text += f"; {status}"
     return Statement(text=text, citations=_cite(facts.snapshot, cited), rule=rule), status
@@ -533,9 +629,10 @@ def _option_fires(
         if series is None:
             return None
         latest = series.latest
-        if not _unit_ok(option.unit, _unit(latest)) and not option.rise_at_least:
+        in_unit = values_in(option.result, latest, option.unit)
+        if in_unit is None:
             return None
-        values = _values(latest)
+        values = in_unit
         if option.at_least and not _any_at_least(values, option.at_least):
             return None
         if option.above and not _any_above(values, option.above):
@@ -545,8 +642,7 @@ def _option_fires(
         if option.out_of_range is not None:
             if not isinstance(latest, Result):
                 return None
-            check = reference_range_check(latest.resource, latest.value)
-            if check is None or check.direction != option.out_of_range:
+            if _out_of_range(facts, latest) != option.out_of_range:
                 return None
         phrase = f"{_name(latest)} {_text(latest)}{_on(latest.date)}"
         cited += _resources(latest)
@@ -572,7 +668,8 @@ def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:
     """The earlier reading the latest rose from by `rise_at_least` within `within_days`."""
     latest = series.latest
     end = to_date(latest.when)
-    value = _values(latest)[0]
+    now = values_in(option.result, latest, option.unit)
+    value = now[0] if now else None
     if end is None or value is None or option.rise_at_least is None:
         return None
     start = end - timedelta(days=option.within_days or 7)
@@ -580,13 +677,9 @@ def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:
         when = to_date(earlier.when)
         if when is None or when < start:
             break
-        old = _values(earlier)[0]
-        if (
-            old is not None
-            and _unit_ok(option.unit, _unit(earlier))
-            and _unit_ok(option.unit, _unit(latest))
-            and value - old >= option.rise_at_least
-        ):
+        then = values_in(option.result, earlier, option.unit)
+        old = then[0] if then else None
+        if old is not None and value - old >= option.rise_at_least:
             return earlier
     return None
 

@@ -185,6 +185,13 @@ class Quantity:
     value: Any  # int, float or Decimal, as parsed from the resource
     unit: str | None = None
     comparator: str | None = None
+    #: The UCUM code when the quantity carries one (`meq/L` where the display says
+    #: "mEq/L", `[lb_av]` for "lb"): what unit comparisons and conversions read.
+    code: str | None = None
+
+    @property
+    def ucum(self) -> str | None:
+        return self.code or self.unit
 
     @property
     def number(self) -> Decimal | None:
@@ -198,15 +205,21 @@ class Quantity:
         return f"{number}{unit}" if unit == "%" else f"{number} {unit}"
 
 
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+
 def quantity(data: Any) -> Quantity | None:
     if not isinstance(data, Mapping) or as_decimal(data.get("value")) is None:
         return None
     unit = data.get("unit") or data.get("code")
     comparator = data.get("comparator")
+    system, code = data.get("system"), data.get("code")
+    ucum = code if code and system in (None, UCUM_SYSTEM) else None
     return Quantity(
         value=data["value"],
         unit=str(unit) if unit else None,
         comparator=str(comparator) if comparator else None,
+        code=str(ucum) if ucum else None,
     )
 
 

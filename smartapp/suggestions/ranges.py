@@ -94,7 +94,11 @@ def default_range_check(
             continue
         if not known[default.valueset].matches(obs.get("code")):
             continue
-        if value.unit != default.unit and not units.same_unit(value.unit, default.unit):
+        if (
+            value.unit != default.unit
+            and not units.same_unit(value.unit, default.unit)
+            and not units.same_unit(value.code, default.unit)
+        ):
             continue
         if default.low is not None and number < default.low:
             return RangeCheck(direction="below", range_text=default.text()), default

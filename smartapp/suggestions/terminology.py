@@ -23,7 +23,7 @@ UCUM = "http://unitsofmeasure.org"
 
 # -- laboratory and vital-sign codes (LOINC) ----------------------------------------------
 
-HBA1C = ("4548-4", "17856-6")
+HBA1C = ("4548-4", "17856-6", "59261-8")
 EGFR = ("33914-3", "62238-1", "98979-8", "48642-3", "48643-1", "88293-6", "88294-4")
 CREATININE = ("2160-0", "38483-4")
 HEMOGLOBIN = ("718-7",)
@@ -54,8 +54,7 @@ INFLUENZA_CVX: frozenset[str] = frozenset(
 
 #: Short names for results the rules talk about (the chart's own text for anything else).
 LAB_NAMES: dict[str, str] = {
-    "4548-4": "HbA1c",
-    "17856-6": "HbA1c",
+    **dict.fromkeys(HBA1C, "HbA1c"),
     **dict.fromkeys(EGFR, "eGFR"),
     **dict.fromkeys(CREATININE, "creatinine"),
     "718-7": "hemoglobin",
@@ -86,6 +85,10 @@ LAB_NAMES: dict[str, str] = {
     "14959-1": "urine microalbumin/creatinine ratio",
     "14957-5": "urine microalbumin",
     "3016-3": "TSH",
+    "33762-6": "NT-proBNP",
+    "30934-4": "BNP",
+    "42637-9": "BNP",
+    "6301-6": "INR",
     "85354-9": "blood pressure",
     "55284-4": "blood pressure",
     "8480-6": "systolic blood pressure",
@@ -109,8 +112,7 @@ KEY_RESULTS: tuple[str, ...] = (
     "39156-5",
     "59408-5",
     "8310-5",
-    "4548-4",
-    "17856-6",
+    *HBA1C,
     *EGFR,
     *CREATININE,
     "2823-3",

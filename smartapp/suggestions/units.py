@@ -66,3 +66,17 @@ def convert(value: float, source: str, target: str) -> float | None:
     except Exception:  # noqa: BLE001
         return None
     return result if math.isfinite(result) else None
+
+
+def dimensionless(code: str | None) -> bool:
+    """True for UCUM ratios (`%`, `mmol/mol`, `mg/mg`): their factor says nothing about
+    which quantities they compare, so they are never converted into one another."""
+    if not code:
+        return False
+    parsed = parse(code)
+    if parsed is None:
+        return False
+    try:
+        return bool(parsed.dimensionless)
+    except Exception:  # noqa: BLE001
+        return False

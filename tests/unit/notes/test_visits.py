@@ -467,3 +467,28 @@ def test_two_threads_saving_freely_never_make_a_second_note(sidebar: Sidebar):
 
 def _text(document: dict[str, Any]) -> str:
     return base64.b64decode(document["content"][0]["attachment"]["data"]).decode()
+
+
+def test_two_launches_drafting_at_once_keep_one_set_with_its_decisions(sidebar: Sidebar):
+    """Tab one read the chart first but is held before its first write; tab two (a newer
+    read) drafts and carries the visit's rows. Tab one's draft is discarded and it shows
+    tab two's set: the same ids, the decision kept, no undecided copies for the note."""
+    decided = sidebar.accept(launch_for("l0"), "problem_summary")
+    one, two = launch_for("tab-1"), launch_for("tab-2")
+    seen: list[Any] = []
+    tab_one = threading.Thread(target=lambda: seen.append(sidebar.service.suggestions(one)))
+    with held_before(sidebar.db, r"^INSERT INTO drafted_kind", tab_one) as hold:
+        tab_one.start()
+        assert hold.reached.wait(30)
+        from_two = sidebar.service.suggestions(two).rows
+        hold.release()
+        tab_one.join(30)
+    [from_one] = seen
+    assert [r.id for r in from_one.rows] == [r.id for r in from_two]
+    assert {r.kind: r for r in from_two}["problem_summary"].id == decided
+    assert {r.kind: r for r in from_one.rows}["problem_summary"].latest_decision() is not None
+    # The note either tab saves has the decided section.
+    assert sidebar.service.compose_note(one).text == sidebar.service.compose_note(two).text
+    assert sidebar.service.compose_note(one).text
+    # Tab one's next request still shows the visit's set (its own read is the older one).
+    assert [r.id for r in sidebar.service.suggestions(one).rows] == [r.id for r in from_two]
