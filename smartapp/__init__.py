@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     logging_setup.init_app(app, log_format=settings.log_format)
     instance.secure_instance(settings)
-    db.init_app(app, db.Database.from_settings(settings))
+    db.init_app(app, db.Database.from_settings(settings), migrate=settings.migrate_on_start)
     observability.init_app(app)
     errors.init_app(app)
     jsonbody.init_app(app)

@@ -99,6 +99,22 @@ def _purge(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    """Bring the store's schema to the newest migration: once per deployment, before the
+    app's processes start (they migrate on their own only in sandbox mode)."""
+    from smartapp.config import Settings
+    from smartapp.db import Database
+
+    database = Database.from_settings(Settings.from_env())
+    try:
+        database.upgrade()
+        _ready, detail = database.at_head()
+    finally:
+        database.dispose()
+    print(f"the store is {detail}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from smartapp.suggestions.evaluate import run_cli
 
@@ -254,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--json", action="store_true", help="print the counts as JSON")
     purge.set_defaults(handler=_purge)
+
+    db = sub.add_parser("db", help="the app's store")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser(
+        "upgrade", help="apply the store's migrations (before starting the app's processes)"
+    )
+    upgrade.set_defaults(handler=_db_upgrade)
 
     evaluate = sub.add_parser(
         "evaluate",
