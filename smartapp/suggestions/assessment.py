@@ -775,12 +775,16 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
     if facts.deceased:
         meds = []  # nothing is current therapy for a patient who has died
     if meds:
-        phrases = []
+        phrases: list[str] = []
         cited: list[FHIRResource] = [m.request for m in meds]
         for med in meds:
             earlier = shown.medications.get(med.reference)
             if earlier is None:
-                phrases.append(_med_phrase(med))
+                phrase = _med_phrase(med)
+                if phrase not in phrases and not any(
+                    p.startswith(f"{med.name} (") for p in phrases
+                ):
+                    phrases.append(phrase)  # ten identical orders are one drug to treat
                 shown.medications[med.reference] = problem
             else:
                 phrases.append(f"{_short(med)} (see {earlier.name})")
