@@ -58,6 +58,7 @@ def test_a_reopened_chart_shows_the_draft_and_its_decisions_and_saves_the_same_n
     ]
     assert accepted["statements"][0]["text"] in visit["draft"]["text"]
     assert visit["changes"] == {"new": [], "removed": []}
+    assert visit["draft"]["signed"] is False
 
     medications = accept_first(again, "medications")
     second = again.api("POST", "/api/note")
@@ -122,6 +123,7 @@ def test_after_signing_in_the_ehr_the_next_launch_writes_a_new_draft_relating_to
     signed_version = store.get(rtype, rid).body["meta"]["versionId"]
 
     again = ehr_launch(launched.stack)
+    assert again.api("GET", "/api/notes").json()["visit"]["draft"]["signed"] is True
     accept_first(again, "medications")
     second = again.api("POST", "/api/note").json()
     assert second["documentReference"] != first["documentReference"]
