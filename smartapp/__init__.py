@@ -85,6 +85,8 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         on_chart_loaded=lambda seconds, trips: metrics.chart_loaded(
             seconds=seconds, round_trips=trips
         ),
+        # `engines` is bound below; the site file's [sites."<iss>".ehr] quirks, if any.
+        quirks_for=lambda iss: engines.config.for_issuer(iss).quirks,
     )
     engines = SuggestionService.from_settings(settings)
     engines.on_kinds_drafted = metrics.kinds_drafted
@@ -108,6 +110,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         on_decision=forward_decision,
         pulse_every=lambda iss: engines.config.for_issuer(iss).pulse_every,
         note_layout=lambda iss: engines.config.for_issuer(iss).note,
+        summary_config=lambda iss: engines.config.for_issuer(iss).after_visit_summary,
         visit_timezone=lambda iss: ZoneInfo(engines.config.for_issuer(iss).visit_timezone),
     )
     notes_views.init_app(app, sidebar)

@@ -31,7 +31,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from smartapp.feedback.models import Decision, ShownSuggestion
-from smartapp.notes.models import SavedNote
+from smartapp.notes.models import CLINICAL_NOTE, SavedNote
 
 GroupBy = Literal["kind", "site", "engine", "week"]
 GROUP_BYS: tuple[str, ...] = ("kind", "site", "engine", "week")
@@ -289,7 +289,7 @@ def _note_rows(
         SavedNote.chars_total,
         SavedNote.chars_accepted,
         SavedNote.chars_edited,
-    )
+    ).where(SavedNote.document_kind == CLINICAL_NOTE)  # not the patient's summaries
     if start is not None:
         stmt = stmt.where(SavedNote.created_at >= start)
     if end is not None:
@@ -377,7 +377,7 @@ def notes_written(
         SavedNote.status,
         SavedNote.engines,
         SavedNote.suggestion_ids,
-    )
+    ).where(SavedNote.document_kind == CLINICAL_NOTE)  # not the patient's summaries
     if start is not None:
         stmt = stmt.where(SavedNote.created_at >= start)
     if end is not None:

@@ -50,6 +50,8 @@ class NoteDraft:
     replaces: str | None = None
     #: DocumentReference.type (LOINC), from the site's `[note]` table.
     doc_type: Mapping[str, str] = field(default_factory=lambda: dict(NOTE_TYPE))
+    #: What the document is called (its attachment title); default: the type's display.
+    title: str | None = None
 
 
 def note_identifier(note_id: str) -> dict[str, str]:
@@ -63,14 +65,14 @@ def _as_uuid(hex_id: str) -> str:
 
 def document_reference(draft: NoteDraft, *, existing_id: str | None = None) -> dict[str, Any]:
     """A preliminary US Core clinical note: the clinician signs it in the EHR."""
-    name = draft.doc_type.get("display") or "Clinical note"
+    name = draft.title or draft.doc_type.get("display") or "Clinical note"
     resource: dict[str, Any] = {
         "resourceType": "DocumentReference",
         "meta": {"security": [AI_ASSISTED_LABEL]} if draft.ai_assisted else {},
         "identifier": [note_identifier(draft.note_id)],
         "status": "current",
         "docStatus": "preliminary",
-        "type": {"coding": [dict(draft.doc_type)], "text": name},
+        "type": {"coding": [dict(draft.doc_type)], "text": draft.doc_type.get("display") or name},
         "category": [
             {
                 "coding": [

@@ -18,6 +18,9 @@ from smartapp.db import Base, UTCDateTime, utcnow
 from smartapp.feedback.models import new_id
 
 NOTE_STATUSES = ("pending", "in_chart", "failed")
+#: What a saved note is: the clinician's note, or the patient's after-visit summary.
+CLINICAL_NOTE = "note"
+AFTER_VISIT_SUMMARY = "after_visit_summary"
 
 #: What the clinician is told about a failed or delayed write, by error code (no PHI).
 DELIVERY_MESSAGES = {
@@ -43,7 +46,12 @@ class SavedNote(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     #: The visit's key (smartapp.notes.visits): its one draft, whatever launch saves it.
+    #: An after-visit summary has a key derived from its visit's (one per visit too).
     visit_key: Mapped[str] = mapped_column(String(64))
+    #: CLINICAL_NOTE or AFTER_VISIT_SUMMARY (a patient-facing document of its own).
+    document_kind: Mapped[str] = mapped_column(
+        String(32), default=CLINICAL_NOTE, server_default=CLINICAL_NOTE
+    )
     #: The launch that saved it last: the outbox sends it with that launch's token.
     launch_session_id: Mapped[str] = mapped_column(String(64))
     site: Mapped[str] = mapped_column(String(512))
@@ -82,6 +90,7 @@ class SavedNote(Base):
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "kind": self.document_kind,
             "status": self.status,
             "documentReference": self.document_reference,
             "provenance": self.provenance,

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from smartapp.db import Base, UTCDateTime, utcnow
 from smartapp.errors import BadRequest, NotFound
 from smartapp.feedback.models import new_id
-from smartapp.notes.models import SavedNote
+from smartapp.notes.models import CLINICAL_NOTE, SavedNote
 
 QUESTIONS = {
     "savedTime": "Did this draft save you time?",
@@ -74,7 +74,9 @@ def maybe_ask(
         return None
     count = session.scalar(
         select(func.count(SavedNote.id)).where(
-            SavedNote.site == note.site, SavedNote.fhir_user == note.fhir_user
+            SavedNote.site == note.site,
+            SavedNote.fhir_user == note.fhir_user,
+            SavedNote.document_kind == CLINICAL_NOTE,
         )
     )
     if not count or count % every != 0:

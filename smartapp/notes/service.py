@@ -7,6 +7,7 @@ service never sees the request.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -44,8 +45,8 @@ from smartapp.notes.composer import (
 from smartapp.notes.composition import composition
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, Drafts, NotEnabled
-from smartapp.notes.layout import NoteLayout
-from smartapp.notes.models import SavedNote
+from smartapp.notes.layout import AfterVisitSummary, NoteLayout
+from smartapp.notes.models import AFTER_VISIT_SUMMARY, CLINICAL_NOTE, SavedNote
 from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.visits import Visit, visit_of
 from smartapp.notes.writeback import (
@@ -105,6 +106,15 @@ class SuggestionsView:
 class SaveResult:
     note: SavedNote
     written: WrittenNote | None
+    #: The after-visit summary saved beside the note, when the clinician chose to.
+    summary: SaveResult | None = None
+    #: Why the after-visit summary could not be put in the chart (it is kept here).
+    summary_error: str | None = None
+
+
+def summary_key(visit_key: str) -> str:
+    """The after-visit summary's own key, derived from its visit's (one per visit)."""
+    return hashlib.sha256(f"after-visit-summary|{visit_key}".encode()).hexdigest()
 
 
 def _revision_id(note_id: str, revision: int) -> str:
@@ -127,10 +137,12 @@ class SidebarService:
         on_decision: DecisionHook | None = None,
         pulse_every: Callable[[str], int] = lambda _iss: 0,
         note_layout: Callable[[str], NoteLayout] = lambda _iss: NoteLayout(),
+        summary_config: Callable[[str], AfterVisitSummary] = lambda _iss: AfterVisitSummary(),
         visit_timezone: Callable[[str], tzinfo] = lambda _iss: UTC,
     ) -> None:
         self._db = database
         self._note_layout = note_layout
+        self._summary_config = summary_config
         self._visit_timezone = visit_timezone
         self._pulse_every = pulse_every
         self._snapshots = snapshots
@@ -284,6 +296,9 @@ class SidebarService:
     def note_layout(self, iss: str) -> NoteLayout:
         return self._note_layout(iss)
 
+    def summary_config(self, iss: str) -> AfterVisitSummary:
+        return self._summary_config(iss)
+
     def current_rows(self, launch: LaunchContext) -> list[ShownSuggestion]:
         """The visit's suggestions now shown (its latest snapshot, governance's current plan)."""
         visit = self.visit(launch)
@@ -305,7 +320,9 @@ class SidebarService:
         """
         return compose(_decided(self.current_rows(launch)), self._note_layout(launch.iss))
 
-    def save_note(self, launch: LaunchContext, *, text: str | None = None) -> SaveResult:
+    def save_note(
+        self, launch: LaunchContext, *, text: str | None = None, after_visit_summary: bool = False
+    ) -> SaveResult:
         """Keep the note here, then try to put it in the chart.
 
         Saving again, in this launch or any later one of the same visit (another tab, the
@@ -339,12 +356,40 @@ class SidebarService:
             )
         if len(body) > MAX_NOTE_CHARS:
             raise BadRequest(f"The note is longer than {MAX_NOTE_CHARS} characters.")
-        # Only the engines whose text is in the note: they label it (and its Provenance).
-        engines = [list(e) for e in content.engines]
+        if after_visit_summary:
+            if not self._summary_config(launch.iss).offer:
+                raise BadRequest("This site does not save after-visit summaries from the app.")
+            if not composed.patient.text:
+                raise BadRequest(
+                    "No patient instructions to save as an after-visit summary: accept or "
+                    "edit the patient instructions first."
+                )
         visit = self.visit(launch)
+        result = self._save_document(launch, visit, content, CLINICAL_NOTE)
+        if not after_visit_summary:
+            return result
+        # The patient's instructions: a document of their own, never inside the note.
+        summary_visit = replace(visit, key=summary_key(visit.key))
+        try:
+            summary = self._save_document(
+                launch, summary_visit, composed.patient, AFTER_VISIT_SUMMARY
+            )
+        except UpstreamError as exc:
+            # The note is in; the summary is kept here with its error for the clinician.
+            return replace(result, summary_error=exc.message)
+        return replace(result, summary=summary)
+
+    def _save_document(
+        self, launch: LaunchContext, visit: Visit, content: Document, kind: str
+    ) -> SaveResult:
+        """Store one document of the visit (created or revised), then try to deliver it."""
+        # Only the engines whose text is in it: they label it (and its Provenance).
+        engines = [list(e) for e in content.engines]
         for _ in range(SAVE_ATTEMPTS):
             try:
-                note_id, unchanged = self._store_note(launch, visit, body, content, engines)
+                note_id, unchanged = self._store_note(
+                    launch, visit, content.text, content, engines, kind
+                )
                 break
             except (IntegrityError, _SavedMeanwhile):
                 # Another tab saved this visit's note between our read and our write:
@@ -367,6 +412,7 @@ class SidebarService:
         body: str,
         content: Document,
         engines: list[list[str]],
+        kind: str = CLINICAL_NOTE,
     ) -> tuple[str, SavedNote | None]:
         """Create the visit's note or revise it; (its id, the note if nothing changed).
 
@@ -385,6 +431,7 @@ class SidebarService:
             "edits": measured.edits,
             "suggestion_ids": list(content.used),
             "engines": engines,
+            "document_kind": kind,
             "status": "pending",
             "next_attempt_at": None,
             "saved_at": now,
@@ -474,7 +521,12 @@ class SidebarService:
             if note.chart_revision >= note.revision:
                 return self._written(note)
             revision = note.revision
-            doc_type = self._note_layout(note.site).type
+            if note.document_kind == AFTER_VISIT_SUMMARY:
+                summary = self._summary_config(note.site)
+                doc_type, title = summary.type, summary.title
+            else:
+                doc_type = self._note_layout(note.site).type
+                title = doc_type.display
             draft = NoteDraft(
                 note_id=note.id,
                 text=note.text,
@@ -485,6 +537,7 @@ class SidebarService:
                 created_at=note.updated_at if revision > 1 and note.updated_at else note.created_at,
                 ai_assisted=bool(note.engines),
                 doc_type=doc_type.coding(),
+                title=title,
             )
             document, document_revision = note.document_reference, note.document_revision
         try:

@@ -14,9 +14,9 @@ from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.jsonbody import json_body
 from smartapp.notes.composer import ComposedNote
 from smartapp.notes.incomplete import chart_incomplete
-from smartapp.notes.layout import NoteLayout
+from smartapp.notes.layout import AfterVisitSummary, NoteLayout
 from smartapp.notes.presenting import summary_for
-from smartapp.notes.service import SidebarService
+from smartapp.notes.service import SaveResult, SidebarService
 from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
 from smartapp.smart.session import LaunchContext, current_launch
 from smartapp.suggestions.kinds import KIND_LABELS
@@ -186,37 +186,64 @@ def note_json(composed: ComposedNote, layout: NoteLayout) -> dict[str, Any]:
     }
 
 
+def summary_json(composed: ComposedNote, config: AfterVisitSummary) -> dict[str, Any]:
+    """The after-visit summary as it would be written, with its reading grade."""
+    return {
+        "offered": config.offer and bool(composed.patient.text),
+        "text": composed.patient.text,
+        "type": config.type.coding(),
+        "title": config.title,
+        "aiAssisted": composed.patient.ai_assisted,
+        "readingGrade": composed.patient_grade,
+        "targetGrade": config.reading_grade,
+    }
+
+
 @bp.get("/api/note/preview")
 def note_preview() -> Response:
     launch = current_launch()
     service = _service()
-    return jsonify(note_json(service.compose_note(launch), service.note_layout(launch.iss)))
+    composed = service.compose_note(launch)
+    return jsonify(
+        {
+            **note_json(composed, service.note_layout(launch.iss)),
+            "afterVisitSummary": summary_json(composed, service.summary_config(launch.iss)),
+        }
+    )
 
 
 @bp.post("/api/note")
 def save_note() -> tuple[Response, int]:
     launch = current_launch()
     body = json_body(required=False)
-    result = _service().save_note(launch, text=body.get("text"))
+    wants_summary = body.get("afterVisitSummary", False)
+    if not isinstance(wants_summary, bool):
+        raise BadRequest("afterVisitSummary must be true or false.")
+    result = _service().save_note(launch, text=body.get("text"), after_visit_summary=wants_summary)
     pulse = _service().pulse_for(launch, result.note.id)
-    pulse_json = pulse.to_json() if pulse else None
+    answer: dict[str, Any] = {
+        **_written_json(result),
+        "pulse": pulse.to_json() if pulse else None,
+    }
+    if wants_summary:
+        answer["afterVisitSummary"] = (
+            _written_json(result.summary)
+            if result.summary is not None
+            else {"status": "failed", "error": result.summary_error}
+        )
+    # 202: kept here and retried; the clinician sees "saved here, will retry".
+    return jsonify(answer), 201 if result.written is not None else 202
+
+
+def _written_json(result: SaveResult) -> dict[str, Any]:
     if result.written is None:
-        # Kept here and retried: the clinician sees "saved here, will retry".
-        return jsonify(
-            {"status": "pending", "note": result.note.to_json(), "pulse": pulse_json}
-        ), 202
-    return (
-        jsonify(
-            {
-                "documentReference": result.written.document_reference,
-                "provenance": result.written.provenance,
-                "status": "in_chart",
-                "note": result.note.to_json(),
-                "pulse": pulse_json,
-            }
-        ),
-        201,
-    )
+        return {"status": "pending", "note": result.note.to_json()}
+    return {
+        "documentReference": result.written.document_reference,
+        "provenance": result.written.provenance,
+        "status": "in_chart",
+        "note": result.note.to_json(),
+    }
 
 
 @bp.post("/api/pulse")

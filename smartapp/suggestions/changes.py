@@ -291,11 +291,11 @@ def _problem_items(facts: ChartFacts, anchor: Anchor) -> list[Change]:
     for problem in facts.problems:
         recorded = problem.condition.get("recordedDate")
         if _after(problem.onset, anchor):
-            text = f"New problem: {problem.name}, onset {date_part(problem.onset)}"
+            text = f"{problem.name}, onset {date_part(problem.onset)}"
         elif _after(recorded if isinstance(recorded, str) else None, anchor) and not (
             problem.onset and _before_or_on(problem.onset, anchor)
         ):
-            text = f"New problem: {problem.name}, added to the list {date_part(recorded)}"
+            text = f"{problem.name}, added to the list {date_part(recorded)}"
         else:
             continue
         items.append(

@@ -168,11 +168,10 @@ function actionButton(className, label, key, onClick, extra = {}) {
   );
 }
 
-/**
- * A card for one suggestion. `handlers`: onAccept, onEdit, onReject, onFlag, onCancel,
- * onSubmitEdit(text), onSubmitReject(reason, comment), onSubmitFlag(comment),
- * onToggleDiff, onAction (any other action spent on it, for the honest action count).
- */
+// `handlers` of a card: onAccept, onEdit, onReject, onFlag, onCancel, onSubmitEdit(text),
+// onSubmitReject(reason, comment), onSubmitFlag(comment), onToggleDiff, onAction (any
+// other action spent on it, for the honest action count).
+
 // A search this card draws on stopped early: say which, and whether "latest" can be trusted.
 function chartIncompleteNote(items) {
   if (!items.length) return null;
@@ -188,36 +187,83 @@ function chartIncompleteNote(items) {
   );
 }
 
+/** Kinds whose first statement names their subject (a problem): one line when closed. */
+const ONE_LINE_KINDS = new Set(["assessment_plan"]);
+
+function statementsOf(suggestion) {
+  return suggestion.statements?.length
+    ? suggestion.statements
+    : [{ text: suggestion.text, citations: suggestion.citations ?? [], verified: null }];
+}
+
+/** The card's first line: what it shows closed (the edit's first line after an edit). */
+function leadText(suggestion) {
+  if (suggestion.decision?.action === "edit" && suggestion.decision.text) {
+    return suggestion.decision.text.trim().split("\n")[0].replace(/^[-•*]\s*/, "");
+  }
+  return statementsOf(suggestion)[0]?.text ?? "";
+}
+
+/**
+ * A card for one suggestion, closed to its first line: its heading is a button
+ * (aria-expanded) that opens the rest — the other statements, their sources, the engine.
+ */
 export function createCard(suggestion, index, handlers) {
   const titleId = uniqueId("title");
+  const detailsId = uniqueId("details");
+  const statements = statementsOf(suggestion);
+  const oneLine = ONE_LINE_KINDS.has(suggestion.kind);
   const card = el("li", {
-    className: "card",
+    className: `card${oneLine ? " one-line" : ""}`,
     attrs: { tabindex: "-1", "aria-labelledby": titleId },
     dataset: { id: suggestion.id, index, kind: suggestion.kind },
   });
   card.id = `suggestion-${index}`;
+  const more = statements.length - 1;
+  const ai = suggestion.engine && !suggestion.engine.ruleBased;
   const head = el(
     "div",
     { className: "card-head" },
-    el("h3", { className: "card-title", text: suggestion.title, attrs: { id: titleId } }),
+    el(
+      "h3",
+      { className: "card-heading" },
+      el(
+        "button",
+        {
+          className: "card-toggle",
+          attrs: { type: "button", "aria-expanded": "false", "aria-controls": detailsId, "aria-keyshortcuts": "o" },
+          onClick: () => {
+            handlers.onAction();
+            toggleCard(card);
+          },
+        },
+        el("span", { className: "card-title", text: suggestion.title, attrs: { id: titleId } }),
+        el("span", { className: "card-lead", text: leadText(suggestion) }),
+        // "+4 ▸": how much more the card holds (aria-expanded says open or closed).
+        el("span", { className: "card-more", attrs: { "aria-hidden": "true" }, text: more > 0 ? `+${more}` : "" }),
+        more > 0 ? el("span", { className: "visually-hidden", text: ` (${plural(more, "more line")})` }) : null,
+      ),
+    ),
+    ai ? el("span", { className: "badge badge-ai head-ai", text: "AI", attrs: { title: "AI-generated" } }) : null,
     el("span", { className: "decision-badge", hidden: true, attrs: { "aria-live": "off" } }),
   );
-  card.append(head, engineLine(suggestion.engine ?? {}));
+  const details = el("div", { className: "card-details", hidden: true, attrs: { id: detailsId } });
+  card.append(head, details);
+  details.append(engineLine(suggestion.engine ?? {}));
   if (suggestion.engine?.fallbackReason) {
-    card.append(
+    // Said on the closed card too: the clinician must know the AI did not write this.
+    card.insertBefore(
       el(
         "p",
         { className: "fallback" },
         el("strong", { text: suggestion.engine.interim ? "AI draft on its way: " : suggestion.engine.kept ? "Rule-based draft kept: " : "AI draft unavailable: " }),
         suggestion.engine.fallbackReason,
       ),
+      details,
     );
   }
   const incomplete = chartIncompleteNote(suggestion.chartIncomplete ?? []);
-  if (incomplete) card.append(incomplete);
-  const statements = suggestion.statements?.length
-    ? suggestion.statements
-    : [{ text: suggestion.text, citations: suggestion.citations ?? [], verified: null }];
+  if (incomplete) card.insertBefore(incomplete, details);
   const body = el("div", { className: "card-body" }, el("ul", { className: "statements" }, ...statements.map((s) => statementItem(s, handlers.onAction))));
 
   const diffId = uniqueId("diff");
@@ -236,7 +282,8 @@ export function createCard(suggestion, index, handlers) {
     el("div", { className: "diff", hidden: true, attrs: { id: diffId, role: "region", "aria-label": "Changes from the suggestion" } }),
     el("div", { className: "edited-sources" }),
   );
-  card.append(body, edited, editPanel(handlers), rejectPanel(handlers), flagPanel(handlers));
+  details.append(body, edited);
+  card.append(editPanel(handlers), rejectPanel(handlers), flagPanel(handlers));
   card.append(
     el(
       "div",
@@ -252,10 +299,22 @@ export function createCard(suggestion, index, handlers) {
   return card;
 }
 
+/** Open or close a card (`open` forces one); true when it is open afterwards. */
+export function toggleCard(card, open) {
+  const button = card.querySelector(".card-toggle");
+  const details = card.querySelector(".card-details");
+  const opening = open ?? details.hidden;
+  details.hidden = !opening;
+  card.classList.toggle("expanded", opening);
+  button.setAttribute("aria-expanded", String(opening));
+  return opening;
+}
+
 /** Show the card's decision: its badge, and after an edit the edited text and its changes. */
 export function updateCard(card, suggestion, handlers) {
   const decision = suggestion.decision;
   card.dataset.decision = decision?.action ?? "";
+  card.querySelector(".card-lead").textContent = leadText(suggestion);
   const badge = card.querySelector(".decision-badge");
   badge.textContent = decisionLabel(decision);
   badge.hidden = !decision;
@@ -290,6 +349,7 @@ export function toggleDiff(card) {
   const button = card.querySelector(".toggle-diff");
   const diff = card.querySelector(".diff");
   if (!button || card.querySelector(".edited").hidden) return false;
+  if (diff.hidden) toggleCard(card, true); // the changes are in the card's details
   diff.hidden = !diff.hidden;
   button.setAttribute("aria-expanded", String(!diff.hidden));
   button.querySelector(".toggle-diff-label").textContent = diff.hidden ? "Show changes" : "Hide changes";

@@ -6,6 +6,7 @@ import { el } from "./dom.js";
 export const KEYS = [
   [["J", "↓"], "Next suggestion", "next"],
   [["K", "↑"], "Previous suggestion", "previous"],
+  [["O"], "Open or close the suggestion (all its lines and sources; Enter on a card too)", "toggle"],
   [["A"], "Accept", "accept"],
   [["E"], "Edit in place (Ctrl+Enter uses it, Esc cancels)", "edit"],
   [["R"], "Reject with a reason", "reject"],
@@ -28,7 +29,7 @@ export function commandFor(event) {
   if (key === "ArrowUp") return "previous";
   if (key.length !== 1) return null;
   if (event.shiftKey && (key === "A" || key === "a")) return "acceptAll";
-  return { j: "next", k: "previous", a: "accept", e: "edit", r: "reject", f: "flag", d: "diff", p: "preview", s: "save", u: "refresh" }[key.toLowerCase()] ?? null;
+  return { j: "next", k: "previous", o: "toggle", a: "accept", e: "edit", r: "reject", f: "flag", d: "diff", p: "preview", s: "save", u: "refresh" }[key.toLowerCase()] ?? null;
 }
 
 /** True where a key press is typing, not a command (text fields, selects, editable content). */

@@ -13,6 +13,7 @@ const note = {
   canWrite: false,
   saving: false,
   savedText: null, // the text last sent to the chart
+  savedSummary: null, // the after-visit summary's text last sent, if one was
   latest: null, // the latest note of this launch, as GET /api/notes lists it
   visit: null, // the visit's saved draft and what changed since (GET /api/notes' `visit`)
   preview: null, // the server's composition of the note (GET /api/note/preview)
@@ -20,6 +21,7 @@ const note = {
   previewDone: 0, // the latest preview answered
   decided: false, // whether any suggestion is accepted or edited (until the preview answers)
   previewError: null,
+  summary: null, // the visit's after-visit summary, once saved
   error: null, // the message of a failed save
   timer: null,
 };
@@ -77,11 +79,16 @@ function renderDelivery() {
     const why = latest.error ?? "the EHR refused the note.";
     setStatus(status, `Could not be saved to the chart: ${why} It is kept here; copy it from the preview or ask IT.`, "error");
   }
+  const summary = note.summary;
+  if (summary) {
+    const said = { in_chart: "in the chart", pending: "saved here, the app will retry", failed: `could not be saved${summary.error ? `: ${summary.error}` : ""}` }[summary.status] ?? summary.status;
+    status.append(el("span", { className: "status-detail avs-status", text: ` After-visit summary: ${said}.` }));
+  }
 }
 
 function schedulePoll() {
   clearTimeout(note.timer);
-  if (note.latest?.status !== "pending") return;
+  if (note.latest?.status !== "pending" && note.summary?.status !== "pending") return;
   note.timer = setTimeout(async () => {
     try {
       await refreshDelivery();
@@ -95,8 +102,11 @@ function schedulePoll() {
 export async function refreshDelivery() {
   try {
     const { data } = await api.notes();
-    const notes = data.notes ?? [];
+    // The clinician's note; the patient's after-visit summary is a document of its own.
+    const notes = (data.notes ?? []).filter((n) => (n.kind ?? "note") === "note");
     note.latest = notes.length ? notes[notes.length - 1] : null;
+    const summaries = (data.notes ?? []).filter((n) => n.kind === "after_visit_summary");
+    note.summary = summaries.length ? summaries[summaries.length - 1] : note.summary;
     note.visit = data.visit ?? null;
   } catch (err) {
     // The next poll tries again; the last known state stays on screen.
@@ -132,9 +142,35 @@ function renderOmitted() {
   );
 }
 
+/** The after-visit summary offer: a choice at the save step, its text and reading grade. */
+function renderSummary() {
+  const box = $("#avs");
+  if (!box) return;
+  const avs = note.preview?.afterVisitSummary;
+  box.hidden = !avs?.offered;
+  if (!avs?.offered) return;
+  $("#avs-text").textContent = avs.text;
+  const grade = $("#avs-grade");
+  grade.textContent = `reading grade ${avs.readingGrade} (the site asks for ${avs.targetGrade} or lower)`;
+  grade.classList.toggle("avs-grade-over", avs.readingGrade > avs.targetGrade);
+}
+
+/** Whether the after-visit summary is offered and chosen. */
+function summaryChosen() {
+  return Boolean(note.preview?.afterVisitSummary?.offered && $("#avs-save")?.checked);
+}
+
+/** Whether what a save would send differs from what was saved (the summary only if chosen). */
+function changedSinceSaved() {
+  if (note.savedText === null) return true;
+  if (previewText() !== note.savedText) return true;
+  return summaryChosen() && note.preview.afterVisitSummary.text !== note.savedSummary;
+}
+
 /** Draw the preview and the save button from the latest composition. */
 function render() {
   const text = previewText();
+  renderSummary();
   const sections = note.preview?.sections?.length ?? 0;
   const shown = $("#note-text");
   shown.textContent = text || (note.previewError ?? "Accept or edit a suggestion to start the note.");
@@ -145,13 +181,13 @@ function render() {
   button.hidden = !note.canWrite;
   // While the server composes the note, the decisions say whether there is one to save.
   const composing = note.previewDone !== note.previewSeq;
-  const unchanged = !composing && note.savedText !== null && text === note.savedText && note.latest?.status !== "failed";
+  const unchanged = !composing && !changedSinceSaved() && note.latest?.status !== "failed";
   button.disabled = note.saving || !(composing ? note.decided : text) || unchanged;
   const label = $("#save-label");
   const savedLabel = { in_chart: "In the chart", pending: "Saved here, will retry" }[note.latest?.status] ?? "Note saved";
   label.textContent = note.savedText === null ? "Save note to chart" : unchanged ? savedLabel : "Save changes to chart";
   const changed = $("#note-changed");
-  changed.hidden = !(note.savedText !== null && text && text !== note.savedText);
+  changed.hidden = !(note.savedText !== null && text && changedSinceSaved());
 }
 
 /** Send the note to the chart; true if the EHR has it or the app will retry. */
@@ -165,12 +201,17 @@ export async function save(suggestions, announce) {
   try {
     // The note the server composes now (every decision is recorded before the preview asks).
     await refreshPreview();
-    const text = previewText();
-    if (!text) throw new ApiError(400, "bad_request", "nothing to save: accept or edit a suggestion.");
-    const { data } = await api.saveNote();
-    note.savedText = text;
+    if (!previewText()) throw new ApiError(400, "bad_request", "nothing to save: accept or edit a suggestion.");
+    const withSummary = summaryChosen();
+    const sent = previewText();
+    const sentSummary = withSummary ? note.preview.afterVisitSummary.text : note.savedSummary;
+    const { data } = await api.saveNote(withSummary ? { afterVisitSummary: true } : {});
+    note.savedText = sent;
+    note.savedSummary = sentSummary;
     note.latest = data.note ?? { status: data.status ?? "in_chart", documentReference: data.documentReference };
-    announce(note.latest.status === "pending" ? "Saved here; the app will retry sending it to the chart." : "The note is in the chart as a draft for you to sign.");
+    if (data.afterVisitSummary) note.summary = data.afterVisitSummary.note ?? { status: data.afterVisitSummary.status, error: data.afterVisitSummary.error };
+    const summarySaid = withSummary ? (note.summary?.status === "in_chart" ? " The after-visit summary is in the chart too." : " The after-visit summary is kept here.") : "";
+    announce((note.latest.status === "pending" ? "Saved here; the app will retry sending it to the chart." : "The note is in the chart as a draft for you to sign.") + summarySaid);
     if (data.pulse) showPulse(data.pulse, announce);
     refreshDelivery(); // the visit's draft line: saved now
     return true;
@@ -190,6 +231,7 @@ export async function save(suggestions, announce) {
 export async function init(context) {
   note.canWrite = Boolean(context.canWriteNotes);
   $("#save-note").hidden = !note.canWrite;
+  $("#avs-save")?.addEventListener("change", () => render());
   renderDelivery();
   await refreshDelivery();
   schedulePoll();
@@ -198,4 +240,5 @@ export async function init(context) {
 /** After a refresh the note is assembled again from the suggestions now shown. */
 export function resetSaved() {
   note.savedText = null;
+  note.savedSummary = null;
 }

@@ -3,7 +3,8 @@
 
 import { api, ApiError } from "./api.js";
 import { $, $$, el, setStatus, plural } from "./dom.js";
-import { createCard, updateCard, toggleDiff, decisionLabel } from "./cards.js";
+import { createCard, updateCard, toggleDiff, toggleCard, decisionLabel } from "./cards.js";
+import { renderChanges } from "./changes.js";
 import { closeSources } from "./sources.js";
 import { commandFor, isTyping, helpRows } from "./keys.js";
 import * as note from "./note.js";
@@ -184,6 +185,17 @@ function openPanel(index, kind) {
   panel.scrollIntoView({ block: "nearest" });
 }
 
+/** Open or close the current card; the keys keep acting on it. */
+function toggleCurrent() {
+  const card = cards()[state.current];
+  if (!card) return;
+  countAction(state.suggestions[state.current].id);
+  const open = toggleCard(card);
+  card.focus();
+  card.scrollIntoView({ block: "nearest" });
+  announce(`${open ? "Opened" : "Closed"}: ${state.suggestions[state.current].title}.`);
+}
+
 function setCardMessage(card, text) {
   card.querySelector(".card-message").textContent = text;
 }
@@ -215,6 +227,7 @@ async function decide(index, action, extra = {}) {
     };
     closePanels(card, false);
     updateCard(card, suggestion, handlersFor(index));
+    if (action === "edit") toggleCard(card, true); // the edited text and "show changes"
     setCardMessage(card, "");
     renderCounts();
     return true;
@@ -291,6 +304,7 @@ function showLoading(text) {
   $("#load-error").hidden = true;
   $("#empty").hidden = true;
   $("#suggestion-list").replaceChildren();
+  $("#changes").hidden = true;
   $("#accept-all").hidden = true;
   $("#pending-count").textContent = "";
 }
@@ -302,6 +316,25 @@ function showError(err) {
   $("#load-error-message").textContent = messageOf(err);
   $("#load-error").hidden = false;
   $("#retry").focus();
+}
+
+/**
+ * One label before the assessment-and-plan cards ("Assessment and plan · 15 problems"):
+ * their closed lines start with the problem, not the card's title. Hidden from screen
+ * readers, for whom each card's name is its full title.
+ */
+function withDividers(cardNodes) {
+  const out = [];
+  const plans = cardNodes.filter((c) => c.dataset.kind === "assessment_plan").length;
+  let seen = false;
+  for (const card of cardNodes) {
+    if (card.dataset.kind === "assessment_plan" && !seen) {
+      seen = true;
+      out.push(el("li", { className: "kind-divider", text: `Assessment and plan · ${plural(plans, "problem")}`, attrs: { "aria-hidden": "true" } }));
+    }
+    out.push(card);
+  }
+  return out;
 }
 
 /** Is the clinician in the middle of something on a card (a panel open, a decision on its way)? */
@@ -349,7 +382,11 @@ function renderSuggestions(payload, { quiet = false } = {}) {
   state.suggestions = payload.suggestions ?? [];
   state.current = Math.min(state.current, Math.max(0, state.suggestions.length - 1));
   const list = $("#suggestion-list");
-  list.replaceChildren(...state.suggestions.map((s, i) => createCard(s, i, handlersFor(i))));
+  // Cards the clinician opened stay open when the list is drawn again (an AI draft arrived).
+  const open = new Set(cards().filter((c) => c.classList.contains("expanded")).map((c) => c.dataset.id));
+  list.replaceChildren(...withDividers(state.suggestions.map((s, i) => createCard(s, i, handlersFor(i)))));
+  for (const card of cards()) if (open.has(card.dataset.id)) toggleCard(card, true);
+  renderChanges($("#changes"), payload.changes, { onOpen: () => {} });
   cards().forEach((card, i) => card.addEventListener("focusin", () => setCurrent(i)));
   renderChartStatus(payload.chart);
   renderNotEnabled(payload.notEnabled);
@@ -435,6 +472,9 @@ function run(command, target) {
     case "diff":
       if (!none) handlersFor(state.current).onToggleDiff();
       break;
+    case "toggle":
+      if (!none) toggleCurrent();
+      break;
     case "acceptAll":
       acceptAll();
       break;
@@ -491,6 +531,12 @@ function onKey(event) {
     return;
   }
   if (isTyping(target)) return;
+  if (event.key === "Enter" && target instanceof Element && target.matches("#suggestion-list > .card")) {
+    // Enter on the card itself (J/K put focus there) opens or closes it, like its heading.
+    event.preventDefault();
+    toggleCurrent();
+    return;
+  }
   const command = commandFor(event);
   if (!command) return;
   // Arrow keys keep their usual job (scrolling, moving in a control) outside the cards.

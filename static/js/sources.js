@@ -17,6 +17,20 @@ const TYPE_LABEL = {
   Patient: "Patient",
 };
 
+/** Chip labels where space is short (the summary): the full label stays in aria-label. */
+const SHORT_LABEL = {
+  Observation: "Obs",
+  Condition: "Dx",
+  MedicationRequest: "Rx",
+  Medication: "Rx",
+  AllergyIntolerance: "Allergy",
+  Procedure: "Proc",
+  Immunization: "Imm",
+  DocumentReference: "Doc",
+  Encounter: "Visit",
+  Patient: "Patient",
+};
+
 const summaries = new Map(); // reference -> Promise of the summary
 
 function typeOf(reference) {
@@ -86,9 +100,10 @@ async function fill(panel, citation) {
 
 /**
  * Citation chips with their source panels, for one statement (or a whole suggestion).
- * `onOpen()` is told of each opening (an action the clinician spent on the suggestion).
+ * `onOpen()` is told of each opening (an action the clinician spent on the suggestion);
+ * `compact` labels the chips short ("Obs", "Rx").
  */
-export function renderCitations(citations, { onOpen } = {}) {
+export function renderCitations(citations, { onOpen, compact = false } = {}) {
   const wrap = el("div", { className: "citations" });
   const chips = el("div", { className: "citation-chips" });
   const panels = el("div", { className: "citation-panels" });
@@ -106,7 +121,7 @@ export function renderCitations(citations, { onOpen } = {}) {
           "aria-label": `Source: ${citation.display} (${label})`,
         },
       },
-      label,
+      compact ? SHORT_LABEL[typeOf(citation.reference)] ?? label : label,
     );
     const panel = el("section", { className: "source", hidden: true, attrs: { id: panelId, "aria-label": `Source: ${citation.display}` } });
     chip.addEventListener("click", () => {

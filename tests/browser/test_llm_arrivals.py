@@ -66,6 +66,7 @@ def test_the_llm_card_replaces_the_rules_in_place_and_a_decision_is_kept(
         assert fake.answered == 0  # shown while the LLM still holds the request
         decided = waiting.first
         decided_title = decided.locator(".card-title").inner_text()
+        decided.locator(".card-toggle").click()  # a card opens to its decisions
         decided.locator("button.accept").click()
         expect(decided).to_have_attribute("data-decision", "accept")
 

@@ -35,7 +35,9 @@ def pulse_stack(tmp_path: Path, sandbox_template: Path):
 
 def test_the_pulse_is_answered_after_a_saved_note(page, pulse_stack):
     sidebar = open_chart(page, pulse_stack, "pt-01")
-    sidebar.locator("#suggestion-list > .card").first.locator("button.accept").click()
+    first = sidebar.locator("#suggestion-list > .card").first
+    first.locator(".card-toggle").click()  # a card opens to its decisions
+    first.locator("button.accept").click()
     sidebar.locator("#save-note").click()
     expect(sidebar.locator("#save-status[data-kind=ok]")).to_be_visible(timeout=20_000)
     pulse = sidebar.locator("#pulse")

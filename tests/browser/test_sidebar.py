@@ -52,6 +52,7 @@ def test_launch_accept_and_save_a_note_from_the_ehr_page(ehr_page, stack: Stack)
     first = sidebar.locator(".card").first
     title = first.locator(".card-title").inner_text()
     statement = first.locator(".statement-text").first.inner_text()
+    first.locator(".card-toggle").click()  # a card opens to its decisions
     first.locator("button.accept").click()
     # The decision is shown once the server has recorded it (an async request).
     expect(first).to_have_attribute("data-decision", "accept")

@@ -68,6 +68,13 @@ def sidebar_clip(page: Any) -> dict[str, float]:
     return box
 
 
+def open_card(card: Any) -> Any:
+    """Open a card closed to its first line (its heading is the button), as a click does."""
+    card.locator(".card-toggle").click()
+    expect(card.locator(".card-toggle")).to_have_attribute("aria-expanded", "true")
+    return card
+
+
 def app_frame(page: Any, stack: Stack) -> Any:
     return next(f for f in page.frames if f.url.startswith(stack.app_url))
 
@@ -131,7 +138,7 @@ def test_keyboard_only_from_launch_to_a_saved_note(page, stack: Stack):
 
     keys.press("?")
     expect(sidebar.locator("#help")).to_be_visible()
-    expect(sidebar.locator("#help-rows tr")).to_have_count(13)
+    expect(sidebar.locator("#help-rows tr")).to_have_count(14)
     keys.press("Escape")
     expect(sidebar.locator("#help")).to_be_hidden()
 
@@ -237,12 +244,49 @@ def test_keyboard_only_from_launch_to_a_saved_note(page, stack: Stack):
     assert not app_errors
 
 
+def test_patient_instructions_are_saved_as_a_separate_after_visit_summary(page, stack: Stack):
+    """The note holds no sentence to the patient; ticking the choice at the save step
+    writes the instructions as their own DocumentReference (LOINC 69730-0)."""
+    sidebar = open_chart(page, stack, "pt-01")
+    for kind in ("problem_summary", "patient_instructions"):
+        card = sidebar.locator(f"#suggestion-list > .card[data-kind={kind}]").first
+        card.locator("button.accept").click()
+        expect(card).to_have_attribute("data-decision", "accept")
+    avs = sidebar.locator("#avs")
+    expect(avs).to_be_visible()
+    expect(sidebar.locator("#avs-grade")).to_contain_text("reading grade")
+    sidebar.locator("#note-preview > summary").click()
+    expect(sidebar.locator("#note-text")).to_contain_text("Subjective")
+    expect(sidebar.locator("#note-text")).not_to_contain_text("You ")
+    sidebar.locator("#avs-save").check()
+    sidebar.locator("#save-note").click()
+    status = sidebar.locator("#save-status[data-kind=ok]")
+    expect(status).to_contain_text("After-visit summary: in the chart", timeout=20_000)
+
+    docs = requests.get(
+        f"{stack.ehr_url}/_sandbox/resources/DocumentReference",
+        params={"patient": "pt-01"},
+        timeout=10,
+    ).json()
+    by_type = {
+        d["type"]["coding"][0]["code"]: d for d in docs if d.get("docStatus") == "preliminary"
+    }
+    note = base64.b64decode(by_type["11506-3"]["content"][0]["attachment"]["data"]).decode()
+    summary = base64.b64decode(by_type["69730-0"]["content"][0]["attachment"]["data"]).decode()
+    assert "You " not in note and summary.startswith("- You ")
+    assert sidebar.locator("#avs-text").text_content() == summary  # its preview was it
+    # Saved as chosen: nothing left to save; unticking does not take the summary back.
+    expect(sidebar.locator("#save-note")).to_be_disabled()
+    sidebar.locator("#avs-save").uncheck()
+    expect(sidebar.locator("#save-note")).to_be_disabled()
+
+
 # -- an inline edit, a coded rejection --------------------------------------------------------
 
 
 def test_inline_edit_keeps_a_word_diff_and_records_the_final_text(page, stack: Stack):
     sidebar = open_chart(page, stack, "pt-01")
-    card = sidebar.locator("#suggestion-list > .card").first
+    card = open_card(sidebar.locator("#suggestion-list > .card").first)
     original = card.locator(".statement-text").first.inner_text()
     card.locator("button.edit").click()
     textarea = card.locator(".card-edit textarea")
@@ -291,7 +335,9 @@ def test_inline_edit_keeps_a_word_diff_and_records_the_final_text(page, stack: S
 def test_reject_needs_a_coded_reason_and_keeps_the_comment(page, stack: Stack):
     sidebar = open_chart(page, stack, "pt-01")
     card = sidebar.locator("#suggestion-list > .card").nth(1)
-    card.locator("button.reject").click()
+    # A closed card shows its first line; its decisions show once it is opened.
+    expect(card.locator("button.reject")).to_be_hidden()
+    open_card(card).locator("button.reject").click()
     panel = card.locator(".card-reject")
     expect(panel.locator("legend")).to_have_text("Why reject it?")
     labels = panel.locator("label.reason")
@@ -317,7 +363,7 @@ def test_reject_needs_a_coded_reason_and_keeps_the_comment(page, stack: Stack):
     assert decision.final_text is None
 
     flag_card = sidebar.locator("#suggestion-list > .card").nth(2)
-    flag_card.locator("button.flag").click()
+    open_card(flag_card).locator("button.flag").click()
     expect(flag_card.locator(".card-flag")).to_contain_text("governance team's review queue")
     flag_card.get_by_label("What is unsafe about it? (optional)").fill("Wrong laterality")
     flag_card.locator("button.confirm-flag").click()
@@ -332,7 +378,7 @@ def test_reject_needs_a_coded_reason_and_keeps_the_comment(page, stack: Stack):
 
 def test_a_citation_opens_its_source_in_place_from_the_cached_chart(page, stack: Stack):
     sidebar = open_chart(page, stack, "pt-01")
-    card = sidebar.locator("#suggestion-list > .card").first
+    card = open_card(sidebar.locator("#suggestion-list > .card").first)
     chip = card.locator("button.citation", has_text="Observation").first
     label = chip.get_attribute("aria-label")
     assert label and label.startswith("Source: ")
@@ -383,7 +429,7 @@ def test_a_citation_opens_its_source_in_place_from_the_cached_chart(page, stack:
 
 def test_a_note_saved_while_the_ehr_is_down_says_it_will_retry_then_arrives(page, stack: Stack):
     sidebar = open_chart(page, stack, "pt-01")
-    sidebar.locator("#suggestion-list > .card").first.locator("button.accept").click()
+    open_card(sidebar.locator("#suggestion-list > .card").first).locator("button.accept").click()
     expect(sidebar.locator("#suggestion-list > .card").first).to_have_attribute(
         "data-decision", "accept"
     )
@@ -420,7 +466,7 @@ def test_markup_in_the_chart_renders_inert(page, stack: Stack):
 
     sidebar = open_chart(page, stack, patient)
     frame = app_frame(page, stack)
-    card = sidebar.locator("#suggestion-list > .card").first
+    card = open_card(sidebar.locator("#suggestion-list > .card").first)
     expect(card.locator(".statement-text").first).to_contain_text(
         "Hypertension <script>alert('condition')</script>"
     )
@@ -432,7 +478,7 @@ def test_markup_in_the_chart_renders_inert(page, stack: Stack):
     card_texts = sidebar.locator(".card-title").all_inner_texts()
     assert any("<script>alert('condition')</script>" in t for t in card_texts)
 
-    vitals = sidebar.locator("#suggestion-list > .card", has_text="HbA1c").first
+    vitals = open_card(sidebar.locator("#suggestion-list > .card", has_text="HbA1c").first)
     for chip in vitals.locator("button.citation").all():
         chip.click()
     expect(
@@ -528,7 +574,9 @@ def test_sidebar_fits_narrow_widths(chromium, stack: Stack, width: int):
         # Nothing wider than the sidebar: no sideways scrolling.
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         screenshot(page, f"sidebar_{width}px.png")
-        page.locator("#suggestion-list > .card").first.locator("button.citation").first.click()
+        first = page.locator("#suggestion-list > .card").first
+        first.locator(".card-toggle").click()
+        first.locator("button.citation").first.click()
         page.locator(".source .source-title").first.wait_for()
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         screenshot(page, f"sidebar_{width}px_source.png")

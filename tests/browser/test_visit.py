@@ -62,6 +62,7 @@ def test_reopening_the_chart_shows_the_saved_draft_and_its_decisions(
     first = cards.nth(0)
     first_id = first.get_attribute("data-id")
     first_statement = first.locator(".statement-text").first.inner_text()
+    first.locator(".card-toggle").click()  # a card opens to its decisions
     first.locator("button.accept").click()
     expect(first).to_have_attribute("data-decision", "accept")
     sidebar.locator("#save-note").click()
@@ -96,7 +97,9 @@ def test_reopening_the_chart_shows_the_saved_draft_and_its_decisions(
     kinds = [fresh.nth(i).get_attribute("data-kind") for i in range(fresh.count())]
     assert "allergies" in kinds, kinds
     # The new allergy card: it goes in the note, so the note now differs from the draft.
-    sidebar.locator(".card.new-since-draft[data-kind=allergies] button.accept").click()
+    allergies = sidebar.locator(".card.new-since-draft[data-kind=allergies]")
+    allergies.locator(".card-toggle").click()
+    allergies.locator("button.accept").click()
     expect(sidebar.locator("#save-label")).to_have_text("Save changes to chart")
     sidebar.locator("#save-note").click()
     expect(sidebar.locator("#save-status[data-kind=ok]")).to_be_visible(timeout=20_000)

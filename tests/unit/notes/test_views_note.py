@@ -54,6 +54,7 @@ def ehr(app) -> FakeEHR:
         drafter=real._drafter,
         fhir_for=lambda _launch: fake,
         note_layout=real.note_layout,
+        summary_config=real.summary_config,
     )
     return fake
 
@@ -122,4 +123,65 @@ def test_own_text_still_marked_unverified_is_refused(app, client, ehr):
     )
     assert answer.status_code == 400
     assert "[unverified]" in answer.get_json()["error"]["message"]
+    assert ehr.bundles == []
+
+
+def test_patient_instructions_go_to_a_separate_after_visit_summary(app, client, ehr):
+    context = launch(app, client)
+    _accept(client, context, "problem_summary")
+    _accept(client, context, "patient_instructions")
+    preview = _api(client, context, "GET", "/api/note/preview").get_json()
+    summary = preview["afterVisitSummary"]
+    assert summary["offered"] is True and summary["text"].startswith("- You ")
+    assert summary["type"]["code"] == "69730-0" and summary["targetGrade"] == 6
+    assert summary["readingGrade"] <= summary["targetGrade"]
+    assert "You " not in preview["text"]  # never in the clinician's note
+
+    # Without the clinician's choice, only the note is written.
+    only_note = _api(client, context, "POST", "/api/note")
+    assert only_note.status_code == 201 and "afterVisitSummary" not in only_note.get_json()
+    assert len(ehr.bundles) == 1
+
+    both = _api(client, context, "POST", "/api/note", json={"afterVisitSummary": True})
+    assert both.status_code == 201, both.get_json()
+    answer = both.get_json()
+    assert answer["afterVisitSummary"]["status"] == "in_chart"
+    assert answer["afterVisitSummary"]["note"]["kind"] == "after_visit_summary"
+    assert answer["note"]["kind"] == "note"
+    assert len(ehr.bundles) == 2  # the note was unchanged: only the summary is new
+    document = ehr.document()
+    assert document["type"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "69730-0",
+        "display": "Instructions",
+    }
+    assert document["content"][0]["attachment"]["title"] == "After-visit summary (draft)"
+    assert ehr.text() == summary["text"]
+    assert document["meta"]["security"][0]["code"] == "AIAST"  # drafted by an engine
+
+    # Saving both again changes nothing: still one summary for the visit.
+    again = _api(client, context, "POST", "/api/note", json={"afterVisitSummary": True})
+    assert (
+        again.get_json()["afterVisitSummary"]["note"]["id"]
+        == answer["afterVisitSummary"]["note"]["id"]
+    )
+    assert len(ehr.bundles) == 2
+    # The governance metrics count notes, not the patient's summaries.
+    notes = _api(client, context, "GET", "/api/notes").get_json()["notes"]
+    assert sorted(n["kind"] for n in notes) == ["after_visit_summary", "note"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"afterVisitSummary": "yes"}, "afterVisitSummary must be true or false"),
+        ({"afterVisitSummary": True}, "No patient instructions to save"),
+    ],
+)
+def test_after_visit_summary_bad_requests_are_clear(app, client, ehr, body, message):
+    context = launch(app, client)
+    _accept(client, context, "problem_summary")
+    answer = _api(client, context, "POST", "/api/note", json=body)
+    assert answer.status_code == 400
+    assert message in answer.get_json()["error"]["message"]
     assert ehr.bundles == []

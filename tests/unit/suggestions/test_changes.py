@@ -80,8 +80,8 @@ def test_since_the_last_note_new_results_medications_and_problems_each_cite_thei
         ),
         ("medication_started", "Started empagliflozin 10 MG Oral Tablet on 2026-10-25"),
         ("medication_stopped", "Glipizide 5 MG Oral Tablet stopped 2026-10-25 (hypoglycaemia)"),
-        ("problem", "New problem: Gout, onset 2026-09-15"),
-        ("problem", "New problem: Benign prostatic hyperplasia, onset 2026-10-05"),
+        ("problem", "Gout, onset 2026-09-15"),
+        ("problem", "Benign prostatic hyperplasia, onset 2026-10-05"),
     ]
     # Results from before the note (LDL, TSH) are not news.
     assert not any("LDL" in t or "TSH" in t for _, t in items)
@@ -180,4 +180,4 @@ def test_an_item_the_chart_does_not_bear_out_is_left_out():
             # The onset is the news; a problem with no dates says nothing about when.
             del resource["onsetDateTime"]
             del resource["recordedDate"]
-    assert ("problem", "New problem: Gout, onset 2026-09-15") not in texts(chart)
+    assert ("problem", "Gout, onset 2026-09-15") not in texts(chart)
