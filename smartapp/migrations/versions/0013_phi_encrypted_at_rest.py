@@ -4,8 +4,8 @@ Snapshots, comments, edits, notes and review comments were already text columns;
 values are encrypted from now on (`smartapp.db.EncryptedText`), and what was stored before
 still reads. The outbox payload was JSON: stored JSON stays readable as text.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-02 16:10:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
