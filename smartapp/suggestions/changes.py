@@ -249,7 +249,7 @@ def _abnormal(facts: ChartFacts, result: Result) -> bool:
     if interpretation_flag(result.resource):
         return True
     status, _ = range_status(facts, result)
-    return bool(status) and status.startswith(("above", "below"))
+    return status is not None and status.startswith(("above", "below"))
 
 
 def _result_item(facts: ChartFacts, results: Sequence[Result], anchor: Anchor) -> Statement:
