@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from smartapp import audit
 from smartapp.db import Database, utcnow
 from smartapp.errors import (
+    AppError,
     BadRequest,
     Conflict,
     Forbidden,
@@ -50,6 +51,7 @@ from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.visits import Visit, visit_of
 from smartapp.notes.writeback import (
     WrittenNote,
+    draft_is_editable,
     revise_document,
     write_note,
     write_revision_provenance,
@@ -146,6 +148,8 @@ class SidebarService:
         self._snapshots = snapshots
         self._drafter = drafter
         self._fhir_for = fhir_for
+        #: (launch, document, revision) -> signed in the EHR: read once per launch and save.
+        self._signed: dict[tuple[str, str, int], bool] = {}
         self.feedback = FeedbackStore(database, on_decision=on_decision)
 
     # -- reading -------------------------------------------------------------------
@@ -715,6 +719,7 @@ class SidebarService:
                 for sid in note.suggestion_ids
                 if sid in used
             ],
+            "signed": self._signed_in_ehr(launch, note),
         }
         state["changes"] = {
             "new": [r.id for r in current if r.latest_decision() is None and r.shown_at > saved_at],
@@ -725,6 +730,27 @@ class SidebarService:
             ],
         }
         return state
+
+
+    def _signed_in_ehr(self, launch: LaunchContext, note: SavedNote) -> bool | None:
+        """Whether the clinician has signed the draft in the EHR (None: not known).
+
+        Read from the EHR once per launch and revision, so that a reopened chart says the
+        next save writes a new draft rather than "for you to sign".
+        """
+        if note.status != "in_chart" or not note.document_reference:
+            return None
+        key = (launch.session_id, note.document_reference, note.revision)
+        if key not in self._signed:
+            rtype, _, rid = note.document_reference.partition("/")
+            try:
+                document = self._fhir_for(launch).read(rtype, rid)
+            except AppError:
+                return None  # the EHR is not answering, or does not let the app read it
+            if len(self._signed) > 4096:
+                self._signed.clear()
+            self._signed[key] = not draft_is_editable(document)
+        return self._signed[key]
 
 
 def _decided(rows: list[ShownSuggestion]) -> list[Decided]:

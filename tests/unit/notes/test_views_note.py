@@ -33,6 +33,11 @@ class FakeEHR:
             ]
         }
 
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """A document written (the sidebar asks whether the visit's draft was signed)."""
+        written = self.bundles[int(resource_id.removeprefix("doc")) - 1]["entry"][0]["resource"]
+        return {**written, "id": resource_id}
+
     def document(self) -> dict[str, Any]:
         return self.bundles[-1]["entry"][0]["resource"]
 
