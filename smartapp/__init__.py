@@ -85,6 +85,8 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         on_chart_loaded=lambda seconds, trips: metrics.chart_loaded(
             seconds=seconds, round_trips=trips
         ),
+        # `engines` is bound below; the site file's [sites."<iss>".ehr] quirks, if any.
+        quirks_for=lambda iss: engines.config.for_issuer(iss).quirks,
     )
     engines = SuggestionService.from_settings(settings)
     engines.on_kinds_drafted = metrics.kinds_drafted

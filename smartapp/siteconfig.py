@@ -173,6 +173,8 @@ class EffectiveConfig:
     pulse_every: int = 5
     #: The IANA zone whose date names a visit when the launch has no encounter.
     visit_timezone: str = "UTC"
+    #: The EHR family's quirks profile named for this issuer (None: detected).
+    quirks: str | None = None
     #: kind → rollout rule; "all" is the default for kinds without their own.
     rollout: Mapping[str, RolloutRule] = field(default_factory=dict)
     #: The saved note's type and sections (`[note]`).
@@ -437,6 +439,7 @@ class _Checker:
         "visits",
         "note",
         "after_visit_summary",
+        "ehr",
     )
 
     def check_layer(self, data: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
@@ -577,6 +580,15 @@ class _Checker:
                 for k, v in (("min_grounding_rate", rate), ("pulse_every", every))
                 if v is not None
             }
+
+        if "ehr" in data:
+            from smartapp.quirks import catalog
+
+            p = (*path, "ehr")
+            section = self.table(data["ehr"], p, ("quirks",))
+            chosen = self.choice(section, p, "quirks", tuple(catalog().profiles))
+            if chosen is not None:
+                out["ehr"] = {"quirks": chosen}
 
         if "visits" in data:
             p = (*path, "visits")
@@ -892,6 +904,7 @@ def _effective(issuer: str | None, layer: Mapping[str, Any]) -> EffectiveConfig:
         min_grounding_rate=governance.get("min_grounding_rate", 0.95),
         pulse_every=governance.get("pulse_every", DEFAULT_PULSE_EVERY),
         visit_timezone=layer.get("visits", {}).get("timezone", "UTC"),
+        quirks=layer.get("ehr", {}).get("quirks"),
         rollout={k: _build(RolloutRule, v) for k, v in layer.get("rollout", {}).items()},
         note=_note_layout(layer.get("note", {})),
         after_visit_summary=_build(AfterVisitSummary, layer.get("after_visit_summary", {})),

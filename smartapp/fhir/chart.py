@@ -689,6 +689,7 @@ def load_snapshot(
     prefer_batch: bool = True,
     sort_newest: bool | None = None,
     quirks: QuirksProfile | None = None,
+    configured_quirks: str | None = None,
 ) -> ChartSnapshot:
     """The launch's chart: one batch per round where the server supports batch, else ≤ 6 GETs
     at a time; `next` pages followed up to `max_pages` per type.
@@ -698,7 +699,8 @@ def load_snapshot(
     (or the whole server fails); every other failure is a problem in the snapshot.
     `sort_newest`: ask Observations newest first; None: as the quirks profile says (by
     default, where the statement declares `_sort`). `quirks`: the EHR family's profile;
-    None: detected from the CapabilityStatement.
+    None: `configured_quirks` (the site file's choice for the issuer), else detected from
+    the CapabilityStatement.
     """
     if max_pages < 1:
         raise ValueError("max_pages must be at least 1")
@@ -725,7 +727,7 @@ def load_snapshot(
     everything = readable_types is None or "*" in readable_types
     granted = frozenset(t for t in offered if everything or t in (readable_types or ()))
     not_granted = tuple(t for t in offered if t not in granted)
-    profile = quirks or catalog().detect(capabilities)
+    profile = quirks or catalog().choose(configured=configured_quirks, capabilities=capabilities)
     loader = _Loader(
         client,
         patient_id=patient_id,

@@ -36,8 +36,11 @@ class LaunchChartSource:
         cache: SnapshotCache,
         http: requests.Session,
         on_chart_loaded: Callable[[float, int], None] | None = None,
+        quirks_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self._settings = settings
+        #: The site file's quirks profile for an issuer (None: detect it).
+        self._quirks_for = quirks_for
         #: Told (seconds, round trips) of every chart read from the EHR: the app's metrics.
         self._on_chart_loaded = on_chart_loaded
         self._services = services
@@ -78,6 +81,7 @@ class LaunchChartSource:
                 encounter_id=launch.encounter_id,
                 readable_types=launch.scopes.readable_types(),
                 max_pages=self._settings.max_pages,
+                configured_quirks=self._quirks_for(launch.iss) if self._quirks_for else None,
             )
             if self._on_chart_loaded is not None:
                 self._on_chart_loaded(time.perf_counter() - started, snapshot.request_count)

@@ -122,3 +122,11 @@ def test_a_required_search_parameter_the_app_would_not_send_is_reported_not_aske
     assert "Procedure" not in searches
     [problem] = [p for p in snapshot.problems if p.resource_type == "Procedure"]
     assert problem.detail == "Procedure search needs date on this EHR; not sent"
+
+
+def test_the_site_files_profile_replaces_detection_in_the_chart_read(rsps):
+    _, detected = _load(rsps)  # a generic statement: _include used
+    assert "_include" in detected["MedicationRequest"]
+    clear_capabilities_cache()
+    _, configured = _load(rsps, configured_quirks="athena")
+    assert "_include" not in configured["MedicationRequest"]

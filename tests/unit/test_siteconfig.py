@@ -70,6 +70,22 @@ def test_a_site_names_the_time_zone_of_its_visits(tmp_path):
     assert config.default.visit_timezone == "UTC"
 
 
+def test_a_site_names_its_ehr_quirks_profile(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [sites."https://ehr.example.org/fhir".ehr]
+        quirks = "oracle-health"
+        """,
+    )
+    config = load_site_config(path)
+    assert config.for_issuer("https://ehr.example.org/fhir").quirks == "oracle-health"
+    assert config.default.quirks is None
+    bad = write(tmp_path, '[ehr]\nquirks = "allscripts"\n')
+    with pytest.raises(SiteConfigError, match="allscripts.*is not one of"):
+        load_site_config(bad)
+
+
 def test_good_file_with_per_issuer_override(tmp_path):
     path = write(
         tmp_path,
