@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["smartapp.settings"] = settings
 
     logging_setup.init_app(app, log_format=settings.log_format)
-    db.init_app(app, db.Database.from_settings(settings))
+    db.init_app(app, db.Database.from_settings(settings), migrate=settings.migrate_on_start)
     observability.init_app(app)
     errors.init_app(app)
     jsonbody.init_app(app)

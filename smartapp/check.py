@@ -88,11 +88,11 @@ class AppProfile:
     def from_env(cls, environ: Mapping[str, str]) -> AppProfile:
         """Reads the same names as `Settings.from_env`, but creates nothing on disk and
         refuses nothing: the check must run before the app is fully configured."""
-        from smartapp.config import PROJECT_ROOT, LaunchManifest, normalize_issuer
+        from smartapp.config import LaunchManifest, normalize_issuer, shipped
         from smartapp.fhir.chart import READABLE_TYPES
         from smartapp.smart.scopes import GrantedScopes
 
-        manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or PROJECT_ROOT / "launch.json")
+        manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or shipped("launch.json"))
         manifest = LaunchManifest.load(manifest_path)
         scopes = GrantedScopes(manifest.scope)
         readable = scopes.readable_types()

@@ -93,6 +93,22 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return run_verify_cli(args)
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    """Bring the store's schema to the newest migration: once per deployment, before the
+    app's processes start (they migrate on their own only in sandbox mode)."""
+    from smartapp.config import Settings
+    from smartapp.db import Database
+
+    database = Database.from_settings(Settings.from_env())
+    try:
+        database.upgrade()
+        _ready, detail = database.at_head()
+    finally:
+        database.dispose()
+    print(f"the store is {detail}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from smartapp.suggestions.evaluate import run_cli
 
@@ -236,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_audit_verify)
+
+    db = sub.add_parser("db", help="the app's store")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser(
+        "upgrade", help="apply the store's migrations (before starting the app's processes)"
+    )
+    upgrade.set_defaults(handler=_db_upgrade)
 
     evaluate = sub.add_parser(
         "evaluate",

@@ -16,8 +16,16 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-#: The repository root: `launch.json` and `static/` live here (the app is installed editable).
+#: The repository root: `launch.json` and `static/` live here in a checkout.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: An installed wheel's copy of them (setup.py puts them here at build time).
+SHIPPED = Path(__file__).resolve().parent / "_shipped"
+
+
+def shipped(name: str) -> Path:
+    """`static` or `launch.json`: the installed package's copy, else the checkout's."""
+    installed = SHIPPED / name
+    return installed if installed.exists() else PROJECT_ROOT / name
 
 
 #: In sandbox mode, with no SMARTAPP_ADMIN_USERS, this sandbox clinician may open /admin.
@@ -108,6 +116,17 @@ def _rate_limit(environ: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _yes_no(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: use true or false")
+
+
 def read_environment(dotenv_path: Path | None = None) -> dict[str, str]:
     """`os.environ` over `.env` (the working directory's, or `dotenv_path`): what every
     command reads, so that `serve`, `check` and `evaluate` see the same settings."""
@@ -169,8 +188,11 @@ class Settings:
     proxy_hops: int = 0
     #: "json" (one object per line, with the request id) or "text".
     log_format: str = "json"
-    static_folder: Path = PROJECT_ROOT / "static"
+    static_folder: Path = field(default_factory=lambda: shipped("static"))
     sandbox_mode: bool = False
+    #: Migrate the store when the app starts (sandbox mode, or SMARTAPP_MIGRATE_ON_START);
+    #: otherwise `smartapp db upgrade` does it before the processes start.
+    migrate_on_start: bool = False
 
     def __repr__(self) -> str:
         """Every setting but the secrets (shown as '***') and the database password."""
@@ -208,7 +230,7 @@ class Settings:
         instance_path = Path(environ.get("SMARTAPP_INSTANCE_PATH") or Path.cwd() / "instance")
         instance_path.mkdir(parents=True, exist_ok=True)
 
-        manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or PROJECT_ROOT / "launch.json")
+        manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or shipped("launch.json"))
         manifest = LaunchManifest.load(manifest_path)
 
         issuers = tuple(
@@ -324,6 +346,9 @@ class Settings:
                 means=" (MiB: the largest FHIR answer the app reads)",
             ),
             sandbox_mode=sandbox_issuer is not None,
+            migrate_on_start=_yes_no(
+                environ, "SMARTAPP_MIGRATE_ON_START", default=sandbox_issuer is not None
+            ),
         )
 
 

@@ -6,6 +6,7 @@ engine, the sessions and the column type they share (UTC timestamps).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from sqlalchemy import DateTime, Dialect, Text, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
 
 #: Alembic's migration scripts (`smartapp/migrations/versions/`).
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -130,6 +133,19 @@ class Database:
         with self.engine.begin() as connection:
             command.upgrade(self.alembic_config(connection), "head")
 
+    def at_head(self) -> tuple[bool, str]:
+        """Whether the schema is at the newest migration, and in words why not."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        heads = set(ScriptDirectory.from_config(self.alembic_config()).get_heads())
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            current = set(MigrationContext.configure(connection).get_current_heads())
+        if current == heads:
+            return True, "at head"
+        return False, f"schema at {sorted(current) or 'nothing'}, newest is {sorted(heads)}"
+
     def create_all(self) -> None:
         import_models()
         Base.metadata.create_all(self.engine)
@@ -180,9 +196,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def init_app(app: Flask, database: Database) -> None:
+def init_app(app: Flask, database: Database, *, migrate: bool = True) -> None:
+    """Attach the store; bring its schema up to date only when `migrate` (sandbox mode, or
+    SMARTAPP_MIGRATE_ON_START): elsewhere `smartapp db upgrade` does it, once, before the
+    processes start, so that several processes never race to migrate."""
     app.extensions["smartapp.db"] = database
-    database.upgrade()
+    if migrate:
+        database.upgrade()
+        return
+    try:
+        ready, detail = database.at_head()
+    except Exception as exc:  # noqa: BLE001 - the store may be down: /readyz says so later
+        log.warning("the store could not be checked at start-up: %s", type(exc).__name__)
+        return
+    if not ready:
+        log.warning("the store's %s: run `smartapp db upgrade` (/readyz answers 503)", detail)
 
 
 def get_db() -> Database:

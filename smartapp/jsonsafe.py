@@ -2,8 +2,9 @@
 
 Python's `json` accepts what a store or a later step cannot take: nesting deep enough to
 raise RecursionError, integers of thousands of digits (an SQL INTEGER overflows, and so
-does a 4,300-digit int conversion), `NaN` and `1e400` (infinity), and lone UTF-16
-surrogates (`"\\ud800"`) that no UTF-8 encoder will write. `loads()` refuses each with an
+does a 4,300-digit int conversion), `NaN` and `1e400` (infinity), lone UTF-16
+surrogates (`"\\ud800"`) that no UTF-8 encoder will write, and NUL characters that
+PostgreSQL's text columns refuse. `loads()` refuses each with an
 `UnsafeJSON` (a ValueError) whose message says what was wrong and never quotes the input.
 https://www.rfc-editor.org/rfc/rfc8259#section-8.2
 """
@@ -83,6 +84,9 @@ def check(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
         if isinstance(item, str):
             if _SURROGATE.search(item):
                 raise UnsafeJSON("the text holds an invalid character (a lone UTF-16 surrogate)")
+            if "\x00" in item:
+                # Valid JSON, but PostgreSQL's text columns cannot hold it.
+                raise UnsafeJSON("the text holds a NUL character")
         elif isinstance(item, dict | list):
             if depth >= max_depth:
                 raise UnsafeJSON(f"the JSON is nested more than {max_depth} levels deep")

@@ -26,7 +26,7 @@ from flask import Flask, Response, g, has_request_context, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from smartapp.config import Settings
 from smartapp.db import Database, get_database, utcnow
@@ -175,19 +175,6 @@ def _may_scrape(settings: Settings) -> bool:
         return False
 
 
-def _at_head(database: Database) -> tuple[bool, str]:
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    heads = set(ScriptDirectory.from_config(database.alembic_config()).get_heads())
-    with database.engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
-        current = set(MigrationContext.configure(connection).get_current_heads())
-    if current == heads:
-        return True, "at head"
-    return False, f"schema at {sorted(current) or 'nothing'}, newest is {sorted(heads)}"
-
-
 def init_app(app: Flask) -> None:
     settings: Settings = app.extensions["smartapp.settings"]
     metrics = Metrics(get_database(app))
@@ -229,7 +216,7 @@ def init_app(app: Flask) -> None:
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
         try:
-            ready, detail = _at_head(get_database(app))
+            ready, detail = get_database(app).at_head()
         except Exception as exc:  # noqa: BLE001 - not ready is an answer, not an error
             ready, detail = False, f"store unreachable ({type(exc).__name__})"
         status = 200 if ready else 503

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask
 
 from smartapp import create_app
-from smartapp.config import PROJECT_ROOT, Settings
+from smartapp.config import Settings, shipped
 from smartapp.sandbox.ehr import create_ehr_app
 from smartapp.sandbox.server import BackgroundServer
 
@@ -81,7 +81,7 @@ def build_stack(
     app_server = BackgroundServer("127.0.0.1", app_port, ident="smartapp")
     fhir_base = f"{ehr_server.url}/fhir"
     settings = Settings.from_env(environ, sandbox_issuer=fhir_base)
-    manifest = dict(json.loads((PROJECT_ROOT / "launch.json").read_text(encoding="utf-8")))
+    manifest = dict(json.loads((shipped("launch.json")).read_text(encoding="utf-8")))
     manifest["client_id"] = settings.client_id
     if settings.private_key_path:
         manifest["token_endpoint_auth_method"] = "private_key_jwt"

@@ -23,6 +23,8 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
         # The test client's own origin: production refuses to start without a public URL.
         "SMARTAPP_PUBLIC_URL": "http://localhost",
         "SMARTAPP_DATABASE_URL": test_database_url(tmp_path),
+        # Outside sandbox mode the app migrates only when asked; the unit tests ask.
+        "SMARTAPP_MIGRATE_ON_START": "true",
     }
     base.update(env)
     return Settings.from_env(base)

@@ -129,7 +129,8 @@ def begin(
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}")
     iss = check_issuer(services, iss)
-    if launch is not None and (not launch or len(launch) > _MAX_PARAM):
+    if launch is not None and (not launch or len(launch) > _MAX_PARAM or not launch.isprintable()):
+        # Stored with the pending row: a NUL or a control character has no place in it.
         raise InvalidLaunch("The EHR's launch parameter is missing or malformed.")
     scope = " ".join(scope.split())
     if not scope:

@@ -32,6 +32,7 @@ from smartapp.suggestions.facts import (
     Problem,
     RangeCheck,
     Result,
+    age_note,
     capitalize,
     concept_text,
     date_part,
@@ -465,17 +466,38 @@ def _direction(latest: Result | BloodPressure, earlier: Result | BloodPressure) 
     if isinstance(latest, BloodPressure) or isinstance(earlier, BloodPressure):
         a, b = _values(latest)[0], _values(earlier)[0]
     else:
-        if canonical_unit(latest.value.unit) != canonical_unit(earlier.value.unit):
-            return None
-        a, b = latest.value.number, earlier.value.number
+        # In one unit: as sent, through UCUM, or a cited conversion (57 mmol/mol vs 8.2 %).
+        a, b = in_one_unit(latest, earlier)
     if a is None or b is None:
         return None
     return "up" if a > b else "down" if a < b else "unchanged"
 
 
-def _window_start(series: _Series, as_of: date) -> Result | BloodPressure | None:
+def in_one_unit(latest: Result, earlier: Result) -> tuple[Decimal | None, Decimal | None]:
+    """Both values in the latest's unit, else both in the earlier's (conversions go one way)."""
+    converted = values_in(latest.test, earlier, latest.value.ucum or latest.value.unit)
+    if converted:
+        return latest.value.number, converted[0]
+    converted = values_in(earlier.test, latest, earlier.value.ucum or earlier.value.unit)
+    if converted:
+        return converted[0], earlier.value.number
+    return None, None
+
+
+#: In heart failure a weight trend is about fluid, over days: the last two weeks, not a year
+#: (a year's trend from an old, heavier weight reads "down" through a 3 kg gain this week).
+HF_WEIGHT_DAYS = 14
+
+
+def _window_start(
+    series: _Series, as_of: date, *, heart_failure: bool = False
+) -> Result | BloodPressure | None:
     """The oldest reading within the trend window (not the latest itself)."""
     start = _months_before(as_of, TREND_MONTHS)
+    if heart_failure and series.id == "body_weight":
+        latest = to_date(series.latest.when)
+        if latest is not None:
+            start = latest - timedelta(days=HF_WEIGHT_DAYS)
     inside = [r for r in series.readings[1:] if (to_date(r.when) or date.min) >= start]
     return inside[-1] if inside else None
 
@@ -486,8 +508,10 @@ def _result_statement(
     """'HbA1c 8.4% on 2026-10-01, up from 7.6% on 2026-04-02; above goal' and the status."""
     latest = series.latest
     text = f"{capitalize(_name(latest))} {_text(latest)}{_on(latest.date)}"
+    if isinstance(latest, Result):
+        text += age_note(latest, facts.as_of)
     cited = list(_resources(latest))
-    earlier = _window_start(series, facts.as_of)
+    earlier = _window_start(series, facts.as_of, heart_failure=facts.has_group("heart_failure"))
     if earlier is not None:
         direction = _direction(latest, earlier)
         if direction == "unchanged":
@@ -748,6 +772,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             )
         )
     meds = _treating(facts, frozenset(classes)) if classes else facts.medications_for(problem)
+    if facts.deceased:
+        meds = []  # nothing is current therapy for a patient who has died
     if meds:
         phrases = []
         cited: list[FHIRResource] = [m.request for m in meds]
@@ -769,6 +795,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         statements.append(Statement(text=capitalize(text), citations=_cite(snapshot, [mr])))
     if (
         not meds
+        and not facts.deceased
         and any(g.expects_treatment for g in problem.groups)
         and facts.complete("MedicationRequest")
     ):

@@ -28,9 +28,11 @@ from smartapp.suggestions.facts import (
     Medication,
     Problem,
     Result,
+    age_note,
     capitalize,
     concept_text,
     date_part,
+    deceased_text,
     describe,
     interpretation_flag,
     medication_concept,
@@ -247,7 +249,8 @@ class BuiltinEngine:
             if result is not None:
                 phrases.append(
                     (
-                        f"{latest} {result.name} {result.value_text()}{_on(result.date)}",
+                        f"{latest} {result.name} {result.value_text()}{_on(result.date)}"
+                        f"{age_note(result, facts.as_of)}",
                         [result.resource],
                     )
                 )
@@ -279,9 +282,16 @@ class BuiltinEngine:
                     brief=parts[0] if len(parts) > 1 else None,
                 )
             )
+        if facts.deceased:
+            statements.insert(0, self._deceased_statement(facts))
         return self._suggestion(
             K.PROBLEM_SUMMARY, f"{K.KIND_LABELS[K.PROBLEM_SUMMARY]} (rule-based)", statements
         )
+
+    @staticmethod
+    def _deceased_statement(facts: ChartFacts) -> Statement:
+        patient = facts.snapshot.patient
+        return Statement(text=deceased_text(patient), citations=_cite(facts.snapshot, patient))
 
     # -- medications -------------------------------------------------------------------
 
@@ -289,6 +299,12 @@ class BuiltinEngine:
         if "MedicationRequest" in facts.snapshot.not_granted:
             return []  # without the orders, "no treatment" would be a guess
         snapshot = facts.snapshot
+        if facts.deceased:
+            return self._suggestion(
+                K.MEDICATIONS,
+                f"{K.KIND_LABELS[K.MEDICATIONS]} (rule-based)",
+                self._deceased_medications(facts),
+            )
         statements: list[Statement] = []
         for med in facts.medications:
             text = med.name
@@ -370,6 +386,20 @@ class BuiltinEngine:
             )
             for flag in safety.safety_flags(facts)
         ]
+
+    def _deceased_medications(self, facts: ChartFacts) -> list[Statement]:
+        """The death first; what the chart still lists, said not to be therapy; no checks,
+        hints or proposals (a conflict or a gap is no longer something to act on)."""
+        statements = [self._deceased_statement(facts)]
+        for med in facts.medications:
+            when = f" (ordered {med.authored})" if med.authored and not med.reported else ""
+            statements.append(
+                Statement(
+                    text=f"Still listed in the chart, not current therapy: {med.name}{when}",
+                    citations=_cite_refs(facts.snapshot, med.references),
+                )
+            )
+        return statements
 
     @staticmethod
     def _proposed_orders(facts: ChartFacts) -> list[Statement]:
@@ -460,7 +490,7 @@ class BuiltinEngine:
                 (
                     order.get(key, len(order)),
                     latest.name.lower(),
-                    self._trend(snapshot, results, flag),
+                    self._trend(facts, results, flag),
                 )
             )
         rows.sort(key=lambda row: (row[0], row[1]))
@@ -487,17 +517,15 @@ class BuiltinEngine:
             return f"{found[0].direction} the default reference range"
         return None
 
-    def _trend(self, snapshot: ChartSnapshot, results: list[Result], flag: str | None) -> Statement:
+    def _trend(self, facts: ChartFacts, results: list[Result], flag: str | None) -> Statement:
+        snapshot = facts.snapshot
         latest = results[0]
         text = f"{capitalize(latest.name)} {latest.value_text()}{_on(latest.date)}"
+        text += age_note(latest, facts.as_of)
         cited = [latest.resource]
         previous = results[1] if len(results) > 1 else None
         if previous is not None:
-            direction = (
-                _direction(latest.value.number, previous.value.number)
-                if _same_unit(latest.value.unit, previous.value.unit)
-                else None
-            )
+            direction = _direction(*assessment.in_one_unit(latest, previous))
             text += f", previous {previous.value_text()}{_on(previous.date)}"
             if direction:
                 text += f" ({direction})"
@@ -853,10 +881,13 @@ class BuiltinEngine:
     def assessment_plan(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
         """One block per active problem (smartapp.suggestions.assessment, rules as data)."""
         out: list[Suggestion] = []
-        for block in assessment.blocks(facts, config.get("knowledge_dirs") or ()):
+        for index, block in enumerate(assessment.blocks(facts, config.get("knowledge_dirs") or ())):
             title = (
                 f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {block.problem.name} (rule-based, for review)"
             )
+            statements = list(block.statements)
+            if facts.deceased and index == 0:
+                statements.insert(0, self._deceased_statement(facts))
             out += [
                 replace(
                     s,
@@ -866,7 +897,7 @@ class BuiltinEngine:
                         PROBLEM_REFERENCE: block.problem.reference,
                     },
                 )
-                for s in self._suggestion(K.ASSESSMENT_PLAN, title, block.statements)
+                for s in self._suggestion(K.ASSESSMENT_PLAN, title, statements)
             ]
         return out
 

@@ -72,6 +72,8 @@ class Expectation:
     text: str
     kind: str | None = None
     verified: bool | None = None
+    #: Only the first statement of the kind's first card counts (`first = true`).
+    first: bool = False
 
     def matches(self, kind: str, statement: Statement) -> bool:
         if self.kind is not None and kind != self.kind:
@@ -121,6 +123,7 @@ def _expectations(items: Any) -> tuple[Expectation, ...]:
                 text=str(item["text"]),
                 kind=str(item["kind"]) if item.get("kind") else None,
                 verified=bool(verified) if verified is not None else None,
+                first=bool(item.get("first", False)),
             )
         )
     return tuple(out)
@@ -171,10 +174,16 @@ def check_chart(
     bundle = json.loads(expectations.chart.read_text(encoding="utf-8"))
     snapshot, run = draft_chart(bundle, as_of=expectations.as_of, service=service)
     shown = shown_statements(run)
+    leading: list[tuple[str, Statement]] = []
+    for suggestion in run.suggestions:
+        if suggestion.statements and all(kind != suggestion.kind for kind, _ in leading):
+            leading.append((suggestion.kind, suggestion.statements[0]))
     failures: list[str] = []
     for want in expectations.must:
-        if not any(want.matches(kind, st) for kind, st in shown):
-            failures.append(f"missing: {want.kind or 'any kind'} /{want.text}/")
+        candidates = leading if want.first else shown
+        if not any(want.matches(kind, st) for kind, st in candidates):
+            where = "first in " if want.first else ""
+            failures.append(f"missing: {where}{want.kind or 'any kind'} /{want.text}/")
     for avoid in expectations.must_not:
         hits = [st.text for kind, st in shown if avoid.matches(kind, st)]
         if hits:
@@ -206,30 +215,66 @@ def expectation_files(folder: Path) -> Sequence[Path]:
 
 @dataclass(frozen=True, kw_only=True)
 class SafetyReport:
-    """Conflicts the chart set's expectations plant vs those the drafts raised."""
+    """Conflicts the chart set's expectations plant vs those the drafts raised, and every
+    other expectation (must, must not, problems) that a chart's drafts did not meet."""
 
     expected: int
     raised: int
     missed: tuple[tuple[str, str], ...]  # (chart name, rule id)
+    charts: int = 0
+    #: (chart name, failure) for every unmet expectation, conflicts included.
+    failures: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed and not self.failures
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "charts": self.charts,
             "expected": self.expected,
             "raised": self.raised,
             "missed": [{"chart": c, "rule": r} for c, r in self.missed],
+            "failures": [{"chart": c, "failure": f} for c, f in self.failures],
         }
 
 
 def safety_report(folder: Path, service: SuggestionService | None = None) -> SafetyReport:
     """Every `*.expect.toml` of a folder: planted `[[conflict]]` rules vs raised ones."""
-    expected = raised = 0
+    expected = raised = charts = 0
     missed: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = []
     for path in expectation_files(folder):
+        charts += 1
+        name = path.name.removesuffix(".expect.toml")
         check = check_chart(load_expectations(path), service)
+        failures += [(name, failure) for failure in check.failures]
         for rule in check.expectations.conflicts:
             expected += 1
             if rule in check.conflicts_raised:
                 raised += 1
             else:
-                missed.append((path.name.removesuffix(".expect.toml"), rule))
-    return SafetyReport(expected=expected, raised=raised, missed=tuple(missed))
+                missed.append((name, rule))
+    return SafetyReport(
+        expected=expected,
+        raised=raised,
+        missed=tuple(missed),
+        charts=charts,
+        failures=tuple(failures),
+    )
+
+
+def format_safety(report: SafetyReport) -> str:
+    """The `safety` section of `smartapp evaluate`'s table."""
+    lines = [
+        f"safety: {report.charts} chart(s) with expectations; conflicts planted "
+        f"{report.expected}, raised {report.raised}"
+    ]
+    lines += [f"  missed: {chart}: {rule}" for chart, rule in report.missed]
+    others = [(c, f) for c, f in report.failures if not f.startswith("conflict not raised")]
+    if others:
+        lines.append(f"  {len(others)} other expectation(s) not met:")
+        lines += [f"    {chart}: {failure}" for chart, failure in others]
+    elif report.charts:
+        lines.append("  every must / must not / problem expectation met")
+    return "\n".join(lines)

@@ -20,13 +20,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from smartapp.config import read_environment
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import FHIRResource, reference_key
 from smartapp.siteconfig import SiteConfigError, load_site_config
 from smartapp.suggestions.registry import LLMSettings, SuggestionService
+
+if TYPE_CHECKING:  # charts imports this module
+    from smartapp.suggestions.charts import SafetyReport
 
 # -- cohorts --------------------------------------------------------------------------
 
@@ -550,18 +553,36 @@ def run_cli(
         return 2
     service = SuggestionService(config, LLMSettings.from_env(env))
     report = evaluate(service, cohort, iss=args.site, as_of=args.as_of)
+    safety = _safety_section(args.cohort, service)
     if getattr(args, "out", None) is not None:
         with Path(args.out).open("w", encoding="utf-8") as records:
             for resources in cohort.patients:
                 record = draft_record(service, resources, iss=args.site, as_of=args.as_of)
                 records.write(json.dumps(record) + "\n")
     if args.json:
-        out.write(json.dumps(report.to_json()) + "\n")
+        data = report.to_json()
+        if safety is not None:
+            data["safety"] = safety.to_json()
+        out.write(json.dumps(data) + "\n")
     else:
         out.write(format_table(report) + "\n")
-    if args.strict and report.below_minimum():
+        if safety is not None:
+            from smartapp.suggestions.charts import format_safety
+
+            out.write("\n" + format_safety(safety) + "\n")
+    if args.strict and (report.below_minimum() or (safety is not None and not safety.ok)):
         return 1
     return 0
+
+
+def _safety_section(cohort: str, service: SuggestionService) -> SafetyReport | None:
+    """For a folder of charts with `*.expect.toml` beside them (tests/fixtures/clinical):
+    planted conflicts vs raised, and unmet expectations. None for any other cohort."""
+    from smartapp.suggestions.charts import expectation_files, safety_report
+
+    if cohort == "sandbox" or not Path(cohort).is_dir() or not expectation_files(Path(cohort)):
+        return None
+    return safety_report(Path(cohort), service)
 
 
 def _run_reference(

@@ -11,14 +11,15 @@ references, entered-in-error records.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
+from smartapp import clinical
 from smartapp.fhir.readers import codeable_text, codings
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource, reference_key
 from smartapp.suggestions.context import PatientContext, pregnancy_evidence, usable
@@ -267,6 +268,8 @@ class Result:
     key: str
     value: Quantity
     when: str | None
+    #: The `result_tests.toml` test it belongs to (equivalent codes, staleness), if any.
+    test: str | None = None
 
     @property
     def reference(self) -> str:
@@ -280,8 +283,79 @@ class Result:
         return self.value.text()
 
 
+@dataclass(frozen=True, kw_only=True)
+class ResultTest:
+    """One test reported under several codes (`clinical/data/result_tests.toml`)."""
+
+    id: str
+    valueset: clinical.ValueSet
+    stale_months: int | None
+    cite: clinical.Source
+
+    @property
+    def key(self) -> str:
+        """The series key: the value set's first LOINC code, as `result_key` writes it."""
+        first = next(c.code for c in self.valueset.codes if c.system == LOINC)
+        return f"{LOINC}|{first}"
+
+
+@lru_cache(maxsize=1)
+def result_tests() -> tuple[ResultTest, ...]:
+    sets = clinical.value_sets()
+    found: list[ResultTest] = []
+    for path, item in clinical.entries("result_tests", "test"):
+        where = f"{path} test {item.get('id')!r}"
+        vs = sets.get(str(item.get("valueset")))
+        if vs is None or not any(c.system == LOINC for c in vs.codes):
+            raise clinical.KnowledgeError(f"{where}: needs a value set of LOINC codes")
+        stale = item.get("stale_months")
+        if stale is not None and (not isinstance(stale, int) or stale < 1):
+            raise clinical.KnowledgeError(f"{where}: stale_months must be a whole number >= 1")
+        found.append(
+            ResultTest(
+                id=str(item["id"]),
+                valueset=vs,
+                stale_months=stale,
+                cite=clinical.source(item.get("cite"), where=where),
+            )
+        )
+    return tuple(found)
+
+
+def test_of(obs: Mapping[str, Any]) -> ResultTest | None:
+    """The test whose LOINC codes the observation carries (codes only: no text matching)."""
+    codes = set(loinc_codes(obs))
+    if not codes:
+        return None
+    return next((t for t in result_tests() if codes & t.valueset.code_keys(LOINC)), None)
+
+
+#: Two results of one test at one time whose values differ by less than this are one.
+_SAME_VALUE = Decimal("0.02")
+
+
+def _same_measurement(a: Result, b: Result) -> bool:
+    """One measurement sent twice (under two codes, or in two units)."""
+    if a.test is None or a.test != b.test or a.when is None or a.when != b.when:
+        return False
+    # Conversions live with the assessment's goals (conversions.toml, UCUM): one place.
+    from smartapp.suggestions.assessment import values_in
+
+    first = a.value.number
+    converted = values_in(a.test, b, a.value.ucum or a.value.unit)
+    second = converted[0] if converted else None
+    if first is None or second is None:
+        return False
+    scale = max(abs(first), abs(second))
+    return scale == 0 or abs(first - second) <= _SAME_VALUE * scale
+
+
 def numeric_results(snapshot: ChartSnapshot) -> dict[str, list[Result]]:
-    """Numeric observations grouped by test, newest first (blood pressure panels excluded)."""
+    """Numeric observations grouped by test, newest first (blood pressure panels excluded).
+
+    Equivalent codes are one series (`result_tests.toml`): the latest HbA1c is the newest
+    under any of its codes, and one measurement sent under two codes or units is kept once.
+    """
     grouped: dict[str, list[Result]] = defaultdict(list)
     for obs in snapshot.of_type("Observation"):
         if not usable_observation(obs) or not obs.get("id"):
@@ -289,7 +363,8 @@ def numeric_results(snapshot: ChartSnapshot) -> dict[str, list[Result]]:
         value = quantity(obs.get("valueQuantity"))
         if value is None:
             continue
-        key = result_key(obs)
+        test = test_of(obs)
+        key = test.key if test is not None else result_key(obs)
         grouped[key].append(
             Result(
                 resource=obs,
@@ -297,11 +372,38 @@ def numeric_results(snapshot: ChartSnapshot) -> dict[str, list[Result]]:
                 key=key,
                 value=value,
                 when=observation_when(obs),
+                test=test.id if test is not None else None,
             )
         )
-    for items in grouped.values():
-        items.sort(key=lambda r: (sort_time(r.when), r.reference), reverse=True)
+    for key, items in grouped.items():
+        # Of one measurement sent twice, keep the one in the series' usual unit, so that
+        # it compares with the others as sent.
+        usual = Counter(r.value.unit for r in items)
+        items.sort(
+            key=lambda r: (sort_time(r.when), usual[r.value.unit], r.reference), reverse=True
+        )
+        kept: list[Result] = []
+        for item in items:
+            if not any(_same_measurement(k, item) for k in kept):
+                kept.append(item)
+        grouped[key] = kept
     return dict(grouped)
+
+
+def months_between(earlier: date, later: date) -> int:
+    """Whole months from `earlier` to `later` (as a person counts them)."""
+    months = (later.year - earlier.year) * 12 + later.month - earlier.month
+    return months - 1 if later.day < earlier.day else months
+
+
+def age_note(result: Result, as_of: date) -> str:
+    """ " (14 months old)" when the result is older than its test's staleness window."""
+    test = next((t for t in result_tests() if t.id == result.test), None)
+    taken = to_date(result.when)
+    if test is None or test.stale_months is None or taken is None:
+        return ""
+    months = months_between(taken, as_of)
+    return f" ({months} months old)" if months >= test.stale_months else ""
 
 
 # Flags ---------------------------------------------------------------------------------
@@ -853,6 +955,12 @@ def deceased(patient: Mapping[str, Any]) -> bool:
     )
 
 
+def deceased_text(patient: Mapping[str, Any]) -> str:
+    """What every draft says first about a patient who has died, from Patient.deceased[x]."""
+    when = date_part(patient.get("deceasedDateTime"))
+    return f"The patient died on {when}" if when else "The chart records that the patient has died"
+
+
 def as_of(snapshot: ChartSnapshot) -> date:
     """The day the chart was read: care-gap intervals count back from it."""
     moment = snapshot.fetched_at or datetime.now(UTC)
@@ -1035,9 +1143,15 @@ class ChartFacts:
         return "latest" if self.newest_known(resource_type) else "latest read"
 
     def results_for(self, loinc: Iterable[str]) -> list[Result]:
-        """Every result of these codes, newest first."""
-        wanted = [f"{LOINC}|{code}" for code in loinc]
-        found = [r for key in wanted for r in self.results.get(key, [])]
+        """Every result of the series these codes belong to, newest first (one series per
+        test: asking for 4548-4 finds an HbA1c sent as 59261-8 too)."""
+        wanted = set(loinc)
+        found = [
+            r
+            for items in self.results.values()
+            if any(wanted & set(loinc_codes(i.resource)) for i in items)
+            for r in items
+        ]
         found.sort(key=lambda r: (sort_time(r.when), r.reference), reverse=True)
         return found
 

@@ -586,6 +586,16 @@ class GroundingVerifier:
                 found.append(medication)
         return found
 
+    def _check_ages(self, text: str, evidence: Evidence, issues: list[str]) -> str:
+        """ "(14 months old)" holds when a cited date is that many whole months before the
+        day the chart was read; the phrase is then blanked so its number is not a value."""
+        for match in list(_AGE.finditer(text)):
+            months = int(match.group("n"))
+            if not any(_months_between(day, self.today) == months for day in evidence.dates):
+                issues.append(f"{match.group(0)!r} does not match a cited date")
+            text = _blank(text, match.start(), match.end())
+        return text
+
     def evidence(self, references: Sequence[str]) -> Evidence:
         key = tuple(sorted(reference_key(r) for r in references))
         if key not in self._evidence:
@@ -611,6 +621,7 @@ class GroundingVerifier:
             if words and words not in _squash(evidence.free_text + " \n " + evidence.text):
                 issues.append(f"quoted {quote.group(0)[:60]!r} is not the cited resources' words")
             text = _blank(text, quote.start(), quote.end())
+        text = self._check_ages(text, evidence, issues)
         dates, times, rest = find_dates(text)
         for mention in dates:
             if not any(form in evidence.dates for form in mention.forms):
@@ -636,6 +647,18 @@ class GroundingVerifier:
                     issues.append(f"drug {name!r} is not in the cited resources")
         issues.extend(contradictions(statement.text, self.snapshot, self.vocabulary))
         return StatementCheck(ok=not issues, issues=tuple(dict.fromkeys(issues)))
+
+
+_AGE = re.compile(r"\((?P<n>\d{1,3}) months old\)")
+
+
+def _months_between(day: str, today: date) -> int | None:
+    try:
+        earlier = date.fromisoformat(day[:10])
+    except ValueError:
+        return None
+    months = (today.year - earlier.year) * 12 + today.month - earlier.month
+    return months - 1 if today.day < earlier.day else months
 
 
 _QUOTED = re.compile('["\u201c](?P<q>[^"\u201d]{1,600})["\u201d]')

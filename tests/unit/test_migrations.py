@@ -89,3 +89,31 @@ def test_visits_migration_gives_existing_notes_and_suggestions_keys_of_their_own
         c["column_names"] for c in inspect(empty_db.engine).get_unique_constraints("saved_note")
     ]
     assert ["visit_key"] in unique
+
+
+def test_the_app_migrates_at_start_up_only_when_asked(tmp_path):
+    from smartapp import create_app
+    from tests.conftest import make_settings
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    app = create_app(
+        make_settings(tmp_path, SMARTAPP_DATABASE_URL=url, SMARTAPP_MIGRATE_ON_START="false")
+    )
+    db = app.extensions["smartapp.db"]
+    try:
+        assert "saved_note" not in inspect(db.engine).get_table_names()
+        not_ready = app.test_client().get("/readyz")
+        assert not_ready.status_code == 503
+        db.upgrade()  # what `smartapp db upgrade` does
+        assert app.test_client().get("/readyz").status_code == 200
+    finally:
+        db.dispose()
+
+
+def test_sandbox_mode_migrates_at_start_up_unless_told_not_to(tmp_path):
+    from smartapp.config import Settings
+
+    env = {"SMARTAPP_INSTANCE_PATH": str(tmp_path), "SMARTAPP_SECRET_KEY": "k" * 32}
+    assert Settings.from_env(env, sandbox_issuer="http://localhost:1/fhir").migrate_on_start
+    off = {**env, "SMARTAPP_MIGRATE_ON_START": "no"}
+    assert not Settings.from_env(off, sandbox_issuer="http://localhost:1/fhir").migrate_on_start

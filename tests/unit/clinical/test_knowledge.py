@@ -75,3 +75,17 @@ def test_drug_groups_match_rxnorm_ingredients_and_text_only_allergies():
     assert clinical.value_set("sulfonamide_antibiotics").matches({"text": "Sulfa drugs"})
     assert clinical.value_set("penicillins").matches({"text": "PCN"})
     assert not clinical.value_set("sulfonamide_antibiotics").matches({"text": "sulfasalazine"})
+
+
+def test_every_result_test_names_loinc_codes_and_a_cited_staleness_window():
+    from smartapp.suggestions.facts import result_tests
+
+    tests = result_tests()
+    assert {t.id for t in tests} >= {"hba1c", "creatinine", "egfr", "potassium", "body_weight"}
+    hba1c = next(t for t in tests if t.id == "hba1c")
+    assert {"4548-4", "17856-6", "59261-8"} <= hba1c.valueset.code_keys(clinical.LOINC)
+    creatinine = next(t for t in tests if t.id == "creatinine")
+    assert {"2160-0", "14682-9"} <= creatinine.valueset.code_keys(clinical.LOINC)
+    for test in tests:
+        assert test.cite.source and test.cite.version, test.id
+        assert test.stale_months is None or test.stale_months >= 1

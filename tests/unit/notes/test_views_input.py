@@ -118,3 +118,12 @@ def test_static_files_stay_cacheable(client):
     assert response.status_code == 200
     assert "no-store" not in response.headers.get("Cache-Control", "")
     response.close()
+
+
+def test_a_nul_character_is_refused_before_it_reaches_the_store(sidebar):
+    # Valid JSON, but PostgreSQL's text columns cannot hold it: a 500 there.
+    client, headers, suggestion = sidebar
+    body = b'{"action": "edit", "text": "before\\u0000after"}'
+    response = _post(client, headers, f"/api/suggestions/{suggestion}/feedback", body)
+    assert response.status_code == 400
+    assert "NUL character" in response.get_json()["error"]["message"]

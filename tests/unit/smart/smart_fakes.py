@@ -136,6 +136,8 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
         "SMARTAPP_SECRET_KEY": "test-secret-key-not-for-production",
         # The test client's own origin: production refuses to start without a public URL.
         "SMARTAPP_PUBLIC_URL": "http://localhost",
+        # Outside sandbox mode the app migrates only when asked; the unit tests ask.
+        "SMARTAPP_MIGRATE_ON_START": "true",
         "SMARTAPP_DATABASE_URL": os.environ.get("SMARTAPP_TEST_DATABASE_URL")
         or f"sqlite:///{tmp_path / 'app.db'}",
     }

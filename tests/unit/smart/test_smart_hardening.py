@@ -238,3 +238,10 @@ def test_a_token_endpoint_trickling_its_answer_is_cut_off_at_the_deadline():
             )
         assert server.cut_off.wait(5)
         assert not server.finished.is_set()
+
+
+@pytest.mark.parametrize("launch", ["abc\x00def", "line\nbreak"])
+def test_a_launch_parameter_with_control_characters_is_refused(client, ehr, launch):
+    response = client.get("/launch", query_string={"iss": ISS, "launch": launch})
+    assert response.status_code == 400
+    assert "launch parameter" in response.get_data(as_text=True)

@@ -60,7 +60,8 @@ def test_problem_summary_lists_active_problems_with_onset_and_latest_result():
         ("Obesity, unspecified, onset 2024-01-02", ["Condition/dm1-obesity"]),
         (
             "Type 2 diabetes mellitus without complications, onset 2024-01-02; "
-            "latest HbA1c 8.0% on 2026-01-01",
+            # Older than the HbA1c's six-month window (result_tests.toml): its age is said.
+            "latest HbA1c 8.0% on 2026-01-01 (10 months old)",
             ["Condition/dm1-diabetes", "Observation/dm1-hba1c-2026-01"],
         ),
     ]
@@ -207,7 +208,8 @@ def test_vitals_labs_bp_panel_trend_and_up_direction():
     )
     # No range on the result: the cited default table says it is above the normal range.
     assert (
-        "HbA1c 8.0% on 2026-01-01, previous 8.6% on 2025-07-01 (down); above the default "
+        "HbA1c 8.0% on 2026-01-01 (10 months old), previous 8.6% on 2025-07-01 (down); "
+        "above the default "
         "reference range" in texts
     )
     assert "Weight 96.0 kg on 2026-01-01" in texts
@@ -251,7 +253,10 @@ def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_op
             "Type 2 diabetes mellitus without complications, since 2024-01-02: above goal",
             ["Condition/dm1-diabetes"],
         ),
-        ("HbA1c 8.0% on 2026-01-01; above goal", ["Observation/dm1-hba1c-2026-01"]),
+        (
+            "HbA1c 8.0% on 2026-01-01 (10 months old); above goal",
+            ["Observation/dm1-hba1c-2026-01"],
+        ),
         ("eGFR 91 mL/min/1.73 m2 on 2026-01-01; not reduced", ["Observation/dm1-egfr"]),
         (
             "On metformin hydrochloride 500 MG Oral Tablet (ordered 2026-01-01)",

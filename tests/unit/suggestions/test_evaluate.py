@@ -138,3 +138,45 @@ def test_sandbox_cohort_grounding_and_coverage_are_perfect_for_every_builtin_kin
         # Done when: every sandbox patient gets cited suggestions of every kind.
         assert row["coverage"] == 1.0, row
         assert row["dropped"] == 0, row
+
+
+CLINICAL = FIXTURES.parent / "clinical"
+
+
+def _clinical_copy(tmp_path, names):
+    for name in names:
+        for suffix in (".json", ".expect.toml"):
+            shutil.copy(CLINICAL / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
+
+
+def test_a_folder_of_charts_with_expectations_gets_a_safety_section(tmp_path, capsys):
+    _clinical_copy(tmp_path, ["amoxicillin_penicillin_allergy", "ckd4_metformin_ibuprofen"])
+    status, out, err = run(capsys, "--cohort", str(tmp_path), "--strict", "--json")
+    assert status == 0, err
+    safety = json.loads(out)["safety"]
+    assert safety["charts"] == 2
+    assert safety["expected"] == safety["raised"] >= 3
+    assert safety["missed"] == [] and safety["failures"] == []
+
+    status, out, err = run(capsys, "--cohort", str(tmp_path))
+    assert status == 0, err
+    section = out[out.index("safety:") :]
+    assert f"conflicts planted {safety['expected']}, raised {safety['raised']}" in section
+    assert "every must / must not / problem expectation met" in section
+
+
+def test_a_planted_conflict_not_raised_is_shown_and_fails_strict(tmp_path, capsys):
+    _clinical_copy(tmp_path, ["nkda"])
+    with (tmp_path / "nkda.expect.toml").open("a") as expect:
+        expect.write('[[conflict]]\nrule = "allergy-penicillin"\n')
+    status, out, _ = run(capsys, "--cohort", str(tmp_path))
+    assert status == 0  # not --strict
+    assert "missed: nkda: allergy-penicillin" in out
+    status, _, _ = run(capsys, "--cohort", str(tmp_path), "--strict", "--json")
+    assert status == 1
+
+
+def test_a_cohort_without_expectations_has_no_safety_section(capsys):
+    status, out, _ = run(capsys, "--cohort", str(PATIENTS), "--json", "--as-of", "2026-11-23")
+    assert status == 0
+    assert "safety" not in json.loads(out)

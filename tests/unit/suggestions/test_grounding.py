@@ -322,3 +322,14 @@ def test_no_known_allergy_contradicts_an_active_allergy_but_nkda_record_does_not
         .check(statement("No known drug allergies", "Patient/p9"))
         .ok
     )
+
+
+def test_a_stated_age_is_checked_against_the_cited_date_and_the_day_read():
+    from datetime import date
+
+    later = GroundingVerifier(SNAPSHOT, today=date(2027, 1, 15))
+    assert later.check(statement("HbA1c 7.2% on 2025-11-02 (14 months old)", A1C)).ok
+    wrong = later.check(statement("HbA1c 7.2% on 2025-11-02 (13 months old)", A1C))
+    assert wrong.issues == ("'(13 months old)' does not match a cited date",)
+    # The age's number is not read as a value of its own ("14" is not in the resource).
+    assert not any("14" in issue for issue in wrong.issues)
