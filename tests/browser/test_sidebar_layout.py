@@ -2,9 +2,9 @@
 
 A layout measurement in real Chromium, not a timing test: the summary of what changed since
 the last note, then every card closed to its first line, end within two screens (twice the
-viewport's height less the sticky note footer, which covers the bottom of each); each card opens to the rest with a key (O or Enter) or a click, and says so
-(aria-expanded). The chart is tests/fixtures/clinical/fifteen_problems.json, loaded into
-the sandbox EHR.
+viewport's height less the sticky note footer, which covers the bottom of each); each
+card opens to the rest with a key (O or Enter) or a click, and says so (aria-expanded).
+The chart is tests/fixtures/clinical/fifteen_problems.json, loaded into the sandbox EHR.
 """
 
 from __future__ import annotations
