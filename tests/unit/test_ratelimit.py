@@ -45,6 +45,8 @@ def make_app(tmp_path):
         }
         app = create_app(make_settings(tmp_path / str(len(made)), **env))
         db = app.extensions["smartapp.db"]
+        if not made:  # a fresh store (PostgreSQL is shared between tests); later apps share it
+            db.drop_all()
         db.upgrade()
         made.append(app)
         return app
