@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from smartapp import audit
 from smartapp.db import Database, utcnow
 from smartapp.errors import (
+    AppError,
     BadRequest,
     Conflict,
     Forbidden,
@@ -33,6 +34,7 @@ from smartapp.errors import (
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.leases import Leases
 from smartapp.notes.composer import (
     ComposedNote,
     Decided,
@@ -50,6 +52,7 @@ from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.visits import Visit, visit_of
 from smartapp.notes.writeback import (
     WrittenNote,
+    draft_is_editable,
     revise_document,
     write_note,
     write_revision_provenance,
@@ -146,7 +149,10 @@ class SidebarService:
         self._snapshots = snapshots
         self._drafter = drafter
         self._fhir_for = fhir_for
+        #: (launch, document, revision) -> signed in the EHR: read once per launch and save.
+        self._signed: dict[tuple[str, str, int], bool] = {}
         self.feedback = FeedbackStore(database, on_decision=on_decision)
+        self.leases = Leases(database, SavedNote)
 
     # -- reading -------------------------------------------------------------------
 
@@ -475,39 +481,26 @@ class SidebarService:
             return None
         return WrittenNote(document_reference=note.document_reference, provenance=note.provenance)
 
-    def _claim(self, note_id: str, *, seconds: int = 120) -> bool:
-        """Take the note for one delivery (the worker, a request and the CLI may all try)."""
-        now = utcnow()
-        with self._db.session() as session:
-            claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-                update(SavedNote)
-                .where(
-                    SavedNote.id == note_id,
-                    (SavedNote.claimed_until.is_(None)) | (SavedNote.claimed_until < now),
-                )
-                .values(claimed_until=now + timedelta(seconds=seconds))
-            )
-            return bool(claimed.rowcount)
-
-    def _release(self, note_id: str) -> None:
-        with self._db.session() as session:
-            session.execute(
-                update(SavedNote).where(SavedNote.id == note_id).values(claimed_until=None)
-            )
-
-    def deliver(self, note_id: str, *, client: FHIRClient) -> WrittenNote | None:
+    def deliver(
+        self, note_id: str, *, client: FHIRClient, claimed: bool = False
+    ) -> WrittenNote | None:
         """Try to put one saved note (its latest revision) in the chart.
 
         Returns where it is, or None when it is kept for a retry (the EHR is unavailable,
         or another delivery of it is under way). Each step is recorded as it completes, so
         a retry resumes where the last attempt stopped and repeats nothing.
         """
-        if not self._claim(note_id):
+        # A lease (smartapp.leases), renewed while the EHR is asked: the worker, a request
+        # and `smartapp outbox retry`, in any process, never send the same note at once,
+        # and a process that dies holding it lets it go within seconds. `claimed`: the
+        # outbox took it already.
+        if not claimed and not self.leases.claim(note_id):
             return None
         try:
-            return self._deliver_claimed(note_id, client)
+            with self.leases.heartbeat([note_id]):
+                return self._deliver_claimed(note_id, client)
         finally:
-            self._release(note_id)
+            self.leases.release([note_id])
 
     def _deliver_claimed(self, note_id: str, client: FHIRClient) -> WrittenNote | None:
         with self._db.session() as session:
@@ -715,6 +708,7 @@ class SidebarService:
                 for sid in note.suggestion_ids
                 if sid in used
             ],
+            "signed": self._signed_in_ehr(launch, note),
         }
         state["changes"] = {
             "new": [r.id for r in current if r.latest_decision() is None and r.shown_at > saved_at],
@@ -725,6 +719,27 @@ class SidebarService:
             ],
         }
         return state
+
+
+    def _signed_in_ehr(self, launch: LaunchContext, note: SavedNote) -> bool | None:
+        """Whether the clinician has signed the draft in the EHR (None: not known).
+
+        Read from the EHR once per launch and revision, so that a reopened chart says the
+        next save writes a new draft rather than "for you to sign".
+        """
+        if note.status != "in_chart" or not note.document_reference:
+            return None
+        key = (launch.session_id, note.document_reference, note.revision)
+        if key not in self._signed:
+            rtype, _, rid = note.document_reference.partition("/")
+            try:
+                document = self._fhir_for(launch).read(rtype, rid)
+            except AppError:
+                return None  # the EHR is not answering, or does not let the app read it
+            if len(self._signed) > 4096:
+                self._signed.clear()
+            self._signed[key] = not draft_is_editable(document)
+        return self._signed[key]
 
 
 def _decided(rows: list[ShownSuggestion]) -> list[Decided]:

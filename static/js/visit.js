@@ -19,6 +19,12 @@ const WHERE = {
   failed: "the EHR refused it",
 };
 
+function where(draft) {
+  // Signed in the EHR: the record now; the app never overwrites it.
+  if (draft.signed) return "signed in the EHR; saving again writes a new draft that replaces it";
+  return WHERE[draft.status] ?? draft.status;
+}
+
 /** Mark the cards shown since the draft was saved (and unmark the others). */
 function markNew(ids) {
   const fresh = new Set(ids);
@@ -49,7 +55,7 @@ export function renderVisit(visit) {
   const changes = visit.changes ?? { new: [], removed: [] };
   const parts = [
     el("strong", { className: "draft-saved", text: `Draft saved ${clock(draft.savedAt)}` }),
-    el("span", { className: "status-detail", text: ` · ${WHERE[draft.status] ?? draft.status}${draft.revision > 1 ? ` · saved ${draft.revision} times` : ""}` }),
+    el("span", { className: "status-detail", text: ` · ${where(draft)}${draft.revision > 1 ? ` · saved ${draft.revision} times` : ""}` }),
   ];
   if (changes.new.length || changes.removed.length) {
     const since = [];

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
-from tests.integration.conftest import Launched, ehr_launch
+from tests.integration.conftest import CSRF_META, Launched, browser, ehr_launch
 from tests.integration.test_outbox import accept_first, note_text
 
 
@@ -28,6 +28,7 @@ def our_notes(launched: Launched, patient: str = "pt-01") -> list[dict[str, Any]
         for d in docs
         if any(i.get("system") == NOTE_IDENTIFIER_SYSTEM for i in d.get("identifier", []))
     ]
+
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,7 @@ def test_a_reopened_chart_shows_the_draft_and_its_decisions_and_saves_the_same_n
     ]
     assert accepted["statements"][0]["text"] in visit["draft"]["text"]
     assert visit["changes"] == {"new": [], "removed": []}
+    assert visit["draft"]["signed"] is False
 
     medications = accept_first(again, "medications")
     second = again.api("POST", "/api/note")
@@ -121,6 +123,7 @@ def test_after_signing_in_the_ehr_the_next_launch_writes_a_new_draft_relating_to
     signed_version = store.get(rtype, rid).body["meta"]["versionId"]
 
     again = ehr_launch(launched.stack)
+    assert again.api("GET", "/api/notes").json()["visit"]["draft"]["signed"] is True
     accept_first(again, "medications")
     second = again.api("POST", "/api/note").json()
     assert second["documentReference"] != first["documentReference"]
@@ -142,3 +145,41 @@ def test_after_signing_in_the_ehr_the_next_launch_writes_a_new_draft_relating_to
     assert note["documentReference"] == second["documentReference"]
     draft = launched.sandbox("GET", f"/_sandbox/resources/{second['documentReference']}").json()
     assert note_text(draft) == "Typed after signing."
+
+
+def launch_without_encounter(launched: Launched) -> Launched:
+    """An EHR launch with no encounter in its context (as from a patient list)."""
+    stack = launched.stack
+    minted = requests.post(
+        f"{stack.ehr_url}/_sandbox/launch",
+        json={"patient": "pt-01", "user": "dr-ada-lovelace", "encounter": None},
+        timeout=30,
+    )
+    minted.raise_for_status()
+    assert minted.json()["encounter"] is None
+    session = browser()
+    page = session.get(minted.json()["launch_url"], timeout=30)
+    match = CSRF_META.search(page.text)
+    assert page.status_code == 200 and match, page.text[:300]
+    return Launched(session=session, stack=stack, csrf=match.group(1), patient="pt-01", page=page)
+
+
+def test_without_an_encounter_the_visit_is_the_clinicians_day_with_the_patient(
+    launched: Launched,
+):
+    morning = launch_without_encounter(launched)
+    accepted = accept_first(morning, "problem_summary")
+    first = morning.api("POST", "/api/note").json()
+    later = launch_without_encounter(launched)
+    visit = later.api("GET", "/api/notes").json()["visit"]
+    assert visit["scope"] == "day" and visit["encounter"] is None and visit["date"]
+    assert visit["draft"]["id"] == first["note"]["id"]
+    decided = [
+        s for s in later.api("GET", "/api/suggestions").json()["suggestions"] if s["decision"]
+    ]
+    assert [s["id"] for s in decided] == [accepted["id"]]
+    # The launch with an encounter is another visit: its own (empty) draft.
+    assert launched.api("GET", "/api/notes").json()["visit"]["draft"] is None
+    second = later.api("POST", "/api/note", json={"text": "Seen today; plan unchanged."}).json()
+    assert second["documentReference"] == first["documentReference"]
+    assert len(our_notes(launched)) == 1

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from smartapp.db import Database, utcnow
-from smartapp.errors import NotFound
+from smartapp.errors import NotFound, TemporaryUpstreamError
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
 from smartapp.notes.drafting import DraftPlan, Drafts
@@ -246,8 +246,21 @@ def test_a_new_launch_of_the_visit_shows_the_decisions_and_the_saved_draft(sideb
     assert state["draft"]["text"] == saved.note.text
     assert state["draft"]["sections"] == [{"suggestion": accepted, "title": "Problem summary"}]
     assert state["changes"] == {"new": [], "removed": []}
+    assert state["draft"]["signed"] is False  # read from the EHR: still a preliminary draft
     # The note assembled in the new launch is the saved one: nothing new to save.
     assert sidebar.service.compose_note(again).text == saved.note.text
+
+
+def test_an_ehr_that_does_not_answer_leaves_signed_unknown(sidebar: Sidebar):
+    sidebar.accept(launch_for("l1"), "problem_summary")
+    sidebar.service.save_note(launch_for("l1"))
+
+    def down(resource_type: str, resource_id: str) -> dict[str, Any]:
+        raise TemporaryUpstreamError("The EHR did not answer.")
+
+    sidebar.ehr.read = down  # type: ignore[method-assign]
+    draft = sidebar.service.visit_state(launch_for("l2"))["draft"]
+    assert draft["status"] == "in_chart" and draft["signed"] is None
 
 
 def test_another_encounter_starts_a_visit_of_its_own(sidebar: Sidebar):
@@ -313,9 +326,12 @@ def test_after_signing_the_next_save_is_a_new_draft_replacing_the_signed_note(si
     sidebar.ehr.sign(signed_id)
 
     again = launch_for("l2")
+    # The reopened chart knows: the next save is a new draft, not "for you to sign".
+    assert sidebar.service.visit_state(again)["draft"]["signed"] is True
     sidebar.accept(again, "medications")
     two = sidebar.service.save_note(again)
     assert two.written.document_reference != one.written.document_reference
+    assert sidebar.service.visit_state(again)["draft"]["signed"] is False  # the new draft
     new_id = two.written.document_reference.split("/")[1]
     replacement = sidebar.ehr.documents[new_id]
     assert replacement["relatesTo"] == [
