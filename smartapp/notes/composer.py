@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smartapp.notes.composition import Contribution
 from smartapp.notes.layout import NoteLayout
 from smartapp.notes.readability import grade_level
 from smartapp.suggestions import kinds as K
+from smartapp.suggestions.crossref import SHORT_LABELS
 
 #: The sidebar's marker before an unverified statement (smartapp.suggestions.templates).
 _MARKER = re.compile(r"\[unverified\]\s*", re.IGNORECASE)
@@ -105,6 +106,8 @@ class _Line:
     bullet: bool = True
     part: str = "assessment"
     group: str = ""
+    #: The card a cross-reference points to ("Assessment and plan: Atrial fibrillation").
+    see: str | None = None
 
     def render(self) -> str:
         return f"- {self.text}" if self.bullet else self.text
@@ -184,7 +187,7 @@ def compose(decided: Iterable[Decided], layout: NoteLayout | None = None) -> Com
             continue
         lines = _lines(item, omitted)
         (patient_lines if item.kind == K.PATIENT_INSTRUCTIONS else note_lines).extend(lines)
-    note_lines = _unique(note_lines)
+    note_lines = _pointed(_unique(note_lines), layout)
     sections = _sections(note_lines, layout)
     note = _document("\n\n".join(f"{s.heading}\n{s.text}" for s in sections), note_lines)
     patient = _unique(patient_lines)
@@ -248,7 +251,15 @@ def _statement_lines(item: Decided, omitted: list[Omitted]) -> list[_Line]:
                 Omitted(suggestion=item.id, kind=item.kind, text=text, reason=UNVERIFIED_LEFT_OUT)
             )
             continue
-        lines.append(_Line(text=text, source=item, part=_route(item, statement, text), group=group))
+        lines.append(
+            _Line(
+                text=text,
+                source=item,
+                part=_route(item, statement, text),
+                group=group,
+                see=statement.get("see"),
+            )
+        )
     return lines
 
 
@@ -302,7 +313,8 @@ def _lines(item: Decided, omitted: list[Omitted]) -> list[_Line]:
             routed = _route(item, statement, text)
             if statement is not None or routed == "plan":
                 part = routed
-        lines.append(_Line(text=text, source=item, bullet=bullet, part=part, group=group))
+        see = statement.get("see") if statement is not None else None
+        lines.append(_Line(text=text, source=item, bullet=bullet, part=part, group=group, see=see))
     return lines
 
 
@@ -316,6 +328,43 @@ def _unique(lines: Sequence[_Line]) -> list[_Line]:
             continue
         seen.add(key)
         out.append(line)
+    return out
+
+
+def _pointed(lines: Sequence[_Line], layout: NoteLayout) -> list[_Line]:
+    """Cross-references between cards made into references within the note.
+
+    "INR: see Assessment and plan: Atrial fibrillation" names a card; in the note it
+    becomes "INR: see Assessment (Atrial fibrillation)", the section that holds it. A
+    pointer to a card the clinician did not put in the note points at nothing: the line
+    goes, and a statement that only carries the pointer keeps its words without it.
+    """
+    kinds = {v: k for k, v in SHORT_LABELS.items()}
+    present = {(line.source.kind, line.group) for line in lines}
+    heading_of = {part: s.heading for s in layout.sections for part in s.parts}
+    out = []
+    for line in lines:
+        if not line.see:
+            out.append(line)
+            continue
+        base, _, problem = line.see.partition(": ")
+        kind = kinds.get(base)
+        there = kind is not None and any(
+            k == kind and (not problem or group == problem) for k, group in present
+        )
+        heading = heading_of.get(_KIND_PART.get(kind or "", ""), "") if there else ""
+        pointer = f": see {line.see}"
+        suffix = f" (see {line.see})"
+        if line.text.endswith(pointer):
+            if heading:
+                where = f"{heading} ({problem})" if problem else heading
+                out.append(replace(line, text=line.text[: -len(pointer)] + f": see {where}"))
+        elif line.text.endswith(suffix):
+            where = f"{heading}, {problem}" if problem else heading
+            text = line.text[: -len(suffix)] + (f" (see {where})" if heading else "")
+            out.append(replace(line, text=text))
+        else:
+            out.append(line)  # the clinician's words: left as written
     return out
 
 

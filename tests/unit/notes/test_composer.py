@@ -286,6 +286,26 @@ def test_ai_label_only_when_the_note_holds_drafted_text():
     assert compose([INSTRUCTIONS]).note.engines == ()  # only patient text: not in the note
 
 
+def test_card_cross_references_become_references_within_the_note():
+    pointer = statement("INR: see Assessment and plan: Atrial fibrillation", "Observation/inr")
+    pointer["see"] = "Assessment and plan: Atrial fibrillation"
+    brief = statement("Atrial fibrillation, onset 2019-09-09 (see Assessment and plan)", "C/af")
+    brief["see"] = "Assessment and plan"
+    vitals = decided("vitals_labs", "Vitals and labs trend (rule-based)", pointer)
+    summary = decided("problem_summary", "Problem summary (rule-based)", brief)
+    block = decided(
+        "assessment_plan",
+        "Assessment and plan draft: Atrial fibrillation (rule-based, for review)",
+        statement("INR 1.6 on 2026-11-16; below the therapeutic range", "Observation/inr"),
+    )
+    note = compose([summary, vitals, block]).text
+    assert section(note, "Objective") == "- INR: see Assessment (Atrial fibrillation)"
+    assert section(note, "Subjective") == "- Atrial fibrillation, onset 2019-09-09 (see Assessment)"
+    # Without the block in the note, a pointer points at nothing: it goes.
+    alone = compose([summary, vitals]).text
+    assert alone == "Subjective\n- Atrial fibrillation, onset 2019-09-09"
+
+
 def test_nothing_accepted_composes_an_empty_note():
     rejected = decided("problem_summary", "Problem summary", *SUMMARY.statements, action="reject")
     composed = compose([rejected])
@@ -335,10 +355,13 @@ def test_fixture_chart_note_is_a_clinical_note(chart: Path):
         if item.kind == "patient_instructions":
             continue
         for st in item.statements:
+            if st.get("see"):
+                continue  # a cross-reference: rewritten to the note's sections
             assert (
                 composed.text.count(f"- {st['text']}\n") + composed.text.endswith(f"- {st['text']}")
                 == 1
             ), st["text"]
+    assert "see Assessment and plan" not in composed.text  # card names, not the note's
     # The patient's instructions read at the default after-visit summary level (grade 6).
     assert grade_level(composed.patient.text) <= 6, composed.patient.text
 

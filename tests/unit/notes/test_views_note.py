@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from smartapp.admin.metrics import notes_written
 from smartapp.notes.service import SidebarService
 from tests.unit.notes.views_support import SnapshotSource, fixture_snapshot, launch
 
@@ -171,9 +172,12 @@ def test_patient_instructions_go_to_a_separate_after_visit_summary(app, client, 
         == answer["afterVisitSummary"]["note"]["id"]
     )
     assert len(ehr.bundles) == 2
-    # The governance metrics count notes, not the patient's summaries.
     notes = _api(client, context, "GET", "/api/notes").get_json()["notes"]
     assert sorted(n["kind"] for n in notes) == ["after_visit_summary", "note"]
+    # The governance metrics count notes, not the patient's summaries.
+    with app.extensions["smartapp.db"].session() as session:
+        [group] = notes_written(session, group_by="site")
+    assert group.saved == 1
 
 
 @pytest.mark.parametrize(
