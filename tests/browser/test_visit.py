@@ -20,6 +20,7 @@ from tests.browser.test_sidebar_flows import (  # noqa: F401  (fixtures: page, s
     sidebar_clip,
     stack,
 )
+from tests.conftest import in_note
 
 pytestmark = pytest.mark.browser
 
@@ -106,5 +107,5 @@ def test_reopening_the_chart_shows_the_saved_draft_and_its_decisions(
     expect(visit).to_contain_text("saved 2 times")
 
     (note,) = notes_in_chart(stack, "pt-01")  # one draft for the visit, updated
-    assert first_statement in note
+    assert in_note(first_statement, note)
     assert total >= 2
