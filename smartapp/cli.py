@@ -3,31 +3,116 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 # A plain table, cheap to import: the sandbox's --imitate choices.
 from smartapp.sandbox.imitations import IMITATIONS
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from smartapp.config import Settings, require_shared_secret
+
+    settings = Settings.from_env()
+    if args.processes < 1:
+        print("smartapp: --processes must be at least 1", file=sys.stderr)
+        return 2
+    if args.processes == 1:
+        return _serve_one(args, sockets=None)
+    require_shared_secret(settings, f"`smartapp serve --processes {args.processes}`")
+    return _serve_processes(args)
+
+
+def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
+    """One waitress process: the app's threads, and its outbox worker unless --no-worker."""
     from waitress import serve
 
     from smartapp import create_app
     from smartapp.notes.outbox import OutboxWorker
 
     app = create_app()
-    worker = OutboxWorker(
-        app.extensions["smartapp.outbox"], housekeeping=app.extensions["smartapp.housekeeping"]
-    )
-    worker.start()
-    print(f"smartapp listening on http://{args.host}:{args.port}", flush=True)
+    worker = None
+    if not args.no_worker:
+        worker = OutboxWorker(
+            app.extensions["smartapp.outbox"], housekeeping=app.extensions["smartapp.housekeeping"]
+        )
+        worker.start()
+    where = {"sockets": sockets} if sockets else {"host": args.host, "port": args.port}
+    print(f"smartapp listening on http://{args.host}:{args.port} (pid {os.getpid()})", flush=True)
     try:
-        serve(app, host=args.host, port=args.port, threads=args.threads, ident="smartapp")
+        serve(app, threads=args.threads, ident="smartapp", **where)
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
+    return 0
+
+
+def _serve_processes(args: argparse.Namespace) -> int:
+    """N waitress processes sharing one listening socket (each its own GIL; see README).
+
+    The socket is bound before forking and each child builds its own app (its own store
+    connections, caches and LLM threads) after it; the parent forwards SIGTERM/SIGINT.
+    """
+    import signal
+    import socket
+
+    listener = socket.create_server((args.host, args.port), backlog=1024)
+    children: list[int] = []
+    for _ in range(args.processes):
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                code = _serve_one(args, sockets=[listener])
+            finally:
+                os._exit(code)
+        children.append(pid)
+    listener.close()
+
+    def stop(signum: int, _frame: Any) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
+    return 0 if worst < 0 else worst
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """The outbox and forwarding worker as its own process (beside `serve --no-worker`)."""
+    import signal
+    import threading
+
+    from smartapp import create_app
+    from smartapp.config import Settings, require_shared_secret
+    from smartapp.notes.outbox import OutboxWorker
+
+    require_shared_secret(Settings.from_env(), "`smartapp worker`")
+    app = create_app()
+    worker = OutboxWorker(
+        app.extensions["smartapp.outbox"],
+        interval=args.interval,
+        housekeeping=app.extensions["smartapp.housekeeping"],
+    )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    worker.start()
+    print(f"smartapp worker running (pid {os.getpid()}, every {args.interval:g} s)", flush=True)
+    stopped.wait()
+    worker.stop()
+    app.extensions["smartapp.db"].dispose()
     return 0
 
 
@@ -211,7 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="waitress processes sharing the port (more than 1 needs SMARTAPP_SECRET_KEY)",
+    )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not run the outbox worker in this process (run `smartapp worker` instead)",
+    )
     serve.set_defaults(handler=_serve)
+
+    worker = sub.add_parser(
+        "worker", help="deliver waiting notes and feedback forwards, as a process of its own"
+    )
+    worker.add_argument(
+        "--interval", type=float, default=10.0, help="seconds between runs (default 10)"
+    )
+    worker.set_defaults(handler=_worker)
 
     sandbox = sub.add_parser(
         "sandbox",

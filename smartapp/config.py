@@ -193,6 +193,9 @@ class Settings:
     #: Migrate the store when the app starts (sandbox mode, or SMARTAPP_MIGRATE_ON_START);
     #: otherwise `smartapp db upgrade` does it before the processes start.
     migrate_on_start: bool = False
+    #: SMARTAPP_SECRET_KEY was given (not generated in the instance folder): what several
+    #: processes need.
+    secret_key_from_env: bool = False
 
     def __repr__(self) -> str:
         """Every setting but the secrets (shown as '***') and the database password."""
@@ -346,9 +349,22 @@ class Settings:
                 means=" (MiB: the largest FHIR answer the app reads)",
             ),
             sandbox_mode=sandbox_issuer is not None,
+            secret_key_from_env=bool(environ.get("SMARTAPP_SECRET_KEY")),
             migrate_on_start=_yes_no(
                 environ, "SMARTAPP_MIGRATE_ON_START", default=sandbox_issuer is not None
             ),
+        )
+
+
+def require_shared_secret(settings: Settings, what: str) -> None:
+    """Several processes must share one SMARTAPP_SECRET_KEY (a launch begun in one and
+    finished in another is refused otherwise, and tokens one encrypted the others cannot
+    read): refuse to start them on a key generated in one instance folder."""
+    if not settings.secret_key_from_env:
+        raise ConfigError(
+            f"SMARTAPP_SECRET_KEY is not set: {what} runs beside other processes, which "
+            "must all use the same key. Set it (e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'`) in every process's environment"
         )
 
 

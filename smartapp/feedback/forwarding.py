@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from smartapp.db import Base, Database, UTCDateTime, utcnow
 from smartapp.feedback.models import Decision, ShownSuggestion, new_id
 from smartapp.httplimits import limited_session
+from smartapp.leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class FeedbackForward(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The process sending it now (smartapp.leases): one sender at a time, any process.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 def as_uuid(hex_id: str) -> str:
@@ -103,6 +108,7 @@ class FeedbackForwarder:
         self._db = database
         self._http = http or limited_session(deadline=max(timeout, 1.0) * 2)
         self._timeout = timeout
+        self.leases = Leases(database, FeedbackForward)
 
     def enqueue(self, decision_id: str, endpoint: str) -> None:
         with self._db.session() as session:
@@ -127,20 +133,20 @@ class FeedbackForwarder:
     def deliver_due(self, *, now: datetime | None = None, limit: int = 50) -> int:
         """Send the forwards that are due; returns how many were sent."""
         now = now or utcnow()
-        with self._db.session() as session:
-            due = list(
-                session.scalars(
-                    select(FeedbackForward)
-                    .where(
-                        FeedbackForward.status == "pending", FeedbackForward.next_attempt_at <= now
-                    )
-                    .order_by(FeedbackForward.created_at)
-                    .limit(limit)
-                )
-            )
+        # Claimed, not just read: another process's worker sends the others.
+        due = self.leases.claim_due(
+            (FeedbackForward.status == "pending") & (FeedbackForward.next_attempt_at <= now),
+            order_by=FeedbackForward.created_at,
+            limit=limit,
+            now=now,
+        )
         sent = 0
-        for forward in due:
-            sent += self._send(forward.id)
+        for forward_id in due:
+            try:
+                with self.leases.heartbeat([forward_id]):
+                    sent += self._send(forward_id)
+            finally:
+                self.leases.release([forward_id])
         return sent
 
     def _send(self, forward_id: str) -> int:

@@ -70,6 +70,10 @@ class SavedNote(Base):
     #: A delivery in progress holds the note until then: the worker, a request and
     #: `smartapp outbox retry` never send the same note at the same time.
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Which process holds the claim (smartapp.leases), and since when; it renews
+    #: `claimed_until` while it works, so a dead owner's claim lapses within seconds.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     document_reference: Mapped[str | None] = mapped_column(String(256))
     provenance: Mapped[str | None] = mapped_column(String(256))
     attempts: Mapped[int] = mapped_column(Integer, default=0)

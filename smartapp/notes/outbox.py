@@ -73,33 +73,58 @@ class Outbox:
             return list(rows)
 
     def run_once(self, *, now: datetime | None = None, force: bool = False) -> OutboxReport:
-        """Deliver what is due (everything pending when `force`)."""
+        """Deliver what is due (everything pending when `force`), claiming each note first.
+
+        A note another process holds is left to it; one whose holder stopped renewing its
+        lease (it died) is taken over (smartapp.leases).
+        """
         now = now or utcnow()
         delivered = waiting = failed = 0
         horizon = now + timedelta(days=365 * 100) if force else now
-        for note in self.due_notes(horizon):
+        leases = self._sidebar.leases
+        claimed = leases.claim_due(
+            (SavedNote.status == "pending")
+            & (SavedNote.next_attempt_at.is_(None) | (SavedNote.next_attempt_at <= horizon)),
+            order_by=SavedNote.created_at,
+            limit=100,
+            now=now,
+        )
+        for note_id in claimed:
             try:
-                client = self._clients.client_for_note(
-                    launch_session_id=note.launch_session_id,
-                    site=note.site,
-                    fhir_user=note.fhir_user,
-                    patient_id=note.patient_id,
-                )
-            except AppError:
+                with self._db.session() as session:
+                    note = session.get(SavedNote, note_id)
+                    who = (
+                        None
+                        if note is None
+                        else (note.launch_session_id, note.site, note.fhir_user, note.patient_id)
+                    )
                 client = None
-            if client is None:
-                # Its launch has ended and cannot be refreshed: it waits for the next launch.
-                waiting += 1
-                continue
-            try:
-                written = self._sidebar.deliver(note.id, client=client)
-            except AppError:
-                failed += 1
-                continue
-            if written is None:
-                waiting += 1
-            else:
-                delivered += 1
+                if who is not None:
+                    try:
+                        launch, site, fhir_user, patient = who
+                        client = self._clients.client_for_note(
+                            launch_session_id=launch,
+                            site=site,
+                            fhir_user=fhir_user,
+                            patient_id=patient,
+                        )
+                    except AppError:
+                        client = None
+                if client is None:
+                    # Its launch has ended and cannot be refreshed: it waits for the next launch.
+                    waiting += 1
+                    continue
+                try:
+                    written = self._sidebar.deliver(note_id, client=client, claimed=True)
+                except AppError:
+                    failed += 1
+                    continue
+                if written is None:
+                    waiting += 1
+                else:
+                    delivered += 1
+            finally:
+                leases.release([note_id])  # deliver released it already; a no-op then
         sent = self._forwarder.deliver_due(now=now) if self._forwarder else 0
         if delivered or failed or sent:
             log.info(

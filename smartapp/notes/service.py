@@ -34,6 +34,7 @@ from smartapp.errors import (
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.leases import Leases
 from smartapp.notes.composer import (
     ComposedNote,
     Decided,
@@ -151,6 +152,7 @@ class SidebarService:
         #: (launch, document, revision) -> signed in the EHR: read once per launch and save.
         self._signed: dict[tuple[str, str, int], bool] = {}
         self.feedback = FeedbackStore(database, on_decision=on_decision)
+        self.leases = Leases(database, SavedNote)
 
     # -- reading -------------------------------------------------------------------
 
@@ -479,39 +481,26 @@ class SidebarService:
             return None
         return WrittenNote(document_reference=note.document_reference, provenance=note.provenance)
 
-    def _claim(self, note_id: str, *, seconds: int = 120) -> bool:
-        """Take the note for one delivery (the worker, a request and the CLI may all try)."""
-        now = utcnow()
-        with self._db.session() as session:
-            claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-                update(SavedNote)
-                .where(
-                    SavedNote.id == note_id,
-                    (SavedNote.claimed_until.is_(None)) | (SavedNote.claimed_until < now),
-                )
-                .values(claimed_until=now + timedelta(seconds=seconds))
-            )
-            return bool(claimed.rowcount)
-
-    def _release(self, note_id: str) -> None:
-        with self._db.session() as session:
-            session.execute(
-                update(SavedNote).where(SavedNote.id == note_id).values(claimed_until=None)
-            )
-
-    def deliver(self, note_id: str, *, client: FHIRClient) -> WrittenNote | None:
+    def deliver(
+        self, note_id: str, *, client: FHIRClient, claimed: bool = False
+    ) -> WrittenNote | None:
         """Try to put one saved note (its latest revision) in the chart.
 
         Returns where it is, or None when it is kept for a retry (the EHR is unavailable,
         or another delivery of it is under way). Each step is recorded as it completes, so
         a retry resumes where the last attempt stopped and repeats nothing.
         """
-        if not self._claim(note_id):
+        # A lease (smartapp.leases), renewed while the EHR is asked: the worker, a request
+        # and `smartapp outbox retry`, in any process, never send the same note at once,
+        # and a process that dies holding it lets it go within seconds. `claimed`: the
+        # outbox took it already.
+        if not claimed and not self.leases.claim(note_id):
             return None
         try:
-            return self._deliver_claimed(note_id, client)
+            with self.leases.heartbeat([note_id]):
+                return self._deliver_claimed(note_id, client)
         finally:
-            self._release(note_id)
+            self.leases.release([note_id])
 
     def _deliver_claimed(self, note_id: str, client: FHIRClient) -> WrittenNote | None:
         with self._db.session() as session:

@@ -132,6 +132,8 @@ class PlanOption:
     max_age: int | None = None
     #: Say what treats the problem now ("on metformin") or that nothing does.
     show_treatment: bool = False
+    #: Only for a patient the chart says is pregnant (context.pregnancy_evidence).
+    pregnant: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,6 +234,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
                 show_treatment=bool(item.get("show_treatment")),
+                pregnant=bool(item.get("pregnant")),
             )
         )
     return Knowledge(problems=problems, goals=goals, options=tuple(options), value_sets=sets)
@@ -597,6 +600,12 @@ def _option_fires(
     """Why the option applies (a phrase and what to cite), or None."""
     cited: list[FHIRResource] = []
     reasons: list[str] = []
+    if option.pregnant:
+        if not facts.context.pregnant or facts.deceased:
+            return None
+        evidence = facts.context.pregnancy[0]
+        reasons.append(f"with {concept_text(evidence.get('code')) or 'pregnancy'}")
+        cited.append(evidence)
     if option.min_age is not None or option.max_age is not None:
         age = facts.age
         if age is None or facts.deceased:
@@ -775,12 +784,16 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
     if facts.deceased:
         meds = []  # nothing is current therapy for a patient who has died
     if meds:
-        phrases = []
+        phrases: list[str] = []
         cited: list[FHIRResource] = [m.request for m in meds]
         for med in meds:
             earlier = shown.medications.get(med.reference)
             if earlier is None:
-                phrases.append(_med_phrase(med))
+                phrase = _med_phrase(med)
+                if phrase not in phrases and not any(
+                    p.startswith(f"{med.name} (") for p in phrases
+                ):
+                    phrases.append(phrase)  # ten identical orders are one drug to treat
                 shown.medications[med.reference] = problem
             else:
                 phrases.append(f"{_short(med)} (see {earlier.name})")

@@ -306,7 +306,13 @@ class BuiltinEngine:
                 self._deceased_medications(facts),
             )
         statements: list[Statement] = []
+        # The same drug, instructions and status ordered several times is one line citing
+        # every order (the duplicate hint above says it is more than one).
+        same: dict[tuple[str, str | None, bool, bool], list[Medication]] = {}
         for med in facts.medications:
+            same.setdefault((med.name, med.dosage, med.reported, med.on_hold), []).append(med)
+        for group in same.values():
+            med = group[0]
             text = med.name
             if med.dosage and contradictions(med.dosage, snapshot):
                 # Free text that contradicts the chart (an instruction planted in it, an
@@ -322,11 +328,16 @@ class BuiltinEngine:
             if med.reported:
                 asserted = f", recorded {med.asserted}" if med.asserted else ""
                 text += f" ({med.source_phrase}{asserted}; not an order)"
+            elif len(group) > 1:
+                dates = sorted(m.authored for m in group if m.authored)
+                span = f", ordered {dates[0]} to {dates[-1]}" if dates else ""
+                text += f" (the same order, more than once{span})"
             elif med.authored:
                 text += f" (ordered {med.authored})"
             if med.on_hold:
                 text += ", on hold"
-            statements.append(Statement(text=text, citations=_cite_refs(snapshot, med.references)))
+            references = [r for m in group for r in m.references]
+            statements.append(Statement(text=text, citations=_cite_refs(snapshot, references)))
         statements += self._proposed_orders(facts)
         statements += self._stopped_orders(facts)
         # Safety flags (allergy, contraindication, interaction) come first.
@@ -354,7 +365,7 @@ class BuiltinEngine:
                 hints.append(
                     Statement(
                         text=f"Possible duplicate: {ingredient} is in more than one active "
-                        f"order ({'; '.join(m.name for m in meds)})",
+                        f"order ({'; '.join(dict.fromkeys(m.name for m in meds))})",
                         citations=_cite_refs(facts.snapshot, refs),
                         rule=rule,
                         rule_id="duplicate-same-drug",
@@ -947,7 +958,10 @@ class BuiltinEngine:
         for med in facts.medications:
             if set(med.references) & flagged or med.on_hold:
                 continue  # never reinforce a drug the medication card flags, or one on hold
-            name = med.ingredients[0] if len(med.ingredients) == 1 else med.name
+            # One known ingredient names the drug plainly, unless it is a combination
+            # ("sacubitril / valsartan" is not "valsartan").
+            combined = " / " in med.name
+            name = med.ingredients[0] if len(med.ingredients) == 1 and not combined else med.name
             statements.append(
                 Statement(
                     text=f"Your medicine list includes {name}. Take it the way your care team "

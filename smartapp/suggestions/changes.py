@@ -20,6 +20,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
+from smartapp.suggestions.assessment import range_status
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
@@ -28,6 +29,7 @@ from smartapp.suggestions.facts import (
     concept_text,
     date_part,
     describe,
+    interpretation_flag,
     medication_concept,
     ref,
     to_date,
@@ -211,6 +213,8 @@ def _result_items(facts: ChartFacts, anchor: Anchor) -> list[tuple[int, str, Sta
     for key, results in facts.results.items():
         if key in _BP_PARTS or not _after(results[0].when, anchor):
             continue
+        if not _news(facts, key, results, anchor, key in order):
+            continue
         rows.append(
             (
                 order.get(key, len(order)),
@@ -220,6 +224,32 @@ def _result_items(facts: ChartFacts, anchor: Anchor) -> list[tuple[int, str, Sta
         )
     rows.sort(key=lambda row: (row[0], row[1]))
     return rows
+
+
+#: Vital signs that are news only when out of range (a heart rate of 67 "was 67" is not).
+_ROUTINE_VITALS = {f"{LOINC}|{code}" for code in ("8867-4", "59408-5", "8310-5", "39156-5")}
+
+
+def _news(
+    facts: ChartFacts, key: str, results: Sequence[Result], anchor: Anchor, key_result: bool
+) -> bool:
+    """A full panel since the last note is twenty lines; the news in it is what is out of
+    range, and a key result that moved (the cards hold the rest)."""
+    latest = results[0]
+    if _abnormal(facts, latest):
+        return True
+    if not key_result or key in _ROUTINE_VITALS:
+        return False
+    seen = next((r for r in results[1:] if _before_or_on(r.when, anchor)), None)
+    return seen is None or seen.value_text() != latest.value_text()
+
+
+def _abnormal(facts: ChartFacts, result: Result) -> bool:
+    """Flagged by the lab, or outside its own reference range (else the default table's)."""
+    if interpretation_flag(result.resource):
+        return True
+    status, _ = range_status(facts, result)
+    return status is not None and status.startswith(("above", "below"))
 
 
 def _result_item(facts: ChartFacts, results: Sequence[Result], anchor: Anchor) -> Statement:

@@ -403,7 +403,9 @@ def age_note(result: Result, as_of: date) -> str:
     if test is None or test.stale_months is None or taken is None:
         return ""
     months = months_between(taken, as_of)
-    return f" ({months} months old)" if months >= test.stale_months else ""
+    if months < test.stale_months:
+        return ""
+    return f" ({months} month old)" if months == 1 else f" ({months} months old)"
 
 
 # Flags ---------------------------------------------------------------------------------

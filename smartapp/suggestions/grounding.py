@@ -649,7 +649,7 @@ class GroundingVerifier:
         return StatementCheck(ok=not issues, issues=tuple(dict.fromkeys(issues)))
 
 
-_AGE = re.compile(r"\((?P<n>\d{1,3}) months old\)")
+_AGE = re.compile(r"\((?P<n>\d{1,3}) months? old\)")
 
 
 def _months_between(day: str, today: date) -> int | None:

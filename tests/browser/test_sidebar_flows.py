@@ -249,9 +249,8 @@ def test_patient_instructions_are_saved_as_a_separate_after_visit_summary(page, 
     writes the instructions as their own DocumentReference (LOINC 69730-0)."""
     sidebar = open_chart(page, stack, "pt-01")
     for kind in ("problem_summary", "patient_instructions"):
-        card = sidebar.locator(f"#suggestion-list > .card[data-kind={kind}]").first
-        card.focus()  # a card shows its actions when it is the current one
-        page.keyboard.press("a")
+        card = open_card(sidebar.locator(f"#suggestion-list > .card[data-kind={kind}]").first)
+        card.locator("button.accept").click()
         expect(card).to_have_attribute("data-decision", "accept")
     avs = sidebar.locator("#avs")
     expect(avs).to_be_visible()
@@ -260,6 +259,7 @@ def test_patient_instructions_are_saved_as_a_separate_after_visit_summary(page, 
     expect(sidebar.locator("#note-text")).to_contain_text("Subjective")
     expect(sidebar.locator("#note-text")).not_to_contain_text("You ")
     sidebar.locator("#avs-save").check()
+    screenshot(page, "sidebar_avs_choice.png", clip=sidebar_clip(page))
     sidebar.locator("#save-note").click()
     status = sidebar.locator("#save-status[data-kind=ok]")
     expect(status).to_contain_text("After-visit summary: in the chart", timeout=20_000)

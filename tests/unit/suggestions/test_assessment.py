@@ -43,7 +43,8 @@ def test_every_statement_is_grounded_and_every_option_cites_its_guideline(name: 
             assert verifier.check(statement).ok, statement.text
             if statement.text.startswith("Consider"):
                 assert statement.rule and any(
-                    src in statement.rule for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA")
+                    src in statement.rule
+                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG")
                 )
 
 

@@ -181,3 +181,32 @@ def test_an_item_the_chart_does_not_bear_out_is_left_out():
             del resource["onsetDateTime"]
             del resource["recordedDate"]
     assert ("problem", "Gout, onset 2026-09-15") not in texts(chart)
+
+
+def _obs(id_: str, loinc: str, value: float, unit: str, when: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": id_,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": "Patient/fifteen"},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": value, "unit": unit},
+        **extra,
+    }
+
+
+def test_a_full_panel_since_the_note_shows_only_its_news():
+    normal = {"referenceRange": [{"low": {"value": 7, "unit": "U/L"}, "high": {"value": 56}}]}
+    chart = with_resources(
+        bundle(),
+        # A routine panel: an ALT in range, and an unchanged heart rate, are not news...
+        _obs("alt-1", "1742-6", 20, "U/L", "2026-10-20", **normal),
+        _obs("hr-0", "8867-4", 67, "beats/minute", "2026-07-01"),
+        _obs("hr-1", "8867-4", 67, "beats/minute", "2026-11-10"),
+        # ...an ALT out of the lab's range is, whatever the test.
+        _obs("ast-1", "1920-8", 190, "U/L", "2026-10-20", referenceRange=[{"high": {"value": 40}}]),
+    )
+    shown = [t for c, t in texts(chart) if c == "result"]
+    assert "AST 190 U/L on 2026-10-20" in shown
+    assert not any(t.startswith(("ALT", "Heart rate")) for t in shown)
