@@ -14,6 +14,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         admin,
         db,
         errors,
+        instance,
         jsonbody,
         logging_setup,
         observability,
@@ -22,6 +23,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         web,
     )
 
+    # PHI and the secret key are written below: owner-only from the first byte.
+    instance.private_umask()
     settings = settings or Settings.from_env()
     settings.require_public_url()
     app = Flask(
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["smartapp.settings"] = settings
 
     logging_setup.init_app(app, log_format=settings.log_format)
+    instance.secure_instance(settings)
     db.init_app(app, db.Database.from_settings(settings), migrate=settings.migrate_on_start)
     observability.init_app(app)
     errors.init_app(app)

@@ -1,4 +1,4 @@
-"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit."""
+"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit, purge."""
 
 from __future__ import annotations
 
@@ -178,6 +178,12 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return run_verify_cli(args)
 
 
+def _purge(args: argparse.Namespace) -> int:
+    from smartapp.purge import run_cli
+
+    return run_cli(args)
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
     """Bring the store's schema to the newest migration: once per deployment, before the
     app's processes start (they migrate on their own only in sandbox mode)."""
@@ -253,6 +259,12 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--strict",
         action="store_true",
         help="exit 1 when a kind's grounding rate is below the configured min_grounding_rate",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="store the report in the app's store and print its SHA-256: what change control "
+        "cites to evaluate an engine version",
     )
     parser.add_argument(
         "--out",
@@ -357,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_audit_verify)
 
+    purge = sub.add_parser(
+        "purge", help="remove expired PHI (snapshots, sessions, old texts) and say what went"
+    )
+    purge.add_argument("--json", action="store_true", help="print the counts as JSON")
+    purge.set_defaults(handler=_purge)
+
     db = sub.add_parser("db", help="the app's store")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser(
@@ -399,9 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from smartapp.config import ConfigError
+    from smartapp.instance import private_umask
     from smartapp.siteconfig import SiteConfigError
 
     args = build_parser().parse_args(argv)
+    # Every command may write PHI (the store, the sandbox's data): owner-only files.
+    private_umask()
     try:
         result: int = args.handler(args)
     except (ConfigError, SiteConfigError) as exc:

@@ -174,6 +174,9 @@ class Settings:
     snapshot_ttl_seconds: int = 300
     #: Most pages followed per search before a result set is reported as truncated.
     max_pages: int = 20
+    #: Days the clinicians' texts (edits, comments, delivered notes) are kept for
+    #: governance before `smartapp purge` clears them (SMARTAPP_PHI_RETENTION_DAYS).
+    phi_retention_days: int = 30
     #: Seconds one FHIR request may take in all (connect, answer, retries): SMARTAPP_FHIR_DEADLINE.
     fhir_deadline_seconds: int = 30
     #: The largest FHIR answer read, in MiB (SMARTAPP_FHIR_MAX_MB): larger ones are refused.
@@ -231,7 +234,8 @@ class Settings:
             environ = read_environment(dotenv_path)
 
         instance_path = Path(environ.get("SMARTAPP_INSTANCE_PATH") or Path.cwd() / "instance")
-        instance_path.mkdir(parents=True, exist_ok=True)
+        # Owner-only: it holds the SQLite store (PHI) and the generated secret key.
+        instance_path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or shipped("launch.json"))
         manifest = LaunchManifest.load(manifest_path)
@@ -326,6 +330,13 @@ class Settings:
                 300,
                 minimum=1,
                 means=" (seconds a launch reuses the chart it read)",
+            ),
+            phi_retention_days=_whole_number(
+                environ,
+                "SMARTAPP_PHI_RETENTION_DAYS",
+                30,
+                minimum=1,
+                means=" (days clinicians' texts are kept before `smartapp purge` clears them)",
             ),
             max_pages=_whole_number(
                 environ,

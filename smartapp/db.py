@@ -6,6 +6,7 @@ engine, the sessions and the column type they share (UTC timestamps).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,23 @@ class EncryptedText(TypeDecorator[str]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else _phi_cipher(dialect).open_text(value)
+
+
+class EncryptedJSON(TypeDecorator[Any]):
+    """A JSON value that is PHI (an outbox payload holding a clinician's edit), encrypted as
+    EncryptedText is; JSON stored before encryption still reads."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return str(_phi_cipher(dialect).seal_text(text))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(_phi_cipher(dialect).open_text(value))
 
 
 def _phi_cipher(dialect: Dialect) -> Any:

@@ -23,14 +23,18 @@ from typing import Literal
 
 from flask import Flask, Response, current_app, request
 
-from smartapp.admin.identity import admin_entries, normalize_fhir_user, unbound_entries
 from smartapp.config import Settings
 from smartapp.errors import AppError, Forbidden, NotAuthenticated
+from smartapp.identity import (
+    TOKEN_ACTOR,
+    admin_entries,
+    bound_identity,
+    normalize_fhir_user,
+    unbound_entries,
+)
 
 IDENTITY_EXT = "smartapp.admin.identity"
 SIGNIN_EXT = "smartapp.admin.start_signin"
-#: The audit trail's name for calls made with the admin API token (it is no person).
-TOKEN_ACTOR = "admin-api-token"
 ADMIN_SCOPE = "openid fhirUser"
 _log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class SignedInUser:
 class AdminUser:
     """An authorized admin caller: a person (session) or the API token."""
 
+    #: "ISS|Practitioner/id" for a person, TOKEN_ACTOR for the token.
     actor: str
     via: Literal["session", "token"]
     site: str | None = None
@@ -143,7 +148,8 @@ def admin_from(user: SignedInUser) -> AdminUser:
     if not is_admin(_settings(), user.fhir_user, user.site):
         raise Forbidden("Your EHR account is not on this app's list of administrators.")
     return AdminUser(
-        actor=normalize_fhir_user(user.fhir_user) or "",
+        # Issuer-bound: the audit trail and change control tell A's admin from B's same id.
+        actor=bound_identity(user.site, user.fhir_user) or "",
         via="session",
         site=user.site,
         csrf_token=user.csrf_token,

@@ -1,62 +1,21 @@
-"""How FHIR user references and issuers are compared across the admin area.
-
-`fhirUser` may come relative ("Practitioner/1") or absolute ("https://ehr/fhir/Practitioner/1",
-as Epic sends it): https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html
-"""
+"""The admin area's view of identity; the definitions live in `smartapp.identity`."""
 
 from __future__ import annotations
 
-_USER_TYPES = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Person")
+from smartapp.identity import (
+    TOKEN_ACTOR,
+    admin_entries,
+    bound_identity,
+    is_person,
+    normalize_fhir_user,
+    unbound_entries,
+)
 
-
-def normalize_fhir_user(reference: str | None) -> str | None:
-    """The relative "Type/id" form of a fhirUser reference (absolute or relative), or None."""
-    if reference is None:
-        return None
-    text = str(reference).strip()
-    if not text:
-        return None
-    parts = [p for p in text.split("/") if p]
-    # ".../Practitioner/1/_history/3" names the same user.
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2] in _USER_TYPES:
-        return f"{parts[-2]}/{parts[-1]}"
-    return text
-
-
-def admin_entries(
-    entries: tuple[str, ...], allowed_issuers: tuple[str, ...]
-) -> frozenset[tuple[str, str]]:
-    """SMARTAPP_ADMIN_USERS as (issuer, "Type/id") pairs: an admin is bound to one EHR.
-
-    An entry is "ISS|Practitioner/id", or an absolute fhirUser URL on an allowed issuer's
-    base, or (only when exactly one issuer is allowed) a relative "Practitioner/id". Entries
-    that name no allowed issuer match nobody: the same id at another EHR is another person.
-    """
-    issuers = tuple(i.strip().rstrip("/") for i in allowed_issuers)
-    pairs: set[tuple[str, str]] = set()
-    for entry in entries:
-        text = entry.strip()
-        if "|" in text:
-            iss, _, user = text.partition("|")
-            iss = iss.strip().rstrip("/")
-            ref = normalize_fhir_user(user)
-            if ref is not None and iss in issuers and "://" not in user:
-                pairs.add((iss, ref))
-            continue
-        ref = normalize_fhir_user(text)
-        if ref is None:
-            continue
-        if "://" in text:
-            base = text.rstrip("/")[: -len(ref)].rstrip("/")
-            if base in issuers:
-                pairs.add((base, ref))
-        elif len(issuers) == 1:
-            pairs.add((issuers[0], ref))
-    return frozenset(pairs)
-
-
-def unbound_entries(entries: tuple[str, ...], allowed_issuers: tuple[str, ...]) -> list[str]:
-    """The entries of SMARTAPP_ADMIN_USERS that bind to no allowed issuer (they are ignored)."""
-    return [e for e in entries if not admin_entries((e,), allowed_issuers)]
+__all__ = [
+    "TOKEN_ACTOR",
+    "admin_entries",
+    "bound_identity",
+    "is_person",
+    "normalize_fhir_user",
+    "unbound_entries",
+]

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from smartapp.audit.models import append_only, guard_orm
-from smartapp.db import Base, UTCDateTime, utcnow
+from smartapp.db import Base, EncryptedText, UTCDateTime, utcnow
 from smartapp.feedback.models import new_id
 
 #: Matches every site or every kind in a rollout rule or an engine version's site.
@@ -93,13 +93,16 @@ class EngineVersion(Base):
     state: Mapped[str] = mapped_column(String(16), default="proposed")
     proposed_by: Mapped[str] = mapped_column(String(256))
     proposed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    #: The `smartapp evaluate --json` report that cleared the grounding minimum.
+    #: The stored `smartapp evaluate --record` report that cleared the grounding minimum,
+    #: and its SHA-256 (`EvaluationRun.sha256`): the app's own run, never a posted JSON.
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    evaluation_sha256: Mapped[str | None] = mapped_column(String(64))
     evaluated_by: Mapped[str | None] = mapped_column(String(256))
     evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     approved_by: Mapped[str | None] = mapped_column(String(256))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    activated_by: Mapped[str | None] = mapped_column(String(256))
     #: The versions this one replaced when it became active: a rollback restores them.
     supersedes: Mapped[list[str]] = mapped_column(JSON, default=list)
 
@@ -125,9 +128,11 @@ class EngineVersion(Base):
             "evaluatedBy": self.evaluated_by,
             "evaluatedAt": _iso(self.evaluated_at),
             "evaluation": self.evaluation,
+            "evaluationSha256": self.evaluation_sha256,
             "approvedBy": self.approved_by,
             "approvedAt": _iso(self.approved_at),
             "activatedAt": _iso(self.activated_at),
+            "activatedBy": self.activated_by,
             "supersedes": list(self.supersedes or []),
         }
         if with_history:
@@ -274,7 +279,8 @@ class FlagReviewEvent(Base):
     seq: Mapped[int] = mapped_column(Integer)
     actor: Mapped[str] = mapped_column(String(512))
     step: Mapped[str] = mapped_column(String(16))  # triage, assign, comment, close, reopen
-    comment: Mapped[str | None] = mapped_column(Text)
+    #: A reviewer's comment may quote the chart: encrypted at rest.
+    comment: Mapped[str | None] = mapped_column(EncryptedText())
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -291,3 +297,29 @@ class FlagReviewEvent(Base):
 
 append_only(FlagReviewEvent.__table__)  # type: ignore[arg-type]
 guard_orm(FlagReviewEvent)
+
+
+class EvaluationRun(Base):
+    """A `smartapp evaluate --record` run, stored by the app; change control cites its hash."""
+
+    __tablename__ = "evaluation_run"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    #: SHA-256 of the canonical JSON of `report`: how an engine version names it.
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cohort: Mapped[str] = mapped_column(String(512))
+    site: Mapped[str | None] = mapped_column(String(512))
+    #: Who ran the command (the operating-system account), for the record only.
+    recorded_by: Mapped[str] = mapped_column(String(256))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "cohort": self.cohort,
+            "site": self.site,
+            "recordedBy": self.recorded_by,
+            "recordedAt": _iso(self.recorded_at),
+            "report": self.report,
+        }

@@ -1,10 +1,14 @@
 """Engine registry and change control: proposed → evaluated → approved → active, and back.
 
-- evaluated: a `smartapp evaluate --json` report is attached; every kind the version
-  serves must be in it with a grounding rate at or above the configured minimum;
-- approved: by a second admin, never the proposer (two-person rule);
-- active: the versions it replaces (same site scope, a shared kind) become superseded and
-  are remembered, so that one rollback restores them;
+- evaluated: an evaluation the app ran and stored (`smartapp evaluate --record`) is cited
+  by its SHA-256; it must be of this engine version, and every kind the version serves
+  must ground at or above the configured minimum (a posted report is never accepted);
+- approved: by an admin signed in through an EHR, never the proposer and never the API
+  token (two-person rule);
+- active: by an admin signed in, never the API token; when the token proposed, the
+  activator is not the approver, so two people always took part. The versions it replaces
+  (same site scope, a shared kind) become superseded and are remembered, so that one
+  rollback restores them;
 - kill switches per kind and per engine are read from the database on every call: a
   switch takes effect on the next request, with no cache to expire.
 
@@ -21,10 +25,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from smartapp.admin.identity import normalize_fhir_user
+from smartapp.admin.evaluations import find_run, intact, parse_hash
 from smartapp.admin.models import ANY, KILL_SCOPES, EngineTransition, EngineVersion, KillSwitchEvent
 from smartapp.config import normalize_issuer
 from smartapp.errors import AppError, BadRequest, NotFound
+from smartapp.identity import is_person, normalize_fhir_user
 
 #: Used when the site configuration gives no minimum (the lead wires `min_grounding_rate`).
 DEFAULT_MIN_GROUNDING_RATE = 0.95
@@ -51,7 +56,14 @@ class ActiveEngine:
 
 
 def _same_actor(a: str | None, b: str | None) -> bool:
-    return (normalize_fhir_user(a) or "") == (normalize_fhir_user(b) or "")
+    # Actors are issuer-bound ("ISS|Practitioner/1"): the same id at another EHR differs.
+    if not a or not b:
+        return False
+    if "|" in a and "|" in b:
+        return a == b
+    # A version proposed before actors were bound names only the id: compare the ids, so
+    # that its proposer cannot approve it now under the bound name.
+    return normalize_fhir_user(a.rpartition("|")[2]) == normalize_fhir_user(b.rpartition("|")[2])
 
 
 def _scope(site: str | None) -> str:
@@ -160,6 +172,21 @@ def _validate_report(report: Any, kinds: list[str]) -> dict[str, float]:
             code="evaluation_incomplete",
         )
     return rates
+
+
+def _check_engine(report: Mapping[str, Any], row: EngineVersion) -> None:
+    """The evaluation must be of this engine version ("name:version" per kind)."""
+    expected = f"{row.engine_name}:{row.version}"
+    engines = {
+        e.get("kind"): e.get("engine") for e in report.get("kinds", []) if isinstance(e, Mapping)
+    }
+    other = sorted(f"{k} ({engines[k]})" for k in row.kinds if engines.get(k) != expected)
+    if other:
+        raise ChangeRefused(
+            f"The evaluation is not of {expected}: {', '.join(other)}. Evaluate this version "
+            "(configure it for these kinds) and cite that run.",
+            code="evaluation_mismatch",
+        )
 
 
 class ChangeControl:
@@ -288,15 +315,32 @@ class ChangeControl:
         session: Session,
         version_id: str,
         *,
-        report: Any,
+        evaluation: Any,
         actor: str,
         reason: str | None,
         now: datetime,
     ) -> EngineVersion:
-        """Attach an evaluation report; refused when a kind grounds below the minimum."""
+        """Cite a stored evaluation by its SHA-256; refused when it is not this app's run of
+        this version, or a kind grounds below the minimum."""
+        digest = parse_hash(evaluation)
         row = self._get(session, version_id, lock=True)
         self._expect(row, "proposed", "evaluated", doing="attach an evaluation")
+        run = find_run(session, digest)
+        if run is None:
+            raise ChangeRefused(
+                f"No evaluation {digest[:12]}… was recorded by this app: run `smartapp evaluate "
+                "--record` where the app runs and cite the SHA-256 it prints.",
+                code="evaluation_unknown",
+            )
+        if not intact(run):
+            raise ChangeRefused(
+                f"The stored evaluation {digest[:12]}… no longer matches its hash: it was "
+                "changed after it was recorded. Run the evaluation again.",
+                code="evaluation_altered",
+            )
+        report = run.report
         rates = _validate_report(report, list(row.kinds))
+        _check_engine(report, row)
         minimum = self.min_grounding_rate
         low = {k: rates[k] for k in row.kinds if rates[k] < minimum}
         if low:
@@ -307,6 +351,7 @@ class ChangeControl:
                 code="grounding_below_minimum",
             )
         row.evaluation = dict(report)
+        row.evaluation_sha256 = digest
         row.evaluated_by = actor
         row.evaluated_at = now
         # A new report invalidates an approval given on the old one: evaluated again.
@@ -319,10 +364,16 @@ class ChangeControl:
         row = self._get(session, version_id, lock=True)
         if row.state == "proposed":
             raise ChangeRefused(
-                f"{row.label} has no evaluation: attach a `smartapp evaluate --json` report first.",
+                f"{row.label} has no evaluation: cite a `smartapp evaluate --record` run first.",
                 code="not_evaluated",
             )
         self._expect(row, "evaluated", doing="be approved")
+        # The two-person rule needs named people: the shared token names nobody.
+        if not is_person(actor):
+            raise ChangeRefused(
+                "Approval needs a named admin signed in at /admin: the API token cannot approve.",
+                code="approval_needs_person",
+            )
         if _same_actor(actor, row.proposed_by):
             raise ChangeRefused(
                 "You proposed this version: a second admin must approve it.", code="self_approval"
@@ -343,6 +394,18 @@ class ChangeControl:
                 code="not_approved",
             )
         self._expect(row, "approved", doing="be activated")
+        if not is_person(actor):
+            raise ChangeRefused(
+                "Activation needs a named admin signed in at /admin: the API token cannot "
+                "activate.",
+                code="activation_needs_person",
+            )
+        if not is_person(row.proposed_by) and _same_actor(actor, row.approved_by):
+            raise ChangeRefused(
+                "The API token proposed this version and you approved it: a second admin must "
+                "activate it, so that two people take part.",
+                code="two_people",
+            )
         replaced = [
             other
             for other in session.scalars(
@@ -363,6 +426,7 @@ class ChangeControl:
             )
         row.supersedes = [o.id for o in replaced]
         row.activated_at = now
+        row.activated_by = actor
         self._move(session, row, "active", actor=actor, reason=reason, now=now)
         return row
 

@@ -25,7 +25,6 @@ from flask import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from smartapp import jsonsafe
 from smartapp.admin import charts, rollout
 from smartapp.admin.auth import (
     SIGNIN_EXT,
@@ -37,7 +36,6 @@ from smartapp.admin.auth import (
     signed_in_user,
 )
 from smartapp.admin.flagged import detail_json, flagged_suggestion, flagged_suggestions
-from smartapp.admin.identity import normalize_fhir_user
 from smartapp.admin.metrics import (
     FIELDS,
     GROUP_BYS,
@@ -76,6 +74,7 @@ from smartapp.audit.export import cell, to_csv, to_fhir_bundle
 from smartapp.config import Settings, normalize_issuer
 from smartapp.db import get_db, utcnow
 from smartapp.errors import AppError, BadRequest, Forbidden
+from smartapp.identity import bound_identity
 from smartapp.jsonbody import json_body
 from smartapp.security import check_csrf
 
@@ -109,7 +108,7 @@ class _SignInNeeded(Exception):
 def _audit_denied(user: SignedInUser) -> None:
     record(
         get_db(),
-        actor=normalize_fhir_user(user.fhir_user),
+        actor=bound_identity(user.site, user.fhir_user),
         action=Action.ADMIN_DENIED,
         site=user.site,
         patient=None,
@@ -845,36 +844,32 @@ def _engine_step(
 @bp.post("/api/engines/<version_id>/evaluation")
 def api_engine_evaluate(version_id: str) -> Response:
     body = _json_body()
-    # The report itself may be the body: `smartapp evaluate --json | curl --data-binary @-`.
-    report = body.get("report", body if "kinds" in body else None)
-    if isinstance(report, str):
-        try:
-            report = jsonsafe.loads(report)
-        except jsonsafe.UnsafeJSON:
-            raise BadRequest("report: not valid JSON.") from None
-    if report is None:
-        raise BadRequest("report: attach the `smartapp evaluate --json` output.")
+    if "evaluation" not in body and ("report" in body or "kinds" in body):
+        # A posted report is whatever its sender typed: only the app's own runs count.
+        raise BadRequest(
+            "Posted evaluation reports are not accepted: run `smartapp evaluate --record` "
+            'where the app runs and send {"evaluation": "<the SHA-256 it prints>"}.',
+            code="report_not_accepted",
+        )
+    evaluation = body.get("evaluation")
     return _engine_step(
         version_id,
         Action.ENGINE_EVALUATE,
         lambda cc, s, who, why: cc.evaluate(
-            s, version_id, report=report, actor=who.actor, reason=why, now=utcnow()
+            s, version_id, evaluation=evaluation, actor=who.actor, reason=why, now=utcnow()
         ),
     )
 
 
 @bp.post("/api/engines/<version_id>/approve")
 def api_engine_approve(version_id: str) -> Response:
-    def approve(cc: ChangeControl, s: Session, who: AdminUser, why: str | None) -> Any:
-        # The two-person rule needs two named people: the shared token names nobody.
-        if who.via != "session":
-            raise ChangeRefused(
-                "Approval needs a named admin signed in at /admin: the API token cannot approve.",
-                code="approval_needs_person",
-            )
-        return cc.approve(s, version_id, actor=who.actor, reason=why, now=utcnow())
-
-    return _engine_step(version_id, Action.ENGINE_APPROVE, approve)
+    return _engine_step(
+        version_id,
+        Action.ENGINE_APPROVE,
+        lambda cc, s, who, why: cc.approve(
+            s, version_id, actor=who.actor, reason=why, now=utcnow()
+        ),
+    )
 
 
 @bp.post("/api/engines/<version_id>/activate")

@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, select
+from sqlalchemy import ForeignKey, Index, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from smartapp.db import Base, Database, UTCDateTime, utcnow
+from smartapp.db import Base, Database, EncryptedJSON, UTCDateTime, utcnow
 from smartapp.feedback.models import Decision, ShownSuggestion, new_id
 from smartapp.httplimits import limited_session
 from smartapp.leases import Leases
@@ -47,7 +47,8 @@ class FeedbackForward(Base):
         ForeignKey("decision.id", ondelete="CASCADE"), unique=True
     )
     endpoint: Mapped[str] = mapped_column(String(1024))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The CDS Hooks feedback, which carries the clinician's edit and comment: encrypted.
+    payload: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON())
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(256))

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from smartapp.db import Base, UTCDateTime, utcnow
+from smartapp.db import Base, EncryptedText, UTCDateTime, utcnow
 
 ACTIONS = ("accept", "edit", "reject", "flag")
 #: Coded override reasons (CDS Hooks style): https://cds-hooks.hl7.org/2.0/#overridereason
@@ -80,9 +80,10 @@ class Decision(Base):
         ForeignKey("shown_suggestion.id", ondelete="CASCADE")
     )
     action: Mapped[str] = mapped_column(String(16))
-    final_text: Mapped[str | None] = mapped_column(Text)
+    #: The clinician's edit and comment: PHI, encrypted at rest (`smartapp.atrest`).
+    final_text: Mapped[str | None] = mapped_column(EncryptedText())
     reason: Mapped[str | None] = mapped_column(String(32))
-    comment: Mapped[str | None] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(EncryptedText())
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     seconds_to_decision: Mapped[float] = mapped_column()
     #: Clicks/keys the clinician spent on this suggestion (reported by the sidebar).

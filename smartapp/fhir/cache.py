@@ -25,11 +25,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, String, Text, delete
+from sqlalchemy import CursorResult, String, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from smartapp.db import Base, Database, UTCDateTime, utcnow
+from smartapp.atrest import DecryptionFailed
+from smartapp.db import Base, Database, EncryptedText, UTCDateTime, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ class CachedSnapshot(Base):
     __tablename__ = "fhir_snapshot_cache"
 
     launch_session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    #: `ChartSnapshot.to_json()`, serialized: PHI, see the module docstring.
-    data: Mapped[str] = mapped_column(Text)
+    #: `ChartSnapshot.to_json()`, serialized: PHI, encrypted at rest (see the module docstring).
+    data: Mapped[str] = mapped_column(EncryptedText())
     stored_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
@@ -105,14 +106,20 @@ class SnapshotCache:
             if recalled is not None:
                 return recalled
         self._forget(launch_session_id)
-        with self._db.session() as session:
-            row = session.get(CachedSnapshot, launch_session_id)
-            if row is None:
-                return None
-            if row.expires_at <= now:
-                session.delete(row)
-                return None
-            data, expires_at = row.data, row.expires_at
+        try:
+            with self._db.session() as session:
+                row = session.get(CachedSnapshot, launch_session_id)
+                if row is None:
+                    return None
+                if row.expires_at <= now:
+                    session.delete(row)
+                    return None
+                data, expires_at = row.data, row.expires_at
+        except DecryptionFailed:
+            # Encrypted under a key no longer configured (rotated out): read the chart again.
+            log.warning("cached chart snapshot not readable with the configured keys; dropping it")
+            self.invalidate(launch_session_id)
+            return None
         try:
             snapshot = ChartSnapshot.from_json(json.loads(data))
         except (ValueError, KeyError, TypeError):

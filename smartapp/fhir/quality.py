@@ -108,8 +108,7 @@ def screen(
         SnapshotProblem(
             code="future_date",
             resource_type=rtype,
-            detail=f"{count} {rtype} resource(s) dated after the day the chart was read: "
-            "not used",
+            detail=f"{count} {rtype} resource(s) dated after the day the chart was read: not used",
             count=count,
         )
         for rtype, count in sorted(future.items())

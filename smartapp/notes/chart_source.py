@@ -18,6 +18,7 @@ from smartapp.fhir.cache import SnapshotCache
 from smartapp.fhir.chart import load_snapshot
 from smartapp.fhir.client import FHIRClient
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.identity import bound_identity
 from smartapp.smart.services import SMARTServices
 from smartapp.smart.session import (
     LaunchContext,
@@ -88,7 +89,7 @@ class LaunchChartSource:
             # A read from the EHR (not from the cache) is the PHI access to record.
             audit.record(
                 self._services.db,
-                actor=launch.fhir_user,
+                actor=bound_identity(launch.iss, launch.fhir_user),
                 action=audit.Action.CHART_READ,
                 site=launch.iss,
                 patient=launch.patient_id,
@@ -109,7 +110,7 @@ class LaunchChartSource:
         resource = self.client_for(launch).read("Patient", launch.patient_id)
         audit.record(
             self._services.db,
-            actor=launch.fhir_user,
+            actor=bound_identity(launch.iss, launch.fhir_user),
             action=audit.Action.CHART_READ,
             site=launch.iss,
             patient=launch.patient_id,

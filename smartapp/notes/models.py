@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from smartapp.db import Base, UTCDateTime, utcnow
+from smartapp.db import Base, EncryptedText, UTCDateTime, utcnow
 from smartapp.feedback.models import new_id
 
 NOTE_STATUSES = ("pending", "in_chart", "failed")
@@ -58,7 +58,8 @@ class SavedNote(Base):
     patient_id: Mapped[str] = mapped_column(String(128))
     encounter_id: Mapped[str | None] = mapped_column(String(128))
     fhir_user: Mapped[str | None] = mapped_column(String(256))
-    text: Mapped[str] = mapped_column(Text)
+    #: The note as saved (the clinician's text): PHI, encrypted at rest.
+    text: Mapped[str] = mapped_column(EncryptedText())
     suggestion_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     engines: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="pending")

@@ -34,6 +34,7 @@ from smartapp.errors import (
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.identity import bound_identity
 from smartapp.leases import Leases
 from smartapp.notes.composer import (
     ComposedNote,
@@ -229,7 +230,7 @@ class SidebarService:
         rows = self._visible(self.feedback.shown(by), plan)
         audit.record(
             self._db,
-            actor=launch.fhir_user,
+            actor=bound_identity(launch.iss, launch.fhir_user),
             action=audit.Action.SUGGESTIONS_VIEW,
             site=launch.iss,
             patient=launch.patient_id,
@@ -592,7 +593,7 @@ class SidebarService:
                 note.chart_revision = revision
                 audit.record(
                     session,
-                    actor=note.fhir_user,
+                    actor=bound_identity(note.site, note.fhir_user),
                     action=audit.Action.NOTE_WRITE,
                     site=note.site,
                     patient=note.patient_id,
@@ -636,7 +637,7 @@ class SidebarService:
                 note.next_attempt_at = None
                 audit.record(
                     session,
-                    actor=note.fhir_user,
+                    actor=bound_identity(note.site, note.fhir_user),
                     action=audit.Action.NOTE_WRITE,
                     site=note.site,
                     patient=note.patient_id,

@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from smartapp import audit
 from smartapp.config import ConfigError, Settings
 from smartapp.db import get_db
+from smartapp.identity import bound_identity
 from smartapp.security import clear_cookie, set_cookie
 from smartapp.smart import flow, logout
 from smartapp.smart.keys import public_jwks
@@ -134,7 +135,7 @@ def callback() -> Response:
     launch = completed.launch
     audit.record(
         services.db,
-        actor=launch.fhir_user,
+        actor=bound_identity(launch.iss, launch.fhir_user),
         action=audit.Action.LAUNCH if purpose == "clinician" else audit.Action.ADMIN_SIGNIN,
         site=launch.iss,
         patient=launch.patient_id,

@@ -559,10 +559,27 @@ def run_cli(
             for resources in cohort.patients:
                 record = draft_record(service, resources, iss=args.site, as_of=args.as_of)
                 records.write(json.dumps(record) + "\n")
+    recorded: str | None = None
+    if getattr(args, "record", False):
+        # Lazy: the store belongs to the app, not to the engines (suggestions/ knows no DB).
+        from smartapp.admin.evaluations import record_from_cli
+
+        cohort_label = "sandbox" if args.cohort == "sandbox" else str(Path(args.cohort).resolve())
+        stored = {
+            **report.to_json(),
+            "cohort": cohort_label,
+            "patients": len(cohort.patients),
+            "site": args.site,
+            "asOf": args.as_of.isoformat() if args.as_of else None,
+            "minGroundingRate": report.min_grounding_rate,
+        }
+        recorded = record_from_cli(stored, cohort=cohort_label, site=args.site, environ=env)
     if args.json:
         data = report.to_json()
         if safety is not None:
             data["safety"] = safety.to_json()
+        if recorded is not None:
+            data["recorded"] = {"sha256": recorded}
         out.write(json.dumps(data) + "\n")
     else:
         out.write(format_table(report) + "\n")
@@ -570,6 +587,8 @@ def run_cli(
             from smartapp.suggestions.charts import format_safety
 
             out.write("\n" + format_safety(safety) + "\n")
+        if recorded is not None:
+            out.write(f"recorded evaluation sha256:{recorded}\n")
     if args.strict and (report.below_minimum() or (safety is not None and not safety.ok)):
         return 1
     return 0

@@ -101,7 +101,8 @@ def test_every_phi_access_is_in_the_audit_log_and_exports_as_fhir(governed: Stac
     actions = [e["action"] for e in events["events"]]
     for action in ("launch", "chart.read", "suggestions.view", "note.write"):
         assert action in actions, actions
-    assert all(e["actor"] == "Practitioner/dr-ada-lovelace" for e in events["events"])
+    who = f"{governed.fhir_base}|Practitioner/dr-ada-lovelace"  # bound to its EHR
+    assert all(e["actor"] == who for e in events["events"])
     bundle = admin_api(
         governed, "GET", "/admin/api/audit", params={"patient": "pt-03", "format": "fhir"}
     ).json()

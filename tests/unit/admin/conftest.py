@@ -26,6 +26,14 @@ ADMIN_2_LISTED = "http://ehr.test/fhir/Practitioner/admin2"
 ADMIN_2 = "Practitioner/admin2"
 CLINICIAN = "Practitioner/clinician7"
 TOKEN = "test-admin-token-0123456789"
+ISS = "http://ehr.test/fhir"
+
+
+def who(user: str, iss: str = ISS) -> str:
+    """How the audit trail and change control name a person: bound to their EHR."""
+    return f"{iss}|{user}"
+
+
 CSRF = "csrf-token-for-admin-tests"
 
 

@@ -19,6 +19,7 @@ from tests.unit.admin.conftest import (
     bearer,
     csrf,
     make_admin_app,
+    who,
 )
 from tests.unit.admin.seed import seed_feedback
 
@@ -80,7 +81,7 @@ def test_admin_session_may_read_and_non_admin_may_not(api, identity):
     assert response.status_code == 403
     assert response.get_json()["error"]["code"] == "forbidden"
     (denied,) = audit_events(api.application, action="admin.denied")
-    assert denied.actor == CLINICIAN and denied.outcome == "failure"
+    assert denied.actor == who(CLINICIAN) and denied.outcome == "failure"
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -242,7 +243,7 @@ REPORT = {
     "kinds": [
         {
             "kind": "summary",
-            "engine": "llm",
+            "engine": "llm:2.0",
             "patients": 40,
             "coverage": 1.0,
             "grounding_rate": 0.98,
@@ -252,6 +253,17 @@ REPORT = {
         }
     ]
 }
+
+
+def recorded(app, report) -> str:
+    """What `smartapp evaluate --record` leaves in the app's store: the report's SHA-256."""
+    from smartapp.admin.evaluations import record_run
+    from smartapp.db import utcnow
+
+    with app.extensions["smartapp.db"].session() as s:
+        return record_run(
+            s, report, cohort="sandbox", site=None, recorded_by="cli:ci", now=utcnow()
+        ).sha256
 
 
 def test_engine_change_control_end_to_end(api, identity):
@@ -286,9 +298,16 @@ def test_engine_change_control_end_to_end(api, identity):
     early = as_admin(ADMIN_2, "post", f"/admin/api/engines/{vid}/approve", json={})
     assert early.status_code == 409 and early.get_json()["error"]["code"] == "not_evaluated"
 
-    # CI attaches the report with the token; the body may be the report itself.
-    evaluated = api.post(f"/admin/api/engines/{vid}/evaluation", json=REPORT, headers=bearer())
+    # A posted report is refused: only a run the app recorded counts, cited by its hash.
+    posted = api.post(f"/admin/api/engines/{vid}/evaluation", json=REPORT, headers=bearer())
+    assert posted.status_code == 400
+    assert posted.get_json()["error"]["code"] == "report_not_accepted"
+    digest = recorded(app, REPORT)
+    evaluated = api.post(
+        f"/admin/api/engines/{vid}/evaluation", json={"evaluation": digest}, headers=bearer()
+    )
     assert evaluated.status_code == 200 and evaluated.get_json()["version"]["state"] == "evaluated"
+    assert evaluated.get_json()["version"]["evaluationSha256"] == digest
 
     mine = as_admin(ADMIN_1, "post", f"/admin/api/engines/{vid}/approve", json={})
     assert mine.status_code == 409 and mine.get_json()["error"]["code"] == "self_approval"
@@ -298,9 +317,14 @@ def test_engine_change_control_end_to_end(api, identity):
     approved = as_admin(
         ADMIN_2, "post", f"/admin/api/engines/{vid}/approve", json={"reason": "reviewed the report"}
     )
-    assert approved.get_json()["version"]["approvedBy"] == ADMIN_2
+    assert approved.get_json()["version"]["approvedBy"] == who(ADMIN_2)
     assert active()["engine"] is None
-    assert api.post(f"/admin/api/engines/{vid}/activate", headers=bearer()).status_code == 200
+    # The token never activates; the proposer may, since another person approved.
+    by_token = api.post(f"/admin/api/engines/{vid}/activate", headers=bearer())
+    assert by_token.get_json()["error"]["code"] == "activation_needs_person"
+    activated = as_admin(ADMIN_1, "post", f"/admin/api/engines/{vid}/activate", json={})
+    assert activated.status_code == 200
+    assert activated.get_json()["version"]["activatedBy"] == who(ADMIN_1)
     assert active() == {
         "engine": {
             "id": vid,
@@ -340,11 +364,11 @@ def test_engine_change_control_end_to_end(api, identity):
 
     history = api.get("/admin/api/engines", headers=bearer()).get_json()["versions"][0]["history"]
     assert [(h["from"], h["to"], h["actor"]) for h in history] == [
-        (None, "proposed", ADMIN_1),
+        (None, "proposed", who(ADMIN_1)),
         ("proposed", "evaluated", "admin-api-token"),
-        ("evaluated", "approved", ADMIN_2),
-        ("approved", "active", "admin-api-token"),
-        ("active", "rolled_back", ADMIN_1),
+        ("evaluated", "approved", who(ADMIN_2)),
+        ("approved", "active", who(ADMIN_1)),
+        ("active", "rolled_back", who(ADMIN_1)),
     ]
 
     events = audit_events(app, action="engine.")
@@ -355,11 +379,17 @@ def test_engine_change_control_end_to_end(api, identity):
         ("engine.approve", "failure"),  # self-approval
         ("engine.approve", "failure"),  # token
         ("engine.approve", "success"),
+        ("engine.activate", "failure"),  # token
         ("engine.activate", "success"),
         ("engine.rollback", "success"),
     ]
     refusals = [e.detail["refused"] for e in reversed(events) if e.outcome == "failure"]
-    assert refusals == ["not_evaluated", "self_approval", "approval_needs_person"]
+    assert refusals == [
+        "not_evaluated",
+        "self_approval",
+        "approval_needs_person",
+        "activation_needs_person",
+    ]
     assert len(audit_events(app, action="killswitch.set")) == 2
 
 
@@ -369,9 +399,11 @@ def test_evaluation_below_minimum_is_refused_and_audited(api):
         json={"engine": "llm", "version": "9", "kinds": ["summary"]},
         headers=bearer(),
     ).get_json()["version"]["id"]
-    low = {"kinds": [{**REPORT["kinds"][0], "grounding_rate": 0.5}]}
+    low = {"kinds": [{**REPORT["kinds"][0], "engine": "llm:9", "grounding_rate": 0.5}]}
     response = api.post(
-        f"/admin/api/engines/{vid}/evaluation", json={"report": low}, headers=bearer()
+        f"/admin/api/engines/{vid}/evaluation",
+        json={"evaluation": recorded(api.application, low)},
+        headers=bearer(),
     )
     assert response.status_code == 409
     assert response.get_json()["error"]["code"] == "grounding_below_minimum"

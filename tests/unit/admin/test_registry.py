@@ -8,21 +8,24 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from smartapp.admin.evaluations import record_run
 from smartapp.admin.registry import ChangeControl, ChangeRefused, active_engine, is_killed
 from smartapp.errors import BadRequest
+from smartapp.identity import TOKEN_ACTOR
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 SITE = "https://a.example/fhir"
-ALICE = "Practitioner/alice"
-BOB = "Practitioner/bob"
+#: People are issuer-bound, as the admin area records them.
+ALICE = f"{SITE}|Practitioner/alice"
+BOB = f"{SITE}|Practitioner/bob"
 
 
-def report(**rates: float) -> dict:
+def report(engine: str = "llm:2.0", **rates: float) -> dict:
     return {
         "kinds": [
             {
                 "kind": kind,
-                "engine": "llm",
+                "engine": engine,
                 "patients": 50,
                 "coverage": 1.0,
                 "grounding_rate": rate,
@@ -55,14 +58,23 @@ def propose(db, cc, version="2.0", kinds=("summary",), site=None, by=ALICE, at=T
         ).id
 
 
+def recorded(db, rep: dict) -> str:
+    """Store a report as `smartapp evaluate --record` does; its SHA-256."""
+    with db.session() as s:
+        return record_run(s, rep, cohort="sandbox", site=None, recorded_by="cli:ci", now=T0).sha256
+
+
 def step(db, cc, name, version_id, by, at=T0, **kwargs):
+    if "report" in kwargs:  # the app's own run of that report, cited by hash
+        kwargs["evaluation"] = recorded(db, kwargs.pop("report"))
     with db.session() as s:
         return getattr(cc, name)(s, version_id, actor=by, reason=None, now=at, **kwargs)
 
 
 def make_active(db, cc, version="2.0", kinds=("summary",), site=None, at=T0):
     vid = propose(db, cc, version, kinds, site, at=at)
-    step(db, cc, "evaluate", vid, ALICE, at, report=report(**dict.fromkeys(kinds, 0.97)))
+    rep = report(f"llm:{version}", **dict.fromkeys(kinds, 0.97))
+    step(db, cc, "evaluate", vid, ALICE, at, report=rep)
     step(db, cc, "approve", vid, BOB, at)
     step(db, cc, "activate", vid, BOB, at)
     return vid
@@ -97,9 +109,9 @@ def test_self_approval_is_refused(database, cc):
     with pytest.raises(ChangeRefused) as refused:
         step(database, cc, "approve", vid, ALICE)
     assert refused.value.code == "self_approval"
-    # The absolute form of the proposer's fhirUser is the same person.
-    with pytest.raises(ChangeRefused):
-        step(database, cc, "approve", vid, f"{SITE}/{ALICE}")
+    # The same id at another EHR is another person: their approval counts.
+    other_site = "https://b.example/fhir|Practitioner/alice"
+    assert step(database, cc, "approve", vid, other_site).approved_by == other_site
 
 
 def test_no_approval_or_activation_without_an_evaluation(database, cc):
@@ -128,8 +140,8 @@ def test_evaluation_below_the_minimum_grounding_rate_is_refused(database, cc):
     assert refused.value.code == "evaluation_incomplete"
     with pytest.raises(BadRequest, match="grounding_rate"):
         step(database, cc, "evaluate", vid, ALICE, report={"kinds": [{"kind": "summary"}]})
-    with pytest.raises(BadRequest, match="evaluate --json"):
-        step(database, cc, "evaluate", vid, ALICE, report=["not", "a", "report"])
+    with pytest.raises(BadRequest, match="SHA-256"):
+        step(database, cc, "evaluate", vid, ALICE, evaluation={"kinds": []})
     with pytest.raises(ChangeRefused):
         step(database, cc, "approve", vid, BOB)
 
@@ -225,3 +237,81 @@ def test_history_tables_refuse_update_and_delete_in_the_database(database, cc):
     with database.engine.connect() as conn:
         actors = conn.execute(text("SELECT DISTINCT actor FROM engine_transition")).scalars()
         assert set(actors) == {ALICE, BOB}
+
+
+# --- two people, and evaluations the app ran (issue 11, finding 3) ----------------------
+
+
+def test_the_token_can_propose_and_cite_an_evaluation_but_never_approve_or_activate(database, cc):
+    vid = propose(database, cc, by=TOKEN_ACTOR)
+    step(database, cc, "evaluate", vid, TOKEN_ACTOR, report=report(summary=0.99))
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "approve", vid, TOKEN_ACTOR)
+    assert refused.value.code == "approval_needs_person"
+    step(database, cc, "approve", vid, ALICE)
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "activate", vid, TOKEN_ACTOR)
+    assert refused.value.code == "activation_needs_person"
+    assert current(database) is None
+
+
+def test_one_person_cannot_approve_and_activate_what_the_token_proposed(database, cc):
+    """The finding: token proposes, evaluates and activates; one admin approves."""
+    vid = propose(database, cc, by=TOKEN_ACTOR)
+    step(database, cc, "evaluate", vid, TOKEN_ACTOR, report=report(summary=0.99))
+    step(database, cc, "approve", vid, ALICE)
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "activate", vid, ALICE)
+    assert refused.value.code == "two_people"
+    row = step(database, cc, "activate", vid, BOB)
+    assert (row.approved_by, row.activated_by) == (ALICE, BOB)
+    assert current(database).version == "2.0"
+
+
+def test_an_approver_may_activate_what_another_person_proposed(database, cc):
+    vid = propose(database, cc, by=ALICE)
+    step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.99))
+    step(database, cc, "approve", vid, BOB)
+    assert step(database, cc, "activate", vid, BOB).activated_by == BOB
+
+
+def test_an_evaluation_the_app_did_not_record_is_refused(database, cc):
+    vid = propose(database, cc)
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "evaluate", vid, ALICE, evaluation="sha256:" + "ab" * 32)
+    assert refused.value.code == "evaluation_unknown"
+
+
+def test_a_stored_evaluation_edited_afterwards_is_refused(database, cc):
+    vid = propose(database, cc)
+    digest = recorded(database, report(summary=0.5))
+    with database.engine.begin() as conn:
+        # Whoever can write to the store raises the rate; the hash no longer matches.
+        conn.execute(
+            text("UPDATE evaluation_run SET report = :r WHERE sha256 = :h"),
+            {
+                "r": '{"kinds": [{"kind": "summary", "engine": "llm:2.0", "grounding_rate": 1.0}]}',
+                "h": digest,
+            },
+        )
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "evaluate", vid, ALICE, evaluation=digest)
+    assert refused.value.code == "evaluation_altered"
+
+
+def test_an_evaluation_of_another_engine_version_is_refused(database, cc):
+    vid = propose(database, cc, version="2.0")
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "evaluate", vid, ALICE, report=report("llm:1.9", summary=0.99))
+    assert refused.value.code == "evaluation_mismatch"
+    assert "summary (llm:1.9)" in refused.value.message
+    row = step(database, cc, "evaluate", vid, ALICE, report=report("llm:2.0", summary=0.99))
+    assert row.evaluation_sha256 is not None and row.evaluation["kinds"][0]["engine"] == "llm:2.0"
+
+
+def test_a_proposal_recorded_before_actors_were_bound_cannot_be_self_approved(database, cc):
+    vid = propose(database, cc, by="Practitioner/alice")  # as older versions recorded it
+    step(database, cc, "evaluate", vid, BOB, report=report(summary=0.99))
+    with pytest.raises(ChangeRefused) as refused:
+        step(database, cc, "approve", vid, ALICE)
+    assert refused.value.code == "self_approval"

@@ -7,7 +7,7 @@ import pytest
 from smartapp.admin.models import FlagReviewEvent
 from smartapp.audit import AuditQuery, search
 from smartapp.audit.models import AppendOnlyError
-from tests.unit.admin.conftest import ADMIN_1, ADMIN_2, bearer, csrf
+from tests.unit.admin.conftest import ADMIN_1, ADMIN_2, bearer, csrf, who
 from tests.unit.admin.seed import seed_feedback
 
 
@@ -49,7 +49,7 @@ def test_a_flagged_item_is_triaged_assigned_and_closed_with_its_fix(seeded, iden
     ).get_json()["review"]
     assert closed["status"] == "closed" and closed["linked_change"] == rule["id"]
     assert [e["step"] for e in closed["events"]] == ["triage", "assign", "comment", "close"]
-    assert [e["actor"] for e in closed["events"]][-1] == ADMIN_2
+    assert [e["actor"] for e in closed["events"]][-1] == who(ADMIN_2)
 
     # Closed items leave the default list and keep their age fixed.
     identity.sign_out()

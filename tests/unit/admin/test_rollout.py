@@ -168,3 +168,19 @@ def test_retired_rule_no_longer_applies(db):
 def test_bad_rules_are_refused_naming_the_field(db, fields, message):
     with pytest.raises(BadRequest, match=message):
         rule(db, **fields)
+
+
+def test_placement_is_per_issuer_and_fhir_user_even_under_an_all_sites_rule(db):
+    """The same Practitioner id at two EHRs is two people: placed independently."""
+    rule(db, site="*", percentage=50)
+    other = "https://b.example/fhir"
+    users = [f"Practitioner/{n}" for n in range(400)]
+    at_a = {u for u in users if enabled(db, u).enabled}
+    at_b = {u for u in users if enabled(db, u, site=other).enabled}
+    assert 140 < len(at_a) < 260 and 140 < len(at_b) < 260
+    assert at_a != at_b  # not one placement shared by the id across EHRs
+    assert all(
+        bucket(site=SITE, kind="problem_summary", fhir_user=u)
+        == bucket(site=SITE + "/", kind="problem_summary", fhir_user=f"{SITE}/{u}")
+        for u in users[:20]
+    )  # one person, however the issuer and fhirUser are written

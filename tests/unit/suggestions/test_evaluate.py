@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -138,6 +139,37 @@ def test_sandbox_cohort_grounding_and_coverage_are_perfect_for_every_builtin_kin
         # Done when: every sandbox patient gets cited suggestions of every kind.
         assert row["coverage"] == 1.0, row
         assert row["dropped"] == 0, row
+
+
+def test_record_stores_the_report_for_change_control_to_cite(capsys, monkeypatch, tmp_path):
+    """`--record` puts the app's own run in the store; change control cites its SHA-256."""
+    from smartapp.admin.evaluations import find_run, report_hash
+    from smartapp.config import Settings
+    from smartapp.db import Database
+
+    monkeypatch.delenv("SMARTAPP_CONFIG", raising=False)
+    monkeypatch.delenv("SMARTAPP_LLM_BASE_URL", raising=False)
+    monkeypatch.setenv("SMARTAPP_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("SMARTAPP_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    status, out, err = run(
+        capsys, "--cohort", str(PATIENTS), "--json", "--as-of", "2026-11-23", "--record"
+    )
+    assert status == 0, err
+    body = json.loads(out)
+    digest = body["recorded"]["sha256"]
+    database = Database.from_settings(Settings.from_env())
+    try:
+        with database.session() as s:
+            run_row = find_run(s, digest)
+            assert run_row is not None
+            assert report_hash(run_row.report) == digest
+            assert run_row.report["kinds"] == body["kinds"]
+            assert run_row.report["patients"] == 6 and run_row.cohort == str(PATIENTS.resolve())
+    finally:
+        database.dispose()
+    status, out, _ = run(capsys, "--cohort", str(PATIENTS), "--as-of", "2026-11-23", "--record")
+    assert status == 0
+    assert re.search(r"^recorded evaluation sha256:[0-9a-f]{64}$", out, re.MULTILINE)
 
 
 CLINICAL = FIXTURES.parent / "clinical"
