@@ -22,6 +22,10 @@ from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
 
+#: How long a statement waits for a locked SQLite file before the request answers 503
+#: `store_unavailable` (it waited 30 s and answered 500 before).
+SQLITE_WAIT_SECONDS = 10.0
+
 #: Alembic's migration scripts (`smartapp/migrations/versions/`).
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -112,7 +116,7 @@ class Database:
         keys = (key, *(k for k in previous_keys if k and k != key))
         kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_WAIT_SECONDS}
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
@@ -210,7 +214,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_WAIT_SECONDS * 1000)}")
     cursor.close()
 
 

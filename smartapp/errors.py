@@ -107,6 +107,17 @@ class BadRequest(AppError):
     default_message = "The request was not understood."
 
 
+class StoreUnavailable(AppError):
+    """The app's own store is locked, full or unreachable: a clear 503 within seconds."""
+
+    status_code = 503
+    code = "store_unavailable"
+    default_message = (
+        "The app's store is busy or unavailable, so this was not recorded. "
+        "Try again in a moment."
+    )
+
+
 class Conflict(AppError):
     status_code = 409
     code = "conflict"
@@ -179,6 +190,17 @@ def init_app(app: Flask) -> None:
         if _wants_json():
             return jsonify(error_body(code, message)), status
         return render_template("error.html", title=exc.name, error=AppError(message)), status
+
+    from sqlalchemy.exc import OperationalError
+
+    @app.errorhandler(OperationalError)
+    def handle_store_error(exc: OperationalError) -> tuple[Response | str, int]:
+        # A locked SQLite file, a full disk, PostgreSQL down: the store's own trouble, said
+        # as such (the exception's type only: its message may quote the statement's data).
+        log.error(
+            "store unavailable on %s %s: %s", request.method, request.path, type(exc.orig).__name__
+        )
+        return handle_app_error(StoreUnavailable())
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> tuple[Response | str, int]:

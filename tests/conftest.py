@@ -73,3 +73,14 @@ def sandbox_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         manifest=manifest,
     )
     return data_dir
+
+
+def in_note(statement_text: str, note: str) -> bool:
+    """A card's statement as the note holds it: a cross-reference to another card ("… (see
+    Assessment and plan)") becomes the note section that holds it, or is dropped when that
+    card is not in the note (smartapp.notes.composer)."""
+    import re
+
+    base = re.sub(r" \(see [^()]*(\([^()]*\))?[^()]*\)$", "", statement_text)
+    base = re.sub(r": see .*$", "", base)
+    return statement_text in note or base in note

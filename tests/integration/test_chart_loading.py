@@ -11,6 +11,7 @@ from smartapp.fhir.cache import SnapshotCache
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.smart.crypto import hash_secret
 from smartapp.stack import Stack
+from tests.conftest import in_note
 from tests.integration.conftest import Launched, ehr_launch
 
 pytestmark = pytest.mark.integration
@@ -130,4 +131,4 @@ def test_refresh_reads_the_chart_again(launched: Launched):
     assert saved.status_code == 201
     doc = launched.sandbox("GET", f"/_sandbox/resources/{saved.json()['documentReference']}").json()
     note = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
-    assert accepted["statements"][0]["text"].split(" (see ")[0] in note
+    assert in_note(accepted["statements"][0]["text"], note)

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
+from tests.conftest import in_note
 from tests.integration.conftest import CSRF_META, Launched, browser, ehr_launch
 from tests.integration.test_outbox import accept_first, note_text
 
@@ -56,7 +57,7 @@ def test_a_reopened_chart_shows_the_draft_and_its_decisions_and_saves_the_same_n
     assert visit["draft"]["sections"] == [
         {"suggestion": accepted["id"], "title": accepted["title"]}
     ]
-    assert accepted["statements"][0]["text"].split(" (see ")[0] in visit["draft"]["text"]
+    assert in_note(accepted["statements"][0]["text"], visit["draft"]["text"])
     assert visit["changes"] == {"new": [], "removed": []}
     assert visit["draft"]["signed"] is False
 
@@ -70,8 +71,8 @@ def test_a_reopened_chart_shows_the_draft_and_its_decisions_and_saves_the_same_n
     assert f"DocumentReference/{document['id']}" == saved["documentReference"]
     assert document["meta"]["versionId"] == "2"  # updated in place, not written again
     assert document["docStatus"] == "preliminary"
-    assert medications["statements"][0]["text"].split(" (see ")[0] in note_text(document)
-    assert accepted["statements"][0]["text"].split(" (see ")[0] in note_text(document)
+    assert in_note(medications["statements"][0]["text"], note_text(document))
+    assert in_note(accepted["statements"][0]["text"], note_text(document))
     provenances = launched.sandbox(
         "GET", "/_sandbox/resources/Provenance", params={"patient": "pt-01"}
     ).json()

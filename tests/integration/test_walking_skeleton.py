@@ -11,6 +11,7 @@ import requests
 
 from smartapp.smart.crypto import TokenCipher
 from smartapp.smart.models import LaunchSession
+from tests.conftest import in_note
 from tests.integration.conftest import Launched, browser, ehr_launch
 
 pytestmark = pytest.mark.integration
@@ -53,8 +54,7 @@ def test_ehr_launch_suggest_accept_and_the_note_lands_with_provenance(launched: 
     note = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
     # A clinical note: the statements under a section heading, no card title or engine label.
     assert note.startswith("Subjective\n") and problems["title"] not in note
-    # (a statement's pointer to a card not in the note is left out: its words are there)
-    assert all(f"- {st['text'].split(' (see ')[0]}" in note for st in problems["statements"])
+    assert all(in_note(st["text"], note) for st in problems["statements"])
 
     provenance = launched.sandbox("GET", f"/_sandbox/resources/Provenance/{prov_id}").json()
     assert provenance["target"] == [{"reference": f"DocumentReference/{doc_id}"}]
