@@ -173,6 +173,7 @@ def test_a_killed_process_still_delivers_its_note_after_restart(
         ).json()
         session = browser()
         page = session.get(launch["launch_url"], timeout=30)
+        assert 'name="csrf-token"' in page.text, (page.status_code, page.url, page.text[:600])
         csrf = page.text.split('name="csrf-token" content="')[1].split('"')[0]
         headers = {"X-CSRF-Token": csrf}
         suggestion = session.get(f"{app_url}/api/suggestions", headers=headers, timeout=30).json()[
