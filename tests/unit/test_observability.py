@@ -85,8 +85,16 @@ def test_readyz_says_whether_the_schema_is_at_head(app, client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["status"] == "ready"
-    with app.extensions["smartapp.db"].engine.begin() as connection:
+    engine = app.extensions["smartapp.db"].engine
+    with engine.begin() as connection:
+        head = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         connection.execute(text("UPDATE alembic_version SET version_num = '0001'"))
-    behind = client.get("/readyz")
-    assert behind.status_code == 503
-    assert "0001" in behind.get_json()["store"]
+    try:
+        behind = client.get("/readyz")
+        assert behind.status_code == 503
+        assert "0001" in behind.get_json()["store"]
+    finally:
+        # On PostgreSQL the store is shared with the next test: a schema "at 0001" with
+        # every table present would make its start-up migration fail.
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
