@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -75,10 +76,9 @@ def _serve_processes(args: argparse.Namespace) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         for child in children:
-            try:
+            # A child that already exited needs no signal.
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
