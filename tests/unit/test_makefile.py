@@ -18,8 +18,17 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def _dry_run(where: Path) -> str:
+    # Run as a top-level make: under `make test` the inherited MAKEFLAGS/MAKELEVEL would make
+    # this a sub-make that prints "Entering/Leaving directory" around its commands.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", "demo"], cwd=where, capture_output=True, text=True, timeout=60, check=True
+        ["make", "--no-print-directory", "-n", "demo"],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
     )
     return done.stdout
 
