@@ -89,3 +89,30 @@ def test_every_result_test_names_loinc_codes_and_a_cited_staleness_window():
     for test in tests:
         assert test.cite.source and test.cite.version, test.id
         assert test.stale_months is None or test.stale_months >= 1
+
+
+def test_problem_groups_and_drug_classes_come_from_their_data_files():
+    from smartapp.suggestions import terminology
+
+    groups = clinical.read_toml(clinical.DATA_DIR / "problem_groups.toml")["group"]
+    classes = clinical.read_toml(clinical.DATA_DIR / "drug_classes.toml")["class"]
+    assert [g.id for g in terminology.PROBLEM_GROUPS] == [g["id"] for g in groups]
+    assert [c.id for c in terminology.DRUG_CLASSES] == [c["id"] for c in classes]
+    assert all(g.get("cite") for g in groups) and all(c.get("cite") for c in classes)
+    assert terminology.GROUPS_BY_ID["hypertension"].results == (terminology.BP_PANEL,)
+    assert "lisinopril" in terminology.KNOWN_DRUG_NAMES
+
+
+def test_a_drug_class_treating_an_unknown_problem_group_is_refused():
+    from smartapp.suggestions import terminology
+
+    item = {
+        "id": "x",
+        "label": "x",
+        "duplicate_group": "x",
+        "treats": ["hypertensoin"],
+        "ingredients": {"1": "x"},
+        "cite": {"source": "RxNorm", "version": "1"},
+    }
+    with pytest.raises(clinical.KnowledgeError, match="no problem group"):
+        terminology._drug_class(item, terminology.GROUPS_BY_ID, where="drug_classes.toml")
