@@ -11,7 +11,7 @@ STAMP     := $(VENV)/.installed-dev-$(SUM)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT   ?= 8400
 
-.PHONY: demo test test-fast bench lint chromium clean
+.PHONY: demo test test-fast bench load lint chromium clean
 
 $(BIN)/python:
 	@echo "make: creating the virtual environment $(VENV) with $$($(PYTHON) --version)"
@@ -58,6 +58,12 @@ test-fast: $(STAMP)
 ## bench: the chart-loading benchmark; writes bench/results.json.
 bench: $(STAMP)
 	$(BIN)/python -m smartapp.bench --latency-ms 50 --out bench/results.json
+
+## load: simulated clinicians (1, 8, 32, 64) against `smartapp serve` and the sandbox EHR on
+## loopback, SQLite on 1 process and PostgreSQL on 2 (SMARTAPP_LOAD_DATABASE_URL), plus a
+## 35 s LLM; writes bench/load.json (about 3 minutes on 2 cores).
+load: $(STAMP)
+	$(BIN)/python -m smartapp.load --out bench/load.json
 
 ## lint: ruff and mypy (strict), as CI runs them.
 lint: $(STAMP)

@@ -191,6 +191,9 @@ class Settings:
     proxy_hops: int = 0
     #: "json" (one object per line, with the request id) or "text".
     log_format: str = "json"
+    #: Where each process appends one JSON line per request with its server-side time and
+    #: CPU (SMARTAPP_REQUEST_TIMING_LOG; `make load` reads it); None: not written.
+    request_timing_log: Path | None = None
     static_folder: Path = field(default_factory=lambda: shipped("static"))
     sandbox_mode: bool = False
     #: Migrate the store when the app starts (sandbox mode, or SMARTAPP_MIGRATE_ON_START);
@@ -278,6 +281,7 @@ class Settings:
         if log_format not in ("json", "text"):
             raise ConfigError(f"SMARTAPP_LOG_FORMAT={log_format!r}: use json or text")
 
+        timing_log = (environ.get("SMARTAPP_REQUEST_TIMING_LOG") or "").strip()
         redis_url = environ.get("SMARTAPP_REDIS_URL") or None
         if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
@@ -287,6 +291,7 @@ class Settings:
 
         return cls(
             log_format=log_format,
+            request_timing_log=Path(timing_log) if timing_log else None,
             redis_url=redis_url,
             sign_in_rate_limit=_rate_limit(environ, "SMARTAPP_SIGNIN_RATE_LIMIT", "60 per minute"),
             admin_auth_rate_limit=_rate_limit(

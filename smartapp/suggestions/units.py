@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -19,6 +20,12 @@ from typing import Any
 UCUM_TOKEN = re.compile(
     r"\s?(?P<unit>[A-Za-z%µ\[\]{}_/*.0-9^'-]*[/\[{*][A-Za-z%µ\[\]{}_/*.0-9^'-]*)"
 )
+
+
+#: ucumvert's parser and pint's registry are not safe across threads: concurrent first
+#: requests (`make load`) made `from_ucum` fail, and `parse` cached the failure as "not
+#: UCUM" for good. Only cache misses take the lock.
+_PARSER_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -35,7 +42,8 @@ def parse(code: str) -> Any | None:
     if not code or len(code) > 40:
         return None
     try:
-        return _registry().from_ucum(code)
+        with _PARSER_LOCK:
+            return _registry().from_ucum(code)
     except Exception:  # noqa: BLE001 - the parser raises several kinds for non-UCUM text
         return None
 
