@@ -15,6 +15,7 @@ from smartapp.bench import (
     BenchmarkError,
     Sample,
     Series,
+    add_honest_baselines,
     build_results,
     compare_ids,
     ehr_in_child_process,
@@ -94,6 +95,30 @@ def test_results_carry_the_contract_fields_and_the_derived_ones():
     assert results["summary"]["app"]["server_ms_p50"] == 20.0  # 120 - 2 x 50
     assert results["summary"]["app"]["client_ms_p50"] == 25.0  # median of 10, 20, 30, 380
     assert results["patient"] == "bench-large"
+    assert json.loads(json.dumps(results)) == results
+
+
+def test_the_honest_baselines_are_ratios_to_the_same_runs_app():
+    results = build_results(
+        rtt_ms=50,
+        app=series("app", [100, 100, 100], 2),
+        app_cold=series("app_cold", [150], 3),
+        baseline=series("baseline", [3000], 56),
+        resources={"Patient": 1},
+        repetitions=3,
+        warmup=0,
+    )
+    add_honest_baselines(
+        results,
+        rtt_ms=50,
+        baseline_count=series("baseline_count", [300, 310, 320], 9),
+        parallel=series("parallel", [80, 90, 100], 9),
+    )
+    assert results["ratio_count"] == 3.1
+    assert results["ratio_parallel"] == 0.9  # the plain client was faster
+    assert results["baseline_count_requests"] == 9
+    assert set(results["summary"]) >= {"baseline_count", "parallel"}
+    assert "parallel GETs" in format_table(results)
     assert json.loads(json.dumps(results)) == results
 
 
