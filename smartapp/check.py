@@ -901,7 +901,9 @@ def _check_quirks(
     except QuirksError:  # the site file is validated against the catalog; stay safe anyway
         quirks = detected
     if quirks.chosen_by == "site file":
-        how = f'set for this issuer in the site file {profile.site_file} (ehr.quirks = "{quirks.id}")'
+        how = (
+            f'set for this issuer in the site file {profile.site_file} (ehr.quirks = "{quirks.id}")'
+        )
         if detected.id != quirks.id:
             how += f"; the CapabilityStatement alone would give {detected.id}"
     elif quirks.chosen_by == "CapabilityStatement":
@@ -909,7 +911,7 @@ def _check_quirks(
     else:
         how = "no known EHR family named in software/publisher"
     if quirks.chosen_by != "site file":
-        how += f'; a site file\'s [sites."<iss>".ehr] quirks = "..." overrides it'
+        how += '; a site file\'s [sites."<iss>".ehr] quirks = "..." overrides it'
     changes = ", ".join(q.key for q in quirks.quirks) or "nothing"
     report.add(
         "ok",

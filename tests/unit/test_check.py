@@ -447,9 +447,7 @@ def test_a_site_file_naming_another_issuer_leaves_detection_alone(
     assert statuses(report)["pkce"] == "warn"
 
 
-def test_the_site_files_profile_decides_the_pkce_leniency(
-    rsps, smart_config, capability, tmp_path
-):
+def test_the_site_files_profile_decides_the_pkce_leniency(rsps, smart_config, capability, tmp_path):
     # Metadata without PKCE methods: refused, unless the site file says it is athena.
     del smart_config["code_challenge_methods_supported"]
     config = site_file(tmp_path, f'[sites."{ISS}".ehr]\nquirks = "athena"\n')
