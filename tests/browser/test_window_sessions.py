@@ -49,7 +49,9 @@ def cookieless(chromium, stack: Stack, tmp_path: Path) -> Iterator[Any]:
     profile = tmp_path / "chromium-profile"
     (profile / "Default").mkdir(parents=True)
     pattern = f"{_origin(stack.app_url)},{_origin(stack.ehr_url)}"
-    prefs = {"profile": {"content_settings": {"exceptions": {"cookies": {pattern: {"setting": 2}}}}}}
+    # Content setting 2 = block, for the app's origin (primary) inside the EHR's (secondary).
+    blocked = {"cookies": {pattern: {"setting": 2}}}
+    prefs = {"profile": {"content_settings": {"exceptions": blocked}}}
     (profile / "Default" / "Preferences").write_text(json.dumps(prefs), encoding="utf-8")
     context = chromium.browser_type.launch_persistent_context(
         str(profile),

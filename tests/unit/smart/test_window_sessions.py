@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from smartapp import create_app
 from smartapp.db import utcnow
+from smartapp.logging_setup import scrub
 from smartapp.smart.models import LaunchSession
 from smartapp.smart.session import current_launch
 
@@ -108,8 +109,9 @@ def test_the_window_token_is_taken_from_the_header_only(app, launcher, ehr):
         assert anon.get("/api/test-context", query_string={name: window.token}).status_code == 401
     # Nor as the session cookie: a window token and a cookie value never name the same row.
     assert (
-        anon.get("/api/test-context", headers={"Cookie": f"smartapp_session={window.token}"})
-        .status_code
+        anon.get(
+            "/api/test-context", headers={"Cookie": f"smartapp_session={window.token}"}
+        ).status_code
         == 401
     )
 
@@ -204,3 +206,5 @@ def test_the_window_token_is_never_logged(app, launcher, ehr, caplog):
     window.post("/logout")
     assert window.token and window.token not in caplog.text
     assert "a window that blocks cookies" in caplog.text
+    # And a library that logs request headers is scrubbed too.
+    assert window.token not in scrub(f"X-Window-Token: {window.token}")
