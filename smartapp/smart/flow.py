@@ -90,6 +90,8 @@ class AuthorizationStart:
 class CompletedLaunch:
     cookie_value: str
     launch: LaunchContext
+    #: The token response's `appContext` (a CDS Hooks card's link), for SESSION_STARTED hooks.
+    app_context: str | None = None
 
 
 def check_issuer(services: SMARTServices, iss: str | None) -> str:
@@ -333,7 +335,7 @@ def complete(
     log.info(
         "launch session created (purpose %s, issuer host %s)", pending.purpose, _host(pending.iss)
     )
-    return CompletedLaunch(cookie_value=cookie_value, launch=launch)
+    return CompletedLaunch(cookie_value=cookie_value, launch=launch, app_context=token.app_context)
 
 
 def _identity(

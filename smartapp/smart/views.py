@@ -141,6 +141,8 @@ def callback() -> Response:
         patient=launch.patient_id,
         detail={"scopes": str(launch.scopes), "encounter": launch.encounter_id},
     )
+    for hook in current_app.extensions.get(SESSION_STARTED_EXT, ()):
+        hook(launch, completed.app_context)
     response = _redirect(request.script_root + LANDING[purpose])
     set_cookie(
         response,
@@ -152,6 +154,9 @@ def callback() -> Response:
     return response
 
 
+#: Callables told (launch, appContext) of every launch session created (the CDS Hooks
+#: service hands the launch the chart its card's hook read).
+SESSION_STARTED_EXT = "smartapp.session_started"
 #: Callables told the session id of every launch that logout ends (the chart cache drops it).
 SESSION_ENDED_EXT = "smartapp.session_ended"
 
