@@ -92,6 +92,8 @@ class CompletedLaunch:
     cookie_value: str
     launch: LaunchContext
     carrier: str = "cookie"
+    #: The token response's `appContext` (a CDS Hooks card's link), for SESSION_STARTED hooks.
+    app_context: str | None = None
 
 
 def check_issuer(services: SMARTServices, iss: str | None) -> str:
@@ -349,7 +351,9 @@ def complete(
     log.info(
         "launch session created (purpose %s, issuer host %s)", pending.purpose, _host(pending.iss)
     )
-    return CompletedLaunch(cookie_value=cookie_value, launch=launch, carrier=carrier)
+    return CompletedLaunch(
+        cookie_value=cookie_value, launch=launch, carrier=carrier, app_context=token.app_context
+    )
 
 
 def _identity(

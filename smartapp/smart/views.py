@@ -172,6 +172,8 @@ def callback() -> Response | str:
             "carrier": completed.carrier,
         },
     )
+    for hook in current_app.extensions.get(SESSION_STARTED_EXT, ()):
+        hook(launch, completed.app_context)
     if completed.carrier == "window":
         # No cookie would come back, so no redirect: the sidebar is this answer, and its
         # script keeps the token in memory and sends it as a header (never in a URL).
@@ -193,6 +195,9 @@ def callback() -> Response | str:
     return response
 
 
+#: Callables told (launch, appContext) of every launch session created (the CDS Hooks
+#: service hands the launch the chart its card's hook read).
+SESSION_STARTED_EXT = "smartapp.session_started"
 #: Callables told the session id of every launch that logout ends (the chart cache drops it).
 SESSION_ENDED_EXT = "smartapp.session_ended"
 
