@@ -2,8 +2,8 @@
 
 Only aggregates: no note text, no patient or encounter id (`smartapp.baseline.models`).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-02 20:10:00
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import smartapp.db
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
