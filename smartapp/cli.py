@@ -129,6 +129,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         population_size=args.patients,
         rewrite_urn_uuids=args.rewrite_urn_uuids,
         imitate=args.imitate,
+        # Twelve weeks of notes for `smartapp baseline` to export (the demo).
+        documentation_history=True,
     )
     sandbox = stack.ehr.extensions["smartapp.sandbox"]
     launch_id = sandbox.auth.create_launch(

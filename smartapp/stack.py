@@ -75,6 +75,7 @@ def build_stack(
     ehr_manifest_overrides: Mapping[str, Any] | None = None,
     rewrite_urn_uuids: bool = False,
     imitate: str = "generic",
+    documentation_history: bool = False,
 ) -> Stack:
     """Bind both servers, then build both apps (each needs the other's URL)."""
     ehr_server = BackgroundServer("127.0.0.1", ehr_port, public_host="localhost")
@@ -85,6 +86,10 @@ def build_stack(
     manifest["client_id"] = settings.client_id
     if settings.private_key_path:
         manifest["token_endpoint_auth_method"] = "private_key_jwt"
+        # The same registration serves SMART Backend Services (`smartapp baseline`): the
+        # EHR checks its assertions against the app's JWKS URL.
+        manifest["grant_types"] = [*manifest["grant_types"], "client_credentials"]
+        manifest["scope"] += " system/Encounter.rs system/DocumentReference.rs"
     elif settings.client_secret:
         manifest.update(
             token_endpoint_auth_method="client_secret_basic", client_secret=settings.client_secret
@@ -100,6 +105,7 @@ def build_stack(
         access_token_lifetime=access_token_lifetime,
         rewrite_urn_uuids=rewrite_urn_uuids,
         imitate=imitate,
+        documentation_history=documentation_history,
     )
     app = create_app(settings)
     ehr_server.set_app(ehr)
