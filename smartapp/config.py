@@ -198,6 +198,9 @@ class Settings:
     #: Migrate the store when the app starts (sandbox mode, or SMARTAPP_MIGRATE_ON_START);
     #: otherwise `smartapp db upgrade` does it before the processes start.
     migrate_on_start: bool = False
+    #: A sidebar whose session cookie never arrives (third-party cookies blocked) may carry
+    #: its launch in a per-window token (SMARTAPP_WINDOW_SESSIONS; see docs/SECURITY.md).
+    window_sessions: bool = True
     #: SMARTAPP_SECRET_KEY was given (not generated in the instance folder): what several
     #: processes need.
     secret_key_from_env: bool = False
@@ -374,6 +377,7 @@ class Settings:
             migrate_on_start=_yes_no(
                 environ, "SMARTAPP_MIGRATE_ON_START", default=sandbox_issuer is not None
             ),
+            window_sessions=_yes_no(environ, "SMARTAPP_WINDOW_SESSIONS", default=True),
         )
 
 

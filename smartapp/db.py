@@ -199,6 +199,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "smartapp.audit.models",
     "smartapp.admin.models",
     "smartapp.cdshooks.models",
+    "smartapp.baseline.models",
 )
 
 
