@@ -83,6 +83,17 @@ class AppProfile:
     writes_documents: bool
     updates_documents: bool
     writes_provenance: bool
+    #: The site file (SMARTAPP_CONFIG) and the quirks profile it names per issuer.
+    site_file: str | None = None
+    site_quirks: Mapping[str, str] = field(default_factory=dict)
+    #: Why the site file could not be read (the app would refuse to start with it).
+    site_file_error: str | None = None
+
+    def quirks_for(self, iss: str) -> str | None:
+        """The quirks profile the site file names for this issuer, if any."""
+        from smartapp.config import normalize_issuer
+
+        return self.site_quirks.get(normalize_issuer(iss))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AppProfile:
@@ -104,6 +115,7 @@ class AppProfile:
         else:
             client_auth = "public"
         issuers = (environ.get("SMARTAPP_ALLOWED_ISSUERS") or "").split(",")
+        site_file, site_quirks, site_file_error = _site_quirks(environ.get("SMARTAPP_CONFIG"))
         return cls(
             client_id=environ.get("SMARTAPP_CLIENT_ID") or manifest.client_id,
             client_auth=client_auth,
@@ -114,7 +126,24 @@ class AppProfile:
             writes_documents=scopes.allows("DocumentReference", "c"),
             updates_documents=scopes.allows("DocumentReference", "u"),
             writes_provenance=scopes.allows("Provenance", "c"),
+            site_file=site_file,
+            site_quirks=site_quirks,
+            site_file_error=site_file_error,
         )
+
+
+def _site_quirks(path: str | None) -> tuple[str | None, dict[str, str], str | None]:
+    """(the site file's name, its quirks profile per issuer, why it could not be read)."""
+    from smartapp.siteconfig import SiteConfigError, load_site_config
+
+    if not path:
+        return None, {}, None
+    try:
+        site = load_site_config(Path(path))
+    except SiteConfigError as exc:
+        return Path(path).name, {}, "; ".join(exc.errors[:3])
+    named = {iss: config.quirks for iss, config in site.sites.items() if config.quirks}
+    return Path(path).name, named, None
 
 
 @dataclass(kw_only=True)
@@ -499,7 +528,9 @@ def _check_authorization(
             "not declared (no .well-known)",
             pkce_why + "; the app sends S256 anyway, which a server without PKCE ignores",
         )
-    elif "code_challenge_methods_supported" not in raw and _family_omits_pkce(capability):
+    elif "code_challenge_methods_supported" not in raw and _family_omits_pkce(
+        capability, profile.quirks_for(iss)
+    ):
         report.add(
             "warn",
             "pkce",
@@ -748,7 +779,7 @@ def _check_capability_statement(
         "the app speaks application/fhir+json only",
     )
 
-    _check_quirks(report, capability)
+    _check_quirks(report, report.iss, capability, profile)
 
     if supports_batch(capability):
         report.add("ok", "batch", "batch", "batch", "the whole chart in one round trip")
@@ -837,29 +868,57 @@ def _check_capability_statement(
         )
 
 
-def _family_omits_pkce(capability: Mapping[str, Any] | None) -> bool:
-    from smartapp.quirks import catalog
+def _family_omits_pkce(capability: Mapping[str, Any] | None, configured: str | None) -> bool:
+    from smartapp.quirks import QuirksError, catalog
 
-    return catalog().detect(capability).value("pkce_methods_listed", True) is False
+    try:
+        chosen = catalog().choose(configured=configured, capabilities=capability)
+    except QuirksError:
+        chosen = catalog().detect(capability)
+    return chosen.value("pkce_methods_listed", True) is False
 
 
-def _check_quirks(report: CheckReport, capability: Mapping[str, Any]) -> None:
-    """Which EHR family's quirks profile applies, and each thing it changes."""
+def _check_quirks(
+    report: CheckReport, iss: str, capability: Mapping[str, Any], profile: AppProfile
+) -> None:
+    """Which EHR family's quirks profile applies (the site file's choice for the issuer,
+    else the one the CapabilityStatement names), and each thing it changes."""
     from smartapp.fhir.capabilities import supports_sort
-    from smartapp.quirks import catalog
+    from smartapp.quirks import QuirksError, catalog
 
-    quirks = catalog().detect(capability)
-    how = (
-        "detected from the CapabilityStatement's software/publisher"
-        if quirks.chosen_by == "CapabilityStatement"
-        else "no known EHR family named in software/publisher"
-    )
+    if profile.site_file_error is not None:
+        report.add(
+            "fail",
+            "site-file",
+            "site file",
+            f"{profile.site_file} cannot be used: {profile.site_file_error}",
+            "the app refuses to start with this file (SMARTAPP_CONFIG): fix it first",
+        )
+    configured = profile.quirks_for(iss)
+    detected = catalog().detect(capability)
+    try:
+        quirks = catalog().choose(configured=configured, capabilities=capability)
+    except QuirksError:  # the site file is validated against the catalog; stay safe anyway
+        quirks = detected
+    if quirks.chosen_by == "site file":
+        how = (
+            f'set for this issuer in the site file {profile.site_file} (ehr.quirks = "{quirks.id}")'
+        )
+        if detected.id != quirks.id:
+            how += f"; the CapabilityStatement alone would give {detected.id}"
+    elif quirks.chosen_by == "CapabilityStatement":
+        how = "detected from the CapabilityStatement's software/publisher"
+    else:
+        how = "no known EHR family named in software/publisher"
+    if quirks.chosen_by != "site file":
+        how += '; a site file\'s [sites."<iss>".ehr] quirks = "..." overrides it'
+    changes = ", ".join(q.key for q in quirks.quirks) or "nothing"
     report.add(
         "ok",
         "quirks-profile",
         "EHR quirks profile",
-        f"{quirks.id} ({quirks.title})",
-        f'{how}; a site file\'s [sites."<iss>".ehr] quirks = "..." overrides it',
+        f"{quirks.id} ({quirks.title}); changes: {changes}",
+        how,
     )
     for quirk in quirks.quirks:
         report.add(

@@ -66,6 +66,10 @@ def register_csrf_lookup(app: Flask, lookup: CSRFLookup) -> None:
 
 
 def _csrf_exempt() -> bool:
+    # The CDS Hooks endpoints never read a cookie (the EHR's signed JWT is their only
+    # credential), so a forged cross-site request carries nothing they believe.
+    if request.path.startswith("/cds-services/"):
+        return True
     # Bearer-token API calls carry no cookie, so a forged cross-site request gains nothing.
     return request.path.startswith("/admin/api/") and request.headers.get(
         "Authorization", ""
