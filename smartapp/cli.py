@@ -129,6 +129,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         population_size=args.patients,
         rewrite_urn_uuids=args.rewrite_urn_uuids,
         imitate=args.imitate,
+        # The demo's EHR shows the assistant's CDS Hooks card above the sidebar.
+        cds_hooks=True,
     )
     sandbox = stack.ehr.extensions["smartapp.sandbox"]
     launch_id = sandbox.auth.create_launch(

@@ -34,6 +34,8 @@ class Prefetch:
     required: bool = True
     #: A single resource read, not a search.
     read: bool = False
+    #: Only the first page is wanted (the latest notes): a `next` link is not a gap.
+    first_page_only: bool = False
 
 
 PREFETCH: tuple[Prefetch, ...] = (
@@ -48,12 +50,12 @@ PREFETCH: tuple[Prefetch, ...] = (
     Prefetch(key="conditions", query=f"Condition?patient={PATIENT}", resource_type="Condition"),
     Prefetch(
         key="vitalSigns",
-        query=f"Observation?patient={PATIENT}&category=vital-signs&_sort=-date&_count=200",
+        query=f"Observation?patient={PATIENT}&category=vital-signs&_sort=-date",
         resource_type="Observation",
     ),
     Prefetch(
         key="laboratory",
-        query=f"Observation?patient={PATIENT}&category=laboratory&_sort=-date&_count=200",
+        query=f"Observation?patient={PATIENT}&category=laboratory&_sort=-date",
         resource_type="Observation",
     ),
     Prefetch(
@@ -83,6 +85,7 @@ PREFETCH: tuple[Prefetch, ...] = (
         query=f"DocumentReference?patient={PATIENT}&_sort=-date&_count=10"
         f"&_elements={DOCUMENT_ELEMENTS}",
         resource_type="DocumentReference",
+        first_page_only=True,
     ),
 )
 

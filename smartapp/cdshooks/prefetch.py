@@ -18,7 +18,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from smartapp.cdshooks.discovery import PREFETCH, Prefetch
-from smartapp.fhir.chart import PATIENT_FIELD, SEARCH_COUNT
+from smartapp.fhir.chart import (
+    PATIENT_FIELD,
+    RECENT_DOCUMENTS,
+    SEARCH_COUNT,
+    _without_attachment_data,
+)
 from smartapp.fhir.compartment import Verdict, identifier_keys, matches_identifiers, verdict
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource, SnapshotProblem
@@ -104,6 +109,9 @@ def chart_from_prefetch(
             if judged is Verdict.OTHER:
                 other_patient[rtype] += 1
                 return
+        if rtype == "DocumentReference":
+            # Metadata only, as the sidebar's own read keeps it: a note's text is PHI.
+            resource = _without_attachment_data(dict(resource))
         kept.append(dict(resource))
 
     for spec in PREFETCH:
@@ -136,6 +144,8 @@ def chart_from_prefetch(
                 missing.append(spec.key)
             continue
         resources, has_next = found
+        if spec.first_page_only:
+            resources, has_next = resources[:RECENT_DOCUMENTS], False
         complete = complete and _search_complete(spec, resources, has_next, cap, problems)
         for resource in resources[:cap]:
             rtype = resource.get("resourceType") if isinstance(resource, Mapping) else None

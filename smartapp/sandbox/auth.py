@@ -12,6 +12,7 @@ import json
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,8 @@ class EHRUser:
     patient: str | None
     encounter: str | None
     launch_type: str  # "ehr" | "standalone"
+    #: A CDS Hooks card link's appContext, passed through to the token response.
+    app_context: str | None = None
 
 
 class AuthCode(AuthorizationCodeMixin):  # type: ignore[misc]
@@ -250,6 +253,8 @@ class SMARTAuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignor
     def save_authorization_code(self, code: str, request: Any) -> None:
         user: EHRUser = request.user
         data = request.payload.data
+        if user.app_context is not None:
+            _sandbox(self.server).remember_app_context(f"code:{code}", user.app_context)
         _sandbox(self.server).store.add_code(
             code=code,
             client_id=request.client.get_client_id(),
@@ -284,7 +289,10 @@ class SMARTAuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignor
 
     def authenticate_user(self, authorization_code: AuthCode) -> EHRUser:
         row = authorization_code.row
-        return EHRUser(row["user"], row["patient"], row["encounter"], row["launch_type"])
+        app_context = _sandbox(self.server).take_app_context(f"code:{authorization_code.code}")
+        return EHRUser(
+            row["user"], row["patient"], row["encounter"], row["launch_type"], app_context
+        )
 
 
 class SMARTRefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
@@ -491,6 +499,10 @@ class SandboxAuth:
         self.jwks_uri = f"{self.ehr_base_url}/auth/jwks.json"
         self.style_url = f"{self.ehr_base_url}/auth/smart-style.json"
         self.server: AuthorizationServer | None = None
+        #: appContext of launches and codes made from a CDS Hooks card (this process only,
+        #: as launches are short-lived; the oldest go first past the cap).
+        self._app_contexts: OrderedDict[str, str] = OrderedDict()
+        self._app_context_lock = threading.Lock()
 
     # -- configuration documents ------------------------------------------------------
     def smart_configuration(self) -> dict[str, Any]:
@@ -573,10 +585,28 @@ class SandboxAuth:
         return dict(self.practitioners()).get(practitioner_id)
 
     # -- launches ---------------------------------------------------------------------
+    def remember_app_context(self, key: str, app_context: str) -> None:
+        with self._app_context_lock:
+            self._app_contexts[key] = app_context
+            while len(self._app_contexts) > 1000:
+                self._app_contexts.popitem(last=False)
+
+    def take_app_context(self, key: str) -> str | None:
+        with self._app_context_lock:
+            return self._app_contexts.pop(key, None)
+
     def create_launch(
-        self, *, patient: str | None, encounter: str | None, user: str, client_id: str | None = None
+        self,
+        *,
+        patient: str | None,
+        encounter: str | None,
+        user: str,
+        client_id: str | None = None,
+        app_context: str | None = None,
     ) -> str:
         launch_id = secrets.token_urlsafe(18)
+        if app_context is not None:
+            self.remember_app_context(f"launch:{launch_id}", app_context)
         self.store.add_launch(
             launch_id,
             client_id=client_id,
@@ -690,6 +720,9 @@ class SandboxAuth:
                 token["encounter"] = encounter
             # An EHR launch happens inside the EHR's chart, which shows its own banner.
             token["need_patient_banner"] = user.launch_type != "ehr"
+            if user.app_context is not None:
+                # CDS Hooks: a card's appContext reaches the app in the token response.
+                token["appContext"] = user.app_context
         token["smart_style_url"] = self.style_url
         return token
 
@@ -781,7 +814,13 @@ class SandboxAuth:
                 return refuse(
                     "invalid_request", "Unknown or expired launch: relaunch the app from the EHR"
                 )
-            user = EHRUser(row["user"], row["patient"], row["encounter"], "ehr")
+            user = EHRUser(
+                row["user"],
+                row["patient"],
+                row["encounter"],
+                "ehr",
+                self.take_app_context(f"launch:{launch}"),
+            )
             # The clinician is already signed in to the EHR; the launch is the approval.
             return self._issue(user)
         if "launch" in requested:

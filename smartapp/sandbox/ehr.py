@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from smartapp.sandbox import controls as controls_module
 from smartapp.sandbox import fhir_api, pages
 from smartapp.sandbox.auth import ClientRegistration, SandboxAuth, load_signing_key
+from smartapp.sandbox.cds_client import SandboxCDSClient, load_cds_key
 from smartapp.sandbox.fhir_service import FHIRError, FHIRService
 from smartapp.sandbox.imitations import imitation
 from smartapp.sandbox.pages import human_name, latest_encounter_id, practitioner_name
@@ -47,6 +48,8 @@ class SandboxEHR:
     ehr_base_url: str
     fhir_base: str
     default_client_id: str
+    #: The CDS Hooks client, when the sandbox calls the app's hooks.
+    cds: SandboxCDSClient | None = None
 
 
 def load_population(store: Store, service: FHIRService, *, count: int, seed: int) -> None:
@@ -81,6 +84,7 @@ def create_ehr_app(
     seed: int = DEFAULT_SEED,
     rewrite_urn_uuids: bool = False,
     imitate: str = "generic",
+    cds_services_url: str | None = None,
 ) -> Flask:
     """The sandbox EHR at `ehr_base_url`; its FHIR base (the SMART `iss`) is `…/fhir`.
 
@@ -89,7 +93,8 @@ def create_ehr_app(
     fullUrls everywhere, identifiers included, as some servers do. `extra_clients`
     (same shape, plus `client_secret` or `jwks`) registers more, e.g. a confidential
     client for tests. `imitate` makes it behave like one EHR family's server
-    (`smartapp.sandbox.imitations`).
+    (`smartapp.sandbox.imitations`). `cds_services_url` (the app's `/cds-services`):
+    opening a chart calls its `patient-view` hook and shows the card.
     """
     behaviour = imitation(imitate)
     rewrite_urn_uuids = rewrite_urn_uuids or behaviour.rewrite_urn_uuids
@@ -191,12 +196,24 @@ def create_ehr_app(
             publisher=behaviour.publisher,
         ),
     )
+    cds = None
+    if cds_services_url:
+        cds = SandboxCDSClient(
+            services_url=cds_services_url,
+            issuer=ehr_base_url,
+            fhir_base=fhir_base,
+            service=service,
+            key=load_cds_key(data_dir / "sandbox-ehr-cds-key.json"),
+        )
+        # The CDS service checks the EHR's request JWTs against this (CDS Hooks 2.0).
+        app.add_url_rule("/cds/jwks.json", "cds_jwks", lambda: cds.jwks() if cds else {})
     pages.init_app(
         app,
         store=store,
         auth=auth,
         default_client_id=default_client_id,
         practitioners=practitioners,
+        cds=cds,
     )
     _init_errors(app)
 
@@ -208,6 +225,7 @@ def create_ehr_app(
         ehr_base_url=ehr_base_url,
         fhir_base=fhir_base,
         default_client_id=default_client_id,
+        cds=cds,
     )
     return app
 
