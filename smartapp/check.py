@@ -28,6 +28,7 @@ import requests
 from smartapp.redirects import RedirectRefused, get_within_origin, origin_text
 
 if TYPE_CHECKING:
+    from smartapp.cdshooks.trust import CDSClient
     from smartapp.smart.discovery import SMARTConfiguration
 
 Status = Literal["ok", "warn", "fail"]
@@ -88,6 +89,10 @@ class AppProfile:
     site_quirks: Mapping[str, str] = field(default_factory=dict)
     #: Why the site file could not be read (the app would refuse to start with it).
     site_file_error: str | None = None
+    #: SMARTAPP_CDS_CLIENTS: the EHRs registered to call the CDS Hooks service.
+    cds_clients_file: str | None = None
+    cds_clients: tuple[CDSClient, ...] = ()
+    cds_clients_error: str | None = None
 
     def quirks_for(self, iss: str) -> str | None:
         """The quirks profile the site file names for this issuer, if any."""
@@ -99,7 +104,8 @@ class AppProfile:
     def from_env(cls, environ: Mapping[str, str]) -> AppProfile:
         """Reads the same names as `Settings.from_env`, but creates nothing on disk and
         refuses nothing: the check must run before the app is fully configured."""
-        from smartapp.config import LaunchManifest, normalize_issuer, shipped
+        from smartapp.cdshooks.trust import load_clients
+        from smartapp.config import ConfigError, LaunchManifest, normalize_issuer, shipped
         from smartapp.fhir.chart import READABLE_TYPES
         from smartapp.smart.scopes import GrantedScopes
 
@@ -116,7 +122,20 @@ class AppProfile:
             client_auth = "public"
         issuers = (environ.get("SMARTAPP_ALLOWED_ISSUERS") or "").split(",")
         site_file, site_quirks, site_file_error = _site_quirks(environ.get("SMARTAPP_CONFIG"))
+        allowed = tuple(normalize_issuer(i) for i in issuers if i.strip())
+        cds_file = environ.get("SMARTAPP_CDS_CLIENTS") or None
+        cds_clients: tuple[CDSClient, ...] = ()
+        cds_error = None
+        try:
+            cds_clients = load_clients(
+                Path(cds_file) if cds_file else None, allowed_issuers=allowed
+            )
+        except ConfigError as exc:
+            cds_error = str(exc)
         return cls(
+            cds_clients_file=cds_file,
+            cds_clients=cds_clients,
+            cds_clients_error=cds_error,
             client_id=environ.get("SMARTAPP_CLIENT_ID") or manifest.client_id,
             client_auth=client_auth,
             scope=tuple(scopes),
@@ -334,7 +353,80 @@ def check_server(
     if config is not None:
         _check_authorization(report, iss, config, profile, capability)
     _check_capability_statement(report, metadata, capability, profile)
+    _check_cds_hooks(report, iss, profile, http, timeout)
     return report
+
+
+def _check_cds_hooks(
+    report: CheckReport,
+    iss: str,
+    profile: AppProfile,
+    http: requests.Session,
+    timeout: float,
+) -> None:
+    """Whether the EHR may call the app's CDS Hooks service for this FHIR base.
+
+    In CDS Hooks the EHR is the client: nothing on its FHIR server says whether it calls
+    hooks. What can be checked is the app's side: SMARTAPP_CDS_CLIENTS registers an EHR
+    whose `fhir_servers` hold this base, and that EHR's JWKS answers with signing keys.
+    """
+    why = (
+        "the EHR, as the CDS client, signs each hook call; the app believes only EHRs "
+        "registered in SMARTAPP_CDS_CLIENTS (nothing on the FHIR server says whether the "
+        "EHR calls hooks)"
+    )
+    if profile.cds_clients_error is not None:
+        report.add(
+            "fail",
+            "cds-hooks",
+            "CDS Hooks client",
+            profile.cds_clients_error,
+            "the app refuses to start with this file: fix it first",
+        )
+        return
+    clients = [c for c in profile.cds_clients if iss in c.fhir_servers]
+    if not clients:
+        where = profile.cds_clients_file or "unset"
+        report.add(
+            "ok",
+            "cds-hooks",
+            "CDS Hooks client",
+            f"no EHR registered for this FHIR base (SMARTAPP_CDS_CLIENTS: {where}): its hook "
+            "calls are refused; the sidebar works without them",
+            why,
+        )
+        return
+    client = clients[0]
+    status: Status
+    report.add(
+        "ok",
+        "cds-hooks",
+        "CDS Hooks client",
+        f"EHR {client.iss} registered to call /cds-services for this base",
+        why,
+    )
+    if client.jwks_url is None:
+        keys = (client.jwks or {}).get("keys")
+        status = "ok" if keys else "warn"
+        detail = f"{len(keys or [])} key(s) from jwks_file"
+    else:
+        fetched = fetch_json(http, client.jwks_url, accept="application/json", timeout=timeout)
+        keys = (fetched.data or {}).get("keys") if fetched.status == 200 else None
+        usable = [k for k in keys or [] if isinstance(k, dict) and k.get("kty") in ("EC", "RSA")]
+        status = "ok" if usable else "warn"
+        detail = (
+            f"{len(usable)} signing key(s) at {client.jwks_url}"
+            if usable
+            else f"no usable keys at {client.jwks_url} ({_outcome(fetched)})"
+        )
+    report.add(
+        status,
+        "cds-hooks-jwks",
+        "CDS Hooks client keys",
+        detail,
+        "each hook call's JWT must verify with one of these keys (ES384 or RS384), or it is "
+        "refused",
+    )
 
 
 def _check_issuer(report: CheckReport, iss: str, profile: AppProfile) -> None:

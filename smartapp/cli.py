@@ -131,6 +131,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         imitate=args.imitate,
         # The demo's EHR shows the assistant's CDS Hooks card above the sidebar.
         cds_hooks=True,
+        # Twelve weeks of notes for `smartapp baseline` to export (the demo).
+        documentation_history=True,
     )
     sandbox = stack.ehr.extensions["smartapp.sandbox"]
     launch_id = sandbox.auth.create_launch(

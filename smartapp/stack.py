@@ -76,6 +76,7 @@ def build_stack(
     rewrite_urn_uuids: bool = False,
     imitate: str = "generic",
     cds_hooks: bool = False,
+    documentation_history: bool = False,
 ) -> Stack:
     """Bind both servers, then build both apps (each needs the other's URL).
 
@@ -90,6 +91,10 @@ def build_stack(
     manifest["client_id"] = settings.client_id
     if settings.private_key_path:
         manifest["token_endpoint_auth_method"] = "private_key_jwt"
+        # The same registration serves SMART Backend Services (`smartapp baseline`): the
+        # EHR checks its assertions against the app's JWKS URL.
+        manifest["grant_types"] = [*manifest["grant_types"], "client_credentials"]
+        manifest["scope"] += " system/Encounter.rs system/DocumentReference.rs"
     elif settings.client_secret:
         manifest.update(
             token_endpoint_auth_method="client_secret_basic", client_secret=settings.client_secret
@@ -106,6 +111,7 @@ def build_stack(
         rewrite_urn_uuids=rewrite_urn_uuids,
         imitate=imitate,
         cds_services_url=f"{app_server.url}/cds-services" if cds_hooks else None,
+        documentation_history=documentation_history,
     )
     app = create_app(settings)
     if cds_hooks:

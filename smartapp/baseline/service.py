@@ -184,7 +184,6 @@ def run_baseline(
     run_id = uuid.uuid4().hex
     with database.session() as s:
         chosen, source = choose_go_live(s, issuer=issuer, given=go_live)
-        stored = store_weeks(s, issuer=issuer, since=since, weeks=weeks, run_id=run_id)
         s.add(
             BaselineRun(
                 id=run_id,
@@ -199,10 +198,12 @@ def run_baseline(
                 notes_read=aggregator.notes_read,
                 notes_counted=sum(w.notes for w in weeks),
                 clinicians=len({w.fhir_user for w in weeks}),
-                weeks_stored=stored,
+                weeks_stored=len(weeks),
                 skipped=dict(aggregator.skipped),
             )
         )
+        s.flush()  # the weeks point at the run
+        stored = store_weeks(s, issuer=issuer, since=since, weeks=weeks, run_id=run_id)
     return BaselineReport(
         run_id=run_id,
         issuer=issuer,

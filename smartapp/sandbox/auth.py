@@ -320,6 +320,32 @@ class SMARTRefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
             _sandbox(self.server).store.revoke_refresh(refresh_token.row["refresh_token"])
 
 
+class SMARTBackendServicesGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
+    """SMART Backend Services: client_credentials for a client registered for it, which
+    authenticates only by a signed JWT assertion (its JWKS URL or registered keys).
+    https://hl7.org/fhir/smart-app-launch/backend-services.html"""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        # Only system/ scopes: there is no user or patient whose context could bound the rest.
+        from authlib.oauth2.rfc6749 import InvalidScopeError
+
+        scopes = smart_scopes.split(self.request.payload.scope)
+        if not scopes or any(not s.startswith("system/") for s in scopes):
+            raise InvalidScopeError(description="Backend services ask for system/ scopes only")
+        if self.request.client.get_allowed_scope(self.request.payload.scope) is None:
+            raise InvalidScopeError(description="The client is not registered for these scopes")
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        # Requested ∩ registered, as for the other grants (authlib would grant as asked).
+        granted = self.request.client.get_allowed_scope(self.request.payload.scope)
+        token: dict[str, Any] = self.generate_token(scope=granted, include_refresh_token=False)
+        self.save_token(token)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
 class SMARTOpenIDCode(OpenIDCode):  # type: ignore[misc]
     def __init__(self, sandbox: SandboxAuth) -> None:
         super().__init__(require_nonce=False)
@@ -519,8 +545,10 @@ class SandboxAuth:
                 "private_key_jwt",
             ],
             "token_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGORITHMS,
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
             "scopes_supported": [
+                "system/*.rs",
+                "system/*.read",
                 "openid",
                 "fhirUser",
                 "profile",
@@ -651,7 +679,7 @@ class SandboxAuth:
         return Access(
             grant=smart_scopes.Grant(smart_scopes.split(row["scope"])),
             patient=row["patient"],
-            user=row["user"],
+            user=row["user"] or None,
             client_id=row["client_id"],
         )
 
@@ -666,6 +694,7 @@ class SandboxAuth:
             SMARTAuthorizationCodeGrant, [CodeChallenge(required=True), SMARTOpenIDCode(self)]
         )
         server.register_grant(SMARTRefreshTokenGrant)
+        server.register_grant(SMARTBackendServicesGrant)
         server.register_client_auth_method("private_key_jwt", PrivateKeyJWT(self))
         server.register_endpoint(SandboxRevocation)
         self.server = server
@@ -735,7 +764,8 @@ class SandboxAuth:
         return patient, encounter
 
     def _save_token(self, token: Mapping[str, Any], request: Any) -> None:
-        user: EHRUser = request.user
+        # A backend-services token has no user: it acts as the client itself.
+        user: EHRUser = request.user or EHRUser("", None, None, "system")
         now = time.time()
         code = request.authorization_code.code if request.authorization_code else None
         self.store.add_token(

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from smartapp.sandbox import bulk as bulk_module
 from smartapp.sandbox import controls as controls_module
 from smartapp.sandbox import fhir_api, pages
 from smartapp.sandbox.auth import ClientRegistration, SandboxAuth, load_signing_key
@@ -25,6 +26,7 @@ from smartapp.sandbox.fhir_service import FHIRError, FHIRService
 from smartapp.sandbox.imitations import imitation
 from smartapp.sandbox.pages import human_name, latest_encounter_id, practitioner_name
 from smartapp.sandbox.population import (
+    BENCH_PATIENT_ID,
     CLINICIANS,
     DEFAULT_SEED,
     generate_population,
@@ -71,6 +73,21 @@ def load_population(store: Store, service: FHIRService, *, count: int, seed: int
     log.info("sandbox EHR: created %d synthetic patients", count)
 
 
+def load_documentation_history(store: Store, service: FHIRService, *, seed: int) -> None:
+    """Twelve weeks of visits and notes for the baseline demo (`smartapp.sandbox.history`)."""
+    from smartapp.sandbox.history import documentation_history
+
+    if store.get_meta("documentation_history") is not None:
+        return
+    patients = [p.id for p in store.list("Patient") if p.id != BENCH_PATIENT_ID]
+    resources = documentation_history(patients, seed=seed)
+    with store.transaction():
+        for resource in resources:
+            store.put(resource, patient=service.patient_of(resource))
+        store.set_meta("documentation_history", json.dumps({"seed": seed}))
+    log.info("sandbox EHR: created %d history resources", len(resources))
+
+
 def create_ehr_app(
     *,
     data_dir: Path,
@@ -85,6 +102,7 @@ def create_ehr_app(
     rewrite_urn_uuids: bool = False,
     imitate: str = "generic",
     cds_services_url: str | None = None,
+    documentation_history: bool = False,
 ) -> Flask:
     """The sandbox EHR at `ehr_base_url`; its FHIR base (the SMART `iss`) is `…/fhir`.
 
@@ -95,6 +113,8 @@ def create_ehr_app(
     client for tests. `imitate` makes it behave like one EHR family's server
     (`smartapp.sandbox.imitations`). `cds_services_url` (the app's `/cds-services`):
     opening a chart calls its `patient-view` hook and shows the card.
+    `documentation_history` adds twelve weeks of visits and notes by every clinician
+    (the baseline demo, `smartapp.sandbox.history`).
     """
     behaviour = imitation(imitate)
     rewrite_urn_uuids = rewrite_urn_uuids or behaviour.rewrite_urn_uuids
@@ -118,6 +138,8 @@ def create_ehr_app(
         observation_needs_category=behaviour.observation_needs_category,
     )
     load_population(store, service, count=population_size, seed=seed)
+    if documentation_history:
+        load_documentation_history(store, service, seed=seed)
 
     registrations = [ClientRegistration.from_manifest(manifest, app_base_url)]
     registrations += [
@@ -181,6 +203,11 @@ def create_ehr_app(
         latest_encounter=latest_encounter,
     )
     auth.init_app(app)
+    # Before the FHIR API: its `/<type>/<id>` rules would otherwise take `$export-status/…`.
+    bulk_module.init_app(
+        app,
+        bulk_module.BulkExports(store=store, fhir_base=fhir_base, authenticate=auth.access_for),
+    )
     published = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     fhir_api.init_app(
         app,

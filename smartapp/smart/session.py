@@ -20,7 +20,12 @@ from flask import Flask, g, request
 from sqlalchemy import delete, select
 
 from smartapp.db import utcnow
-from smartapp.errors import NotAuthenticated, RelaunchRequired, TemporaryUpstreamError
+from smartapp.errors import (
+    EARLIER_LAUNCH,
+    NotAuthenticated,
+    RelaunchRequired,
+    TemporaryUpstreamError,
+)
 from smartapp.fhir.auth import TokenProvider
 from smartapp.security import CSRF_HEADER, register_csrf_lookup
 from smartapp.smart.client import RefreshRefused, TokenResponse
@@ -228,10 +233,7 @@ def current_launch(*, purpose: str = "clinician") -> LaunchContext:
     if supplied is not None and not hmac.compare_digest(
         supplied.encode("utf-8", "surrogateescape"), launch.csrf_token.encode("utf-8")
     ):
-        raise NotAuthenticated(
-            "This panel belongs to an earlier launch (the app was opened again in this "
-            "browser, perhaps for another patient). Open the app again from this chart."
-        )
+        raise NotAuthenticated(EARLIER_LAUNCH)
     return launch
 
 

@@ -173,7 +173,10 @@ def test_two_charts_in_two_tabs_with_cookies_never_show_the_other_patient(
     # A decision in the older tab is refused (its CSRF token is the replaced launch's)...
     card = open_card(sidebar_one.locator("#suggestion-list > .card").first)
     card.locator("button.accept").click()
-    expect(card.locator(".card-message")).to_contain_text("Not recorded")
+    # (it is told to open the app again from its chart: reloading the frame would load the
+    # browser's newer launch, the other patient, into this chart's frame).
+    expect(card.locator(".card-message")).to_contain_text("belongs to an earlier launch")
+    expect(card.locator(".card-message")).not_to_contain_text("Reload")
     assert decided_patients(stack) == []
     # ...and what it reads is refused too, saying why, instead of the other patient's chart.
     answer = app_frame(first, stack).evaluate(

@@ -488,3 +488,67 @@ def test_an_athena_server_without_pkce_methods_is_a_warning_not_a_failure(
     report = run(rsps, smart_config, athena)
     assert statuses(report)["pkce"] == "warn"
     assert "does S256 without listing it" in line(report, "pkce").why
+
+
+def cds_clients_file(tmp_path: Path, *, server: str = ISS) -> str:
+    path = tmp_path / "cds-clients.toml"
+    path.write_text(
+        '[[client]]\niss = "https://ehr.example.org"\n'
+        'jwks_url = "https://ehr.example.org/cds/jwks.json"\n'
+        f'fhir_servers = ["{server}"]\n'
+    )
+    return str(path)
+
+
+def test_without_a_cds_client_registration_the_hooks_line_says_calls_are_refused(
+    rsps, smart_config, capability
+):
+    report = run(rsps, smart_config, capability, SMARTAPP_ALLOWED_ISSUERS=ISS)
+    hooks = line(report, "cds-hooks")
+    assert hooks.status == "ok" and "no EHR registered" in hooks.detail
+    assert "cds-hooks-jwks" not in statuses(report)
+
+
+def test_a_registered_ehr_with_keys_at_its_jwks_url_is_ok(rsps, smart_config, capability, tmp_path):
+    from joserfc.jwk import ECKey
+
+    key = ECKey.generate_key("P-384").as_dict(private=False)
+    rsps.get("https://ehr.example.org/cds/jwks.json", json={"keys": [key]})
+    report = run(
+        rsps,
+        smart_config,
+        capability,
+        SMARTAPP_ALLOWED_ISSUERS=ISS,
+        SMARTAPP_CDS_CLIENTS=cds_clients_file(tmp_path),
+    )
+    assert "https://ehr.example.org registered" in line(report, "cds-hooks").detail
+    assert line(report, "cds-hooks-jwks").status == "ok"
+
+
+def test_a_registered_ehr_whose_jwks_does_not_answer_is_a_warning(
+    rsps, smart_config, capability, tmp_path
+):
+    rsps.get("https://ehr.example.org/cds/jwks.json", status=404)
+    report = run(
+        rsps,
+        smart_config,
+        capability,
+        SMARTAPP_ALLOWED_ISSUERS=ISS,
+        SMARTAPP_CDS_CLIENTS=cds_clients_file(tmp_path),
+    )
+    assert line(report, "cds-hooks-jwks").status == "warn"
+    assert report.launchable
+
+
+def test_a_cds_client_file_naming_a_server_not_allowed_fails(
+    rsps, smart_config, capability, tmp_path
+):
+    report = run(
+        rsps,
+        smart_config,
+        capability,
+        SMARTAPP_ALLOWED_ISSUERS=ISS,
+        SMARTAPP_CDS_CLIENTS=cds_clients_file(tmp_path, server="https://other.example.org/fhir"),
+    )
+    hooks = line(report, "cds-hooks")
+    assert hooks.status == "fail" and "SMARTAPP_ALLOWED_ISSUERS" in hooks.detail

@@ -149,6 +149,7 @@ def test_two_windows_keep_their_own_patients(app, launcher, ehr):
     # One window's CSRF token does not carry another's writes.
     crossed = first.post("/api/test-write", **{"X-CSRF-Token": second.csrf})
     assert crossed.status_code == 403
+    assert "belongs to an earlier launch" in crossed.get_json()["error"]["message"]
 
 
 def test_a_window_header_never_falls_back_to_the_browsers_cookie(app, client, launcher, ehr):
