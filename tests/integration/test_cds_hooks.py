@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 import re
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +68,11 @@ def test_launch_from_the_card_shows_suggestions_without_another_chart_read(cds_s
     assert sidebar.status_code == 200 and sidebar.url == f"{stack.app_url}/"
     csrf = CSRF_META.search(sidebar.text)
     assert csrf
+    # What the sidebar page asks first: the context, then the suggestions.
+    context = clinician.get(
+        f"{stack.app_url}/api/context", headers={"X-CSRF-Token": csrf.group(1)}, timeout=60
+    )
+    assert context.status_code == 200 and context.json()["chart"] is not None
     warmed = suggestion_texts(clinician, stack, csrf.group(1))
     assert warmed, "the first suggestions are there"
     after = stats(stack)
@@ -86,3 +93,84 @@ def test_launch_from_the_card_shows_suggestions_without_another_chart_read(cds_s
         sources = [e.detail.get("source") for e in events]
     assert "cds-hooks prefetch" in sources  # the hook's read, and the launch's adoption
     assert sources.count("cds-hooks prefetch") == 2
+
+
+def hook_call(stack: Stack, body: dict[str, object]) -> requests.Response:
+    """A hook call as the sandbox EHR signs it, with a body the test chooses."""
+    cds = stack.ehr.extensions["smartapp.sandbox"].cds
+    url = f"{stack.app_url}/cds-services/smartapp-patient-view"
+    return requests.post(
+        url, json=body, headers={"Authorization": f"Bearer {cds._token(url)}"}, timeout=60
+    )
+
+
+def sandbox_token(stack: Stack, *, patient: str) -> str:
+    """An access token the sandbox EHR issues for the hook (as fhirAuthorization carries)."""
+    store = stack.ehr.extensions["smartapp.sandbox"].store
+    token = f"hook-token-{patient}"
+    now = time.time()
+    store.add_token(
+        access_token=token,
+        refresh_token=None,
+        client_id=stack.settings.client_id,
+        scope="patient/*.rs",
+        user="dr-ada-lovelace",
+        patient=patient,
+        encounter=None,
+        launch_type="ehr",
+        code=None,
+        issued_at=now,
+        expires_at=now + 300,
+        refresh_expires_at=None,
+    )
+    return token
+
+
+def test_without_prefetch_the_chart_is_read_with_fhir_authorization(cds_stack):
+    stack = cds_stack
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": stack.fhir_base,
+        "fhirAuthorization": {
+            "access_token": sandbox_token(stack, patient="pt-03"),
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.rs",
+            "subject": "smartapp",
+            "patient": "pt-03",
+        },
+        "context": {"userId": "Practitioner/dr-ada-lovelace", "patientId": "pt-03"},
+    }
+    reset(stack)
+    answer = hook_call(stack, body)
+    assert answer.status_code == 200, answer.text[:300]
+    [card] = answer.json()["cards"]
+    assert "appContext" in card["links"][0]
+    assert stats(stack)["fhir"] > 0  # the app read the chart itself, with the EHR's token
+    db = stack.app.extensions["smartapp.db"]
+    with db.session() as session:
+        events, _ = audit.search(
+            session, audit.AuditQuery(action=audit.Action.CHART_READ, patient="Patient/pt-03")
+        )
+    assert [e.detail.get("source") for e in events] == ["cds-hooks fhir"]
+
+
+def test_a_fhir_authorization_for_another_patient_reads_nothing(cds_stack):
+    stack = cds_stack
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": stack.fhir_base,
+        "fhirAuthorization": {
+            "access_token": sandbox_token(stack, patient="pt-04"),
+            "token_type": "Bearer",
+            "scope": "patient/*.rs",
+            "patient": "pt-04",
+        },
+        "context": {"userId": "Practitioner/dr-ada-lovelace", "patientId": "pt-03"},
+    }
+    reset(stack)
+    [card] = hook_call(stack, body).json()["cards"]
+    assert "appContext" not in card["links"][0]
+    assert stats(stack)["fhir"] == 0
