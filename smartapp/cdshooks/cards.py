@@ -31,6 +31,11 @@ def _plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
+def _listing(topics: tuple[str, ...], shown: int = 6) -> str:
+    more = len(topics) - shown
+    return "; ".join(topics[:shown]) + (f"; and {more} more" if more > 0 else "")
+
+
 def summary_text(counts: ReadyCounts | None) -> str:
     if counts is None:
         # The chart could not be read for the hook: the sidebar reads it when it opens.
@@ -57,9 +62,9 @@ def build_card(
     detail_lines: list[str] = []
     if counts is not None:
         if counts.care_gap_topics:
-            detail_lines.append("Care gaps: " + "; ".join(counts.care_gap_topics[:6]))
+            detail_lines.append("Care gaps: " + _listing(counts.care_gap_topics))
         if counts.medication_topics:
-            detail_lines.append("Medication hints: " + "; ".join(counts.medication_topics[:6]))
+            detail_lines.append("Medication hints: " + _listing(counts.medication_topics))
     if partial:
         detail_lines.append(
             "The EHR's prefetch was incomplete: the sidebar reads the chart when it opens."
