@@ -355,3 +355,27 @@ def test_unknown_service_is_404(cds_app, ehr_key):
 def test_hook_for_the_wrong_hook_name_is_refused(cds_app, ehr_key):
     answer = call(cds_app.test_client(), sign(ehr_key), hook_body(hook="order-select"))
     assert answer.status_code == 400
+
+
+def test_prefetch_may_be_as_large_as_a_fhir_answer_and_no_larger(tmp_path, ehr_key):
+    jwks = tmp_path / "ehr.jwks.json"
+    jwks.write_text(json.dumps({"keys": [ehr_key.as_dict(private=False)]}))
+    clients = tmp_path / "clients.toml"
+    clients.write_text(
+        f'[[client]]\niss = "{EHR_ISS}"\njwks_file = "{jwks}"\nfhir_servers = ["{SANDBOX_ISS}"]\n'
+    )
+    app = create_app(
+        make_settings(tmp_path, SMARTAPP_CDS_CLIENTS=str(clients), SMARTAPP_FHIR_MAX_MB="3")
+    )
+    app.extensions["smartapp.db"].upgrade()
+    client = app.test_client()
+    mib = 1024 * 1024
+    # Over the app's 2 MiB for its own API bodies, within the FHIR answer cap of 3 MiB.
+    body = hook_body()
+    body["prefetch"]["patient"]["text"] = {"status": "generated", "div": "x" * (2 * mib + mib // 2)}
+    assert call(client, sign(ehr_key), body).status_code == 200
+    body["prefetch"]["patient"]["text"]["div"] = "x" * (3 * mib + mib // 2)
+    refused = call(client, sign(ehr_key), body)
+    assert refused.status_code == 413
+    assert refused.get_json()["error"]["code"] == "body_too_large"
+    app.extensions["smartapp.db"].dispose()
