@@ -128,6 +128,10 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     ]
     # Logout ends a launch: its chart copy goes with it, not at the end of its TTL.
     app.extensions.setdefault("smartapp.session_ended", []).append(cache.invalidate)
+    from smartapp import cdshooks
+
+    # The hook reads charts into the same cache the sidebar reads them from.
+    cdshooks.init_app(app, settings=settings, cache=cache, engines=engines)
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()
     return engines

@@ -672,6 +672,8 @@ def _baseline_reads(
     from fhirclient.models.observation import Observation
     from fhirclient.models.procedure import Procedure
 
+    from smartapp.fhir.chart import medication_history_since
+
     patient = smart.patient
     if patient is None:
         raise BenchmarkError("fhirclient could not read the launch's Patient")
@@ -687,6 +689,15 @@ def _baseline_reads(
             MedicationRequest,
             {"patient": launch.patient, "status": "active"},
         ),
+        (
+            "MedicationRequest",
+            MedicationRequest,
+            {
+                "patient": launch.patient,
+                "status": "stopped,completed",
+                "authoredon": f"ge{medication_history_since(datetime.now(UTC).date())}",
+            },
+        ),
         ("AllergyIntolerance", AllergyIntolerance, {"patient": launch.patient}),
         ("Procedure", Procedure, {"patient": launch.patient}),
         ("Immunization", Immunization, {"patient": launch.patient}),
@@ -697,7 +708,9 @@ def _baseline_reads(
         searches = [(t, m, {**p, "_count": str(page_size)}) for t, m, p in searches]
     found: dict[str, list[Any]] = {}
     for rtype, model, params in searches:
-        found[rtype] = list(model.where(struct=params).perform_resources_iter(smart.server))
+        found.setdefault(rtype, []).extend(
+            model.where(struct=params).perform_resources_iter(smart.server)
+        )
         ids[rtype] = sorted(str(r.id) for r in found[rtype])
     medication_ids: list[str] = []
     for request in found["MedicationRequest"]:

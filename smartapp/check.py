@@ -28,6 +28,7 @@ import requests
 from smartapp.redirects import RedirectRefused, get_within_origin, origin_text
 
 if TYPE_CHECKING:
+    from smartapp.cdshooks.trust import CDSClient
     from smartapp.smart.discovery import SMARTConfiguration
 
 Status = Literal["ok", "warn", "fail"]
@@ -83,12 +84,28 @@ class AppProfile:
     writes_documents: bool
     updates_documents: bool
     writes_provenance: bool
+    #: The site file (SMARTAPP_CONFIG) and the quirks profile it names per issuer.
+    site_file: str | None = None
+    site_quirks: Mapping[str, str] = field(default_factory=dict)
+    #: Why the site file could not be read (the app would refuse to start with it).
+    site_file_error: str | None = None
+    #: SMARTAPP_CDS_CLIENTS: the EHRs registered to call the CDS Hooks service.
+    cds_clients_file: str | None = None
+    cds_clients: tuple[CDSClient, ...] = ()
+    cds_clients_error: str | None = None
+
+    def quirks_for(self, iss: str) -> str | None:
+        """The quirks profile the site file names for this issuer, if any."""
+        from smartapp.config import normalize_issuer
+
+        return self.site_quirks.get(normalize_issuer(iss))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AppProfile:
         """Reads the same names as `Settings.from_env`, but creates nothing on disk and
         refuses nothing: the check must run before the app is fully configured."""
-        from smartapp.config import LaunchManifest, normalize_issuer, shipped
+        from smartapp.cdshooks.trust import load_clients
+        from smartapp.config import ConfigError, LaunchManifest, normalize_issuer, shipped
         from smartapp.fhir.chart import READABLE_TYPES
         from smartapp.smart.scopes import GrantedScopes
 
@@ -104,7 +121,21 @@ class AppProfile:
         else:
             client_auth = "public"
         issuers = (environ.get("SMARTAPP_ALLOWED_ISSUERS") or "").split(",")
+        site_file, site_quirks, site_file_error = _site_quirks(environ.get("SMARTAPP_CONFIG"))
+        allowed = tuple(normalize_issuer(i) for i in issuers if i.strip())
+        cds_file = environ.get("SMARTAPP_CDS_CLIENTS") or None
+        cds_clients: tuple[CDSClient, ...] = ()
+        cds_error = None
+        try:
+            cds_clients = load_clients(
+                Path(cds_file) if cds_file else None, allowed_issuers=allowed
+            )
+        except ConfigError as exc:
+            cds_error = str(exc)
         return cls(
+            cds_clients_file=cds_file,
+            cds_clients=cds_clients,
+            cds_clients_error=cds_error,
             client_id=environ.get("SMARTAPP_CLIENT_ID") or manifest.client_id,
             client_auth=client_auth,
             scope=tuple(scopes),
@@ -114,7 +145,24 @@ class AppProfile:
             writes_documents=scopes.allows("DocumentReference", "c"),
             updates_documents=scopes.allows("DocumentReference", "u"),
             writes_provenance=scopes.allows("Provenance", "c"),
+            site_file=site_file,
+            site_quirks=site_quirks,
+            site_file_error=site_file_error,
         )
+
+
+def _site_quirks(path: str | None) -> tuple[str | None, dict[str, str], str | None]:
+    """(the site file's name, its quirks profile per issuer, why it could not be read)."""
+    from smartapp.siteconfig import SiteConfigError, load_site_config
+
+    if not path:
+        return None, {}, None
+    try:
+        site = load_site_config(Path(path))
+    except SiteConfigError as exc:
+        return Path(path).name, {}, "; ".join(exc.errors[:3])
+    named = {iss: config.quirks for iss, config in site.sites.items() if config.quirks}
+    return Path(path).name, named, None
 
 
 @dataclass(kw_only=True)
@@ -305,7 +353,80 @@ def check_server(
     if config is not None:
         _check_authorization(report, iss, config, profile, capability)
     _check_capability_statement(report, metadata, capability, profile)
+    _check_cds_hooks(report, iss, profile, http, timeout)
     return report
+
+
+def _check_cds_hooks(
+    report: CheckReport,
+    iss: str,
+    profile: AppProfile,
+    http: requests.Session,
+    timeout: float,
+) -> None:
+    """Whether the EHR may call the app's CDS Hooks service for this FHIR base.
+
+    In CDS Hooks the EHR is the client: nothing on its FHIR server says whether it calls
+    hooks. What can be checked is the app's side: SMARTAPP_CDS_CLIENTS registers an EHR
+    whose `fhir_servers` hold this base, and that EHR's JWKS answers with signing keys.
+    """
+    why = (
+        "the EHR, as the CDS client, signs each hook call; the app believes only EHRs "
+        "registered in SMARTAPP_CDS_CLIENTS (nothing on the FHIR server says whether the "
+        "EHR calls hooks)"
+    )
+    if profile.cds_clients_error is not None:
+        report.add(
+            "fail",
+            "cds-hooks",
+            "CDS Hooks client",
+            profile.cds_clients_error,
+            "the app refuses to start with this file: fix it first",
+        )
+        return
+    clients = [c for c in profile.cds_clients if iss in c.fhir_servers]
+    if not clients:
+        where = profile.cds_clients_file or "unset"
+        report.add(
+            "ok",
+            "cds-hooks",
+            "CDS Hooks client",
+            f"no EHR registered for this FHIR base (SMARTAPP_CDS_CLIENTS: {where}): its hook "
+            "calls are refused; the sidebar works without them",
+            why,
+        )
+        return
+    client = clients[0]
+    status: Status
+    report.add(
+        "ok",
+        "cds-hooks",
+        "CDS Hooks client",
+        f"EHR {client.iss} registered to call /cds-services for this base",
+        why,
+    )
+    if client.jwks_url is None:
+        keys = (client.jwks or {}).get("keys")
+        status = "ok" if keys else "warn"
+        detail = f"{len(keys or [])} key(s) from jwks_file"
+    else:
+        fetched = fetch_json(http, client.jwks_url, accept="application/json", timeout=timeout)
+        keys = (fetched.data or {}).get("keys") if fetched.status == 200 else None
+        usable = [k for k in keys or [] if isinstance(k, dict) and k.get("kty") in ("EC", "RSA")]
+        status = "ok" if usable else "warn"
+        detail = (
+            f"{len(usable)} signing key(s) at {client.jwks_url}"
+            if usable
+            else f"no usable keys at {client.jwks_url} ({_outcome(fetched)})"
+        )
+    report.add(
+        status,
+        "cds-hooks-jwks",
+        "CDS Hooks client keys",
+        detail,
+        "each hook call's JWT must verify with one of these keys (ES384 or RS384), or it is "
+        "refused",
+    )
 
 
 def _check_issuer(report: CheckReport, iss: str, profile: AppProfile) -> None:
@@ -499,7 +620,9 @@ def _check_authorization(
             "not declared (no .well-known)",
             pkce_why + "; the app sends S256 anyway, which a server without PKCE ignores",
         )
-    elif "code_challenge_methods_supported" not in raw and _family_omits_pkce(capability):
+    elif "code_challenge_methods_supported" not in raw and _family_omits_pkce(
+        capability, profile.quirks_for(iss)
+    ):
         report.add(
             "warn",
             "pkce",
@@ -748,7 +871,7 @@ def _check_capability_statement(
         "the app speaks application/fhir+json only",
     )
 
-    _check_quirks(report, capability)
+    _check_quirks(report, report.iss, capability, profile)
 
     if supports_batch(capability):
         report.add("ok", "batch", "batch", "batch", "the whole chart in one round trip")
@@ -837,29 +960,57 @@ def _check_capability_statement(
         )
 
 
-def _family_omits_pkce(capability: Mapping[str, Any] | None) -> bool:
-    from smartapp.quirks import catalog
+def _family_omits_pkce(capability: Mapping[str, Any] | None, configured: str | None) -> bool:
+    from smartapp.quirks import QuirksError, catalog
 
-    return catalog().detect(capability).value("pkce_methods_listed", True) is False
+    try:
+        chosen = catalog().choose(configured=configured, capabilities=capability)
+    except QuirksError:
+        chosen = catalog().detect(capability)
+    return chosen.value("pkce_methods_listed", True) is False
 
 
-def _check_quirks(report: CheckReport, capability: Mapping[str, Any]) -> None:
-    """Which EHR family's quirks profile applies, and each thing it changes."""
+def _check_quirks(
+    report: CheckReport, iss: str, capability: Mapping[str, Any], profile: AppProfile
+) -> None:
+    """Which EHR family's quirks profile applies (the site file's choice for the issuer,
+    else the one the CapabilityStatement names), and each thing it changes."""
     from smartapp.fhir.capabilities import supports_sort
-    from smartapp.quirks import catalog
+    from smartapp.quirks import QuirksError, catalog
 
-    quirks = catalog().detect(capability)
-    how = (
-        "detected from the CapabilityStatement's software/publisher"
-        if quirks.chosen_by == "CapabilityStatement"
-        else "no known EHR family named in software/publisher"
-    )
+    if profile.site_file_error is not None:
+        report.add(
+            "fail",
+            "site-file",
+            "site file",
+            f"{profile.site_file} cannot be used: {profile.site_file_error}",
+            "the app refuses to start with this file (SMARTAPP_CONFIG): fix it first",
+        )
+    configured = profile.quirks_for(iss)
+    detected = catalog().detect(capability)
+    try:
+        quirks = catalog().choose(configured=configured, capabilities=capability)
+    except QuirksError:  # the site file is validated against the catalog; stay safe anyway
+        quirks = detected
+    if quirks.chosen_by == "site file":
+        how = (
+            f'set for this issuer in the site file {profile.site_file} (ehr.quirks = "{quirks.id}")'
+        )
+        if detected.id != quirks.id:
+            how += f"; the CapabilityStatement alone would give {detected.id}"
+    elif quirks.chosen_by == "CapabilityStatement":
+        how = "detected from the CapabilityStatement's software/publisher"
+    else:
+        how = "no known EHR family named in software/publisher"
+    if quirks.chosen_by != "site file":
+        how += '; a site file\'s [sites."<iss>".ehr] quirks = "..." overrides it'
+    changes = ", ".join(q.key for q in quirks.quirks) or "nothing"
     report.add(
         "ok",
         "quirks-profile",
         "EHR quirks profile",
-        f"{quirks.id} ({quirks.title})",
-        f'{how}; a site file\'s [sites."<iss>".ehr] quirks = "..." overrides it',
+        f"{quirks.id} ({quirks.title}); changes: {changes}",
+        how,
     )
     for quirk in quirks.quirks:
         report.add(

@@ -1,4 +1,4 @@
-"""The `smartapp` command: serve, sandbox, evaluate, draft, check, outbox, audit, purge."""
+"""The `smartapp` command: serve, sandbox, evaluate, draft, check, baseline, outbox, audit, …"""
 
 from __future__ import annotations
 
@@ -129,6 +129,10 @@ def _sandbox(args: argparse.Namespace) -> int:
         population_size=args.patients,
         rewrite_urn_uuids=args.rewrite_urn_uuids,
         imitate=args.imitate,
+        # The demo's EHR shows the assistant's CDS Hooks card above the sidebar.
+        cds_hooks=True,
+        # Twelve weeks of notes for `smartapp baseline` to export (the demo).
+        documentation_history=True,
     )
     sandbox = stack.ehr.extensions["smartapp.sandbox"]
     launch_id = sandbox.auth.create_launch(
@@ -214,6 +218,12 @@ def _draft(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from smartapp.check import run_cli
+
+    return run_cli(args)
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from smartapp.baseline.cli import run_cli
 
     return run_cli(args)
 
@@ -398,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from smartapp import bench as bench_module
     from smartapp import check as check_module
+    from smartapp.baseline import cli as baseline_cli
 
     check = sub.add_parser(
         "check",
@@ -412,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_module.add_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    baseline = sub.add_parser(
+        "baseline",
+        help="note completion lag and length per clinician and week, from the EHR's Bulk "
+        "$export (SMART Backend Services); stores aggregates only",
+    )
+    baseline_cli.add_arguments(baseline)
+    baseline.set_defaults(handler=_baseline)
     return parser
 
 

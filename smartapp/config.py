@@ -161,6 +161,8 @@ class Settings:
     private_key_path: Path | None = None
     public_url: str | None = None
     site_config_path: Path | None = None
+    #: The EHRs registered to call the CDS Hooks service (SMARTAPP_CDS_CLIENTS, TOML).
+    cds_clients_path: Path | None = None
     admin_users: tuple[str, ...] = ()
     admin_token: str | None = None
     llm_base_url: str | None = None
@@ -199,6 +201,9 @@ class Settings:
     #: Migrate the store when the app starts (sandbox mode, or SMARTAPP_MIGRATE_ON_START);
     #: otherwise `smartapp db upgrade` does it before the processes start.
     migrate_on_start: bool = False
+    #: A sidebar whose session cookie never arrives (third-party cookies blocked) may carry
+    #: its launch in a per-window token (SMARTAPP_WINDOW_SESSIONS; see docs/SECURITY.md).
+    window_sessions: bool = True
     #: SMARTAPP_SECRET_KEY was given (not generated in the instance folder): what several
     #: processes need.
     secret_key_from_env: bool = False
@@ -263,6 +268,13 @@ class Settings:
         if site_config and not Path(site_config).is_file():
             raise ConfigError(f"SMARTAPP_CONFIG={site_config!r}: no such file")
 
+        cds_clients = environ.get("SMARTAPP_CDS_CLIENTS") or None
+        if cds_clients and not Path(cds_clients).is_file():
+            raise ConfigError(
+                f"SMARTAPP_CDS_CLIENTS={cds_clients!r}: no such file (the EHRs that may call "
+                "the CDS Hooks service, with their JWKS)"
+            )
+
         public_url = environ.get("SMARTAPP_PUBLIC_URL") or None
         if public_url:
             public_url = public_url.rstrip("/")
@@ -315,6 +327,7 @@ class Settings:
             secret_key=environ.get("SMARTAPP_SECRET_KEY") or _instance_secret(instance_path),
             previous_secret_keys=_split_list(environ.get("SMARTAPP_PREVIOUS_SECRET_KEYS")),
             site_config_path=Path(site_config) if site_config else None,
+            cds_clients_path=Path(cds_clients) if cds_clients else None,
             admin_users=_split_list(environ.get("SMARTAPP_ADMIN_USERS"))
             or ((f"{normalize_issuer(sandbox_issuer)}|{SANDBOX_ADMIN}",) if sandbox_issuer else ()),
             admin_token=environ.get("SMARTAPP_ADMIN_TOKEN") or None,
@@ -369,6 +382,7 @@ class Settings:
             migrate_on_start=_yes_no(
                 environ, "SMARTAPP_MIGRATE_ON_START", default=sandbox_issuer is not None
             ),
+            window_sessions=_yes_no(environ, "SMARTAPP_WINDOW_SESSIONS", default=True),
         )
 
 

@@ -198,6 +198,8 @@ MODEL_MODULES: tuple[str, ...] = (
     "smartapp.fhir.cache",
     "smartapp.audit.models",
     "smartapp.admin.models",
+    "smartapp.cdshooks.models",
+    "smartapp.baseline.models",
 )
 
 

@@ -83,6 +83,14 @@ class NotAuthenticated(AppError):
     default_message = "No active launch. Open the app again from the patient's chart in the EHR."
 
 
+#: Said to a panel whose launch was replaced (the app opened again in this browser): never
+#: "reload", which would show this chart's frame the newer launch, perhaps another patient.
+EARLIER_LAUNCH = (
+    "This panel belongs to an earlier launch (the app was opened again in this browser, "
+    "perhaps for another patient). Open the app again from this chart."
+)
+
+
 class CSRFError(AppError):
     status_code = 403
     code = "csrf_failed"
@@ -113,8 +121,7 @@ class StoreUnavailable(AppError):
     status_code = 503
     code = "store_unavailable"
     default_message = (
-        "The app's store is busy or unavailable, so this was not recorded. "
-        "Try again in a moment."
+        "The app's store is busy or unavailable, so this was not recorded. Try again in a moment."
     )
 
 

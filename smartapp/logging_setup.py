@@ -17,7 +17,7 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
     re.compile(
         r"(?i)((?:access_token|refresh_token|id_token|client_secret|client_assertion|code|"
-        r"code_verifier|state|password)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"
+        r"code_verifier|state|password|window[-_]token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"
     ),
 )
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from flask import Flask, Response, current_app, request
 
 from smartapp.config import Settings
-from smartapp.errors import CSRFError
+from smartapp.errors import EARLIER_LAUNCH, CSRFError
 
 CSRF_HEADER = "X-CSRF-Token"
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -51,14 +51,18 @@ def clear_cookie(response: Response, name: str) -> None:
 def check_csrf(expected: str | None) -> None:
     supplied = request.headers.get(CSRF_HEADER, "")
     # Compared as bytes: compare_digest raises TypeError on non-ASCII str (a 500, not a 403).
-    if (
-        not expected
-        or not supplied
-        or not hmac.compare_digest(
-            supplied.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
-        )
-    ):
+    if not expected or not supplied:
         raise CSRFError()
+    if not _same(supplied, expected):
+        # A token, but another launch's: in the sidebar, a panel left open after this
+        # browser's launch was replaced (a forged cross-site request carries no header).
+        raise CSRFError(None if request.path.startswith("/admin") else EARLIER_LAUNCH)
+
+
+def _same(supplied: str, expected: str) -> bool:
+    return hmac.compare_digest(
+        supplied.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
+    )
 
 
 def register_csrf_lookup(app: Flask, lookup: CSRFLookup) -> None:
@@ -66,6 +70,10 @@ def register_csrf_lookup(app: Flask, lookup: CSRFLookup) -> None:
 
 
 def _csrf_exempt() -> bool:
+    # The CDS Hooks endpoints never read a cookie (the EHR's signed JWT is their only
+    # credential), so a forged cross-site request carries nothing they believe.
+    if request.path.startswith("/cds-services/"):
+        return True
     # Bearer-token API calls carry no cookie, so a forged cross-site request gains nothing.
     return request.path.startswith("/admin/api/") and request.headers.get(
         "Authorization", ""

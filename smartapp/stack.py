@@ -75,8 +75,14 @@ def build_stack(
     ehr_manifest_overrides: Mapping[str, Any] | None = None,
     rewrite_urn_uuids: bool = False,
     imitate: str = "generic",
+    cds_hooks: bool = False,
+    documentation_history: bool = False,
 ) -> Stack:
-    """Bind both servers, then build both apps (each needs the other's URL)."""
+    """Bind both servers, then build both apps (each needs the other's URL).
+
+    `cds_hooks`: the EHR calls the app's `patient-view` hook when a chart opens, and the
+    app trusts the EHR's request JWTs (its JWKS URL registered as SMARTAPP_CDS_CLIENTS would).
+    """
     ehr_server = BackgroundServer("127.0.0.1", ehr_port, public_host="localhost")
     app_server = BackgroundServer("127.0.0.1", app_port, ident="smartapp")
     fhir_base = f"{ehr_server.url}/fhir"
@@ -85,6 +91,10 @@ def build_stack(
     manifest["client_id"] = settings.client_id
     if settings.private_key_path:
         manifest["token_endpoint_auth_method"] = "private_key_jwt"
+        # The same registration serves SMART Backend Services (`smartapp baseline`): the
+        # EHR checks its assertions against the app's JWKS URL.
+        manifest["grant_types"] = [*manifest["grant_types"], "client_credentials"]
+        manifest["scope"] += " system/Encounter.rs system/DocumentReference.rs"
     elif settings.client_secret:
         manifest.update(
             token_endpoint_auth_method="client_secret_basic", client_secret=settings.client_secret
@@ -100,8 +110,20 @@ def build_stack(
         access_token_lifetime=access_token_lifetime,
         rewrite_urn_uuids=rewrite_urn_uuids,
         imitate=imitate,
+        cds_services_url=f"{app_server.url}/cds-services" if cds_hooks else None,
+        documentation_history=documentation_history,
     )
     app = create_app(settings)
+    if cds_hooks:
+        from smartapp.cdshooks.trust import CDSClient
+
+        app.extensions["smartapp.cdshooks.trust"].register(
+            CDSClient(
+                iss=ehr_server.url,
+                jwks_url=f"{ehr_server.url}/cds/jwks.json",
+                fhir_servers=(fhir_base,),
+            )
+        )
     ehr_server.set_app(ehr)
     app_server.set_app(app)
     return Stack(ehr_server=ehr_server, app_server=app_server, ehr=ehr, app=app, settings=settings)

@@ -35,6 +35,7 @@ from smartapp.admin.auth import (
     api_caller,
     signed_in_user,
 )
+from smartapp.admin.baseline import baseline_summary
 from smartapp.admin.flagged import detail_json, flagged_suggestion, flagged_suggestions
 from smartapp.admin.metrics import (
     FIELDS,
@@ -347,8 +348,14 @@ def _dashboard_context() -> dict[str, Any]:
 @bp.get("")
 @admin_page
 def dashboard() -> str:
+    with get_db().session() as s:
+        baseline = baseline_summary(s)
     return render_template(
-        "admin/dashboard.html", admin=_admin(), page="metrics", **_dashboard_context()
+        "admin/dashboard.html",
+        admin=_admin(),
+        page="metrics",
+        baseline=baseline,
+        **_dashboard_context(),
     )
 
 
@@ -509,9 +516,11 @@ def api_metrics() -> Response:
     fmt = _format(("json", "csv"))
     with get_db().session() as s:
         groups = [g.to_json() for g in compute_metrics(s, group_by=group_by, start=start, end=end)]
-    if fmt == "csv":
-        return _csv_response(FIELDS, groups, f"metrics-by-{group_by}.csv")
-    return jsonify({"groups": groups})
+        if fmt == "csv":
+            return _csv_response(FIELDS, groups, f"metrics-by-{group_by}.csv")
+        # The EHR baseline (smartapp.admin.baseline): before vs after go-live, all dates.
+        baseline = baseline_summary(s)
+    return jsonify({"groups": groups, "baseline": baseline})
 
 
 @bp.get("/api/metrics/compare")

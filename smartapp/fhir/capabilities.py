@@ -71,6 +71,13 @@ def _search_param_names(entry: Mapping[str, Any]) -> set[str]:
     return {p["name"] for p in params if isinstance(p, dict) and isinstance(p.get("name"), str)}
 
 
+def supports_search_param(capabilities: Mapping[str, Any], resource_type: str, param: str) -> bool:
+    """True if the statement lists `param` among the type's search parameters (a server
+    may ignore an undeclared one and answer as if it had not been asked)."""
+    resource = resource_capability(capabilities, resource_type)
+    return resource is not None and param in _search_param_names(resource)
+
+
 def supports_sort(capabilities: Mapping[str, Any], resource_type: str, param: str) -> bool:
     """True if the statement lists `_sort` (for the type or the whole server) and `param`
     as a search parameter of the type: then `_sort=-param` may be asked for.

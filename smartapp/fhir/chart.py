@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -38,6 +39,7 @@ from smartapp.fhir.capabilities import (
     supports_batch,
     supports_include,
     supports_interaction,
+    supports_search_param,
     supports_sort,
 )
 from smartapp.fhir.client import (
@@ -49,6 +51,7 @@ from smartapp.fhir.client import (
 )
 from smartapp.fhir.compartment import Verdict, identifier_keys, matches_identifiers, verdict
 from smartapp.fhir.parsing import ResourceValidator, assemble_snapshot
+from smartapp.fhir.readers import parse_fhir_date
 from smartapp.fhir.snapshot import SNAPSHOT_TYPES, ChartSnapshot, FHIRResource, SnapshotProblem
 from smartapp.quirks import QuirksProfile, catalog
 
@@ -102,8 +105,15 @@ SEARCHES: tuple[tuple[str, str | None], ...] = (
 #: search for them, or when there is no usable statement to say.
 OPTIONAL_TYPES = frozenset({"MedicationStatement"})
 #: Order statuses read: current ones, and drafts (shown as proposed, never as therapy).
-#: Stopped and completed orders are history the search would page through for years.
 MEDICATION_REQUEST_STATUSES = "active,on-hold,draft"
+#: Stopped and completed orders are read by a second search, for a recent window only:
+#: the A&P says "lisinopril stopped for dry cough; losartan since", and years of finished
+#: antibiotic courses would only be paged through. The window is by `authoredon` (R4 has
+#: no search on when an order ended), asked of the server where its CapabilityStatement
+#: lists the parameter; otherwise one page is read and the window applied here.
+MEDICATION_HISTORY_STATUSES = "stopped,completed"
+MEDICATION_HISTORY_MONTHS = 12
+HISTORY_LABEL = "MedicationRequest (stopped or completed)"
 #: The searched types read newest first where the server declares `_sort` (by `date`).
 SORTED_TYPES = frozenset({"Observation"})
 
@@ -121,9 +131,13 @@ def search_params(
     include_medications: bool = False,
     newest_first: bool = False,
     plain: bool = False,
+    history_since: date | None = None,
+    history: bool = False,
 ) -> dict[str, str]:
-    """The search the loader sends for a type. `plain` drops the optional parameters
-    (`_include`, `_sort`, `_elements`), for a server that refused them. `newest_first`
+    """The search the loader sends for a type. `history`: the MedicationRequest search for
+    stopped and completed orders, authored on or after `history_since` when given. `plain`
+    drops the optional parameters (`_include`, `_sort`, `_elements`, `authoredon`), for a
+    server that refused them. `newest_first`
     asks Observations by date, newest first: when paging stops at the cap, the pages read
     then hold the latest values and what is missing is the oldest history."""
     params = {"patient": patient_id}
@@ -132,7 +146,9 @@ def search_params(
     if resource_type in SORTED_TYPES and newest_first and not plain:
         params["_sort"] = "-date"
     if resource_type == "MedicationRequest":
-        params["status"] = MEDICATION_REQUEST_STATUSES
+        params["status"] = MEDICATION_HISTORY_STATUSES if history else MEDICATION_REQUEST_STATUSES
+        if history and history_since is not None and not plain:
+            params["authoredon"] = f"ge{history_since.isoformat()}"
         if include_medications and not plain:
             params["_include"] = MEDICATION_INCLUDE
     if resource_type == "DocumentReference":
@@ -162,6 +178,11 @@ class _Fetch:
     ids: tuple[str, ...] = ()
     #: The search asked `_sort=-date` and, as far as its pages show, the server honoured it.
     newest_first: bool = False
+    #: The search for stopped and completed orders: its shortfalls leave the current
+    #: orders complete, and what it reads is kept only within the window.
+    history: bool = False
+    #: The last page to follow (None: the loader's max_pages).
+    last_page: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,6 +212,8 @@ class _Loader:
         include_medications: bool,
         sort_newest: bool = False,
         required_search: Mapping[str, tuple[str, ...]] | None = None,
+        history_since: date | None = None,
+        history_by_date: bool = False,
     ) -> None:
         self.client = client
         self.patient_id = patient_id
@@ -201,6 +224,10 @@ class _Loader:
         self.include_medications = include_medications
         self.sort_newest = sort_newest
         self.required_search = dict(required_search or {})
+        #: Stopped and completed orders authored since then are read (None: not asked for).
+        self.history_since = history_since
+        #: The server filters them by `authoredon` (else one page, filtered here).
+        self.history_by_date = history_by_date
         self.found: dict[str, list[FHIRResource]] = {t: [] for t in SNAPSHOT_TYPES}
         self.problems: list[SnapshotProblem] = []
         self.medication_ids: set[str] = set()
@@ -299,7 +326,34 @@ class _Loader:
                     newest_first=self.sort_newest and rtype in SORTED_TYPES,
                 )
             )
+        if self.history_since is not None and any(
+            f.resource_type == "MedicationRequest" and f.purpose == "search" for f in fetches
+        ):
+            fetches.append(self._history_fetch())
         return fetches
+
+    def _history_fetch(self) -> _Fetch:
+        def url(*, plain: bool) -> str:
+            params = search_params(
+                "MedicationRequest",
+                self.patient_id,
+                include_medications=self.include_medications,
+                plain=plain,
+                history=True,
+                history_since=self.history_since if self.history_by_date else None,
+            )
+            return f"MedicationRequest?{urlencode(params)}"
+
+        asked, plain = url(plain=False), url(plain=True)
+        return _Fetch(
+            purpose="search",
+            resource_type="MedicationRequest",
+            label=HISTORY_LABEL,
+            url=asked,
+            fallback_url=plain if plain != asked else None,
+            history=True,
+            last_page=None if self.history_by_date else 1,
+        )
 
     def _search_url(self, rtype: str, category: str | None, *, plain: bool) -> str:
         params = search_params(
@@ -402,6 +456,8 @@ class _Loader:
         matches, includes = split_search_bundle(bundle)
         matches = [r for r in matches if r.get("resourceType") == rtype]
         self.read_counts[label] += len(matches)
+        if fetch.history:
+            matches = [r for r in matches if self._within_history(r)]
         if fetch.newest_first and fetch.page == 1 and not _self_link_kept_sort(bundle):
             log.info("FHIR search %s: the server did not apply _sort; pages are unordered", label)
             fetch = replace(fetch, newest_first=False)
@@ -412,7 +468,15 @@ class _Loader:
         if link is None or rtype == "DocumentReference":
             # DocumentReference: the most recent few are wanted, not the whole history.
             return []
-        if fetch.page >= self.max_pages:
+        if fetch.page >= (fetch.last_page or self.max_pages):
+            if fetch.history:
+                self._problem(
+                    "history_incomplete",
+                    rtype,
+                    f"{label}: read {fetch.page} page(s) of past orders; older ones "
+                    "were not read (current orders are complete)",
+                )
+                return []
             total = bundle.get("total")
             of = f" of {total}" if isinstance(total, int) else ""
             order = (
@@ -462,6 +526,8 @@ class _Loader:
                     fallback_url=None,
                     retried=False,
                     newest_first=False,  # the plain search has no _sort
+                    # nor `authoredon`: one page of past orders, the window applied here
+                    last_page=1 if fetch.history else fetch.last_page,
                 )
             ]
         status = f"HTTP {outcome.status}" if outcome.status else "an unexpected answer"
@@ -472,6 +538,13 @@ class _Loader:
         if fetch.purpose == "encounter":
             self._problem(
                 "search_failed", "Encounter", f"the launch's Encounter could not be read ({status})"
+            )
+        elif fetch.purpose == "search" and fetch.history:
+            self._problem(
+                "history_incomplete",
+                fetch.resource_type,
+                f"{fetch.label}: search failed ({status}); stopped orders may be missing "
+                "(current orders are unaffected)",
             )
         elif fetch.purpose == "search":
             label = fetch.label or fetch.resource_type
@@ -522,6 +595,16 @@ class _Loader:
         self._arrived.extend(kept)
         if rtype == "Medication":
             self.medication_ids.update(str(r["id"]) for r in kept if r.get("id"))
+
+    def _within_history(self, order: FHIRResource) -> bool:
+        """An order authored, or ending, within the window (a server that cannot filter
+        by date sends older ones too)."""
+        since = self.history_since
+        ended: Any = order.get("dispenseRequest")
+        for key in ("validityPeriod", "end"):  # not yet validated: any shape may come
+            ended = ended.get(key) if isinstance(ended, Mapping) else None
+        days = [parse_fhir_date(order.get("authoredOn")), parse_fhir_date(ended)]
+        return since is None or any(d is not None and d >= since for d in days)
 
     def _problem(self, code: str, rtype: str, detail: str) -> None:
         self.problems.append(SnapshotProblem(code=code, resource_type=rtype, detail=detail))
@@ -679,6 +762,13 @@ def _without_attachment_data(document: FHIRResource) -> FHIRResource:
     return {**document, "content": stripped}
 
 
+def medication_history_since(today: date) -> date:
+    """The first day of the window of stopped and completed orders read (12 months)."""
+    index = today.year * 12 + today.month - 1 - MEDICATION_HISTORY_MONTHS
+    year, month = divmod(index, 12)
+    return date(year, month + 1, min(today.day, 28))
+
+
 def load_snapshot(
     client: FHIRClient,
     *,
@@ -690,6 +780,7 @@ def load_snapshot(
     sort_newest: bool | None = None,
     quirks: QuirksProfile | None = None,
     configured_quirks: str | None = None,
+    today: date | None = None,
 ) -> ChartSnapshot:
     """The launch's chart: one batch per round where the server supports batch, else ≤ 6 GETs
     at a time; `next` pages followed up to `max_pages` per type.
@@ -700,7 +791,8 @@ def load_snapshot(
     `sort_newest`: ask Observations newest first; None: as the quirks profile says (by
     default, where the statement declares `_sort`). `quirks`: the EHR family's profile;
     None: `configured_quirks` (the site file's choice for the issuer), else detected from
-    the CapabilityStatement.
+    the CapabilityStatement. `today`: where the window of stopped and completed orders
+    ends (default: today, UTC).
     """
     if max_pages < 1:
         raise ValueError("max_pages must be at least 1")
@@ -743,6 +835,8 @@ def load_snapshot(
         if sort_newest is None
         else sort_newest,
         required_search=profile.required_search(),
+        history_since=medication_history_since(today or datetime.now(UTC).date()),
+        history_by_date=supports_search_param(capabilities, "MedicationRequest", "authoredon"),
     )
     loader.run()
     snapshot = loader.snapshot(not_granted=not_granted, request_count=client.request_count - start)

@@ -37,7 +37,9 @@ class SnapshotProblem:
     `unresolved_reference`, `future_date` and `duplicate` (screened out by
     `smartapp.fhir.quality`), `wrong_patient` (the server sent another patient's resources:
     dropped), `unsupported_modifier` (a `modifierExtension` the app does not understand:
-    skipped, since it may change the meaning of everything in the resource).
+    skipped, since it may change the meaning of everything in the resource),
+    `history_incomplete` (the search for recently stopped or completed orders failed or
+    stopped at its page cap: past orders may be missing; the current orders are complete).
     """
 
     code: str

@@ -12,6 +12,7 @@ import json
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,8 @@ class EHRUser:
     patient: str | None
     encounter: str | None
     launch_type: str  # "ehr" | "standalone"
+    #: A CDS Hooks card link's appContext, passed through to the token response.
+    app_context: str | None = None
 
 
 class AuthCode(AuthorizationCodeMixin):  # type: ignore[misc]
@@ -250,6 +253,8 @@ class SMARTAuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignor
     def save_authorization_code(self, code: str, request: Any) -> None:
         user: EHRUser = request.user
         data = request.payload.data
+        if user.app_context is not None:
+            _sandbox(self.server).remember_app_context(f"code:{code}", user.app_context)
         _sandbox(self.server).store.add_code(
             code=code,
             client_id=request.client.get_client_id(),
@@ -284,7 +289,10 @@ class SMARTAuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignor
 
     def authenticate_user(self, authorization_code: AuthCode) -> EHRUser:
         row = authorization_code.row
-        return EHRUser(row["user"], row["patient"], row["encounter"], row["launch_type"])
+        app_context = _sandbox(self.server).take_app_context(f"code:{authorization_code.code}")
+        return EHRUser(
+            row["user"], row["patient"], row["encounter"], row["launch_type"], app_context
+        )
 
 
 class SMARTRefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
@@ -310,6 +318,32 @@ class SMARTRefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     def revoke_old_credential(self, refresh_token: TokenRecord) -> None:
         if _sandbox(self.server).rotate_refresh_tokens:
             _sandbox(self.server).store.revoke_refresh(refresh_token.row["refresh_token"])
+
+
+class SMARTBackendServicesGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
+    """SMART Backend Services: client_credentials for a client registered for it, which
+    authenticates only by a signed JWT assertion (its JWKS URL or registered keys).
+    https://hl7.org/fhir/smart-app-launch/backend-services.html"""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt"]
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        # Only system/ scopes: there is no user or patient whose context could bound the rest.
+        from authlib.oauth2.rfc6749 import InvalidScopeError
+
+        scopes = smart_scopes.split(self.request.payload.scope)
+        if not scopes or any(not s.startswith("system/") for s in scopes):
+            raise InvalidScopeError(description="Backend services ask for system/ scopes only")
+        if self.request.client.get_allowed_scope(self.request.payload.scope) is None:
+            raise InvalidScopeError(description="The client is not registered for these scopes")
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        # Requested ∩ registered, as for the other grants (authlib would grant as asked).
+        granted = self.request.client.get_allowed_scope(self.request.payload.scope)
+        token: dict[str, Any] = self.generate_token(scope=granted, include_refresh_token=False)
+        self.save_token(token)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
 class SMARTOpenIDCode(OpenIDCode):  # type: ignore[misc]
@@ -491,6 +525,10 @@ class SandboxAuth:
         self.jwks_uri = f"{self.ehr_base_url}/auth/jwks.json"
         self.style_url = f"{self.ehr_base_url}/auth/smart-style.json"
         self.server: AuthorizationServer | None = None
+        #: appContext of launches and codes made from a CDS Hooks card (this process only,
+        #: as launches are short-lived; the oldest go first past the cap).
+        self._app_contexts: OrderedDict[str, str] = OrderedDict()
+        self._app_context_lock = threading.Lock()
 
     # -- configuration documents ------------------------------------------------------
     def smart_configuration(self) -> dict[str, Any]:
@@ -507,8 +545,10 @@ class SandboxAuth:
                 "private_key_jwt",
             ],
             "token_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGORITHMS,
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
             "scopes_supported": [
+                "system/*.rs",
+                "system/*.read",
                 "openid",
                 "fhirUser",
                 "profile",
@@ -573,10 +613,28 @@ class SandboxAuth:
         return dict(self.practitioners()).get(practitioner_id)
 
     # -- launches ---------------------------------------------------------------------
+    def remember_app_context(self, key: str, app_context: str) -> None:
+        with self._app_context_lock:
+            self._app_contexts[key] = app_context
+            while len(self._app_contexts) > 1000:
+                self._app_contexts.popitem(last=False)
+
+    def take_app_context(self, key: str) -> str | None:
+        with self._app_context_lock:
+            return self._app_contexts.pop(key, None)
+
     def create_launch(
-        self, *, patient: str | None, encounter: str | None, user: str, client_id: str | None = None
+        self,
+        *,
+        patient: str | None,
+        encounter: str | None,
+        user: str,
+        client_id: str | None = None,
+        app_context: str | None = None,
     ) -> str:
         launch_id = secrets.token_urlsafe(18)
+        if app_context is not None:
+            self.remember_app_context(f"launch:{launch_id}", app_context)
         self.store.add_launch(
             launch_id,
             client_id=client_id,
@@ -621,7 +679,7 @@ class SandboxAuth:
         return Access(
             grant=smart_scopes.Grant(smart_scopes.split(row["scope"])),
             patient=row["patient"],
-            user=row["user"],
+            user=row["user"] or None,
             client_id=row["client_id"],
         )
 
@@ -636,6 +694,7 @@ class SandboxAuth:
             SMARTAuthorizationCodeGrant, [CodeChallenge(required=True), SMARTOpenIDCode(self)]
         )
         server.register_grant(SMARTRefreshTokenGrant)
+        server.register_grant(SMARTBackendServicesGrant)
         server.register_client_auth_method("private_key_jwt", PrivateKeyJWT(self))
         server.register_endpoint(SandboxRevocation)
         self.server = server
@@ -690,6 +749,9 @@ class SandboxAuth:
                 token["encounter"] = encounter
             # An EHR launch happens inside the EHR's chart, which shows its own banner.
             token["need_patient_banner"] = user.launch_type != "ehr"
+            if user.app_context is not None:
+                # CDS Hooks: a card's appContext reaches the app in the token response.
+                token["appContext"] = user.app_context
         token["smart_style_url"] = self.style_url
         return token
 
@@ -702,7 +764,8 @@ class SandboxAuth:
         return patient, encounter
 
     def _save_token(self, token: Mapping[str, Any], request: Any) -> None:
-        user: EHRUser = request.user
+        # A backend-services token has no user: it acts as the client itself.
+        user: EHRUser = request.user or EHRUser("", None, None, "system")
         now = time.time()
         code = request.authorization_code.code if request.authorization_code else None
         self.store.add_token(
@@ -781,7 +844,13 @@ class SandboxAuth:
                 return refuse(
                     "invalid_request", "Unknown or expired launch: relaunch the app from the EHR"
                 )
-            user = EHRUser(row["user"], row["patient"], row["encounter"], "ehr")
+            user = EHRUser(
+                row["user"],
+                row["patient"],
+                row["encounter"],
+                "ehr",
+                self.take_app_context(f"launch:{launch}"),
+            )
             # The clinician is already signed in to the EHR; the launch is the approval.
             return self._issue(user)
         if "launch" in requested:

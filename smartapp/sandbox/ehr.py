@@ -17,13 +17,16 @@ from typing import Any
 from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from smartapp.sandbox import bulk as bulk_module
 from smartapp.sandbox import controls as controls_module
 from smartapp.sandbox import fhir_api, pages
 from smartapp.sandbox.auth import ClientRegistration, SandboxAuth, load_signing_key
+from smartapp.sandbox.cds_client import SandboxCDSClient, load_cds_key
 from smartapp.sandbox.fhir_service import FHIRError, FHIRService
 from smartapp.sandbox.imitations import imitation
 from smartapp.sandbox.pages import human_name, latest_encounter_id, practitioner_name
 from smartapp.sandbox.population import (
+    BENCH_PATIENT_ID,
     CLINICIANS,
     DEFAULT_SEED,
     generate_population,
@@ -47,6 +50,8 @@ class SandboxEHR:
     ehr_base_url: str
     fhir_base: str
     default_client_id: str
+    #: The CDS Hooks client, when the sandbox calls the app's hooks.
+    cds: SandboxCDSClient | None = None
 
 
 def load_population(store: Store, service: FHIRService, *, count: int, seed: int) -> None:
@@ -68,6 +73,21 @@ def load_population(store: Store, service: FHIRService, *, count: int, seed: int
     log.info("sandbox EHR: created %d synthetic patients", count)
 
 
+def load_documentation_history(store: Store, service: FHIRService, *, seed: int) -> None:
+    """Twelve weeks of visits and notes for the baseline demo (`smartapp.sandbox.history`)."""
+    from smartapp.sandbox.history import documentation_history
+
+    if store.get_meta("documentation_history") is not None:
+        return
+    patients = [p.id for p in store.list("Patient") if p.id != BENCH_PATIENT_ID]
+    resources = documentation_history(patients, seed=seed)
+    with store.transaction():
+        for resource in resources:
+            store.put(resource, patient=service.patient_of(resource))
+        store.set_meta("documentation_history", json.dumps({"seed": seed}))
+    log.info("sandbox EHR: created %d history resources", len(resources))
+
+
 def create_ehr_app(
     *,
     data_dir: Path,
@@ -81,6 +101,8 @@ def create_ehr_app(
     seed: int = DEFAULT_SEED,
     rewrite_urn_uuids: bool = False,
     imitate: str = "generic",
+    cds_services_url: str | None = None,
+    documentation_history: bool = False,
 ) -> Flask:
     """The sandbox EHR at `ehr_base_url`; its FHIR base (the SMART `iss`) is `…/fhir`.
 
@@ -89,7 +111,10 @@ def create_ehr_app(
     fullUrls everywhere, identifiers included, as some servers do. `extra_clients`
     (same shape, plus `client_secret` or `jwks`) registers more, e.g. a confidential
     client for tests. `imitate` makes it behave like one EHR family's server
-    (`smartapp.sandbox.imitations`).
+    (`smartapp.sandbox.imitations`). `cds_services_url` (the app's `/cds-services`):
+    opening a chart calls its `patient-view` hook and shows the card.
+    `documentation_history` adds twelve weeks of visits and notes by every clinician
+    (the baseline demo, `smartapp.sandbox.history`).
     """
     behaviour = imitation(imitate)
     rewrite_urn_uuids = rewrite_urn_uuids or behaviour.rewrite_urn_uuids
@@ -113,6 +138,8 @@ def create_ehr_app(
         observation_needs_category=behaviour.observation_needs_category,
     )
     load_population(store, service, count=population_size, seed=seed)
+    if documentation_history:
+        load_documentation_history(store, service, seed=seed)
 
     registrations = [ClientRegistration.from_manifest(manifest, app_base_url)]
     registrations += [
@@ -176,6 +203,11 @@ def create_ehr_app(
         latest_encounter=latest_encounter,
     )
     auth.init_app(app)
+    # Before the FHIR API: its `/<type>/<id>` rules would otherwise take `$export-status/…`.
+    bulk_module.init_app(
+        app,
+        bulk_module.BulkExports(store=store, fhir_base=fhir_base, authenticate=auth.access_for),
+    )
     published = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     fhir_api.init_app(
         app,
@@ -191,12 +223,24 @@ def create_ehr_app(
             publisher=behaviour.publisher,
         ),
     )
+    cds = None
+    if cds_services_url:
+        cds = SandboxCDSClient(
+            services_url=cds_services_url,
+            issuer=ehr_base_url,
+            fhir_base=fhir_base,
+            service=service,
+            key=load_cds_key(data_dir / "sandbox-ehr-cds-key.json"),
+        )
+        # The CDS service checks the EHR's request JWTs against this (CDS Hooks 2.0).
+        app.add_url_rule("/cds/jwks.json", "cds_jwks", lambda: cds.jwks() if cds else {})
     pages.init_app(
         app,
         store=store,
         auth=auth,
         default_client_id=default_client_id,
         practitioners=practitioners,
+        cds=cds,
     )
     _init_errors(app)
 
@@ -208,6 +252,7 @@ def create_ehr_app(
         ehr_base_url=ehr_base_url,
         fhir_base=fhir_base,
         default_client_id=default_client_id,
+        cds=cds,
     )
     return app
 

@@ -27,6 +27,7 @@ from flask import (
 
 from smartapp.sandbox import search
 from smartapp.sandbox.auth import SandboxAuth
+from smartapp.sandbox.cds_client import SandboxCDSClient, ShownCard
 from smartapp.sandbox.store import Store
 
 Resource = dict[str, Any]
@@ -329,6 +330,7 @@ def init_app(
     auth: SandboxAuth,
     default_client_id: str,
     practitioners: Callable[[], list[tuple[str, str]]],
+    cds: SandboxCDSClient | None = None,
 ) -> None:
     bp = Blueprint("ehr_pages", __name__)
     reader = ChartReader(store, auth.fhir_base)
@@ -403,6 +405,16 @@ def init_app(
         )
         active, past = reader.problems(patient_id)
         current_meds, past_meds = reader.medications(patient_id)
+        cards = (
+            shown_cards(
+                cds.patient_view(patient_id=patient_id, encounter_id=encounter, user=user[0]),
+                patient_id=patient_id,
+                encounter=encounter,
+                user=user[0],
+            )
+            if cds is not None
+            else []
+        )
         return render_template(
             "sandbox/chart.html",
             patient={
@@ -431,7 +443,48 @@ def init_app(
             notes=reader.notes(patient_id),
             user=user,
             users=practitioners(),
+            cds_cards=cards,
         )
+
+    def shown_cards(
+        cards: list[dict[str, Any]], *, patient_id: str, encounter: str | None, user: str
+    ) -> list[ShownCard]:
+        """The cards as the chart shows them. A smart link is honoured only when its URL is
+        a registered app's launch URL: the EHR then starts a launch carrying appContext."""
+        shown = []
+        for card in cards[:5]:
+            launch_url = label = None
+            for link in card.get("links") or []:
+                if not isinstance(link, dict) or link.get("type") != "smart":
+                    continue
+                client = next(
+                    (c for c in auth.clients.values() if c.launch_uri == link.get("url")), None
+                )
+                if client is None:
+                    continue
+                context = link.get("appContext")
+                launch_id = auth.create_launch(
+                    patient=patient_id,
+                    encounter=encounter,
+                    user=user,
+                    client_id=client.client_id,
+                    app_context=context if isinstance(context, str) else None,
+                )
+                launch_url = auth.launch_url(client.client_id, launch_id)
+                label = str(link.get("label") or client.client_name)[:80]
+                break
+            source = card["source"] if isinstance(card.get("source"), dict) else {}
+            shown.append(
+                ShownCard(
+                    summary=str(card.get("summary", ""))[:140],
+                    indicator=str(card.get("indicator", "info")),
+                    source=str(source.get("label", ""))[:80],
+                    detail=str(card["detail"])[:1000] if card.get("detail") else None,
+                    link_label=label,
+                    launch_url=launch_url,
+                )
+            )
+        return shown
 
     @bp.post("/session/user")
     def switch_user() -> Response:

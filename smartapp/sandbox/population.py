@@ -234,7 +234,8 @@ _PAST_MEDS: dict[str, tuple[tuple[Med, str, str, float], ...]] = {
             2.5,
         ),
     ),
-    "hypertension": ((_med(cb.LISINOPRIL_10, _DEFAULT_DOSE), "stopped", "Dry cough", 3.0),),
+    # Stopped within the year: the app reads stopped orders of the last 12 months.
+    "hypertension": ((_med(cb.LISINOPRIL_10, _DEFAULT_DOSE), "stopped", "Dry cough", 0.7),),
     "ckd_stage3": (
         (
             _med(cb.SIMVASTATIN_20, "Take 1 tablet by mouth at bedtime"),

@@ -107,6 +107,8 @@ class TokenResponse:
     intent: str | None = None
     tenant: str | None = None
     fhir_context: tuple[dict[str, Any], ...] = ()
+    #: CDS Hooks: the card link's `appContext`, which the EHR passes through (opaque).
+    app_context: str | None = None
 
     @classmethod
     def parse(
@@ -145,6 +147,7 @@ class TokenResponse:
             fhir_context=tuple(
                 item for item in _list(data.get("fhirContext")) if isinstance(item, dict)
             ),
+            app_context=_str_or_none(data.get("appContext")),
         )
 
 

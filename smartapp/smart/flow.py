@@ -88,8 +88,12 @@ class AuthorizationStart:
 
 @dataclass(frozen=True)
 class CompletedLaunch:
+    #: The session's secret: the cookie value, or the window token when carrier is "window".
     cookie_value: str
     launch: LaunchContext
+    carrier: str = "cookie"
+    #: The token response's `appContext` (a CDS Hooks card's link), for SESSION_STARTED hooks.
+    app_context: str | None = None
 
 
 def check_issuer(services: SMARTServices, iss: str | None) -> str:
@@ -213,7 +217,7 @@ def purge_expired(services: SMARTServices) -> int:
 
 
 def consume_pending(
-    services: SMARTServices, *, state: str | None, binding: str | None
+    services: SMARTServices, *, state: str | None, binding: str | None, unbound: bool = False
 ) -> PendingAuthorization:
     """The pending authorization for `state`, deleted so it can never be used again.
 
@@ -221,6 +225,10 @@ def consume_pending(
     expired, or was started in another browser (the binding cookie does not match). A
     callback from another browser leaves the row alone: whoever learnt a `state` cannot
     spend it and so break the real sign-in.
+
+    `unbound`: the callback of a window whose browser sends no cookies at all, so no
+    binding cookie can come back; the single-use state is then the only binding (a
+    mismatched binding cookie is still refused). docs/SECURITY.md weighs this.
     """
     if not state or len(state) > _MAX_PARAM:
         raise InvalidState(
@@ -235,7 +243,9 @@ def consume_pending(
         if utcnow() >= pending.expires_at:
             s.delete(pending)
             raise InvalidState("This sign-in took too long and has expired. Open the app again.")
-        if not binding or not same_secret(binding, pending.binding_hash):
+        if binding is None and unbound:
+            log.info("callback without a binding cookie: a window that blocks cookies")
+        elif not binding or not same_secret(binding, pending.binding_hash):
             log.warning("callback refused: state bound to another browser")
             raise InvalidState(
                 "This sign-in was started in another browser or window. Open the app again "
@@ -289,13 +299,20 @@ def complete(
     code: str | None,
     binding: str | None,
     previous_sessions: Mapping[str, str] | None = None,
+    carrier: str = "cookie",
 ) -> CompletedLaunch:
     """Redeem the code, validate the id_token, and create the launch session.
 
     `previous_sessions` are the browser's session cookies by purpose: the one this launch
-    replaces is deleted with its tokens.
+    replaces is deleted with its tokens. `carrier="window"`: the browser sent no binding
+    cookie (it blocks cookies in the EHR's frame); the session's secret becomes a
+    per-window token, for clinician launches only.
     """
-    pending = consume_pending(services, state=state, binding=binding)
+    window = carrier == "window"
+    pending = consume_pending(services, state=state, binding=binding, unbound=window)
+    if window and pending.purpose != "clinician":
+        # An admin signs in at the top level, where the app's cookies are first-party.
+        raise InvalidState("Signing in to the admin pages needs cookies: allow them for the app.")
     if not code or len(code) > _MAX_PARAM:
         restore_pending(services, pending)
         raise InvalidLaunch("The EHR sent no authorization code. Open the app again.")
@@ -328,12 +345,15 @@ def complete(
         pending=pending,
         token=token,
         id_claims=id_claims,
-        replaces=(previous_sessions or {}).get(pending.purpose),
+        replaces=None if window else (previous_sessions or {}).get(pending.purpose),
+        carrier=carrier,
     )
     log.info(
         "launch session created (purpose %s, issuer host %s)", pending.purpose, _host(pending.iss)
     )
-    return CompletedLaunch(cookie_value=cookie_value, launch=launch)
+    return CompletedLaunch(
+        cookie_value=cookie_value, launch=launch, carrier=carrier, app_context=token.app_context
+    )
 
 
 def _identity(

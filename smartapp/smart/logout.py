@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from smartapp.errors import AppError
-from smartapp.smart.crypto import DecryptionFailed, hash_secret
+from smartapp.smart.crypto import DecryptionFailed
 from smartapp.smart.models import LaunchSession
 from smartapp.smart.services import SMARTServices
 
@@ -29,12 +29,11 @@ class EndedLaunch:
     revoked: bool
 
 
-def end_launch(services: SMARTServices, cookie_value: str, *, purpose: str) -> EndedLaunch | None:
-    """End the session a cookie names; None when there is none (already ended or expired)."""
-    if not cookie_value or len(cookie_value) > 200:
-        return None
+def end_launch(services: SMARTServices, session_id: str, *, purpose: str) -> EndedLaunch | None:
+    """End the session with this id (the cookie's or the window token's, see
+    `session.session_id_for`); None when there is none (already ended or expired)."""
     with services.db.session() as s:
-        row = s.get(LaunchSession, hash_secret(cookie_value))
+        row = s.get(LaunchSession, session_id)
         if row is None or row.purpose != purpose:
             return None
         s.delete(row)

@@ -1,7 +1,9 @@
-"""The launch session: an opaque cookie naming a server-side row with the context and tokens.
+"""The launch session: an opaque secret naming a server-side row with the context and tokens.
 
 The browser holds 256 random bits; the store holds their SHA-256, the launch context
-and the tokens encrypted. Tokens never reach the browser.
+and the tokens encrypted. Tokens never reach the browser. The secret travels in the
+session cookie, or, in a sidebar whose cookies the browser blocks, as a per-window token
+that the page's script sends in the `X-Window-Token` header (see docs/SECURITY.md).
 https://hl7.org/fhir/smart-app-launch/app-launch.html#response-5
 """
 
@@ -18,7 +20,12 @@ from flask import Flask, g, request
 from sqlalchemy import delete, select
 
 from smartapp.db import utcnow
-from smartapp.errors import NotAuthenticated, RelaunchRequired, TemporaryUpstreamError
+from smartapp.errors import (
+    EARLIER_LAUNCH,
+    NotAuthenticated,
+    RelaunchRequired,
+    TemporaryUpstreamError,
+)
 from smartapp.fhir.auth import TokenProvider
 from smartapp.security import CSRF_HEADER, register_csrf_lookup
 from smartapp.smart.client import RefreshRefused, TokenResponse
@@ -45,6 +52,22 @@ REFRESH_MARGIN = timedelta(seconds=60)
 REFRESH_MARGIN_SHARE = 0.25
 #: last_seen_at is written at most this often (not on every request).
 TOUCH_INTERVAL = timedelta(seconds=60)
+
+#: How a session's secret travels: the session cookie, or the per-window token header.
+CARRIERS = ("cookie", "window")
+#: The per-window token's header: only ever a header (never a cookie, a query or a body).
+WINDOW_HEADER = "X-Window-Token"
+#: Hashed in with a window token, so that a window token and a cookie value never name
+#: the same row: each is accepted only the way it was handed out.
+_WINDOW_DOMAIN = "smartapp-window-token:"
+_MAX_SECRET = 200
+
+
+def session_id_for(secret: str, *, carrier: str) -> str:
+    """The store's key for a session secret presented through `carrier`."""
+    if carrier not in CARRIERS:
+        raise ValueError(f"carrier must be one of {CARRIERS}")
+    return hash_secret(_WINDOW_DOMAIN + secret if carrier == "window" else secret)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,14 +129,16 @@ def create_session(
     token: TokenResponse,
     id_claims: IDTokenClaims | None,
     replaces: str | None = None,
+    carrier: str = "cookie",
 ) -> tuple[str, LaunchContext]:
-    """Store a new launch session; returns (cookie value, context). `replaces` is the old
-    cookie value of this browser, whose session (and tokens) are deleted."""
-    cookie_value = random_secret(32)
+    """Store a new launch session; returns (its secret, context). `replaces` is the old
+    cookie value of this browser, whose session (and tokens) are deleted. A window
+    session (`carrier="window"`) replaces nothing: other windows keep their launches."""
+    secret = random_secret(32)
     now = utcnow()
     cipher = services.cipher
     row = LaunchSession(
-        id=hash_secret(cookie_value),
+        id=session_id_for(secret, carrier=carrier),
         iss=pending.iss,
         purpose=pending.purpose,
         token_endpoint=pending.token_endpoint,
@@ -137,7 +162,7 @@ def create_session(
         absolute_expires_at=now + ABSOLUTE_LIFETIME,
     )
     with services.db.session() as s:
-        if replaces:
+        if replaces and carrier == "cookie":
             s.execute(delete(LaunchSession).where(LaunchSession.id == hash_secret(replaces)))
         # Opportunistic clean-up: expired sessions take their tokens with them.
         s.execute(
@@ -147,17 +172,18 @@ def create_session(
             )
         )
         s.add(row)
-    return cookie_value, _context_from_row(row)
+    return secret, _context_from_row(row)
 
 
 def load_session(
-    services: SMARTServices, cookie_value: str, *, purpose: str
+    services: SMARTServices, secret: str, *, purpose: str, carrier: str = "cookie"
 ) -> LaunchSession | None:
-    """The live session named by a cookie value, touching last_seen_at; None when there is none."""
-    if not cookie_value or len(cookie_value) > 200:
+    """The live session named by a secret (a cookie value or a window token), touching
+    last_seen_at; None when there is none."""
+    if not secret or len(secret) > _MAX_SECRET:
         return None
     now = utcnow()
-    session_id = hash_secret(cookie_value)
+    session_id = session_id_for(secret, carrier=carrier)
     with services.db.session() as s:
         row = s.get(LaunchSession, session_id)
         if row is None or row.purpose != purpose:
@@ -170,8 +196,21 @@ def load_session(
     return row
 
 
+def presented_secret(purpose: str) -> tuple[str, str]:
+    """(secret, carrier) this request presents for `purpose`.
+
+    The window header when the request carries it (clinician launches only), and then
+    never the cookie: a cookie may name another tab's launch, and falling back to it
+    would show this window another patient. Else the session cookie. Never the query
+    string: URLs are logged by proxies and servers, and kept in the browser's history.
+    """
+    if purpose == "clinician" and WINDOW_HEADER in request.headers:
+        return request.headers.get(WINDOW_HEADER, ""), "window"
+    return request.cookies.get(SESSION_COOKIES[purpose], ""), "cookie"
+
+
 def current_launch(*, purpose: str = "clinician") -> LaunchContext:
-    """The launch of this request's browser, from its session cookie.
+    """The launch of this request's window: its window token, else its session cookie.
 
     Raises NotAuthenticated without a live session. When the request carries
     `X-CSRF-Token` (the sidebar sends it on every API call, GET included) it must match
@@ -184,8 +223,8 @@ def current_launch(*, purpose: str = "clinician") -> LaunchContext:
     cache: dict[str, LaunchContext] = g.setdefault("smartapp_launch", {})
     launch = cache.get(purpose)
     if launch is None:
-        cookie_value = request.cookies.get(SESSION_COOKIES[purpose], "")
-        row = load_session(get_services(), cookie_value, purpose=purpose)
+        secret, carrier = presented_secret(purpose)
+        row = load_session(get_services(), secret, purpose=purpose, carrier=carrier)
         if row is None:
             raise NotAuthenticated()
         launch = _context_from_row(row)
@@ -194,18 +233,14 @@ def current_launch(*, purpose: str = "clinician") -> LaunchContext:
     if supplied is not None and not hmac.compare_digest(
         supplied.encode("utf-8", "surrogateescape"), launch.csrf_token.encode("utf-8")
     ):
-        raise NotAuthenticated(
-            "This panel belongs to an earlier launch (the app was opened again in this "
-            "browser, perhaps for another patient). Open the app again from this chart."
-        )
+        raise NotAuthenticated(EARLIER_LAUNCH)
     return launch
 
 
 def _csrf_lookup() -> str | None:
     purpose = "admin" if request.path.startswith("/admin") else "clinician"
-    row = load_session(
-        get_services(), request.cookies.get(SESSION_COOKIES[purpose], ""), purpose=purpose
-    )
+    secret, carrier = presented_secret(purpose)
+    row = load_session(get_services(), secret, purpose=purpose, carrier=carrier)
     return row.csrf_token if row else None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 
 from smartapp import audit
 from smartapp.config import ConfigError, Settings
@@ -19,7 +19,13 @@ from smartapp.security import clear_cookie, set_cookie
 from smartapp.smart import flow, logout
 from smartapp.smart.keys import public_jwks
 from smartapp.smart.services import EXTENSION_KEY, SMARTServices, get_services
-from smartapp.smart.session import ABSOLUTE_LIFETIME, SESSION_COOKIES, init_csrf
+from smartapp.smart.session import (
+    ABSOLUTE_LIFETIME,
+    SESSION_COOKIES,
+    init_csrf,
+    presented_secret,
+    session_id_for,
+)
 
 bp = Blueprint("smart", __name__)
 
@@ -112,14 +118,34 @@ def launch() -> Response:
     )
 
 
+#: Sec-Fetch-Dest of a navigation inside a frame (what the EHR's sidebar is).
+_FRAME_DESTINATIONS = frozenset({"iframe", "frame"})
+
+
+def _cookieless_window(settings: Settings, binding: str | None) -> bool:
+    """Is this callback from an EHR frame whose browser sent no cookie at all?
+
+    The binding cookie set by /launch did not come back, in a frame: the browser blocks
+    the app's cookies there (an embedded WebView2 that blocks third-party cookies), so a
+    session cookie would not come back either. The frame-ancestors policy keeps the
+    answer to the EHR's own pages.
+    """
+    return (
+        settings.window_sessions
+        and binding is None
+        and request.headers.get("Sec-Fetch-Dest", "") in _FRAME_DESTINATIONS
+    )
+
+
 @bp.get("/callback")
-def callback() -> Response:
+def callback() -> Response | str:
     services = get_services()
     state = request.args.get("state")
     binding = request.cookies.get(BINDING_COOKIE)
     error = request.args.get("error")
     if error is not None:
         raise flow.fail_authorization(services, state=state, binding=binding, error=error)
+    window = _cookieless_window(services.settings, binding)
     completed = flow.complete(
         services,
         state=state,
@@ -130,6 +156,7 @@ def callback() -> Response:
             for purpose, name in SESSION_COOKIES.items()
             if request.cookies.get(name)
         },
+        carrier="window" if window else "cookie",
     )
     purpose = completed.launch.purpose
     launch = completed.launch
@@ -139,8 +166,24 @@ def callback() -> Response:
         action=audit.Action.LAUNCH if purpose == "clinician" else audit.Action.ADMIN_SIGNIN,
         site=launch.iss,
         patient=launch.patient_id,
-        detail={"scopes": str(launch.scopes), "encounter": launch.encounter_id},
+        detail={
+            "scopes": str(launch.scopes),
+            "encounter": launch.encounter_id,
+            "carrier": completed.carrier,
+        },
     )
+    for hook in current_app.extensions.get(SESSION_STARTED_EXT, ()):
+        hook(launch, completed.app_context)
+    if completed.carrier == "window":
+        # No cookie would come back, so no redirect: the sidebar is this answer, and its
+        # script keeps the token in memory and sends it as a header (never in a URL).
+        return render_template(
+            "sidebar.html",
+            launch=launch,
+            csrf_token=launch.csrf_token,
+            window_token=completed.cookie_value,
+            landing=request.script_root + LANDING[purpose],
+        )
     response = _redirect(request.script_root + LANDING[purpose])
     set_cookie(
         response,
@@ -152,6 +195,9 @@ def callback() -> Response:
     return response
 
 
+#: Callables told (launch, appContext) of every launch session created (the CDS Hooks
+#: service hands the launch the chart its card's hook read).
+SESSION_STARTED_EXT = "smartapp.session_started"
 #: Callables told the session id of every launch that logout ends (the chart cache drops it).
 SESSION_ENDED_EXT = "smartapp.session_ended"
 
@@ -159,7 +205,12 @@ SESSION_ENDED_EXT = "smartapp.session_ended"
 def _logout(purpose: str) -> Response:
     services = get_services()
     cookie = SESSION_COOKIES[purpose]
-    ended = logout.end_launch(services, request.cookies.get(cookie, ""), purpose=purpose)
+    secret, carrier = presented_secret(purpose)
+    ended = (
+        logout.end_launch(services, session_id_for(secret, carrier=carrier), purpose=purpose)
+        if secret and len(secret) <= 200
+        else None
+    )
     if ended is not None:
         for hook in current_app.extensions.get(SESSION_ENDED_EXT, ()):
             hook(ended.session_id)
@@ -172,13 +223,15 @@ def _logout(purpose: str) -> Response:
             detail={"revoked": ended.revoked},
         )
     response = jsonify({"status": "signed_out", "revoked": bool(ended and ended.revoked)})
-    clear_cookie(response, cookie)
+    if carrier == "cookie":
+        clear_cookie(response, cookie)
     return response
 
 
 @bp.post("/logout")
 def logout_clinician() -> Response:
-    """End this browser's launch (header X-CSRF-Token): server-side, and at the EHR if it can."""
+    """End this window's launch (its X-Window-Token, else the session cookie; header
+    X-CSRF-Token): server-side, and at the EHR if it can."""
     return _logout("clinician")
 
 

@@ -577,6 +577,14 @@ class BuiltinEngine:
             K.CARE_GAPS, f"{K.KIND_LABELS[K.CARE_GAPS]} (rule-based, site rules)", ordered
         )
 
+    def due_care_gaps(self, snapshot: ChartSnapshot, config: Mapping[str, Any]) -> list[Statement]:
+        """The care-gap statements that are due, site rules and preventive packs (what a
+        CDS Hooks card counts before the sidebar opens)."""
+        facts = ChartFacts(snapshot)
+        rules = _rules(config)
+        due = [item.statement for item in self.find_gaps(facts, rules)]
+        return due + [s for is_due, s in preventive.review(facts, rules.packs) if is_due]
+
     def find_gaps(self, facts: ChartFacts, rules: CareGapRules) -> list[_CareItem]:
         """The rules' items that are due (for the plan and the patient instructions)."""
         return [item for item in self.review_care(facts, rules) if item.due]

@@ -731,8 +731,15 @@ class Medication:
         return self.reported and self.request.get("status") == "intended"
 
     @property
+    def proposed(self) -> bool:
+        """A draft order, a proposal or a plan: checked like an order, never therapy."""
+        return not self.reported and proposed_medication_request(self.request)
+
+    @property
     def source_phrase(self) -> str:
         """What the chart holds for it: "an active order", "reported as taken", ..."""
+        if self.proposed:
+            return "a proposed order (not yet signed)"
         if self.intended:
             return "reported as about to be started"
         return "reported as taken" if self.reported else "an active order"
@@ -840,8 +847,13 @@ def listed_as(meds: Sequence[Medication]) -> str:
         return "is " + meds[0].source_phrase
     if phrases == {"an active order"}:
         return "are active orders"
+    if phrases == {"a proposed order (not yet signed)"}:
+        return "are proposed orders (not yet signed)"
     if len(phrases) == 1:
         return "are " + phrases.pop()
+    proposed = [m.name for m in meds if m.proposed]
+    if proposed:
+        return f"are on the medication list or proposed ({', '.join(proposed)}: not yet signed)"
     return "are on the medication list"
 
 

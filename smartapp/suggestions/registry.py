@@ -39,9 +39,7 @@ log = logging.getLogger(__name__)
 #: threads; kinds beyond it queue, and one still queued at its deadline falls back unasked.
 DEFAULT_LLM_CONCURRENCY = 8
 
-INTERIM = (
-    "The AI draft is being written; showing rule-based suggestions until it arrives"
-)
+INTERIM = "The AI draft is being written; showing rule-based suggestions until it arrives"
 
 NO_ENDPOINT = (
     "No LLM endpoint is configured (SMARTAPP_LLM_BASE_URL); showing rule-based suggestions"
@@ -433,9 +431,7 @@ class SuggestionService:
         produced = self._safe_suggest(engine, snapshot, kind, options, deadline=deadline)
         if stand_in is not None:
             produced = [
-                replace(
-                    s, engine=replace(s.engine, fallback_reason=stand_in, interim=interim)
-                )
+                replace(s, engine=replace(s.engine, fallback_reason=stand_in, interim=interim))
                 for s in produced
             ]
         checked = verify_suggestions(produced, verifier, unverified=effective.unverified)

@@ -124,12 +124,19 @@ def _allergy_phrase(allergy: FHIRResource) -> str:
     return phrase
 
 
+def checked_medications(facts: ChartFacts) -> list[Medication]:
+    """What the checks look at: current therapy and the proposed orders (drafts, proposals,
+    plans), which are about to become therapy; their flags say they are proposed."""
+    current = {m.reference for m in facts.medications}
+    return facts.medications + [m for m in facts.proposed_medications if m.reference not in current]
+
+
 def allergy_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[SafetyFlag]:
     flags: list[SafetyFlag] = []
     for allergy in facts.allergies:
         if no_known_allergy(allergy) or not concept_text(allergy.get("code")):
             continue
-        for med in facts.medications:
+        for med in checked_medications(facts):
             hit = next(
                 (
                     r
@@ -159,7 +166,7 @@ def allergy_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[Safety
 SAME_INGREDIENT = SafetyRule(
     id="allergy-ingredient",
     kind="allergy",
-    say="an active order contains a substance the patient is recorded as allergic to",
+    say="an active or proposed order contains a substance the patient is recorded as allergic to",
     cite=clinical.Source(source="AllergyIntolerance.code matched to the order", version="R4"),
     groups=(),
 )
@@ -168,8 +175,9 @@ SAME_INGREDIENT = SafetyRule(
 def interaction_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[SafetyFlag]:
     flags: list[SafetyFlag] = []
     for rule in (r for r in table if r.kind == "interaction"):
-        first = [m for m in facts.medications if _in_group(rule.groups[0], m.concept)]
-        second = [m for m in facts.medications if _in_group(rule.groups[1], m.concept)]
+        checked = checked_medications(facts)
+        first = [m for m in checked if _in_group(rule.groups[0], m.concept)]
+        second = [m for m in checked if _in_group(rule.groups[1], m.concept)]
         for a in first:
             for b in second:
                 if a.reference == b.reference:
@@ -200,7 +208,7 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
     context = facts.context
     patient_ref = ref(facts.snapshot.patient) if facts.snapshot.patient else None
     for rule in (r for r in table if r.kind == "contraindication"):
-        meds = [m for m in facts.medications if _in_group(rule.groups[0], m.concept)]
+        meds = [m for m in checked_medications(facts) if _in_group(rule.groups[0], m.concept)]
         if not meds:
             continue
         if rule.when == "pregnant":

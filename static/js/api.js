@@ -4,6 +4,29 @@
 const csrfToken = () =>
   document.querySelector('meta[name="csrf-token"]')?.getAttribute("content") ?? "";
 
+// In a browser that blocks the app's cookies inside the EHR's frame, the callback's page
+// hands over a per-window token instead: kept in this module's memory only (not in
+// sessionStorage, which such browsers often deny the frame too, nor in any URL), and sent
+// as a header on every call. It names this window's launch alone, so two charts open in
+// two tabs never see each other's patient. Reloading the page ends it: open the app again.
+const handover = document.querySelector('meta[name="window-token"]');
+const windowToken = handover?.getAttribute("content") || null;
+if (handover) {
+  handover.remove();
+  // The address bar still shows the callback's spent code and state: show the landing.
+  const landing = document.querySelector('meta[name="landing"]')?.getAttribute("content");
+  if (landing) history.replaceState(null, "", landing);
+}
+
+/** Whether this window carries its launch in a per-window token (no cookies). */
+export const usesWindowToken = () => windowToken !== null;
+
+function sessionHeaders() {
+  const headers = { "X-CSRF-Token": csrfToken() };
+  if (windowToken) headers["X-Window-Token"] = windowToken;
+  return headers;
+}
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -15,7 +38,7 @@ export class ApiError extends Error {
 async function request(method, path, body) {
   // The token goes on GETs too: it names this panel's launch, so a panel left open from
   // an earlier launch (another patient) gets a clear error instead of the new chart.
-  const headers = { Accept: "application/json", "X-CSRF-Token": csrfToken() };
+  const headers = { Accept: "application/json", ...sessionHeaders() };
   const init = { method, headers, credentials: "same-origin" };
   if (method !== "GET" && body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -50,6 +73,14 @@ export const api = {
   notes: () => request("GET", "/api/notes"),
   notePreview: () => request("GET", "/api/note/preview"),
   pulse: (body) => request("POST", "/api/pulse", body),
+  logout: () => request("POST", "/logout"),
+  /** The EHR's SMART style as CSS text (the page's <link> carries no window token). */
+  styleSheet: async () => {
+    const href = document.querySelector("link[data-smart-style]")?.href;
+    if (!href) return "";
+    const response = await fetch(href, { headers: sessionHeaders(), credentials: "same-origin" });
+    return response.ok ? response.text() : "";
+  },
   resource: (reference) => {
     // "Observation/1", or an absolute or versioned reference: the last Type/id pair.
     const parts = String(reference).split("/_history/")[0].split("/");

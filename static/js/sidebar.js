@@ -1,7 +1,7 @@
 // The clinician sidebar: suggestions with their sources, one decision each, then the note.
 // Keyboard first (see keys.js); chart data is only ever set as text, never as HTML.
 
-import { api, ApiError } from "./api.js";
+import { api, ApiError, usesWindowToken } from "./api.js";
 import { $, $$, el, setStatus, plural } from "./dom.js";
 import { createCard, updateCard, toggleDiff, toggleCard, decisionLabel } from "./cards.js";
 import { renderChanges } from "./changes.js";
@@ -435,6 +435,44 @@ function requestRefresh() {
   load(true);
 }
 
+// -- the session -------------------------------------------------------------------------
+
+/** End this launch (POST /logout): here, and at the EHR where it can revoke the tokens. */
+async function signOut() {
+  const button = $("#sign-out");
+  button.disabled = true;
+  $("#session-status").textContent = "Signing out…";
+  try {
+    const { data } = await api.logout();
+    clearTimeout(state.pollTimer);
+    state.pending = [];
+    $("#app").hidden = true;
+    $("#signed-out-detail").textContent = data?.revoked
+      ? "The app's access to this chart has ended, here and at the EHR."
+      : "The app's access to this chart has ended.";
+    const done = $("#signed-out");
+    done.hidden = false;
+    done.focus();
+    announce("Signed out.");
+  } catch (err) {
+    button.disabled = false;
+    $("#session-status").textContent = `Not signed out: ${messageOf(err)}`;
+  }
+}
+
+/** A window without cookies: its <link> brought no SMART style, so fetch it with the token. */
+async function applyWindowStyle() {
+  try {
+    const css = await api.styleSheet();
+    if (!css) return;
+    const sheet = new CSSStyleSheet();
+    await sheet.replace(css);
+    document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+  } catch (err) {
+    // The app's own style stands; the EHR's colours are a nicety.
+  }
+}
+
 // -- keys --------------------------------------------------------------------------------
 
 function openHelp() {
@@ -518,6 +556,7 @@ function onKey(event) {
   if (event.defaultPrevented || event.isComposing) return;
   const target = event.target;
   if ($("#help").open) return; // the dialog closes itself on Esc
+  if (!$("#signed-out").hidden) return; // nothing left to act on
   if (event.key === "Escape") {
     if (onEscape(target)) event.preventDefault();
     return;
@@ -561,6 +600,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#empty-refresh").addEventListener("click", () => load(true));
   $("#retry").addEventListener("click", () => load(false));
   $("#accept-all").addEventListener("click", acceptAll);
+  $("#sign-out").addEventListener("click", signOut);
   document.addEventListener("keydown", onKey);
+  if (usesWindowToken()) applyWindowStyle();
   load();
 });

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 import pytest
 import requests
 
 from smartapp.fhir.cache import SnapshotCache
+from smartapp.fhir.chart import medication_history_since
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.smart.crypto import hash_secret
 from smartapp.stack import Stack
@@ -41,7 +43,14 @@ def expected_ids(stack: Stack, resource_type: str, patient: str) -> set[str]:
         timeout=30,
     ).json()
     if resource_type == "MedicationRequest":
-        return {r["id"] for r in found if r.get("status") == "active"}
+        # Current orders, and those stopped or completed within the window.
+        since = medication_history_since(datetime.now(UTC).date()).isoformat()
+        return {
+            r["id"]
+            for r in found
+            if r.get("status") == "active"
+            or (r.get("status") in ("stopped", "completed") and r.get("authoredOn", "") >= since)
+        }
     return {r["id"] for r in found}
 
 

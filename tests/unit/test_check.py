@@ -397,18 +397,71 @@ def test_a_missing_issuer_is_bad_usage():
 
 def test_the_quirks_profile_and_what_it_changes_are_reported(rsps, smart_config, capability):
     report = run(rsps, smart_config, capability)
-    assert line(report, "quirks-profile").detail == "generic (Any other FHIR R4 server)"
+    assert line(report, "quirks-profile").detail == (
+        "generic (Any other FHIR R4 server); changes: sort"
+    )
     assert line(report, "sort-newest").detail == "_sort=-date"
     epic = {**copy.deepcopy(capability), "software": {"name": "Epic"}, "publisher": "Epic"}
     del type_entry(epic, "Observation")["searchParam"][-1]  # no _sort declared
     rsps.reset()
     report = run(rsps, smart_config, epic)
-    assert line(report, "quirks-profile").detail == "epic (Epic)"
+    assert line(report, "quirks-profile").detail.startswith("epic (Epic); changes: ")
+    assert "detected from the CapabilityStatement" in line(report, "quirks-profile").why
     required = line(report, "quirk-required_search")
     assert "category" in required.detail
     assert "https://open.epic.com/Clinical/Observation" in required.why
     assert line(report, "sort-newest").status == "warn"
     assert "may not have been read" in line(report, "sort-newest").why
+
+
+def site_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "site.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_the_site_files_quirks_profile_for_the_issuer_is_the_one_reported(
+    rsps, smart_config, capability, tmp_path
+):
+    # The statement names no family (generic); the site file says this issuer is Epic.
+    config = site_file(tmp_path, f'[sites."{ISS}/".ehr]\nquirks = "epic"\n')
+    report = run(rsps, smart_config, capability, SMARTAPP_CONFIG=config)
+    chosen = line(report, "quirks-profile")
+    assert chosen.detail == (
+        "epic (Epic); changes: required_search, fhir_user_absolute, refresh_rotates"
+    )
+    assert 'set for this issuer in the site file site.toml (ehr.quirks = "epic")' in chosen.why
+    assert "the CapabilityStatement alone would give generic" in chosen.why
+    assert "category" in line(report, "quirk-required_search").detail
+
+
+def test_a_site_file_naming_another_issuer_leaves_detection_alone(
+    rsps, smart_config, capability, tmp_path
+):
+    config = site_file(tmp_path, '[sites."https://other.example/fhir".ehr]\nquirks = "epic"\n')
+    athena = {**copy.deepcopy(capability), "software": {"name": "athenaOne FHIR"}}
+    del smart_config["code_challenge_methods_supported"]
+    report = run(rsps, smart_config, athena, SMARTAPP_CONFIG=config)
+    assert line(report, "quirks-profile").detail.startswith("athena ")
+    assert "detected from the CapabilityStatement" in line(report, "quirks-profile").why
+    assert statuses(report)["pkce"] == "warn"
+
+
+def test_the_site_files_profile_decides_the_pkce_leniency(rsps, smart_config, capability, tmp_path):
+    # Metadata without PKCE methods: refused, unless the site file says it is athena.
+    del smart_config["code_challenge_methods_supported"]
+    config = site_file(tmp_path, f'[sites."{ISS}".ehr]\nquirks = "athena"\n')
+    report = run(rsps, smart_config, capability, SMARTAPP_CONFIG=config)
+    assert statuses(report)["pkce"] == "warn"
+
+
+def test_a_broken_site_file_fails_the_check_and_says_why(rsps, smart_config, capability, tmp_path):
+    config = site_file(tmp_path, f'[sites."{ISS}".ehr]\nquirks = "nosuchvendor"\n')
+    report = run(rsps, smart_config, capability, SMARTAPP_CONFIG=config)
+    broken = line(report, "site-file")
+    assert broken.status == "fail"
+    assert "site.toml cannot be used" in broken.detail and "nosuchvendor" in broken.detail
+    assert line(report, "quirks-profile").detail.startswith("generic ")
 
 
 def test_a_configuration_redirected_to_another_host_is_reported(rsps, capability):
@@ -435,3 +488,67 @@ def test_an_athena_server_without_pkce_methods_is_a_warning_not_a_failure(
     report = run(rsps, smart_config, athena)
     assert statuses(report)["pkce"] == "warn"
     assert "does S256 without listing it" in line(report, "pkce").why
+
+
+def cds_clients_file(tmp_path: Path, *, server: str = ISS) -> str:
+    path = tmp_path / "cds-clients.toml"
+    path.write_text(
+        '[[client]]\niss = "https://ehr.example.org"\n'
+        'jwks_url = "https://ehr.example.org/cds/jwks.json"\n'
+        f'fhir_servers = ["{server}"]\n'
+    )
+    return str(path)
+
+
+def test_without_a_cds_client_registration_the_hooks_line_says_calls_are_refused(
+    rsps, smart_config, capability
+):
+    report = run(rsps, smart_config, capability, SMARTAPP_ALLOWED_ISSUERS=ISS)
+    hooks = line(report, "cds-hooks")
+    assert hooks.status == "ok" and "no EHR registered" in hooks.detail
+    assert "cds-hooks-jwks" not in statuses(report)
+
+
+def test_a_registered_ehr_with_keys_at_its_jwks_url_is_ok(rsps, smart_config, capability, tmp_path):
+    from joserfc.jwk import ECKey
+
+    key = ECKey.generate_key("P-384").as_dict(private=False)
+    rsps.get("https://ehr.example.org/cds/jwks.json", json={"keys": [key]})
+    report = run(
+        rsps,
+        smart_config,
+        capability,
+        SMARTAPP_ALLOWED_ISSUERS=ISS,
+        SMARTAPP_CDS_CLIENTS=cds_clients_file(tmp_path),
+    )
+    assert "https://ehr.example.org registered" in line(report, "cds-hooks").detail
+    assert line(report, "cds-hooks-jwks").status == "ok"
+
+
+def test_a_registered_ehr_whose_jwks_does_not_answer_is_a_warning(
+    rsps, smart_config, capability, tmp_path
+):
+    rsps.get("https://ehr.example.org/cds/jwks.json", status=404)
+    report = run(
+        rsps,
+        smart_config,
+        capability,
+        SMARTAPP_ALLOWED_ISSUERS=ISS,
+        SMARTAPP_CDS_CLIENTS=cds_clients_file(tmp_path),
+    )
+    assert line(report, "cds-hooks-jwks").status == "warn"
+    assert report.launchable
+
+
+def test_a_cds_client_file_naming_a_server_not_allowed_fails(
+    rsps, smart_config, capability, tmp_path
+):
+    report = run(
+        rsps,
+        smart_config,
+        capability,
+        SMARTAPP_ALLOWED_ISSUERS=ISS,
+        SMARTAPP_CDS_CLIENTS=cds_clients_file(tmp_path, server="https://other.example.org/fhir"),
+    )
+    hooks = line(report, "cds-hooks")
+    assert hooks.status == "fail" and "SMARTAPP_ALLOWED_ISSUERS" in hooks.detail

@@ -165,6 +165,8 @@ class FakeFHIRServer:
         self.fail_next: list[int] = []
         #: Statuses for the next reads/searches of a type, in a batch or not: {"Procedure": [500]}.
         self.fail_type: dict[str, list[int]] = {}
+        #: Statuses for the next GETs whose relative URL contains the key (in a batch or not).
+        self.fail_query: dict[str, list[int]] = {}
         #: Every HTTP request: "GET <relative url>" or "POST [base]".
         self.http_log: list[str] = []
         #: Every GET the server answered, in a batch or not (relative URLs).
@@ -260,7 +262,9 @@ class FakeFHIRServer:
         if path == "metadata":
             return 200, self.capability
         rtype = path.split("/")[0]
-        failures = self.fail_type.get(rtype)
+        failures = self.fail_type.get(rtype) or next(
+            (f for needle, f in self.fail_query.items() if needle in relative and f), None
+        )
         if failures:
             with self._lock:
                 status = failures.pop(0)

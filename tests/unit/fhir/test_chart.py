@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import date
 from urllib.parse import parse_qs
 
 import pytest
@@ -91,12 +92,16 @@ def test_batch_server_gets_the_whole_chart_in_one_batch(rsps):
     for url in batch[2:]:
         path, query = url.split("?")
         params = parse_qs(query)
-        searches[path + "".join(f":{c}" for c in params.get("category", []))] = params
+        key = path + "".join(f":{c}" for c in params.get("category", []))
+        if path == "MedicationRequest" and params["status"] == ["stopped,completed"]:
+            key += ":history"
+        searches[key] = params
     assert set(searches) == {
         "Condition",
         "Observation:vital-signs",
         "Observation:laboratory",
         "MedicationRequest",
+        "MedicationRequest:history",
         "MedicationStatement",
         "AllergyIntolerance",
         "Procedure",
@@ -105,8 +110,10 @@ def test_batch_server_gets_the_whole_chart_in_one_batch(rsps):
     }
     assert all(params["patient"] == ["pat-1"] for params in searches.values())
     assert searches["Observation:laboratory"]["_count"] == ["200"]
-    # Current orders and drafts (shown as proposed); not years of stopped ones.
+    # Current orders and drafts (shown as proposed); stopped ones in a search of their own.
     assert searches["MedicationRequest"]["status"] == ["active,on-hold,draft"]
+    # This statement does not declare `authoredon`: one page, the window applied here.
+    assert "authoredon" not in searches["MedicationRequest:history"]
     # Every statement, whatever its status: the engines decide what is current.
     assert "status" not in searches["MedicationStatement"]
     assert searches["MedicationRequest"]["_include"] == ["MedicationRequest:medication"]
@@ -679,3 +686,77 @@ def test_only_the_launch_patient_in_any_reference_form_is_kept(rsps, subject, co
         [problem] = dropped
         assert problem.resource_type == "Condition" and problem.count == 1
         assert "Anna" not in problem.detail
+
+
+# -- stopped and completed orders ----------------------------------------------------------
+
+
+def _order(order_id: str, status: str, authored: str, **extra) -> dict:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": order_id,
+        "status": status,
+        "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "29046"}],
+            "text": "lisinopril",
+        },
+        "subject": {"reference": "Patient/pat-1"},
+        "authoredOn": authored,
+        **extra,
+    }
+
+
+HISTORY = [
+    _order("mr-stopped-recent", "stopped", "2026-03-10", statusReason={"text": "Dry cough"}),
+    _order("mr-completed-old", "completed", "2023-01-05"),
+    # Written long ago, ended within the window: still recent history.
+    _order(
+        "mr-stopped-ended-recently",
+        "stopped",
+        "2022-06-01",
+        dispenseRequest={"validityPeriod": {"start": "2022-06-01", "end": "2026-05-01"}},
+    ),
+    _order("mr-cancelled", "cancelled", "2026-06-01"),
+]
+
+
+def _declaring_authoredon(server: FakeFHIRServer) -> None:
+    for resource in server.capability["rest"][0]["resource"]:
+        if resource["type"] == "MedicationRequest":
+            resource["searchParam"] = [{"name": "authoredon", "type": "date"}]
+
+
+def test_stopped_and_completed_orders_of_the_last_year_are_read_as_history(rsps):
+    serve(rsps, chart_fixtures() + HISTORY)
+    snapshot = load(today=date(2026, 11, 20))
+
+    history = {r["id"] for r in snapshot.of_type("MedicationRequest")} - EXPECTED_IDS[
+        "MedicationRequest"
+    ]
+    assert history == {"mr-stopped-recent", "mr-stopped-ended-recently"}
+    assert snapshot.problems == ()
+
+
+def test_the_history_window_is_asked_of_a_server_that_declares_authoredon(rsps):
+    server = FakeFHIRServer(chart_fixtures() + HISTORY)
+    _declaring_authoredon(server)
+    server.add_to(rsps)
+    load(today=date(2026, 11, 20))
+
+    [history] = [u for u in server.batches[0] if "stopped%2Ccompleted" in u]
+    assert parse_qs(history.split("?")[1])["authoredon"] == ["ge2025-11-20"]
+
+
+def test_a_failed_history_search_leaves_the_current_orders_complete(rsps):
+    server = serve(rsps, chart_fixtures() + HISTORY)
+    server.fail_query["stopped%2Ccompleted"] = [500, 500]  # and its one retry
+    snapshot = load(today=date(2026, 11, 20))
+
+    assert {r["id"] for r in snapshot.of_type("MedicationRequest")} == EXPECTED_IDS[
+        "MedicationRequest"
+    ]
+    assert codes(snapshot) == {"history_incomplete"}
+    [problem] = snapshot.problems
+    assert problem.resource_type == "MedicationRequest"
+    assert "current orders are unaffected" in problem.detail

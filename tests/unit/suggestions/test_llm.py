@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import date
+from pathlib import Path
 
 import pytest
 import requests
@@ -10,6 +12,7 @@ import responses
 
 from smartapp.suggestions.llm import (
     CHART_DATA_KEY,
+    SYSTEM_PROMPT,
     LLMEngine,
     LLMFailure,
     compact_chart,
@@ -17,6 +20,18 @@ from smartapp.suggestions.llm import (
 )
 
 from .conftest import load_chart
+
+CLINICAL = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"
+
+
+def load_clinical(name: str):
+    from smartapp.fhir.parsing import build_snapshot
+    from smartapp.suggestions.evaluate import bundle_resources
+
+    resources, _ = bundle_resources(json.loads((CLINICAL / f"{name}.json").read_text("utf-8")))
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    return build_snapshot(resources, patient_id=patient["id"])
+
 
 BASE = "http://llm.test/v1"
 URL = f"{BASE}/chat/completions"
@@ -99,7 +114,29 @@ def test_prompt_carries_no_name_mrn_address_or_telecom_by_default():
         assert secret not in prompt
     data = sent()["messages"][1]["content"].split("<<<CHART DATA\n", 1)[1]
     chart = json.loads(data.split("\nCHART DATA>>>", 1)[0])[CHART_DATA_KEY]
-    assert chart["patient"] == {"ref": "Patient/dm1", "age": 65, "sex": "male"}
+    assert chart["patient"] == {
+        "ref": "Patient/dm1",
+        "age": 65,
+        "sex": "male",
+        "ageBand": "65 or older",
+    }
+
+
+def test_the_prompt_says_deceased_pregnant_and_child_without_identifiers():
+    def patient_of(name: str) -> dict:
+        snapshot = load_clinical(name)
+        return compact_chart(snapshot, today=date.fromisoformat("2026-11-15"))["patient"]
+
+    dead = patient_of("deceased_metformin")
+    assert dead["deceased"] is True
+    assert "pregnant" not in dead
+    assert not {"deceasedDateTime", "name", "birthDate"} & set(dead)
+    pregnant = patient_of("pregnancy_lisinopril")
+    assert pregnant["pregnant"] is True
+    assert all(r.startswith(("Condition/", "Observation/")) for r in pregnant["pregnancyRef"])
+    assert pregnant["ageBand"] == "adult"
+    assert patient_of("child_codeine")["ageBand"] == "child"
+    assert "deceased" in SYSTEM_PROMPT and "pregnancyRef" in SYSTEM_PROMPT
 
 
 @responses.activate
