@@ -778,16 +778,27 @@ def parallel_load(
             query = None
         return found
 
+    from smartapp.fhir.chart import medication_history_since
+
     patient = {"patient": launch.patient}
-    searches = {
-        "Condition": patient,
-        "Observation": patient,
-        "MedicationRequest": {**patient, "status": "active"},
-        "AllergyIntolerance": patient,
-        "Procedure": patient,
-        "Immunization": patient,
-        "DocumentReference": patient,
-    }
+    # The same searches as the fhirclient baseline (active medicines and their history).
+    searches: list[tuple[str, Mapping[str, str]]] = [
+        ("Condition", patient),
+        ("Observation", patient),
+        ("MedicationRequest", {**patient, "status": "active"}),
+        (
+            "MedicationRequest",
+            {
+                **patient,
+                "status": "stopped,completed",
+                "authoredon": f"ge{medication_history_since(datetime.now(UTC).date())}",
+            },
+        ),
+        ("AllergyIntolerance", patient),
+        ("Procedure", patient),
+        ("Immunization", patient),
+        ("DocumentReference", patient),
+    ]
     try:
         with ThreadPoolExecutor(max_workers=len(searches) + 2) as pool:
             patient_f = pool.submit(get, f"{base}/Patient/{launch.patient}")
@@ -796,8 +807,10 @@ def parallel_load(
                 if launch.encounter
                 else None
             )
-            found = {t: pool.submit(search, t, p) for t, p in searches.items()}
-            results = {t: f.result() for t, f in found.items()}
+            found = [(t, pool.submit(search, t, p)) for t, p in searches]
+            results: dict[str, list[dict[str, Any]]] = {}
+            for rtype, future in found:
+                results.setdefault(rtype, []).extend(future.result())
             ids: ResourceIds = {"Patient": [str(patient_f.result()["id"])]}
             ids["Encounter"] = [str(encounter_f.result()["id"])] if encounter_f else []
             medication_ids: list[str] = []
