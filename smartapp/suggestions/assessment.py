@@ -73,6 +73,8 @@ class Goal:
     words: Mapping[str, str] = field(default_factory=dict)
     #: Named categories, first match wins (KDIGO G1-G5 for eGFR, A1-A3 for UACR).
     categories: tuple[Category, ...] = ()
+    #: The goal holds from this age in years (CDC's adult BMI categories: 20 and older).
+    min_age: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +201,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 )
                 for c in item.get("category", [])
             ),
+            min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
         )
     options: list[PlanOption] = []
     for path, item in clinical.entries("plan_options", "option", extra_dirs):
@@ -386,6 +389,15 @@ def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
     return "at goal"
 
 
+def goal_for(facts: ChartFacts, kb: Knowledge, result_id: str) -> Goal | None:
+    """The result's goal, when it applies to this patient (an adult goal needs an age)."""
+    goal = kb.goals.get(result_id)
+    if goal is None or goal.min_age is None:
+        return goal
+    age = facts.age
+    return goal if age is not None and age >= goal.min_age else None
+
+
 def range_status(facts: ChartFacts, result: Result) -> tuple[str | None, str | None]:
     """The verdict of the lab's own reference range, else of the cited default table (a
     feed that sends no range must not make a potassium of 5.6 read as unremarkable), and
@@ -521,7 +533,7 @@ def _result_statement(
         elif direction:
             text += f", {direction} from {_text(earlier)}{_on(earlier.date)}"
         cited += _resources(earlier)
-    goal = kb.goals.get(series.id)
+    goal = goal_for(facts, kb, series.id)
     status: str | None = None
     rule: str | None = None
     if not facts.newest_known("Observation"):
@@ -762,7 +774,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         # Every KDIGO category, normal ones included ("G3a A1"): the status line names
         # where the patient is on both axes, not only what is abnormal. Not from a reading
         # that may not be the latest (verdict is None then).
-        goal = kb.goals.get(result_id)
+        goal = goal_for(facts, kb, result_id)
         category = category_of(goal, series.latest) if goal and verdict else None
         if category and (index == 0 or categories):
             categories.append(category)

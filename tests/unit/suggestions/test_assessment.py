@@ -157,3 +157,21 @@ def test_ckd_status_names_every_kdigo_category_normal_ones_too():
     # A normal eGFR is G2 (or G1), not left out because it is "at goal".
     normal = _with_values("t2d_htn_ckd", {"t2d-ckd-egfr-2": 75, "t2d-ckd-uacr-1": 12})
     assert _ckd_head(normal).endswith(": G2 A1")
+
+
+def test_obesity_block_names_bmi_class_weight_and_the_glp1_ra():
+    [block] = texts("obesity_glp1")
+    assert block[0] == "Obesity, since 2019-06-01: class II obesity"
+    assert block[1].startswith("BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 kg/m2")
+    assert block[2] == "Weight 95.8 kg on 2026-11-10, down from 104.5 kg on 2025-12-02"
+    assert block[3].startswith("On semaglutide")
+
+
+def test_adult_bmi_classes_are_not_applied_to_a_child():
+    resources, _ = bundle_resources(json.loads((CHARTS / "obesity_glp1.json").read_text()))
+    resources[0] = {**resources[0], "birthDate": "2013-05-10"}  # 13 on the chart's date
+    child = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    [block] = [[s.text for s in d.statements] for d in ENGINE.suggest(child, "assessment_plan", {})]
+    assert block[0] == "Obesity, since 2019-06-01"
+    assert block[1] == "BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 kg/m2 on 2025-12-02"
+    assert not any("obesity" in t.lower() or "healthy" in t for t in block[1:])
