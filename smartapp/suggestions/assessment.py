@@ -138,11 +138,23 @@ class PlanOption:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Decision:
+    """A choice with a home block: offered under the `home` problem group when the patient
+    has one, and pointed to ("Statin: see Hyperlipidemia") from the other blocks."""
+
+    id: str
+    home: str
+    label: str
+    cite: clinical.Source
+
+
+@dataclass(frozen=True, kw_only=True)
 class Knowledge:
     problems: Mapping[str, ProblemSpec]
     goals: Mapping[str, Goal]
     options: tuple[PlanOption, ...]
     value_sets: Mapping[str, clinical.ValueSet]
+    decisions: Mapping[str, Decision] = field(default_factory=dict)
 
 
 def _numbers(value: Any, *, where: str) -> tuple[Decimal, ...]:
@@ -239,7 +251,24 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 pregnant=bool(item.get("pregnant")),
             )
         )
-    return Knowledge(problems=problems, goals=goals, options=tuple(options), value_sets=sets)
+    decisions: dict[str, Decision] = {}
+    for path, item in clinical.entries("plan_options", "decision", extra_dirs):
+        where = f"{path} decision {item.get('id')!r}"
+        if not item.get("id") or not item.get("home") or not item.get("label"):
+            raise clinical.KnowledgeError(f"{where}: needs id, home and label")
+        decisions[str(item["id"])] = Decision(
+            id=str(item["id"]),
+            home=str(item["home"]),
+            label=str(item["label"]),
+            cite=clinical.source(item.get("cite"), where=where),
+        )
+    return Knowledge(
+        problems=problems,
+        goals=goals,
+        options=tuple(options),
+        value_sets=sets,
+        decisions=decisions,
+    )
 
 
 def knowledge(extra_dirs: Iterable[Path] = ()) -> Knowledge:
@@ -746,6 +775,48 @@ def _short(med: Medication) -> str:
     return med.ingredients[0] if len(med.ingredients) == 1 else med.name
 
 
+def _home(facts: ChartFacts, kb: Knowledge, decision_id: str) -> Problem | None:
+    """The block a decision is offered in, when it has a home and the patient that problem."""
+    decision = kb.decisions.get(decision_id)
+    if decision is None:
+        return None
+    homes = facts.problems_in(decision.home)
+    return homes[0] if homes else None
+
+
+def _options_for(
+    facts: ChartFacts, kb: Knowledge, problem: Problem
+) -> list[tuple[PlanOption, Problem]]:
+    """The options this block weighs, each with the problem it is for: its own, then, in a
+    decision's home block, that decision's options of the patient's other problems."""
+    if facts.deceased:
+        return []  # no plan for the deceased
+    own = [(o, problem) for o in kb.options if o.problem in problem.group_ids]
+    foreign: list[tuple[PlanOption, Problem]] = []
+    for option in kb.options:
+        if option.problem in problem.group_ids:
+            continue
+        home = _home(facts, kb, option.decision)
+        if home is None or home.reference != problem.reference:
+            continue
+        others = facts.problems_in(option.problem)
+        if others:
+            foreign.append((option, others[0]))
+    return own + foreign
+
+
+def _fires(
+    facts: ChartFacts,
+    kb: Knowledge,
+    option: PlanOption,
+    meds: Sequence[Medication],
+    problem: Problem,
+) -> tuple[str, list[FHIRResource]] | None:
+    option_spec = kb.problems.get(option.problem)
+    own = _treating(facts, option_spec.classes) if option_spec else meds
+    return _option_fires(facts, kb, option, own, problem)
+
+
 def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Shown) -> Block:
     """The assessment and plan for one problem. What an earlier block already stated is
     not repeated: a result is left out, a medication is named with a cross-reference."""
@@ -757,6 +828,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         classes |= spec.classes
         result_ids += [r for r in spec.results if r not in result_ids]
     statements: list[Statement] = []
+    pointed: set[str] = set()
     status: str | None = None
     #: KDIGO-style categories of the problem's leading results ("G3a", "A2"): together
     #: they are the status a clinician writes ("CKD G3a A2").
@@ -833,16 +905,33 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 citations=_cite(snapshot, [problem.condition]),
             )
         )
-    for option in kb.options if not facts.deceased else ():  # no plan for the deceased
-        if option.problem not in problem.group_ids or option.decision in shown.options:
+    for option, for_problem in _options_for(facts, kb, problem):
+        home = _home(facts, kb, option.decision)
+        if home is not None and home.reference != problem.reference:
+            # Offered in its home block: point there, once, when this block would offer it.
+            if option.decision in pointed or _fires(facts, kb, option, meds, problem) is None:
+                continue
+            pointed.add(option.decision)
+            label = kb.decisions[option.decision].label
+            statements.append(
+                Statement(
+                    text=f"{capitalize(label)}: see {home.name}",
+                    citations=_cite(snapshot, [home.condition]),
+                    see=home.name,
+                )
+            )
             continue
-        option_spec = kb.problems.get(option.problem)
-        own = _treating(facts, option_spec.classes) if option_spec else meds
-        fired = _option_fires(facts, kb, option, own, problem)
+        if option.decision in shown.options:
+            continue
+        fired = _fires(facts, kb, option, meds, for_problem)
         if fired is None:
             continue
         shown.options.add(option.decision)
         why, cited = fired
+        if for_problem.reference != problem.reference:
+            # Another problem's option, offered in this (its decision's home) block.
+            why = f"with {for_problem.name}; {why}" if why else f"with {for_problem.name}"
+            cited = [for_problem.condition, *cited]
         lead = capitalize(option.text)
         text = f"{lead}: {why}" if why else lead
         statements.append(

@@ -175,3 +175,32 @@ def test_adult_bmi_classes_are_not_applied_to_a_child():
     assert block[0] == "Obesity, since 2019-06-01"
     assert block[1] == "BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 kg/m2 on 2025-12-02"
     assert not any("obesity" in t.lower() or "healthy" in t for t in block[1:])
+
+
+def _blocks(snapshot: ChartSnapshot) -> dict[str, list[str]]:
+    drafts = ENGINE.suggest(snapshot, "assessment_plan", {})
+    return {d.statements[0].text.split(",")[0]: [s.text for s in d.statements] for d in drafts}
+
+
+def test_the_statin_decision_is_made_in_the_hyperlipidemia_block_and_pointed_to():
+    blocks = _blocks(chart("t2d_lipids_no_statin"))
+    lipids = blocks["Hyperlipidemia"]
+    assert any(t.startswith("Consider statin therapy after a risk discussion") for t in lipids)
+    for other in ("Type 2 diabetes mellitus", "Chronic kidney disease stage 3a"):
+        assert "Statin: see Hyperlipidemia" in blocks[other]
+    statin_options = [t for b in blocks.values() for t in b if "statin" in t and "Consider" in t]
+    assert len(statin_options) == 1, statin_options
+
+
+def test_below_the_ldl_threshold_diabetes_still_calls_for_a_statin_in_the_lipid_block():
+    # LDL 88 mg/dL: the lipid option does not fire, ADA's (diabetes at 40-75) does, and is
+    # offered where the statin decision lives, naming the problem that called for it.
+    blocks = _blocks(_with_values("t2d_lipids_no_statin", {"dm-lipids-ldl-2": 88}))
+    assert (
+        "Consider a moderate-intensity statin: with Type 2 diabetes mellitus; age 62; "
+        "no statin on the medication list"
+    ) in blocks["Hyperlipidemia"]
+    assert "Statin: see Hyperlipidemia" in blocks["Type 2 diabetes mellitus"]
+    assert not any(
+        t.startswith("Consider a") and "statin" in t for t in blocks["Type 2 diabetes mellitus"]
+    )
