@@ -23,7 +23,7 @@ from typing import Any
 
 from smartapp import clinical
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
-from smartapp.suggestions import units
+from smartapp.suggestions import risk_scores, units
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
@@ -135,6 +135,10 @@ class PlanOption:
     show_treatment: bool = False
     #: Only for a patient the chart says is pregnant (context.pregnancy_evidence).
     pregnant: bool = False
+    #: A risk score (risk_scores.toml) at or above a threshold by Patient.gender; genders
+    #: without an entry use `male`'s (no sex point is counted for them).
+    score: str | None = None
+    score_at_least: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,8 +253,17 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
                 show_treatment=bool(item.get("show_treatment")),
                 pregnant=bool(item.get("pregnant")),
+                score=str(item["score"]) if item.get("score") else None,
+                score_at_least={
+                    str(k): int(v) for k, v in (item.get("score_at_least") or {}).items()
+                },
             )
         )
+        if options[-1].score is not None:
+            if options[-1].score not in {sc.id for sc in risk_scores.scores(extra_dirs)}:
+                raise clinical.KnowledgeError(f"{where}: no risk score {options[-1].score!r}")
+            if "male" not in options[-1].score_at_least:
+                raise clinical.KnowledgeError(f"{where}: score_at_least needs male = …")
     decisions: dict[str, Decision] = {}
     for path, item in clinical.entries("plan_options", "decision", extra_dirs):
         where = f"{path} decision {item.get('id')!r}"
@@ -685,6 +698,19 @@ def _option_fires(
             # Age alone reads as the reason; say that the drug is not on the list either.
             labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
             reasons.append("no " + " or ".join(labels) + " on the medication list")
+    if option.score is not None:
+        result = risk_scores.by_id(facts, option.score)
+        if result is None:
+            return None
+        gender = facts.snapshot.patient.get("gender")
+        wanted = option.score_at_least.get(str(gender), option.score_at_least["male"])
+        if result.total < wanted:
+            return None  # also when only a lower bound is known: it may be higher, or not
+        reasons.append(f"{result.score.title} {result.total_words}")
+        cited += result.resources
+        if option.classes_absent:
+            labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
+            reasons.append("no " + " or ".join(labels) + " on the medication list")
     if option.result is not None:
         if not facts.newest_known("Observation"):
             return None  # the latest result may be one the app did not read
@@ -903,6 +929,15 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             Statement(
                 text=f"No current medication on the list for {problem.name}",
                 citations=_cite(snapshot, [problem.condition]),
+            )
+        )
+    for score in risk_scores.for_problem(facts, problem.group_ids):
+        statements.append(
+            Statement(
+                text=score.text(),
+                citations=_cite(snapshot, [problem.condition, *score.resources]),
+                rule=f"{score.score.cite.label}: documentation aid, not order-time decision "
+                "support; each component cites the resource it counts",
             )
         )
     for option, for_problem in _options_for(facts, kb, problem):

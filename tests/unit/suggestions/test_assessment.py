@@ -204,3 +204,71 @@ def test_below_the_ldl_threshold_diabetes_still_calls_for_a_statin_in_the_lipid_
     assert not any(
         t.startswith("Consider a") and "statin" in t for t in blocks["Type 2 diabetes mellitus"]
     )
+
+
+def _af_block(snapshot: ChartSnapshot) -> list[str]:
+    blocks = _blocks(snapshot)
+    return next(b for name, b in blocks.items() if "atrial fibrillation" in name.lower())
+
+
+def _af_chart(**patient: str) -> ChartSnapshot:
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "af_cha2ds2vasc_no_anticoagulant.json").read_text())
+    )
+    resources[0] = {**resources[0], **patient}
+    return build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+
+
+def test_cha2ds2_vasc_components_each_cite_the_resource_they_count():
+    snapshot = chart("af_cha2ds2vasc_no_anticoagulant")
+    [af] = [
+        d
+        for d in ENGINE.suggest(snapshot, "assessment_plan", {})
+        if "atrial fibrillation" in d.title.lower()
+    ]
+    [score] = [s for s in af.statements if s.text.startswith("CHA2DS2-VASc")]
+    assert [c.reference for c in score.citations] == [
+        "Condition/af-vasc-af",
+        "Condition/af-vasc-htn",
+        "Condition/af-vasc-stroke",
+        "Patient/af-vasc",
+    ]
+    assert score.rule and "2023 ACC/AHA/ACCP/HRS" in score.rule
+    assert "not order-time decision support" in score.rule
+
+
+def test_cha2ds2_vasc_thresholds_differ_by_sex():
+    # A man of 71 with the same history scores four (no sex point): still at or above two.
+    male = _af_block(_af_chart(gender="male"))
+    assert "CHA2DS2-VASc score four: hypertension, Ischemic stroke (two points), age 71" in male
+    assert any(t.startswith("Consider oral anticoagulation") for t in male)
+
+
+def test_cha2ds2_vasc_of_one_in_a_man_is_intermediate_and_zero_offers_nothing():
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "af_cha2ds2vasc_no_anticoagulant.json").read_text())
+    )
+    af_only = [
+        r
+        for r in resources
+        if r["resourceType"] != "Condition" or r["id"] in ("af-vasc-af", "af-vasc-htn")
+    ]
+    af_only[0] = {**af_only[0], "gender": "male", "birthDate": "1970-02-17"}  # 56
+    snapshot = build_snapshot(af_only, patient_id="af-vasc", fetched_at=AS_OF)
+    block = _af_block(snapshot)
+    assert "CHA2DS2-VASc score one: hypertension" in block
+    assert any(t.startswith("Consider discussing oral anticoagulation") for t in block)
+    assert not any(t.startswith("Consider oral anticoagulation") for t in block)
+    none = build_snapshot(
+        [r for r in af_only if r.get("id") != "af-vasc-htn"], patient_id="af-vasc", fetched_at=AS_OF
+    )
+    block = _af_block(none)
+    assert "CHA2DS2-VASc score zero: none of its risk factors is on the chart" in block
+    assert not any("anticoagulation" in t for t in block)
+
+
+def test_cha2ds2_vasc_on_an_anticoagulant_says_continue():
+    [af] = texts("af_warfarin_inr")
+    assert "CHA2DS2-VASc score two: age 80 (two points)" in af
+    assert any(t.startswith("Continue anticoagulation") for t in af)
+    assert not any(t.startswith("Consider oral anticoagulation") for t in af)
