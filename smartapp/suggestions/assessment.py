@@ -625,10 +625,14 @@ def _stopped_orders(facts: ChartFacts, classes: frozenset[str]) -> list[tuple[st
     return out
 
 
-def _med_phrase(med: Medication) -> str:
+def _med_phrase(med: Medication, as_of: date) -> str:
     if med.reported:
         return f"{med.name} ({med.source_phrase}; not an order)"
-    ordered = f"ordered {med.authored}" if med.authored else ""
+    # A recent order is news for the plan ("empagliflozin, ordered 2026-10-25"); a
+    # long-standing one's date is on the medication card.
+    authored = to_date(med.authored)
+    recent = authored is not None and authored >= _months_before(as_of, TREND_MONTHS)
+    ordered = f"ordered {med.authored}" if med.authored and recent else ""
     if med.on_hold:
         ordered = f"{ordered}, on hold" if ordered else "on hold"
     return f"{med.name} ({ordered})" if ordered else med.name
@@ -649,8 +653,10 @@ def _option_fires(
     option: PlanOption,
     meds: Sequence[Medication],
     problem: Problem,
+    stated: frozenset[str] = frozenset(),
 ) -> tuple[str, list[FHIRResource]] | None:
-    """Why the option applies (a phrase and what to cite), or None."""
+    """Why the option applies (a phrase and what to cite), or None. What the block has
+    already stated (`stated`: resource references, "score:<id>") is cited, not repeated."""
     cited: list[FHIRResource] = []
     reasons: list[str] = []
     if option.pregnant:
@@ -682,14 +688,16 @@ def _option_fires(
         if not on:
             return None
         names = dict.fromkeys(m.ingredients[0] if m.ingredients else m.name for m in on)
-        reasons.append("on " + ", ".join(names))
+        if not _all_stated(on, stated):
+            reasons.append("on " + ", ".join(names))
         cited += [m.request for m in on]
     if option.ingredients_present:
         on = [m for m in facts.medications if set(m.ingredients) & option.ingredients_present]
         if not on:
             return None
         if not option.classes_present:
-            reasons.append("on " + ", ".join(sorted(set(on[0].ingredients))))
+            if not _all_stated(on, stated):
+                reasons.append("on " + ", ".join(sorted(set(on[0].ingredients))))
             cited += [m.request for m in on]
     if option.classes_absent:
         if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
@@ -706,7 +714,8 @@ def _option_fires(
         wanted = option.score_at_least.get(str(gender), option.score_at_least["male"])
         if result.total < wanted:
             return None  # also when only a lower bound is known: it may be higher, or not
-        reasons.append(f"{result.score.title} {result.total_words}")
+        if f"score:{result.score.id}" not in stated:
+            reasons.append(f"{result.score.title} {result.total_words}")
         cited += result.resources
         if option.classes_absent:
             labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
@@ -724,6 +733,8 @@ def _option_fires(
             when = to_date(last.when)
             if when is not None and when >= _months_before(facts.as_of, option.due_months):
                 return None
+            if {_ref(r) for r in _resources(last)} <= stated:
+                return "", cited + list(_resources(last))  # its date is on the line above
             return f"last{_on(last.date)}", cited + list(_resources(last))
         if series is None:
             return None
@@ -744,14 +755,17 @@ def _option_fires(
             if _out_of_range(facts, latest) != option.out_of_range:
                 return None
         phrase = f"{_name(latest)} {_text(latest)}{_on(latest.date)}"
+        shown_here = {_ref(r) for r in _resources(latest)}
         cited += _resources(latest)
         if option.rise_at_least is not None:
             earlier = _rise(series, option)
             if earlier is None:
                 return None
             phrase += f", up from {_text(earlier)}{_on(earlier.date)}"
+            shown_here |= {_ref(r) for r in _resources(earlier)}
             cited += _resources(earlier)
-        reasons.insert(0, phrase)
+        if not shown_here <= stated:  # else the result line above says it, with its date
+            reasons.insert(0, phrase)
     if option.show_treatment:
         if meds:
             treating = sorted({m.ingredients[0] if m.ingredients else m.name for m in meds})
@@ -761,6 +775,10 @@ def _option_fires(
         elif facts.complete("MedicationRequest"):
             reasons.append("no medication for it on the list")
     return "; ".join(reasons), cited
+
+
+def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
+    return all(m.reference in stated for m in meds)
 
 
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:
@@ -837,10 +855,25 @@ def _fires(
     option: PlanOption,
     meds: Sequence[Medication],
     problem: Problem,
+    stated: frozenset[str] = frozenset(),
 ) -> tuple[str, list[FHIRResource]] | None:
     option_spec = kb.problems.get(option.problem)
     own = _treating(facts, option_spec.classes) if option_spec else meds
-    return _option_fires(facts, kb, option, own, problem)
+    return _option_fires(facts, kb, option, own, problem, stated)
+
+
+def _normal(verdict: str | None, goal: Goal | None) -> bool:
+    """The verdict says the result is at goal or in range ("within the reference range",
+    "not reduced", "in the therapeutic range")."""
+    if verdict is None:
+        return False
+    at_goal = goal.words.get("at goal", "at goal") if goal else "at goal"
+    return verdict == at_goal or verdict.startswith("within ")
+
+
+def _stated(statements: Sequence[Statement]) -> frozenset[str]:
+    """What the block's statements so far state as facts (not their cross-references)."""
+    return frozenset(c.reference for s in statements if s.see is None for c in s.citations)
 
 
 def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Shown) -> Block:
@@ -855,6 +888,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         result_ids += [r for r in spec.results if r not in result_ids]
     statements: list[Statement] = []
     pointed: set[str] = set()
+    #: The leading result's line is in this block: its verdict is not repeated in the head.
+    lead_stated = False
     status: str | None = None
     #: KDIGO-style categories of the problem's leading results ("G3a", "A2"): together
     #: they are the status a clinician writes ("CKD G3a A2").
@@ -878,11 +913,15 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             categories.append(category)
         key = "|".join(_ref(r) for r in _resources(series.latest))
         if key in shown.results:
+            if index > 0 and _normal(verdict, goal):
+                continue  # a normal result of another block: not worth a pointer here
             owner = shown.results[key]
             elsewhere.setdefault(owner.reference, (owner, []))[1].append(series.latest)
             continue
         shown.results[key] = problem
         statements.append(statement)
+        if index == 0 and not categories:
+            lead_stated = True
     for owner, readings in elsewhere.values():
         names = _join_names([_name(r) for r in readings])
         resources = [owner.condition, *(x for r in readings for x in _resources(r))]
@@ -902,10 +941,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         for med in meds:
             earlier = shown.medications.get(med.reference)
             if earlier is None:
-                phrase = _med_phrase(med)
-                if phrase not in phrases and not any(
-                    p.startswith(f"{med.name} (") for p in phrases
-                ):
+                phrase = _med_phrase(med, facts.as_of)
+                if not any(p == med.name or p.startswith(f"{med.name} (") for p in phrases):
                     phrases.append(phrase)  # ten identical orders are one drug to treat
                 shown.medications[med.reference] = problem
             else:
@@ -931,7 +968,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 citations=_cite(snapshot, [problem.condition]),
             )
         )
+    scored: set[str] = set()
     for score in risk_scores.for_problem(facts, problem.group_ids):
+        scored.add(f"score:{score.score.id}")
         statements.append(
             Statement(
                 text=score.text(),
@@ -958,7 +997,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             continue
         if option.decision in shown.options:
             continue
-        fired = _fires(facts, kb, option, meds, for_problem)
+        fired = _fires(facts, kb, option, meds, for_problem, _stated(statements) | scored)
         if fired is None:
             continue
         shown.options.add(option.decision)
@@ -979,6 +1018,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         )
     if categories:
         status = " ".join(categories)
+    elif lead_stated:
+        status = None
     onset = date_part(problem.onset)
     head = problem.name + (f", since {onset}" if onset else "")
     if status:
