@@ -16,6 +16,9 @@ import hashlib
 #: Changing this salt reshuffles every clinician in every partial rollout.
 ROLLOUT_SALT = "smartapp-rollout-v1"
 BUCKETS = 10_000
+#: A clinician's arm in a partial rollout, as a saved note records it (the concurrent
+#: control: smartapp.admin.control).
+INSIDE, OUTSIDE = "inside", "outside"
 
 
 def bucket(*, site: str, kind: str, fhir_user: str) -> int:

@@ -36,6 +36,7 @@ from smartapp.admin.auth import (
     signed_in_user,
 )
 from smartapp.admin.baseline import baseline_summary
+from smartapp.admin.control import rollout_control
 from smartapp.admin.flagged import detail_json, flagged_suggestion, flagged_suggestions
 from smartapp.admin.metrics import (
     FIELDS,
@@ -281,6 +282,7 @@ def _dashboard_context() -> dict[str, Any]:
         notes_by_week = notes_written(s, group_by="week", start=start, end=end)
         notes_by_site = notes_written(s, group_by="site", start=start, end=end)
         pulse_by_site = pulse_summary(s, group_by="site", start=start, end=end)
+        control = rollout_control(s, start=start, end=end)
         comparisons = (
             compare_periods(
                 s,
@@ -304,6 +306,7 @@ def _dashboard_context() -> dict[str, Any]:
         "notes_by_week": notes_by_week,
         "notes_by_site": notes_by_site,
         "pulse_by_site": pulse_by_site,
+        "control": control,
         "comparisons": comparisons,
         "pivot": pivot,
         "window_days": window_days,
@@ -520,7 +523,9 @@ def api_metrics() -> Response:
             return _csv_response(FIELDS, groups, f"metrics-by-{group_by}.csv")
         # The EHR baseline (smartapp.admin.baseline): before vs after go-live, all dates.
         baseline = baseline_summary(s)
-    return jsonify({"groups": groups, "baseline": baseline})
+        # Inside vs outside each partial rollout (smartapp.admin.control), in the period.
+        control = rollout_control(s, start=start, end=end)
+    return jsonify({"groups": groups, "baseline": baseline, "rollout_control": control})
 
 
 @bp.get("/api/metrics/compare")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from smartapp.admin.identity import normalize_fhir_user
 from smartapp.admin.policy import GovernanceState, PolicyCache
@@ -24,9 +25,13 @@ from smartapp.admin.rollout import NOT_YET_FOR_YOU, choose_rule, decide
 from smartapp.config import normalize_issuer
 from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.placement import BUCKETS, INSIDE, OUTSIDE
 from smartapp.suggestions.interfaces import Suggestion
 from smartapp.suggestions.kinds import KIND_LABELS
 from smartapp.suggestions.registry import EngineChoice, KindRun, SuggestionService
+
+if TYPE_CHECKING:
+    from smartapp.siteconfig import RolloutRule as SiteRolloutRule
 
 #: Names an engine goes by in the registry and kill switches, per site-configuration engine.
 ENGINE_NAMES = {"builtin": ("builtin", "builtin-rules"), "llm": ("llm",)}
@@ -66,6 +71,10 @@ class DraftPlan:
     kinds: tuple[str, ...]
     choices: dict[str, EngineChoice] = field(default_factory=dict)
     not_enabled: tuple[NotEnabled, ...] = ()
+    #: kind -> INSIDE or OUTSIDE, for each kind whose rollout in force here is partial
+    #: (a share strictly between 0 and 100 %, placed by the hash): recorded with the note.
+    #: The assignment, not what was shown: a kill switch does not move a clinician's arm.
+    arms: Mapping[str, str] = field(default_factory=dict)
 
     def token(self, kind: str) -> str:
         """What governance chose for `kind`, as stored with its drafts ("" = as configured).
@@ -85,6 +94,7 @@ class DraftPlan:
             kinds=kinds,
             choices={k: c for k, c in self.choices.items() if k in kinds},
             not_enabled=self.not_enabled,
+            arms=self.arms,
         )
 
 
@@ -136,9 +146,7 @@ class GovernedDrafter:
         until = self._clock() + timedelta(seconds=started.deadline - time.monotonic() + GRACE)
         return Drafts(
             suggestions=started.run.suggestions,
-            pending={
-                kind: _suggestions_of(future) for kind, future in started.pending.items()
-            },
+            pending={kind: _suggestions_of(future) for kind, future in started.pending.items()},
             pending_until=until if started.pending else None,
         )
 
@@ -173,6 +181,10 @@ def plan_for(
     kinds: list[str] = []
     choices: dict[str, EngineChoice] = {}
     refused: list[NotEnabled] = []
+    arms: dict[str, str] = {}
+    # Without a fhirUser a clinician is never placed (left out of every partial rollout):
+    # that is not the hash's random assignment, so such a note is in no arm.
+    placed = normalize_fhir_user(fhir_user) is not None
 
     def refuse(kind: str, reason: str) -> None:
         refused.append(NotEnabled(kind=kind, title=KIND_LABELS.get(kind, kind), reason=reason))
@@ -183,17 +195,24 @@ def plan_for(
         rule = choose_rule(state.rules, site=iss, kind=kind, now=now)
         if rule is not None:
             rollout = decide(rule, site=iss, kind=kind, fhir_user=fhir_user)
+            if placed and rule.enabled and 0 < rule.percentage_bp < BUCKETS:
+                arms[kind] = INSIDE if rollout.enabled else OUTSIDE
             if not rollout.enabled:
                 refuse(kind, rollout.reason)
                 continue
-        elif not effective.rollout_for(kind).includes(
-            normalize_fhir_user(fhir_user),
-            site=normalize_issuer(iss),
-            kind=kind,
-            today=now.date(),
-        ):
-            refuse(kind, NOT_YET_FOR_YOU)
-            continue
+        else:
+            site_rule = effective.rollout_for(kind)
+            included = site_rule.includes(
+                normalize_fhir_user(fhir_user),
+                site=normalize_issuer(iss),
+                kind=kind,
+                today=now.date(),
+            )
+            if placed and _partial(site_rule, now.date()):
+                arms[kind] = INSIDE if included else OUTSIDE
+            if not included:
+                refuse(kind, NOT_YET_FOR_YOU)
+                continue
         configured = effective.kind(kind)
         engine = configured.engine if configured is not None else "builtin"
         active = pick_active(state.engines, kind=kind, site=iss)
@@ -215,4 +234,14 @@ def plan_for(
         elif active is not None:
             choices[kind] = EngineChoice(engine=engine, model=model, version=version)
         kinds.append(kind)
-    return DraftPlan(kinds=tuple(kinds), choices=choices, not_enabled=tuple(refused))
+    return DraftPlan(kinds=tuple(kinds), choices=choices, not_enabled=tuple(refused), arms=arms)
+
+
+def _partial(rule: SiteRolloutRule, today: date) -> bool:
+    """Whether the site file's rollout places clinicians by the hash today (0 < share < 100)."""
+    return (
+        rule.enabled
+        and 0 < rule.percent < 100
+        and (rule.start is None or rule.start <= today)
+        and (rule.end is None or today <= rule.end)
+    )

@@ -91,6 +91,10 @@ class SavedNote(Base):
     chars_accepted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     chars_edited: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     edits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The clinician's arm in each kind's partial rollout at the last save, {kind: "inside" |
+    #: "outside"} (notes.drafting): the concurrent control of admin.control. {} when no
+    #: partial rollout applied; NULL for notes saved before it was recorded.
+    rollout_arms: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,7 @@ import functools
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta, tzinfo
@@ -316,26 +316,31 @@ class SidebarService:
     def summary_config(self, iss: str) -> AfterVisitSummary:
         return self._summary_config(iss)
 
-    def current_rows(self, launch: LaunchContext) -> list[ShownSuggestion]:
+    def current_rows(
+        self, launch: LaunchContext, *, plan: DraftPlan | None = None
+    ) -> list[ShownSuggestion]:
         """The visit's suggestions now shown (its latest snapshot, governance's current plan)."""
         visit = self.visit(launch)
         latest_key = self.feedback.latest_snapshot_key(visit.key)
         if latest_key is None:
             return []
-        plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
+        if plan is None:
+            plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
         return self._visible(self.feedback.shown(self._shown_by(launch, visit, latest_key)), plan)
 
     def decide(self, launch: LaunchContext, suggestion_id: str, **decision: Any) -> None:
         """Record a decision on one of this visit's suggestions (any launch of it may)."""
         self.feedback.decide(self.visit(launch).key, suggestion_id, **decision)
 
-    def compose_note(self, launch: LaunchContext) -> ComposedNote:
+    def compose_note(self, launch: LaunchContext, *, plan: DraftPlan | None = None) -> ComposedNote:
         """The note from the accepted and edited suggestions now shown, in the site's sections.
 
         The sidebar's preview and the saved note both come from here (one composer).
         Suggestions governance has since withdrawn (a kill switch) stay out of the note.
         """
-        return compose(_decided(self.current_rows(launch)), self._note_layout(launch.iss))
+        return compose(
+            _decided(self.current_rows(launch, plan=plan)), self._note_layout(launch.iss)
+        )
 
     def save_note(
         self, launch: LaunchContext, *, text: str | None = None, after_visit_summary: bool = False
@@ -354,7 +359,9 @@ class SidebarService:
             )
         if not launch.patient_id:
             raise BadRequest("This launch has no patient in context.")
-        composed = self.compose_note(launch)
+        # One plan for the note and its record of the clinician's rollout arms.
+        plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
+        composed = self.compose_note(launch, plan=plan)
         content: Document = composed.note
         if text is not None:
             if not isinstance(text, str):
@@ -382,14 +389,14 @@ class SidebarService:
                     "edit the patient instructions first."
                 )
         visit = self.visit(launch)
-        result = self._save_document(launch, visit, content, CLINICAL_NOTE)
+        result = self._save_document(launch, visit, content, CLINICAL_NOTE, arms=plan.arms)
         if not after_visit_summary:
             return result
         # The patient's instructions: a document of their own, never inside the note.
         summary_visit = replace(visit, key=summary_key(visit.key))
         try:
             summary = self._save_document(
-                launch, summary_visit, composed.patient, AFTER_VISIT_SUMMARY
+                launch, summary_visit, composed.patient, AFTER_VISIT_SUMMARY, arms=plan.arms
             )
         except UpstreamError as exc:
             # The note is in; the summary is kept here with its error for the clinician.
@@ -397,7 +404,13 @@ class SidebarService:
         return replace(result, summary=summary)
 
     def _save_document(
-        self, launch: LaunchContext, visit: Visit, content: Document, kind: str
+        self,
+        launch: LaunchContext,
+        visit: Visit,
+        content: Document,
+        kind: str,
+        *,
+        arms: Mapping[str, str],
     ) -> SaveResult:
         """Store one document of the visit (created or revised), then try to deliver it."""
         # Only the engines whose text is in it: they label it (and its Provenance).
@@ -409,7 +422,7 @@ class SidebarService:
         for _ in range(SAVE_ATTEMPTS):
             try:
                 note_id, unchanged = self._store_note(
-                    launch, visit, content.text, content, engines, kind
+                    launch, visit, content.text, content, engines, kind, arms=arms
                 )
                 break
             except (IntegrityError, _SavedMeanwhile):
@@ -434,6 +447,8 @@ class SidebarService:
         content: Document,
         engines: list[list[str]],
         kind: str = CLINICAL_NOTE,
+        *,
+        arms: Mapping[str, str],
     ) -> tuple[str, SavedNote | None]:
         """Create the visit's note or revise it; (its id, the note if nothing changed).
 
@@ -450,6 +465,7 @@ class SidebarService:
             "chars_accepted": measured.accepted,
             "chars_edited": measured.edited,
             "edits": measured.edits,
+            "rollout_arms": dict(arms),
             "suggestion_ids": list(content.used),
             "engines": engines,
             "document_kind": kind,

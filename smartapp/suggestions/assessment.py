@@ -13,7 +13,6 @@ so the grounding verifier checks them; goal numbers and guideline wording go to
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -760,9 +759,13 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             status = verdict.split(" the reference range ")[0] + (
                 " the reference range" if " the reference range " in verdict else ""
             )
-        category = _CATEGORY.search(verdict or "")
+        # Every KDIGO category, normal ones included ("G3a A1"): the status line names
+        # where the patient is on both axes, not only what is abnormal. Not from a reading
+        # that may not be the latest (verdict is None then).
+        goal = kb.goals.get(result_id)
+        category = category_of(goal, series.latest) if goal and verdict else None
         if category and (index == 0 or categories):
-            categories.append(category.group(1))
+            categories.append(category)
         key = "|".join(_ref(r) for r in _resources(series.latest))
         if key in shown.results:
             owner = shown.results[key]
@@ -838,7 +841,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 brief=lead if why else None,
             )
         )
-    if len(categories) > 1:
+    if categories:
         status = " ".join(categories)
     onset = date_part(problem.onset)
     head = problem.name + (f", since {onset}" if onset else "")
@@ -846,9 +849,6 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         head += f": {status}"
     statements.insert(0, Statement(text=head, citations=_cite(snapshot, [problem.condition])))
     return Block(problem=problem, statements=tuple(_unique(statements)))
-
-
-_CATEGORY = re.compile(r" \(([A-Z][0-9][a-z]?)\)$")
 
 
 def _join_names(names: Sequence[str]) -> str:

@@ -25,11 +25,13 @@ from datetime import date
 from typing import Any
 
 import requests
+from pydantic import ValidationError
 
 from smartapp import httplimits
 from smartapp.fhir.readers import codings
 from smartapp.fhir.snapshot import ChartSnapshot, reference_key
 from smartapp.suggestions import facts as F
+from smartapp.suggestions.answer import ANSWER_SCHEMA, Answer, offered_statements
 from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.context import OLDER_FROM, PAEDIATRIC_BELOW, pregnancy_evidence
 from smartapp.suggestions.deidentify import scrubber_for
@@ -55,39 +57,6 @@ log = logging.getLogger(__name__)
 MAX_ANSWER_BYTES = 2 * 1024 * 1024
 
 MAX_STATEMENTS = 60
-MAX_STATEMENT_CHARS = 1200
-
-#: The answer's shape, as a JSON schema for servers that support structured output.
-ANSWER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["suggestions"],
-    "properties": {
-        "suggestions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["title", "statements"],
-                "properties": {
-                    "title": {"type": "string"},
-                    "statements": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["text", "citations"],
-                            "properties": {
-                                "text": {"type": "string"},
-                                "citations": {"type": "array", "items": {"type": "string"}},
-                            },
-                        },
-                    },
-                },
-            },
-        }
-    },
-}
 
 SYSTEM_PROMPT = """\
 You draft clinical documentation for a clinician, who reviews every word before it is used.
@@ -309,38 +278,13 @@ def parse_answer(content: str) -> list[dict[str, Any]]:
                 start = candidate.find("{", start + 1)
         if data is not None:
             break
-    if not isinstance(data, dict) or not isinstance(data.get("suggestions"), list):
-        raise LLMFailure("The LLM's answer was not the expected JSON", code="bad_answer")
-    suggestions: list[dict[str, Any]] = []
-    offered = 0
-    for item in data["suggestions"]:
-        if not isinstance(item, dict) or not isinstance(item.get("statements"), list):
-            continue
-        statements = []
-        offered += len(item["statements"])
-        for raw in item["statements"]:
-            if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
-                continue
-            text = raw["text"].strip()
-            cites = raw.get("citations")
-            if isinstance(cites, str):
-                cites = [cites]
-            if not text or not isinstance(cites, list):
-                continue
-            statements.append(
-                {
-                    "text": text[:MAX_STATEMENT_CHARS],
-                    "citations": [c.strip() for c in cites if isinstance(c, str) and c.strip()],
-                }
-            )
-        if statements:
-            title = item.get("title")
-            suggestions.append(
-                {"title": title.strip() if isinstance(title, str) else "", "statements": statements}
-            )
-    if offered and not suggestions:
+    try:
+        answer = Answer.model_validate(data)
+    except ValidationError:
+        raise LLMFailure("The LLM's answer was not the expected JSON", code="bad_answer") from None
+    if offered_statements(data) and not answer.suggestions:
         raise LLMFailure("The LLM's answer had no readable statements", code="bad_answer")
-    return suggestions
+    return [item.model_dump() for item in answer.suggestions]
 
 
 # -- the engine --------------------------------------------------------------------------

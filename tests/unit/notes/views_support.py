@@ -16,6 +16,7 @@ from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.notes.service import SidebarService
 from smartapp.smart.client import TokenResponse
+from smartapp.smart.idtoken import IDTokenClaims
 from smartapp.smart.models import PendingAuthorization
 from smartapp.smart.services import get_services
 from smartapp.smart.session import SESSION_COOKIES, LaunchContext, create_session
@@ -82,6 +83,7 @@ def launch(
     scope: str = SCOPE,
     smart_style_url: str | None = None,
     need_patient_banner: bool = False,
+    fhir_user: str | None = None,
 ) -> LaunchContext:
     """A live clinician launch, its cookie set on `client` as the browser would hold it."""
     now = utcnow()
@@ -109,8 +111,14 @@ def launch(
         need_patient_banner=need_patient_banner,
         smart_style_url=smart_style_url,
     )
+    # The ID token's fhirUser, when the test needs a clinician (a rollout places people).
+    claims = (
+        IDTokenClaims(sub=fhir_user, fhir_user_raw=fhir_user, fhir_user=fhir_user, claims={})
+        if fhir_user
+        else None
+    )
     cookie, context = create_session(
-        get_services(app), pending=pending, token=token, id_claims=None
+        get_services(app), pending=pending, token=token, id_claims=claims
     )
     client.set_cookie(SESSION_COOKIES["clinician"], cookie)
     return context

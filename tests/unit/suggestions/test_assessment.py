@@ -127,3 +127,33 @@ def test_a_deceased_patient_gets_the_record_but_no_plan_options():
     drafts = ENGINE.suggest(dead, "assessment_plan", {})
     assert drafts
     assert not any(s.text.startswith("Consider") for d in drafts for s in d.statements)
+
+
+def _with_values(name: str, values: dict[str, float]) -> ChartSnapshot:
+    resources, _ = bundle_resources(json.loads((CHARTS / f"{name}.json").read_text()))
+    changed = [
+        {**r, "valueQuantity": {**r["valueQuantity"], "value": values[r["id"]]}}
+        if r.get("id") in values
+        else r
+        for r in resources
+    ]
+    return build_snapshot(changed, patient_id=changed[0]["id"], fetched_at=AS_OF)
+
+
+def _ckd_head(snapshot: ChartSnapshot) -> str:
+    drafts = ENGINE.suggest(snapshot, "assessment_plan", {})
+    [head] = [
+        d.statements[0].text
+        for d in drafts
+        if d.statements[0].text.startswith("Chronic kidney disease stage 3a")
+    ]
+    return head
+
+
+def test_ckd_status_names_every_kdigo_category_normal_ones_too():
+    assert _ckd_head(chart("t2d_htn_ckd")).endswith(": G3a A2")
+    # A UACR below 30 mg/g is A1: still the status a clinician writes, beside G3a.
+    assert _ckd_head(_with_values("t2d_htn_ckd", {"t2d-ckd-uacr-1": 12})).endswith(": G3a A1")
+    # A normal eGFR is G2 (or G1), not left out because it is "at goal".
+    normal = _with_values("t2d_htn_ckd", {"t2d-ckd-egfr-2": 75, "t2d-ckd-uacr-1": 12})
+    assert _ckd_head(normal).endswith(": G2 A1")
