@@ -3,7 +3,9 @@
 Launch, suggestions, a note, its retry after a lost response, an early refresh the EHR
 refuses while the token is still valid, the tokens ended by the EHR and the note sent
 with the next launch — once per imitation (smartapp/sandbox/imitations.py), with the
-app choosing its quirks profile from the CapabilityStatement.
+app choosing its quirks profile from the CapabilityStatement; and each once more in a
+browser that keeps none of the app's cookies (an embedded browser blocking third-party
+cookies), the launch carried by the per-window token alone.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from smartapp.notes.models import SavedNote
 from smartapp.smart.crypto import hash_secret
 from smartapp.smart.models import LaunchSession
 from smartapp.stack import Stack
-from tests.integration.conftest import ehr_launch, start_stack
+from tests.integration.conftest import Launched, ehr_launch, start_stack
 from tests.integration.test_outbox import accept_first, our_notes
+from tests.integration.test_window_sessions import Window, window_launch
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +47,14 @@ def imitated(request, tmp_path: Path, sandbox_template: Path) -> Iterator[tuple[
     running.stop()
 
 
-def _session_id(launched) -> str:
+#: How the browser carries the launch: the session cookie, or (cookies blocked) the
+#: per-window token the page sends as a header.
+CARRIERS = {"cookie": ehr_launch, "no-cookies": window_launch}
+
+
+def _session_id(launched: Launched | Window) -> str:
+    if isinstance(launched, Window):
+        return hash_secret(launched.token)
     return hash_secret(launched.session.cookies.get("smartapp_session"))
 
 
@@ -63,8 +73,10 @@ def _tokens_near_expiry(stack: Stack, session_id: str, *, left: int = 5) -> None
         )
 
 
-def test_the_whole_loop_under_each_ehr_imitation(imitated):
+@pytest.mark.parametrize("carrier", sorted(CARRIERS))
+def test_the_whole_loop_under_each_ehr_imitation(imitated, carrier: str):
     name, stack = imitated
+    launch = CARRIERS[carrier]
     profile_id, newest_first = EXPECTED[name]
     report = check_server(
         stack.fhir_base,
@@ -76,7 +88,7 @@ def test_the_whole_loop_under_each_ehr_imitation(imitated):
     assert lines["quirks-profile"].detail.startswith(profile_id + " ")
     assert (lines["sort-newest"].status == "ok") is newest_first
 
-    launched = ehr_launch(stack)
+    launched = launch(stack)
     answer = launched.api("GET", "/api/suggestions")
     assert answer.status_code == 200, answer.text[:300]
     problems = answer.json()["chart"]["problems"]
@@ -115,7 +127,7 @@ def test_the_whole_loop_under_each_ehr_imitation(imitated):
     accept_first(launched, "medications")
     waiting = launched.api("POST", "/api/note").json()
     assert waiting["note"]["status"] == "pending"
-    relaunched = ehr_launch(stack)
+    relaunched = launch(stack)
     assert relaunched.api("GET", "/api/suggestions").status_code == 200
     assert outbox.run_once(force=True).notes_delivered == 1
     assert len(our_notes(launched)) == 1  # the same draft, revised: never a duplicate

@@ -38,8 +38,11 @@ class Window:
             method, self.stack.app_url + path, headers=headers, timeout=30, **kwargs
         )
 
+    def sandbox(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, self.stack.ehr_url + path, timeout=30, **kwargs)
 
-def window_launch(stack: Stack, patient: str) -> Window:
+
+def window_launch(stack: Stack, patient: str = "pt-01") -> Window:
     minted = requests.post(
         f"{stack.ehr_url}/_sandbox/launch",
         json={"patient": patient, "user": "dr-ada-lovelace"},
