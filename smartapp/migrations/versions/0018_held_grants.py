@@ -1,7 +1,7 @@
 """Held grants: a launch's tokens kept for the notes it left pending after it ended.
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-03 12:00:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import smartapp.db
 
-revision = "0017"
-down_revision = "0016"
+revision = "0018"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
