@@ -20,6 +20,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from smartapp import audit
+from smartapp.admin.model_cards import card_for
 from smartapp.db import Database, utcnow
 from smartapp.errors import (
     AppError,
@@ -61,6 +62,7 @@ from smartapp.notes.writeback import (
 )
 from smartapp.suggestions.changes import Changes, changes_since
 from smartapp.suggestions.interfaces import Suggestion
+from smartapp.suggestions.kinds import KIND_LABELS
 
 if TYPE_CHECKING:
     from smartapp.fhir.client import FHIRClient
@@ -332,6 +334,21 @@ class SidebarService:
         if plan is None:
             plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
         return self._visible(self.feedback.shown(self._shown_by(launch, visit, latest_key)), plan)
+
+    def about(self, launch: LaunchContext, kind: str) -> dict[str, Any]:
+        """ "About this suggestion": the source attributes of the engine version that drafted
+        this visit's suggestions of `kind` now shown (ONC HTI-1; admin.model_cards)."""
+        row = next((r for r in self.current_rows(launch) if r.kind == kind), None)
+        if row is None:
+            raise NotFound("No suggestion of this kind is shown for this visit.")
+        with self._db.session() as session:
+            card = card_for(session, engine=row.engine_name, version=row.engine_version)
+        return {
+            "kind": kind,
+            "title": KIND_LABELS.get(kind, kind),
+            "engine": {"name": row.engine_name, "version": row.engine_version},
+            "card": card,
+        }
 
     def decide(self, launch: LaunchContext, suggestion_id: str, **decision: Any) -> None:
         """Record a decision on one of this visit's suggestions (any launch of it may)."""
