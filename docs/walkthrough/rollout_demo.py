@@ -33,7 +33,9 @@ def sign_in(page: Page, ehr: str, user: str) -> None:
     page.get_by_role("button", name="Switch user").click()
 
 
-def save_note(page: Page, ehr: str, patient: str, *, edit: bool, flag: bool, pulse: tuple[int, int]) -> None:
+def save_note(
+    page: Page, ehr: str, patient: str, *, edit: bool, flag: bool, pulse: tuple[int, int]
+) -> None:
     """Open the chart, decide by keyboard (flag, edit, accept), save, answer the pulse."""
     page.goto(f"{ehr}/patients/{patient}")
     sidebar = page.frame_locator("iframe#smart-app")
@@ -42,7 +44,9 @@ def save_note(page: Page, ehr: str, patient: str, *, edit: bool, flag: bool, pul
     cards.first.focus()
     if flag:
         page.keyboard.press("f")
-        sidebar.locator(".card-flag textarea").first.fill("The summary leaves out the current dose.")
+        sidebar.locator(".card-flag textarea").first.fill(
+            "The summary leaves out the current dose."
+        )
         page.keyboard.press("Control+Enter")
         expect(cards.first).to_have_attribute("data-decision", "flag")
         cards.nth(1).focus()
