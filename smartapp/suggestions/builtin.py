@@ -871,7 +871,19 @@ class BuiltinEngine:
             scope = f"the last {count} readings are" if count else "the most recent reading is"
             evidence = f"blood pressure {shown}: {scope} at or above the site's threshold"
             if hypertension:
-                topic, consider = "Hypertension", "consider reviewing treatment"
+                # "Reviewing treatment" presumes there is one: say so only when the list
+                # holds a drug that treats hypertension, "starting" only when the list is
+                # complete and holds none.
+                treated = any(
+                    "hypertension" in c.treats for m in facts.medications for c in m.classes
+                )
+                if treated:
+                    consider = "consider reviewing treatment"
+                elif facts.complete("MedicationRequest"):
+                    consider = "consider starting treatment (none on the medication list)"
+                else:
+                    consider = "consider whether treatment is needed"
+                topic = "Hypertension"
             else:
                 topic, consider = "Blood pressure", "consider evaluating for hypertension"
             return _CareItem(

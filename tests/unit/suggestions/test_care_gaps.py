@@ -315,9 +315,10 @@ def test_bp_above_threshold_at_the_last_two_readings_with_hypertension():
     snapshot = load_chart("hypertension_history")
     assert gaps(snapshot) == [
         (
-            "Hypertension: consider reviewing treatment — blood pressure 140/86 mmHg on "
-            "2025-10-03 and 140/86 mmHg on 2026-01-01: the last two readings are at or above "
-            "the site's threshold",
+            # Nothing on the medication list treats it: not "reviewing" a treatment.
+            "Hypertension: consider starting treatment (none on the medication list) — blood "
+            "pressure 140/86 mmHg on 2025-10-03 and 140/86 mmHg on 2026-01-01: the last two "
+            "readings are at or above the site's threshold",
             ["Observation/htn1-bp-2025-10", "Observation/htn1-bp-2026-01"],
         ),
         # Born 1975 and no cholesterol result: the Patient is what the rule rests on.
@@ -328,6 +329,31 @@ def test_bp_above_threshold_at_the_last_two_readings_with_hypertension():
         ("Influenza vaccine: consider a flu vaccine — none is on file", ["Patient/htn1"]),
     ]
     assert rules_of(snapshot)[0] == BP_RULE
+
+
+def test_bp_above_threshold_on_an_antihypertensive_suggests_reviewing_it():
+    chart = load_chart("hypertension_history")
+    lisinopril = {
+        "resourceType": "MedicationRequest",
+        "id": "htn1-lisinopril",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/htn1"},
+        "authoredOn": "2024-02-01",
+        "medicationCodeableConcept": {
+            "coding": [
+                {
+                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                    "code": "314076",
+                    "display": "lisinopril 10 MG Oral Tablet",
+                }
+            ]
+        },
+    }
+    treated = build_snapshot(
+        [*chart.all_resources(), lisinopril], patient_id="htn1", fetched_at=AS_OF
+    )
+    assert gaps(treated)[0][0].startswith("Hypertension: consider reviewing treatment — ")
 
 
 def test_bp_above_threshold_without_hypertension_suggests_evaluation_not_screening():
