@@ -3,9 +3,10 @@
 Kinds enabled and their order, the engine per kind, templates and note style, the LLM's
 model and pinned version, the grounding verifier's mode, care-gap thresholds, the
 minimum grounding rate an engine needs for approval, phased rollout, and overrides per
-site keyed by issuer. It is validated once, at start-up; every error names the file,
-the line and the key (`site.toml line 12: kinds.care_gaps.engine: 'gpt' is not one of
-builtin, llm`). `config/site.example.toml` documents every key. TOML: https://toml.io/en/v1.0.0
+site keyed by issuer. The file's shape is the pydantic models below, one per table; it is
+validated once, at start-up, and every error names the file, the line and the key
+(`site.toml line 12: kinds.care_gaps.engine: 'gpt' is not one of builtin, llm`).
+`config/site.example.toml` documents every key. TOML: https://toml.io/en/v1.0.0
 """
 
 from __future__ import annotations
@@ -16,9 +17,22 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from smartapp.notes.layout import (
     DEFAULT_LABELS,
@@ -54,7 +68,11 @@ CARE_GAP_RULES = (
 )
 AUTH_HEADERS = ("authorization", "api-key")
 
+#: The default sampling of the clinician pulse: about one saved note in five.
+DEFAULT_PULSE_EVERY = 5
 
+
+@cache
 def preventive_pack_ids() -> tuple[str, ...]:
     """The built-in preventive rule packs a site may list in `[care_gaps] packs`."""
     from smartapp import clinical
@@ -65,6 +83,12 @@ def preventive_pack_ids() -> tuple[str, ...]:
     return tuple(ids)
 
 
+def quirks_profiles() -> tuple[str, ...]:
+    from smartapp.quirks import catalog
+
+    return tuple(catalog().profiles)
+
+
 class SiteConfigError(Exception):
     """The site configuration is invalid; each line of the message names file, line and key."""
 
@@ -73,71 +97,333 @@ class SiteConfigError(Exception):
         self.errors = tuple(errors)
 
 
-# -- the configuration, as the rest of the app sees it -----------------------------------
+# -- the values: each type says what it accepts, and what is wrong in our words --------------
+
+Path_ = tuple[str | int, ...]
 
 
-@dataclass(frozen=True, kw_only=True)
-class KindConfig:
-    """How one suggestion kind is produced and shown."""
-
-    kind: str
-    engine: str = "builtin"
-    style: str = "bullets"
-    detail: str = "concise"
+def problem(message: str) -> PydanticCustomError:
+    """An error in the site file's words (pydantic puts it at the key being validated)."""
+    return PydanticCustomError("site", "{message}", {"message": message})
 
 
-@dataclass(frozen=True, kw_only=True)
-class CareGapRules:
+def problems(found: Sequence[tuple[Path_, str]], value: Any) -> ValidationError:
+    """Several errors at once, each below the key being validated (pydantic prefixes them)."""
+    return ValidationError.from_exception_data(
+        "site",
+        [InitErrorDetails(type=problem(message), loc=loc, input=value) for loc, message in found],
+    )
+
+
+def _choices(options: Sequence[str]) -> str:
+    return ", ".join(options)
+
+
+Options = Sequence[str] | Callable[[], Sequence[str]]
+
+
+def _options(options: Options) -> Sequence[str]:
+    return options() if callable(options) else options
+
+
+def one_of(options: Options) -> PlainValidator:
+    def check(value: Any) -> str:
+        allowed = _options(options)
+        if not isinstance(value, str) or value not in allowed:
+            raise problem(f"{_show(value)} is not one of {_choices(allowed)}")
+        return value
+
+    return PlainValidator(check)
+
+
+def unique_list(options: Options) -> PlainValidator:
+    """A list of distinct names from `options`; each bad entry is reported at its index."""
+
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple):
+            raise problem(f"must be a list, not {_show(value)}")
+        allowed = _options(options)
+        found: list[tuple[Path_, str]] = []
+        out: list[str] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or item not in allowed:
+                found.append(((index,), f"{_show(item)} is not one of {_choices(allowed)}"))
+            elif item in out:
+                found.append(((index,), f"{item!r} is listed twice"))
+            else:
+                out.append(item)
+        if found:
+            raise problems(found, value)
+        return tuple(out)
+
+    return PlainValidator(check)
+
+
+def whole(low: int, high: int) -> PlainValidator:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise problem(f"must be a whole number from {low} to {high}, not {_show(value)}")
+        return value
+
+    return PlainValidator(check)
+
+
+def number(low: float, high: float, *, low_open: bool = False) -> PlainValidator:
+    def check(value: Any) -> float:
+        ok = (
+            not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and math.isfinite(value)
+            and (low < value if low_open else low <= value)
+            and value <= high
+        )
+        if not ok:
+            bound = f"more than {low:g}" if low_open else f"from {low:g}"
+            raise problem(f"must be a number {bound} to {high:g}, not {_show(value)}")
+        return float(value)
+
+    return PlainValidator(check)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise problem(f"must be true or false, not {_show(value)}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise problem(f"must be a non-empty string, not {_show(value)}")
+    return value
+
+
+def _http_url(value: Any) -> str:
+    url = _text(value)
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise problem(f"{_show(url)} is not an http(s) URL")
+    return url
+
+
+def _day(value: Any) -> date:
+    if isinstance(value, date) and not hasattr(value, "hour"):
+        return value
+    raise problem(f"must be a TOML date such as 2026-12-01, not {_show(value)}")
+
+
+def _zone(value: Any) -> str:
+    zone = _text(value)
+    try:
+        ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise problem(
+            f"{zone!r} is not an IANA time zone (e.g. 'America/Chicago', 'UTC')"
+        ) from None
+    return zone
+
+
+def _directory(value: Any, info: ValidationInfo) -> Path:
+    """A folder, relative to the config file; given as a Path, taken as it is."""
+    if isinstance(value, Path):
+        return value
+    raw = _text(value)
+    base = (info.context or {}).get("base_dir") or Path.cwd()
+    directory = (Path(base) / raw).resolve()
+    if not directory.is_dir():
+        raise problem(f"{raw!r} is not a folder (relative paths start at the config file)")
+    return directory
+
+
+def _template_inline(value: Any) -> str:
+    if not isinstance(value, str):
+        raise problem(f"must be a string, not {_show(value)}")
+    found = check_template(value, "inline")
+    if found:
+        raise problem(f"template {found}")
+    return value
+
+
+def _label(value: Any) -> str:
+    if not isinstance(value, str):
+        raise problem(f'must be a string ("" for no sub-heading), not {_show(value)}')
+    return value.strip()
+
+
+Flag = Annotated[bool, PlainValidator(_flag)]
+Text = Annotated[str, PlainValidator(_text)]
+HTTPURL = Annotated[str, PlainValidator(_http_url)]
+Day = Annotated[date, PlainValidator(_day)]
+Zone = Annotated[str, PlainValidator(_zone)]
+Folder = Annotated[Path, PlainValidator(_directory)]
+Engine = Annotated[str, one_of(ENGINES)]
+Style = Annotated[str, one_of(STYLES)]
+Detail = Annotated[str, one_of(DETAILS)]
+
+
+def keyed_by(options: Options) -> WrapValidator:
+    """A table whose keys are names from `options`: an unknown key is reported, the others
+    validated (all errors at once)."""
+
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _known_keys(value, _options(options), handler)
+
+    return WrapValidator(check)
+
+
+def _known_keys(value: Any, allowed: Sequence[str], handler: Callable[[Any], Any]) -> Any:
+    if not isinstance(value, dict):
+        raise problem(f"must be a table, not {_toml_type(value)}")
+    found: list[tuple[Path_, str]] = [
+        ((key,), f"unknown key (expected one of {_choices(allowed)})")
+        for key in value
+        if key not in allowed
+    ]
+    known = {k: v for k, v in value.items() if k in allowed}
+    try:
+        result = handler(known)
+    except ValidationError as exc:
+        if not found:
+            raise
+        raise ValidationError.from_exception_data(
+            "site",
+            [
+                *(
+                    InitErrorDetails(type=problem(m), loc=loc, input=value[loc[0]])
+                    for loc, m in found
+                ),
+                *_details(exc),
+            ],
+        ) from None
+    if found:
+        raise problems(found, value)
+    return result
+
+
+def _details(exc: ValidationError) -> list[InitErrorDetails]:
+    """Re-raise pydantic's own errors next to ours."""
+    out: list[InitErrorDetails] = []
+    for error in exc.errors():
+        if error["type"] == "site":
+            kind: Any = problem(str((error.get("ctx") or {})["message"]))
+            out.append(InitErrorDetails(type=kind, loc=error["loc"], input=error["input"]))
+        elif "ctx" in error:
+            out.append(
+                InitErrorDetails(
+                    type=error["type"], loc=error["loc"], input=error["input"], ctx=error["ctx"]
+                )
+            )
+        else:
+            out.append(InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"]))
+    return out
+
+
+class Table(BaseModel):
+    """A TOML table: its keys are the fields, in the order an unknown key's error lists them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keys(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, cls):
+            return value
+        return _known_keys(value, tuple(cls.model_fields), handler)
+
+
+# -- the file's tables ----------------------------------------------------------------------
+
+
+class SuggestionsTable(Table):
+    """`[suggestions]`: the kinds in the sidebar, in order, and how each is produced by default."""
+
+    kinds: Annotated[tuple[str, ...], unique_list(KINDS)] = KINDS
+    engine: Engine = "builtin"
+    style: Style = "bullets"
+    detail: Detail = "concise"
+    unverified: Annotated[str, one_of(UNVERIFIED_MODES)] = "drop"
+    template_dir: Folder | None = None
+
+
+class KindTable(Table):
+    """`[kinds.<kind>]`: one kind's engine, style and template."""
+
+    engine: Engine | None = None
+    style: Style | None = None
+    detail: Detail | None = None
+    template: Text | None = None
+    template_inline: Annotated[str, PlainValidator(_template_inline)] | None = None
+
+    @model_validator(mode="after")
+    def _one_template(self) -> Self:
+        if self.template is not None and self.template_inline is not None:
+            raise problems(
+                [(("template",), "give either template or template_inline, not both")], None
+            )
+        return self
+
+
+class CareGapRules(Table):
     """Thresholds of the built-in care-gap rules (`[care_gaps]`)."""
 
-    rules: tuple[str, ...] = CARE_GAP_RULES
-    hba1c_interval_months: int = 6
-    kidney_test_interval_months: int = 12
-    bp_systolic: int = 140
-    bp_diastolic: int = 90
-    bp_readings: int = 2
-    urine_albumin_interval_months: int = 12
-    bp_screening_interval_months: int = 12
-    bp_screening_min_age: int = 18
-    lipid_interval_months: int = 60
-    lipid_min_age: int = 40
-    lipid_max_age: int = 75
-    influenza_interval_months: int = 12
+    rules: Annotated[tuple[str, ...], unique_list(CARE_GAP_RULES)] = CARE_GAP_RULES
+    hba1c_interval_months: Annotated[int, whole(1, 60)] = 6
+    kidney_test_interval_months: Annotated[int, whole(1, 60)] = 12
+    bp_systolic: Annotated[int, whole(80, 250)] = 140
+    bp_diastolic: Annotated[int, whole(40, 150)] = 90
+    bp_readings: Annotated[int, whole(1, 5)] = 2
+    urine_albumin_interval_months: Annotated[int, whole(1, 60)] = 12
+    bp_screening_interval_months: Annotated[int, whole(1, 60)] = 12
+    bp_screening_min_age: Annotated[int, whole(0, 120)] = 18
+    lipid_interval_months: Annotated[int, whole(1, 120)] = 60
+    lipid_min_age: Annotated[int, whole(0, 120)] = 40
+    lipid_max_age: Annotated[int, whole(0, 120)] = 75
+    influenza_interval_months: Annotated[int, whole(1, 24)] = 12
     #: Preventive rule packs in effect (`smartapp/clinical/data/preventive/`); None: all.
-    packs: tuple[str, ...] | None = None
+    packs: Annotated[tuple[str, ...] | None, unique_list(preventive_pack_ids)] = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class LLMConfig:
+class LLMConfig(Table):
     """The site's choice of model (`[llm]`); the endpoint and key come from the environment."""
 
     #: The model to ask for; overrides SMARTAPP_LLM_MODEL (governance approved this one).
-    model: str | None = None
+    model: Text | None = None
     #: The pinned model version recorded with every suggestion (`model@version`).
-    version: str | None = None
-    timeout_seconds: float = 20.0
-    send_patient_name: bool = False
+    version: Text | None = None
+    timeout_seconds: Annotated[float, number(0, 600, low_open=True)] = 20.0
+    send_patient_name: Flag = False
     #: "api-key" for Azure OpenAI, which wants `api-key: <key>` instead of a bearer token.
-    auth_header: str = "authorization"
+    auth_header: Annotated[str, one_of(AUTH_HEADERS)] = "authorization"
     #: Azure OpenAI's `api-version` query parameter.
-    api_version: str | None = None
-    temperature: float = 0.0
-    max_observations_per_code: int = 3
+    api_version: Text | None = None
+    temperature: Annotated[float, number(0, 2)] = 0.0
+    max_observations_per_code: Annotated[int, whole(1, 50)] = 3
     #: The largest answer read from the endpoint, in KiB; a larger one falls back to the rules.
-    max_answer_kb: int = 2048
+    max_answer_kb: Annotated[int, whole(1, 65536)] = 2048
     #: The LLM service's CDS Hooks feedback endpoint: every decision on its suggestions is
     #: forwarded there (`{baseUrl}/cds-services/{id}/feedback`). Unset: nothing is sent.
-    feedback_url: str | None = None
+    feedback_url: HTTPURL | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RolloutRule:
+class GovernanceTable(Table):
+    """`[governance]`: what an engine needs for approval; how often the pulse is asked."""
+
+    min_grounding_rate: Annotated[float, number(0, 1)] = 0.95
+    #: Ask the clinician's one-tap pulse after at most 1 in this many saved notes (0: never).
+    pulse_every: Annotated[int, whole(0, 1000)] = DEFAULT_PULSE_EVERY
+
+
+class RolloutRule(Table):
     """Who sees a kind (issue 6): on or off, a share of clinicians, between two dates."""
 
-    enabled: bool = True
-    percent: int = 100
-    start: date | None = None
-    end: date | None = None
+    enabled: Flag = True
+    percent: Annotated[int, whole(0, 100)] = 100
+    start: Day | None = None
+    end: Day | None = None
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> Self:
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise problems([(("end",), "is before start")], self.end)
+        return self
 
     def includes(self, fhir_user: str | None, *, site: str, kind: str, today: date) -> bool:
         """Whether this clinician is in the rollout today, placed by the app's one hash.
@@ -157,6 +443,174 @@ class RolloutRule:
         return placed_within(site=site, kind=kind, fhir_user=fhir_user, share_bp=self.percent * 100)
 
 
+class VisitsTable(Table):
+    """`[visits]`: the IANA zone whose date names a visit when the launch has no encounter."""
+
+    timezone: Zone = "UTC"
+
+
+class EHRTable(Table):
+    """`[ehr]`: the EHR family's quirks profile for this issuer (None: detected)."""
+
+    quirks: Annotated[str, one_of(quirks_profiles)] | None = None
+
+
+def _document_type(table: Any) -> DocumentType | None:
+    """`type` (a LOINC document code) with its `type_display`: DocumentReference.type."""
+    code, display = getattr(table, "type", None), getattr(table, "type_display", None)
+    if code is None:
+        if display is not None:
+            raise problems([(("type_display",), "is given without type")], display)
+        return None
+    found = loinc_problem(code.strip())
+    if found:
+        raise problems([(("type",), found)], code)
+    if display is None:
+        raise problems([(("type",), "needs type_display (the LOINC display) beside it")], code)
+    return DocumentType(code=code.strip(), display=display.strip())
+
+
+def _sections(raw: Any) -> tuple[NoteSection, ...]:
+    """`[[note.sections]]`: a heading and its parts; every part placed exactly once."""
+    if not isinstance(raw, list) or not raw:
+        raise problem(f"must be a non-empty list of [[note.sections]] tables, not {_show(raw)}")
+    found: list[tuple[Path_, str]] = []
+    sections: list[NoteSection] = []
+    placed: dict[str, str] = {}
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            found.append(((index,), f"must be a table, not {_toml_type(item)}"))
+            continue
+        found += [
+            ((index, key), "unknown key (expected one of heading, parts)")
+            for key in item
+            if key not in ("heading", "parts")
+        ]
+        if "heading" not in item:
+            found.append(((index,), "needs a heading"))
+            continue
+        heading = item["heading"]
+        if not isinstance(heading, str) or not heading.strip():
+            found.append(((index, "heading"), f"must be a non-empty string, not {_show(heading)}"))
+            continue
+        heading = heading.strip()
+        if any(s.heading.lower() == heading.lower() for s in sections):
+            found.append(((index, "heading"), f"{heading!r} is given twice"))
+        parts = item.get("parts", [])
+        if not isinstance(parts, list):
+            found.append(((index, "parts"), f"must be a list, not {_show(parts)}"))
+            continue
+        chosen: list[str] = []
+        for pi, part in enumerate(parts):
+            where: Path_ = (index, "parts", pi)
+            if part == "patient_instructions":
+                found.append(
+                    (
+                        where,
+                        "patient instructions never go in the clinician's note: they are "
+                        "saved as the after-visit summary ([after_visit_summary])",
+                    )
+                )
+            elif not isinstance(part, str) or part not in PARTS:
+                found.append((where, f"{_show(part)} is not one of {_choices(PARTS)}"))
+            elif part in placed:
+                found.append((where, f"{part!r} is already in section {placed[part]!r}"))
+            else:
+                placed[part] = heading
+                chosen.append(part)
+        sections.append(NoteSection(heading=heading, parts=tuple(chosen)))
+    missing = [part for part in PARTS if part not in placed]
+    if not found and missing:
+        # A part in no section would drop what the clinician accepted from the note.
+        found.append(((), f"every part must be in a section; missing: {_choices(missing)}"))
+    if found:
+        raise problems(found, raw)
+    return tuple(sections)
+
+
+class NoteTable(Table):
+    """`[note]`: the saved note's LOINC type, its sections and their sub-headings."""
+
+    type: Text | None = None
+    type_display: Text | None = None
+    sections: Annotated[tuple[NoteSection, ...], PlainValidator(_sections)] | None = None
+    labels: Annotated[dict[str, Annotated[str, PlainValidator(_label)]], keyed_by(PARTS)] = {}
+
+    @model_validator(mode="after")
+    def _type(self) -> Self:
+        _document_type(self)
+        return self
+
+
+class AfterVisitSummaryTable(Table):
+    """`[after_visit_summary]`: the patient's own document, and its reading grade."""
+
+    offer: Flag | None = None
+    type: Text | None = None
+    type_display: Text | None = None
+    title: Text | None = None
+    reading_grade: Annotated[int, whole(MIN_READING_GRADE, MAX_READING_GRADE)] | None = None
+
+    @model_validator(mode="after")
+    def _type(self) -> Self:
+        _document_type(self)
+        return self
+
+
+class Layer(Table):
+    """The defaults, or one site's overrides: only the keys given count (`model_fields_set`)."""
+
+    suggestions: SuggestionsTable = SuggestionsTable()
+    kinds: Annotated[dict[str, KindTable], keyed_by(KINDS)] = {}
+    care_gaps: CareGapRules = CareGapRules()
+    llm: LLMConfig = LLMConfig()
+    governance: GovernanceTable = GovernanceTable()
+    rollout: Annotated[dict[str, RolloutRule], keyed_by(("all", *KINDS))] = {}
+    visits: VisitsTable = VisitsTable()
+    note: NoteTable = NoteTable()
+    after_visit_summary: AfterVisitSummaryTable = AfterVisitSummaryTable()
+    ehr: EHRTable = EHRTable()
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise problem(f"must be a table, not {_toml_type(value)}")
+    return value
+
+
+class SiteFile(Layer):
+    """The whole file: the defaults, and `[sites."<issuer>"]` layers checked one by one."""
+
+    sites: Annotated[dict[str, Any], PlainValidator(_table)] = {}
+
+
+def given(table: BaseModel) -> dict[str, Any]:
+    """The keys a layer sets, nested (tables merge key by key; other values replace)."""
+    out: dict[str, Any] = {}
+    for name in table.model_fields_set:
+        value = getattr(table, name)
+        if isinstance(value, BaseModel):
+            out[name] = given(value)
+        elif isinstance(value, dict):
+            out[name] = {k: given(v) if isinstance(v, BaseModel) else v for k, v in value.items()}
+        else:
+            out[name] = value
+    return out
+
+
+# -- the configuration, as the rest of the app sees it -----------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class KindConfig:
+    """How one suggestion kind is produced and shown."""
+
+    kind: str
+    engine: str = "builtin"
+    style: str = "bullets"
+    detail: str = "concise"
+
+
 @dataclass(frozen=True, kw_only=True)
 class EffectiveConfig:
     """The configuration in force for one issuer: the defaults with its overrides merged."""
@@ -170,7 +624,7 @@ class EffectiveConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     min_grounding_rate: float = 0.95
     #: Ask the clinician's one-tap pulse after at most 1 in this many saved notes (0: never).
-    pulse_every: int = 5
+    pulse_every: int = DEFAULT_PULSE_EVERY
     #: The IANA zone whose date names a visit when the launch has no encounter.
     visit_timezone: str = "UTC"
     #: The EHR family's quirks profile named for this issuer (None: detected).
@@ -231,10 +685,6 @@ def normalize_issuer(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-#: The default sampling of the clinician pulse: about one saved note in five.
-DEFAULT_PULSE_EVERY = 5
-
-
 # -- loading -------------------------------------------------------------------------------
 
 
@@ -266,11 +716,9 @@ def parse_site_config(
         raise SiteConfigError(
             [f"{name}{where}: not valid TOML ({_TOML_POSITION.sub('', message)})"]
         ) from exc
-    checker = _Checker(name=name, lines=locate_keys(text), base_dir=base_dir or Path.cwd())
-    return checker.site_config(data, source=source)
+    loader = _Loader(name=name, lines=locate_keys(text), base_dir=base_dir or Path.cwd())
+    return loader.site_config(data, source=source)
 
-
-# -- validation ------------------------------------------------------------------------
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -287,21 +735,26 @@ def dotted(path: Sequence[str | int]) -> str:
     return ".".join(parts)
 
 
-def _choices(options: Sequence[str]) -> str:
-    return ", ".join(options)
+def _message(error: Any) -> str:
+    """Our words for one of pydantic's errors (ours carry their message already)."""
+    kind, value = error["type"], error["input"]
+    if kind == "site":
+        return str(error["ctx"]["message"])
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a table, not {_toml_type(value)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list, not {_show(value)}"
+    return str(error["msg"])
 
 
-class _Checker:
-    """Validates the parsed TOML and builds the dataclasses, collecting errors with lines."""
+class _Loader:
+    """Validates each layer with the models, collecting every error with its line."""
 
     def __init__(self, *, name: str, lines: Mapping[tuple[str, ...], int], base_dir: Path) -> None:
         self.name = name
         self.lines = lines
-        self.base_dir = base_dir
+        self.context = {"base_dir": base_dir}
         self.errors: list[str] = []
-        self.pending_templates: list[tuple[tuple[str, ...], str]] = []
-
-    # Reporting -------------------------------------------------------------------------
 
     def error(self, path: Sequence[str | int], message: str) -> None:
         keys = tuple(p for p in path if isinstance(p, str))
@@ -313,555 +766,107 @@ class _Checker:
         where = f"{self.name} line {line}" if line is not None else self.name
         self.errors.append(f"{where}: {dotted(path)}: {message}" if path else f"{where}: {message}")
 
-    def table(
-        self, data: Any, path: tuple[str | int, ...], allowed: Sequence[str]
-    ) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            self.error(path, f"must be a table, not {_toml_type(data)}")
-            return {}
-        for key in data:
-            if key not in allowed:
-                self.error((*path, key), f"unknown key (expected one of {_choices(allowed)})")
-        return data
-
-    def choice(
-        self, data: Mapping[str, Any], path: tuple[str, ...], key: str, options: Sequence[str]
-    ) -> str | None:
-        if key not in data:
-            return None
-        value = data[key]
-        if not isinstance(value, str) or value not in options:
-            self.error((*path, key), f"{_show(value)} is not one of {_choices(options)}")
-            return None
-        return value
-
-    def http_url(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> str | None:
-        value = self.string(data, path, key)
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            self.error((*path, key), f"{_show(value)} is not an http(s) URL")
-            return None
-        return value
-
-    def string(self, data: Mapping[str, Any], path: tuple[str | int, ...], key: str) -> str | None:
-        if key not in data:
-            return None
-        value = data[key]
-        if not isinstance(value, str) or not value.strip():
-            self.error((*path, key), f"must be a non-empty string, not {_show(value)}")
-            return None
-        return value
-
-    def boolean(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> bool | None:
-        if key not in data:
-            return None
-        value = data[key]
-        if not isinstance(value, bool):
-            self.error((*path, key), f"must be true or false, not {_show(value)}")
-            return None
-        return value
-
-    def integer(
-        self, data: Mapping[str, Any], path: tuple[str, ...], key: str, low: int, high: int
-    ) -> int | None:
-        if key not in data:
-            return None
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.error(
-                (*path, key), f"must be a whole number from {low} to {high}, not {_show(value)}"
-            )
-            return None
-        return value
-
-    def number(
-        self,
-        data: Mapping[str, Any],
-        path: tuple[str, ...],
-        key: str,
-        low: float,
-        high: float,
-        *,
-        low_open: bool = False,
-    ) -> float | None:
-        if key not in data:
-            return None
-        value = data[key]
-        ok = (
-            not isinstance(value, bool)
-            and isinstance(value, int | float)
-            and math.isfinite(value)
-            and (low < value if low_open else low <= value)
-            and value <= high
-        )
-        if not ok:
-            bound = f"more than {low:g}" if low_open else f"from {low:g}"
-            self.error((*path, key), f"must be a number {bound} to {high:g}, not {_show(value)}")
-            return None
-        return float(value)
-
-    def day(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> date | None:
-        if key not in data:
-            return None
-        value = data[key]
-        if isinstance(value, date) and not hasattr(value, "hour"):
-            return value
-        self.error((*path, key), f"must be a TOML date such as 2026-12-01, not {_show(value)}")
-        return None
-
-    def string_list(
-        self, data: Mapping[str, Any], path: tuple[str, ...], key: str, options: Sequence[str]
-    ) -> tuple[str, ...] | None:
-        if key not in data:
-            return None
-        value = data[key]
-        if not isinstance(value, list):
-            self.error((*path, key), f"must be a list, not {_show(value)}")
-            return None
-        out: list[str] = []
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or item not in options:
-                self.error((*path, key, index), f"{_show(item)} is not one of {_choices(options)}")
-            elif item in out:
-                self.error((*path, key, index), f"{item!r} is listed twice")
-            else:
-                out.append(item)
-        return tuple(out)
-
-    # The schema -------------------------------------------------------------------------
-
-    SECTIONS = (
-        "suggestions",
-        "kinds",
-        "care_gaps",
-        "llm",
-        "governance",
-        "rollout",
-        "visits",
-        "note",
-        "after_visit_summary",
-        "ehr",
-    )
-
-    def check_layer(self, data: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-        """Validate one layer (the defaults, or one site's overrides) into plain overrides."""
-        allowed = self.SECTIONS if path else (*self.SECTIONS, "sites")
-        data = self.table(data, path, allowed)
-        out: dict[str, Any] = {}
-        values: dict[str, Any]
-
-        if "suggestions" in data:
-            p = (*path, "suggestions")
-            section = self.table(
-                data["suggestions"],
-                p,
-                ("kinds", "engine", "style", "detail", "unverified", "template_dir"),
-            )
-            values = {
-                "kinds": self.string_list(section, p, "kinds", KINDS),
-                "engine": self.choice(section, p, "engine", ENGINES),
-                "style": self.choice(section, p, "style", STYLES),
-                "detail": self.choice(section, p, "detail", DETAILS),
-                "unverified": self.choice(section, p, "unverified", UNVERIFIED_MODES),
-                "template_dir": self.directory(section, p, "template_dir"),
-            }
-            out["suggestions"] = {k: v for k, v in values.items() if v is not None}
-
-        if "kinds" in data:
-            p = (*path, "kinds")
-            kinds = self.table(data["kinds"], p, KINDS)
-            out["kinds"] = {}
-            for kind, raw in kinds.items():
-                if kind not in KINDS:
+    def layer(self, model: type[Layer], raw: Any, path: Path_) -> dict[str, Any]:
+        """The keys the layer sets, validated; what does not validate is reported and left out."""
+        try:
+            return given(model.model_validate(raw, context=self.context))
+        except ValidationError as exc:
+            for error in exc.errors():
+                self.error((*path, *error["loc"]), _message(error))
+        # Keep the tables that are valid on their own: later checks (template files, age
+        # ranges) still report their errors in the same run.
+        valid: dict[str, Any] = {}
+        for key, value in raw.items() if isinstance(raw, dict) else ():
+            if key in Layer.model_fields:
+                try:
+                    valid |= given(Layer.model_validate({key: value}, context=self.context))
+                except ValidationError:
                     continue
-                kp = (*p, kind)
-                section = self.table(
-                    raw, kp, ("engine", "style", "detail", "template", "template_inline")
-                )
-                values = {
-                    "engine": self.choice(section, kp, "engine", ENGINES),
-                    "style": self.choice(section, kp, "style", STYLES),
-                    "detail": self.choice(section, kp, "detail", DETAILS),
-                    "template": self.template_file(section, kp),
-                    "template_inline": self.template_inline(section, kp, kind),
-                }
-                out["kinds"][kind] = {k: v for k, v in values.items() if v is not None}
+        return valid
 
-        if "care_gaps" in data:
-            p = (*path, "care_gaps")
-            section = self.table(
-                data["care_gaps"],
-                p,
-                (
-                    "rules",
-                    "hba1c_interval_months",
-                    "kidney_test_interval_months",
-                    "bp_systolic",
-                    "bp_diastolic",
-                    "bp_readings",
-                    "urine_albumin_interval_months",
-                    "bp_screening_interval_months",
-                    "bp_screening_min_age",
-                    "lipid_interval_months",
-                    "lipid_min_age",
-                    "lipid_max_age",
-                    "influenza_interval_months",
-                    "packs",
-                ),
-            )
-            values = {
-                "packs": self.string_list(section, p, "packs", preventive_pack_ids()),
-                "rules": self.string_list(section, p, "rules", CARE_GAP_RULES),
-                "hba1c_interval_months": self.integer(section, p, "hba1c_interval_months", 1, 60),
-                "kidney_test_interval_months": self.integer(
-                    section, p, "kidney_test_interval_months", 1, 60
-                ),
-                "bp_systolic": self.integer(section, p, "bp_systolic", 80, 250),
-                "bp_diastolic": self.integer(section, p, "bp_diastolic", 40, 150),
-                "bp_readings": self.integer(section, p, "bp_readings", 1, 5),
-                "urine_albumin_interval_months": self.integer(
-                    section, p, "urine_albumin_interval_months", 1, 60
-                ),
-                "bp_screening_interval_months": self.integer(
-                    section, p, "bp_screening_interval_months", 1, 60
-                ),
-                "bp_screening_min_age": self.integer(section, p, "bp_screening_min_age", 0, 120),
-                "lipid_interval_months": self.integer(section, p, "lipid_interval_months", 1, 120),
-                "lipid_min_age": self.integer(section, p, "lipid_min_age", 0, 120),
-                "lipid_max_age": self.integer(section, p, "lipid_max_age", 0, 120),
-                "influenza_interval_months": self.integer(
-                    section, p, "influenza_interval_months", 1, 24
-                ),
-            }
-            out["care_gaps"] = {k: v for k, v in values.items() if v is not None}
-
-        if "llm" in data:
-            p = (*path, "llm")
-            section = self.table(
-                data["llm"],
-                p,
-                (
-                    "model",
-                    "version",
-                    "timeout_seconds",
-                    "send_patient_name",
-                    "auth_header",
-                    "api_version",
-                    "temperature",
-                    "max_observations_per_code",
-                    "max_answer_kb",
-                    "feedback_url",
-                ),
-            )
-            values = {
-                "model": self.string(section, p, "model"),
-                "version": self.string(section, p, "version"),
-                "timeout_seconds": self.number(
-                    section, p, "timeout_seconds", 0, 600, low_open=True
-                ),
-                "send_patient_name": self.boolean(section, p, "send_patient_name"),
-                "auth_header": self.choice(section, p, "auth_header", AUTH_HEADERS),
-                "api_version": self.string(section, p, "api_version"),
-                "temperature": self.number(section, p, "temperature", 0, 2),
-                "max_observations_per_code": self.integer(
-                    section, p, "max_observations_per_code", 1, 50
-                ),
-                "max_answer_kb": self.integer(section, p, "max_answer_kb", 1, 65536),
-                "feedback_url": self.http_url(section, p, "feedback_url"),
-            }
-            out["llm"] = {k: v for k, v in values.items() if v is not None}
-
-        if "governance" in data:
-            p = (*path, "governance")
-            section = self.table(data["governance"], p, ("min_grounding_rate", "pulse_every"))
-            rate = self.number(section, p, "min_grounding_rate", 0, 1)
-            every = self.integer(section, p, "pulse_every", 0, 1000)
-            out["governance"] = {
-                k: v
-                for k, v in (("min_grounding_rate", rate), ("pulse_every", every))
-                if v is not None
-            }
-
-        if "ehr" in data:
-            from smartapp.quirks import catalog
-
-            p = (*path, "ehr")
-            section = self.table(data["ehr"], p, ("quirks",))
-            chosen = self.choice(section, p, "quirks", tuple(catalog().profiles))
-            if chosen is not None:
-                out["ehr"] = {"quirks": chosen}
-
-        if "visits" in data:
-            p = (*path, "visits")
-            section = self.table(data["visits"], p, ("timezone",))
-            zone = self.string(section, p, "timezone")
-            if zone is not None:
-                if _known_zone(zone):
-                    out["visits"] = {"timezone": zone}
-                else:
-                    self.error(
-                        (*p, "timezone"),
-                        f"{zone!r} is not an IANA time zone (e.g. 'America/Chicago', 'UTC')",
-                    )
-
-        if "rollout" in data:
-            p = (*path, "rollout")
-            targets = ("all", *KINDS)
-            section = self.table(data["rollout"], p, targets)
-            out["rollout"] = {}
-            for target, raw in section.items():
-                if target not in targets:
-                    continue
-                rp = (*p, target)
-                rule = self.table(raw, rp, ("enabled", "percent", "start", "end"))
-                values = {
-                    "enabled": self.boolean(rule, rp, "enabled"),
-                    "percent": self.integer(rule, rp, "percent", 0, 100),
-                    "start": self.day(rule, rp, "start"),
-                    "end": self.day(rule, rp, "end"),
-                }
-                values = {k: v for k, v in values.items() if v is not None}
-                if values.get("start") and values.get("end") and values["end"] < values["start"]:
-                    self.error((*rp, "end"), "is before start")
-                out["rollout"][target] = values
-
-        if "note" in data:
-            p = (*path, "note")
-            section = self.table(data["note"], p, ("type", "type_display", "sections", "labels"))
-            values = {
-                "type": self.document_type(section, p),
-                "sections": self.note_sections(section, p),
-            }
-            if "labels" in section:
-                labels = self.table(section["labels"], (*p, "labels"), PARTS)
-                checked = {}
-                for part, label in labels.items():
-                    if part not in PARTS:
-                        continue
-                    if not isinstance(label, str):
-                        self.error(
-                            (*p, "labels", part),
-                            f'must be a string ("" for no sub-heading), not {_show(label)}',
-                        )
-                        continue
-                    checked[part] = label.strip()
-                values["labels"] = checked
-            out["note"] = {k: v for k, v in values.items() if v is not None}
-
-        if "after_visit_summary" in data:
-            p = (*path, "after_visit_summary")
-            section = self.table(
-                data["after_visit_summary"],
-                p,
-                ("offer", "type", "type_display", "title", "reading_grade"),
-            )
-            values = {
-                "offer": self.boolean(section, p, "offer"),
-                "type": self.document_type(section, p),
-                "title": self.string(section, p, "title"),
-                "reading_grade": self.integer(
-                    section, p, "reading_grade", MIN_READING_GRADE, MAX_READING_GRADE
-                ),
-            }
-            out["after_visit_summary"] = {k: v for k, v in values.items() if v is not None}
-        return out
-
-    def document_type(self, data: Mapping[str, Any], path: tuple[str, ...]) -> DocumentType | None:
-        """`type` (a LOINC document code) with its `type_display`: DocumentReference.type."""
-        code = self.string(data, path, "type")
-        display = self.string(data, path, "type_display")
-        if code is None:
-            if display is not None:
-                self.error((*path, "type_display"), "is given without type")
-            return None
-        problem = loinc_problem(code.strip())
-        if problem:
-            self.error((*path, "type"), problem)
-            return None
-        if display is None:
-            self.error((*path, "type"), "needs type_display (the LOINC display) beside it")
-            return None
-        return DocumentType(code=code.strip(), display=display.strip())
-
-    def note_sections(
-        self, data: Mapping[str, Any], path: tuple[str, ...]
-    ) -> tuple[NoteSection, ...] | None:
-        """`[[note.sections]]`: a heading and its parts; every part placed exactly once."""
-        if "sections" not in data:
-            return None
-        raw = data["sections"]
-        p = (*path, "sections")
-        if not isinstance(raw, list) or not raw:
-            self.error(p, f"must be a non-empty list of [[note.sections]] tables, not {_show(raw)}")
-            return None
-        sections: list[NoteSection] = []
-        placed: dict[str, str] = {}
-        ok = True
-        for index, item in enumerate(raw):
-            sp: tuple[str | int, ...] = (*p, index)
-            table = self.table(item, sp, ("heading", "parts"))
-            heading = self.string(table, sp, "heading")
-            if heading is None:
-                if "heading" not in table:
-                    self.error(sp, "needs a heading")
-                ok = False
+    def template_files(self, raw: Any, path: Path_, directory: Path | None) -> None:
+        """Each `[kinds.<kind>] template` file exists (in the site's folder or the shipped
+        ones) and compiles; checked once every layer's template_dir is known."""
+        kinds = raw.get("kinds") if isinstance(raw, dict) else None
+        for kind, table in kinds.items() if isinstance(kinds, dict) else ():
+            if kind not in KINDS or not isinstance(table, dict) or "template" not in table:
                 continue
-            heading = heading.strip()
-            if any(s.heading.lower() == heading.lower() for s in sections):
-                self.error((*sp, "heading"), f"{heading!r} is given twice")
-                ok = False
-            parts = table.get("parts", [])
-            if not isinstance(parts, list):
-                self.error((*sp, "parts"), f"must be a list, not {_show(parts)}")
-                ok = False
-                continue
-            chosen: list[str] = []
-            for pi, part in enumerate(parts):
-                if part == "patient_instructions":
-                    self.error(
-                        (*sp, "parts", pi),
-                        "patient instructions never go in the clinician's note: they are "
-                        "saved as the after-visit summary ([after_visit_summary])",
-                    )
-                    ok = False
-                elif not isinstance(part, str) or part not in PARTS:
-                    self.error((*sp, "parts", pi), f"{_show(part)} is not one of {_choices(PARTS)}")
-                    ok = False
-                elif part in placed:
-                    self.error(
-                        (*sp, "parts", pi), f"{part!r} is already in section {placed[part]!r}"
-                    )
-                    ok = False
-                else:
-                    placed[part] = heading
-                    chosen.append(part)
-            sections.append(NoteSection(heading=heading, parts=tuple(chosen)))
-        missing = [part for part in PARTS if part not in placed]
-        if ok and missing:
-            # A part in no section would drop what the clinician accepted from the note.
-            self.error(p, f"every part must be in a section; missing: {_choices(missing)}")
-            ok = False
-        return tuple(sections) if ok else None
+            keys = ("template", "template_inline")
+            try:
+                name = KindTable.model_validate({k: table[k] for k in keys if k in table}).template
+            except ValidationError:
+                continue  # reported with the layer
+            if name is not None:
+                self.template_file((*path, "kinds", kind, "template"), directory, name)
 
-    def directory(self, data: Mapping[str, Any], path: tuple[str, ...], key: str) -> Path | None:
-        raw = self.string(data, path, key)
-        if raw is None:
-            return None
-        directory = (self.base_dir / raw).resolve()
-        if not directory.is_dir():
-            self.error(
-                (*path, key), f"{raw!r} is not a folder (relative paths start at the config file)"
-            )
-            return None
-        return directory
-
-    def template_file(self, data: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
-        name = self.string(data, path, "template")
-        if name is None:
-            return None
-        if "template_inline" in data:
-            self.error((*path, "template"), "give either template or template_inline, not both")
-            return None
-        # Checked once every layer's template_dir is known (a site may name a file that
-        # lives in the default layer's folder).
-        self.pending_templates.append((path, name))
-        return name
-
-    def check_file(self, path: tuple[str, ...], directory: Path | None, name: str) -> None:
+    def template_file(self, path: Path_, directory: Path | None, name: str) -> None:
         for folder in (directory, DEFAULT_TEMPLATE_DIR):
             if folder is None:
                 continue
             candidate = (folder / name).resolve()
             if candidate.is_relative_to(folder.resolve()) and candidate.is_file():
-                problem = check_template(candidate.read_text(encoding="utf-8"), name)
-                if problem:
-                    self.error((*path, "template"), f"{name} {problem}")
+                found = check_template(candidate.read_text(encoding="utf-8"), name)
+                if found:
+                    self.error(path, f"{name} {found}")
                 return
         where = (
             "the shipped templates"
             if directory is None
             else f"{directory} or the shipped templates"
         )
-        self.error((*path, "template"), f"{name!r} not found in {where}")
+        self.error(path, f"{name!r} not found in {where}")
 
-    def template_inline(
-        self, data: Mapping[str, Any], path: tuple[str, ...], kind: str
-    ) -> str | None:
-        if "template_inline" not in data:
-            return None
-        source = data["template_inline"]
-        if not isinstance(source, str):
-            self.error((*path, "template_inline"), f"must be a string, not {_show(source)}")
-            return None
-        problem = check_template(source, f"inline:{kind}")
-        if problem:
-            self.error((*path, "template_inline"), f"template {problem}")
-            return None
-        return source
-
-    def check_age_ranges(
-        self,
-        layer: Mapping[str, Any],
-        path: tuple[str, ...],
-        *,
-        own: Mapping[str, Any] | None = None,
-    ) -> None:
-        """lipid_min_age ≤ lipid_max_age once a site's values are merged with the defaults
+    def age_ranges(self, merged: Mapping[str, Any], path: Path_, own: Mapping[str, Any]) -> None:
+        """lipid_min_age ≤ lipid_max_age once a layer's values are merged with the defaults
         (reported at whichever of the two this layer sets)."""
-        values = {**vars(CareGapRules()), **layer.get("care_gaps", {})}
+        values = {**CareGapRules().model_dump(), **merged.get("care_gaps", {})}
         low, high = values["lipid_min_age"], values["lipid_max_age"]
         if low <= high:
             return
-        given = (own if own is not None else layer).get("care_gaps", {})
-        if "lipid_min_age" not in given and "lipid_max_age" not in given:
+        mine = own.get("care_gaps", {})
+        if "lipid_min_age" not in mine and "lipid_max_age" not in mine:
             return  # the layer below sets them: its error says so
-        key = "lipid_min_age" if "lipid_min_age" in given else "lipid_max_age"
+        key = "lipid_min_age" if "lipid_min_age" in mine else "lipid_max_age"
         self.error(
             (*path, "care_gaps", key),
             f"lipid_min_age ({low}) must not be more than lipid_max_age ({high})",
         )
 
-    # Building ---------------------------------------------------------------------------
-
     def site_config(self, data: dict[str, Any], *, source: Path | None) -> SiteConfig:
-        base = self.check_layer(data, ())
-        base_dir = base.get("suggestions", {}).get("template_dir")
-        sites_raw = data.get("sites", {})
-        layers: dict[str, dict[str, Any]] = {}
-        if "sites" in data:
-            if not isinstance(sites_raw, dict):
-                self.error(("sites",), f"must be a table, not {_toml_type(sites_raw)}")
-                sites_raw = {}
-            for issuer, raw in sites_raw.items():
-                if not re.match(r"^https?://[^/\s]+", issuer):
-                    self.error(
-                        ("sites", issuer), "must be keyed by an http(s) FHIR base URL (the issuer)"
-                    )
-                    continue
-                if normalize_issuer(issuer) in layers:
-                    self.error(
-                        ("sites", issuer),
-                        "is given twice (issuers compare without a trailing slash)",
-                    )
-                    continue
-                layers[normalize_issuer(issuer)] = self.check_layer(raw, ("sites", issuer))
-        # Template files named before a template_dir was known resolve against the base one.
-        for path, name in self.pending_templates:
-            site_dir = None
-            if path[0] == "sites":
-                site_dir = (
-                    layers.get(normalize_issuer(path[1]), {})
-                    .get("suggestions", {})
-                    .get("template_dir")
+        base = self.layer(SiteFile, data, ())
+        sites_raw = base.pop("sites", {})
+        layers: dict[str, tuple[str, Any, dict[str, Any]]] = {}
+        for issuer, raw in sites_raw.items():
+            if not re.match(r"^https?://[^/\s]+", issuer):
+                self.error(
+                    ("sites", issuer), "must be keyed by an http(s) FHIR base URL (the issuer)"
                 )
-            self.check_file(path, site_dir or base_dir, name)
-        self.check_age_ranges(base, ())
-        for issuer, layer in layers.items():
-            site_path = ("sites", next(k for k in sites_raw if normalize_issuer(k) == issuer))
-            self.check_age_ranges(_merge(base, layer), site_path, own=layer)
+                continue
+            if normalize_issuer(issuer) in layers:
+                self.error(
+                    ("sites", issuer), "is given twice (issuers compare without a trailing slash)"
+                )
+                continue
+            layers[normalize_issuer(issuer)] = (
+                issuer,
+                raw,
+                self.layer(Layer, raw, ("sites", issuer)),
+            )
+        # A site may name a template file that lives in the default layer's folder.
+        base_dir = base.get("suggestions", {}).get("template_dir")
+        self.template_files(data, (), base_dir)
+        for issuer, raw, layer in layers.values():
+            site_dir = layer.get("suggestions", {}).get("template_dir")
+            self.template_files(raw, ("sites", issuer), site_dir or base_dir)
+        self.age_ranges(base, (), base)
+        for issuer, _raw, layer in layers.values():
+            self.age_ranges(_merge(base, layer), ("sites", issuer), layer)
         if self.errors:
             raise SiteConfigError(self.errors)
         default = _effective(None, base)
-        sites = {iss: _effective(iss, _merge(base, layer)) for iss, layer in layers.items()}
+        sites = {
+            iss: _effective(iss, _merge(base, layer)) for iss, (_i, _r, layer) in layers.items()
+        }
         return SiteConfig(source=source, default=default, sites=sites)
 
 
@@ -877,59 +882,52 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 
 
 def _effective(issuer: str | None, layer: Mapping[str, Any]) -> EffectiveConfig:
-    suggestions = layer.get("suggestions", {})
-    per_kind = layer.get("kinds", {})
+    """The merged layer's values, already validated, as the app's configuration."""
+    suggestions = SuggestionsTable.model_construct(**layer.get("suggestions", {}))
+    per_kind: Mapping[str, Mapping[str, Any]] = layer.get("kinds", {})
     kinds = tuple(
         KindConfig(
             kind=kind,
-            engine=per_kind.get(kind, {}).get("engine", suggestions.get("engine", "builtin")),
-            style=per_kind.get(kind, {}).get("style", suggestions.get("style", "bullets")),
-            detail=per_kind.get(kind, {}).get("detail", suggestions.get("detail", "concise")),
+            engine=per_kind.get(kind, {}).get("engine", suggestions.engine),
+            style=per_kind.get(kind, {}).get("style", suggestions.style),
+            detail=per_kind.get(kind, {}).get("detail", suggestions.detail),
         )
-        for kind in suggestions.get("kinds", KINDS)
+        for kind in suggestions.kinds
     )
     templates = TemplateSet(
-        directory=suggestions.get("template_dir"),
+        directory=suggestions.template_dir,
         inline={k: v["template_inline"] for k, v in per_kind.items() if "template_inline" in v},
         files={k: v["template"] for k, v in per_kind.items() if "template" in v},
     )
-    governance = layer.get("governance", {})
+    governance = GovernanceTable.model_construct(**layer.get("governance", {}))
+    note = layer.get("note", {})
+    avs = layer.get("after_visit_summary", {})
+    avs_type = _document_type(AfterVisitSummaryTable.model_construct(**avs))
+    summary = AfterVisitSummary()
     return EffectiveConfig(
         issuer=issuer,
         kinds=kinds,
-        unverified=suggestions.get("unverified", "drop"),
+        unverified=suggestions.unverified,
         templates=templates,
-        care_gaps=_build(CareGapRules, layer.get("care_gaps", {})),
-        llm=_build(LLMConfig, layer.get("llm", {})),
-        min_grounding_rate=governance.get("min_grounding_rate", 0.95),
-        pulse_every=governance.get("pulse_every", DEFAULT_PULSE_EVERY),
-        visit_timezone=layer.get("visits", {}).get("timezone", "UTC"),
-        quirks=layer.get("ehr", {}).get("quirks"),
-        rollout={k: _build(RolloutRule, v) for k, v in layer.get("rollout", {}).items()},
-        note=_note_layout(layer.get("note", {})),
-        after_visit_summary=_build(AfterVisitSummary, layer.get("after_visit_summary", {})),
+        care_gaps=CareGapRules.model_construct(**layer.get("care_gaps", {})),
+        llm=LLMConfig.model_construct(**layer.get("llm", {})),
+        min_grounding_rate=governance.min_grounding_rate,
+        pulse_every=governance.pulse_every,
+        visit_timezone=VisitsTable.model_construct(**layer.get("visits", {})).timezone,
+        quirks=EHRTable.model_construct(**layer.get("ehr", {})).quirks,
+        rollout={k: RolloutRule.model_construct(**v) for k, v in layer.get("rollout", {}).items()},
+        note=NoteLayout(
+            type=_document_type(NoteTable.model_construct(**note)) or NoteLayout().type,
+            sections=note.get("sections") or NoteLayout().sections,
+            labels={**DEFAULT_LABELS, **note.get("labels", {})},
+        ),
+        after_visit_summary=AfterVisitSummary(
+            offer=avs.get("offer", summary.offer),
+            type=avs_type or summary.type,
+            title=avs.get("title", summary.title),
+            reading_grade=avs.get("reading_grade", summary.reading_grade),
+        ),
     )
-
-
-def _note_layout(values: Mapping[str, Any]) -> NoteLayout:
-    defaults = NoteLayout()
-    return NoteLayout(
-        type=values.get("type", defaults.type),
-        sections=values.get("sections", defaults.sections),
-        labels={**DEFAULT_LABELS, **values.get("labels", {})},
-    )
-
-
-def _known_zone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ValueError, ZoneInfoNotFoundError):
-        return False
-    return True
-
-
-def _build(cls: Callable[..., Any], values: Mapping[str, Any]) -> Any:
-    return cls(**dict(values))
 
 
 def _toml_type(value: Any) -> str:

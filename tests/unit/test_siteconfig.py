@@ -467,3 +467,32 @@ def test_a_part_placed_twice_names_both_sections(tmp_path):
         """,
     )
     assert "note.sections[1].parts[3]: 'results' is already in section 'S'" in error
+
+
+def test_unknown_keys_and_bad_values_in_one_table_are_reported_together(tmp_path):
+    assert error_of(
+        tmp_path,
+        """
+        [llm]
+        modle = "x"
+        temperature = 3
+        [kinds.care_gaps]
+        template = "care_gaps.j2"
+        template_inline = "- {{ s }}"
+        """,
+    ).splitlines() == [
+        # Tables in the schema's order ([suggestions], [kinds], ... [llm]), keys in the file's.
+        "site.toml line 5: kinds.care_gaps.template: give either template or template_inline, "
+        "not both",
+        "site.toml line 2: llm.modle: unknown key (expected one of model, version, "
+        "timeout_seconds, send_patient_name, auth_header, api_version, temperature, "
+        "max_observations_per_code, max_answer_kb, feedback_url)",
+        "site.toml line 3: llm.temperature: must be a number from 0 to 2, not 3",
+    ]
+
+
+def test_a_table_given_as_a_value_names_what_it_got(tmp_path):
+    assert error_of(tmp_path, "sites = 3\nllm = [1]\n").splitlines() == [
+        "site.toml line 2: llm: must be a table, not a list",
+        "site.toml line 1: sites: must be a table, not a number",
+    ]
