@@ -46,7 +46,7 @@ from smartapp.notes.layout import (
     loinc_problem,
 )
 from smartapp.placement import placed_within
-from smartapp.suggestions.kinds import KINDS
+from smartapp.suggestions.kinds import ENGINES, KINDS
 from smartapp.suggestions.templates import (
     DEFAULT_TEMPLATE_DIR,
     DETAILS,
@@ -55,7 +55,6 @@ from smartapp.suggestions.templates import (
     check_template,
 )
 
-ENGINES = ("builtin", "llm")
 UNVERIFIED_MODES = ("drop", "mark")
 CARE_GAP_RULES = (
     "hba1c_interval",

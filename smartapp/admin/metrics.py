@@ -128,7 +128,7 @@ def week_key(moment: datetime) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Shown:
+class ShownRow:
     kind: str
     site: str
     engine: str
@@ -136,9 +136,14 @@ class _Shown:
     action: str | None
     edit_distance: int | None
     seconds: float | None
+    #: For the safety measures (smartapp.admin.safety); None on rows shown before 0017.
+    age_band: str | None = None
+    sex: str | None = None
+    safety_hits: int | None = None
+    verification: Mapping[str, int] | None = None
 
 
-_KEYS: dict[str, Callable[[_Shown], str]] = {
+_KEYS: dict[str, Callable[[ShownRow], str]] = {
     "kind": lambda r: r.kind,
     "site": lambda r: r.site,
     "engine": lambda r: r.engine,
@@ -152,7 +157,7 @@ def _check_group_by(group_by: str) -> None:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_BYS)}, not {group_by!r}")
 
 
-def _shown_rows(session: Session, start: datetime | None, end: datetime | None) -> list[_Shown]:
+def shown_rows(session: Session, start: datetime | None, end: datetime | None) -> list[ShownRow]:
     ranked = select(
         Decision.suggestion_id,
         Decision.action,
@@ -174,13 +179,17 @@ def _shown_rows(session: Session, start: datetime | None, end: datetime | None) 
         ranked.c.action,
         ranked.c.edit_distance,
         ranked.c.seconds_to_decision,
+        ShownSuggestion.age_band,
+        ShownSuggestion.sex,
+        ShownSuggestion.safety_hits,
+        ShownSuggestion.verification,
     ).outerjoin(ranked, and_(ranked.c.suggestion_id == ShownSuggestion.id, ranked.c.rank == 1))
     if start is not None:
         stmt = stmt.where(ShownSuggestion.shown_at >= start)
     if end is not None:
         stmt = stmt.where(ShownSuggestion.shown_at < end)
     return [
-        _Shown(
+        ShownRow(
             kind=kind,
             site=site,
             engine=f"{name} {version}",
@@ -188,8 +197,25 @@ def _shown_rows(session: Session, start: datetime | None, end: datetime | None) 
             action=action,
             edit_distance=distance,
             seconds=seconds,
+            age_band=age_band,
+            sex=sex,
+            safety_hits=hits,
+            verification=verification,
         )
-        for kind, site, name, version, shown_at, action, distance, seconds in session.execute(stmt)
+        for (
+            kind,
+            site,
+            name,
+            version,
+            shown_at,
+            action,
+            distance,
+            seconds,
+            age_band,
+            sex,
+            hits,
+            verification,
+        ) in session.execute(stmt)
     ]
 
 
@@ -202,7 +228,7 @@ def _median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def aggregate(key: str, rows: Iterable[_Shown]) -> MetricsGroup:
+def aggregate(key: str, rows: Iterable[ShownRow]) -> MetricsGroup:
     rows = list(rows)
     actions = [r.action for r in rows]
     accepted, edited = actions.count("accept"), actions.count("edit")
@@ -236,8 +262,8 @@ def compute_metrics(
     """
     _check_group_by(group_by)
     key_of = _KEYS[group_by]
-    buckets: dict[str, list[_Shown]] = defaultdict(list)
-    for row in _shown_rows(session, start, end):
+    buckets: dict[str, list[ShownRow]] = defaultdict(list)
+    for row in shown_rows(session, start, end):
         buckets[key_of(row)].append(row)
     notes: dict[str, list[_NoteRow]] = defaultdict(list)
     for note in _note_rows(session, group_by, start, end):

@@ -30,6 +30,7 @@ from smartapp.admin.models import ANY, KILL_SCOPES, EngineTransition, EngineVers
 from smartapp.config import normalize_issuer
 from smartapp.errors import AppError, BadRequest, NotFound
 from smartapp.identity import is_person, normalize_fhir_user
+from smartapp.suggestions.kinds import unknown_engine, unknown_kind
 
 #: Used when the site configuration gives no minimum (the lead wires `min_grounding_rate`).
 DEFAULT_MIN_GROUNDING_RATE = 0.95
@@ -280,8 +281,12 @@ class ChangeControl:
         if not version or len(version) > 128:
             raise BadRequest("version: give the engine version (at most 128 characters).")
         clean_kinds = sorted({k.strip() for k in kinds if k and k.strip()})
-        if not clean_kinds or any(len(k) > 64 or k == ANY for k in clean_kinds):
+        if not clean_kinds:
             raise BadRequest("kinds: list the suggestion kinds this version serves.")
+        for kind in clean_kinds:
+            choices = unknown_kind(kind)
+            if choices:
+                raise BadRequest(f"kinds: {kind[:64]!r} is not a suggestion kind; {choices}.")
         scope = _scope(site)
         existing = session.scalars(
             select(EngineVersion).where(
@@ -471,6 +476,10 @@ class ChangeControl:
         target = target.strip()
         if not target or len(target) > 128:
             raise BadRequest("target: name the kind or the engine.")
+        choices = unknown_kind(target) if scope == "kind" else unknown_engine(target)
+        if choices:
+            # An unknown name would be a switch that silently stops nothing.
+            raise BadRequest(f"target: {target[:64]!r} is not a known {scope}; {choices}.")
         if engaged and not (reason and reason.strip()):
             raise BadRequest("reason: say why the kill switch is thrown.")
         seq = (

@@ -20,7 +20,7 @@ from smartapp.config import normalize_issuer
 from smartapp.errors import BadRequest, NotFound
 from smartapp.placement import BUCKETS
 from smartapp.placement import bucket as _bucket
-from smartapp.suggestions.kinds import KINDS
+from smartapp.suggestions.kinds import unknown_kind
 
 #: What the sidebar shows a clinician left out of a phased rollout.
 NOT_YET_FOR_YOU = (
@@ -128,9 +128,9 @@ class RuleInput:
             if not site.startswith(("http://", "https://")):
                 raise BadRequest("site: give the issuer's FHIR base URL, or * for every site.")
         kind = self.kind.strip()
-        if kind != ANY and kind not in KINDS:
-            # A typo ("care-gaps") would otherwise be a rule that silently applies to nothing.
-            raise BadRequest(f"kind: one of {', '.join(KINDS)}, or * for every kind.")
+        choices = unknown_kind(kind, wildcard=ANY)
+        if choices:
+            raise BadRequest(f"kind: {choices}.")
         if not 0 <= self.percentage <= 100:
             raise BadRequest("percentage: must be between 0 and 100.")
         if self.effective_from and self.effective_to and self.effective_to <= self.effective_from:

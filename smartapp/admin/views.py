@@ -71,6 +71,7 @@ from smartapp.admin.registry import (
     list_versions,
 )
 from smartapp.admin.review import ReviewStep, apply_step, review_json, reviews_for
+from smartapp.admin.safety import safety_summary
 from smartapp.audit import Action, AuditQuery, record, search
 from smartapp.audit.export import cell, to_csv, to_fhir_bundle
 from smartapp.config import Settings, normalize_issuer
@@ -283,6 +284,7 @@ def _dashboard_context() -> dict[str, Any]:
         notes_by_site = notes_written(s, group_by="site", start=start, end=end)
         pulse_by_site = pulse_summary(s, group_by="site", start=start, end=end)
         control = rollout_control(s, start=start, end=end)
+        safety = safety_summary(s, start=start, end=end, min_shown=min_shown)
         comparisons = (
             compare_periods(
                 s,
@@ -307,6 +309,7 @@ def _dashboard_context() -> dict[str, Any]:
         "notes_by_site": notes_by_site,
         "pulse_by_site": pulse_by_site,
         "control": control,
+        "safety": safety,
         "comparisons": comparisons,
         "pivot": pivot,
         "window_days": window_days,
@@ -525,7 +528,11 @@ def api_metrics() -> Response:
         baseline = baseline_summary(s)
         # Inside vs outside each partial rollout (smartapp.admin.control), in the period.
         control = rollout_control(s, start=start, end=end)
-    return jsonify({"groups": groups, "baseline": baseline, "rollout_control": control})
+        # Flags, dropped/unverified statements, safety hits; by age band and sex too.
+        safety = safety_summary(s, start=start, end=end)
+    return jsonify(
+        {"groups": groups, "baseline": baseline, "rollout_control": control, "safety": safety}
+    )
 
 
 @bp.get("/api/metrics/compare")

@@ -58,6 +58,12 @@ class ShownSuggestion(Base):
     engine_version: Mapped[str] = mapped_column(String(128))
     engine_extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     verification: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    #: The patient's age band and administrative sex when first shown (feedback.demographics:
+    #: no birth date, no identifier), and its statements that are medication safety-check
+    #: hits: the safety measures by age band and sex. NULL on rows shown before 0017.
+    age_band: Mapped[str | None] = mapped_column(String(16))
+    sex: Mapped[str | None] = mapped_column(String(16))
+    safety_hits: Mapped[int | None] = mapped_column(Integer)
     shown_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     #: When the clinician last decided on it: set in the same statement that checks the row
     #: is still there, so a draft replaced by the LLM's never loses a decision made meanwhile.

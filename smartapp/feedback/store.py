@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -44,6 +45,9 @@ class ShownBy:
     site: str
     fhir_user: str | None
     patient_id: str
+    #: The patient's age band and sex (smartapp.feedback.demographics), kept on new rows.
+    age_band: str | None = None
+    sex: str | None = None
 
 
 class _CarriedElsewhere(Exception):
@@ -401,9 +405,7 @@ class FeedbackStore:
             # replacing either keeps this decision or is gone (and the clinician is told).
             marked: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(ShownSuggestion)
-                .where(
-                    ShownSuggestion.id == suggestion_id, ShownSuggestion.visit_key == visit_key
-                )
+                .where(ShownSuggestion.id == suggestion_id, ShownSuggestion.visit_key == visit_key)
                 .values(decided_at=now)
                 .execution_options(synchronize_session=False)
             )
@@ -481,6 +483,22 @@ def _new_row(
         engine_version=s.engine.version,
         engine_extra=s.engine.to_json(),
         verification=s.verification.to_json() if s.verification else {},
+        age_band=by.age_band,
+        sex=by.sex,
+        safety_hits=safety_hits(s),
         shown_at=now,
         decisions=[],
     )
+
+
+def safety_hits(s: Suggestion) -> int:
+    """How many of its statements are medication safety-check hits (a rule of the table)."""
+    ids = safety_rule_ids()
+    return sum(1 for st in s.statements if st.rule_id in ids)
+
+
+@lru_cache(maxsize=1)
+def safety_rule_ids() -> frozenset[str]:
+    from smartapp.suggestions.safety import rules
+
+    return frozenset(rule.id for rule in rules())

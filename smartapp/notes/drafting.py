@@ -27,14 +27,12 @@ from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.placement import BUCKETS, INSIDE, OUTSIDE
 from smartapp.suggestions.interfaces import Suggestion
-from smartapp.suggestions.kinds import KIND_LABELS
+from smartapp.suggestions.kinds import ENGINE_NAMES, KIND_LABELS
 from smartapp.suggestions.registry import EngineChoice, KindRun, SuggestionService
 
 if TYPE_CHECKING:
     from smartapp.siteconfig import RolloutRule as SiteRolloutRule
 
-#: Names an engine goes by in the registry and kill switches, per site-configuration engine.
-ENGINE_NAMES = {"builtin": ("builtin", "builtin-rules"), "llm": ("llm",)}
 SWITCHED_OFF = "switched off by the governance team"
 
 

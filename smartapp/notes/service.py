@@ -31,6 +31,7 @@ from smartapp.errors import (
     TemporaryUpstreamError,
     UpstreamError,
 )
+from smartapp.feedback.demographics import Demographics, of_snapshot
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
@@ -195,7 +196,7 @@ class SidebarService:
                 # its suggestions, so that both tabs decide on the same rows.
                 key = newest
         plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
-        by = self._shown_by(launch, visit, key)
+        by = self._shown_by(launch, visit, key, demographics=of_snapshot(snapshot))
         drafted = drafted_by_key.get(key, {})
         now = utcnow()
         pending = {
@@ -224,7 +225,7 @@ class SidebarService:
                 # (When this launch read the newer chart, its next request drafts it again.)
                 latest = self.feedback.latest_snapshot_key(visit.key)
                 if latest is not None and latest != key:
-                    by = self._shown_by(launch, visit, latest)
+                    by = self._shown_by(launch, visit, latest, demographics=of_snapshot(snapshot))
         rows = self._visible(self.feedback.shown(by), plan)
         audit.record(
             self._db,
@@ -275,7 +276,9 @@ class SidebarService:
         )
 
     @staticmethod
-    def _shown_by(launch: LaunchContext, visit: Visit, key: str) -> ShownBy:
+    def _shown_by(
+        launch: LaunchContext, visit: Visit, key: str, *, demographics: Demographics | None = None
+    ) -> ShownBy:
         return ShownBy(
             launch_session_id=launch.session_id,
             visit_key=visit.key,
@@ -283,6 +286,8 @@ class SidebarService:
             site=launch.iss,
             fhir_user=launch.fhir_user,
             patient_id=launch.patient_id or "",
+            age_band=demographics.age_band if demographics else None,
+            sex=demographics.sex if demographics else None,
         )
 
     @staticmethod

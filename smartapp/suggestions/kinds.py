@@ -81,3 +81,29 @@ KIND_SOURCES: dict[str, frozenset[str]] = {
     ),
     ALLERGIES: frozenset({"AllergyIntolerance"}),
 }
+
+#: The engines a site can choose per kind (`[suggestions] engine`, `[kinds.<kind>] engine`),
+#: and the names each goes by in the engine registry and the kill switches.
+ENGINE_NAMES: dict[str, tuple[str, ...]] = {
+    "builtin": ("builtin", "builtin-rules"),
+    "llm": ("llm",),
+}
+ENGINES: tuple[str, ...] = tuple(ENGINE_NAMES)
+
+
+def unknown_kind(name: str, *, wildcard: str | None = None) -> str | None:
+    """None when `name` is a kind (or the `wildcard`), else the choices to tell the writer.
+
+    Every place that stores a kind name (the site file, rollout rules, kill switches,
+    engine versions) checks it against KINDS: a typo ("care-gaps") would otherwise be a
+    rule that silently applies to nothing.
+    """
+    if name in KINDS or (wildcard is not None and name == wildcard):
+        return None
+    return "one of " + ", ".join(KINDS) + (f", or {wildcard} for every kind" if wildcard else "")
+
+
+def unknown_engine(name: str) -> str | None:
+    """None when `name` is what an engine goes by (a kill switch's target), else the choices."""
+    names = tuple(n for group in ENGINE_NAMES.values() for n in group)
+    return None if name in names else "one of " + ", ".join(names)

@@ -242,7 +242,7 @@ def test_rollout_rules_through_the_api(api):
 REPORT = {
     "kinds": [
         {
-            "kind": "summary",
+            "kind": "problem_summary",
             "engine": "llm:2.0",
             "patients": 40,
             "coverage": 1.0,
@@ -276,7 +276,8 @@ def test_engine_change_control_end_to_end(api, identity):
     def active():
         identity.sign_out()
         return api.get(
-            "/admin/api/engines/active?kind=summary&site=http://ehr.test/fhir", headers=bearer()
+            "/admin/api/engines/active?kind=problem_summary&site=http://ehr.test/fhir",
+            headers=bearer(),
         ).get_json()
 
     proposed = as_admin(
@@ -287,7 +288,7 @@ def test_engine_change_control_end_to_end(api, identity):
             "engine": "llm",
             "version": "2.0",
             "model": "m-2",
-            "kinds": "summary",
+            "kinds": "problem_summary",
             "reason": "new model",
         },
     )
@@ -331,7 +332,7 @@ def test_engine_change_control_end_to_end(api, identity):
             "name": "llm",
             "version": "2.0",
             "model": "m-2",
-            "kinds": ["summary"],
+            "kinds": ["problem_summary"],
             "site": "*",
         },
         "killed": False,
@@ -396,7 +397,7 @@ def test_engine_change_control_end_to_end(api, identity):
 def test_evaluation_below_minimum_is_refused_and_audited(api):
     vid = api.post(
         "/admin/api/engines",
-        json={"engine": "llm", "version": "9", "kinds": ["summary"]},
+        json={"engine": "llm", "version": "9", "kinds": ["problem_summary"]},
         headers=bearer(),
     ).get_json()["version"]["id"]
     low = {"kinds": [{**REPORT["kinds"][0], "engine": "llm:9", "grounding_rate": 0.5}]}
@@ -411,18 +412,49 @@ def test_evaluation_below_minimum_is_refused_and_audited(api):
     assert event.outcome == "failure" and event.detail["target"] == vid
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/admin/api/kill-switches",
+            {"scope": "kind", "target": "care-gaps", "engaged": True, "reason": "typo"},
+            "target: 'care-gaps' is not a known kind; one of problem_summary,",
+        ),
+        (
+            "/admin/api/kill-switches",
+            {"scope": "engine", "target": "gpt", "engaged": True, "reason": "typo"},
+            "target: 'gpt' is not a known engine; one of builtin, builtin-rules, llm.",
+        ),
+        (
+            "/admin/api/engines",
+            {"engine": "llm", "version": "9", "kinds": ["problem_summary", "care-gaps"]},
+            "kinds: 'care-gaps' is not a suggestion kind; one of problem_summary,",
+        ),
+        (
+            "/admin/api/rollout",
+            {"site": "*", "kind": "care-gaps", "enabled": False},
+            "kind: one of problem_summary,",
+        ),
+    ],
+)
+def test_unknown_kind_names_are_refused_everywhere(api, path, body, message):
+    response = api.post(path, json=body, headers=bearer())
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]["message"]
+
+
 # --- audit log ---------------------------------------------------------------------------
 
 
 def test_audit_search_and_exports(api):
     api.post(
         "/admin/api/kill-switches",
-        json={"scope": "kind", "target": "summary", "engaged": True, "reason": "test"},
+        json={"scope": "kind", "target": "problem_summary", "engaged": True, "reason": "test"},
         headers=bearer(),
     )
     listing = api.get("/admin/api/audit?action=killswitch.set", headers=bearer()).get_json()
     assert listing["total"] == 1
-    assert listing["events"][0]["detail"]["target"] == "summary"
+    assert listing["events"][0]["detail"]["target"] == "problem_summary"
 
     as_csv = api.get("/admin/api/audit?format=csv", headers=bearer())
     assert as_csv.mimetype == "text/csv"

@@ -43,7 +43,7 @@ def cc() -> ChangeControl:
     return ChangeControl(min_grounding_rate=0.9)
 
 
-def propose(db, cc, version="2.0", kinds=("summary",), site=None, by=ALICE, at=T0):
+def propose(db, cc, version="2.0", kinds=("problem_summary",), site=None, by=ALICE, at=T0):
     with db.session() as s:
         return cc.propose(
             s,
@@ -71,7 +71,7 @@ def step(db, cc, name, version_id, by, at=T0, **kwargs):
         return getattr(cc, name)(s, version_id, actor=by, reason=None, now=at, **kwargs)
 
 
-def make_active(db, cc, version="2.0", kinds=("summary",), site=None, at=T0):
+def make_active(db, cc, version="2.0", kinds=("problem_summary",), site=None, at=T0):
     vid = propose(db, cc, version, kinds, site, at=at)
     rep = report(f"llm:{version}", **dict.fromkeys(kinds, 0.97))
     step(db, cc, "evaluate", vid, ALICE, at, report=rep)
@@ -80,7 +80,7 @@ def make_active(db, cc, version="2.0", kinds=("summary",), site=None, at=T0):
     return vid
 
 
-def current(db, kind="summary", site=SITE):
+def current(db, kind="problem_summary", site=SITE):
     with db.session() as s:
         return active_engine(s, kind=kind, site=site)
 
@@ -105,7 +105,7 @@ def test_version_goes_through_every_state_with_history(database, cc):
 
 def test_self_approval_is_refused(database, cc):
     vid = propose(database, cc)
-    step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.99))
+    step(database, cc, "evaluate", vid, ALICE, report=report(problem_summary=0.99))
     with pytest.raises(ChangeRefused) as refused:
         step(database, cc, "approve", vid, ALICE)
     assert refused.value.code == "self_approval"
@@ -122,7 +122,7 @@ def test_no_approval_or_activation_without_an_evaluation(database, cc):
     with pytest.raises(ChangeRefused) as refused:
         step(database, cc, "activate", vid, BOB)
     assert refused.value.code == "not_approved"
-    step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.99))
+    step(database, cc, "evaluate", vid, ALICE, report=report(problem_summary=0.99))
     with pytest.raises(ChangeRefused) as refused:
         step(database, cc, "activate", vid, BOB)  # evaluated, not yet approved
     assert refused.value.code == "not_approved"
@@ -130,16 +130,23 @@ def test_no_approval_or_activation_without_an_evaluation(database, cc):
 
 
 def test_evaluation_below_the_minimum_grounding_rate_is_refused(database, cc):
-    vid = propose(database, cc, kinds=("summary", "care_gaps"))
+    vid = propose(database, cc, kinds=("problem_summary", "care_gaps"))
     with pytest.raises(ChangeRefused) as refused:
-        step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.97, care_gaps=0.85))
+        step(
+            database,
+            cc,
+            "evaluate",
+            vid,
+            ALICE,
+            report=report(problem_summary=0.97, care_gaps=0.85),
+        )
     assert refused.value.code == "grounding_below_minimum"
     assert "care_gaps 85.0%" in refused.value.message
     with pytest.raises(ChangeRefused) as refused:
-        step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.97))
+        step(database, cc, "evaluate", vid, ALICE, report=report(problem_summary=0.97))
     assert refused.value.code == "evaluation_incomplete"
     with pytest.raises(BadRequest, match="grounding_rate"):
-        step(database, cc, "evaluate", vid, ALICE, report={"kinds": [{"kind": "summary"}]})
+        step(database, cc, "evaluate", vid, ALICE, report={"kinds": [{"kind": "problem_summary"}]})
     with pytest.raises(BadRequest, match="SHA-256"):
         step(database, cc, "evaluate", vid, ALICE, evaluation={"kinds": []})
     with pytest.raises(ChangeRefused):
@@ -151,10 +158,11 @@ def test_minimum_is_read_at_each_evaluation(database):
     cc = ChangeControl(min_grounding_rate=lambda: minimum["value"])
     vid = propose(database, cc)
     with pytest.raises(ChangeRefused):
-        step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.97))
+        step(database, cc, "evaluate", vid, ALICE, report=report(problem_summary=0.97))
     minimum["value"] = 0.95
     assert (
-        step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.97)).state == "evaluated"
+        step(database, cc, "evaluate", vid, ALICE, report=report(problem_summary=0.97)).state
+        == "evaluated"
     )
 
 
@@ -208,15 +216,15 @@ def test_kill_switch_takes_effect_on_the_next_read_and_can_be_released(database,
                 now=T0,
             )
 
-    def killed(kind="summary", engine="llm"):
+    def killed(kind="problem_summary", engine="llm"):
         with database.session() as s:
             return is_killed(s, kind=kind, engine=engine)
 
     assert not killed()
-    set_switch("kind", "summary", True)
+    set_switch("kind", "problem_summary", True)
     assert killed() and killed(engine="builtin-rules")
     assert not killed(kind="care_gaps")
-    set_switch("kind", "summary", False)  # same timestamp: the sequence orders them
+    set_switch("kind", "problem_summary", False)  # same timestamp: the sequence orders them
     assert not killed()
     set_switch("engine", "llm", True)
     assert killed(kind="care_gaps") and not killed(engine="builtin-rules")
@@ -244,7 +252,7 @@ def test_history_tables_refuse_update_and_delete_in_the_database(database, cc):
 
 def test_the_token_can_propose_and_cite_an_evaluation_but_never_approve_or_activate(database, cc):
     vid = propose(database, cc, by=TOKEN_ACTOR)
-    step(database, cc, "evaluate", vid, TOKEN_ACTOR, report=report(summary=0.99))
+    step(database, cc, "evaluate", vid, TOKEN_ACTOR, report=report(problem_summary=0.99))
     with pytest.raises(ChangeRefused) as refused:
         step(database, cc, "approve", vid, TOKEN_ACTOR)
     assert refused.value.code == "approval_needs_person"
@@ -258,7 +266,7 @@ def test_the_token_can_propose_and_cite_an_evaluation_but_never_approve_or_activ
 def test_one_person_cannot_approve_and_activate_what_the_token_proposed(database, cc):
     """The finding: token proposes, evaluates and activates; one admin approves."""
     vid = propose(database, cc, by=TOKEN_ACTOR)
-    step(database, cc, "evaluate", vid, TOKEN_ACTOR, report=report(summary=0.99))
+    step(database, cc, "evaluate", vid, TOKEN_ACTOR, report=report(problem_summary=0.99))
     step(database, cc, "approve", vid, ALICE)
     with pytest.raises(ChangeRefused) as refused:
         step(database, cc, "activate", vid, ALICE)
@@ -270,7 +278,7 @@ def test_one_person_cannot_approve_and_activate_what_the_token_proposed(database
 
 def test_an_approver_may_activate_what_another_person_proposed(database, cc):
     vid = propose(database, cc, by=ALICE)
-    step(database, cc, "evaluate", vid, ALICE, report=report(summary=0.99))
+    step(database, cc, "evaluate", vid, ALICE, report=report(problem_summary=0.99))
     step(database, cc, "approve", vid, BOB)
     assert step(database, cc, "activate", vid, BOB).activated_by == BOB
 
@@ -284,13 +292,14 @@ def test_an_evaluation_the_app_did_not_record_is_refused(database, cc):
 
 def test_a_stored_evaluation_edited_afterwards_is_refused(database, cc):
     vid = propose(database, cc)
-    digest = recorded(database, report(summary=0.5))
+    digest = recorded(database, report(problem_summary=0.5))
     with database.engine.begin() as conn:
         # Whoever can write to the store raises the rate; the hash no longer matches.
         conn.execute(
             text("UPDATE evaluation_run SET report = :r WHERE sha256 = :h"),
             {
-                "r": '{"kinds": [{"kind": "summary", "engine": "llm:2.0", "grounding_rate": 1.0}]}',
+                "r": '{"kinds": [{"kind": "problem_summary", "engine": "llm:2.0", '
+                '"grounding_rate": 1.0}]}',
                 "h": digest,
             },
         )
@@ -302,16 +311,16 @@ def test_a_stored_evaluation_edited_afterwards_is_refused(database, cc):
 def test_an_evaluation_of_another_engine_version_is_refused(database, cc):
     vid = propose(database, cc, version="2.0")
     with pytest.raises(ChangeRefused) as refused:
-        step(database, cc, "evaluate", vid, ALICE, report=report("llm:1.9", summary=0.99))
+        step(database, cc, "evaluate", vid, ALICE, report=report("llm:1.9", problem_summary=0.99))
     assert refused.value.code == "evaluation_mismatch"
-    assert "summary (llm:1.9)" in refused.value.message
-    row = step(database, cc, "evaluate", vid, ALICE, report=report("llm:2.0", summary=0.99))
+    assert "problem_summary (llm:1.9)" in refused.value.message
+    row = step(database, cc, "evaluate", vid, ALICE, report=report("llm:2.0", problem_summary=0.99))
     assert row.evaluation_sha256 is not None and row.evaluation["kinds"][0]["engine"] == "llm:2.0"
 
 
 def test_a_proposal_recorded_before_actors_were_bound_cannot_be_self_approved(database, cc):
     vid = propose(database, cc, by="Practitioner/alice")  # as older versions recorded it
-    step(database, cc, "evaluate", vid, BOB, report=report(summary=0.99))
+    step(database, cc, "evaluate", vid, BOB, report=report(problem_summary=0.99))
     with pytest.raises(ChangeRefused) as refused:
         step(database, cc, "approve", vid, ALICE)
     assert refused.value.code == "self_approval"
