@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.suggestions import kinds as K
 from smartapp.suggestions.facts import capitalize, has_code, result_name
-from smartapp.suggestions.terminology import BP_DIASTOLIC, BP_PANEL, BP_SYSTOLIC, LOINC
 from smartapp.suggestions.grounding import GroundingVerifier
 from smartapp.suggestions.interfaces import Citation, Statement, Suggestion
+from smartapp.suggestions.terminology import BP_DIASTOLIC, BP_PANEL, BP_SYSTOLIC, LOINC
 
 #: Where a result is stated when several cards state it: lower first. Kinds not listed
 #: come after these.

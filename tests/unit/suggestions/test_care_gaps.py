@@ -102,7 +102,8 @@ def test_every_rule_met_is_reported_with_what_shows_it():
             ["Observation/pm1-egfr-2026-09", "Condition/pm1-diabetes"],
         ),
         (
-            "Diabetes: urine albumin/creatinine ratio done within the interval, result above goal — 42 mg/g on 2026-09-27",
+            "Diabetes: urine albumin/creatinine ratio done within the interval, "
+            "result above goal — 42 mg/g on 2026-09-27",
             ["Observation/pm1-uacr-2026-09", "Condition/pm1-diabetes"],
         ),
         # LDL and total cholesterol drawn the same day: the LDL is the one shown.
