@@ -256,7 +256,8 @@ class SidebarService:
         return SuggestionsView(
             snapshot=snapshot,
             rows=rows,
-            changes=changes_since(snapshot),
+            # A function of the chart alone (as of its own date): once per snapshot.
+            changes=snapshot.derived("changes_since", lambda: changes_since(snapshot)),
             not_enabled=plan.not_enabled,
             pending=tuple(k for k in plan.kinds if k in pending),
         )
