@@ -125,6 +125,9 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         note_layout=lambda iss: engines.config.for_issuer(iss).note,
         summary_config=lambda iss: engines.config.for_issuer(iss).after_visit_summary,
         visit_timezone=lambda iss: ZoneInfo(engines.config.for_issuer(iss).visit_timezone),
+        # A note keeps its launch's tokens until delivered: the launch may end first.
+        grants=chart,
+        retry_seconds=float(settings.outbox_retry_seconds),
     )
     notes_views.init_app(app, sidebar)
     app.extensions["smartapp.outbox"] = Outbox(
@@ -133,6 +136,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     # Run beside the outbox by the background worker (`smartapp serve`, `smartapp sandbox`).
     app.extensions["smartapp.housekeeping"] = [
         cache.purge_expired,
+        chart.release_for_notes,
         lambda: purge_expired_sign_ins(get_services(app)),
     ]
     # Logout ends a launch: its chart copy goes with it, not at the end of its TTL.

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -42,6 +42,12 @@ import requests
 
 #: The large chart every sandbox population holds (smartapp.sandbox.population).
 BENCH_PATIENT = "bench-large"
+#: A chart of 5,000 Observations the benchmark adds to its sandbox: bench-large's chart
+#: for another patient, its Observations repeated back in time (`large_chart`).
+LARGE_PATIENT = "bench-5000"
+LARGE_OBSERVATIONS = 5000
+#: The naive baseline reads it at 10 a page (over 500 requests, minutes a load): one each.
+DEFAULT_LARGE_REPETITIONS = 1
 DEFAULT_LATENCY_MS = 50
 DEFAULT_REPETITIONS = 15
 DEFAULT_WARMUP = 1
@@ -313,8 +319,11 @@ def ehr_in_child_process(
     sandbox_data_dir: Path | None = None,
     population_size: int = 24,
     start_timeout: float = 180.0,
+    large_observations: int = 0,
 ) -> Iterator[RunningEHR]:
-    """The stack in a child Python process; it stops when its standard input closes."""
+    """The stack in a child Python process; it stops when its standard input closes.
+
+    `large_observations`: also the chart of that many Observations (`LARGE_PATIENT`)."""
     with tempfile.TemporaryDirectory(prefix="smartapp-bench-") as tmp:
         if sandbox_data_dir is not None:
             shutil.copytree(sandbox_data_dir, Path(tmp) / "sandbox")
@@ -330,6 +339,8 @@ def ehr_in_child_process(
                     str(latency_ms),
                     "--population",
                     str(population_size),
+                    "--large-observations",
+                    str(large_observations),
                     "--instance",
                     tmp,
                 ],
@@ -382,11 +393,84 @@ def _stop_child(child: subprocess.Popen[str]) -> None:
         child.stdout.close()
 
 
+def large_chart(
+    source: Sequence[Mapping[str, Any]], *, source_patient: str, patient: str, observations: int
+) -> list[dict[str, Any]]:
+    """`source` (a chart's resources) for `patient`, with exactly `observations`
+    Observations: the chart's own, then copies of them each 400 days further back (ids
+    `<id>-h<n>`), as a long history would be."""
+    resources: list[dict[str, Any]] = json.loads(
+        json.dumps(list(source)).replace(source_patient, patient)
+    )
+    originals = [r for r in resources if r["resourceType"] == "Observation"]
+    if not originals or observations < 1:
+        raise ValueError("large_chart needs a chart with Observations and observations >= 1")
+    chart = [r for r in resources if r["resourceType"] != "Observation"]
+    for i in range(observations):
+        copy_no, original = i // len(originals), originals[i % len(originals)]
+        if copy_no == 0:
+            chart.append(original)
+            continue
+        clone = json.loads(json.dumps(original))
+        clone["id"] = f"{original['id']}-h{copy_no}"
+        for key in ("effectiveDateTime", "issued"):
+            if key in clone:
+                clone[key] = _days_earlier(clone[key], 400 * copy_no)
+        if isinstance(clone.get("effectivePeriod"), dict):
+            clone["effectivePeriod"] = {
+                k: _days_earlier(v, 400 * copy_no) for k, v in clone["effectivePeriod"].items()
+            }
+        chart.append(clone)
+    return chart
+
+
+def _days_earlier(value: Any, days: int) -> Any:
+    if not isinstance(value, str) or len(value) < 10:
+        return value
+    try:
+        day = datetime.strptime(value[:10], "%Y-%m-%d") - timedelta(days=days)
+    except ValueError:
+        return value
+    return day.strftime("%Y-%m-%d") + value[10:]
+
+
+def _add_large_chart(data_dir: Path, *, population_size: int, observations: int) -> None:
+    """Put `LARGE_PATIENT`'s chart into the sandbox's store before the sandbox starts (it
+    then finds its population there and adds nothing)."""
+    from smartapp.sandbox.ehr import load_population
+    from smartapp.sandbox.fhir_service import FHIRService
+    from smartapp.sandbox.population import DEFAULT_SEED, generate_population
+    from smartapp.sandbox.store import Store
+
+    store = Store(data_dir / "sandbox-ehr.sqlite3")
+    try:
+        # The base URL only resolves absolute references; the population has none.
+        service = FHIRService(store, base_url="http://localhost/fhir")
+        load_population(store, service, count=population_size, seed=DEFAULT_SEED)
+        bundles = generate_population(count=population_size, seed=DEFAULT_SEED)
+        source = [e["resource"] for e in bundles[-1]["entry"]]
+        chart = large_chart(
+            source, source_patient=BENCH_PATIENT, patient=LARGE_PATIENT, observations=observations
+        )
+        with store.transaction():
+            for resource in chart:
+                if not store.exists(resource["resourceType"], resource["id"]):
+                    store.put(resource, patient=service.patient_of(resource))
+    finally:
+        store.close()
+
+
 def _serve_ehr(args: argparse.Namespace) -> int:
     """The child: run the stack, announce it on one line of stdout, stop at stdin EOF."""
     from smartapp.stack import build_stack
 
     instance = Path(args.instance)
+    if args.large_observations > 0:
+        _add_large_chart(
+            instance / "sandbox",
+            population_size=args.population,
+            observations=args.large_observations,
+        )
     stack = build_stack(
         environ=_stack_environ(instance),
         latency_ms=args.latency_ms,
@@ -1060,6 +1144,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the sandbox EHR in this process (it then competes with the app for the "
         "interpreter lock; the default is a child process, as an EHR is another machine)",
     )
+    parser.add_argument(
+        "--large-observations",
+        type=int,
+        default=LARGE_OBSERVATIONS,
+        help=f"also time a chart of this many Observations ({LARGE_PATIENT}; default "
+        f"{LARGE_OBSERVATIONS}, 0: not)",
+    )
+    parser.add_argument(
+        "--large-repetitions",
+        type=int,
+        default=DEFAULT_LARGE_REPETITIONS,
+        help=f"measured loads per side of that chart (default {DEFAULT_LARGE_REPETITIONS})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -1089,10 +1186,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"  {message}", file=sys.stderr, flush=True)
 
-    start = ehr_in_process if args.in_process else ehr_in_child_process
+    large = max(0, args.large_observations)
     progress("starting the sandbox EHR" + (" (in process)" if args.in_process else ""))
     try:
-        with start(latency_ms=args.latency_ms) as ehr:
+        if args.in_process:
+            context = ehr_in_process(latency_ms=args.latency_ms)
+        else:
+            context = ehr_in_child_process(latency_ms=args.latency_ms, large_observations=large)
+        with context as ehr:
             results = run_benchmark(
                 ehr,
                 latency_ms=args.latency_ms,
@@ -1100,12 +1201,24 @@ def run_cli(args: argparse.Namespace) -> int:
                 warmup=args.warmup,
                 progress=progress,
             )
+            if large and not args.in_process:
+                progress(f"the chart of {large} Observations ({LARGE_PATIENT})")
+                results["large_chart"] = run_benchmark(
+                    ehr,
+                    latency_ms=args.latency_ms,
+                    repetitions=max(1, args.large_repetitions),
+                    warmup=0,
+                    patient=LARGE_PATIENT,
+                    progress=progress,
+                )
     except BenchmarkError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(format_table(results))
+    if "large_chart" in results:
+        print("\n" + format_table(results["large_chart"]))
     print(f"\nwrote {args.out}")
     return 0
 

@@ -183,6 +183,9 @@ class Settings:
     fhir_deadline_seconds: int = 30
     #: The largest FHIR answer read, in MiB (SMARTAPP_FHIR_MAX_MB): larger ones are refused.
     fhir_max_response_mb: int = 32
+    #: Seconds before the first retry of a note the EHR could not take, doubling after
+    #: each failure up to an hour (SMARTAPP_OUTBOX_RETRY_SECONDS).
+    outbox_retry_seconds: int = 15
     #: Where rate-limit counters live (SMARTAPP_REDIS_URL); None: in each process.
     redis_url: str | None = None
     #: Per client address, on /launch, /callback and /admin/signin each.
@@ -376,6 +379,13 @@ class Settings:
                 32,
                 minimum=1,
                 means=" (MiB: the largest FHIR answer the app reads)",
+            ),
+            outbox_retry_seconds=_whole_number(
+                environ,
+                "SMARTAPP_OUTBOX_RETRY_SECONDS",
+                15,
+                minimum=1,
+                means=" (seconds before a note the EHR could not take is tried again)",
             ),
             sandbox_mode=sandbox_issuer is not None,
             secret_key_from_env=bool(environ.get("SMARTAPP_SECRET_KEY")),

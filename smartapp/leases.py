@@ -8,6 +8,11 @@ claimed in one statement; on PostgreSQL its subquery takes the rows `FOR UPDATE 
 LOCKED`, so workers claiming at once neither wait on each other nor pick the same rows
 (https://www.postgresql.org/docs/current/sql-select.html#SQL-FOR-UPDATE-SHARE). SQLite
 serializes writers, and the same conditional UPDATE does the rest there.
+
+A process restarted on the same machine does not wait out its predecessor's leases:
+`release_dead` frees, at start-up, the claims of owners on this host whose process is
+gone (a pid no longer running, or this very pid under an earlier start: a container's
+pid 1 restarted), so a note claimed when the app was killed goes out within seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +44,27 @@ _STARTED = uuid.uuid4().hex[:8]
 def process_owner() -> str:
     """This process, as a claim names it (the pid is read now: a forked child is another)."""
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{_STARTED}"
+
+
+def owner_is_gone(owner: str) -> bool:
+    """Whether a claim's owner is known to be dead: a process of this host that is no
+    longer running. An owner elsewhere (or unreadable) is left to its lease."""
+    host, _, rest = owner.rpartition(":")[0].rpartition(":")
+    pid_text, started = owner.split(":")[-2:] if owner.count(":") >= 2 else ("", "")
+    if host != socket.gethostname()[:80] or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        # This pid under an earlier start (a restarted container's pid 1) is gone; the
+        # same start is this process itself.
+        return started != _STARTED
+    try:
+        os.kill(pid, 0)  # signal 0 sends nothing: it asks whether the pid runs
+    except ProcessLookupError:
+        return True
+    except OSError:  # running as another user, or a platform without signal 0
+        return False
+    return False
 
 
 class Leases:
@@ -103,6 +129,42 @@ class Leases:
         with self._db.session() as session:
             ordered = session.scalars(select(m.id).where(m.id.in_(ids)).order_by(order_by))
             return [i for i in ordered if i in ids]
+
+    def held_elsewhere(self, where: ColumnElement[bool], *, now: datetime | None = None) -> int:
+        """How many rows matching `where` another owner holds now (a live lease)."""
+        now = now or self._clock()
+        m = self._model
+        with self._db.session() as session:
+            return len(
+                session.scalars(
+                    select(m.id).where(where, ~self._free(now), m.claimed_by != self.owner)
+                ).all()
+            )
+
+    def release_dead(self, *, now: datetime | None = None) -> int:
+        """Free the claims of owners on this host that are gone (see `owner_is_gone`):
+        what a process killed with work in hand held needs no waiting for its lease."""
+        now = now or self._clock()
+        m = self._model
+        with self._db.session() as session:
+            owners = set(
+                session.scalars(
+                    select(m.claimed_by).where(~self._free(now), m.claimed_by.is_not(None))
+                )
+            )
+            dead = [o for o in owners if o != self.owner and owner_is_gone(o)]
+            if not dead:
+                return 0
+            freed = session.execute(
+                update(m)
+                .where(m.claimed_by.in_(dead))
+                .values(claimed_by=None, claimed_at=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
+            count = int(freed.rowcount)  # type: ignore[attr-defined]
+        if count:
+            log.info("released %d claim(s) of %d dead process(es) on this host", count, len(dead))
+        return count
 
     def renew(self, ids: Sequence[str], *, now: datetime | None = None) -> int:
         """Extend this owner's claims; how many it still held."""

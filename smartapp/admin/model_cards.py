@@ -106,6 +106,33 @@ def model_cards(session: Session) -> list[dict[str, Any]]:
     return cards
 
 
+#: Change-control states, the one that serves first: the card a clinician is shown.
+_STATUS_ORDER = ("active", "shipped", "approved", "evaluated", "proposed", "superseded")
+
+
+def _serves(card: Mapping[str, Any], *, engine: str, version: str) -> bool:
+    if _ENTRY_FOR.get(card["engine"], card["engine"]) != _ENTRY_FOR.get(engine, engine):
+        return False
+    model = card["source_attributes"].get("model")
+    # An LLM's suggestions carry "model@version"; its registry row keeps the two apart.
+    return version in (card["version"], f"{model}@{card['version']}")
+
+
+def card_for(session: Session, *, engine: str, version: str) -> dict[str, Any]:
+    """The card of the engine version that drafted a suggestion (its name and version).
+
+    A version not in change control (an LLM the site file names, never proposed) still
+    gets its engine family's source attributes, with status "not in change control".
+    """
+    matches = [c for c in model_cards(session) if _serves(c, engine=engine, version=version)]
+    if matches:
+        rank = {status: n for n, status in enumerate(_STATUS_ORDER)}
+        return min(matches, key=lambda c: rank.get(c["status"], len(rank)))
+    return _card(
+        engine=engine, version=version, status="not in change control", model=None, row=None
+    )
+
+
 def as_fhir(cards: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The cards as a FHIR collection Bundle of Device resources, one per engine version."""
     entries = []

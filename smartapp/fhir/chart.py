@@ -9,8 +9,15 @@ the previous answers showed is still missing: every search's `next` page, the
 Medications that `_include` did not bring, and one retry of an entry that failed with
 429/5xx. Where the CapabilityStatement lists the `batch` interaction a round is ONE batch
 Bundle; otherwise it is concurrent GETs on a small thread pool (at most 6). Both paths
-share every rule below, so they produce the same snapshot. Each round's resources are
-validated while the next round is on the wire.
+share every rule below, so they produce the same snapshot. Each answer's resources are
+validated as it arrives, while the round's other requests are still on the wire.
+
+Where the server sorts Observations by date, each category is read from both ends at
+once: newest first, and oldest first in the same round (the two in a batch of their own,
+sent beside the chart's). A list of up to two pages then takes one round; a longer one
+that fits in `max_pages` takes half the rounds, the two ends meeting in the middle (the
+`total` says when). A list too long for that is read newest first only, the oldest-first
+page dropped, so that what a truncated list lacks is still its oldest part.
 
 A type that fails becomes a `search_failed` problem, not an exception; only the Patient is
 required. Types the granted scopes do not cover are never asked for.
@@ -21,8 +28,8 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Collection, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Collection, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -183,6 +190,14 @@ class _Fetch:
     history: bool = False
     #: The last page to follow (None: the loader's max_pages).
     last_page: int | None = None
+    #: The oldest-first twin of a newest-first search (`both_ends`): read from the other
+    #: end of the same list at the same time, so that a list of up to two pages (or, where
+    #: the whole list fits in `max_pages`, any list) needs half the rounds.
+    twin: bool = False
+    #: The batch this entry travels in: "" for the chart's batch; a both-ends search and its
+    #: twin get one of their own, sent at the same time (the server works on them in
+    #: parallel, and the app validates the first answer while the others are on the way).
+    group: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,6 +229,7 @@ class _Loader:
         required_search: Mapping[str, tuple[str, ...]] | None = None,
         history_since: date | None = None,
         history_by_date: bool = False,
+        both_ends: bool = False,
     ) -> None:
         self.client = client
         self.patient_id = patient_id
@@ -241,29 +257,47 @@ class _Loader:
         self._arrived: list[FHIRResource] = []
         self._validator = ResourceValidator()
         self._pool: ThreadPoolExecutor | None = None
+        # Batches run here (a batch that falls back to separate GETs waits on `_pool`).
+        self._runner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhir-round")
+        #: Read newest-first searches from both ends at once (where the server sorts).
+        self.both_ends = both_ends and sort_newest
+        #: This round's pages of the both-ends searches, by label: "newest" and "oldest".
+        self._stash: dict[str, dict[str, tuple[_Fetch, FHIRResource, int]]] = {}
+        #: Labels whose oldest-first twin was dropped: their newest-first chain goes on alone.
+        self._alone: set[str] = set()
+        #: Ids read per label by both ends (to know when they have met).
+        self._label_ids: dict[str, set[str]] = {}
+        #: (type, id) already kept: a resource read twice is validated once.
+        self._kept_ids: set[tuple[str, str]] = set()
+        #: Where each kept resource came from (round, request, position): the snapshot keeps
+        #: the order of the requests, whatever order their answers arrived in.
+        self._order: dict[int, tuple[int, int, int]] = {}
+        self._position: tuple[int, int] = (0, 0)
+        self._counter = 0
 
     # -- running -------------------------------------------------------------------------
 
     def run(self) -> None:
         pending = self._initial()
-        runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-round")
         try:
             while pending:
                 self.rounds += 1
-                in_flight = runner.submit(self._execute, pending)
-                # R4B validation costs about as much as a round trip for a large chart:
-                # validate what the earlier rounds brought while this one is on the wire.
-                self._validate_arrived()
-                outcomes = in_flight.result()
                 following: list[_Fetch] = []
-                for fetch, outcome in zip(pending, outcomes, strict=True):
-                    following += self._handle(fetch, outcome)
+                # Each answer is handled, and its resources validated, as it arrives,
+                # while the round's other requests are still on the wire.
+                for indexes, outcomes in self._execute(pending):
+                    for i, outcome in zip(indexes, outcomes, strict=True):
+                        self._position = (self.rounds, i)
+                        following += self._handle(pending[i], outcome)
+                    self._validate_arrived()
+                following += self._follow_both_ends(pending)
                 following += self._medication_fetches()
                 pending = following
         finally:
-            runner.shutdown(wait=True, cancel_futures=True)
+            self._runner.shutdown(wait=True, cancel_futures=True)
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
+        self._position = (self.rounds + 1, 0)
         self._judge_by_identifier()
         self._validate_arrived()
 
@@ -316,16 +350,31 @@ class _Loader:
                     f"{rtype} search needs {', '.join(missing)} on this EHR; not sent",
                 )
                 continue
+            label = f"{rtype} ({category})" if category else rtype
+            newest_first = self.sort_newest and rtype in SORTED_TYPES
+            both = self.both_ends and newest_first
             fetches.append(
                 _Fetch(
                     purpose="search",
                     resource_type=rtype,
-                    label=f"{rtype} ({category})" if category else rtype,
+                    label=label,
                     url=url,
                     fallback_url=plain if plain != url else None,
-                    newest_first=self.sort_newest and rtype in SORTED_TYPES,
+                    newest_first=newest_first,
+                    group=label if both else "",
                 )
             )
+            if both:
+                fetches.append(
+                    _Fetch(
+                        purpose="search",
+                        resource_type=rtype,
+                        label=label,
+                        url=self._search_url(rtype, category, plain=False, oldest_first=True),
+                        twin=True,
+                        group=label,
+                    )
+                )
         if self.history_since is not None and any(
             f.resource_type == "MedicationRequest" and f.purpose == "search" for f in fetches
         ):
@@ -355,7 +404,9 @@ class _Loader:
             last_page=None if self.history_by_date else 1,
         )
 
-    def _search_url(self, rtype: str, category: str | None, *, plain: bool) -> str:
+    def _search_url(
+        self, rtype: str, category: str | None, *, plain: bool, oldest_first: bool = False
+    ) -> str:
         params = search_params(
             rtype,
             self.patient_id,
@@ -364,6 +415,8 @@ class _Loader:
             newest_first=self.sort_newest,
             plain=plain,
         )
+        if oldest_first and "_sort" in params:
+            params["_sort"] = "date"
         return f"{rtype}?{urlencode(params)}"
 
     def _pool_for(self) -> ThreadPoolExecutor:
@@ -371,48 +424,59 @@ class _Loader:
             self._pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="fhir-load")
         return self._pool
 
-    def _execute(self, fetches: list[_Fetch]) -> list[_Outcome]:
+    def _execute(self, fetches: list[_Fetch]) -> Iterator[tuple[list[int], list[_Outcome]]]:
+        """The round's requests, all sent at once; (fetch indexes, outcomes) per request,
+        in the order they complete."""
+        pool = self._pool_for()
+        requests: dict[Future[list[_Outcome]], list[int]] = {}
+        groups: dict[str, list[int]] = {}
+        for i, fetch in enumerate(fetches):
+            # HAPI-style next links are the base itself plus a query (`[base]?_getpages=…`);
+            # a batch entry cannot express that, so such pages go directly, alongside.
+            if not self.use_batch or not fetch.url or fetch.url.startswith("?"):
+                requests[pool.submit(self._alone_request, fetch)] = [i]
+            else:
+                groups.setdefault(fetch.group, []).append(i)
+        for indexes in groups.values():
+            batch = [fetches[i] for i in indexes]
+            requests[self._runner.submit(self._batch, batch)] = indexes
+        for done in as_completed(requests):
+            yield requests[done], done.result()
+
+    def _alone_request(self, fetch: _Fetch) -> list[_Outcome]:
+        return [self._direct(fetch)]
+
+    def _batch(self, fetches: list[_Fetch]) -> list[_Outcome]:
+        """One batch of the round (on the round runner's thread)."""
         if not self.use_batch:
             return list(self._pool_for().map(self._direct, fetches))
-        # HAPI-style next links are the base itself plus a query (`[base]?_getpages=…`);
-        # a batch entry cannot express that, so such pages go directly, alongside the batch.
-        direct = [i for i, f in enumerate(fetches) if not f.url or f.url.startswith("?")]
-        futures: dict[int, Future[_Outcome]] = {
-            i: self._pool_for().submit(self._direct, fetches[i]) for i in direct
-        }
-        batched = [i for i in range(len(fetches)) if i not in futures]
-        outcomes: dict[int, _Outcome] = {}
-        if batched:
-            try:
-                responses = self.client.batch([BatchRequest(url=fetches[i].url) for i in batched])
-            except (RelaunchRequired, ChartTooLarge):
-                raise
-            except FatalUpstreamError:
-                # The statement said batch but the server refused it (some gateways do):
-                # the same requests, separately, from here on.
-                log.warning("FHIR batch refused; loading the chart with separate requests")
-                self.use_batch = False
-                again = self._pool_for().map(self._direct, [fetches[i] for i in batched])
-                outcomes.update(zip(batched, again, strict=True))
-            else:
-                for i, response in zip(batched, responses, strict=True):
-                    outcomes[i] = _Outcome(
-                        status=response.status,
-                        resource=response.resource,
-                        retryable=response.status in _TEMPORARY,
-                    )
-                searches = [i for i in batched if fetches[i].purpose == "search"]
-                if len(searches) > 1 and all(
-                    outcomes[i].status in _NO_SEARCH_IN_BATCH for i in searches
-                ):
-                    # Some servers take reads but not searches inside a batch: search directly.
-                    log.warning("FHIR batch refused every search; searching with separate requests")
-                    self.use_batch = False
-                    again = self._pool_for().map(self._direct, [fetches[i] for i in searches])
-                    outcomes.update(zip(searches, again, strict=True))
-        for i, future in futures.items():
-            outcomes[i] = future.result()
-        return [outcomes[i] for i in range(len(fetches))]
+        try:
+            responses = self.client.batch([BatchRequest(url=f.url) for f in fetches])
+        except (RelaunchRequired, ChartTooLarge):
+            raise
+        except FatalUpstreamError:
+            # The statement said batch but the server refused it (some gateways do):
+            # the same requests, separately, from here on.
+            log.warning("FHIR batch refused; loading the chart with separate requests")
+            self.use_batch = False
+            return list(self._pool_for().map(self._direct, fetches))
+        outcomes = [
+            _Outcome(
+                status=response.status,
+                resource=response.resource,
+                retryable=response.status in _TEMPORARY,
+            )
+            for response in responses
+        ]
+        searches = [i for i, f in enumerate(fetches) if f.purpose == "search"]
+        if len(searches) > 1 and all(outcomes[i].status in _NO_SEARCH_IN_BATCH for i in searches):
+            # Some servers take reads but not searches inside a batch: search directly.
+            log.warning("FHIR batch refused every search; searching with separate requests")
+            self.use_batch = False
+            again = self._pool_for().map(self._direct, [fetches[i] for i in searches])
+            for i, outcome in zip(searches, again, strict=True):
+                outcomes[i] = outcome
+        return outcomes
 
     def _direct(self, fetch: _Fetch) -> _Outcome:
         try:
@@ -453,6 +517,10 @@ class _Loader:
 
     def _page(self, fetch: _Fetch, bundle: FHIRResource) -> list[_Fetch]:
         rtype, label = fetch.resource_type, fetch.label or fetch.resource_type
+        if fetch.twin:
+            # Kept aside until the round is over: used only if both ends can meet.
+            self._stash.setdefault(label, {})["oldest"] = (fetch, bundle, self._position[1])
+            return []
         matches, includes = split_search_bundle(bundle)
         matches = [r for r in matches if r.get("resourceType") == rtype]
         self.read_counts[label] += len(matches)
@@ -461,9 +529,21 @@ class _Loader:
         if fetch.newest_first and fetch.page == 1 and not _self_link_kept_sort(bundle):
             log.info("FHIR search %s: the server did not apply _sort; pages are unordered", label)
             fetch = replace(fetch, newest_first=False)
+            self._alone.add(label)
         self._add(rtype, matches)
         if rtype == "MedicationRequest":
             self._add("Medication", [r for r in includes if r.get("resourceType") == "Medication"])
+        if fetch.group and label not in self._alone:
+            self._label_ids.setdefault(label, set()).update(
+                str(r["id"]) for r in matches if isinstance(r.get("id"), str)
+            )
+            self._stash.setdefault(label, {})["newest"] = (fetch, bundle, self._position[1])
+            return []
+        return self._next_page(fetch, bundle)
+
+    def _next_page(self, fetch: _Fetch, bundle: FHIRResource) -> list[_Fetch]:
+        """The fetch of the search's next page, if it is to be read."""
+        rtype, label = fetch.resource_type, fetch.label or fetch.resource_type
         link = next_link(bundle)
         if link is None or rtype == "DocumentReference":
             # DocumentReference: the most recent few are wanted, not the whole history.
@@ -512,7 +592,71 @@ class _Loader:
         self.seen_urls.add(relative)
         return [replace(fetch, url=relative, page=fetch.page + 1, fallback_url=None, retried=False)]
 
+    def _follow_both_ends(self, pending: list[_Fetch]) -> list[_Fetch]:
+        """After a round: for each search read from both ends, whether the two ends have
+        met (the list is complete), may meet within `max_pages`, or cannot (then the
+        oldest-first page is dropped, and the newest-first search goes on alone, so that
+        what a truncated list lacks is still its oldest part)."""
+        following: list[_Fetch] = []
+        stash, self._stash = self._stash, {}
+        for label, ends in stash.items():
+            newest, oldest = ends.get("newest"), ends.get("oldest")
+            if newest is None:
+                continue  # its page failed (a problem says so) or it was read alone
+            fetch, bundle, _ = newest
+            if oldest is None or label in self._alone:
+                self._alone.add(label)
+                following += self._next_page(replace(fetch, group=""), bundle)
+                continue
+            twin, twin_bundle, index = oldest
+            if next_link(bundle) is None:
+                continue  # the newest-first page held the whole list
+            matches = [
+                r
+                for r in split_search_bundle(twin_bundle)[0]
+                if r.get("resourceType") == fetch.resource_type
+            ]
+            ids = self._label_ids.setdefault(label, set())
+            twin_ids = {str(r["id"]) for r in matches if isinstance(r.get("id"), str)}
+            total = bundle.get("total")
+            complete = isinstance(total, int) and len(ids | twin_ids) >= total
+            page_size = max(1, len(split_search_bundle(bundle)[0]))
+            reachable = (
+                isinstance(total, int)
+                and twin_bundle.get("total") == total
+                and total <= self.max_pages * page_size
+                and fetch.page + twin.page < self.max_pages + 1
+                and _self_link_kept_sort(twin_bundle)
+            )
+            if not (complete or next_link(twin_bundle) is None or reachable):
+                log.info("FHIR search %s: both ends cannot meet; read newest first only", label)
+                self._alone.add(label)
+                following += self._next_page(replace(fetch, group=""), bundle)
+                continue
+            self._position = (self.rounds, index)
+            self.read_counts[label] += len(twin_ids - ids)
+            ids |= twin_ids
+            self._add(fetch.resource_type, matches)
+            if complete or next_link(twin_bundle) is None:
+                continue
+            for end, end_bundle in ((fetch, bundle), (twin, twin_bundle)):
+                link = next_link(end_bundle)
+                assert link is not None
+                try:
+                    relative = self.client.relative_to_base(link)
+                except FatalUpstreamError:
+                    self._alone.add(label)  # a page on another server: newest first alone
+                    following += self._next_page(replace(fetch, group=""), bundle)
+                    break
+                following.append(replace(end, url=relative, page=end.page + 1, retried=False))
+        return following
+
     def _failed(self, fetch: _Fetch, outcome: _Outcome) -> list[_Fetch]:
+        if fetch.twin:
+            # Only a shortcut (never retried): the newest-first search reads the list alone.
+            log.info("FHIR search %s: the oldest-first page failed; not needed", fetch.label)
+            self._alone.add(fetch.label)
+            return []
         if outcome.retryable and not fetch.retried:
             return [replace(fetch, retried=True)]
         if fetch.fallback_url and outcome.status not in _TEMPORARY and outcome.status != 401:
@@ -588,8 +732,16 @@ class _Loader:
     def _keep(self, rtype: str, resources: list[FHIRResource]) -> None:
         kept: list[FHIRResource] = []
         for resource in resources:
+            rid = resource.get("id")
+            if isinstance(rid, str):
+                # Pages, both ends and `_include` can bring a resource twice: keep the first.
+                if (rtype, rid) in self._kept_ids:
+                    continue
+                self._kept_ids.add((rtype, rid))
             if rtype == "DocumentReference":
                 resource = _without_attachment_data(resource)
+            self._counter += 1
+            self._order[id(resource)] = (*self._position, self._counter)
             kept.append(resource)
         self.found[rtype].extend(kept)
         self._arrived.extend(kept)
@@ -673,8 +825,12 @@ class _Loader:
                 )
             )
         problems += self._validator.problems()
+        # In the order of the requests (answers arrive in any order); Patient and Encounter
+        # (not in `_order`) first.
+        order = self._order
+        valid = sorted(self._validator.valid, key=lambda r: order.get(id(r), (0, 0, 0)))
         snap = assemble_snapshot(
-            self._validator.valid,
+            valid,
             patient_id=self.patient_id,
             encounter_id=self.encounter_id,
             problems=problems,
@@ -781,6 +937,7 @@ def load_snapshot(
     quirks: QuirksProfile | None = None,
     configured_quirks: str | None = None,
     today: date | None = None,
+    both_ends: bool = True,
 ) -> ChartSnapshot:
     """The launch's chart: one batch per round where the server supports batch, else ≤ 6 GETs
     at a time; `next` pages followed up to `max_pages` per type.
@@ -792,7 +949,8 @@ def load_snapshot(
     default, where the statement declares `_sort`). `quirks`: the EHR family's profile;
     None: `configured_quirks` (the site file's choice for the issuer), else detected from
     the CapabilityStatement. `today`: where the window of stopped and completed orders
-    ends (default: today, UTC).
+    ends (default: today, UTC). `both_ends`: where Observations are read newest first, read
+    each list from its oldest end too, at the same time, in a batch of its own.
     """
     if max_pages < 1:
         raise ValueError("max_pages must be at least 1")
@@ -837,6 +995,7 @@ def load_snapshot(
         required_search=profile.required_search(),
         history_since=medication_history_since(today or datetime.now(UTC).date()),
         history_by_date=supports_search_param(capabilities, "MedicationRequest", "authoredon"),
+        both_ends=both_ends,
     )
     loader.run()
     snapshot = loader.snapshot(not_granted=not_granted, request_count=client.request_count - start)

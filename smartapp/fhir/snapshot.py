@@ -7,10 +7,12 @@ resource type, plus what could not be read and why. It holds no tokens and no HT
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 FHIRResource = dict[str, Any]
 
@@ -85,6 +87,8 @@ class ChartSnapshot:
     _index: dict[str, FHIRResource] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    #: What has been worked out from this snapshot (`derived`): a snapshot never changes.
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = self._index
@@ -92,6 +96,14 @@ class ChartSnapshot:
             rtype, rid = resource.get("resourceType"), resource.get("id")
             if rtype and rid:
                 index[f"{rtype}/{rid}"] = resource
+
+    def derived(self, key: str, compute: Callable[[], _T]) -> _T:
+        """`compute()`, worked out once per snapshot: the parsed snapshot stays in the
+        process's memory across a launch's requests, and what depends on the chart alone
+        (what changed since the last visit) need not be worked out on each of them."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]  # type: ignore[no-any-return]
 
     def all_resources(self) -> Iterable[FHIRResource]:
         yield self.patient

@@ -11,18 +11,26 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+from sqlalchemy import delete, exists
 
 from smartapp import audit
 from smartapp.config import Settings
+from smartapp.db import utcnow
+from smartapp.fhir.auth import TokenProvider
 from smartapp.fhir.cache import SnapshotCache
 from smartapp.fhir.chart import load_snapshot
 from smartapp.fhir.client import FHIRClient
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.identity import bound_identity
+from smartapp.notes.models import SavedNote
+from smartapp.smart.models import HeldGrant
 from smartapp.smart.services import SMARTServices
 from smartapp.smart.session import (
+    HeldTokenProvider,
     LaunchContext,
     SessionTokenProvider,
+    held_grant_usable,
+    hold_grant,
     stored_launch,
     successor_launch,
 )
@@ -50,9 +58,12 @@ class LaunchChartSource:
         self._http = http
 
     def client_for(self, launch: LaunchContext) -> FHIRClient:
+        return self._client(launch.iss, SessionTokenProvider(self._services, launch.session_id))
+
+    def _client(self, iss: str, tokens: TokenProvider) -> FHIRClient:
         return FHIRClient(
-            launch.iss,
-            tokens=SessionTokenProvider(self._services, launch.session_id),
+            iss,
+            tokens=tokens,
             session=self._http,
             deadline=float(self._settings.fhir_deadline_seconds),
             max_response_bytes=self._settings.fhir_max_response_mb * 1024 * 1024,
@@ -61,11 +72,35 @@ class LaunchChartSource:
     def client_for_note(
         self, *, launch_session_id: str, site: str, fhir_user: str | None, patient_id: str
     ) -> FHIRClient | None:
-        """A client that may write this note: its own launch's, or the clinician's newer one."""
-        launch = stored_launch(self._services, launch_session_id) or successor_launch(
-            self._services, iss=site, fhir_user=fhir_user, patient=patient_id
-        )
+        """A client that may write this note: its own launch's while it lasts, then the
+        tokens held for it (`hold_for_note`), then the clinician's newer launch for this
+        patient; None while none can."""
+        launch = stored_launch(self._services, launch_session_id)
+        if launch is not None:
+            return self.client_for(launch)
+        if held_grant_usable(self._services, launch_session_id, iss=site):
+            return self._client(site, HeldTokenProvider(self._services, launch_session_id))
+        launch = successor_launch(self._services, iss=site, fhir_user=fhir_user, patient=patient_id)
         return self.client_for(launch) if launch is not None else None
+
+    def hold_for_note(self, launch: LaunchContext) -> None:
+        """Keep this launch's tokens for the note it is saving, until it is delivered."""
+        hold_grant(self._services, launch.session_id)
+
+    def release_for_notes(self, launch_session_id: str | None = None) -> int:
+        """Drop held tokens no pending note needs (this launch's only, when named), and
+        expired ones; how many went."""
+        needed = exists().where(
+            SavedNote.launch_session_id == HeldGrant.id, SavedNote.status == "pending"
+        )
+        where = ~needed | (HeldGrant.absolute_expires_at <= utcnow())
+        if launch_session_id is not None:
+            where = where & (HeldGrant.id == launch_session_id)
+        with self._services.db.session() as s:
+            result = s.execute(
+                delete(HeldGrant).where(where).execution_options(synchronize_session=False)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def snapshot(
         self, launch: LaunchContext, *, refresh: bool = False, reread: bool = False

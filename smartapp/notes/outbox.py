@@ -42,6 +42,8 @@ class OutboxReport:
     notes_delivered: int = 0
     notes_waiting: int = 0
     notes_failed: int = 0
+    #: Due notes another live process is delivering now (its lease renewed).
+    notes_held: int = 0
     feedback_sent: int = 0
 
 
@@ -72,6 +74,14 @@ class Outbox:
             )
             return list(rows)
 
+    def recover(self) -> int:
+        """Free what processes of this host that died (kill -9) held, without waiting for
+        their leases to lapse: run at start-up. How many notes and forwards were freed."""
+        freed = self._sidebar.leases.release_dead()
+        if self._forwarder is not None:
+            freed += self._forwarder.leases.release_dead()
+        return freed
+
     def run_once(self, *, now: datetime | None = None, force: bool = False) -> OutboxReport:
         """Deliver what is due (everything pending when `force`), claiming each note first.
 
@@ -82,13 +92,10 @@ class Outbox:
         delivered = waiting = failed = 0
         horizon = now + timedelta(days=365 * 100) if force else now
         leases = self._sidebar.leases
-        claimed = leases.claim_due(
-            (SavedNote.status == "pending")
-            & (SavedNote.next_attempt_at.is_(None) | (SavedNote.next_attempt_at <= horizon)),
-            order_by=SavedNote.created_at,
-            limit=100,
-            now=now,
+        due = (SavedNote.status == "pending") & (
+            SavedNote.next_attempt_at.is_(None) | (SavedNote.next_attempt_at <= horizon)
         )
+        claimed = leases.claim_due(due, order_by=SavedNote.created_at, limit=100, now=now)
         for note_id in claimed:
             try:
                 with self._db.session() as session:
@@ -125,6 +132,7 @@ class Outbox:
                     delivered += 1
             finally:
                 leases.release([note_id])  # deliver released it already; a no-op then
+        held = leases.held_elsewhere(due, now=now) if force else 0
         sent = self._forwarder.deliver_due(now=now) if self._forwarder else 0
         if delivered or failed or sent:
             log.info(
@@ -138,6 +146,7 @@ class Outbox:
             notes_delivered=delivered,
             notes_waiting=waiting,
             notes_failed=failed,
+            notes_held=held,
             feedback_sent=sent,
         )
 
@@ -145,6 +154,8 @@ class Outbox:
 class OutboxWorker:
     """A daemon thread that runs the outbox every `interval` seconds until stopped.
 
+    It starts by freeing what a dead predecessor on this host held (`Outbox.recover`) and
+    running at once, so that a restart sends what the killed process left within seconds.
     `housekeeping` tasks run on the same beat (e.g. deleting expired chart snapshots,
     which are PHI and must not outlive their TTL in the store).
     """
@@ -169,12 +180,17 @@ class OutboxWorker:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            for task in (self._outbox.run_once, *self._housekeeping):
+        recover = getattr(self._outbox, "recover", None)
+        tasks = (*((recover,) if recover else ()), self._outbox.run_once, *self._housekeeping)
+        while True:
+            for task in tasks:
                 try:
                     task()
                 except Exception as exc:  # the worker must outlive any one bad run
                     log.error("background task failed: %s", type(exc).__name__)
+            if self._stop.wait(self._interval):
+                return
+            tasks = (self._outbox.run_once, *self._housekeeping)
 
     def stop(self) -> None:
         self._stop.set()

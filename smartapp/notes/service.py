@@ -17,9 +17,10 @@ from datetime import UTC, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import CursorResult, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from smartapp import audit
+from smartapp.admin.model_cards import card_for
 from smartapp.db import Database, utcnow
 from smartapp.errors import (
     AppError,
@@ -61,6 +62,7 @@ from smartapp.notes.writeback import (
 )
 from smartapp.suggestions.changes import Changes, changes_since
 from smartapp.suggestions.interfaces import Suggestion
+from smartapp.suggestions.kinds import KIND_LABELS
 
 if TYPE_CHECKING:
     from smartapp.fhir.client import FHIRClient
@@ -71,10 +73,22 @@ log = logging.getLogger(__name__)
 MAX_NOTE_CHARS = 50_000
 #: Saves of one visit's note that may collide (tabs saving at once) before giving up.
 SAVE_ATTEMPTS = 5
+#: The first retry of a note the EHR could not take waits this long, then twice as long
+#: each time, up to RETRY_CAP_SECONDS (SMARTAPP_OUTBOX_RETRY_SECONDS sets the first).
+RETRY_SECONDS = 15.0
+RETRY_CAP_SECONDS = 3600.0
 
 
 class _SavedMeanwhile(Exception):
     """The visit's note was revised between reading it and writing this revision."""
+
+
+class NoteGrants(Protocol):
+    """Keeps a launch's tokens for the notes it saves, so they outlive the launch."""
+
+    def hold_for_note(self, launch: LaunchContext) -> None: ...
+
+    def release_for_notes(self, launch_session_id: str | None = None) -> int: ...
 
 
 class SnapshotSource(Protocol):
@@ -142,8 +156,12 @@ class SidebarService:
         note_layout: Callable[[str], NoteLayout] = lambda _iss: NoteLayout(),
         summary_config: Callable[[str], AfterVisitSummary] = lambda _iss: AfterVisitSummary(),
         visit_timezone: Callable[[str], tzinfo] = lambda _iss: UTC,
+        grants: NoteGrants | None = None,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self._db = database
+        self._grants = grants
+        self._retry_seconds = retry_seconds
         self._note_layout = note_layout
         self._summary_config = summary_config
         self._visit_timezone = visit_timezone
@@ -238,7 +256,8 @@ class SidebarService:
         return SuggestionsView(
             snapshot=snapshot,
             rows=rows,
-            changes=changes_since(snapshot),
+            # A function of the chart alone (as of its own date): once per snapshot.
+            changes=snapshot.derived("changes_since", lambda: changes_since(snapshot)),
             not_enabled=plan.not_enabled,
             pending=tuple(k for k in plan.kinds if k in pending),
         )
@@ -316,6 +335,21 @@ class SidebarService:
         if plan is None:
             plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
         return self._visible(self.feedback.shown(self._shown_by(launch, visit, latest_key)), plan)
+
+    def about(self, launch: LaunchContext, kind: str) -> dict[str, Any]:
+        """ "About this suggestion": the source attributes of the engine version that drafted
+        this visit's suggestions of `kind` now shown (ONC HTI-1; admin.model_cards)."""
+        row = next((r for r in self.current_rows(launch) if r.kind == kind), None)
+        if row is None:
+            raise NotFound("No suggestion of this kind is shown for this visit.")
+        with self._db.session() as session:
+            card = card_for(session, engine=row.engine_name, version=row.engine_version)
+        return {
+            "kind": kind,
+            "title": KIND_LABELS.get(kind, kind),
+            "engine": {"name": row.engine_name, "version": row.engine_version},
+            "card": card,
+        }
 
     def decide(self, launch: LaunchContext, suggestion_id: str, **decision: Any) -> None:
         """Record a decision on one of this visit's suggestions (any launch of it may)."""
@@ -404,6 +438,10 @@ class SidebarService:
         """Store one document of the visit (created or revised), then try to deliver it."""
         # Only the engines whose text is in it: they label it (and its Provenance).
         engines = [list(e) for e in content.engines]
+        if self._grants is not None:
+            # Before the note is stored: it must never wait on a launch that has ended
+            # (the next launch in this browser deletes it) while the EHR is away.
+            self._grants.hold_for_note(launch)
         for _ in range(SAVE_ATTEMPTS):
             try:
                 note_id, unchanged = self._store_note(
@@ -549,6 +587,7 @@ class SidebarService:
                 title=title,
             )
             document, document_revision = note.document_reference, note.document_revision
+            held_by = note.launch_session_id
         try:
             written = self._write(client, draft, note_id, revision, document, document_revision)
         except TemporaryUpstreamError as exc:
@@ -561,11 +600,22 @@ class SidebarService:
             return None
         except UpstreamError as exc:
             self._record_failure(note_id, exc, retry=False)
+            self._release_grant(held_by)
             raise
         self._record_step(
             note_id, revision, document=written.document_reference, provenance=written.provenance
         )
+        self._release_grant(held_by)
         return written
+
+    def _release_grant(self, launch_session_id: str) -> None:
+        """The held tokens go once no pending note needs them (housekeeping retries)."""
+        if self._grants is None:
+            return
+        try:
+            self._grants.release_for_notes(launch_session_id)
+        except SQLAlchemyError as exc:  # the note's outcome is recorded: that is what counts
+            log.warning("releasing a note's held tokens failed: %s", type(exc).__name__)
 
     def _write(
         self,
@@ -649,7 +699,8 @@ class SidebarService:
             note.last_error = exc.code
             if retry:
                 note.status = "pending"
-                delay = min(3600, 15 * 2 ** min(note.attempts, 8))
+                backoff = self._retry_seconds * 2 ** min(note.attempts - 1, 12)
+                delay = min(RETRY_CAP_SECONDS, backoff)
                 note.next_attempt_at = utcnow() + timedelta(seconds=delay)
             else:
                 note.status = "failed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, render_template
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 
 from smartapp.config import Settings, origin_of
 from smartapp.errors import AppError, BadRequest, NotFound
@@ -19,7 +19,7 @@ from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SaveResult, SidebarService
 from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
 from smartapp.smart.session import LaunchContext, current_launch
-from smartapp.suggestions.kinds import KIND_LABELS
+from smartapp.suggestions.kinds import KIND_LABELS, KINDS
 
 bp = Blueprint("sidebar", __name__)
 
@@ -258,6 +258,15 @@ def notes() -> Response:
     """This visit's note (and notes an earlier launch left waiting), and the visit's draft."""
     launch = current_launch()
     return jsonify({"notes": _service().notes(launch), "visit": _service().visit_state(launch)})
+
+
+@bp.get("/api/about")
+def about() -> Response:
+    """About this suggestion: the drafting engine version's source attributes (HTI-1)."""
+    kind = request.args.get("kind", "")
+    if kind not in KINDS:
+        raise BadRequest(f"kind: one of {', '.join(KINDS)}.")
+    return jsonify(_service().about(current_launch(), kind))
 
 
 @bp.get("/api/resources/<resource_type>/<resource_id>")

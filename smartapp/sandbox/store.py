@@ -100,6 +100,11 @@ class Store:
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._depth = 0
+        #: Decoded bodies by (type, id), with the text they were decoded from: a search
+        #: reads every resource of the patient's type, and decoding them again on every
+        #: page made a page of a 5,000-Observation chart cost 0.4 s (a real EHR's indexed
+        #: search costs what its page holds). Reused only while the stored text is the same.
+        self._decoded: dict[tuple[str, str], tuple[str, Resource]] = {}
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -197,7 +202,29 @@ class Store:
                 "SELECT * FROM resources WHERE type = ? AND patient = ? ORDER BY seq",
                 (resource_type, patient),
             )
-        return [self._row(row) for row in rows]
+        return [self._listed(row) for row in rows]
+
+    def _listed(self, row: sqlite3.Row) -> StoredResource:
+        """`_row`, decoding the body only if its text changed since it was last decoded.
+
+        The body is shared between the searches that list it: read it, never change it
+        (every write path copies the resource it stores).
+        """
+        key, text = (row["type"], row["id"]), row["body"]
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] == text:
+            body = cached[1]
+        else:
+            body = json.loads(text)
+            self._decoded[key] = (text, body)
+        return StoredResource(
+            resource_type=row["type"],
+            id=row["id"],
+            patient=row["patient"],
+            version=row["version"],
+            last_updated=row["last_updated"],
+            body=body,
+        )
 
     def count(self, resource_type: str | None = None) -> int:
         if resource_type is None:

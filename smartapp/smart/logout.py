@@ -1,8 +1,9 @@
 """Logout: the launch session ends on the server, and its tokens at the EHR where it can revoke.
 
-The row (and with it the encrypted tokens) is deleted first, so the session is over
-whatever the EHR answers; then the refresh token, else the access token, is revoked at
-the issuer's `revocation_endpoint` (RFC 7009) when its SMART configuration advertises one.
+The row (and with it the encrypted tokens, and their copy held for pending notes) is
+deleted first, so the session is over whatever the EHR answers; then the refresh token,
+else the access token, is revoked at the issuer's `revocation_endpoint` (RFC 7009) when
+its SMART configuration advertises one.
 https://www.rfc-editor.org/rfc/rfc7009
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from smartapp.errors import AppError
 from smartapp.smart.crypto import DecryptionFailed
-from smartapp.smart.models import LaunchSession
+from smartapp.smart.models import HeldGrant, LaunchSession
 from smartapp.smart.services import SMARTServices
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ def end_launch(services: SMARTServices, session_id: str, *, purpose: str) -> End
         if row is None or row.purpose != purpose:
             return None
         s.delete(row)
+        # The clinician ended the grant: a note still pending waits for their next launch
+        # rather than go out with the tokens they asked to end.
+        held = s.get(HeldGrant, session_id)
+        if held is not None:
+            s.delete(held)
     token, hint = _token_to_revoke(services, row)
     revoked = False
     if token is not None and row.iss in services.settings.allowed_issuers:

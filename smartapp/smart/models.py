@@ -1,7 +1,9 @@
 """The launch's rows: authorizations under way, and launch sessions with their tokens.
 
 Random values the browser holds (state, session cookie) are stored only as SHA-256
-hashes; access and refresh tokens only encrypted (see `crypto.py`).
+hashes; access and refresh tokens only encrypted (see `crypto.py`). A launch's tokens
+are also held, as a copy, for work it left pending (a note to deliver) after the launch
+itself has ended (`HeldGrant`).
 https://hl7.org/fhir/smart-app-launch/app-launch.html#considerations-for-oauth-state
 """
 
@@ -74,3 +76,30 @@ class LaunchSession(Base):
     last_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     #: The session ends at the first of: idle since `last_seen_at` + idle timeout, or this.
     absolute_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class HeldGrant(Base):
+    """A launch's tokens, held for the work it left to do after it ends (a note to deliver).
+
+    Copied from the launch session when a note is saved (the same ciphertexts) and kept in
+    step with it while it lives (a refresh updates both, since a rotated refresh token
+    spends the old one), so that ending the launch (the next launch in the same browser
+    deletes it, or it expires) does not strand the note: the outbox delivers it with
+    these once the EHR answers. Deleted when no pending note needs it, at logout, or at
+    `absolute_expires_at`.
+    """
+
+    __tablename__ = "smart_held_grant"
+
+    #: The launch session's id it was copied from (the notes name it).
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    iss: Mapped[str] = mapped_column(Text)
+    token_endpoint: Mapped[str] = mapped_column(Text)
+    access_token_enc: Mapped[str | None] = mapped_column(Text)
+    refresh_token_enc: Mapped[str | None] = mapped_column(Text, default=None)
+    access_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    scope: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    #: Held no longer than this (renewed by each note saved with the launch).
+    absolute_expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, g, request
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from smartapp.db import utcnow
 from smartapp.errors import (
@@ -31,7 +32,7 @@ from smartapp.security import CSRF_HEADER, register_csrf_lookup
 from smartapp.smart.client import RefreshRefused, TokenResponse
 from smartapp.smart.crypto import DecryptionFailed, hash_secret, random_secret
 from smartapp.smart.idtoken import IDTokenClaims
-from smartapp.smart.models import LaunchSession, PendingAuthorization
+from smartapp.smart.models import HeldGrant, LaunchSession, PendingAuthorization
 from smartapp.smart.scopes import GrantedScopes
 from smartapp.smart.services import SMARTServices, get_services
 
@@ -50,6 +51,9 @@ REFRESH_MARGIN = timedelta(seconds=60)
 #: ...and at most this share of its lifetime: a 60-second token (some EHRs issue them)
 #: would otherwise need a refresh from the moment it is issued, on every FHIR request.
 REFRESH_MARGIN_SHARE = 0.25
+#: A launch's tokens are held for the notes it saved this long after the last one (they
+#: go out with them once the EHR answers, whether or not the launch still exists).
+HOLD_LIFETIME = ABSOLUTE_LIFETIME
 #: last_seen_at is written at most this often (not on every request).
 TOUCH_INTERVAL = timedelta(seconds=60)
 
@@ -290,6 +294,70 @@ def end_session(services: SMARTServices, session_id: str) -> None:
         s.execute(delete(LaunchSession).where(LaunchSession.id == session_id))
 
 
+#: Where a token provider finds its tokens: a launch session, or the copy held for its notes.
+_TokenRow = LaunchSession | HeldGrant
+
+#: The token columns a held grant copies from its launch session (and keeps in step).
+_GRANT_COLUMNS = (
+    "iss",
+    "token_endpoint",
+    "access_token_enc",
+    "refresh_token_enc",
+    "access_expires_at",
+    "scope",
+    "created_at",
+    "last_refreshed_at",
+)
+
+
+def hold_grant(services: SMARTServices, session_id: str) -> bool:
+    """Hold this launch's tokens for work it leaves pending (a note to deliver).
+
+    The copy outlives the launch session (the next launch in this browser deletes it) and
+    is kept in step with it while both exist; it lasts HOLD_LIFETIME from now. False when
+    the launch has no token to hold (ended, or refused by the EHR).
+    """
+    for _ in range(2):  # two saves of one launch at once: the second updates the first's
+        try:
+            with services.refresh_locks.get(session_id), services.db.session() as s:
+                row = s.execute(
+                    select(LaunchSession).where(LaunchSession.id == session_id).with_for_update()
+                ).scalar_one_or_none()
+                if row is None or row.access_token_enc is None:
+                    return False
+                held = s.get(HeldGrant, session_id)
+                if held is None:
+                    held = HeldGrant(id=session_id)
+                    s.add(held)
+                for column in _GRANT_COLUMNS:
+                    setattr(held, column, getattr(row, column))
+                held.absolute_expires_at = utcnow() + HOLD_LIFETIME
+            return True
+        except IntegrityError:
+            continue
+    return False
+
+
+def held_grant_usable(services: SMARTServices, session_id: str, *, iss: str) -> bool:
+    """Whether a held grant for this launch can still be tried (see `HeldTokenProvider`)."""
+    with services.db.session() as s:
+        held = s.get(HeldGrant, session_id)
+        return (
+            held is not None
+            and held.iss == iss
+            # An issuer taken off the allow-list gets nothing more from the app.
+            and iss in services.settings.allowed_issuers
+            and held.access_token_enc is not None
+            and utcnow() < held.absolute_expires_at
+        )
+
+
+def drop_held_grant(services: SMARTServices, session_id: str) -> None:
+    """Forget a launch's held tokens (logout: the clinician ended the grant)."""
+    with services.db.session() as s:
+        s.execute(delete(HeldGrant).where(HeldGrant.id == session_id))
+
+
 class SessionTokenProvider:
     """The FHIR client's bearer token for one launch session (see `smartapp.fhir.auth`).
 
@@ -298,6 +366,9 @@ class SessionTokenProvider:
     database has it) because refresh tokens rotate: two refreshes must not both spend
     the same one.
     """
+
+    #: Where the tokens are: the launch session (and then its held copy is kept in step).
+    model: type[LaunchSession] | type[HeldGrant] = LaunchSession
 
     def __init__(self, services: SMARTServices, session_id: str) -> None:
         self._services = services
@@ -334,17 +405,24 @@ class SessionTokenProvider:
 
     def _forget_access_token(self) -> None:
         with self._services.db.session() as s:
-            row = s.get(LaunchSession, self._session_id)
+            row: _TokenRow | None = s.get(self.model, self._session_id)  # type: ignore[assignment]
             if row is not None:
                 row.access_token_enc = None
+                self._mirror(s, access_token_enc=None)
+
+    def _mirror(self, s: Any, **values: Any) -> None:
+        """Keep the held copy (if any) of a launch session's tokens in step with it: a
+        rotated refresh token spends the old one, which the copy would otherwise keep."""
+        if self.model is LaunchSession:
+            s.execute(update(HeldGrant).where(HeldGrant.id == self._session_id).values(**values))
 
     def _remember(self, token: str) -> str:
         self._last_token = token
         return token
 
-    def _read(self) -> LaunchSession:
+    def _read(self) -> _TokenRow:
         with self._services.db.session() as s:
-            row = s.get(LaunchSession, self._session_id)
+            row: _TokenRow | None = s.get(self.model, self._session_id)  # type: ignore[assignment]
         if row is None or row.access_token_enc is None:
             raise RelaunchRequired()
         if utcnow() >= row.absolute_expires_at:
@@ -364,8 +442,9 @@ class SessionTokenProvider:
         services = self._services
         refused: RefreshRefused | None = None
         with services.refresh_locks.get(self._session_id), services.db.session() as s:
-            row = s.execute(
-                select(LaunchSession).where(LaunchSession.id == self._session_id).with_for_update()
+            model = self.model
+            row: _TokenRow | None = s.execute(  # type: ignore[assignment]
+                select(model).where(model.id == self._session_id).with_for_update()
             ).scalar_one_or_none()
             if row is None or row.access_token_enc is None or utcnow() >= row.absolute_expires_at:
                 raise RelaunchRequired()
@@ -386,6 +465,7 @@ class SessionTokenProvider:
             except RefreshRefused as exc:
                 # Spent or revoked: forget it so that later calls fail fast, and commit that.
                 row.refresh_token_enc = None
+                self._mirror(s, refresh_token_enc=None)
                 refused = exc
             else:
                 row.access_token_enc = services.cipher.encrypt(fresh.access_token)
@@ -394,12 +474,30 @@ class SessionTokenProvider:
                 row.access_expires_at = fresh.expires_at
                 row.scope = fresh.scope
                 row.last_refreshed_at = utcnow()
+                self._mirror(
+                    s,
+                    access_token_enc=row.access_token_enc,
+                    refresh_token_enc=row.refresh_token_enc,
+                    access_expires_at=row.access_expires_at,
+                    scope=row.scope,
+                    last_refreshed_at=row.last_refreshed_at,
+                )
                 return fresh.access_token
         assert refused is not None
         raise refused
 
 
-def _needs_refresh(row: LaunchSession, now: datetime) -> bool:
+class HeldTokenProvider(SessionTokenProvider):
+    """The bearer token of a launch that has ended, from the copy held for its notes.
+
+    Used by the outbox only once the launch session itself is gone; it refreshes the copy
+    as the session would have (one refresh at a time, rotation kept).
+    """
+
+    model = HeldGrant
+
+
+def _needs_refresh(row: LaunchSession | HeldGrant, now: datetime) -> bool:
     if row.access_expires_at is None:
         return False
     issued = row.last_refreshed_at or row.created_at
@@ -408,7 +506,7 @@ def _needs_refresh(row: LaunchSession, now: datetime) -> bool:
     return now >= row.access_expires_at - margin
 
 
-def _expired(row: LaunchSession, now: datetime) -> bool:
+def _expired(row: LaunchSession | HeldGrant, now: datetime) -> bool:
     return row.access_expires_at is not None and now >= row.access_expires_at
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from smartapp import clinical
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
-from smartapp.suggestions import units
+from smartapp.suggestions import risk_scores, units
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
@@ -73,6 +73,8 @@ class Goal:
     words: Mapping[str, str] = field(default_factory=dict)
     #: Named categories, first match wins (KDIGO G1-G5 for eGFR, A1-A3 for UACR).
     categories: tuple[Category, ...] = ()
+    #: The goal holds from this age in years (CDC's adult BMI categories: 20 and older).
+    min_age: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +135,21 @@ class PlanOption:
     show_treatment: bool = False
     #: Only for a patient the chart says is pregnant (context.pregnancy_evidence).
     pregnant: bool = False
+    #: A risk score (risk_scores.toml) at or above a threshold by Patient.gender; genders
+    #: without an entry use `male`'s (no sex point is counted for them).
+    score: str | None = None
+    score_at_least: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """A choice with a home block: offered under the `home` problem group when the patient
+    has one, and pointed to ("Statin: see Hyperlipidemia") from the other blocks."""
+
+    id: str
+    home: str
+    label: str
+    cite: clinical.Source
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +158,7 @@ class Knowledge:
     goals: Mapping[str, Goal]
     options: tuple[PlanOption, ...]
     value_sets: Mapping[str, clinical.ValueSet]
+    decisions: Mapping[str, Decision] = field(default_factory=dict)
 
 
 def _numbers(value: Any, *, where: str) -> tuple[Decimal, ...]:
@@ -199,6 +217,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 )
                 for c in item.get("category", [])
             ),
+            min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
         )
     options: list[PlanOption] = []
     for path, item in clinical.entries("plan_options", "option", extra_dirs):
@@ -234,9 +253,35 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
                 show_treatment=bool(item.get("show_treatment")),
                 pregnant=bool(item.get("pregnant")),
+                score=str(item["score"]) if item.get("score") else None,
+                score_at_least={
+                    str(k): int(v) for k, v in (item.get("score_at_least") or {}).items()
+                },
             )
         )
-    return Knowledge(problems=problems, goals=goals, options=tuple(options), value_sets=sets)
+        if options[-1].score is not None:
+            if options[-1].score not in {sc.id for sc in risk_scores.scores(extra_dirs)}:
+                raise clinical.KnowledgeError(f"{where}: no risk score {options[-1].score!r}")
+            if "male" not in options[-1].score_at_least:
+                raise clinical.KnowledgeError(f"{where}: score_at_least needs male = …")
+    decisions: dict[str, Decision] = {}
+    for path, item in clinical.entries("plan_options", "decision", extra_dirs):
+        where = f"{path} decision {item.get('id')!r}"
+        if not item.get("id") or not item.get("home") or not item.get("label"):
+            raise clinical.KnowledgeError(f"{where}: needs id, home and label")
+        decisions[str(item["id"])] = Decision(
+            id=str(item["id"]),
+            home=str(item["home"]),
+            label=str(item["label"]),
+            cite=clinical.source(item.get("cite"), where=where),
+        )
+    return Knowledge(
+        problems=problems,
+        goals=goals,
+        options=tuple(options),
+        value_sets=sets,
+        decisions=decisions,
+    )
 
 
 def knowledge(extra_dirs: Iterable[Path] = ()) -> Knowledge:
@@ -386,6 +431,15 @@ def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
     return "at goal"
 
 
+def goal_for(facts: ChartFacts, kb: Knowledge, result_id: str) -> Goal | None:
+    """The result's goal, when it applies to this patient (an adult goal needs an age)."""
+    goal = kb.goals.get(result_id)
+    if goal is None or goal.min_age is None:
+        return goal
+    age = facts.age
+    return goal if age is not None and age >= goal.min_age else None
+
+
 def range_status(facts: ChartFacts, result: Result) -> tuple[str | None, str | None]:
     """The verdict of the lab's own reference range, else of the cited default table (a
     feed that sends no range must not make a potassium of 5.6 read as unremarkable), and
@@ -521,7 +575,7 @@ def _result_statement(
         elif direction:
             text += f", {direction} from {_text(earlier)}{_on(earlier.date)}"
         cited += _resources(earlier)
-    goal = kb.goals.get(series.id)
+    goal = goal_for(facts, kb, series.id)
     status: str | None = None
     rule: str | None = None
     if not facts.newest_known("Observation"):
@@ -571,10 +625,14 @@ def _stopped_orders(facts: ChartFacts, classes: frozenset[str]) -> list[tuple[st
     return out
 
 
-def _med_phrase(med: Medication) -> str:
+def _med_phrase(med: Medication, as_of: date) -> str:
     if med.reported:
         return f"{med.name} ({med.source_phrase}; not an order)"
-    ordered = f"ordered {med.authored}" if med.authored else ""
+    # A recent order is news for the plan ("empagliflozin, ordered 2026-10-25"); a
+    # long-standing one's date is on the medication card.
+    authored = to_date(med.authored)
+    recent = authored is not None and authored >= _months_before(as_of, TREND_MONTHS)
+    ordered = f"ordered {med.authored}" if med.authored and recent else ""
     if med.on_hold:
         ordered = f"{ordered}, on hold" if ordered else "on hold"
     return f"{med.name} ({ordered})" if ordered else med.name
@@ -595,8 +653,10 @@ def _option_fires(
     option: PlanOption,
     meds: Sequence[Medication],
     problem: Problem,
+    stated: frozenset[str] = frozenset(),
 ) -> tuple[str, list[FHIRResource]] | None:
-    """Why the option applies (a phrase and what to cite), or None."""
+    """Why the option applies (a phrase and what to cite), or None. What the block has
+    already stated (`stated`: resource references, "score:<id>") is cited, not repeated."""
     cited: list[FHIRResource] = []
     reasons: list[str] = []
     if option.pregnant:
@@ -628,20 +688,36 @@ def _option_fires(
         if not on:
             return None
         names = dict.fromkeys(m.ingredients[0] if m.ingredients else m.name for m in on)
-        reasons.append("on " + ", ".join(names))
+        if not _all_stated(on, stated):
+            reasons.append("on " + ", ".join(names))
         cited += [m.request for m in on]
     if option.ingredients_present:
         on = [m for m in facts.medications if set(m.ingredients) & option.ingredients_present]
         if not on:
             return None
         if not option.classes_present:
-            reasons.append("on " + ", ".join(sorted(set(on[0].ingredients))))
+            if not _all_stated(on, stated):
+                reasons.append("on " + ", ".join(sorted(set(on[0].ingredients))))
             cited += [m.request for m in on]
     if option.classes_absent:
         if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
             return None
         if option.min_age is not None or option.max_age is not None:
             # Age alone reads as the reason; say that the drug is not on the list either.
+            labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
+            reasons.append("no " + " or ".join(labels) + " on the medication list")
+    if option.score is not None:
+        result = risk_scores.by_id(facts, option.score)
+        if result is None:
+            return None
+        gender = facts.snapshot.patient.get("gender")
+        wanted = option.score_at_least.get(str(gender), option.score_at_least["male"])
+        if result.total < wanted:
+            return None  # also when only a lower bound is known: it may be higher, or not
+        if f"score:{result.score.id}" not in stated:
+            reasons.append(f"{result.score.title} {result.total_words}")
+        cited += result.resources
+        if option.classes_absent:
             labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
             reasons.append("no " + " or ".join(labels) + " on the medication list")
     if option.result is not None:
@@ -657,6 +733,8 @@ def _option_fires(
             when = to_date(last.when)
             if when is not None and when >= _months_before(facts.as_of, option.due_months):
                 return None
+            if {_ref(r) for r in _resources(last)} <= stated:
+                return "", cited + list(_resources(last))  # its date is on the line above
             return f"last{_on(last.date)}", cited + list(_resources(last))
         if series is None:
             return None
@@ -677,14 +755,17 @@ def _option_fires(
             if _out_of_range(facts, latest) != option.out_of_range:
                 return None
         phrase = f"{_name(latest)} {_text(latest)}{_on(latest.date)}"
+        shown_here = {_ref(r) for r in _resources(latest)}
         cited += _resources(latest)
         if option.rise_at_least is not None:
             earlier = _rise(series, option)
             if earlier is None:
                 return None
             phrase += f", up from {_text(earlier)}{_on(earlier.date)}"
+            shown_here |= {_ref(r) for r in _resources(earlier)}
             cited += _resources(earlier)
-        reasons.insert(0, phrase)
+        if not shown_here <= stated:  # else the result line above says it, with its date
+            reasons.insert(0, phrase)
     if option.show_treatment:
         if meds:
             treating = sorted({m.ingredients[0] if m.ingredients else m.name for m in meds})
@@ -694,6 +775,10 @@ def _option_fires(
         elif facts.complete("MedicationRequest"):
             reasons.append("no medication for it on the list")
     return "; ".join(reasons), cited
+
+
+def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
+    return all(m.reference in stated for m in meds)
 
 
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:
@@ -734,6 +819,63 @@ def _short(med: Medication) -> str:
     return med.ingredients[0] if len(med.ingredients) == 1 else med.name
 
 
+def _home(facts: ChartFacts, kb: Knowledge, decision_id: str) -> Problem | None:
+    """The block a decision is offered in, when it has a home and the patient that problem."""
+    decision = kb.decisions.get(decision_id)
+    if decision is None:
+        return None
+    homes = facts.problems_in(decision.home)
+    return homes[0] if homes else None
+
+
+def _options_for(
+    facts: ChartFacts, kb: Knowledge, problem: Problem
+) -> list[tuple[PlanOption, Problem]]:
+    """The options this block weighs, each with the problem it is for: its own, then, in a
+    decision's home block, that decision's options of the patient's other problems."""
+    if facts.deceased:
+        return []  # no plan for the deceased
+    own = [(o, problem) for o in kb.options if o.problem in problem.group_ids]
+    foreign: list[tuple[PlanOption, Problem]] = []
+    for option in kb.options:
+        if option.problem in problem.group_ids:
+            continue
+        home = _home(facts, kb, option.decision)
+        if home is None or home.reference != problem.reference:
+            continue
+        others = facts.problems_in(option.problem)
+        if others:
+            foreign.append((option, others[0]))
+    return own + foreign
+
+
+def _fires(
+    facts: ChartFacts,
+    kb: Knowledge,
+    option: PlanOption,
+    meds: Sequence[Medication],
+    problem: Problem,
+    stated: frozenset[str] = frozenset(),
+) -> tuple[str, list[FHIRResource]] | None:
+    option_spec = kb.problems.get(option.problem)
+    own = _treating(facts, option_spec.classes) if option_spec else meds
+    return _option_fires(facts, kb, option, own, problem, stated)
+
+
+def _normal(verdict: str | None, goal: Goal | None) -> bool:
+    """The verdict says the result is at goal or in range ("within the reference range",
+    "not reduced", "in the therapeutic range")."""
+    if verdict is None:
+        return False
+    at_goal = goal.words.get("at goal", "at goal") if goal else "at goal"
+    return verdict == at_goal or verdict.startswith("within ")
+
+
+def _stated(statements: Sequence[Statement]) -> frozenset[str]:
+    """What the block's statements so far state as facts (not their cross-references)."""
+    return frozenset(c.reference for s in statements if s.see is None for c in s.citations)
+
+
 def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Shown) -> Block:
     """The assessment and plan for one problem. What an earlier block already stated is
     not repeated: a result is left out, a medication is named with a cross-reference."""
@@ -745,6 +887,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         classes |= spec.classes
         result_ids += [r for r in spec.results if r not in result_ids]
     statements: list[Statement] = []
+    pointed: set[str] = set()
+    #: The leading result's line is in this block: its verdict is not repeated in the head.
+    lead_stated = False
     status: str | None = None
     #: KDIGO-style categories of the problem's leading results ("G3a", "A2"): together
     #: they are the status a clinician writes ("CKD G3a A2").
@@ -762,17 +907,21 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         # Every KDIGO category, normal ones included ("G3a A1"): the status line names
         # where the patient is on both axes, not only what is abnormal. Not from a reading
         # that may not be the latest (verdict is None then).
-        goal = kb.goals.get(result_id)
+        goal = goal_for(facts, kb, result_id)
         category = category_of(goal, series.latest) if goal and verdict else None
         if category and (index == 0 or categories):
             categories.append(category)
         key = "|".join(_ref(r) for r in _resources(series.latest))
         if key in shown.results:
+            if index > 0 and _normal(verdict, goal):
+                continue  # a normal result of another block: not worth a pointer here
             owner = shown.results[key]
             elsewhere.setdefault(owner.reference, (owner, []))[1].append(series.latest)
             continue
         shown.results[key] = problem
         statements.append(statement)
+        if index == 0 and not categories:
+            lead_stated = True
     for owner, readings in elsewhere.values():
         names = _join_names([_name(r) for r in readings])
         resources = [owner.condition, *(x for r in readings for x in _resources(r))]
@@ -792,10 +941,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         for med in meds:
             earlier = shown.medications.get(med.reference)
             if earlier is None:
-                phrase = _med_phrase(med)
-                if phrase not in phrases and not any(
-                    p.startswith(f"{med.name} (") for p in phrases
-                ):
+                phrase = _med_phrase(med, facts.as_of)
+                if not any(p == med.name or p.startswith(f"{med.name} (") for p in phrases):
                     phrases.append(phrase)  # ten identical orders are one drug to treat
                 shown.medications[med.reference] = problem
             else:
@@ -821,16 +968,44 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 citations=_cite(snapshot, [problem.condition]),
             )
         )
-    for option in kb.options if not facts.deceased else ():  # no plan for the deceased
-        if option.problem not in problem.group_ids or option.decision in shown.options:
+    scored: set[str] = set()
+    for score in risk_scores.for_problem(facts, problem.group_ids):
+        scored.add(f"score:{score.score.id}")
+        statements.append(
+            Statement(
+                text=score.text(),
+                citations=_cite(snapshot, [problem.condition, *score.resources]),
+                rule=f"{score.score.cite.label}: documentation aid, not order-time decision "
+                "support; each component cites the resource it counts",
+            )
+        )
+    for option, for_problem in _options_for(facts, kb, problem):
+        home = _home(facts, kb, option.decision)
+        if home is not None and home.reference != problem.reference:
+            # Offered in its home block: point there, once, when this block would offer it.
+            if option.decision in pointed or _fires(facts, kb, option, meds, problem) is None:
+                continue
+            pointed.add(option.decision)
+            label = kb.decisions[option.decision].label
+            statements.append(
+                Statement(
+                    text=f"{capitalize(label)}: see {home.name}",
+                    citations=_cite(snapshot, [home.condition]),
+                    see=home.name,
+                )
+            )
             continue
-        option_spec = kb.problems.get(option.problem)
-        own = _treating(facts, option_spec.classes) if option_spec else meds
-        fired = _option_fires(facts, kb, option, own, problem)
+        if option.decision in shown.options:
+            continue
+        fired = _fires(facts, kb, option, meds, for_problem, _stated(statements) | scored)
         if fired is None:
             continue
         shown.options.add(option.decision)
         why, cited = fired
+        if for_problem.reference != problem.reference:
+            # Another problem's option, offered in this (its decision's home) block.
+            why = f"with {for_problem.name}; {why}" if why else f"with {for_problem.name}"
+            cited = [for_problem.condition, *cited]
         lead = capitalize(option.text)
         text = f"{lead}: {why}" if why else lead
         statements.append(
@@ -843,6 +1018,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         )
     if categories:
         status = " ".join(categories)
+    elif lead_stated:
+        status = None
     onset = date_part(problem.onset)
     head = problem.name + (f", since {onset}" if onset else "")
     if status:

@@ -73,6 +73,7 @@ export const api = {
   notes: () => request("GET", "/api/notes"),
   notePreview: () => request("GET", "/api/note/preview"),
   pulse: (body) => request("POST", "/api/pulse", body),
+  about: (kind) => request("GET", `/api/about?kind=${encodeURIComponent(kind)}`),
   logout: () => request("POST", "/logout"),
   /** The EHR's SMART style as CSS text (the page's <link> carries no window token). */
   styleSheet: async () => {

@@ -36,7 +36,7 @@ export function finalText(suggestion) {
   return suggestion.decision?.action === "edit" && suggestion.decision.text ? suggestion.decision.text : suggestion.text;
 }
 
-function engineLine(engine) {
+function engineLine(engine, onAbout) {
   const ai = !engine.ruleBased;
   return el(
     "p",
@@ -44,6 +44,13 @@ function engineLine(engine) {
     el("span", { className: `badge ${ai ? "badge-ai" : "badge-rules"}`, text: ai ? "AI-generated" : "Rule-based" }),
     " ",
     el("span", { className: "engine-name", text: `${engine.name} ${engine.version}` }),
+    " ",
+    el(
+      "button",
+      { className: "link-button about-button", attrs: { type: "button", "aria-haspopup": "dialog", "aria-keyshortcuts": "i" }, onClick: onAbout },
+      "About this suggestion ",
+      kbd("I"),
+    ),
   );
 }
 
@@ -169,7 +176,7 @@ function actionButton(className, label, key, onClick, extra = {}) {
 }
 
 // `handlers` of a card: onAccept, onEdit, onReject, onFlag, onCancel, onSubmitEdit(text),
-// onSubmitReject(reason, comment), onSubmitFlag(comment), onToggleDiff, onAction (any
+// onSubmitReject(reason, comment), onSubmitFlag(comment), onToggleDiff, onAbout, onAction (any
 // other action spent on it, for the honest action count).
 
 // A search this card draws on stopped early: say which, and whether "latest" can be trusted.
@@ -249,7 +256,7 @@ export function createCard(suggestion, index, handlers) {
   );
   const details = el("div", { className: "card-details", hidden: true, attrs: { id: detailsId } });
   card.append(head, details);
-  details.append(engineLine(suggestion.engine ?? {}));
+  details.append(engineLine(suggestion.engine ?? {}, handlers.onAbout));
   if (suggestion.engine?.fallbackReason) {
     // Said on the closed card too: the clinician must know the AI did not write this.
     card.insertBefore(

@@ -12,6 +12,7 @@ export const KEYS = [
   [["R"], "Reject with a reason", "reject"],
   [["F"], "Flag as unsafe (to the governance team's review queue)", "flag"],
   [["D"], "Show or hide the changes of an edit", "diff"],
+  [["I"], "About this suggestion: who made it, for what, its cautions and local validation", "about"],
   [["Shift", "A"], "Accept all pending suggestions", "acceptAll"],
   [["P"], "Show or hide the note preview", "preview"],
   [["S"], "Save the note to the chart", "save"],
@@ -29,7 +30,7 @@ export function commandFor(event) {
   if (key === "ArrowUp") return "previous";
   if (key.length !== 1) return null;
   if (event.shiftKey && (key === "A" || key === "a")) return "acceptAll";
-  return { j: "next", k: "previous", o: "toggle", a: "accept", e: "edit", r: "reject", f: "flag", d: "diff", p: "preview", s: "save", u: "refresh" }[key.toLowerCase()] ?? null;
+  return { j: "next", k: "previous", o: "toggle", a: "accept", e: "edit", r: "reject", f: "flag", d: "diff", i: "about", p: "preview", s: "save", u: "refresh" }[key.toLowerCase()] ?? null;
 }
 
 /** True where a key press is typing, not a command (text fields, selects, editable content). */

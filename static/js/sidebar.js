@@ -7,6 +7,7 @@ import { createCard, updateCard, toggleDiff, toggleCard, decisionLabel } from ".
 import { renderChanges } from "./changes.js";
 import { closeSources } from "./sources.js";
 import { commandFor, isTyping, helpRows } from "./keys.js";
+import { showAbout } from "./about.js";
 import * as note from "./note.js";
 
 const state = {
@@ -128,6 +129,7 @@ function handlersFor(index) {
       countAction(id());
       toggleDiff(cards()[index]);
     },
+    onAbout: () => openAbout(index),
     onAction: () => countAction(id()),
   };
 }
@@ -475,6 +477,14 @@ async function applyWindowStyle() {
 
 // -- keys --------------------------------------------------------------------------------
 
+/** About this suggestion: the source attributes of the engine that drafted the card. */
+function openAbout(index) {
+  const suggestion = state.suggestions[index];
+  if (!suggestion) return;
+  setCurrent(index);
+  showAbout(suggestion.kind, cards()[index]);
+}
+
 function openHelp() {
   const dialog = $("#help");
   if (!dialog.open) dialog.showModal();
@@ -528,6 +538,9 @@ function run(command, target) {
     case "help":
       openHelp();
       break;
+    case "about":
+      if (!none) openAbout(state.current);
+      break;
     default:
       break;
   }
@@ -555,7 +568,7 @@ function onEscape(target) {
 function onKey(event) {
   if (event.defaultPrevented || event.isComposing) return;
   const target = event.target;
-  if ($("#help").open) return; // the dialog closes itself on Esc
+  if ($("#help").open || $("#about").open) return; // a dialog closes itself on Esc
   if (!$("#signed-out").hidden) return; // nothing left to act on
   if (event.key === "Escape") {
     if (onEscape(target)) event.preventDefault();
@@ -590,6 +603,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#help-rows").replaceChildren(...helpRows());
   $("#help-button").addEventListener("click", openHelp);
   $("#help-close").addEventListener("click", () => $("#help").close());
+  $("#about-close").addEventListener("click", () => $("#about").close());
   $("#save-note").addEventListener("click", () => note.save(state.suggestions, announce));
   $("#refresh").addEventListener("click", requestRefresh);
   $("#refresh-anyway").addEventListener("click", () => load(true));

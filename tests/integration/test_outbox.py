@@ -19,12 +19,15 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from smartapp.config import PROJECT_ROOT
 from smartapp.notes.documents import NOTE_IDENTIFIER_SYSTEM
 from smartapp.notes.models import SavedNote
+from smartapp.notes.outbox import OutboxWorker
 from smartapp.sandbox.ehr import create_ehr_app
 from smartapp.sandbox.server import BackgroundServer
+from smartapp.smart.models import HeldGrant, LaunchSession
 from tests.integration.conftest import Launched, app_environ, browser, ehr_launch, start_stack
 
 pytestmark = pytest.mark.integration
@@ -306,3 +309,68 @@ def test_a_note_saved_after_the_ehr_ended_the_tokens_waits_for_the_next_launch(
     assert len(our_notes(launched)) == 1
     [delivered] = again.api("GET", "/api/notes").json()["notes"]
     assert delivered["status"] == "in_chart"
+
+
+def _store_notes(stack: Any) -> list[SavedNote]:
+    with stack.app.extensions["smartapp.db"].session() as s:
+        return list(s.scalars(select(SavedNote)))
+
+
+def _poll(condition: Any, *, seconds: float, what: str) -> None:
+    """Wait for `condition()` until a deadline (a bound on a wait, never an assertion)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds:g} s")
+        time.sleep(0.05)
+
+
+def test_a_note_saved_while_the_ehr_is_down_goes_out_when_it_is_back_without_a_relaunch(
+    tmp_path: Path, sandbox_template: Path
+):
+    """The EHR answers 503 for a while; the clinician moves on to another patient in the
+    same browser (which ends the launch that saved the note); the worker delivers the
+    note once the EHR is back, with the tokens held for it, exactly once."""
+    environ = app_environ(tmp_path, SMARTAPP_OUTBOX_RETRY_SECONDS="1")
+    stack = start_stack(tmp_path, sandbox_template, environ=environ)
+    worker = OutboxWorker(stack.app.extensions["smartapp.outbox"], interval=0.2)
+    try:
+        launched = ehr_launch(stack, "pt-01")
+        accept_first(launched)
+        launched.sandbox("POST", "/_sandbox/faults", json={"fail_next": 10_000, "status": 503})
+        saved = launched.api("POST", "/api/note")
+        assert saved.status_code == 202 and saved.json()["note"]["status"] == "pending"
+
+        # The same browser opens another patient's chart: the first launch's session goes.
+        minted = launched.sandbox("POST", "/_sandbox/launch", json={"patient": "pt-02"}).json()
+        assert launched.session.get(minted["launch_url"], timeout=30).status_code == 200
+        with stack.app.extensions["smartapp.db"].session() as s:
+            patients = set(s.scalars(select(LaunchSession.patient)))
+        assert patients == {"pt-02"}
+
+        worker.start()
+        faulted = launched.sandbox("GET", "/_sandbox/stats").json()["faulted"]
+        _poll(
+            lambda: launched.sandbox("GET", "/_sandbox/stats").json()["faulted"] > faulted,
+            seconds=30,
+            what="the worker retrying while the EHR is down",
+        )
+        [waiting] = _store_notes(stack)
+        assert waiting.status == "pending" and our_notes(launched) == []
+
+        launched.sandbox("DELETE", "/_sandbox/faults")  # the EHR is back
+        _poll(
+            lambda: [n.status for n in _store_notes(stack)] == ["in_chart"],
+            seconds=30,
+            what="the note delivered once the EHR answers",
+        )
+        worker.stop()
+        assert len(our_notes(launched)) == 1
+        assert stack.app.extensions["smartapp.outbox"].run_once(force=True).notes_delivered == 0
+        assert len(our_notes(launched)) == 1
+        # Delivered: nothing of that launch's tokens is kept any more.
+        with stack.app.extensions["smartapp.db"].session() as s:
+            assert s.scalars(select(HeldGrant)).all() == []
+    finally:
+        worker.stop()
+        stack.stop()

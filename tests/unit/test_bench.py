@@ -257,3 +257,32 @@ def test_an_ehr_that_does_not_answer_is_a_benchmark_error():
     )
     with pytest.raises(BenchmarkError, match="stopped answering"):
         run_benchmark(nowhere, latency_ms=0, repetitions=1, warmup=0)
+
+
+def test_the_large_chart_has_exactly_the_observations_asked_for_with_a_history():
+    from smartapp.bench import large_chart
+
+    source = [
+        {"resourceType": "Patient", "id": "p1"},
+        {
+            "resourceType": "Observation",
+            "id": "p1-obs-1",
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2026-10-12T09:00:00Z",
+        },
+        {
+            "resourceType": "Observation",
+            "id": "p1-obs-2",
+            "subject": {"reference": "Patient/p1"},
+            "effectivePeriod": {"start": "2026-10-01", "end": "2026-10-02"},
+        },
+    ]
+    chart = large_chart(source, source_patient="p1", patient="p9", observations=5)
+    observations = [r for r in chart if r["resourceType"] == "Observation"]
+    assert len(observations) == 5 and len({o["id"] for o in observations}) == 5
+    assert {r["id"] for r in chart if r["resourceType"] == "Patient"} == {"p9"}
+    assert all(o["subject"]["reference"] == "Patient/p9" for o in observations)
+    by_id = {o["id"]: o for o in observations}
+    assert by_id["p9-obs-1-h2"]["effectiveDateTime"] == "2024-08-03T09:00:00Z"  # 800 days back
+    assert by_id["p9-obs-2-h1"]["effectivePeriod"] == {"start": "2025-08-27", "end": "2025-08-28"}
+    assert source[1]["id"] == "p1-obs-1"  # the source is left as it was

@@ -106,6 +106,61 @@ def test_the_owner_names_the_host_and_process():
     assert host == socket.gethostname()[:80] and pid == str(os.getpid())
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_dead_process_of_this_host_has_its_claims_released_at_once(database):
+    import socket
+
+    host = socket.gethostname()[:80]
+    notes = _note(database, 3)
+    killed = Leases(database, SavedNote, owner=f"{host}:{_dead_pid()}:killed")
+    assert len(killed.claim_due(SavedNote.status == "pending", limit=2)) == 2
+    restarted = Leases(database, SavedNote)
+    assert restarted.held_elsewhere(SavedNote.status == "pending") == 2
+    # Well within the dead owner's lease: no waiting for it to lapse.
+    assert restarted.release_dead() == 2
+    assert [_holder(database, n) for n in notes] == [None, None, None]
+    assert restarted.held_elsewhere(SavedNote.status == "pending") == 0
+
+
+def test_a_live_process_or_another_hosts_keeps_its_claims(database):
+    import os
+    import socket
+
+    host = socket.gethostname()[:80]
+    notes = _note(database, 4)
+    owners = [
+        f"{host}:{os.getppid()}:alive",  # a live process of this host (pytest's parent)
+        f"another-host:{_dead_pid()}:elsewhere",  # its pids mean nothing here
+        process_owner(),  # this very process
+        "not-an-owner-name",
+    ]
+    for note, owner in zip(notes, owners, strict=True):
+        assert Leases(database, SavedNote, owner=owner).claim(note)
+    assert Leases(database, SavedNote, owner="restarted").release_dead() == 0
+    assert [_holder(database, n) for n in notes] == owners
+
+
+def test_this_pid_under_an_earlier_start_is_a_dead_owner(database):
+    """A container's process restarted with the same pid (1) is not its predecessor."""
+    import os
+    import socket
+
+    [note] = _note(database)
+    earlier = f"{socket.gethostname()[:80]}:{os.getpid()}:earlier-start"
+    assert Leases(database, SavedNote, owner=earlier).claim(note)
+    assert Leases(database, SavedNote).release_dead() == 1
+    assert _holder(database, note) is None
+
+
 @pytest.mark.postgres
 def test_postgres_skips_rows_another_worker_is_claiming(database):
     if not database.url.startswith("postgresql"):

@@ -1,7 +1,7 @@
 """Test doubles for the fhir/ unit tests: a token provider and a FHIR server behind `responses`.
 
 The fake server answers what the loader asks of a real one (read, search by patient with
-`category`, `status`, `_id`, `_include=MedicationRequest:medication`, `_sort=-date`,
+`category`, `status`, `_id`, `_include=MedicationRequest:medication`, `_sort=(-)date`,
 `_count` and `next` links, batch, `/metadata`) from fixture resources, so that the batch
 and the non-batch paths can be compared on the same data.
 """
@@ -316,8 +316,11 @@ class FakeFHIRServer:
             found = [r for r in found if r.get("status") in status.split(",")]
         if (ids := first("_id")) is not None:
             found = [r for r in found if r["id"] in ids.split(",")]
-        if first("_sort") == "-date" and not self.ignore_sort:
-            found.sort(key=lambda r: r.get("date") or r.get("effectiveDateTime", ""), reverse=True)
+        if first("_sort") in ("-date", "date") and not self.ignore_sort:
+            found.sort(
+                key=lambda r: r.get("date") or r.get("effectiveDateTime", ""),
+                reverse=first("_sort") == "-date",
+            )
         include = first("_include")
         if include is not None:
             if self.reject_include or include != "MedicationRequest:medication":

@@ -189,8 +189,14 @@ def test_observations_are_read_newest_first_where_the_server_declares_sort(rsps)
     server = serve(rsps, chart_fixtures() + _dated_vitals(450))
     _declare_sort(server)
     snapshot = load(max_pages=2)
-    searches = [u for u in server.batches[0] if u.startswith("Observation?")]
-    assert all(parse_qs(u.split("?")[1])["_sort"] == ["-date"] for u in searches)
+    # Each category newest first, and (read at the same time) from its oldest end.
+    firsts = [
+        parse_qs(u.split("?")[1])
+        for batch in server.batches
+        for u in batch
+        if u.startswith("Observation?") and "_offset" not in u
+    ]
+    assert sorted(q["_sort"][0] for q in firsts) == ["-date", "-date", "date", "date"]
     vitals = [o for o in snapshot.of_type("Observation") if o["id"].startswith("hr-")]
     assert len(snapshot.of_type("Observation")) == 400 + 2  # + the 2 laboratory results
     newest = max(o["effectiveDateTime"] for o in vitals)
@@ -200,6 +206,55 @@ def test_observations_are_read_newest_first_where_the_server_declares_sort(rsps)
     assert problem.newest_first is True
     assert problem.detail.endswith("read newest first: the oldest were not read")
     assert problem.to_json()["newestFirst"] is True
+
+
+def test_a_list_of_two_pages_is_read_from_both_ends_in_one_round(rsps):
+    server = serve(rsps, chart_fixtures() + _dated_vitals(300))
+    _declare_sort(server)
+    snapshot = load()
+    # One round: the chart's batch and one batch per Observation category, at once.
+    assert server.http_log == ["GET metadata", "POST [base]", "POST [base]", "POST [base]"]
+    vitals = [o for o in snapshot.of_type("Observation") if o["id"].startswith("hr-")]
+    assert len(vitals) == 300 and len({o["id"] for o in vitals}) == 300
+    assert "truncated" not in codes(snapshot)
+    [pair] = [b for b in server.batches if any("vital-signs" in u for u in b)]
+    assert sorted(parse_qs(u.split("?")[1])["_sort"][0] for u in pair) == ["-date", "date"]
+
+
+def test_both_ends_of_a_long_list_meet_in_the_middle_in_half_the_rounds(rsps):
+    server = serve(rsps, chart_fixtures() + _dated_vitals(1000))
+    _declare_sort(server)
+    snapshot = load()
+    vitals = [o for o in snapshot.of_type("Observation") if o["id"].startswith("hr-")]
+    assert len({o["id"] for o in vitals}) == 1000
+    assert "truncated" not in codes(snapshot)
+    # 5 pages of 200: 3 rounds from both ends (2 + 2 + 2 pages, the last two meeting).
+    rounds = [b for b in server.batches if any("vital-signs" in u for u in b)]
+    assert [len(b) for b in rounds] == [2, 2, 2]
+
+
+def test_a_list_that_cannot_be_read_whole_is_read_newest_first_only(rsps):
+    # 702 at 200 a page do not fit in max_pages=3 from both ends: the newest 600 are read,
+    # contiguous, as without both ends; what is missing is the oldest.
+    server = serve(rsps, chart_fixtures() + _dated_vitals(700))
+    _declare_sort(server)
+    snapshot = load(max_pages=3)
+    one_end = load(max_pages=3, both_ends=False)
+    assert ids(snapshot) == ids(one_end)
+    vitals = [o for o in snapshot.of_type("Observation") if o["id"].startswith("hr-")]
+    assert min(o["effectiveDateTime"] for o in vitals) == "2020-04-11"  # day 101 of 700
+    [problem] = [p for p in snapshot.problems if p.code == "truncated"]
+    assert problem.newest_first is True
+
+
+def test_a_refused_oldest_first_search_leaves_the_newest_first_one_to_read_the_list(rsps):
+    server = serve(rsps, chart_fixtures() + _dated_vitals(300))
+    _declare_sort(server)
+    server.fail_query["_sort=date"] = [400, 400]
+    snapshot = load()
+    vitals = [o for o in snapshot.of_type("Observation") if o["id"].startswith("hr-")]
+    assert len({o["id"] for o in vitals}) == 300
+    assert snapshot.problems == ()
 
 
 def test_observations_are_not_sorted_where_the_statement_does_not_declare_it(rsps):

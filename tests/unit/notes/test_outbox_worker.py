@@ -35,3 +35,31 @@ def test_worker_keeps_running_when_a_task_fails():
     finally:
         worker.stop()
     assert len(purged) >= 2  # the failed first run did not stop the second
+
+
+class RecoveringOutbox(CountingOutbox):
+    def __init__(self) -> None:
+        super().__init__()
+        self.recovered = 0
+        self.first = threading.Event()
+
+    def recover(self) -> int:
+        self.recovered += 1
+        return 0
+
+    def run_once(self) -> None:
+        assert self.recovered == 1  # what a dead predecessor held is freed first
+        super().run_once()
+        self.first.set()
+
+
+def test_worker_frees_a_dead_predecessors_claims_and_runs_at_once():
+    outbox = RecoveringOutbox()
+    # An hour between runs: only a run at start-up can be seen here.
+    worker = OutboxWorker(outbox, interval=3600)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        assert outbox.first.wait(5)
+    finally:
+        worker.stop()
+    assert outbox.recovered == 1 and outbox.runs == 1

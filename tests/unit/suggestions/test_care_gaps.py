@@ -92,19 +92,18 @@ def test_every_rule_met_is_reported_with_what_shows_it():
     snapshot = load_chart("preventive_met")
     assert gaps(snapshot) == [
         (
-            "Diabetes: HbA1c done within the interval, "
-            "result above the default reference range "
-            "— 7.1% on 2026-09-27",
+            "Diabetes: HbA1c done within the interval, result above goal — 7.1% on 2026-09-27",
             ["Observation/pm1-hba1c-2026-09", "Condition/pm1-diabetes"],
         ),
         (
             "Diabetes: kidney function test done within the interval, "
-            "result below the default reference range "
+            "result below goal "
             "— eGFR 58 mL/min/1.73 m2 on 2026-09-27",
             ["Observation/pm1-egfr-2026-09", "Condition/pm1-diabetes"],
         ),
         (
-            "Diabetes: urine albumin/creatinine ratio up to date — 42 mg/g on 2026-09-27",
+            "Diabetes: urine albumin/creatinine ratio done within the interval, "
+            "result above goal — 42 mg/g on 2026-09-27",
             ["Observation/pm1-uacr-2026-09", "Condition/pm1-diabetes"],
         ),
         # LDL and total cholesterol drawn the same day: the LDL is the one shown.
@@ -118,9 +117,13 @@ def test_every_rule_met_is_reported_with_what_shows_it():
             ["Immunization/pm1-flu-2026"],
         ),
     ]
-    # The site's intervals are named in the rule, never stated as chart facts (and a
-    # default reference range used for a result, with its source, after them).
-    assert [r.split("; default reference range")[0] for r in rules_of(snapshot)] == [
+    # The site's intervals are named in the rule, never stated as chart facts (and the
+    # goal or default reference range a result was judged by, with its source, after them).
+    rules = rules_of(snapshot)
+    assert rules[0].endswith(
+        "; ADA Standards of Care in Diabetes 2025: HbA1c goal below 7% for most nonpregnant adults"
+    )
+    assert [r.split("; ")[0] for r in rules] == [
         "Diabetes: HbA1c at least every 6 months",
         "Diabetes or chronic kidney disease: eGFR or creatinine at least every 12 months",
         "Diabetes or chronic kidney disease: urine albumin/creatinine ratio at least every "
@@ -315,9 +318,10 @@ def test_bp_above_threshold_at_the_last_two_readings_with_hypertension():
     snapshot = load_chart("hypertension_history")
     assert gaps(snapshot) == [
         (
-            "Hypertension: consider reviewing treatment — blood pressure 140/86 mmHg on "
-            "2025-10-03 and 140/86 mmHg on 2026-01-01: the last two readings are at or above "
-            "the site's threshold",
+            # Nothing on the medication list treats it: not "reviewing" a treatment.
+            "Hypertension: consider starting treatment (none on the medication list) — blood "
+            "pressure 140/86 mmHg on 2025-10-03 and 140/86 mmHg on 2026-01-01: the last two "
+            "readings are at or above the site's threshold",
             ["Observation/htn1-bp-2025-10", "Observation/htn1-bp-2026-01"],
         ),
         # Born 1975 and no cholesterol result: the Patient is what the rule rests on.
@@ -328,6 +332,31 @@ def test_bp_above_threshold_at_the_last_two_readings_with_hypertension():
         ("Influenza vaccine: consider a flu vaccine — none is on file", ["Patient/htn1"]),
     ]
     assert rules_of(snapshot)[0] == BP_RULE
+
+
+def test_bp_above_threshold_on_an_antihypertensive_suggests_reviewing_it():
+    chart = load_chart("hypertension_history")
+    lisinopril = {
+        "resourceType": "MedicationRequest",
+        "id": "htn1-lisinopril",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/htn1"},
+        "authoredOn": "2024-02-01",
+        "medicationCodeableConcept": {
+            "coding": [
+                {
+                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                    "code": "314076",
+                    "display": "lisinopril 10 MG Oral Tablet",
+                }
+            ]
+        },
+    }
+    treated = build_snapshot(
+        [*chart.all_resources(), lisinopril], patient_id="htn1", fetched_at=AS_OF
+    )
+    assert gaps(treated)[0][0].startswith("Hypertension: consider reviewing treatment — ")
 
 
 def test_bp_above_threshold_without_hypertension_suggests_evaluation_not_screening():
@@ -389,9 +418,7 @@ def test_no_hba1c_on_file_cites_the_problem():
         **{"hba1c_interval_months": 12},
     ) == [
         (
-            "Diabetes: HbA1c done within the interval, "
-            "result above the default reference range "
-            "— 8.0% on 2026-01-01",
+            "Diabetes: HbA1c done within the interval, result above goal — 8.0% on 2026-01-01",
             ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
         )
     ]
