@@ -62,8 +62,9 @@ class Component:
         prefixes = [p.replace(".", "").upper() for p in self.icd10]
         if any(c.startswith(p) for c in icd for p in prefixes):
             return True
-        if codes_in(code, SNOMED) or icd:
-            return False  # coded: the codes decide, not words in the display
+        # Codes the component does not list (another stroke concept, a local code) fall
+        # back to the words: an undercounted score would be silently low, while a counted
+        # condition is named in the statement for the clinician to check.
         words = concept_words(code)
         return any(w in words for w in self.words) and not any(w in words for w in self.not_words)
 

@@ -269,3 +269,25 @@ def test_cha2ds2_vasc_on_an_anticoagulant_says_continue():
     assert "CHA2DS2-VASc score two: age 80 (two points)" in af
     assert any(t.startswith("Continue anticoagulation") for t in af)
     assert not any(t.startswith("Consider oral anticoagulation") for t in af)
+
+
+def test_cha2ds2_vasc_counts_a_stroke_under_a_local_code_by_its_words():
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "af_cha2ds2vasc_no_anticoagulant.json").read_text())
+    )
+    recoded = []
+    for r in resources:
+        if r.get("id") == "af-vasc-stroke":
+            r = {
+                **r,
+                "code": {
+                    "coding": [{"system": "urn:oid:2.16.840.1.113883.19.5", "code": "CVA-7"}],
+                    "text": "Cerebral infarction",
+                },
+            }
+        recoded.append(r)
+    snapshot = build_snapshot(recoded, patient_id="af-vasc", fetched_at=AS_OF)
+    assert (
+        "CHA2DS2-VASc score five: hypertension, Cerebral infarction (two points), age 71, female"
+        in _af_block(snapshot)
+    )
