@@ -49,9 +49,10 @@ from smartapp.suggestions.terminology import (
     BP_DIASTOLIC,
     BP_PANEL,
     BP_SYSTOLIC,
+    CREATININE,
+    EGFR,
     HBA1C,
     KEY_RESULTS,
-    KIDNEY_FUNCTION,
     LDL,
     LOINC,
     TOTAL_CHOLESTEROL,
@@ -60,7 +61,7 @@ from smartapp.suggestions.terminology import (
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 4
+RULES_REVISION = 5
 
 
 def _version() -> str:
@@ -192,6 +193,16 @@ def _latest_lipid(facts: ChartFacts) -> Result | None:
     if ldl is None or total is None:
         return ldl or total
     return total if (to_date(total.when) or date.min) > (to_date(ldl.when) or date.min) else ldl
+
+
+def _latest_kidney_test(facts: ChartFacts) -> Result | None:
+    """The newest eGFR or creatinine; the eGFR when both were drawn the same day (what
+    kidney function is judged by)."""
+    egfr, creatinine = facts.latest(EGFR), facts.latest(CREATININE)
+    if egfr is None or creatinine is None:
+        return egfr or creatinine
+    newer = (to_date(creatinine.when) or date.min) > (to_date(egfr.when) or date.min)
+    return creatinine if newer else egfr
 
 
 class BuiltinEngine:
@@ -617,11 +628,13 @@ class BuiltinEngine:
                     topic="Diabetes",
                     noun="HbA1c",
                     consider="an HbA1c",
+                    goal_id="hba1c",
                     none="none is on file",
                     patient="You are due for an A1c blood test. It shows your average blood sugar.",
                 )
             )
         if "kidney_test_interval" in enabled and kidney:
+            kidney_result = _latest_kidney_test(facts)
             items.append(
                 self._interval_item(
                     facts,
@@ -629,11 +642,12 @@ class BuiltinEngine:
                     rule="Diabetes or chronic kidney disease: eGFR or creatinine at least every "
                     f"{_interval(rules.kidney_test_interval_months)}",
                     cutoff=_months_before(today, rules.kidney_test_interval_months),
-                    result=facts.latest(KIDNEY_FUNCTION),
+                    result=kidney_result,
                     basis=kidney[0],
                     topic=_kidney_topic(kidney[0]),
                     noun="kidney function test",
                     consider="a kidney function test",
+                    goal_id="egfr" if kidney_result in facts.results_for(EGFR) else None,
                     none="no eGFR or creatinine result is on file",
                     patient="You are due for a blood test that checks how well your kidneys work.",
                 )
@@ -651,6 +665,7 @@ class BuiltinEngine:
                     topic=_kidney_topic(kidney[0]),
                     noun="urine albumin/creatinine ratio",
                     consider="a urine albumin/creatinine ratio",
+                    goal_id="uacr",
                     none="none is on file",
                     patient="You are due for a urine test that checks your kidneys.",
                 )
@@ -765,6 +780,7 @@ class BuiltinEngine:
         none: str,
         patient: str,
         record_type: str = "Observation",
+        goal_id: str | None = None,
     ) -> _CareItem | None:
         """Met when the latest result is on or after `cutoff`; due when it is older or
         missing. `basis` is the problem the rule applies for (cited when nothing else is);
@@ -773,9 +789,18 @@ class BuiltinEngine:
         groups = basis.group_ids if basis else frozenset()
         abnormal: str | None = None  # "above the reference range": never "up to date"
         if isinstance(result, Result):
-            abnormal, range_rule = _abnormal(facts, result)
-            if range_rule:
-                rule = f"{rule}; {range_rule}"
+            # A result the problem has a goal for is judged by the goal, as the assessment
+            # and plan judges it (HbA1c 6.6% in diabetes is at goal, not "above the
+            # reference range", which is written for people without diabetes).
+            goal = assessment.knowledge().goals.get(goal_id) if goal_id else None
+            verdict = assessment.goal_status(goal, result) if goal else None
+            if goal is not None and verdict is not None:
+                abnormal = None if verdict == "at goal" else verdict  # "result above goal"
+                rule = f"{rule}; {goal.cite.label}: {goal.text}"
+            else:
+                abnormal, range_rule = _abnormal(facts, result)
+                if range_rule:
+                    rule = f"{rule}; {range_rule}"
             name = "" if result.name.lower() == noun.lower() else f"{result.name} "
             result = _Evidence(
                 phrase=f"{name}{result.value_text()}{_on(result.date)}",

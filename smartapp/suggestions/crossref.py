@@ -24,9 +24,10 @@ from dataclasses import dataclass, replace
 
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.suggestions import kinds as K
-from smartapp.suggestions.facts import capitalize, result_name
+from smartapp.suggestions.facts import capitalize, has_code, result_name
 from smartapp.suggestions.grounding import GroundingVerifier
 from smartapp.suggestions.interfaces import Citation, Statement, Suggestion
+from smartapp.suggestions.terminology import BP_DIASTOLIC, BP_PANEL, BP_SYSTOLIC, LOINC
 
 #: Where a result is stated when several cards state it: lower first. Kinds not listed
 #: come after these.
@@ -134,7 +135,12 @@ def _names(snapshot: ChartSnapshot, references: Sequence[str]) -> str:
     names: list[str] = []
     for reference in references:
         resource = snapshot.get(reference)
-        name = result_name(resource) if resource is not None else "result"
+        if resource is None:
+            name = "result"
+        elif has_code(resource.get("code"), LOINC, (*BP_PANEL, *BP_SYSTOLIC, *BP_DIASTOLIC)):
+            name = "blood pressure"  # a panel and its parts are one reading
+        else:
+            name = result_name(resource)
         if name.lower() not in (n.lower() for n in names):
             names.append(name)
     if len(names) > 1:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property, lru_cache
@@ -516,6 +516,10 @@ def _component(obs: Mapping[str, Any], loinc: Iterable[str]) -> Quantity | None:
     return None
 
 
+def _bp_key(when: str | None, systolic: Quantity, diastolic: Quantity) -> tuple[Any, ...]:
+    return (sort_time(when), systolic.value, systolic.ucum, diastolic.value, diastolic.ucum)
+
+
 def blood_pressures(snapshot: ChartSnapshot) -> list[BloodPressure]:
     """Blood pressure readings, newest first: panels with components, or paired
     systolic and diastolic observations taken at the same time."""
@@ -544,9 +548,17 @@ def blood_pressures(snapshot: ChartSnapshot) -> list[BloodPressure]:
             lone[when]["systolic"] = (obs, value)
         elif has_code(code, LOINC, BP_DIASTOLIC):
             lone[when]["diastolic"] = (obs, value)
+    # A panel and separate systolic and diastolic resources of the same time and values
+    # are one reading (some EHRs send both): counted once, citing all three.
+    panels = {_bp_key(r.when, r.systolic, r.diastolic): i for i, r in enumerate(readings)}
     for when, pair in lone.items():
         if "systolic" in pair and "diastolic" in pair:
             (s_obs, s_val), (d_obs, d_val) = pair["systolic"], pair["diastolic"]
+            same = panels.get(_bp_key(when, s_val, d_val))
+            if same is not None:
+                panel = readings[same]
+                readings[same] = replace(panel, resources=(*panel.resources, s_obs, d_obs))
+                continue
             readings.append(
                 BloodPressure(systolic=s_val, diastolic=d_val, when=when, resources=(s_obs, d_obs))
             )

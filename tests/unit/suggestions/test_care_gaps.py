@@ -92,19 +92,18 @@ def test_every_rule_met_is_reported_with_what_shows_it():
     snapshot = load_chart("preventive_met")
     assert gaps(snapshot) == [
         (
-            "Diabetes: HbA1c done within the interval, "
-            "result above the default reference range "
-            "— 7.1% on 2026-09-27",
+            "Diabetes: HbA1c done within the interval, result above goal — 7.1% on 2026-09-27",
             ["Observation/pm1-hba1c-2026-09", "Condition/pm1-diabetes"],
         ),
         (
             "Diabetes: kidney function test done within the interval, "
-            "result below the default reference range "
+            "result below goal "
             "— eGFR 58 mL/min/1.73 m2 on 2026-09-27",
             ["Observation/pm1-egfr-2026-09", "Condition/pm1-diabetes"],
         ),
         (
-            "Diabetes: urine albumin/creatinine ratio up to date — 42 mg/g on 2026-09-27",
+            "Diabetes: urine albumin/creatinine ratio done within the interval, "
+            "result above goal — 42 mg/g on 2026-09-27",
             ["Observation/pm1-uacr-2026-09", "Condition/pm1-diabetes"],
         ),
         # LDL and total cholesterol drawn the same day: the LDL is the one shown.
@@ -118,9 +117,13 @@ def test_every_rule_met_is_reported_with_what_shows_it():
             ["Immunization/pm1-flu-2026"],
         ),
     ]
-    # The site's intervals are named in the rule, never stated as chart facts (and a
-    # default reference range used for a result, with its source, after them).
-    assert [r.split("; default reference range")[0] for r in rules_of(snapshot)] == [
+    # The site's intervals are named in the rule, never stated as chart facts (and the
+    # goal or default reference range a result was judged by, with its source, after them).
+    rules = rules_of(snapshot)
+    assert rules[0].endswith(
+        "; ADA Standards of Care in Diabetes 2025: HbA1c goal below 7% for most nonpregnant adults"
+    )
+    assert [r.split("; ")[0] for r in rules] == [
         "Diabetes: HbA1c at least every 6 months",
         "Diabetes or chronic kidney disease: eGFR or creatinine at least every 12 months",
         "Diabetes or chronic kidney disease: urine albumin/creatinine ratio at least every "
@@ -415,9 +418,7 @@ def test_no_hba1c_on_file_cites_the_problem():
         **{"hba1c_interval_months": 12},
     ) == [
         (
-            "Diabetes: HbA1c done within the interval, "
-            "result above the default reference range "
-            "— 8.0% on 2026-01-01",
+            "Diabetes: HbA1c done within the interval, result above goal — 8.0% on 2026-01-01",
             ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
         )
     ]
