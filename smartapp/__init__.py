@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
 
-from smartapp.config import Settings
-from smartapp.suggestions.registry import SuggestionService
+# Nothing is imported at the package's import: `import smartapp.fhir` (or any other
+# subpackage) must not load Flask and the whole app with it.
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from smartapp.config import Settings
+    from smartapp.suggestions.registry import SuggestionService
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The clinician-facing app. Settings come from the environment unless given."""
+    from flask import Flask
+
     from smartapp import (
         admin,
         db,
@@ -22,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         security,
         web,
     )
+    from smartapp.config import Settings
 
     # PHI and the secret key are written below: owner-only from the first byte.
     instance.private_umask()
@@ -37,7 +45,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         SECRET_KEY=settings.secret_key,
         SMARTAPP_SETTINGS=settings,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
-        JSON_SORT_KEYS=False,
     )
     app.extensions["smartapp.settings"] = settings
 
@@ -62,6 +69,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     """Compose the clinician's flow: chart source, engines, feedback, outbox."""
     from zoneinfo import ZoneInfo
+
+    from sqlalchemy.orm import Session
 
     from smartapp.db import get_database
     from smartapp.feedback.forwarding import FeedbackForwarder
@@ -92,19 +101,21 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         # `engines` is bound below; the site file's [sites."<iss>".ehr] quirks, if any.
         quirks_for=lambda iss: engines.config.for_issuer(iss).quirks,
     )
+    from smartapp.suggestions.registry import SuggestionService
+
     engines = SuggestionService.from_settings(settings)
     engines.on_kinds_drafted = metrics.kinds_drafted
     app.extensions["smartapp.engines"] = engines
     engines.announce()
     forwarder = FeedbackForwarder(database)
 
-    def forward_decision(decision_id: str, suggestion: ShownSuggestion) -> None:
+    def forward_decision(session: Session, decision_id: str, suggestion: ShownSuggestion) -> None:
         # Only an engine with a feedback endpoint hears about decisions (the LLM service).
         if suggestion.engine_name != "llm":
             return
         endpoint = engines.config.for_issuer(suggestion.site).llm.feedback_url
         if endpoint:
-            forwarder.enqueue(decision_id, endpoint)
+            forwarder.enqueue(decision_id, endpoint, session=session)
 
     sidebar = SidebarService(
         database=database,

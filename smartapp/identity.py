@@ -7,7 +7,13 @@ as Epic sends it): https://hl7.org/fhir/smart-app-launch/scopes-and-launch-conte
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 _USER_TYPES = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Person")
+_USER_REFERENCE = re.compile(
+    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$"
+)
 
 #: The actor of calls made with the admin API token (it is no person).
 TOKEN_ACTOR = "admin-api-token"
@@ -31,19 +37,23 @@ def is_person(actor: str | None) -> bool:
 
 
 def normalize_fhir_user(reference: str | None) -> str | None:
-    """The relative "Type/id" form of a fhirUser reference (absolute or relative), or None."""
+    """`fhirUser` as a relative reference: Epic sends absolute URLs, others relative ones.
+
+    "https://ehr/fhir/Practitioner/123", ".../Practitioner/123/_history/4" and
+    "Practitioner/123" all give "Practitioner/123"; anything that is not a reference to a
+    user resource gives None. The id_token's claim and every stored actor go through here.
+    """
     if reference is None:
         return None
     text = str(reference).strip()
-    if not text:
+    match = _USER_REFERENCE.search(text)
+    if not match or match["type"] not in _USER_TYPES:
         return None
-    parts = [p for p in text.split("/") if p]
-    # ".../Practitioner/1/_history/3" names the same user.
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2] in _USER_TYPES:
-        return f"{parts[-2]}/{parts[-1]}"
-    return text
+    prefix = text[: match.start()]
+    if prefix and not urlsplit(prefix).scheme:
+        # "foo/Practitioner/1" is neither a relative reference nor an absolute URL.
+        return None
+    return f"{match['type']}/{match['id']}"
 
 
 def admin_entries(

@@ -62,6 +62,7 @@ from smartapp.admin.params import (
     parse_range,
     parse_when,
 )
+from smartapp.admin.policy import load_state, read_version
 from smartapp.admin.registry import (
     ChangeControl,
     ChangeRefused,
@@ -79,7 +80,9 @@ from smartapp.db import get_db, utcnow
 from smartapp.errors import AppError, BadRequest, Forbidden
 from smartapp.identity import bound_identity
 from smartapp.jsonbody import json_body
+from smartapp.policy import Policy
 from smartapp.security import check_csrf
+from smartapp.suggestions.registry import SuggestionService
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -147,6 +150,13 @@ def admin_page(view: Callable[P, str | Response]) -> Callable[P, str | Response 
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def _policy(session: Session) -> Policy:
+    """The policy the drafter decides from, read fresh: an admin sees a change at once."""
+    engines: SuggestionService = current_app.extensions["smartapp.engines"]
+    state = load_state(session, read_version(session))
+    return Policy(site_config=engines.config, governance=state, settings=_settings())
 
 
 def _admin() -> AdminUser:
@@ -434,19 +444,17 @@ def rollout_page() -> str:
     site, kind = request.args.get("site"), request.args.get("kind")
     with get_db().session() as s:
         rules = rollout.list_rules(s, include_retired=True)
-        if site and kind:
-            check = rollout.is_enabled(
-                s,
-                site=site,
-                kind=kind,
-                fhir_user=request.args.get("fhir_user") or None,
-                now=utcnow(),
-            )
+        policy = _policy(s)
+    if site and kind:
+        check = policy.rollout_decision(
+            kind=kind, iss=site, fhir_user=request.args.get("fhir_user") or None, now=utcnow()
+        )
     return render_template(
         "admin/rollout.html",
         admin=_admin(),
         page="rollout",
         rules=rules,
+        file_rules=[e for e in policy.rollout() if e.source == "file"],
         check=check,
         args=request.args,
         issuers=_settings().allowed_issuers,
@@ -751,12 +759,28 @@ def api_rollout_decision() -> Response:
         raise BadRequest("kind: give a suggestion kind.")
     at = parse_when("at", request.args.get("at")) or utcnow()
     with get_db().session() as s:
-        decision = rollout.is_enabled(
-            s, site=site, kind=kind, fhir_user=request.args.get("fhir_user") or None, now=at
-        )
-    return jsonify(
-        {"enabled": decision.enabled, "reason": decision.reason, "rule": decision.rule_id}
+        policy = _policy(s)
+    decision = policy.rollout_decision(
+        kind=kind, iss=site, fhir_user=request.args.get("fhir_user") or None, now=at
     )
+    return jsonify(
+        {
+            "enabled": decision.enabled,
+            "reason": decision.reason,
+            "rule": decision.rule_id,
+            "source": decision.source,
+        }
+    )
+
+
+@bp.get("/api/policy/rollout")
+def api_policy_rollout() -> Response:
+    """Every rollout rule in force or to come, the site file's and the dashboard's, with
+    their source: the one list the drafter decides from."""
+    _caller()
+    with get_db().session() as s:
+        policy = _policy(s)
+    return jsonify({"version": policy.version, "rules": [e.to_json() for e in policy.rollout()]})
 
 
 # --- JSON API: engine registry and kill switches -----------------------------------------

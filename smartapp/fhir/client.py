@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import unquote, urlencode, urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
@@ -126,21 +126,6 @@ class BatchResponse:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchResult:
-    """All pages of a search, followed to the cap."""
-
-    #: Entries the search matched (`search.mode` "match" or absent), in server order.
-    resources: list[dict[str, Any]]
-    #: Entries added by `_include` / `_revinclude` (`search.mode` "include").
-    included: list[dict[str, Any]]
-    pages: int
-    #: `Bundle.total` of the first page, when the server sent it.
-    total: int | None = None
-    #: A `next` link was left unfollowed: "max_pages" (the cap) or "foreign_next_link".
-    truncated: str | None = None
 
 
 def split_search_bundle(
@@ -538,47 +523,6 @@ class FHIRClient:
             raise ValueError("get_url needs an absolute URL")
         response = self._send("GET", url, idempotent=True)
         return self._json(response, method="GET", expect=None)
-
-    def search(
-        self,
-        resource_type: str,
-        params: Mapping[str, str | Sequence[str]],
-        *,
-        max_pages: int = 20,
-    ) -> SearchResult:
-        """GET `[base]/Type?params`, then follow `next` links until none is left or `max_pages`."""
-        if max_pages < 1:
-            raise ValueError("max_pages must be at least 1")
-        rtype = self._check_type(resource_type)
-        query = urlencode(params, doseq=True)
-        url = self._url(rtype + (f"?{query}" if query else ""))
-        bundle = self._json(self._send("GET", url, idempotent=True), method="GET", expect="Bundle")
-        total = bundle.get("total") if isinstance(bundle.get("total"), int) else None
-        matches, includes = split_search_bundle(bundle)
-        pages, seen, truncated = 1, {url}, None
-        while (link := next_link(bundle)) is not None:
-            if pages >= max_pages:
-                truncated = "max_pages"
-                break
-            absolute = urljoin(self.base_url + "/", link)
-            if not self.is_on_base(absolute):
-                log.warning("FHIR search %s: next link to another server not followed", rtype)
-                truncated = "foreign_next_link"
-                break
-            if absolute in seen:
-                log.warning("FHIR search %s: next link repeats a page; stopping", rtype)
-                break
-            seen.add(absolute)
-            bundle = self._json(
-                self._send("GET", absolute, idempotent=True), method="GET", expect="Bundle"
-            )
-            more_matches, more_includes = split_search_bundle(bundle)
-            matches += more_matches
-            includes += more_includes
-            pages += 1
-        return SearchResult(
-            resources=matches, included=includes, pages=pages, total=total, truncated=truncated
-        )
 
     def batch(self, requests: Sequence[BatchRequest]) -> list[BatchResponse]:
         """POST a batch Bundle: one BatchResponse per request, in order; retried if idempotent."""

@@ -6,7 +6,7 @@ Knows OAuth, not clinical content. https://hl7.org/fhir/smart-app-launch/
     pkce.py       make_verifier(), s256_challenge()         RFC 7636
     scopes.py     GrantedScopes                             v2 and v1 scopes
     keys.py       SigningKey, public_jwks(), client_assertion()   private_key_jwt
-    idtoken.py    validate_id_token(), normalize_fhir_user()
+    idtoken.py    validate_id_token()                       fhirUser via smartapp.identity
     client.py     SMARTClient, TokenResponse                authorize URL, code, refresh
     crypto.py     TokenCipher, hash_secret()                tokens at rest
     models.py     PendingAuthorization, LaunchSession

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from smartapp.errors import AuthorizationFailed, TemporaryUpstreamError
+from smartapp.identity import normalize_fhir_user
 from smartapp.redirects import RedirectRefused, get_within_origin
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,6 @@ LEEWAY_SECONDS = 60
 
 #: Seconds a fetched JWKS is reused before it is fetched again.
 JWKS_TTL_SECONDS = 3600.0
-
-_FHIR_USER_TYPES = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Person")
-_RELATIVE_REFERENCE = re.compile(
-    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$"
-)
 
 
 class IDTokenInvalid(AuthorizationFailed):
@@ -219,19 +214,3 @@ def _decode(id_token: str, keyset: KeySet, header: dict[str, Any]) -> jwt.Token:
 
 def _key_type_for(alg: str) -> str:
     return "EC" if alg.startswith("ES") else "RSA"
-
-
-def normalize_fhir_user(value: str) -> str | None:
-    """`fhirUser` as a relative reference: Epic sends absolute URLs, others relative ones.
-
-    "https://ehr/fhir/Practitioner/123" and "Practitioner/123" both give "Practitioner/123";
-    anything that is not a reference to a user resource gives None.
-    """
-    match = _RELATIVE_REFERENCE.search(value.strip())
-    if not match or match["type"] not in _FHIR_USER_TYPES:
-        return None
-    prefix = value.strip()[: match.start()]
-    if prefix and not urlsplit(prefix).scheme:
-        # "foo/Practitioner/1" is neither a relative reference nor an absolute URL.
-        return None
-    return f"{match['type']}/{match['id']}"

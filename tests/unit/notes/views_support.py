@@ -14,12 +14,14 @@ from flask import Flask
 from smartapp.db import utcnow
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.notes.drafting import DraftPlan, Drafts
 from smartapp.notes.service import SidebarService
 from smartapp.smart.client import TokenResponse
 from smartapp.smart.idtoken import IDTokenClaims
 from smartapp.smart.models import PendingAuthorization
 from smartapp.smart.services import get_services
 from smartapp.smart.session import SESSION_COOKIES, LaunchContext, create_session
+from smartapp.suggestions.kinds import KINDS
 from tests.conftest import SANDBOX_ISS
 from tests.unit.fhir.fakes import chart_fixtures
 
@@ -50,8 +52,13 @@ class SnapshotSource:
 
 
 class NoDrafts:
-    def draft(self, snapshot: ChartSnapshot, *, iss: str) -> list[Any]:
-        return []
+    """A drafter (notes.service's `Drafter`) that plans every kind and drafts nothing."""
+
+    def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan:
+        return DraftPlan(kinds=KINDS)
+
+    def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts:
+        return Drafts(suggestions=[])
 
 
 def fixture_snapshot() -> ChartSnapshot:

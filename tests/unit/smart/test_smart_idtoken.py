@@ -9,12 +9,8 @@ import requests
 from joserfc.jwk import KeySet, RSAKey
 from smart_fakes import CLIENT_ID, ISS, JWKS, FakeEHR
 
-from smartapp.smart.idtoken import (
-    IDTokenInvalid,
-    JWKSCache,
-    normalize_fhir_user,
-    validate_id_token,
-)
+from smartapp.identity import normalize_fhir_user
+from smartapp.smart.idtoken import IDTokenInvalid, JWKSCache, validate_id_token
 
 NONCE = "nonce-for-this-sign-in"
 
