@@ -70,6 +70,8 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     """Compose the clinician's flow: chart source, engines, feedback, outbox."""
     from zoneinfo import ZoneInfo
 
+    from sqlalchemy.orm import Session
+
     from smartapp.db import get_database
     from smartapp.feedback.forwarding import FeedbackForwarder
     from smartapp.feedback.models import ShownSuggestion
@@ -107,13 +109,13 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     engines.announce()
     forwarder = FeedbackForwarder(database)
 
-    def forward_decision(decision_id: str, suggestion: ShownSuggestion) -> None:
+    def forward_decision(session: Session, decision_id: str, suggestion: ShownSuggestion) -> None:
         # Only an engine with a feedback endpoint hears about decisions (the LLM service).
         if suggestion.engine_name != "llm":
             return
         endpoint = engines.config.for_issuer(suggestion.site).llm.feedback_url
         if endpoint:
-            forwarder.enqueue(decision_id, endpoint)
+            forwarder.enqueue(decision_id, endpoint, session=session)
 
     sidebar = SidebarService(
         database=database,

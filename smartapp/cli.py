@@ -30,10 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
     """One waitress process: the app's threads, and its outbox worker unless --no-worker."""
-    from waitress import serve
-
     from smartapp import create_app
     from smartapp.notes.outbox import OutboxWorker
+    from smartapp.serving import create_server
 
     app = create_app()
     worker = None
@@ -45,7 +44,9 @@ def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
     where = {"sockets": sockets} if sockets else {"host": args.host, "port": args.port}
     print(f"smartapp listening on http://{args.host}:{args.port} (pid {os.getpid()})", flush=True)
     try:
-        serve(app, threads=args.threads, ident="smartapp", **where)
+        # /healthz and /readyz have threads of their own: they answer while every one of
+        # the app's threads waits on a slow EHR.
+        create_server(app, threads=args.threads, ident="smartapp", **where).run()
     finally:
         if worker is not None:
             worker.stop()

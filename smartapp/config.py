@@ -183,6 +183,9 @@ class Settings:
     fhir_deadline_seconds: int = 30
     #: The largest FHIR answer read, in MiB (SMARTAPP_FHIR_MAX_MB): larger ones are refused.
     fhir_max_response_mb: int = 32
+    #: Seconds a request waits for a locked store before answering 503 store_unavailable
+    #: (SMARTAPP_STORE_WAIT_SECONDS); None: smartapp.db's default (10 s).
+    store_wait_seconds: int | None = None
     #: Seconds before the first retry of a note the EHR could not take, doubling after
     #: each failure up to an hour (SMARTAPP_OUTBOX_RETRY_SECONDS).
     outbox_retry_seconds: int = 15
@@ -381,6 +384,15 @@ class Settings:
                 minimum=1,
                 means=" (MiB: the largest FHIR answer the app reads)",
             ),
+            store_wait_seconds=_whole_number(
+                environ,
+                "SMARTAPP_STORE_WAIT_SECONDS",
+                10,
+                minimum=1,
+                means=" (seconds a request waits for a locked store before answering 503)",
+            )
+            if environ.get("SMARTAPP_STORE_WAIT_SECONDS")
+            else None,
             outbox_retry_seconds=_whole_number(
                 environ,
                 "SMARTAPP_OUTBOX_RETRY_SECONDS",

@@ -23,7 +23,7 @@ from sqlalchemy.types import TypeDecorator
 log = logging.getLogger(__name__)
 
 #: How long a statement waits for a locked SQLite file before the request answers 503
-#: `store_unavailable` (it waited 30 s and answered 500 before).
+#: `store_unavailable` (it waited 30 s and answered 500 before); SMARTAPP_STORE_WAIT_SECONDS.
 SQLITE_WAIT_SECONDS = 10.0
 
 #: Alembic's migration scripts (`smartapp/migrations/versions/`).
@@ -108,19 +108,37 @@ class Database:
     """
 
     def __init__(
-        self, url: str, *, secret_key: str | None = None, previous_keys: tuple[str, ...] = ()
+        self,
+        url: str,
+        *,
+        secret_key: str | None = None,
+        previous_keys: tuple[str, ...] = (),
+        wait_seconds: float | None = None,
     ) -> None:
         from smartapp.atrest import Cipher, derive
 
         key = secret_key or UNKEYED
         keys = (key, *(k for k in previous_keys if k and k != key))
         kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
+        #: The longest a statement waits for a lock (SQLite), or for a connection from the
+        #: pool, before the request answers 503 store_unavailable.
+        self.wait_seconds = SQLITE_WAIT_SECONDS if wait_seconds is None else wait_seconds
         if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_WAIT_SECONDS}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": self.wait_seconds}
+        elif url.startswith("postgresql"):
+            # An unreachable server (no answer to the SYN) would otherwise hold the request
+            # for the operating system's TCP timeout (minutes), and an exhausted pool 30 s.
+            kwargs["pool_timeout"] = self.wait_seconds
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(self.wait_seconds))}
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            wait_ms = int(self.wait_seconds * 1000)
+            event.listen(
+                self.engine,
+                "connect",
+                lambda connection, record: _sqlite_pragmas(connection, record, wait_ms=wait_ms),
+            )
         #: Handed to every session: the audit chain's seal keys, current first.
         self.info: dict[str, Any] = {
             "smartapp.audit.seal_keys": tuple(derive(k, "audit") for k in keys)
@@ -137,6 +155,7 @@ class Database:
             settings.database_url,
             secret_key=settings.secret_key,
             previous_keys=settings.previous_secret_keys,
+            wait_seconds=getattr(settings, "store_wait_seconds", None),
         )
 
     def alembic_config(self, connection: Any = None) -> Any:
@@ -211,12 +230,13 @@ def import_models() -> None:
         importlib.import_module(name)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wait_ms: int | None = None) -> None:
     # WAL lets the sidebar read while the outbox worker writes; foreign keys are off by default.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_WAIT_SECONDS * 1000)}")
+    busy = int(SQLITE_WAIT_SECONDS * 1000) if wait_ms is None else wait_ms
+    cursor.execute(f"PRAGMA busy_timeout={busy}")
     cursor.close()
 
 

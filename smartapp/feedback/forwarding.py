@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 from sqlalchemy import ForeignKey, Index, Integer, String, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from smartapp.db import Base, Database, EncryptedJSON, UTCDateTime, utcnow
 from smartapp.feedback.models import Decision, ShownSuggestion, new_id
@@ -111,25 +111,33 @@ class FeedbackForwarder:
         self._timeout = timeout
         self.leases = Leases(database, FeedbackForward)
 
-    def enqueue(self, decision_id: str, endpoint: str) -> None:
-        with self._db.session() as session:
-            decision = session.get(Decision, decision_id)
-            if decision is None:
-                return
-            existing = session.scalars(
-                select(FeedbackForward).where(FeedbackForward.decision_id == decision_id)
-            ).first()
-            if existing is not None:
-                return
-            session.add(
-                FeedbackForward(
-                    decision_id=decision_id,
-                    endpoint=endpoint,
-                    payload=cds_feedback(decision.suggestion, decision),
-                    status="pending",
-                    next_attempt_at=utcnow(),
-                )
+    def enqueue(self, decision_id: str, endpoint: str, *, session: Session | None = None) -> None:
+        """Queue the decision's forward: in `session` (the decision's own transaction, so
+        both commit or neither does), else in a transaction of its own."""
+        if session is None:
+            with self._db.session() as own:
+                self._enqueue(own, decision_id, endpoint)
+        else:
+            self._enqueue(session, decision_id, endpoint)
+
+    def _enqueue(self, session: Session, decision_id: str, endpoint: str) -> None:
+        decision = session.get(Decision, decision_id)
+        if decision is None:
+            return
+        existing = session.scalars(
+            select(FeedbackForward).where(FeedbackForward.decision_id == decision_id)
+        ).first()
+        if existing is not None:
+            return
+        session.add(
+            FeedbackForward(
+                decision_id=decision_id,
+                endpoint=endpoint,
+                payload=cds_feedback(decision.suggestion, decision),
+                status="pending",
+                next_attempt_at=utcnow(),
             )
+        )
 
     def deliver_due(self, *, now: datetime | None = None, limit: int = 50) -> int:
         """Send the forwards that are due; returns how many were sent."""

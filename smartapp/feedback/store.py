@@ -58,8 +58,10 @@ def edit_distance(before: str, after: str) -> int:
     return int(Levenshtein.distance(before, after))
 
 
-#: Called after each decision is stored (the forwarding hook): (decision id, suggestion).
-DecisionHook = Callable[[str, ShownSuggestion], None]
+#: The forwarding hook, told (the decision's transaction, its id, the suggestion) before
+#: the decision commits: what it records (a feedback forward) commits with it or not at
+#: all, so an answer never fails about a decision that was recorded, nor loses its forward.
+DecisionHook = Callable[[Session, str, ShownSuggestion], None]
 
 
 class FeedbackStore:
@@ -430,8 +432,9 @@ class FeedbackStore:
                 else None,
             )
             session.add(decision)
-        if self._on_decision is not None:
-            self._on_decision(decision.id, row)
+            if self._on_decision is not None:
+                session.flush()
+                self._on_decision(session, decision.id, row)
         return decision
 
 

@@ -444,7 +444,7 @@ class SidebarService:
             self._grants.hold_for_note(launch)
         for _ in range(SAVE_ATTEMPTS):
             try:
-                note_id, unchanged = self._store_note(
+                stored, unchanged = self._store_note(
                     launch, visit, content.text, content, engines, kind, arms=arms
                 )
                 break
@@ -456,10 +456,18 @@ class SidebarService:
             raise Conflict("The note is being saved from another window; save again.")
         if unchanged is not None:
             return SaveResult(note=unchanged, written=self._written(unchanged))
-        written = self.deliver(note_id, client=self._fhir_for(launch))
-        with self._db.session() as session:
-            refreshed = session.get(SavedNote, note_id)
-            assert refreshed is not None
+        note_id = stored.id
+        try:
+            written = self.deliver(note_id, client=self._fhir_for(launch))
+            with self._db.session() as session:
+                refreshed = session.get(SavedNote, note_id)
+                assert refreshed is not None
+        except SQLAlchemyError as exc:
+            # The note is committed: the answer says so ("saved here, will be sent"), never
+            # "not recorded", whatever failed after: the outbox finishes what was begun,
+            # and the note's create is conditional on its identifier (never a second one).
+            log.error("the store failed after a note was saved: %s", type(exc).__name__)
+            return SaveResult(note=stored, written=None)
         return SaveResult(note=refreshed, written=written)
 
     def _store_note(
@@ -472,8 +480,9 @@ class SidebarService:
         kind: str = CLINICAL_NOTE,
         *,
         arms: Mapping[str, str],
-    ) -> tuple[str, SavedNote | None]:
-        """Create the visit's note or revise it; (its id, the note if nothing changed).
+    ) -> tuple[SavedNote, SavedNote | None]:
+        """Create the visit's note or revise it; (the note as committed, the note if
+        nothing changed).
 
         The revision is a compare-and-set on the revision read, and the first note of a
         visit is held to one by `uq_note_visit`: a concurrent save makes this one raise,
@@ -514,10 +523,10 @@ class SidebarService:
                 )
                 session.add(note)
                 session.flush()
-                return note.id, None
+                return note, None
             if note.text == body and note.chart_revision == note.revision:
                 # Nothing changed since the chart got it: no new version, no new Provenance.
-                return note.id, note
+                return note, note
             revised: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(SavedNote)
                 .where(SavedNote.id == note.id, SavedNote.revision == note.revision)
@@ -531,7 +540,12 @@ class SidebarService:
             )
             if revised.rowcount != 1:
                 raise _SavedMeanwhile
-            return note.id, None
+            # What was committed, as the answer shows it (detached: changing it writes nothing).
+            session.expunge(note)
+            note.revision += 1
+            for name, value in values.items():
+                setattr(note, name, value)
+            return note, None
 
     @staticmethod
     def _written(note: SavedNote) -> WrittenNote | None:

@@ -59,6 +59,12 @@ class Controls:
         self.faults = FaultPlan()
         self.kinds: Counter[str] = Counter()
         self.faulted = 0
+        #: Set: FHIR requests go through. Cleared (`POST /_sandbox/hang`): each waits
+        #: until it is set again, as a hung server holds its callers.
+        self.released = threading.Event()
+        self.released.set()
+        #: FHIR requests waiting on the hang now.
+        self.hanging = 0
 
     # -- classification -----------------------------------------------------------------
     @staticmethod
@@ -113,6 +119,16 @@ class Controls:
         if latency and (path.startswith("/fhir") or kind == "token"):
             # A WAN round trip: the sleep blocks this worker thread, as a slow network does.
             time.sleep(latency / 1000)
+        if path.startswith("/fhir") and kind != "discovery" and not self.released.is_set():
+            with self._lock:
+                self.hanging += 1
+            try:
+                # Held until released (then answered as usual, whether or not the caller
+                # still waits: a write it gave up on is made anyway, as a real server's is).
+                self.released.wait()
+            finally:
+                with self._lock:
+                    self.hanging -= 1
         if fault is not None:
             outcome = operation_outcome(
                 "transient" if fault.status >= 500 or fault.status == 429 else "processing",
@@ -135,6 +151,7 @@ class Controls:
                 "fhir": api,
                 "kinds": kinds,
                 "faulted": self.faulted,
+                "hanging": self.hanging,
                 "latency_ms": self.latency_ms,
             }
 
@@ -208,6 +225,8 @@ def init_app(
                         "retry_after": "seconds, optional",
                     },
                     "DELETE /_sandbox/faults": "clear injected faults",
+                    "POST /_sandbox/hang": "hold every FHIR request until DELETE",
+                    "DELETE /_sandbox/hang": "let the held requests go on",
                     "POST /_sandbox/latency": {"ms": "N"},
                     "GET /_sandbox/stats": "request counts by kind",
                     "POST /_sandbox/stats/reset": "zero the counters",
@@ -246,6 +265,16 @@ def init_app(
         with controls._lock:
             controls.faults = FaultPlan()
         return get_faults()
+
+    @bp.post("/hang")
+    def hang() -> Response:
+        controls.released.clear()
+        return _json({"hanging": controls.hanging, "held": True})
+
+    @bp.delete("/hang")
+    def release() -> Response:
+        controls.released.set()
+        return _json({"hanging": controls.hanging, "held": False})
 
     @bp.get("/latency")
     def get_latency() -> Response:

@@ -14,7 +14,8 @@ from types import TracebackType
 from typing import Any
 
 from waitress import wasyncore
-from waitress.server import create_server
+
+from smartapp.serving import create_server
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class BackgroundServer:
         ident: str = "smartapp-sandbox",
     ) -> None:
         self._app = app
+        # The health routes get threads of their own, as in `smartapp serve`.
         self._server: Any = create_server(
             self._dispatch,
             host=host,

@@ -125,3 +125,28 @@ def test_an_unchanged_suggestion_keeps_its_row_and_decision_across_snapshots(sto
     assert rows[1].id != row.id and rows[1].decisions == []
     assert store.shown(BY) == []
     assert store.latest_snapshot_key("s1") == "k2"
+
+
+def test_a_decision_and_what_its_hook_records_commit_together(tmp_path):
+    """The forwarding hook runs in the decision's transaction: if it fails, the decision is
+    not recorded either (and the clinician is told so), never the one without the other."""
+    db = Database(test_database_url(tmp_path))
+    db.drop_all()
+    db.upgrade()
+    seen: list[str] = []
+
+    def failing_hook(session, decision_id, row):
+        seen.append(decision_id)
+        raise RuntimeError("the forward could not be stored")
+
+    try:
+        failing = FeedbackStore(db, on_decision=failing_hook)
+        row = record(failing, [suggestion("abc")])[0]
+        with pytest.raises(RuntimeError):
+            failing.decide("s1", row.id, action="accept")
+        assert seen and failing.get("s1", row.id).latest_decision() is None
+        kept = FeedbackStore(db, on_decision=lambda session, decision_id, row: None)
+        kept.decide("s1", row.id, action="accept")
+        assert kept.get("s1", row.id).latest_decision().action == "accept"
+    finally:
+        db.dispose()

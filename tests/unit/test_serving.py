@@ -1,0 +1,44 @@
+"""Unit (a real waitress server on loopback): the health routes answer from threads of
+their own while every one of the app's threads is busy."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import requests
+
+from smartapp.serving import create_server
+
+
+def test_healthz_answers_while_every_app_thread_is_busy():
+    entered = threading.Event()
+    release = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            entered.set()
+            release.wait(30)  # a request stuck on a hung EHR
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+    server = create_server(app, threads=1, host="127.0.0.1", port=0)
+    loop = threading.Thread(target=server.run, daemon=True)
+    loop.start()
+    base = f"http://127.0.0.1:{server.effective_port}"
+    slow: list[requests.Response] = []
+    caller = threading.Thread(target=lambda: slow.append(requests.get(f"{base}/slow", timeout=30)))
+    try:
+        caller.start()
+        assert entered.wait(10)
+        # The only app thread is held until `release`: these answer from the health threads.
+        assert requests.get(f"{base}/healthz", timeout=10).text == "/healthz"
+        assert requests.get(f"{base}/readyz", timeout=10).text == "/readyz"
+        assert not slow
+    finally:
+        release.set()
+        caller.join(10)
+        server.close()
+        server.task_dispatcher.shutdown()
+    assert slow[0].text == "/slow"
