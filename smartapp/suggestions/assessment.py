@@ -834,12 +834,23 @@ def _short(med: Medication) -> str:
 
 
 def _home(facts: ChartFacts, kb: Knowledge, decision_id: str) -> Problem | None:
-    """The block a decision is offered in, when it has a home and the patient that problem."""
+    """The block a `[[decision]]` is offered in: its home problem's when the patient has
+    one, else the problem of its first option (in file order) that fires, so that which
+    option is offered does not depend on the order of the blocks (a high-intensity statin
+    for coronary disease before diabetes' moderate-intensity one)."""
     decision = kb.decisions.get(decision_id)
     if decision is None:
         return None
     homes = facts.problems_in(decision.home)
-    return homes[0] if homes else None
+    if homes:
+        return homes[0]
+    for option in kb.options:
+        if option.decision != decision_id:
+            continue
+        for problem in facts.problems_in(option.problem):
+            if _fires(facts, kb, option, [], problem) is not None:
+                return problem
+    return None
 
 
 def _options_for(
@@ -885,6 +896,19 @@ def _normal(verdict: str | None, goal: Goal | None) -> bool:
     return verdict == at_goal or verdict.startswith("within ")
 
 
+def _flagged_normal(reading: Result | BloodPressure) -> bool:
+    """The lab flagged the result normal (interpretation N) and sent no range."""
+    if not isinstance(reading, Result):
+        return False
+    return any(
+        coding.get("code") == "N"
+        for concept in reading.resource.get("interpretation") or []
+        if isinstance(concept, Mapping)
+        for coding in concept.get("coding") or []
+        if isinstance(coding, Mapping)
+    )
+
+
 def _stated(statements: Sequence[Statement]) -> frozenset[str]:
     """What the block's statements so far state as facts (not their cross-references)."""
     return frozenset(c.reference for s in statements if s.see is None for c in s.citations)
@@ -927,7 +951,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             categories.append(category)
         key = "|".join(_ref(r) for r in _resources(series.latest))
         if key in shown.results:
-            if index > 0 and _normal(verdict, goal):
+            if index > 0 and (_normal(verdict, goal) or _flagged_normal(series.latest)):
                 continue  # a normal result of another block: not worth a pointer here
             owner = shown.results[key]
             elsewhere.setdefault(owner.reference, (owner, []))[1].append(series.latest)
