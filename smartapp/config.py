@@ -273,6 +273,7 @@ class Settings:
         if private_key and not Path(private_key).is_file():
             raise ConfigError(f"SMARTAPP_PRIVATE_KEY={private_key!r}: no such file (PEM or JWK)")
 
+        # The same rule as `smartapp.siteconfig.site_file_path` (check, evaluate, draft).
         site_config = environ.get("SMARTAPP_CONFIG") or None
         if site_config and not Path(site_config).is_file():
             raise ConfigError(f"SMARTAPP_CONFIG={site_config!r}: no such file")
