@@ -121,7 +121,7 @@ class AppProfile:
         else:
             client_auth = "public"
         issuers = (environ.get("SMARTAPP_ALLOWED_ISSUERS") or "").split(",")
-        site_file, site_quirks, site_file_error = _site_quirks(environ.get("SMARTAPP_CONFIG"))
+        site_file, site_quirks, site_file_error = _site_quirks(environ)
         allowed = tuple(normalize_issuer(i) for i in issuers if i.strip())
         cds_file = environ.get("SMARTAPP_CDS_CLIENTS") or None
         cds_clients: tuple[CDSClient, ...] = ()
@@ -151,18 +151,21 @@ class AppProfile:
         )
 
 
-def _site_quirks(path: str | None) -> tuple[str | None, dict[str, str], str | None]:
+def _site_quirks(
+    environ: Mapping[str, str],
+) -> tuple[str | None, dict[str, str], str | None]:
     """(the site file's name, its quirks profile per issuer, why it could not be read)."""
-    from smartapp.siteconfig import SiteConfigError, load_site_config
+    from smartapp.siteconfig import SiteConfigError, load_site_config, site_file_path
 
-    if not path:
+    path = site_file_path(environ)
+    if path is None:
         return None, {}, None
     try:
-        site = load_site_config(Path(path))
+        site = load_site_config(path)
     except SiteConfigError as exc:
-        return Path(path).name, {}, "; ".join(exc.errors[:3])
+        return path.name, {}, "; ".join(exc.errors[:3])
     named = {iss: config.quirks for iss, config in site.sites.items() if config.quirks}
-    return Path(path).name, named, None
+    return path.name, named, None
 
 
 @dataclass(kw_only=True)

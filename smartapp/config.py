@@ -210,6 +210,9 @@ class Settings:
     #: A sidebar whose session cookie never arrives (third-party cookies blocked) may carry
     #: its launch in a per-window token (SMARTAPP_WINDOW_SESSIONS; see docs/SECURITY.md).
     window_sessions: bool = True
+    #: Read a launch's chart as soon as its token arrives at /callback, in the background,
+    #: before the sidebar asks (SMARTAPP_PREFETCH_CHART).
+    prefetch_chart: bool = True
     #: SMARTAPP_SECRET_KEY was given (not generated in the instance folder): what several
     #: processes need.
     secret_key_from_env: bool = False
@@ -270,6 +273,7 @@ class Settings:
         if private_key and not Path(private_key).is_file():
             raise ConfigError(f"SMARTAPP_PRIVATE_KEY={private_key!r}: no such file (PEM or JWK)")
 
+        # The same rule as `smartapp.siteconfig.site_file_path` (check, evaluate, draft).
         site_config = environ.get("SMARTAPP_CONFIG") or None
         if site_config and not Path(site_config).is_file():
             raise ConfigError(f"SMARTAPP_CONFIG={site_config!r}: no such file")
@@ -405,6 +409,7 @@ class Settings:
                 environ, "SMARTAPP_MIGRATE_ON_START", default=sandbox_issuer is not None
             ),
             window_sessions=_yes_no(environ, "SMARTAPP_WINDOW_SESSIONS", default=True),
+            prefetch_chart=_yes_no(environ, "SMARTAPP_PREFETCH_CHART", default=True),
         )
 
 

@@ -687,6 +687,16 @@ def normalize_issuer(url: str) -> str:
 # -- loading -------------------------------------------------------------------------------
 
 
+def site_file_path(environ: Mapping[str, str], override: str | Path | None = None) -> Path | None:
+    """The site file every command reads: `--config` when given, else `SMARTAPP_CONFIG`
+    from the environment `smartapp.config.read_environment` gives (None: the defaults).
+
+    `serve` (through Settings), `check`, `evaluate` and `draft` all call this.
+    """
+    chosen = override or environ.get("SMARTAPP_CONFIG") or None
+    return Path(chosen) if chosen else None
+
+
 def load_site_config(path: Path | None) -> SiteConfig:
     """The configuration at `path` (None: the built-in defaults), validated, or SiteConfigError."""
     if path is None:

@@ -135,6 +135,9 @@ class PlanOption:
     show_treatment: bool = False
     #: Only for a patient the chart says is pregnant (context.pregnancy_evidence).
     pregnant: bool = False
+    #: Not when a medication treating the problem was ordered after the result that
+    #: triggers the option: the therapy was just changed, and the repeat test judges it.
+    unless_changed_since: bool = False
     #: A risk score (risk_scores.toml) at or above a threshold by Patient.gender; genders
     #: without an entry use `male`'s (no sex point is counted for them).
     score: str | None = None
@@ -253,6 +256,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
                 show_treatment=bool(item.get("show_treatment")),
                 pregnant=bool(item.get("pregnant")),
+                unless_changed_since=bool(item.get("unless_changed_since")),
                 score=str(item["score"]) if item.get("score") else None,
                 score_at_least={
                     str(k): int(v) for k, v in (item.get("score_at_least") or {}).items()
@@ -739,6 +743,8 @@ def _option_fires(
         if series is None:
             return None
         latest = series.latest
+        if option.unless_changed_since and _changed_after(meds, latest):
+            return None
         in_unit = values_in(option.result, latest, option.unit)
         if in_unit is None:
             return None
@@ -781,6 +787,14 @@ def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
     return all(m.reference in stated for m in meds)
 
 
+def _changed_after(meds: Sequence[Medication], reading: Result | BloodPressure) -> bool:
+    """True when one of the medications was ordered after the reading was taken."""
+    taken = to_date(reading.when)
+    if taken is None:
+        return False
+    return any((to_date(m.authored) or date.min) > taken for m in meds)
+
+
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:
     """The earlier reading the latest rose from by `rise_at_least` within `within_days`."""
     latest = series.latest
@@ -820,12 +834,23 @@ def _short(med: Medication) -> str:
 
 
 def _home(facts: ChartFacts, kb: Knowledge, decision_id: str) -> Problem | None:
-    """The block a decision is offered in, when it has a home and the patient that problem."""
+    """The block a `[[decision]]` is offered in: its home problem's when the patient has
+    one, else the problem of its first option (in file order) that fires, so that which
+    option is offered does not depend on the order of the blocks (a high-intensity statin
+    for coronary disease before diabetes' moderate-intensity one)."""
     decision = kb.decisions.get(decision_id)
     if decision is None:
         return None
     homes = facts.problems_in(decision.home)
-    return homes[0] if homes else None
+    if homes:
+        return homes[0]
+    for option in kb.options:
+        if option.decision != decision_id:
+            continue
+        for problem in facts.problems_in(option.problem):
+            if _fires(facts, kb, option, [], problem) is not None:
+                return problem
+    return None
 
 
 def _options_for(
@@ -871,6 +896,19 @@ def _normal(verdict: str | None, goal: Goal | None) -> bool:
     return verdict == at_goal or verdict.startswith("within ")
 
 
+def _flagged_normal(reading: Result | BloodPressure) -> bool:
+    """The lab flagged the result normal (interpretation N) and sent no range."""
+    if not isinstance(reading, Result):
+        return False
+    return any(
+        coding.get("code") == "N"
+        for concept in reading.resource.get("interpretation") or []
+        if isinstance(concept, Mapping)
+        for coding in concept.get("coding") or []
+        if isinstance(coding, Mapping)
+    )
+
+
 def _stated(statements: Sequence[Statement]) -> frozenset[str]:
     """What the block's statements so far state as facts (not their cross-references)."""
     return frozenset(c.reference for s in statements if s.see is None for c in s.citations)
@@ -913,7 +951,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             categories.append(category)
         key = "|".join(_ref(r) for r in _resources(series.latest))
         if key in shown.results:
-            if index > 0 and _normal(verdict, goal):
+            if index > 0 and (_normal(verdict, goal) or _flagged_normal(series.latest)):
                 continue  # a normal result of another block: not worth a pointer here
             owner = shown.results[key]
             elsewhere.setdefault(owner.reference, (owner, []))[1].append(series.latest)

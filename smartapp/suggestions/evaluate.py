@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from smartapp.config import read_environment
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import FHIRResource, reference_key
-from smartapp.siteconfig import SiteConfigError, load_site_config
+from smartapp.siteconfig import SiteConfigError, load_site_config, site_file_path
 from smartapp.suggestions.registry import LLMSettings, SuggestionService
 
 if TYPE_CHECKING:  # charts imports this module
@@ -442,9 +442,7 @@ def run_draft_cli(
     out = out or sys.stdout
     err = err or sys.stderr
     env = read_environment() if environ is None else environ
-    config_path = args.config or (
-        Path(env["SMARTAPP_CONFIG"]) if env.get("SMARTAPP_CONFIG") else None
-    )
+    config_path = site_file_path(env, args.config)
     try:
         config = load_site_config(config_path)
         cohort = load_chart_file(Path(args.chart))
@@ -533,9 +531,7 @@ def run_cli(
     err = err or sys.stderr
     # The same environment `serve` reads: os.environ over the working directory's .env.
     env = read_environment() if environ is None else environ
-    config_path = args.config or (
-        Path(env["SMARTAPP_CONFIG"]) if env.get("SMARTAPP_CONFIG") else None
-    )
+    config_path = site_file_path(env, args.config)
     try:
         config = load_site_config(config_path)
     except SiteConfigError as exc:

@@ -138,9 +138,14 @@ def test_keyboard_only_from_launch_to_a_saved_note(page, stack: Stack):
 
     keys.press("?")
     expect(sidebar.locator("#help")).to_be_visible()
-    expect(sidebar.locator("#help-rows tr")).to_have_count(14)
+    expect(sidebar.locator("#help-rows tr")).to_have_count(15)  # with I, About
     keys.press("Escape")
     expect(sidebar.locator("#help")).to_be_hidden()
+    # S before any decision: said, not silently dropped.
+    keys.press("s")
+    expect(sidebar.locator("#announcer")).to_have_text(
+        "Nothing to save yet: accept or edit a suggestion first."
+    )
 
     cards = sidebar.locator("#suggestion-list > .card")
     total = cards.count()

@@ -496,3 +496,13 @@ def test_a_table_given_as_a_value_names_what_it_got(tmp_path):
         "site.toml line 2: llm: must be a table, not a list",
         "site.toml line 1: sites: must be a table, not a number",
     ]
+
+
+def test_every_command_finds_the_site_file_the_same_way(tmp_path):
+    from smartapp.siteconfig import site_file_path
+
+    env = {"SMARTAPP_CONFIG": str(tmp_path / "site.toml")}
+    assert site_file_path(env) == tmp_path / "site.toml"
+    assert site_file_path(env, tmp_path / "other.toml") == tmp_path / "other.toml"  # --config
+    assert site_file_path({"SMARTAPP_CONFIG": ""}) is None
+    assert site_file_path({}) is None
