@@ -147,6 +147,13 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
 
     # The hook reads charts into the same cache the sidebar reads them from.
     cdshooks.init_app(app, settings=settings, cache=cache, engines=engines)
+    if settings.prefetch_chart:
+        from smartapp.smart.views import SESSION_STARTED_EXT
+
+        # After the CDS Hooks one: a chart its card's hook read is in the cache, not read again.
+        app.extensions.setdefault(SESSION_STARTED_EXT, []).append(
+            lambda launch, _app_context: chart.prefetch(launch)
+        )
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()
     return engines

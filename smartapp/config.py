@@ -210,6 +210,9 @@ class Settings:
     #: A sidebar whose session cookie never arrives (third-party cookies blocked) may carry
     #: its launch in a per-window token (SMARTAPP_WINDOW_SESSIONS; see docs/SECURITY.md).
     window_sessions: bool = True
+    #: Read a launch's chart as soon as its token arrives at /callback, in the background,
+    #: before the sidebar asks (SMARTAPP_PREFETCH_CHART).
+    prefetch_chart: bool = True
     #: SMARTAPP_SECRET_KEY was given (not generated in the instance folder): what several
     #: processes need.
     secret_key_from_env: bool = False
@@ -406,6 +409,7 @@ class Settings:
                 environ, "SMARTAPP_MIGRATE_ON_START", default=sandbox_issuer is not None
             ),
             window_sessions=_yes_no(environ, "SMARTAPP_WINDOW_SESSIONS", default=True),
+            prefetch_chart=_yes_no(environ, "SMARTAPP_PREFETCH_CHART", default=True),
         )
 
 

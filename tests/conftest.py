@@ -25,6 +25,9 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
         "SMARTAPP_DATABASE_URL": test_database_url(tmp_path),
         # Outside sandbox mode the app migrates only when asked; the unit tests ask.
         "SMARTAPP_MIGRATE_ON_START": "true",
+        # The unit tests count and order the EHR's requests; a chart read ahead in the
+        # background would race them (tests/unit/notes/test_chart_prefetch.py turns it on).
+        "SMARTAPP_PREFETCH_CHART": "false",
     }
     base.update(env)
     return Settings.from_env(base)

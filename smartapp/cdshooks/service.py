@@ -37,6 +37,7 @@ from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.identity import bound_identity
 from smartapp.smart.scopes import GrantedScopes
 from smartapp.suggestions import kinds as K
+from smartapp.suggestions import safety
 from smartapp.suggestions.registry import SuggestionService
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class CDSHooksService:
             care_gaps=len(gaps),
             medication_hints=len(hints),
             care_gap_topics=tuple(dict.fromkeys(s.text.split(":")[0] for s in gaps)),
-            medication_topics=tuple(dict.fromkeys(str(s.rule_id) for s in hints)),
+            medication_topics=tuple(dict.fromkeys(safety.topic(str(s.rule_id)) for s in hints)),
         )
 
     # -- feedback --------------------------------------------------------------------------

@@ -259,8 +259,9 @@ class _Loader:
         self._pool: ThreadPoolExecutor | None = None
         # Batches run here (a batch that falls back to separate GETs waits on `_pool`).
         self._runner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhir-round")
-        #: Read newest-first searches from both ends at once (where the server sorts).
-        self.both_ends = both_ends and sort_newest
+        #: Read newest-first searches from both ends at once (where the server sorts). Not
+        #: under a cap of one page per search: the oldest-first page would be a second one.
+        self.both_ends = both_ends and sort_newest and max_pages >= 2
         #: This round's pages of the both-ends searches, by label: "newest" and "oldest".
         self._stash: dict[str, dict[str, tuple[_Fetch, FHIRResource, int]]] = {}
         #: Labels whose oldest-first twin was dropped: their newest-first chain goes on alone.

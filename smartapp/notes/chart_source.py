@@ -2,12 +2,24 @@
 
 The glue between the SMART session (which owns the tokens) and the FHIR client (which
 knows nothing of OAuth): a FHIR client for a launch, and its snapshot loaded once per TTL.
+
+A clinician's launch has its chart read ahead (`prefetch`, SMARTAPP_PREFETCH_CHART): the
+callback hands the new launch to a few background threads of this process, which read the
+chart into the snapshot cache while the browser loads the sidebar page, its context and
+notes. The sidebar's first `/api/suggestions` then waits for that read if it is under way
+(never reads the chart a second time beside it), takes it from the cache if it is done, and
+reads the chart itself if the read ahead has not started yet (it is cancelled) or failed (the
+request then meets the error itself). A request served by another process does not see a
+read under way here and reads the chart itself.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import requests
@@ -35,6 +47,12 @@ from smartapp.smart.session import (
     successor_launch,
 )
 
+log = logging.getLogger(__name__)
+
+#: Charts one process reads ahead at once; the launches beyond wait their turn (or their
+#: sidebar's own request reads the chart first).
+PREFETCH_THREADS = 4
+
 
 class LaunchChartSource:
     def __init__(
@@ -46,8 +64,14 @@ class LaunchChartSource:
         http: requests.Session,
         on_chart_loaded: Callable[[float, int], None] | None = None,
         quirks_for: Callable[[str], str | None] | None = None,
+        prefetch_threads: int = PREFETCH_THREADS,
     ) -> None:
         self._settings = settings
+        self._prefetch_threads = prefetch_threads
+        self._prefetch_pool: ThreadPoolExecutor | None = None
+        #: Reads ahead by launch session id, queued or under way.
+        self._reading_ahead: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
         #: The site file's quirks profile for an issuer (None: detect it).
         self._quirks_for = quirks_for
         #: Told (seconds, round trips) of every chart read from the EHR: the app's metrics.
@@ -102,13 +126,57 @@ class LaunchChartSource:
             )
             return int(getattr(result, "rowcount", 0) or 0)
 
+    def prefetch(self, launch: LaunchContext) -> None:
+        """Read a clinician launch's chart in the background, into the cache (see above)."""
+        if launch.purpose != "clinician" or not launch.patient_id:
+            return
+        with self._lock:
+            if launch.session_id in self._reading_ahead:
+                return
+            if self._prefetch_pool is None:
+                self._prefetch_pool = ThreadPoolExecutor(
+                    max_workers=self._prefetch_threads, thread_name_prefix="chart-ahead"
+                )
+            future = self._prefetch_pool.submit(self._read_ahead, launch)
+            self._reading_ahead[launch.session_id] = future
+        future.add_done_callback(lambda _f: self._done_ahead(launch.session_id, future))
+
+    def _done_ahead(self, session_id: str, future: Future[None]) -> None:
+        with self._lock:
+            if self._reading_ahead.get(session_id) is future:
+                del self._reading_ahead[session_id]
+
+    def _read_ahead(self, launch: LaunchContext) -> None:
+        try:
+            self._cache.get_or_load(launch.session_id, self._loader(launch))
+        except Exception as exc:  # noqa: BLE001 - a background thread: the sidebar's request meets it
+            log.warning("reading the chart ahead failed: %s", type(exc).__name__)
+
+    def _await_ahead(self, session_id: str) -> None:
+        """Wait for this launch's read ahead if it is under way; cancel it if still queued."""
+        with self._lock:
+            future = self._reading_ahead.get(session_id)
+        if future is None or future.cancel():
+            return
+        try:
+            # The read's own requests have deadlines; this only bounds a wait gone wrong.
+            future.result(timeout=2.0 * self._settings.fhir_deadline_seconds)
+        except Exception:  # noqa: BLE001 - logged by the read; this request reads it again
+            return
+
     def snapshot(
         self, launch: LaunchContext, *, refresh: bool = False, reread: bool = False
     ) -> ChartSnapshot:
         """The launch's chart: this process's parsed copy, else the store's, else the EHR's.
 
-        `reread` skips the parsed copy (another process has read the chart again)."""
+        `reread` skips the parsed copy (another process has read the chart again). A read
+        ahead under way for this launch is waited for first (a refresh's read comes after it)."""
+        self._await_ahead(launch.session_id)
+        return self._cache.get_or_load(
+            launch.session_id, self._loader(launch), refresh=refresh, reread=reread
+        )
 
+    def _loader(self, launch: LaunchContext) -> Callable[[], ChartSnapshot]:
         def load() -> ChartSnapshot:
             started = time.perf_counter()
             snapshot = load_snapshot(
@@ -132,7 +200,7 @@ class LaunchChartSource:
             )
             return snapshot
 
-        return self._cache.get_or_load(launch.session_id, load, refresh=refresh, reread=reread)
+        return load
 
     def cached(self, launch: LaunchContext) -> ChartSnapshot | None:
         """The launch's chart if it has been read already; never reads it from the EHR."""

@@ -85,7 +85,8 @@ def sidebar() -> str:
 
 @bp.get("/api/context")
 def context() -> Response:
-    """The launch's context; `chart` is null until the chart has been read (by /api/suggestions)."""
+    """The launch's context; `chart` is null until the chart has been read (ahead, or by
+    /api/suggestions)."""
     launch = current_launch()
     patient, snapshot = _service().context(launch)
     return jsonify(

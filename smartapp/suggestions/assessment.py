@@ -135,6 +135,9 @@ class PlanOption:
     show_treatment: bool = False
     #: Only for a patient the chart says is pregnant (context.pregnancy_evidence).
     pregnant: bool = False
+    #: Not when a medication treating the problem was ordered after the result that
+    #: triggers the option: the therapy was just changed, and the repeat test judges it.
+    unless_changed_since: bool = False
     #: A risk score (risk_scores.toml) at or above a threshold by Patient.gender; genders
     #: without an entry use `male`'s (no sex point is counted for them).
     score: str | None = None
@@ -253,6 +256,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
                 show_treatment=bool(item.get("show_treatment")),
                 pregnant=bool(item.get("pregnant")),
+                unless_changed_since=bool(item.get("unless_changed_since")),
                 score=str(item["score"]) if item.get("score") else None,
                 score_at_least={
                     str(k): int(v) for k, v in (item.get("score_at_least") or {}).items()
@@ -739,6 +743,8 @@ def _option_fires(
         if series is None:
             return None
         latest = series.latest
+        if option.unless_changed_since and _changed_after(meds, latest):
+            return None
         in_unit = values_in(option.result, latest, option.unit)
         if in_unit is None:
             return None
@@ -779,6 +785,14 @@ def _option_fires(
 
 def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
     return all(m.reference in stated for m in meds)
+
+
+def _changed_after(meds: Sequence[Medication], reading: Result | BloodPressure) -> bool:
+    """True when one of the medications was ordered after the reading was taken."""
+    taken = to_date(reading.when)
+    if taken is None:
+        return False
+    return any((to_date(m.authored) or date.min) > taken for m in meds)
 
 
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:

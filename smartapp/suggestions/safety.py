@@ -27,6 +27,7 @@ from smartapp.suggestions.facts import (
     concept_text,
     concept_words,
     date_part,
+    format_number,
     listed_as,
     no_known_allergy,
     ref,
@@ -84,6 +85,51 @@ def rules() -> tuple[SafetyRule, ...]:
                 )
             )
     return tuple(found)
+
+
+#: The hints the engine raises from its own drug-class table, not from a safety rule.
+_OWN_TOPICS = {
+    "duplicate-same-drug": "one drug in more than one active order",
+    "duplicate-class": "two drugs of one class",
+}
+
+
+def topic(rule_id: str) -> str:
+    """What a medication hint is about, in the rule tables' own words ("interaction:
+    Warfarin + Azole antifungals"), never the chart's: a CDS Hooks card renders Markdown
+    in the EHR, and chart text is untrusted."""
+    if rule_id in _OWN_TOPICS:
+        return _OWN_TOPICS[rule_id]
+    rule = next((r for r in rules() if r.id == rule_id), None)
+    if rule is None:
+        return "a medication safety check"
+    sets = clinical.value_sets()
+    titles = [sets[g].title for g in rule.groups]
+    if rule.kind == "allergy":
+        allergy, drug = titles
+        same = rule.groups[0] == rule.groups[1]
+        return f"allergy: {drug}" if same else f"allergy: {drug} with a {_lower(allergy)} allergy"
+    if rule.kind == "interaction":
+        return f"interaction: {titles[0]} + {titles[1]}"
+    return f"{rule.kind}: {titles[0]}{_condition(rule, sets)}"
+
+
+def _lower(title: str) -> str:
+    """ "Penicillins" in mid-sentence; "NSAIDs" and "eGFR" as they are."""
+    return title[0].lower() + title[1:] if title[1:2].islower() else title
+
+
+def _condition(rule: SafetyRule, sets: Mapping[str, clinical.ValueSet]) -> str:
+    """ " in pregnancy", " under age 12", " with eGFR below 30": when the rule applies."""
+    result = _lower(sets[rule.result].title) if rule.result and rule.result in sets else rule.result
+    value, upper = format_number(rule.value), format_number(rule.upper)
+    return {
+        "pregnant": " in pregnancy",
+        "age_below": f" under age {value}",
+        "result_below": f" with {result} below {value}",
+        "result_above": f" with {result} above {value}",
+        "result_between": f" with {result} {value}-{upper}",
+    }.get(rule.when or "", "")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -193,7 +193,13 @@ function render() {
 /** Send the note to the chart; true if the EHR has it or the app will retry. */
 export async function save(suggestions, announce) {
   const button = $("#save-note");
-  if (!note.canWrite || button.disabled || note.saving) return false;
+  if (!note.canWrite || note.saving) return false;
+  if (button.disabled) {
+    // A key press must not vanish in silence (the S key reaches here, the button cannot).
+    const unchanged = note.savedText !== null && previewText() && !changedSinceSaved();
+    announce(unchanged ? "Nothing new to save: the chart has this note." : "Nothing to save yet: accept or edit a suggestion first.");
+    return false;
+  }
   note.saving = true;
   note.error = null;
   render();

@@ -20,7 +20,6 @@ from smartapp.security import register_csrf_lookup
 from tests.unit.admin.conftest import ADMIN_1, CLINICIAN, FakeIdentity, make_admin_app
 from tests.unit.admin.seed import W47, Seeded, add_suggestion, seed_feedback
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CSRF = "browser-test-csrf"
 USER_COOKIE = "admin_test_user"
@@ -64,28 +63,10 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Flask]]:
 
 
 @pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+def browser(chromium):
+    """The session's Chromium (tests/browser/conftest.py): a second Playwright in the same
+    process fails once another browser test has started the first."""
+    return chromium
 
 
 def signed_in_page(browser, base: str, user: str | None):

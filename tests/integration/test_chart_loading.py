@@ -102,7 +102,9 @@ def test_the_large_chart_loads_whole_in_few_requests(stack: Stack):
         >= 300
     )
     assert len(snapshot.of_type("Condition")) >= 20
-    assert snapshot.request_count <= 3
+    # Since the Observation lists are read from both ends (their oldest-first pages in a
+    # batch of their own, in the same round), one request more than the rounds.
+    assert snapshot.request_count <= 4
 
 
 def test_two_failed_requests_cost_a_retry_not_the_chart(launched: Launched):

@@ -129,6 +129,9 @@ def test_hook_answers_one_card_with_counts_and_smart_link(cds_app, ehr_key):
     assert len(card["summary"]) < 140
     assert "1 medication hint" in card["summary"]
     assert card["indicator"] == "warning"  # an allergy alert is among the hints
+    # What each hint is about, in the rule tables' words: no rule id, no chart text.
+    [hints] = [line for line in card["detail"].splitlines() if line.startswith("Medication")]
+    assert hints == "Medication hints: allergy: Penicillins"
     assert card["source"]["label"]
     [link] = card["links"]
     assert link["type"] == "smart"

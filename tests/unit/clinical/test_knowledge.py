@@ -116,3 +116,17 @@ def test_a_drug_class_treating_an_unknown_problem_group_is_refused():
     }
     with pytest.raises(clinical.KnowledgeError, match="no problem group"):
         terminology._drug_class(item, terminology.GROUPS_BY_ID, where="drug_classes.toml")
+
+
+def test_every_safety_rule_has_a_topic_in_its_tables_words():
+    """The CDS Hooks card names each hint by topic: every rule gets one, made of value-set
+    titles (never its id, never chart text)."""
+    from smartapp.suggestions import safety
+
+    for rule in safety.rules():
+        topic = safety.topic(rule.id)
+        assert topic.startswith(f"{rule.kind}: ") and rule.id not in topic
+    assert (
+        safety.topic("kidney-metformin-egfr-30-45") == "contraindication: Metformin with eGFR 30-45"
+    )
+    assert safety.topic("no-such-rule") == "a medication safety check"
