@@ -14,7 +14,7 @@ so the grounding verifier checks them; goal numbers and guideline wording go to
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -1094,9 +1094,15 @@ def _ref(resource: Mapping[str, Any]) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
 
 
-def blocks(facts: ChartFacts, extra_dirs: Iterable[Path] = ()) -> list[Block]:
-    """One block per active problem, treated problems with results first."""
+def blocks(facts: ChartFacts, extra_dirs: Iterable[Path] = (), *, due: bool = True) -> list[Block]:
+    """One block per active problem, treated problems with results first.
+
+    `due=False` leaves out the options that say a result is due (`due_months`): overdue
+    monitoring is the care gaps' content, not shown where that kind is off.
+    """
     kb = knowledge(extra_dirs)
+    if not due:
+        kb = replace(kb, options=tuple(o for o in kb.options if o.due_months is None))
     shown = _Shown()
     ordered = sorted(
         facts.problems, key=lambda p: 0 if any(g in kb.problems for g in p.group_ids) else 1
