@@ -46,7 +46,9 @@ def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
     try:
         # /healthz and /readyz have threads of their own: they answer while every one of
         # the app's threads waits on a slow EHR.
-        create_server(app, threads=args.threads, ident="smartapp", **where).run()
+        server = create_server(app, threads=args.threads, ident="smartapp", **where)
+        server.print_listen("Serving on http://{}:{}")  # as waitress.serve() says it
+        server.run()
     finally:
         if worker is not None:
             worker.stop()
