@@ -49,6 +49,8 @@ class Stack:
     def stop(self) -> None:
         self.app_server.stop()
         self.ehr_server.stop()
+        for close in self.app.extensions.get("smartapp.on_shutdown", []):
+            close()
         self.app.extensions["smartapp.db"].dispose()
 
     def __enter__(self) -> Stack:

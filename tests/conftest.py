@@ -54,6 +54,8 @@ def app(settings: Settings):
     db.drop_all()
     db.upgrade()
     yield app
+    for close in app.extensions.get("smartapp.on_shutdown", []):
+        close()
     db.dispose()
 
 

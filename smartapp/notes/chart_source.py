@@ -141,6 +141,14 @@ class LaunchChartSource:
             self._reading_ahead[launch.session_id] = future
         future.add_done_callback(lambda _f: self._done_ahead(launch.session_id, future))
 
+    def close(self) -> None:
+        """Stop reading ahead: reads not started are dropped, running ones finish (before
+        the store they write to is disposed; an orphaned connection would leak)."""
+        with self._lock:
+            pool, self._prefetch_pool = self._prefetch_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def _done_ahead(self, session_id: str, future: Future[None]) -> None:
         with self._lock:
             if self._reading_ahead.get(session_id) is future:

@@ -159,6 +159,10 @@ class AppProcess:
             **app_environ(tmp_path),
             "SMARTAPP_ALLOWED_ISSUERS": f"{self.ehr_server.url}/fhir",
             "SMARTAPP_PUBLIC_URL": self.url,
+            # A store of its own, even where the suite runs on the shared PostgreSQL
+            # database: the counts are of this test's notes, and a killed process must not
+            # leave connections in a database other tests reset.
+            "SMARTAPP_DATABASE_URL": f"sqlite:///{tmp_path / 'faults.db'}",
             **env,
         }
         self.command = [sys.executable, "-m", "smartapp.cli"]

@@ -137,7 +137,10 @@ def test_only_a_clinician_launch_with_a_patient_is_read_ahead(app: Flask, ehr: G
 def test_the_setting_puts_the_read_ahead_on_the_callback(tmp_path: Any) -> None:
     def hooks(**env: str) -> int:
         app = create_app(make_settings(tmp_path / env["SMARTAPP_PREFETCH_CHART"], **env))
-        return len(app.extensions.get(SESSION_STARTED_EXT, ()))
+        try:
+            return len(app.extensions.get(SESSION_STARTED_EXT, ()))
+        finally:
+            app.extensions["smartapp.db"].dispose()  # no connection left open (PostgreSQL)
 
     assert make_settings(tmp_path, SMARTAPP_PREFETCH_CHART="").prefetch_chart is True
     assert hooks(SMARTAPP_PREFETCH_CHART="true") == hooks(SMARTAPP_PREFETCH_CHART="false") + 1
