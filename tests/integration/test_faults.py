@@ -137,6 +137,13 @@ class Clinician:
         )
 
 
+def _own_store(tmp_path: Path) -> str:
+    """A SQLite store per test, even where the suite runs on the shared PostgreSQL database:
+    the counts are of this test's notes, and threads a fault leaves hanging must not hold
+    connections to a database the next tests reset."""
+    return f"sqlite:///{tmp_path / 'faults.db'}"
+
+
 class AppProcess:
     """`smartapp serve` on a fixed port against a sandbox EHR in this process."""
 
@@ -159,10 +166,7 @@ class AppProcess:
             **app_environ(tmp_path),
             "SMARTAPP_ALLOWED_ISSUERS": f"{self.ehr_server.url}/fhir",
             "SMARTAPP_PUBLIC_URL": self.url,
-            # A store of its own, even where the suite runs on the shared PostgreSQL
-            # database: the counts are of this test's notes, and a killed process must not
-            # leave connections in a database other tests reset.
-            "SMARTAPP_DATABASE_URL": f"sqlite:///{tmp_path / 'faults.db'}",
+            "SMARTAPP_DATABASE_URL": _own_store(tmp_path),
             **env,
         }
         self.command = [sys.executable, "-m", "smartapp.cli"]
@@ -334,6 +338,7 @@ def _pending(stack: Stack) -> int:
 def quick_retry_stack(tmp_path: Path, sandbox_template: Path) -> Iterator[Stack]:
     environ = app_environ(
         tmp_path,
+        SMARTAPP_DATABASE_URL=_own_store(tmp_path),
         SMARTAPP_OUTBOX_RETRY_SECONDS="1",
         SMARTAPP_FHIR_DEADLINE="2",
         SMARTAPP_STORE_WAIT_SECONDS="1",
@@ -466,6 +471,7 @@ def test_a_hung_llm_delays_no_note(tmp_path: Path, sandbox_template: Path):
     )
     environ = app_environ(
         tmp_path,
+        SMARTAPP_DATABASE_URL=_own_store(tmp_path),
         SMARTAPP_CONFIG=str(config),
         SMARTAPP_LLM_BASE_URL=llm.url,
         SMARTAPP_LLM_MODEL="hung-model",
