@@ -75,6 +75,11 @@ function statementItem(statement, onAction) {
   return item;
 }
 
+/** Said when a panel reopens with text kept from before a reload or a failed save (drafts.js). */
+function keptNotice() {
+  return el("p", { className: "kept-notice", hidden: true, attrs: { role: "status" } });
+}
+
 function panelButtons(submitLabel, submitClass, onCancel) {
   return el(
     "div",
@@ -89,6 +94,7 @@ function editPanel(handlers) {
   const form = el(
     "form",
     { className: "panel card-edit", hidden: true, attrs: { "aria-label": "Edit the suggestion" } },
+    keptNotice(),
     el("label", { className: "field-label", text: "Edit the text for the note", attrs: { for: id } }),
     el("textarea", { attrs: { id, rows: 7, maxlength: 20000, "aria-describedby": `${id}-hint` } }),
     el("p", { className: "hint", attrs: { id: `${id}-hint` } }, kbd("Ctrl"), "+", kbd("Enter"), " uses the edited text · ", kbd("Esc"), " cancels"),
@@ -117,6 +123,7 @@ function rejectPanel(handlers) {
   const form = el(
     "form",
     { className: "panel card-reject", hidden: true, attrs: { "aria-label": "Reject the suggestion" } },
+    keptNotice(),
     fieldset,
     error,
     el("label", { className: "field-label", text: "Comment (optional)", attrs: { for: commentId } }),
@@ -153,6 +160,7 @@ function flagPanel(handlers) {
     "form",
     { className: "panel card-flag", hidden: true, attrs: { "aria-label": "Flag the suggestion as unsafe" } },
     el("p", { className: "flag-explain", text: "Flag as unsafe: this suggestion goes to the governance team's review queue, and stays out of the note." }),
+    keptNotice(),
     el("label", { className: "field-label", text: "What is unsafe about it? (optional)", attrs: { for: id } }),
     el("textarea", { className: "flag-comment", attrs: { id, rows: 2, maxlength: 2000 } }),
     el("p", { className: "hint" }, kbd("Ctrl"), "+", kbd("Enter"), " flags · ", kbd("Esc"), " cancels"),

@@ -9,6 +9,7 @@ import { closeSources } from "./sources.js";
 import { commandFor, isTyping, helpRows } from "./keys.js";
 import { showAbout } from "./about.js";
 import * as note from "./note.js";
+import * as drafts from "./drafts.js";
 
 const state = {
   context: null,
@@ -121,7 +122,7 @@ function handlersFor(index) {
     onEdit: () => openPanel(index, "edit"),
     onReject: () => openPanel(index, "reject"),
     onFlag: () => openPanel(index, "flag"),
-    onCancel: () => closePanels(cards()[index], true),
+    onCancel: () => cancelPanel(cards()[index]),
     onSubmitEdit: (text) => submitEdit(index, text),
     onSubmitReject: (reason, comment) => decideAndMove(index, "reject", { reason, comment: comment.trim() || undefined }),
     onSubmitFlag: (comment) => decideAndMove(index, "flag", { reason: "unsafe", comment: comment.trim() || undefined }),
@@ -163,14 +164,24 @@ function closePanels(card, refocus) {
   if (refocus) card.focus();
 }
 
+/** Cancel the open panel: what was typed in it is discarded, here and in the kept drafts. */
+function cancelPanel(card) {
+  if (!card) return;
+  const suggestion = state.suggestions[Number(card.dataset.index)];
+  if (suggestion) drafts.forget(suggestion.id);
+  closePanels(card, true);
+}
+
 function openPanel(index, kind) {
   const card = cards()[index];
   if (!card) return;
   setCurrent(index);
   countAction(state.suggestions[index].id);
   closePanels(card, false);
+  drafts.forget(state.suggestions[index].id); // a panel opened afresh starts afresh
   const panel = card.querySelector(`.card-${kind}`);
   delete panel.dataset.reasonCounted;
+  panel.querySelector(".kept-notice").hidden = true;
   panel.hidden = false;
   card.classList.add("deciding");
   if (kind === "edit") {
@@ -196,6 +207,73 @@ function toggleCurrent() {
   card.focus();
   card.scrollIntoView({ block: "nearest" });
   announce(`${open ? "Opened" : "Closed"}: ${state.suggestions[state.current].title}.`);
+}
+
+/** Keep what the clinician types in a card's panel until it is submitted (drafts.js). */
+function keepPanelText(event) {
+  const panel = event.target instanceof Element ? event.target.closest(".panel") : null;
+  const card = panel?.closest("#suggestion-list > .card");
+  const suggestion = card ? state.suggestions[Number(card.dataset.index)] : null;
+  if (!panel || panel.hidden || !suggestion) return;
+  const kind = ["edit", "reject", "flag"].find((k) => panel.classList.contains(`card-${k}`));
+  const text = panel.querySelector("textarea").value;
+  const opened = kind === "edit" ? (suggestion.decision?.action === "edit" ? suggestion.decision.text : suggestion.text) : "";
+  if (text.trim() === opened.trim()) {
+    drafts.forget(suggestion.id); // nothing typed that would be lost
+    return;
+  }
+  const reason = panel.querySelector("input[type=radio]:checked")?.value ?? null;
+  drafts.keep(suggestion.id, { panel: kind, text, reason, kind: suggestion.kind, title: suggestion.title });
+}
+
+/** Is some open panel holding text the clinician has not submitted? */
+function holdsUnsavedText() {
+  return cards().some((card) => {
+    const suggestion = state.suggestions[Number(card.dataset.index)];
+    const panel = [...card.querySelectorAll(".panel")].find((p) => !p.hidden);
+    if (!panel || !suggestion) return false;
+    const text = panel.querySelector("textarea").value.trim();
+    const opened = panel.classList.contains("card-edit") ? (suggestion.decision?.action === "edit" ? suggestion.decision.text : suggestion.text) : "";
+    return text !== opened.trim();
+  });
+}
+
+/** Where the browser denies the frame storage, a reload or a new launch asks first. */
+function guardUnload(event) {
+  if (!$("#signed-out").hidden || drafts.available() || !holdsUnsavedText()) return;
+  event.preventDefault();
+  event.returnValue = ""; // older browsers need it set to show the prompt
+}
+
+/** Reopen the panels that held unsubmitted text before a reload; how many were reopened. */
+function restoreKept() {
+  drafts.adopt(state.suggestions);
+  let first = null;
+  let count = 0;
+  state.suggestions.forEach((suggestion, index) => {
+    const entry = drafts.kept(suggestion.id);
+    const card = cards()[index];
+    if (!entry || !card) return;
+    toggleCard(card, true);
+    const panel = card.querySelector(`.card-${entry.panel}`);
+    panel.hidden = false;
+    card.classList.add("deciding");
+    panel.querySelector("textarea").value = entry.text;
+    if (entry.panel === "reject" && entry.reason) {
+      const radio = [...panel.querySelectorAll("input[type=radio]")].find((r) => r.value === entry.reason);
+      if (radio) radio.checked = true;
+    }
+    const notice = panel.querySelector(".kept-notice");
+    notice.textContent = entry.panel === "edit" ? "Your unsaved edit was kept." : "Your unsaved comment was kept.";
+    notice.hidden = false;
+    first ??= index;
+    count += 1;
+  });
+  if (first !== null) {
+    setCurrent(first);
+    cards()[first].scrollIntoView({ block: "nearest" });
+  }
+  return count;
 }
 
 function setCardMessage(card, text) {
@@ -227,6 +305,7 @@ async function decide(index, action, extra = {}) {
       reason: extra.reason ?? null,
       decidedAt: new Date().toISOString(),
     };
+    drafts.forget(suggestion.id); // submitted: nothing half-written remains
     closePanels(card, false);
     updateCard(card, suggestion, handlersFor(index));
     if (action === "edit") toggleCard(card, true); // the edited text and "show changes"
@@ -400,8 +479,10 @@ function renderSuggestions(payload, { quiet = false } = {}) {
   state.pending = payload.pending ?? [];
   schedulePoll();
   if (quiet) return;
+  const restored = restoreKept();
   const pending = pendingIndexes().length;
-  announce(state.suggestions.length ? `${plural(state.suggestions.length, "suggestion")}, ${pending} to decide.` : "No suggestions for this chart.");
+  const keptText = restored ? ` Your unsaved text was kept on ${plural(restored, "card")}.` : "";
+  announce(state.suggestions.length ? `${plural(state.suggestions.length, "suggestion")}, ${pending} to decide.${keptText}` : "No suggestions for this chart.");
 }
 
 async function load(refresh = false) {
@@ -412,6 +493,7 @@ async function load(refresh = false) {
   try {
     if (!state.context) {
       state.context = (await api.context()).data;
+      drafts.init(state.context);
       renderBanner(state.context);
       renderChartStatus(state.context.chart);
       await note.init(state.context);
@@ -446,6 +528,7 @@ async function signOut() {
   $("#session-status").textContent = "Signing out…";
   try {
     const { data } = await api.logout();
+    drafts.forgetAll();
     clearTimeout(state.pollTimer);
     state.pending = [];
     $("#app").hidden = true;
@@ -549,7 +632,7 @@ function run(command, target) {
 function onEscape(target) {
   const panel = target instanceof Element ? target.closest(".panel") : null;
   if (panel) {
-    closePanels(panel.closest(".card"), true);
+    cancelPanel(panel.closest(".card"));
     return true;
   }
   const card = cards()[state.current];
@@ -616,6 +699,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#accept-all").addEventListener("click", acceptAll);
   $("#sign-out").addEventListener("click", signOut);
   document.addEventListener("keydown", onKey);
+  $("#suggestion-list").addEventListener("input", keepPanelText);
+  $("#suggestion-list").addEventListener("change", keepPanelText);
+  window.addEventListener("beforeunload", guardUnload);
   if (usesWindowToken()) applyWindowStyle();
   load();
 });

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
@@ -694,3 +694,125 @@ def test_without_write_permission_the_note_is_not_offered(page, stack: Stack):
     page.keyboard.press("s")
     page.wait_for_timeout(300)
     assert saves == []
+
+
+# -- unsaved text ----------------------------------------------------------------------------
+
+
+def kept_drafts(frame: Any) -> dict[str, list[str]]:
+    """The sidebar's own keys in the frame's sessionStorage and localStorage."""
+    return dict(
+        frame.evaluate(
+            """() => ({
+              session: Object.keys(sessionStorage).filter((k) => k.startsWith("smartapp.")),
+              local: Object.keys(localStorage),
+            })"""
+        )
+    )
+
+
+def reload_frame(page: Any, stack: Stack) -> Any:
+    """Reload the sidebar's frame alone (the same launch), and wait for its cards again."""
+    frame = app_frame(page, stack)
+    frame.evaluate("() => { window.beforeReload = true; }")
+    frame.goto(frame.url)
+    sidebar = page.frame_locator("iframe#smart-app")
+    sidebar.locator("#suggestion-list > .card").first.wait_for(timeout=30_000)
+    assert frame.evaluate("() => window.beforeReload === undefined"), "the frame was not reloaded"
+    return sidebar
+
+
+@pytest.fixture
+def storage_allowed(chromium, stack: Stack, tmp_path: Path) -> Iterator[Any]:
+    """A page whose Chromium profile lets the app keep storage inside the EHR's frame.
+
+    This Chromium denies a cross-site frame its sessionStorage by default (third-party
+    cookies blocked), as many embedded browsers do; an EHR that lets the app's origin keep
+    cookies in its frame (a site exception, an enterprise policy) gives it storage too, as
+    a standalone launch or an app opened in its own window has.
+    """
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    origin = lambda url: "://".join(urlsplit(url)[:2])  # noqa: E731
+    profile = tmp_path / "chromium-profile"
+    (profile / "Default").mkdir(parents=True)
+    pattern = f"{origin(stack.app_url)},{origin(stack.ehr_url)}"
+    # Content setting 1 = allow, for the app's origin (primary) inside the EHR's (secondary).
+    allowed = {"cookies": {pattern: {"setting": 1}}}
+    prefs = {"profile": {"content_settings": {"exceptions": allowed}}}
+    (profile / "Default" / "Preferences").write_text(json.dumps(prefs), encoding="utf-8")
+    context = chromium.browser_type.launch_persistent_context(
+        str(profile),
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,
+        headless=True,
+        viewport={"width": 1400, "height": 1000},
+    )
+    yield context.pages[0] if context.pages else context.new_page()
+    context.close()
+
+
+def test_an_unsaved_edit_survives_a_reload_and_goes_once_submitted(storage_allowed, stack: Stack):
+    page = storage_allowed
+    sidebar = open_chart(page, stack, "pt-01")
+    card = open_card(sidebar.locator("#suggestion-list > .card").first)
+    card.locator("button.edit").click()
+    textarea = card.locator(".card-edit textarea")
+    edited = textarea.input_value() + " Recheck blood pressure in 2 weeks."
+    textarea.fill(edited)
+    assert kept_drafts(app_frame(page, stack))["local"] == [], "never in localStorage"
+
+    # The frame reloads (same launch): the editor is open again with the text, and says so.
+    sidebar = reload_frame(page, stack)
+    card = sidebar.locator("#suggestion-list > .card").first
+    expect(card.locator(".card-edit")).to_be_visible()
+    expect(card.locator(".card-edit textarea")).to_have_value(edited)
+    expect(card.locator(".card-edit .kept-notice")).to_have_text("Your unsaved edit was kept.")
+    assert not decisions(stack)[0][1], "nothing was recorded by the reload"
+
+    # The EHR's page reloads: a new launch of the same chart takes the text over.
+    page.reload()
+    sidebar = page.frame_locator("iframe#smart-app")
+    card = sidebar.locator("#suggestion-list > .card").first
+    expect(card.locator(".card-edit textarea")).to_have_value(edited, timeout=30_000)
+    expect(card.locator(".card-edit .kept-notice")).to_be_visible()
+    assert len(kept_drafts(app_frame(page, stack))["session"]) == 1, "one copy, this launch's"
+
+    card.locator("button.save-edit").click()
+    expect(card).to_have_attribute("data-decision", "edit")
+    expect(card.locator(".edited-text")).to_have_text(edited)
+    assert kept_drafts(app_frame(page, stack)) == {"session": [], "local": []}
+
+    # Submitted, then reloaded: nothing stale comes back.
+    sidebar = reload_frame(page, stack)
+    card = sidebar.locator("#suggestion-list > .card").first
+    expect(card).to_have_attribute("data-decision", "edit")
+    expect(card.locator(".card-edit")).to_be_hidden()
+    expect(sidebar.locator(".kept-notice:visible")).to_have_count(0)
+    ((_, (decision,)),) = [d for d in decisions(stack) if d[1]]  # one decision, the edit
+    assert decision.final_text == edited
+
+
+def test_where_the_frame_has_no_storage_leaving_asks_before_losing_the_text(page, stack: Stack):
+    sidebar = open_chart(page, stack, "pt-01")
+    frame = app_frame(page, stack)
+    assert frame.evaluate(
+        "() => { try { sessionStorage.length; return false; } catch (e) { return true; } }"
+    ), "this Chromium denies the cross-site frame its storage"
+    card = open_card(sidebar.locator("#suggestion-list > .card").first)
+    card.locator("button.edit").click()
+    textarea = card.locator(".card-edit textarea")
+    textarea.press("End")
+    # Typed, not filled: the frame then has the user activation a beforeunload prompt needs.
+    textarea.press_sequentially(" Recheck in 2 weeks.")
+    asked: list[str] = []
+
+    def leave(dialog: Any) -> None:
+        asked.append(dialog.type)
+        dialog.accept()
+
+    page.on("dialog", leave)
+    page.close(run_before_unload=True)
+    if not asked:
+        page.wait_for_event("close")
+    assert asked == ["beforeunload"]
