@@ -60,6 +60,14 @@ class DraftPlan:
     #: (a share strictly between 0 and 100 %, placed by the hash): recorded with the note.
     #: The assignment, not what was shown: a kill switch does not move a clinician's arm.
     arms: dict[str, str] = field(default_factory=dict)
+    #: Every kind shown to this clinician, when `kinds` is only those drafted now
+    #: (`only`): a draft carries no content of a kind outside it.
+    shown: tuple[str, ...] | None = None
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """The kinds this clinician is shown (rolled out, not switched off, in the file)."""
+        return self.kinds if self.shown is None else self.shown
 
     def token(self, kind: str) -> str:
         """What governance chose for `kind`, as stored with its drafts ("" = as configured).
@@ -80,6 +88,7 @@ class DraftPlan:
             choices={k: c for k, c in self.choices.items() if k in kinds},
             not_enabled=self.not_enabled,
             arms=self.arms,
+            shown=self.enabled,
         )
 
     def decision(self, kind: str) -> tuple[bool, str]:

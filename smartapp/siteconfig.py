@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -46,7 +46,7 @@ from smartapp.notes.layout import (
     loinc_problem,
 )
 from smartapp.placement import placed_within
-from smartapp.suggestions.kinds import ENGINES, KINDS
+from smartapp.suggestions.kinds import ENABLED_KINDS, ENGINES, KINDS
 from smartapp.suggestions.templates import (
     DEFAULT_TEMPLATE_DIR,
     DETAILS,
@@ -648,11 +648,19 @@ class EffectiveConfig:
     def rollout_for(self, kind: str) -> RolloutRule:
         return self.rollout.get(kind) or self.rollout.get("all") or RolloutRule()
 
-    def engine_options(self, kind: str) -> dict[str, Any]:
-        """The mapping an engine's `suggest(snapshot, kind, config)` receives."""
+    def engine_options(
+        self, kind: str, *, enabled: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """The mapping an engine's `suggest(snapshot, kind, config)` receives.
+
+        `enabled` is every kind shown to this clinician on this request (default: the
+        site's kinds): a kind left out (rolled out to 0 %, switched off, not in the file)
+        lends its content to no other kind's draft (`ENABLED_KINDS`).
+        """
         kc = self.kind(kind) or KindConfig(kind=kind)
         return {
             "kind": kind,
+            ENABLED_KINDS: frozenset(self.kind_ids if enabled is None else enabled),
             "style": kc.style,
             "detail": kc.detail,
             "care_gaps": self.care_gaps,

@@ -90,7 +90,9 @@ class GovernedDrafter:
     def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts:
         if not plan.kinds:
             return Drafts(suggestions=[])
-        started = self._engines.start(snapshot, iss=iss, kinds=plan.kinds, choices=plan.choices)
+        started = self._engines.start(
+            snapshot, iss=iss, kinds=plan.kinds, choices=plan.choices, enabled=plan.enabled
+        )
         # The deadline is a monotonic instant; the store keeps wall-clock time.
         until = self._clock() + timedelta(seconds=started.deadline - time.monotonic() + GRACE)
         return Drafts(

@@ -792,7 +792,7 @@ class BuiltinEngine:
             # A result the problem has a goal for is judged by the goal, as the assessment
             # and plan judges it (HbA1c 6.6% in diabetes is at goal, not "above the
             # reference range", which is written for people without diabetes).
-            goal = assessment.knowledge().goals.get(goal_id) if goal_id else None
+            goal = assessment.goal_for(facts, assessment.knowledge(), goal_id) if goal_id else None
             verdict = assessment.goal_status(goal, result) if goal else None
             if goal is not None and verdict is not None:
                 abnormal = None if verdict == "at goal" else verdict  # "result above goal"
@@ -935,9 +935,17 @@ class BuiltinEngine:
     # -- assessment and plan ------------------------------------------------------------
 
     def assessment_plan(self, facts: ChartFacts, config: Mapping[str, Any]) -> list[Suggestion]:
-        """One block per active problem (smartapp.suggestions.assessment, rules as data)."""
+        """One block per active problem (smartapp.suggestions.assessment, rules as data).
+
+        What is due ("HbA1c due") is the care gaps' content: said only where they are shown.
+        """
         out: list[Suggestion] = []
-        for index, block in enumerate(assessment.blocks(facts, config.get("knowledge_dirs") or ())):
+        found = assessment.blocks(
+            facts,
+            config.get("knowledge_dirs") or (),
+            due=K.CARE_GAPS in K.enabled_kinds(config),
+        )
+        for index, block in enumerate(found):
             title = (
                 f"{K.KIND_LABELS[K.ASSESSMENT_PLAN]}: {block.problem.name} (rule-based, for review)"
             )
@@ -1014,7 +1022,11 @@ class BuiltinEngine:
                     citations=_cite_refs(snapshot, med.references),
                 )
             )
-        for gap in self.find_gaps(facts, _rules(config)):
+        # What is due is the care gaps' content: not told where the clinician is not shown it.
+        gaps = (
+            self.find_gaps(facts, _rules(config)) if K.CARE_GAPS in K.enabled_kinds(config) else []
+        )
+        for gap in gaps:
             statements.append(
                 Statement(
                     text=gap.patient_text,

@@ -6,6 +6,9 @@ the site configuration keys its tables by them); the labels start every suggesti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 PROBLEM_SUMMARY = "problem_summary"
 MEDICATIONS = "medications"
 VITALS_LABS = "vitals_labs"
@@ -81,6 +84,18 @@ KIND_SOURCES: dict[str, frozenset[str]] = {
     ),
     ALLERGIES: frozenset({"AllergyIntolerance"}),
 }
+
+#: The key of the engine options (`EffectiveConfig.engine_options`) holding the kinds shown
+#: to this clinician on this request: what a kind rolled out to 0 %, switched off or left
+#: out of the site file would say appears in no other kind's draft either.
+ENABLED_KINDS = "enabled_kinds"
+
+
+def enabled_kinds(options: Mapping[str, Any]) -> frozenset[str]:
+    """The kinds shown on this request, from an engine's options (every kind when unsaid)."""
+    enabled = options.get(ENABLED_KINDS)
+    return frozenset(KINDS) if enabled is None else frozenset(enabled)
+
 
 #: The engines a site can choose per kind (`[suggestions] engine`, `[kinds.<kind>] engine`),
 #: and the names each goes by in the engine registry and the kill switches.

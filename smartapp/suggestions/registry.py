@@ -246,7 +246,7 @@ class SuggestionService:
     ) -> list[Suggestion]:
         """Verified, rendered suggestions of every kind enabled for this issuer (and user)."""
         kinds = self.kinds_for(iss, fhir_user=fhir_user, today=today)
-        return self.run(snapshot, iss=iss, kinds=kinds).suggestions
+        return self.run(snapshot, iss=iss, kinds=kinds, enabled=kinds).suggestions
 
     def kinds_for(
         self, iss: str | None, *, fhir_user: str | None = None, today: date | None = None
@@ -320,9 +320,10 @@ class SuggestionService:
         iss: str | None = None,
         kinds: Iterable[str] | None = None,
         choices: Mapping[str, EngineChoice] | None = None,
+        enabled: Iterable[str] | None = None,
     ) -> SuggestionRun:
         """Every kind with its configured engine's own output (waits for the LLM's kinds)."""
-        started = self.start(snapshot, iss=iss, kinds=kinds, choices=choices)
+        started = self.start(snapshot, iss=iss, kinds=kinds, choices=choices, enabled=enabled)
         arrived = {kind: future.result() for kind, future in started.pending.items()}
         return SuggestionRun(kinds=tuple(arrived.get(r.kind, r) for r in started.run.kinds))
 
@@ -333,16 +334,21 @@ class SuggestionService:
         iss: str | None = None,
         kinds: Iterable[str] | None = None,
         choices: Mapping[str, EngineChoice] | None = None,
+        enabled: Iterable[str] | None = None,
     ) -> StartedRun:
         """Draft every kind now, the LLM's in the background: the clinician never waits on it.
 
         Each LLM kind is asked at once on the process's LLM threads, all under one
         deadline (the site's `timeout_seconds` from now); meanwhile the rules draft it,
         labelled as standing in, so that the sidebar has something to show at once.
+        `enabled` is every kind this clinician is shown (default: the site's kinds), of
+        which `kinds` may be only those drafted now: no draft carries another kind's content
+        unless that kind is enabled.
         """
         effective = self.config.for_issuer(iss)
         wanted = effective.kind_ids if kinds is None else tuple(kinds)
         wanted = tuple(k for k in wanted if effective.kind(k) is not None)
+        shown = frozenset(effective.kind_ids if enabled is None else enabled)
         chosen = dict(choices or {})
         verifier = GroundingVerifier(snapshot)
         deadline = time.monotonic() + self.timeout_for(effective)
@@ -359,11 +365,18 @@ class SuggestionService:
                     chosen.get(kind),
                     deadline,
                     others,
+                    shown,
                 )
         try:
             raw = [
                 self._run_kind(
-                    snapshot, effective, kind, verifier, chosen.get(kind), interim=kind in pending
+                    snapshot,
+                    effective,
+                    kind,
+                    verifier,
+                    chosen.get(kind),
+                    interim=kind in pending,
+                    enabled=shown,
                 )
                 for kind in wanted
             ]
@@ -391,8 +404,11 @@ class SuggestionService:
         choice: EngineChoice | None,
         deadline: float,
         others: _Others,
+        enabled: frozenset[str],
     ) -> KindRun:
-        run = self._run_kind(snapshot, effective, kind, verifier, choice, deadline=deadline)
+        run = self._run_kind(
+            snapshot, effective, kind, verifier, choice, deadline=deadline, enabled=enabled
+        )
         # Finished beside the request's other kinds (each result stated in one card only),
         # with this kind's own run in place of the rules that stood in for it.
         others.ready.wait()
@@ -415,11 +431,12 @@ class SuggestionService:
         *,
         interim: bool = False,
         deadline: float | None = None,
+        enabled: frozenset[str] | None = None,
     ) -> KindRun:
         started = self._clock()
         kind_config = effective.kind(kind)
         assert kind_config is not None
-        options = effective.engine_options(kind)
+        options = effective.engine_options(kind, enabled=enabled)
         engine, stand_in = self.engine_for(effective, kind, choice)
         configured = (
             engine.info if stand_in is None else EngineInfo(name="llm", version="unavailable")
