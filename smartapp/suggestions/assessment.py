@@ -75,6 +75,9 @@ class Goal:
     categories: tuple[Category, ...] = ()
     #: The goal holds from this age in years (CDC's adult BMI categories: 20 and older).
     min_age: int | None = None
+    #: The goal holds for a patient with an active problem in one of these groups, and
+    #: then before the result's general goal (LDL-C below 70 mg/dL with coronary disease).
+    with_problem: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +165,8 @@ class Knowledge:
     options: tuple[PlanOption, ...]
     value_sets: Mapping[str, clinical.ValueSet]
     decisions: Mapping[str, Decision] = field(default_factory=dict)
+    #: Goals for patients with a given problem (`Goal.with_problem`), in file order.
+    problem_goals: tuple[Goal, ...] = ()
 
 
 def _numbers(value: Any, *, where: str) -> tuple[Decimal, ...]:
@@ -200,10 +205,11 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
             cite=clinical.source(item.get("cite"), where=where),
         )
     goals: dict[str, Goal] = {}
+    problem_goals: list[Goal] = []
     for path, item in clinical.entries("assessment", "goal", extra_dirs):
         where = f"{path} goal {item.get('result')!r}"
         below, at_most = item.get("below"), item.get("at_most")
-        goals[str(item.get("result"))] = Goal(
+        goal = Goal(
             result=str(item.get("result")),
             low=_numbers(item.get("at_least"), where=where),
             high=_numbers(below if below is not None else at_most, where=where),
@@ -221,7 +227,12 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 for c in item.get("category", [])
             ),
             min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
+            with_problem=_ids(item, "with_problem"),
         )
+        if goal.with_problem:
+            problem_goals.append(goal)
+        else:
+            goals[goal.result] = goal
     options: list[PlanOption] = []
     for path, item in clinical.entries("plan_options", "option", extra_dirs):
         where = f"{path} option {item.get('id')!r}"
@@ -282,6 +293,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
     return Knowledge(
         problems=problems,
         goals=goals,
+        problem_goals=tuple(problem_goals),
         options=tuple(options),
         value_sets=sets,
         decisions=decisions,
@@ -436,8 +448,16 @@ def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
 
 
 def goal_for(facts: ChartFacts, kb: Knowledge, result_id: str) -> Goal | None:
-    """The result's goal, when it applies to this patient (an adult goal needs an age)."""
-    goal = kb.goals.get(result_id)
+    """The result's goal, when it applies to this patient (an adult goal needs an age): a
+    goal for one of the patient's problems first, else the result's general goal."""
+    goal = next(
+        (
+            g
+            for g in kb.problem_goals
+            if g.result == result_id and any(facts.has_group(p) for p in g.with_problem)
+        ),
+        kb.goals.get(result_id),
+    )
     if goal is None or goal.min_age is None:
         return goal
     age = facts.age

@@ -792,7 +792,7 @@ class BuiltinEngine:
             # A result the problem has a goal for is judged by the goal, as the assessment
             # and plan judges it (HbA1c 6.6% in diabetes is at goal, not "above the
             # reference range", which is written for people without diabetes).
-            goal = assessment.knowledge().goals.get(goal_id) if goal_id else None
+            goal = assessment.goal_for(facts, assessment.knowledge(), goal_id) if goal_id else None
             verdict = assessment.goal_status(goal, result) if goal else None
             if goal is not None and verdict is not None:
                 abnormal = None if verdict == "at goal" else verdict  # "result above goal"
