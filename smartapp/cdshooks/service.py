@@ -28,13 +28,14 @@ from smartapp.cdshooks.prefetch import chart_from_prefetch
 from smartapp.cdshooks.trust import VerifiedCaller
 from smartapp.cdshooks.warm import WarmCharts
 from smartapp.config import Settings, normalize_issuer
-from smartapp.db import Database
+from smartapp.db import Database, utcnow
 from smartapp.errors import AppError, BadRequest, Forbidden, NotFound, UpstreamError
 from smartapp.fhir.auth import StaticToken
 from smartapp.fhir.chart import load_snapshot
 from smartapp.fhir.client import FHIRClient
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.identity import bound_identity
+from smartapp.policy import PolicySource
 from smartapp.smart.scopes import GrantedScopes
 from smartapp.suggestions import kinds as K
 from smartapp.suggestions import safety
@@ -72,6 +73,9 @@ class CDSHooksService:
         self._warm = warm
         self._engines = engines
         self._http = http
+        # What a clinician gets is decided as for the sidebar (site file, dashboard rules,
+        # kill switches): a kind that is off for them is counted on no card.
+        self._policy = PolicySource(site_config=lambda: engines.config, database=database)
 
     def service(self, service_id: str) -> CDSService:
         found = SERVICES.get(service_id)
@@ -219,17 +223,18 @@ class CDSHooksService:
     def _counts(self, snapshot: ChartSnapshot, *, iss: str, fhir_user: str | None) -> ReadyCounts:
         """What the built-in rules have ready (no LLM call inside a hook's time budget)."""
         effective = self._engines.config.for_issuer(iss)
-        kinds = self._engines.kinds_for(iss, fhir_user=fhir_user)
+        plan = self._policy.current().plan(iss=iss, fhir_user=fhir_user, now=utcnow())
+        kinds = plan.enabled
         builtin = self._engines.builtin
         gaps = (
-            builtin.due_care_gaps(snapshot, effective.engine_options(K.CARE_GAPS))
+            builtin.due_care_gaps(snapshot, effective.engine_options(K.CARE_GAPS, enabled=kinds))
             if K.CARE_GAPS in kinds
             else []
         )
         hints = []
         if K.MEDICATIONS in kinds:
             for suggestion in builtin.suggest(
-                snapshot, K.MEDICATIONS, effective.engine_options(K.MEDICATIONS)
+                snapshot, K.MEDICATIONS, effective.engine_options(K.MEDICATIONS, enabled=kinds)
             ):
                 hints += [s for s in suggestion.statements if s.rule_id]
         return ReadyCounts(

@@ -24,6 +24,9 @@ PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-parti
 #: The note's business identifier: its own system, never a urn:uuid a server may rewrite
 #: as it resolves a transaction's fullUrls (FHIR lets it, in any element of type uri).
 NOTE_IDENTIFIER_SYSTEM = "https://smartapp.invalid/fhir/sid/note-id"
+#: Tags the Provenance of one revision of a note: R4 Provenance has no `identifier`, so
+#: `_tag` (a search parameter of every resource) is what a conditional create can match.
+NOTE_REVISION_TAG_SYSTEM = "https://smartapp.invalid/fhir/sid/note-revision"
 NOTE_TYPE = {"system": LOINC, "code": "11506-3", "display": "Progress note"}
 
 AI_ASSISTED_LABEL = {
@@ -56,6 +59,25 @@ class NoteDraft:
 
 def note_identifier(note_id: str) -> dict[str, str]:
     return {"system": NOTE_IDENTIFIER_SYSTEM, "value": _as_uuid(note_id)}
+
+
+def revision_tag(note_id: str, revision: int) -> dict[str, str]:
+    """The tag naming one revision of a note: its identifier and the revision number."""
+    return {"system": NOTE_REVISION_TAG_SYSTEM, "code": f"{_as_uuid(note_id)}/{revision}"}
+
+
+def revision_provenance(
+    draft: NoteDraft, *, target: str, revision: int
+) -> tuple[dict[str, Any], str]:
+    """The Provenance of a revision written over the draft, and its `If-None-Exist` search.
+
+    Conditional on the revision's tag, so a retry after a lost response finds the
+    Provenance the first attempt wrote instead of adding a second one for that revision.
+    """
+    resource = provenance(draft, target=target, activity="UPDATE")
+    tag = revision_tag(draft.note_id, revision)
+    resource.setdefault("meta", {})["tag"] = [tag]
+    return resource, f"_tag={tag['system']}|{tag['code']}"
 
 
 def _as_uuid(hex_id: str) -> str:

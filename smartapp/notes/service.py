@@ -658,7 +658,7 @@ class SidebarService:
                 return write_note(client, replacing)
             self._record_step(note_id, revision, document=revised)
             document = revised
-        provenance = write_revision_provenance(client, draft, reference=document)
+        provenance = write_revision_provenance(client, draft, reference=document, revision=revision)
         return WrittenNote(document_reference=document, provenance=provenance)
 
     def _record_step(

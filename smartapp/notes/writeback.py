@@ -21,6 +21,7 @@ from smartapp.notes.documents import (
     document_reference,
     note_identifier,
     provenance,
+    revision_provenance,
     transaction_bundle,
 )
 
@@ -90,6 +91,17 @@ def revise_document(client: FHIRClient, draft: NoteDraft, *, reference: str) -> 
     return f"DocumentReference/{updated['id']}"
 
 
-def write_revision_provenance(client: FHIRClient, draft: NoteDraft, *, reference: str) -> str:
-    created = client.create(provenance(draft, target=reference, activity="UPDATE"))
+def write_revision_provenance(
+    client: FHIRClient, draft: NoteDraft, *, reference: str, revision: int
+) -> str:
+    """The Provenance of this revision, once: a retry finds the one written before."""
+    resource, condition = revision_provenance(draft, target=reference, revision=revision)
+    try:
+        created = client.create(resource, if_none_exist=condition)
+    except FHIRRequestRefused as exc:
+        if exc.status != 400:
+            raise
+        # A server that cannot search Provenance by `_tag` refuses the condition (400, and
+        # nothing was written): write it as before, unconditionally, rather than not at all.
+        created = client.create(resource)
     return f"Provenance/{created['id']}"

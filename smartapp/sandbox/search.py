@@ -102,6 +102,7 @@ def _own_id(resource: Resource) -> Iterator[tuple[str | None, str]]:
 _COMMON: dict[str, Param] = {
     "_id": Param("token", _own_id),
     "_lastUpdated": Param("date", _dates("meta.lastUpdated")),
+    "_tag": Param("token", _codes("meta.tag")),
 }
 
 _CLINICAL_DATE = (

@@ -14,9 +14,11 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from smartapp import audit, create_app
+from smartapp.admin.registry import ChangeControl
 from smartapp.cdshooks.discovery import PREFETCH
 from smartapp.cdshooks.models import CardFeedback
 from smartapp.cdshooks.warm import WarmCharts
+from smartapp.db import utcnow
 from smartapp.smart.scopes import GrantedScopes
 from smartapp.smart.session import LaunchContext
 from tests.conftest import SANDBOX_ISS, make_settings
@@ -137,6 +139,25 @@ def test_hook_answers_one_card_with_counts_and_smart_link(cds_app, ehr_key):
     assert link["type"] == "smart"
     assert link["url"] == "http://localhost/launch"
     assert "smartapp.chart" in json.loads(link["appContext"])
+
+
+def test_a_kind_switched_off_is_counted_on_no_card(cds_app, ehr_key):
+    """The card counts what the sidebar would show: a kill switch on medications (set on
+    the dashboard, not in the site file) leaves no medication hint on it."""
+    with cds_app.extensions["smartapp.db"].session() as s:
+        ChangeControl(min_grounding_rate=0.9).set_kill_switch(
+            s,
+            scope="kind",
+            target="medications",
+            engaged=True,
+            actor="t",
+            reason="test",
+            now=utcnow(),
+        )
+    answer = call(cds_app.test_client(), sign(ehr_key), hook_body())
+    [card] = answer.get_json()["cards"]
+    assert "medication hint" not in card["summary"]
+    assert "Medication hints" not in card.get("detail", "")
 
 
 def test_hook_call_is_audited_as_a_chart_read(cds_app, ehr_key):

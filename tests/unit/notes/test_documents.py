@@ -79,3 +79,37 @@ def test_a_note_written_without_ai_has_no_ai_label():
     manual = NoteDraft(**{**DRAFT.__dict__, "engines": [], "ai_assisted": False})
     assert "meta" not in document_reference(manual)
     assert "contained" not in provenance(manual, target="DocumentReference/1")
+
+
+class _NoTagSearchEHR:
+    """An EHR that cannot search Provenance by `_tag`: it refuses the condition with 400."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[dict[str, object], str | None]] = []
+
+    def create(
+        self, resource: dict[str, object], *, if_none_exist: str | None = None
+    ) -> dict[str, object]:
+        from smartapp.fhir.client import FHIRRequestRefused
+
+        if if_none_exist:
+            raise FHIRRequestRefused("Unknown search parameter _tag", status=400)
+        self.created.append((resource, if_none_exist))
+        return {**resource, "id": f"prov-{len(self.created)}"}
+
+
+def test_a_revision_provenance_is_written_unconditionally_where_the_condition_is_refused():
+    from smartapp.notes.documents import revision_tag
+    from smartapp.notes.writeback import write_revision_provenance
+
+    ehr = _NoTagSearchEHR()
+    written = write_revision_provenance(
+        ehr,  # type: ignore[arg-type]
+        DRAFT,
+        reference="DocumentReference/doc-1",
+        revision=2,
+    )
+    assert written == "Provenance/prov-1"
+    ((resource, condition),) = ehr.created
+    assert condition is None
+    assert resource["meta"]["tag"] == [revision_tag(DRAFT.note_id, 2)]  # type: ignore[index]
