@@ -162,14 +162,15 @@ class Store:
 
     # -- resources ----------------------------------------------------------------------
     @staticmethod
-    def _row(row: sqlite3.Row) -> StoredResource:
+    def _row(row: sqlite3.Row, body: dict[str, Any] | None = None) -> StoredResource:
+        """The stored resource; its body decoded afresh unless one is given."""
         return StoredResource(
             resource_type=row["type"],
             id=row["id"],
             patient=row["patient"],
             version=row["version"],
             last_updated=row["last_updated"],
-            body=json.loads(row["body"]),
+            body=json.loads(row["body"]) if body is None else body,
         )
 
     def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
@@ -217,14 +218,7 @@ class Store:
         else:
             body = json.loads(text)
             self._decoded[key] = (text, body)
-        return StoredResource(
-            resource_type=row["type"],
-            id=row["id"],
-            patient=row["patient"],
-            version=row["version"],
-            last_updated=row["last_updated"],
-            body=body,
-        )
+        return self._row(row, body)
 
     def count(self, resource_type: str | None = None) -> int:
         if resource_type is None:
