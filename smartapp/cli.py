@@ -32,9 +32,10 @@ def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
     """One waitress process: the app's threads, and its outbox worker unless --no-worker."""
     from smartapp import create_app
     from smartapp.notes.outbox import OutboxWorker
-    from smartapp.serving import create_server
+    from smartapp.serving import create_server, tune_collector
 
     app = create_app()
+    tune_collector()
     worker = None
     if not args.no_worker:
         worker = OutboxWorker(

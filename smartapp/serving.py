@@ -9,6 +9,7 @@ app's threads are doing. https://docs.pylonsproject.org/projects/waitress/en/sta
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from waitress.task import ThreadedTaskDispatcher
@@ -17,6 +18,21 @@ from waitress.task import ThreadedTaskDispatcher
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 #: Threads for them: one probe at a time is the norm, two leave room for a slow /readyz.
 HEALTH_THREADS = 2
+#: The cyclic collector's thresholds while serving (CPython's are 700, 10, 10): a chart
+#: load allocates some 30,000 containers (the EHR's JSON) that all live on as the
+#: snapshot, and at 700 the collector scanned them again and again while they arrived.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_collector() -> None:
+    """Set up the garbage collector for serving, once the app is built: what start-up made
+    (modules, the FHIR models, the validation tables) is frozen out of the collector's
+    scans, which then run a fourteenth as often. Reference counting still frees what is
+    not in a cycle at once. make bench's chart: ~15% less CPU per chart load (A/B in one
+    process; bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class HealthFirstDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
