@@ -109,6 +109,12 @@ class Store:
         #: page made a page of a 5,000-Observation chart cost 0.4 s (a real EHR's indexed
         #: search costs what its page holds). Reused only while the stored text is the same.
         self._decoded: dict[tuple[str, str], tuple[str, StoredResource]] = {}
+        #: Each list of a type (and patient) as last read, with the store's state then:
+        #: this connection's count of writes and SQLite's data_version, which changes when
+        #: another connection commits. The same search asked again reads no rows.
+        self._lists: dict[tuple[str, str | None], tuple[tuple[int, int], list[StoredResource]]]
+        self._lists = {}
+        self._writes = 0
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -203,16 +209,23 @@ class Store:
 
     def list(self, resource_type: str, *, patient: str | None = None) -> list[StoredResource]:
         """Every resource of a type (in insertion order), optionally one patient's only."""
-        if patient is None:
-            rows = self._all(
-                "SELECT * FROM resources WHERE type = ? ORDER BY seq", (resource_type,)
-            )
-        else:
-            rows = self._all(
-                "SELECT * FROM resources WHERE type = ? AND patient = ? ORDER BY seq",
-                (resource_type, patient),
-            )
-        return [self._listed(row) for row in rows]
+        with self._lock:
+            state = (self._writes, int(self._conn.execute("PRAGMA data_version").fetchone()[0]))
+            cached = self._lists.get((resource_type, patient))
+            if cached is not None and cached[0] == state:
+                return list(cached[1])
+            if patient is None:
+                rows = self._all(
+                    "SELECT * FROM resources WHERE type = ? ORDER BY seq", (resource_type,)
+                )
+            else:
+                rows = self._all(
+                    "SELECT * FROM resources WHERE type = ? AND patient = ? ORDER BY seq",
+                    (resource_type, patient),
+                )
+            listed = [self._listed(row) for row in rows]
+            self._lists[(resource_type, patient)] = (state, listed)
+            return list(listed)
 
     def _listed(self, row: sqlite3.Row) -> StoredResource:
         """`_row`, decoding the body only if its text changed since it was last decoded.
@@ -258,6 +271,7 @@ class Store:
         """Create or replace a resource; sets meta.versionId and meta.lastUpdated."""
         resource_type, resource_id = resource["resourceType"], resource["id"]
         with self.transaction():
+            self._writes += 1  # every list read before is out of date (even if rolled back)
             current = self._one(
                 "SELECT version FROM resources WHERE type = ? AND id = ?",
                 (resource_type, resource_id),

@@ -81,3 +81,22 @@ def test_a_page_carries_the_stored_text_of_each_resource_as_encoded_json(tmp_pat
         assert store.stored_text(dict(listed.body)) is None
     finally:
         store.close()
+
+
+def test_a_list_read_again_sees_what_another_connection_wrote(tmp_path: Path):
+    # The same list asked again reads no rows while nothing changed; a write by this store
+    # or by another connection to the file is seen at once.
+    store, other = Store(tmp_path / "ehr.sqlite3"), Store(tmp_path / "ehr.sqlite3")
+    try:
+        store.put(_observation(60), patient="p1")
+        [first] = store.list("Observation", patient="p1")
+        [again] = store.list("Observation", patient="p1")
+        assert again is first
+        other.put({**_observation(61), "id": "o2"}, patient="p1")
+        assert [o.id for o in store.list("Observation", patient="p1")] == ["o1", "o2"]
+        store.put(_observation(72), patient="p1")
+        [changed, _] = store.list("Observation", patient="p1")
+        assert changed.body["valueQuantity"]["value"] == 72
+    finally:
+        store.close()
+        other.close()
