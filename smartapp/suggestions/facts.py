@@ -1088,6 +1088,14 @@ class ChartFacts:
         return numeric_results(self.snapshot)
 
     @cached_property
+    def _series_codes(self) -> dict[str, frozenset[str]]:
+        """The LOINC codes each series' results carry (read once: rules ask per code)."""
+        return {
+            key: frozenset(code for r in items for code in loinc_codes(r.resource))
+            for key, items in self.results.items()
+        }
+
+    @cached_property
     def blood_pressures(self) -> list[BloodPressure]:
         return blood_pressures(self.snapshot)
 
@@ -1174,8 +1182,8 @@ class ChartFacts:
         wanted = set(loinc)
         found = [
             r
-            for items in self.results.values()
-            if any(wanted & set(loinc_codes(i.resource)) for i in items)
+            for key, items in self.results.items()
+            if not wanted.isdisjoint(self._series_codes[key])
             for r in items
         ]
         found.sort(key=lambda r: (sort_time(r.when), r.reference), reverse=True)

@@ -215,10 +215,17 @@ def _blank(text: str, start: int, end: int) -> str:
     return text[:start] + " " * (end - start) + text[end:]
 
 
+#: Every date, time and number pattern needs a digit: text without one holds none of them
+#: (most of a chart's strings: codes' displays, statuses, names).
+_ANY_DIGIT = re.compile(r"\d")
+
+
 def find_dates(text: str) -> tuple[list[DateMention], list[str], str]:
     """Dates and times in `text`, and the text with them blanked out (for number reading)."""
     found: list[DateMention] = []
     times: list[str] = []
+    if _ANY_DIGIT.search(text) is None:
+        return found, times, text
     for pattern, precision in _DATE_PATTERNS:
         for match in list(pattern.finditer(text)):
             groups = match.groupdict()
@@ -267,6 +274,8 @@ def find_numbers(text: str) -> list[NumberMention]:
     ordinals and stages (`2nd`, `3b`), and list numbers at the start of a line.
     """
     found: list[NumberMention] = []
+    if _ANY_DIGIT.search(text) is None:
+        return found
     text = _ORDINAL.sub(lambda m: " " * len(m.group(0)), text)
     text = _LOINC_LIKE.sub(lambda m: " " * len(m.group(0)), text)
     for pair in list(_BP_PAIR.finditer(text)):
@@ -546,7 +555,8 @@ def _drug_names(text: str) -> set[str]:
 
 
 def _mentions(text: str, name: str) -> bool:
-    return re.search(rf"(?<![a-z]){re.escape(name)}(?![a-z])", text) is not None
+    # The substring test first: a statement names few of the hundreds of drugs looked for.
+    return name in text and re.search(rf"(?<![a-z]){re.escape(name)}(?![a-z])", text) is not None
 
 
 # -- the verifier -----------------------------------------------------------------------
