@@ -437,6 +437,7 @@ def start_app(
     database_url: str,
     workdir: Path,
     extra_env: Mapping[str, str],
+    app_path: Path | None = None,
 ) -> RunningApp:
     secret_key = os.urandom(24).hex()
     _prepare_store(database_url, secret_key)
@@ -454,6 +455,10 @@ def start_app(
         SMARTAPP_SIGNIN_RATE_LIMIT="100000 per minute",
         **extra_env,
     )
+    if app_path is not None:
+        # The app from another checkout (an A/B against an older commit in one run); the
+        # EHR, the clinicians and the figures stay this one's.
+        env["PYTHONPATH"] = str(app_path)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -915,6 +920,7 @@ def run_level(
     min_sessions: int,
     say: Any,
     seed: int = DEFAULT_SEED,
+    app_path: Path | None = None,
 ) -> dict[str, Any]:
     level_dir = workdir / plan.name
     level_dir.mkdir()
@@ -942,6 +948,7 @@ def run_level(
             database_url=database_url,
             workdir=level_dir,
             extra_env=extra_env,
+            app_path=app_path,
         )
         try:
             # Warm-up, unmeasured: each process imports and caches what it lazily needs.
@@ -1057,6 +1064,7 @@ def run(args: argparse.Namespace) -> int:
                         min_sessions=args.min_sessions,
                         say=say,
                         seed=args.seed,
+                        app_path=args.app_path,
                     )
                 )
     except BenchmarkError as exc:
@@ -1073,6 +1081,7 @@ def run(args: argparse.Namespace) -> int:
         min_sessions=args.min_sessions,
         think_s=args.think_s,
         seed=args.seed,
+        app_path=str(args.app_path) if args.app_path else None,
         duration_s=round(time.monotonic() - began, 1),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -1172,6 +1181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or 'none' (default 32)",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the pauses' seed")
+    parser.add_argument(
+        "--app-path",
+        type=Path,
+        default=None,
+        help="run the app from this checkout (its PYTHONPATH), e.g. an older commit's "
+        "worktree for an A/B; the EHR and the clinicians are this one's",
+    )
     parser.add_argument(
         "--stores",
         type=_stores,
