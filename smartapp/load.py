@@ -12,13 +12,17 @@ this process) each go through whole sessions as the sidebar does them:
   GET /api/suggestions (warm) → GET /api/note/preview → POST /api/note → GET /api/notes.
 
 **Think time.** A clinician reads between clicks, so by default (`--think-s 4`) each
-clinician pauses before every action a person takes — opening the next chart (the first
-one too: the clinicians do not all click at the same instant), deciding on a card (three
-times), opening the note preview, saving the note — for a seeded exponential time of that
-mean (truncated at 4x the mean, so that a level ends in bounded time; seeded per clinician
-by `--seed`, so a run repeats). The requests the sidebar's script makes by itself (the page's
-context, notes and suggestions, the polls while LLM drafts are on their way, the suggestions
-re-read when they arrive, the notes after a save) follow at once, as in the browser. Why 4 s:
+clinician pauses before every action a person takes — opening the next chart, deciding on
+a card (three times), opening the note preview, saving the note — for a seeded exponential
+time of that mean (truncated at 4x the mean, so that a level ends in bounded time; seeded
+per clinician by `--seed`, so a run repeats). Before the first chart each clinician waits a
+uniform time over one session's think time (6 pauses x the mean): clinicians already at
+work are at random points of their own rounds, so launches arrive spread out, at about the
+rate the level's clinicians keep up (32 clinicians: 1.3 launches a second at 4 s), not all
+at one instant (that burst is the saturation mode's). The requests the sidebar's script
+makes by itself (the page's context, notes and suggestions, the polls while LLM drafts are
+on their way, the suggestions re-read when they arrive, the notes after a save) follow at
+once, as in the browser. Why 4 s:
 a card is two to four sentences with its citations, 30-60 words, which takes a reader at
 200-250 words a minute 8-15 s; 4 s is the busiest plausible clinician (one who glances and
 clicks), so the load is, if anything, heavier than a real one. A session then lasts about
@@ -77,6 +81,9 @@ DEFAULT_LLM_DELAY_S = 35.0
 DEFAULT_THINK_S = 4.0
 #: A pause is at most this many times the mean (the exponential's tail, cut).
 THINK_CAP = 4.0
+#: A clinician's own actions in one session: open the chart, three decisions, open the
+#: note, save it (each follows a pause).
+PAUSES_PER_SESSION = 6
 DEFAULT_SEED = 14
 #: Levels run again in the saturation mode (no think time), on PostgreSQL x2 when there is one.
 DEFAULT_SATURATION_CLINICIANS = (32,)
@@ -311,6 +318,8 @@ def _child_environ(**extra: str) -> dict[str, str]:
 class EHR:
     ehr_url: str
     fhir_base: str
+    #: The child process serving it (its CPU is reported beside the app's).
+    pid: int | None = None
 
 
 @contextmanager
@@ -344,7 +353,7 @@ def ehr_child(*, app_url: str, workdir: Path, latency_ms: int) -> Iterator[EHR]:
                 "the sandbox EHR did not start:\n"
                 + (workdir / "ehr.log").read_text(encoding="utf-8")[-3000:]
             )
-        yield EHR(**json.loads(line))
+        yield EHR(**json.loads(line), pid=child.pid)
     finally:
         if child.stdin is not None:
             child.stdin.close()  # the child stops when its stdin closes
@@ -718,6 +727,14 @@ class _Clinician:
         if self.think_s > 0:
             time.sleep(min(self._rng.expovariate(1 / self.think_s), THINK_CAP * self.think_s))
 
+    def join(self) -> None:
+        """Before the first session: a clinician already at work is at a random point of
+        their own round of sessions, so the first launch comes after a uniform pause over
+        one session's think time, not all at one instant (that burst is the saturation
+        mode's)."""
+        if self.think_s > 0:
+            time.sleep(self._rng.uniform(0, PAUSES_PER_SESSION * self.think_s))
+
     def session(self, session_no: int) -> None:
         """One whole session; raises BenchmarkError naming the step that went wrong."""
         patient = PATIENTS[(self.number * 7 + session_no) % len(PATIENTS)]
@@ -742,7 +759,8 @@ class _Clinician:
             return response
 
         try:
-            self.think()  # the clinician opens the chart
+            if session_no:
+                self.think()  # the clinician opens the next chart
             minted = requests.post(
                 f"{self.ehr.ehr_url}/_sandbox/launch", json={"patient": patient}, timeout=TIMEOUT
             )
@@ -832,6 +850,7 @@ def run_clinicians(
             number=number, level=level, app_url=app_url, ehr=ehr, think_s=think_s, seed=seed
         )
         start.wait()
+        person.join()
         for session_no in range(sessions_each):
             try:
                 person.session(session_no)
@@ -968,6 +987,8 @@ def run_level(
             offset = app.timing_log.stat().st_size if app.timing_log.exists() else 0
             pids = app.pids()
             cpu_before = _cpu_ms(pids)
+            ehr_pids = [ehr.pid] if ehr.pid else []
+            ehr_cpu_before = _cpu_ms(ehr_pids)
             sessions_each = max(1, math.ceil(min_sessions / plan.clinicians))
             say(
                 f"{plan.name}: {plan.clinicians} clinicians x {sessions_each} session(s), "
@@ -992,6 +1013,7 @@ def run_level(
             wall = time.monotonic() - started
             lock_waits = sampler.figures() if sampler is not None else None
             cpu = _cpu_ms(pids) - cpu_before
+            ehr_cpu = _cpu_ms(ehr_pids) - ehr_cpu_before
             rss = _peak_rss_mb([p for p in pids if p != app.process.pid or plan.processes == 1])
             with app.timing_log.open(encoding="utf-8") as log:
                 log.seek(offset)
@@ -1011,6 +1033,10 @@ def run_level(
         wall_s=wall,
         think_s=plan.think_s,
         lock_waits=lock_waits,
+    )
+    # The sandbox EHR shares the cores: what it spent serving the level, per session.
+    level["ehr_cpu_ms_per_session"] = (
+        round(ehr_cpu / outcome.sessions, 1) if outcome.sessions else None
     )
     first, warm_figures = level["first_suggestions"], level["warm_suggestions"]
     say(

@@ -10,6 +10,7 @@ import pytest
 from smartapp.load import (
     EHR,
     LEVEL_KEYS,
+    PAUSES_PER_SESSION,
     THINK_CAP,
     Timing,
     _Clinician,
@@ -204,3 +205,16 @@ def test_pauses_are_seeded_exponential_with_the_stated_mean_and_capped(monkeypat
     slept.clear()
     _Clinician(number=0, level="x", app_url="http://app", ehr=ehr, think_s=0).think()
     assert slept == []  # the saturation mode never pauses
+
+
+def test_the_first_launch_waits_uniformly_over_one_sessions_think_time(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("smartapp.load.time.sleep", slept.append)
+    ehr = EHR(ehr_url="http://ehr", fhir_base="http://ehr/fhir")
+    for number in range(400):
+        _Clinician(number=number, level="x", app_url="http://a", ehr=ehr, think_s=4.0).join()
+    assert 0 <= min(slept) and max(slept) <= PAUSES_PER_SESSION * 4.0
+    assert 0.4 < sum(slept) / len(slept) / (PAUSES_PER_SESSION * 4.0) < 0.6
+    slept.clear()
+    _Clinician(number=0, level="x", app_url="http://a", ehr=ehr, think_s=0).join()
+    assert slept == []  # the saturation mode starts everyone at once
