@@ -346,7 +346,7 @@ def changes_since(
     today: date | None = None,
 ) -> Changes:
     """What changed since the last note or visit, each item verified against the chart."""
-    facts = ChartFacts(snapshot)
+    facts = ChartFacts.of(snapshot)
     day = today or facts.as_of
     anchor = find_anchor(snapshot, day)
     drafted = [Change(category=RESULT, statement=s) for _, _, s in _result_items(facts, anchor)]

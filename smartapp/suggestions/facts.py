@@ -1083,6 +1083,13 @@ class ChartFacts:
     def __init__(self, snapshot: ChartSnapshot) -> None:
         self.snapshot = snapshot
 
+    @classmethod
+    def of(cls, snapshot: ChartSnapshot) -> ChartFacts:
+        """The snapshot's facts, read once for all its kinds (and kept with the snapshot,
+        which stays in memory across the launch's requests): every kind's rules ask for the
+        same results, problems and medications, and each `ChartFacts` reads them anew."""
+        return snapshot.derived("chart_facts", lambda: cls(snapshot))
+
     @cached_property
     def results(self) -> dict[str, list[Result]]:
         return numeric_results(self.snapshot)

@@ -415,6 +415,14 @@ class Evidence:
     def free_text(self) -> str:
         return " \n ".join(self.free.words).lower()
 
+    def extend(self, other: Evidence) -> None:
+        """Add what `other` holds after what this holds (as if walked after it)."""
+        for mine, theirs in ((self.structured, other.structured), (self.free, other.free)):
+            mine.numbers.extend(theirs.numbers)
+            mine.dates.update(theirs.dates)
+            mine.times.update(theirs.times)
+            mine.words.extend(theirs.words)
+
     def add_number(self, value: Any, unit: str | None = None, *, free: bool = False) -> None:
         if isinstance(value, bool):
             return
@@ -576,6 +584,7 @@ class GroundingVerifier:
         self.today = today or as_of(snapshot)
         self._vocabulary: frozenset[str] | None = None
         self._evidence: dict[tuple[str, ...], Evidence] = {}
+        self._by_resource: dict[int, tuple[Mapping[str, Any], Evidence]] = {}
 
     @property
     def vocabulary(self) -> frozenset[str]:
@@ -610,8 +619,24 @@ class GroundingVerifier:
         key = tuple(sorted(reference_key(r) for r in references))
         if key not in self._evidence:
             resources = [r for ref in key for r in self._cited(ref)]
-            self._evidence[key] = collect_evidence(resources, today=self.today)
+            if len(resources) == 1:
+                self._evidence[key] = self._of_resource(resources[0])
+            else:
+                # What collect_evidence(resources) gives, from each resource's own, read
+                # once per snapshot: statements cite the same resources in many sets.
+                merged = Evidence()
+                for resource in resources:
+                    merged.extend(self._of_resource(resource))
+                self._evidence[key] = merged
         return self._evidence[key]
+
+    def _of_resource(self, resource: Mapping[str, Any]) -> Evidence:
+        # By identity: the snapshot holds the resource (kept here too) as long as this lives.
+        found = self._by_resource.get(id(resource))
+        if found is None:
+            found = (resource, collect_evidence([resource], today=self.today))
+            self._by_resource[id(resource)] = found
+        return found[1]
 
     def check(self, statement: Statement) -> StatementCheck:
         issues: list[str] = []
@@ -626,9 +651,11 @@ class GroundingVerifier:
         # Quoted passages are the chart's words: each must be in a cited resource (free
         # text or structured), and what they hold is then not checked as a finding.
         text = statement.text
+        cited_text = evidence.text
+        free_text = evidence.free_text
         for quote in _QUOTED.finditer(text):
             words = _squash(quote.group("q"))
-            if words and words not in _squash(evidence.free_text + " \n " + evidence.text):
+            if words and words not in _squash(free_text + " \n " + cited_text):
                 issues.append(f"quoted {quote.group(0)[:60]!r} is not the cited resources' words")
             text = _blank(text, quote.start(), quote.end())
         text = self._check_ages(text, evidence, issues)
@@ -647,8 +674,6 @@ class GroundingVerifier:
             if problem:
                 issues.append(problem)
         lowered = text.lower()
-        cited_text = evidence.text
-        free_text = evidence.free_text
         for name in sorted(self.vocabulary):
             if _mentions(lowered, name) and not _mentions(cited_text, name):
                 if _mentions(free_text, name):
