@@ -220,11 +220,24 @@ def _blank(text: str, start: int, end: int) -> str:
 _ANY_DIGIT = re.compile(r"\d")
 
 
+#: Every date and time pattern at once, without its groups and ignoring case (so it matches
+#: wherever one of them would): most strings with a digit hold no date, and one search says
+#: so where eight would. Nothing is blanked until a pattern matches, so a string it does not
+#: match is one no pattern matches.
+_ANY_DATE_OR_TIME = re.compile(
+    "|".join(
+        re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
+        for pattern in (*(p for p, _ in _DATE_PATTERNS), _TIME)
+    ),
+    re.IGNORECASE,
+)
+
+
 def find_dates(text: str) -> tuple[list[DateMention], list[str], str]:
     """Dates and times in `text`, and the text with them blanked out (for number reading)."""
     found: list[DateMention] = []
     times: list[str] = []
-    if _ANY_DIGIT.search(text) is None:
+    if _ANY_DIGIT.search(text) is None or _ANY_DATE_OR_TIME.search(text) is None:
         return found, times, text
     for pattern, precision in _DATE_PATTERNS:
         for match in list(pattern.finditer(text)):
