@@ -592,6 +592,13 @@ class StatementCheck:
 class GroundingVerifier:
     """Checks statements against one snapshot (build one per snapshot; it caches evidence)."""
 
+    @classmethod
+    def of(cls, snapshot: ChartSnapshot) -> GroundingVerifier:
+        """The snapshot's verifier as of its own day, shared by everything that checks
+        statements against it (the kinds, what changed, the LLM's titles), so that each
+        cited resource is read once per snapshot."""
+        return snapshot.derived("grounding_verifier", lambda: cls(snapshot))
+
     def __init__(self, snapshot: ChartSnapshot, *, today: date | None = None) -> None:
         self.snapshot = snapshot
         self.today = today or as_of(snapshot)
