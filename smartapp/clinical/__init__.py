@@ -108,15 +108,15 @@ class ValueSet:
                 return True
         if not self.words:
             return False
-        text = " ".join(
-            str(part)
-            for part in (
-                concept.get("text"),
-                *(c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)),
-            )
-            if part
-        ).lower()
-        return self._words_pattern.search(text) is not None
+        return self._words_pattern.search(concept_words(concept)) is not None
+
+    def matches_parts(self, parts: ConceptParts) -> bool:
+        """`matches` for a concept read once with `concept_parts` (rules that try many value
+        sets on the same resources read each concept once, not once per value set)."""
+        keys, text = parts
+        if not keys.isdisjoint(self._keys):
+            return True
+        return bool(self.words) and self._words_pattern.search(text) is not None
 
     @cached_property
     def _words_pattern(self) -> re.Pattern[str]:
@@ -124,6 +124,34 @@ class ValueSet:
         to the next word where one fails its boundary, so it matches when any word does)."""
         words = "|".join(re.escape(w) for w in self.words)
         return re.compile(rf"(?<![a-z0-9])(?:{words})(?![a-z0-9])")
+
+
+#: A CodeableConcept's `system|code` keys and its lower-cased text and displays.
+ConceptParts = tuple[frozenset[str], str]
+
+
+def concept_words(concept: Mapping[str, Any]) -> str:
+    """The text and the codings' displays, lower-cased: what value sets' words match."""
+    return " ".join(
+        str(part)
+        for part in (
+            concept.get("text"),
+            *(c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)),
+        )
+        if part
+    ).lower()
+
+
+def concept_parts(concept: Mapping[str, Any] | None) -> ConceptParts | None:
+    """What `ValueSet.matches_parts` reads of a concept; None for no concept (matches nothing)."""
+    if not concept:
+        return None
+    keys = frozenset(
+        f"{c.get('system')}|{c.get('code')}"
+        for c in concept.get("coding") or ()
+        if isinstance(c, Mapping)
+    )
+    return keys, concept_words(concept)
 
 
 def system_uri(value: str, *, where: str) -> str:

@@ -352,7 +352,9 @@ def changes_since(
     drafted = [Change(category=RESULT, statement=s) for _, _, s in _result_items(facts, anchor)]
     drafted += _medication_items(facts, anchor)
     drafted += _problem_items(facts, anchor)
-    checker = verifier or GroundingVerifier(snapshot, today=day)
+    checker = verifier or (
+        GroundingVerifier.of(snapshot) if today is None else GroundingVerifier(snapshot, today=day)
+    )
     items: list[Change] = []
     for change in drafted:
         if checker.check(change.statement).ok:

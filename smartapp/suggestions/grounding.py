@@ -220,11 +220,24 @@ def _blank(text: str, start: int, end: int) -> str:
 _ANY_DIGIT = re.compile(r"\d")
 
 
+#: Every date and time pattern at once, without its groups and ignoring case (so it matches
+#: wherever one of them would): most strings with a digit hold no date, and one search says
+#: so where eight would. Nothing is blanked until a pattern matches, so a string it does not
+#: match is one no pattern matches.
+_ANY_DATE_OR_TIME = re.compile(
+    "|".join(
+        re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
+        for pattern in (*(p for p, _ in _DATE_PATTERNS), _TIME)
+    ),
+    re.IGNORECASE,
+)
+
+
 def find_dates(text: str) -> tuple[list[DateMention], list[str], str]:
     """Dates and times in `text`, and the text with them blanked out (for number reading)."""
     found: list[DateMention] = []
     times: list[str] = []
-    if _ANY_DIGIT.search(text) is None:
+    if _ANY_DIGIT.search(text) is None or _ANY_DATE_OR_TIME.search(text) is None:
         return found, times, text
     for pattern, precision in _DATE_PATTERNS:
         for match in list(pattern.finditer(text)):
@@ -578,6 +591,13 @@ class StatementCheck:
 
 class GroundingVerifier:
     """Checks statements against one snapshot (build one per snapshot; it caches evidence)."""
+
+    @classmethod
+    def of(cls, snapshot: ChartSnapshot) -> GroundingVerifier:
+        """The snapshot's verifier as of its own day, shared by everything that checks
+        statements against it (the kinds, what changed, the LLM's titles), so that each
+        cited resource is read once per snapshot."""
+        return snapshot.derived("grounding_verifier", lambda: cls(snapshot))
 
     def __init__(self, snapshot: ChartSnapshot, *, today: date | None = None) -> None:
         self.snapshot = snapshot
