@@ -11,6 +11,10 @@ this process) each go through whole sessions as the sidebar does them:
   second while LLM kinds are on their way, reading the suggestions again as they arrive →
   GET /api/suggestions (warm) → GET /api/note/preview → POST /api/note → GET /api/notes.
 
+Each clinician signs in as one of the sandbox's practitioners, and no two clinicians of a
+round open the same patient as the same practitioner (that would be one clinician's two
+tabs, which share the visit's suggestions and decisions).
+
 **Think time.** A clinician reads between clicks, so by default (`--think-s 4`) each
 clinician pauses before every action a person takes — opening the next chart, deciding on
 a card (three times), opening the note preview, saving the note — for a seeded exponential
@@ -320,6 +324,8 @@ class EHR:
     fhir_base: str
     #: The child process serving it (its CPU is reported beside the app's).
     pid: int | None = None
+    #: The sandbox's practitioners: each clinician signs in as one of them.
+    practitioners: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -353,7 +359,9 @@ def ehr_child(*, app_url: str, workdir: Path, latency_ms: int) -> Iterator[EHR]:
                 "the sandbox EHR did not start:\n"
                 + (workdir / "ehr.log").read_text(encoding="utf-8")[-3000:]
             )
-        yield EHR(**json.loads(line), pid=child.pid)
+        urls = json.loads(line)
+        listing = requests.get(f"{urls['ehr_url']}/_sandbox/", timeout=TIMEOUT).json()
+        yield EHR(**urls, pid=child.pid, practitioners=tuple(listing.get("practitioners", ())))
     finally:
         if child.stdin is not None:
             child.stdin.close()  # the child stops when its stdin closes
@@ -713,14 +721,26 @@ class _Clinician:
         ehr: EHR,
         think_s: float = 0.0,
         seed: int = DEFAULT_SEED,
+        clinicians: int = 1,
     ) -> None:
         self.number = number
+        self.clinicians = clinicians
         self.level = level
         self.app_url = app_url
         self.ehr = ehr
         self.think_s = think_s
         # One stream per clinician, from the seed and the level: a run repeats its pauses.
         self._rng = random.Random(f"{seed}:{level}:{number}")
+
+    def chart(self, session_no: int) -> tuple[str, str | None]:
+        """(patient, practitioner) of a session. No two clinicians of one round open the
+        same patient as the same practitioner: that is one clinician's two tabs, which share
+        the visit's suggestions and decisions (the 400 "nothing to save" at 64 clinicians
+        signed in as one practitioner over 23 patients: another tab's newer chart read)."""
+        pair = self.number + session_no * self.clinicians
+        people = self.ehr.practitioners or (None,)
+        user = people[pair % len(people)]
+        return PATIENTS[(pair // len(people)) * 7 % len(PATIENTS)], user
 
     def think(self) -> None:
         """The pause before one of the clinician's own actions (none in the saturation mode)."""
@@ -737,7 +757,7 @@ class _Clinician:
 
     def session(self, session_no: int) -> None:
         """One whole session; raises BenchmarkError naming the step that went wrong."""
-        patient = PATIENTS[(self.number * 7 + session_no) % len(PATIENTS)]
+        patient, user = self.chart(session_no)
         browser = _Browser()
         prefix = f"load-{self.level}-c{self.number}-s{session_no}"
         # The launch's requests and redirects carry it too (server-side times by session).
@@ -762,7 +782,9 @@ class _Clinician:
             if session_no:
                 self.think()  # the clinician opens the next chart
             minted = requests.post(
-                f"{self.ehr.ehr_url}/_sandbox/launch", json={"patient": patient}, timeout=TIMEOUT
+                f"{self.ehr.ehr_url}/_sandbox/launch",
+                json={"patient": patient, "user": user},
+                timeout=TIMEOUT,
             )
             if minted.status_code != 201:
                 raise BenchmarkError(f"the sandbox refused a launch (HTTP {minted.status_code})")
@@ -847,7 +869,13 @@ def run_clinicians(
 
     def clinician(number: int) -> None:
         person = _Clinician(
-            number=number, level=level, app_url=app_url, ehr=ehr, think_s=think_s, seed=seed
+            number=number,
+            level=level,
+            app_url=app_url,
+            ehr=ehr,
+            think_s=think_s,
+            seed=seed,
+            clinicians=clinicians,
         )
         start.wait()
         person.join()

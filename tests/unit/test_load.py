@@ -218,3 +218,18 @@ def test_the_first_launch_waits_uniformly_over_one_sessions_think_time(monkeypat
     slept.clear()
     _Clinician(number=0, level="x", app_url="http://a", ehr=ehr, think_s=0).join()
     assert slept == []  # the saturation mode starts everyone at once
+
+
+def test_no_two_clinicians_of_a_round_open_one_patient_as_one_practitioner():
+    ehr = EHR(ehr_url="http://e", fhir_base="http://e/fhir", practitioners=("a", "b", "c", "d"))
+    for clinicians in (1, 8, 32, 64):
+        people = [
+            _Clinician(number=n, level="x", app_url="http://a", ehr=ehr, clinicians=clinicians)
+            for n in range(clinicians)
+        ]
+        for session_no in range(3):
+            pairs = [p.chart(session_no) for p in people]
+            assert len(set(pairs)) == clinicians
+            assert {user for _, user in pairs} <= {"a", "b", "c", "d"}
+    alone = EHR(ehr_url="http://e", fhir_base="http://e/fhir")
+    assert _Clinician(number=0, level="x", app_url="http://a", ehr=alone).chart(0)[1] is None
