@@ -214,7 +214,12 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from smartapp.suggestions.evaluate import run_cli
 
-    return run_cli(args)
+    if not args.record:
+        return run_cli(args)
+    # Only --record loads the store: an evaluation alone needs no database.
+    from smartapp.governance.evaluations import record_from_cli
+
+    return run_cli(args, recorder=record_from_cli)
 
 
 def _draft(args: argparse.Namespace) -> int:

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from smartapp.admin.policy import GovernanceState, PolicyCache
-from smartapp.admin.registry import pick_active
-from smartapp.admin.rollout import NOT_YET_FOR_YOU, choose_rule, decide
 from smartapp.config import normalize_issuer
+from smartapp.governance.registry import pick_active
+from smartapp.governance.rollout import NOT_YET_FOR_YOU, choose_rule, decide
+from smartapp.governance.state import GovernanceState, PolicyCache
 from smartapp.identity import normalize_fhir_user
+from smartapp.kinds import ENGINE_NAMES, KIND_LABELS
 from smartapp.placement import BUCKETS, INSIDE, OUTSIDE
 from smartapp.siteconfig import RolloutRule as FileRule
 from smartapp.siteconfig import SiteConfig
-from smartapp.suggestions.kinds import ENGINE_NAMES, KIND_LABELS
 from smartapp.suggestions.registry import EngineChoice
 
 if TYPE_CHECKING:

@@ -34,7 +34,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from smartapp.notes.layout import (
+from smartapp.kinds import ENABLED_KINDS, ENGINES, KINDS
+from smartapp.note_layout import (
     DEFAULT_LABELS,
     MAX_READING_GRADE,
     MIN_READING_GRADE,
@@ -46,8 +47,7 @@ from smartapp.notes.layout import (
     loinc_problem,
 )
 from smartapp.placement import placed_within
-from smartapp.suggestions.kinds import ENABLED_KINDS, ENGINES, KINDS
-from smartapp.suggestions.templates import (
+from smartapp.templating import (
     DEFAULT_TEMPLATE_DIR,
     DETAILS,
     STYLES,

@@ -21,6 +21,7 @@ import requests
 from sqlalchemy.exc import IntegrityError
 
 from smartapp import audit
+from smartapp import kinds as K
 from smartapp.cdshooks.cards import ReadyCounts, build_card
 from smartapp.cdshooks.discovery import SERVICES, CDSService
 from smartapp.cdshooks.models import CardFeedback, IssuedCard
@@ -37,7 +38,6 @@ from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.identity import bound_identity
 from smartapp.policy import PolicySource
 from smartapp.smart.scopes import GrantedScopes
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions import safety
 from smartapp.suggestions.registry import SuggestionService
 

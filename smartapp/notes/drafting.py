@@ -17,9 +17,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from smartapp.admin.policy import GovernanceState
 from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.governance.state import GovernanceState
 from smartapp.policy import SWITCHED_OFF, DraftPlan, NotEnabled, Policy, PolicySource
 from smartapp.suggestions.interfaces import Suggestion
 from smartapp.suggestions.registry import KindRun, SuggestionService

@@ -30,6 +30,12 @@ from pydantic import ValidationError
 from smartapp import httplimits
 from smartapp.fhir.readers import codings
 from smartapp.fhir.snapshot import ChartSnapshot, reference_key
+from smartapp.kinds import (
+    KIND_DESCRIPTIONS,
+    KIND_LABELS,
+    KINDS,
+    PATIENT_INSTRUCTIONS,
+)
 from smartapp.suggestions import facts as F
 from smartapp.suggestions.answer import ANSWER_SCHEMA, Answer, offered_statements
 from smartapp.suggestions.builtin import BuiltinEngine
@@ -42,12 +48,6 @@ from smartapp.suggestions.interfaces import (
     Statement,
     Suggestion,
     SuggestionEngine,
-)
-from smartapp.suggestions.kinds import (
-    KIND_DESCRIPTIONS,
-    KIND_LABELS,
-    KINDS,
-    PATIENT_INSTRUCTIONS,
 )
 
 log = logging.getLogger(__name__)

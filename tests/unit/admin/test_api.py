@@ -257,8 +257,8 @@ REPORT = {
 
 def recorded(app, report) -> str:
     """What `smartapp evaluate --record` leaves in the app's store: the report's SHA-256."""
-    from smartapp.admin.evaluations import record_run
     from smartapp.db import utcnow
+    from smartapp.governance.evaluations import record_run
 
     with app.extensions["smartapp.db"].session() as s:
         return record_run(

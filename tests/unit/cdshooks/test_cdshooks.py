@@ -14,11 +14,11 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from smartapp import audit, create_app
-from smartapp.admin.registry import ChangeControl
 from smartapp.cdshooks.discovery import PREFETCH
 from smartapp.cdshooks.models import CardFeedback
 from smartapp.cdshooks.warm import WarmCharts
 from smartapp.db import utcnow
+from smartapp.governance.registry import ChangeControl
 from smartapp.smart.scopes import GrantedScopes
 from smartapp.smart.session import LaunchContext
 from tests.conftest import SANDBOX_ISS, make_settings

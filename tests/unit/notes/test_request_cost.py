@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 import responses
 from sqlalchemy import event
 
-from smartapp.admin.registry import ChangeControl
 from smartapp.db import Database
 from smartapp.fhir.cache import SnapshotCache
+from smartapp.governance.registry import ChangeControl
 from tests.conftest import SANDBOX_ISS
 
 from .views_support import fixture_snapshot, launch

@@ -205,7 +205,7 @@ for _model in (EngineTransition, KillSwitchEvent):
 
 class GovernanceVersion(Base):
     """One row (id 1), bumped by every change to the tables above: the policy cache's signal
-    (`smartapp.admin.policy`) that any process must read governance again."""
+    (`smartapp.governance.state`) that any process must read governance again."""
 
     __tablename__ = "governance_version"
 

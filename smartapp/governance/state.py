@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from smartapp.admin.models import EngineVersion, GovernanceVersion, RolloutRule
-from smartapp.admin.registry import active_versions, engaged_switches
-from smartapp.admin.rollout import rules_in_force
 from smartapp.db import Database
+from smartapp.governance.models import EngineVersion, GovernanceVersion, RolloutRule
+from smartapp.governance.registry import active_versions, engaged_switches
+from smartapp.governance.rollout import rules_in_force
 
 
 def read_version(session: Session) -> int | None:
