@@ -22,10 +22,9 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from smartapp.config import read_environment
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import FHIRResource, reference_key
-from smartapp.siteconfig import SiteConfigError, load_site_config, site_file_path
+from smartapp.siteconfig import SiteConfigError, read_sources
 from smartapp.suggestions.registry import LLMSettings, SuggestionService
 
 if TYPE_CHECKING:  # charts imports this module
@@ -441,10 +440,10 @@ def run_draft_cli(
     """`smartapp draft --chart FILE`: exit 2 on bad input."""
     out = out or sys.stdout
     err = err or sys.stderr
-    env = read_environment() if environ is None else environ
-    config_path = site_file_path(env, args.config)
+    sources = read_sources(config=args.config, environ=environ)
+    env = sources.environ
     try:
-        config = load_site_config(config_path)
+        config = sources.site()
         cohort = load_chart_file(Path(args.chart))
     except (SiteConfigError, CohortError) as exc:
         print(f"smartapp draft: {exc}", file=err)
@@ -549,11 +548,11 @@ def run_cli(
     if getattr(args, "record", False) and recorder is None:
         print("smartapp evaluate: --record needs a store to record in", file=err)
         return 2
-    # The same environment `serve` reads: os.environ over the working directory's .env.
-    env = read_environment() if environ is None else environ
-    config_path = site_file_path(env, args.config)
+    # Read as `serve` reads it: os.environ over the working directory's .env, the site file.
+    sources = read_sources(config=args.config, environ=environ)
+    env = sources.environ
     try:
-        config = load_site_config(config_path)
+        config = sources.site()
     except SiteConfigError as exc:
         print(f"smartapp evaluate: SiteConfigError: {exc}", file=err)
         return 2
