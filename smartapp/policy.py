@@ -31,6 +31,7 @@ from smartapp.suggestions.registry import EngineChoice
 if TYPE_CHECKING:
     from smartapp.config import Settings
     from smartapp.db import Database
+    from smartapp.governance.signal import ChangeSignal
 
 #: Where a value came from: the environment, the site file, the admin dashboard (the
 #: governance store), or the app's default.
@@ -304,10 +305,11 @@ class PolicySource:
         database: Database,
         settings: Settings | None = None,
         on_reload: Callable[[], None] | None = None,
+        signal: ChangeSignal | None = None,
     ) -> None:
         self._site_config = site_config
         self._settings = settings
-        self._cache = PolicyCache(database, on_reload=on_reload)
+        self._cache = PolicyCache(database, on_reload=on_reload, signal=signal)
         self._policy: Policy | None = None
 
     def current(self) -> Policy:

@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 
 from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.governance.signal import ChangeSignal
 from smartapp.governance.state import GovernanceState
 from smartapp.policy import SWITCHED_OFF, DraftPlan, NotEnabled, Policy, PolicySource
 from smartapp.suggestions.interfaces import Suggestion
@@ -54,13 +55,17 @@ class GovernedDrafter:
         engines: SuggestionService,
         database: Database,
         clock: Callable[[], datetime] = utcnow,
+        signal: ChangeSignal | None = None,
     ) -> None:
         self._engines = engines
         self._clock = clock
         self._plans: dict[tuple[int, str, str | None, date], DraftPlan] = {}
         self._plans_lock = threading.Lock()
         self.policy = PolicySource(
-            site_config=lambda: engines.config, database=database, on_reload=self._forget_plans
+            site_config=lambda: engines.config,
+            database=database,
+            on_reload=self._forget_plans,
+            signal=signal,
         )
 
     def _forget_plans(self) -> None:
