@@ -159,8 +159,9 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
         app.extensions.setdefault(SESSION_STARTED_EXT, []).append(
             lambda launch, _app_context: chart.prefetch(launch)
         )
-    # Run before the store is disposed (Stack.stop, graceful shutdown).
-    app.extensions.setdefault("smartapp.on_shutdown", []).append(chart.close)
+    # Run before the store is disposed (Stack.stop, graceful shutdown): nothing of theirs
+    # may touch the store after it is closed.
+    app.extensions.setdefault("smartapp.on_shutdown", []).extend([chart.close, engines.close])
     # Pay the FHIR models' first-use cost at start-up, not in the first clinician's wait.
     warm_up()
     return engines

@@ -39,10 +39,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_one(args: argparse.Namespace, settings: Settings, *, sockets: list[Any] | None) -> int:
-    """One waitress process: the app's threads, and its outbox worker unless --no-worker."""
+    """One waitress process: the app's threads, and its outbox worker unless --no-worker.
+
+    SIGTERM or Ctrl-C stops it gracefully (`smartapp.serving.run_until_stopped`): the
+    requests it has begun are answered, then the worker, the app's threads and the store
+    are closed, in that order.
+    """
     from smartapp import create_app
     from smartapp.notes.outbox import OutboxWorker
-    from smartapp.serving import create_server
+    from smartapp.serving import create_server, run_until_stopped
 
     app = create_app(settings)
     worker = None
@@ -51,17 +56,22 @@ def _serve_one(args: argparse.Namespace, settings: Settings, *, sockets: list[An
             app.extensions["smartapp.outbox"], housekeeping=app.extensions["smartapp.housekeeping"]
         )
         worker.start()
-    where = {"sockets": sockets} if sockets else {"host": args.host, "port": args.port}
-    print(f"smartapp listening on http://{args.host}:{args.port} (pid {os.getpid()})", flush=True)
-    try:
-        # /healthz and /readyz have threads of their own: they answer while every one of
-        # the app's threads waits on a slow EHR.
-        server = create_server(app, threads=args.threads, ident="smartapp", **where)
-        server.print_listen("Serving on http://{}:{}")  # as waitress.serve() says it
-        server.run()
-    finally:
+
+    def stopped() -> None:
         if worker is not None:
             worker.stop()
+        for close in app.extensions.get("smartapp.on_shutdown", []):
+            close()
+        app.extensions["smartapp.db"].dispose()
+        print(f"smartapp stopped (pid {os.getpid()})", flush=True)
+
+    where = {"sockets": sockets} if sockets else {"host": args.host, "port": args.port}
+    print(f"smartapp listening on http://{args.host}:{args.port} (pid {os.getpid()})", flush=True)
+    # /healthz and /readyz have threads of their own: they answer while every one of the
+    # app's threads waits on a slow EHR.
+    server = create_server(app, threads=args.threads, ident="smartapp", **where)
+    server.print_listen("Serving on http://{}:{}")  # as waitress.serve() says it
+    run_until_stopped(server, on_stopped=stopped)
     return 0
 
 

@@ -119,10 +119,9 @@ def test_serve_reads_dotenv(tmp_path, monkeypatch, capsys):
         def print_listen(self, _format: str) -> None:
             pass
 
-        def run(self) -> None:
-            pass
-
     monkeypatch.setattr(serving, "create_server", NoServer)
+    # Stopped at once, as by SIGTERM once it serves: the closing is the command's own.
+    monkeypatch.setattr(serving, "run_until_stopped", lambda _server, *, on_stopped: on_stopped())
     assert cli.main(["serve", "--no-worker", "--port", "0"]) == 0
     [app] = served
     try:
@@ -132,7 +131,6 @@ def test_serve_reads_dotenv(tmp_path, monkeypatch, capsys):
         engines = app.extensions["smartapp.engines"]
         assert [k.kind for k in engines.config.for_issuer(None).kinds] == ["allergies"]
     finally:
-        app.extensions["smartapp.engines"].close()
         app.extensions["smartapp.db"].dispose()
 
 
