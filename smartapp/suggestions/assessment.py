@@ -44,7 +44,7 @@ from smartapp.suggestions.facts import (
 from smartapp.suggestions.grounding import canonical_unit
 from smartapp.suggestions.interfaces import Citation, Statement
 from smartapp.suggestions.ranges import DefaultRange, default_range_check
-from smartapp.suggestions.terminology import DRUG_CLASSES
+from smartapp.suggestions.terminology import DRUG_CLASSES, MEDICATION_NAMES
 
 BLOOD_PRESSURE = "blood_pressure"
 #: How far back a trend looks.
@@ -470,9 +470,11 @@ def range_status(facts: ChartFacts, result: Result) -> tuple[str | None, str | N
     for the default table the range and its source (for `Statement.rule`)."""
     check = reference_range_check(result.resource, result.value)
     if check is not None:
-        return f"{check.direction} the reference range {check.range_text}", None
+        # The range is the lab's, on the result itself: the note says which side of it the
+        # value is; the range goes with the rule, for the reviewer (not restated in text).
+        return f"{check.direction} range", f"reference range {check.range_text}"
     if result.resource.get("referenceRange"):
-        return "within the reference range", None
+        return "normal", None  # within the lab's own reference range
     found = _default_range(facts, result)
     if found is None:
         return None, None
@@ -536,6 +538,16 @@ def _text(reading: Result | BloodPressure) -> str:
     return reading.value_text()
 
 
+def _earlier_text(latest: Result | BloodPressure, earlier: Result | BloodPressure) -> str:
+    """The earlier value without its unit when the latest just named the same one ("eGFR
+    48 mL/min/1.73 m2, down from 54"); with it when they differ (57 mmol/mol vs 8.2%)."""
+    if isinstance(latest, BloodPressure) or isinstance(earlier, BloodPressure):
+        return _text(earlier)  # "148/86" alone reads as a ratio to the grounding verifier
+    now, then = _text(latest), _text(earlier)
+    unit_now, unit_then = now.partition(" ")[2], then.partition(" ")[2]
+    return then.partition(" ")[0] if unit_then and unit_then == unit_now else then
+
+
 def _resources(reading: Result | BloodPressure) -> tuple[FHIRResource, ...]:
     if isinstance(reading, BloodPressure):
         return reading.resources
@@ -594,10 +606,11 @@ def _result_statement(
     earlier = _window_start(series, facts.as_of, heart_failure=facts.has_group("heart_failure"))
     if earlier is not None:
         direction = _direction(latest, earlier)
+        before = _earlier_text(latest, earlier)
         if direction == "unchanged":
-            text += f", unchanged since {_text(earlier)}{_on(earlier.date)}"
+            text += f", unchanged since {before}{_on(earlier.date)}"
         elif direction:
-            text += f", {direction} from {_text(earlier)}{_on(earlier.date)}"
+            text += f", {direction} from {before}{_on(earlier.date)}"
         cited += _resources(earlier)
     goal = goal_for(facts, kb, series.id)
     status: str | None = None
@@ -649,9 +662,15 @@ def _stopped_orders(facts: ChartFacts, classes: frozenset[str]) -> list[tuple[st
     return out
 
 
+def _note_name(med: Medication) -> str:
+    """The name as a note writes it ("metformin 1000 mg"; medication_names.toml)."""
+    return MEDICATION_NAMES.note_name(med.name, med.ingredients)
+
+
 def _med_phrase(med: Medication, as_of: date) -> str:
+    name = _note_name(med)
     if med.reported:
-        return f"{med.name} ({med.source_phrase}; not an order)"
+        return f"{name} ({med.source_phrase}; not an order)"
     # A recent order is news for the plan ("empagliflozin, ordered 2026-10-25"); a
     # long-standing one's date is on the medication card.
     authored = to_date(med.authored)
@@ -659,7 +678,7 @@ def _med_phrase(med: Medication, as_of: date) -> str:
     ordered = f"ordered {med.authored}" if med.authored and recent else ""
     if med.on_hold:
         ordered = f"{ordered}, on hold" if ordered else "on hold"
-    return f"{med.name} ({ordered})" if ordered else med.name
+    return f"{name} ({ordered})" if ordered else name
 
 
 # -- the block for one problem -----------------------------------------------------------
@@ -908,12 +927,12 @@ def _fires(
 
 
 def _normal(verdict: str | None, goal: Goal | None) -> bool:
-    """The verdict says the result is at goal or in range ("within the reference range",
+    """The verdict says the result is at goal or in range ("normal" by the lab's range,
     "not reduced", "in the therapeutic range")."""
     if verdict is None:
         return False
     at_goal = goal.words.get("at goal", "at goal") if goal else "at goal"
-    return verdict == at_goal or verdict.startswith("within ")
+    return verdict in (at_goal, "normal") or verdict.startswith("within ")
 
 
 def _flagged_normal(reading: Result | BloodPressure) -> bool:
@@ -953,15 +972,14 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
     #: they are the status a clinician writes ("CKD G3a A2").
     categories: list[str] = []
     elsewhere: dict[str, tuple[Problem, list[Result | BloodPressure]]] = {}
+    last_day: str | None = None
     for index, result_id in enumerate(result_ids):
         series = _series(facts, kb, result_id)
         if series is None:
             continue
         statement, verdict = _result_statement(facts, kb, series)
         if verdict and index == 0:
-            status = verdict.split(" the reference range ")[0] + (
-                " the reference range" if " the reference range " in verdict else ""
-            )
+            status = verdict
         # Every KDIGO category, normal ones included ("G3a A1"): the status line names
         # where the patient is on both axes, not only what is abnormal. Not from a reading
         # that may not be the latest (verdict is None then).
@@ -977,19 +995,22 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             elsewhere.setdefault(owner.reference, (owner, []))[1].append(series.latest)
             continue
         shown.results[key] = problem
+        trend = _window_start(series, facts.as_of, heart_failure=facts.has_group("heart_failure"))
+        if statements and trend is None and _day(series.latest) == last_day and last_day:
+            # Drawn the same day as the result on the line above, and no trend whose own
+            # date could be read as this value's: the date is said on the line above.
+            statement = replace(statement, text=statement.text.replace(_on(last_day), "", 1))
+        last_day = _day(series.latest)
         statements.append(statement)
         if index == 0 and not categories:
             lead_stated = True
+    #: Cross-references to other blocks, one line per block pointed to ("eGFR, UACR and
+    #: statin: see Type 2 diabetes mellitus"), after the block's own plan.
+    pointers: dict[str, tuple[Problem, list[str], list[FHIRResource]]] = {}
     for owner, readings in elsewhere.values():
-        names = _join_names([_name(r) for r in readings])
+        names = [_name(r) for r in readings]
         resources = [owner.condition, *(x for r in readings for x in _resources(r))]
-        statements.append(
-            Statement(
-                text=f"{names}: see {owner.name}",
-                citations=_cite(snapshot, resources),
-                see=owner.name,
-            )
-        )
+        pointers[owner.reference] = (owner, names, resources)
     meds = _treating(facts, frozenset(classes)) if classes else facts.medications_for(problem)
     if facts.deceased:
         meds = []  # nothing is current therapy for a patient who has died
@@ -1000,7 +1021,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             earlier = shown.medications.get(med.reference)
             if earlier is None:
                 phrase = _med_phrase(med, facts.as_of)
-                if not any(p == med.name or p.startswith(f"{med.name} (") for p in phrases):
+                name = _note_name(med)
+                if not any(p == name or p.startswith(f"{name} (") for p in phrases):
                     phrases.append(phrase)  # ten identical orders are one drug to treat
                 shown.medications[med.reference] = problem
             else:
@@ -1045,13 +1067,8 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 continue
             pointed.add(option.decision)
             label = kb.decisions[option.decision].label
-            statements.append(
-                Statement(
-                    text=f"{capitalize(label)}: see {home.name}",
-                    citations=_cite(snapshot, [home.condition]),
-                    see=home.name,
-                )
-            )
+            entry = pointers.setdefault(home.reference, (home, [], [home.condition]))
+            entry[1].append(label)
             continue
         if option.decision in shown.options:
             continue
@@ -1074,16 +1091,52 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 brief=lead if why else None,
             )
         )
+    for owner, names, resources in pointers.values():
+        statements.append(
+            Statement(
+                text=f"{_join_names(names)}: see {_pointer_name(facts, owner)}",
+                citations=_cite(snapshot, resources),
+                see=owner.name,
+            )
+        )
     if categories:
         status = " ".join(categories)
     elif lead_stated:
         status = None
-    onset = date_part(problem.onset)
+    onset = _onset(problem, facts.as_of)
     head = problem.name + (f", since {onset}" if onset else "")
     if status:
         head += f": {status}"
     statements.insert(0, Statement(text=head, citations=_cite(snapshot, [problem.condition])))
     return Block(problem=problem, statements=tuple(_unique(statements)))
+
+
+def _day(reading: Result | BloodPressure) -> str | None:
+    return reading.date
+
+
+def _onset(problem: Problem, as_of: date) -> str | None:
+    """The onset, for a problem new within the trend window ("since 2026-06-01"): that it
+    is recent bears on the plan; the year a long-standing one began does not (it stays on
+    the problem list and the problem summary)."""
+    onset = date_part(problem.onset)
+    when = to_date(onset)
+    if when is None or when < _months_before(as_of, TREND_MONTHS):
+        return None
+    return onset
+
+
+def _pointer_name(facts: ChartFacts, owner: Problem) -> str:
+    """The problem pointed to, by the words before its qualifiers ("Type 2 diabetes
+    mellitus" for "... with diabetic chronic kidney disease") when no other active problem
+    begins with them; else its full name."""
+    short = owner.name
+    for cut in (" with ", " without ", ", ", " ("):
+        short = short.split(cut)[0]
+    others = [p for p in facts.problems if p.reference != owner.reference]
+    if short == owner.name or any(p.name.lower().startswith(short.lower()) for p in others):
+        return owner.name
+    return short
 
 
 def _join_names(names: Sequence[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_every_statement_is_grounded_and_every_option_cites_its_guideline(name: 
 def test_diabetes_ckd_hypertension_blocks_say_each_fact_once():
     htn, dm, ckd = texts("t2d_htn_ckd")
     # The head does not repeat the BP line's verdict; options cite, not repeat, their trigger.
-    assert htn[0] == "Essential hypertension, since 2010-02-15"
+    assert htn[0] == "Essential hypertension"  # a long-standing onset is not restated
     assert "BP 142/84 mmHg on 2026-11-10, down from 148/86 mmHg on 2026-08-03; above goal" in htn
     assert "Lisinopril stopped 2025-03-18 (dry cough)" in htn
     assert any(t.startswith("Consider intensifying antihypertensive") for t in htn)
@@ -70,7 +71,7 @@ def test_diabetes_ckd_hypertension_blocks_say_each_fact_once():
 
 def test_warfarin_inr_below_range_offers_a_dose_change():
     [af] = texts("af_warfarin_inr")
-    assert af[0] == "Atrial fibrillation, since 2019-09-09"
+    assert af[0] == "Atrial fibrillation"
     assert (
         af[1] == "INR 1.6 on 2026-11-16, down from 2.4 on 2026-10-05; below the therapeutic range"
     )
@@ -80,7 +81,7 @@ def test_warfarin_inr_below_range_offers_a_dose_change():
 def test_heart_failure_weight_gain_within_a_week():
     [hf] = texts("hf_weight_gain")
     # The weight line states the gain; the option cites it without repeating it.
-    assert "Weight 81.0 kg on 2026-11-09, up from 78.2 kg on 2026-11-03" in hf
+    assert "Weight 81.0 kg on 2026-11-09, up from 78.2 on 2026-11-03" in hf
     assert "Consider assessing volume status and adjusting the loop diuretic" in hf
 
 
@@ -158,9 +159,9 @@ def test_ckd_status_names_every_kdigo_category_normal_ones_too():
 
 def test_obesity_block_names_bmi_class_weight_and_the_glp1_ra():
     [block] = texts("obesity_glp1")
-    assert block[0] == "Obesity, since 2019-06-01: class II obesity"
-    assert block[1].startswith("BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 kg/m2")
-    assert block[2] == "Weight 95.8 kg on 2026-11-10, down from 104.5 kg on 2025-12-02"
+    assert block[0] == "Obesity: class II obesity"
+    assert block[1].startswith("BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 on 2025-12-02")
+    assert block[2] == "Weight 95.8 kg on 2026-11-10, down from 104.5 on 2025-12-02"
     assert block[3].startswith("On semaglutide")
 
 
@@ -169,14 +170,16 @@ def test_adult_bmi_classes_are_not_applied_to_a_child():
     resources[0] = {**resources[0], "birthDate": "2013-05-10"}  # 13 on the chart's date
     child = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
     [block] = [[s.text for s in d.statements] for d in ENGINE.suggest(child, "assessment_plan", {})]
-    assert block[0] == "Obesity, since 2019-06-01"
-    assert block[1] == "BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 kg/m2 on 2025-12-02"
+    assert block[0] == "Obesity"
+    assert block[1] == "BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 on 2025-12-02"
     assert not any("obesity" in t.lower() or "healthy" in t for t in block[1:])
 
 
 def _blocks(snapshot: ChartSnapshot) -> dict[str, list[str]]:
     drafts = ENGINE.suggest(snapshot, "assessment_plan", {})
-    return {d.statements[0].text.split(",")[0]: [s.text for s in d.statements] for d in drafts}
+    return {
+        re.split("[,:]", d.statements[0].text)[0]: [s.text for s in d.statements] for d in drafts
+    }
 
 
 def test_the_statin_decision_is_made_in_the_hyperlipidemia_block_and_pointed_to():
@@ -291,3 +294,39 @@ def test_cha2ds2_vasc_counts_a_stroke_under_a_local_code_by_its_words():
         "CHA2DS2-VASc score five: hypertension, Cerebral infarction (two points), age 71, female"
         in _af_block(snapshot)
     )
+
+
+@pytest.mark.parametrize(
+    ("display", "ingredients", "written"),
+    [
+        ("metformin hydrochloride 1000 MG Oral Tablet", ("metformin",), "metformin 1000 mg"),
+        ("warfarin sodium 5 MG Oral Tablet", ("warfarin",), "warfarin 5 mg"),
+        # A salt as the first word is the drug itself; a salt that tells products apart stays.
+        (
+            "potassium chloride 20 MEQ Extended Release Oral Tablet",
+            (),
+            "potassium chloride 20 mEq extended release",
+        ),
+        (
+            "metoprolol succinate 50 MG Extended Release Oral Tablet",
+            ("metoprolol",),
+            "metoprolol succinate 50 mg extended release",
+        ),
+        (
+            "phenytoin sodium 100 MG Extended Release Oral Capsule",
+            (),
+            "phenytoin sodium 100 mg extended release",
+        ),
+        (
+            "insulin glargine 100 UNT/ML Injectable Solution",
+            (),
+            "insulin glargine 100 units/mL Injectable Solution",
+        ),
+    ],
+)
+def test_the_plan_names_a_medication_as_a_note_writes_it(
+    display: str, ingredients: tuple[str, ...], written: str
+) -> None:
+    from smartapp.suggestions.terminology import MEDICATION_NAMES
+
+    assert MEDICATION_NAMES.note_name(display, ingredients) == written
