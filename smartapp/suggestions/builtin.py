@@ -17,10 +17,10 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
+from smartapp import kinds as K
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
 from smartapp.suggestions import assessment, preventive, safety
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions.crossref import PROBLEM, PROBLEM_REFERENCE
 from smartapp.suggestions.facts import (
     BloodPressure,
@@ -206,7 +206,7 @@ def _latest_kidney_test(facts: ChartFacts) -> Result | None:
 
 
 class BuiltinEngine:
-    """Rule-based suggestions for every kind in `smartapp.suggestions.kinds.KINDS`."""
+    """Rule-based suggestions for every kind in `smartapp.kinds.KINDS`."""
 
     info = BUILTIN_INFO
 
@@ -230,7 +230,7 @@ class BuiltinEngine:
         handler = self._kinds.get(kind)
         if handler is None:
             return []
-        return handler(ChartFacts(snapshot), config)
+        return handler(ChartFacts.of(snapshot), config)
 
     # -- shared pieces -------------------------------------------------------------------
 
@@ -591,7 +591,7 @@ class BuiltinEngine:
     def due_care_gaps(self, snapshot: ChartSnapshot, config: Mapping[str, Any]) -> list[Statement]:
         """The care-gap statements that are due, site rules and preventive packs (what a
         CDS Hooks card counts before the sidebar opens)."""
-        facts = ChartFacts(snapshot)
+        facts = ChartFacts.of(snapshot)
         rules = _rules(config)
         due = [item.statement for item in self.find_gaps(facts, rules)]
         return due + [s for is_due, s in preventive.review(facts, rules.packs) if is_due]
