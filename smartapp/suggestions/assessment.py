@@ -73,8 +73,13 @@ class Goal:
     words: Mapping[str, str] = field(default_factory=dict)
     #: Named categories, first match wins (KDIGO G1-G5 for eGFR, A1-A3 for UACR).
     categories: tuple[Category, ...] = ()
-    #: The goal holds from this age in years (CDC's adult BMI categories: 20 and older).
+    #: The category is the problem's status in its head line ("CKD: G3a A2"); false for a
+    #: category that only reads beside the value ("(borderline-high)").
+    category_in_head: bool = True
+    #: The goal holds from this age in years (CDC's adult BMI categories: 20 and older)
+    #: and up to `max_age` (NHLBI's pediatric lipid categories: 2 to 19).
     min_age: int | None = None
+    max_age: int | None = None
     #: The goal holds for a patient with an active problem in one of these groups, and
     #: then before the result's general goal (LDL-C below 70 mg/dL with coronary disease).
     with_problem: frozenset[str] = frozenset()
@@ -161,7 +166,8 @@ class Decision:
 @dataclass(frozen=True, kw_only=True)
 class Knowledge:
     problems: Mapping[str, ProblemSpec]
-    goals: Mapping[str, Goal]
+    #: Each result's general goals, in file order: the first whose ages hold applies.
+    goals: Mapping[str, tuple[Goal, ...]]
     options: tuple[PlanOption, ...]
     value_sets: Mapping[str, clinical.ValueSet]
     decisions: Mapping[str, Decision] = field(default_factory=dict)
@@ -204,7 +210,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
             classes=_ids(item, "classes"),
             cite=clinical.source(item.get("cite"), where=where),
         )
-    goals: dict[str, Goal] = {}
+    goals: dict[str, tuple[Goal, ...]] = {}
     problem_goals: list[Goal] = []
     for path, item in clinical.entries("assessment", "goal", extra_dirs):
         where = f"{path} goal {item.get('result')!r}"
@@ -226,13 +232,15 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 )
                 for c in item.get("category", [])
             ),
+            category_in_head=bool(item.get("category_in_head", True)),
             min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
+            max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
             with_problem=_ids(item, "with_problem"),
         )
         if goal.with_problem:
             problem_goals.append(goal)
         else:
-            goals[goal.result] = goal
+            goals[goal.result] = (*goals.get(goal.result, ()), goal)
     options: list[PlanOption] = []
     for path, item in clinical.entries("plan_options", "option", extra_dirs):
         where = f"{path} option {item.get('id')!r}"
@@ -448,20 +456,28 @@ def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
 
 
 def goal_for(facts: ChartFacts, kb: Knowledge, result_id: str) -> Goal | None:
-    """The result's goal, when it applies to this patient (an adult goal needs an age): a
-    goal for one of the patient's problems first, else the result's general goal."""
-    goal = next(
-        (
-            g
-            for g in kb.problem_goals
-            if g.result == result_id and any(facts.has_group(p) for p in g.with_problem)
-        ),
-        kb.goals.get(result_id),
-    )
-    if goal is None or goal.min_age is None:
-        return goal
+    """The result's goal for this patient: a goal for one of the patient's problems first,
+    else the first of the result's general goals whose ages hold (a goal with an age bound
+    needs the patient's age: a child's LDL is read by NHLBI's categories, not the adult
+    goal; under 2 there is none)."""
+    for goal in kb.problem_goals:
+        if goal.result == result_id and any(facts.has_group(p) for p in goal.with_problem):
+            return goal
+    for goal in kb.goals.get(result_id, ()):
+        if _ages_hold(goal, facts):
+            return goal
+    return None
+
+
+def _ages_hold(goal: Goal, facts: ChartFacts) -> bool:
+    if goal.min_age is None and goal.max_age is None:
+        return True
     age = facts.age
-    return goal if age is not None and age >= goal.min_age else None
+    if age is None:
+        return False
+    return (goal.min_age is None or age >= goal.min_age) and (
+        goal.max_age is None or age <= goal.max_age
+    )
 
 
 def range_status(facts: ChartFacts, result: Result) -> tuple[str | None, str | None]:
@@ -984,7 +1000,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         # where the patient is on both axes, not only what is abnormal. Not from a reading
         # that may not be the latest (verdict is None then).
         goal = goal_for(facts, kb, result_id)
-        category = category_of(goal, series.latest) if goal and verdict else None
+        category = (
+            category_of(goal, series.latest) if goal and goal.category_in_head and verdict else None
+        )
         if category and (index == 0 or categories):
             categories.append(category)
         key = "|".join(_ref(r) for r in _resources(series.latest))

@@ -45,7 +45,7 @@ def test_every_statement_is_grounded_and_every_option_cites_its_guideline(name: 
             if statement.text.startswith("Consider"):
                 assert statement.rule and any(
                     src in statement.rule
-                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG")
+                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI")
                 )
 
 
@@ -330,3 +330,22 @@ def test_the_plan_names_a_medication_as_a_note_writes_it(
     from smartapp.suggestions.terminology import MEDICATION_NAMES
 
     assert MEDICATION_NAMES.note_name(display, ingredients) == written
+
+
+@pytest.mark.parametrize(
+    ("birth_date", "source"),
+    [
+        ("2025-06-01", None),  # 1 year old: NHLBI's categories start at 2; no adult goal
+        ("2011-03-15", "NHLBI"),  # 15: the pediatric categories
+        ("2007-11-22", "NHLBI"),  # 19 on the chart's day
+        ("2006-11-22", "ACC/AHA"),  # 20: the adult goal
+    ],
+)
+def test_the_ldl_goal_is_read_by_age(birth_date: str, source: str | None):
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "adolescent_ldl_borderline.json").read_text())
+    )
+    resources[0] = {**resources[0], "birthDate": birth_date}
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    goal = assessment.goal_for(ChartFacts(snapshot), assessment.knowledge(), "ldl")
+    assert (goal.cite.source.split(" ")[0] if goal else None) == source
