@@ -23,7 +23,7 @@ from typing import Any
 
 from smartapp import clinical
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
-from smartapp.suggestions import risk_scores, units
+from smartapp.suggestions import risk_scores, safety, units
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
@@ -150,6 +150,17 @@ class PlanOption:
     #: without an entry use `male`'s (no sex point is counted for them).
     score: str | None = None
     score_at_least: Mapping[str, int] = field(default_factory=dict)
+    #: Drug groups (value sets of valuesets/drug_safety.toml) the option would add: it is
+    #: not offered while a contraindication of the safety tables holds for one of them (an
+    #: MRA with a potassium of 5.0 or more), nor when a result such a rule reads is not on
+    #: file; the results it read are cited.
+    guard: tuple[str, ...] = ()
+    #: Say that the absent classes are not on the list ("no beta blocker on the
+    #: medication list"): the trigger of an option for what the patient is not on.
+    say_absent: bool = False
+    #: Say the age when it bounds the option ("age 68" for ADA's statin at 40-75); not
+    #: for an age bound that only splits adults' rules from children's.
+    say_age: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,8 +291,14 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 score_at_least={
                     str(k): int(v) for k, v in (item.get("score_at_least") or {}).items()
                 },
+                guard=tuple(str(g) for g in item.get("guard", [])),
+                say_absent=bool(item.get("say_absent")),
+                say_age=bool(item.get("say_age", True)),
             )
         )
+        for group in options[-1].guard:
+            if group not in sets:
+                raise clinical.KnowledgeError(f"{where}: guard {group!r} is no value set")
         if options[-1].score is not None:
             if options[-1].score not in {sc.id for sc in risk_scores.scores(extra_dirs)}:
                 raise clinical.KnowledgeError(f"{where}: no risk score {options[-1].score!r}")
@@ -732,7 +749,8 @@ def _option_fires(
             option.max_age is not None and age > option.max_age
         ):
             return None
-        reasons.append(f"age {age}")
+        if option.say_age:
+            reasons.append(f"age {age}")
         cited.append(facts.snapshot.patient)
     if option.with_problem and not problem.group_ids & option.with_problem:
         # (A problem in both groups, e.g. diabetes with diabetic CKD, says it itself.)
@@ -761,10 +779,18 @@ def _option_fires(
     if option.classes_absent:
         if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
             return None
-        if option.min_age is not None or option.max_age is not None:
+        if option.say_absent or option.min_age is not None or option.max_age is not None:
             # Age alone reads as the reason; say that the drug is not on the list either.
             labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
             reasons.append("no " + " or ".join(labels) + " on the medication list")
+    if option.guard:
+        guarded = _guard(facts, option.guard)
+        if guarded is None:
+            return None
+        shown = [r for r in guarded if _ref(r.resource) not in stated]
+        if shown:
+            reasons.append(", ".join(f"{r.name} {_text(r)}{_on(r.date)}" for r in shown))
+        cited += [r.resource for r in guarded]
     if option.score is not None:
         result = risk_scores.by_id(facts, option.score)
         if result is None:
@@ -836,6 +862,24 @@ def _option_fires(
         elif facts.complete("MedicationRequest"):
             reasons.append("no medication for it on the list")
     return "; ".join(reasons), cited
+
+
+def _guard(facts: ChartFacts, groups: Iterable[str]) -> list[Result] | None:
+    """The latest results the guarding contraindication rules read, or None when one of
+    those rules holds or a result it reads is not on file (not known to be safe)."""
+    read: dict[str, Result] = {}
+    for group in groups:
+        if safety.contraindicated(facts, group):
+            return None
+        for rule in safety.rules():
+            if rule.kind != "contraindication" or rule.groups[0] != group or not rule.result:
+                continue
+            vs = clinical.value_set(rule.result)
+            latest = facts.latest(vs.code_keys(clinical.LOINC))
+            if latest is None:
+                return None
+            read.setdefault(latest.reference, latest)
+    return list(read.values())
 
 
 def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:

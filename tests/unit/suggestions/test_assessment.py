@@ -17,6 +17,7 @@ from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.evaluate import bundle_resources
 from smartapp.suggestions.facts import ChartFacts
 from smartapp.suggestions.grounding import GroundingVerifier
+from smartapp.suggestions.interfaces import Statement
 
 CHARTS = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"
 AS_OF = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -349,3 +350,33 @@ def test_the_ldl_goal_is_read_by_age(birth_date: str, source: str | None):
     snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
     goal = assessment.goal_for(ChartFacts(snapshot), assessment.knowledge(), "ldl")
     assert (goal.cite.source.split(" ")[0] if goal else None) == source
+
+
+def _hfref_block(values: dict[str, float]) -> list[Statement]:
+    snapshot = _with_values("hfref_gdmt_potassium_52", values)
+    [draft] = ENGINE.suggest(snapshot, "assessment_plan", {})
+    return list(draft.statements)
+
+
+def test_hfref_offers_an_mra_only_when_the_safety_table_allows_it_and_cites_what_it_read():
+    mra = "Consider a mineralocorticoid receptor antagonist"
+    # Potassium 4.6 and eGFR 55: offered, citing the potassium and eGFR it was judged by.
+    [offered] = [s for s in _hfref_block({"hfref-gdmt-k-1": 4.6}) if s.text.startswith(mra)]
+    cited = {c.reference for c in offered.citations}
+    assert {"Observation/hfref-gdmt-k-1", "Observation/hfref-gdmt-egfr-1"} <= cited
+    assert offered.rule and "AHA/ACC/HFSA" in offered.rule
+    # Potassium 5.0 (the guideline's "below 5.0") or eGFR 30: held back.
+    for values in ({"hfref-gdmt-k-1": 5.0}, {"hfref-gdmt-k-1": 4.6, "hfref-gdmt-egfr-1": 30}):
+        assert not any(s.text.startswith(mra) for s in _hfref_block(values)), values
+
+
+def test_hfref_mra_is_not_offered_without_a_potassium_on_file():
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "hfref_gdmt_potassium_52.json").read_text())
+    )
+    resources = [r for r in resources if r.get("id") != "hfref-gdmt-k-1"]
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    texts_ = [s.text for d in ENGINE.suggest(snapshot, "assessment_plan", {}) for s in d.statements]
+    assert not any("mineralocorticoid" in t for t in texts_)
+    assert not any(t.startswith("Consider an ARNI") for t in texts_)  # K unknown: not judged
+    assert any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
