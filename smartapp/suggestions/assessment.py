@@ -161,6 +161,9 @@ class PlanOption:
     #: Say the age when it bounds the option ("age 68" for ADA's statin at 40-75); not
     #: for an age bound that only splits adults' rules from children's.
     say_age: bool = True
+    #: What the option adds, as a noun ("a mineralocorticoid receptor antagonist"): when a
+    #: guard holds it back, the block says so and why, instead of leaving it out silently.
+    held: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,6 +297,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 guard=tuple(str(g) for g in item.get("guard", [])),
                 say_absent=bool(item.get("say_absent")),
                 say_age=bool(item.get("say_age", True)),
+                held=str(item.get("held") or ""),
             )
         )
         for group in options[-1].guard:
@@ -882,6 +886,39 @@ def _guard(facts: ChartFacts, groups: Iterable[str]) -> list[Result] | None:
     return list(read.values())
 
 
+def _held(
+    facts: ChartFacts,
+    kb: Knowledge,
+    option: PlanOption,
+    meds: Sequence[Medication],
+    problem: Problem,
+) -> Statement | None:
+    """ "An MRA is not suggested: potassium 5.2 mmol/L on 2026-11-09" when the option would
+    fire but for a contraindication of the safety tables (`held` names what it adds): the
+    pillar a clinician looks for is not silently missing."""
+    if not option.held or not option.guard:
+        return None
+    if _fires(facts, kb, replace(option, guard=()), meds, problem) is None:
+        return None
+    holding = [h for group in option.guard for h in safety.contraindicated(facts, group)]
+    if not holding:
+        return None
+    rule, resource = holding[0]
+    reading = next(
+        (r for series in facts.results.values() for r in series if r.resource is resource), None
+    )
+    why = (
+        f"{reading.name} {_text(reading)}{_on(reading.date)}"
+        if reading is not None
+        else concept_text(resource.get("code")) or "see the safety check"
+    )
+    return Statement(
+        text=f"{option.held[:1].upper()}{option.held[1:]} is not suggested: {why}",
+        citations=_cite(facts.snapshot, [problem.condition, resource]),
+        rule=rule.label,
+    )
+
+
 def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
     return all(m.reference in stated for m in meds)
 
@@ -1136,6 +1173,10 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             continue
         fired = _fires(facts, kb, option, meds, for_problem, _stated(statements) | scored)
         if fired is None:
+            held = _held(facts, kb, option, meds, for_problem)
+            if held is not None:
+                shown.options.add(option.decision)
+                statements.append(held)
             continue
         shown.options.add(option.decision)
         why, cited = fired

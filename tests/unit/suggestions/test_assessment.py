@@ -366,8 +366,17 @@ def test_hfref_offers_an_mra_only_when_the_safety_table_allows_it_and_cites_what
     assert {"Observation/hfref-gdmt-k-1", "Observation/hfref-gdmt-egfr-1"} <= cited
     assert offered.rule and "AHA/ACC/HFSA" in offered.rule
     # Potassium 5.0 (the guideline's "below 5.0") or eGFR 30: held back.
-    for values in ({"hfref-gdmt-k-1": 5.0}, {"hfref-gdmt-k-1": 4.6, "hfref-gdmt-egfr-1": 30}):
-        assert not any(s.text.startswith(mra) for s in _hfref_block(values)), values
+    for values, why in (
+        ({"hfref-gdmt-k-1": 5.0}, "potassium 5.0 mmol/L"),
+        ({"hfref-gdmt-k-1": 4.6, "hfref-gdmt-egfr-1": 30}, "eGFR 30 mL/min/1.73 m2"),
+    ):
+        block = _hfref_block(values)
+        assert not any(s.text.startswith(mra) for s in block), values
+        [held] = [s for s in block if "is not suggested" in s.text]
+        assert held.text.startswith(
+            "A mineralocorticoid receptor antagonist is not suggested: " + why
+        )
+        assert held.rule and "AHA/ACC/HFSA" in held.rule
 
 
 def test_hfref_mra_is_not_offered_without_a_potassium_on_file():
