@@ -13,6 +13,7 @@ so the grounding verifier checks them; goal numbers and guideline wording go to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -133,6 +134,9 @@ class PlanOption:
     classes_present: frozenset[str] = frozenset()
     classes_absent: frozenset[str] = frozenset()
     ingredients_present: frozenset[str] = frozenset()
+    #: Words of a current medication's name ("metoprolol tartrate": the salt tells the
+    #: immediate-release drug from the evidence-based succinate); the trigger names it.
+    names_present: frozenset[str] = frozenset()
     #: Options with the same decision are offered once, in the first block that fires one
     #: ("consider a statin" for diabetes, CKD and a high LDL is one choice); default: id.
     decision: str = ""
@@ -284,6 +288,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 classes_present=_ids(item, "classes_present"),
                 classes_absent=_ids(item, "classes_absent"),
                 ingredients_present=_ids(item, "ingredients_present"),
+                names_present=frozenset(str(w).lower() for w in item.get("names_present", [])),
                 decision=str(item.get("decision") or item["id"]),
                 min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
@@ -780,6 +785,17 @@ def _option_fires(
             if not _all_stated(on, stated):
                 reasons.append("on " + ", ".join(sorted(set(on[0].ingredients))))
             cited += [m.request for m in on]
+    if option.names_present:
+        on = [
+            m
+            for m in facts.medications
+            if any(_has_phrase(m.name.lower(), w) for w in option.names_present)
+        ]
+        if not on:
+            return None
+        if not _all_stated(on, stated):
+            reasons.append("on " + ", ".join(dict.fromkeys(_note_name(m) for m in on)))
+        cited += [m.request for m in on]
     if option.classes_absent:
         if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
             return None
@@ -917,6 +933,10 @@ def _held(
         citations=_cite(facts.snapshot, [problem.condition, resource]),
         rule=rule.label,
     )
+
+
+def _has_phrase(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<![a-z]){re.escape(phrase)}(?![a-z])", text) is not None
 
 
 def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:

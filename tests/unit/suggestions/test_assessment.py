@@ -389,3 +389,40 @@ def test_hfref_mra_is_not_offered_without_a_potassium_on_file():
     assert not any("mineralocorticoid" in t for t in texts_)
     assert not any(t.startswith("Consider an ARNI") for t in texts_)  # K unknown: not judged
     assert any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
+
+
+@pytest.mark.parametrize(
+    ("display", "switch"),
+    [
+        ("metoprolol tartrate 25 MG Oral Tablet", "metoprolol tartrate 25 mg"),
+        ("atenolol 50 MG Oral Tablet", "atenolol 50 mg"),
+        ("metoprolol succinate 50 MG Extended Release Oral Tablet", None),
+        ("carvedilol 25 MG Oral Tablet", None),
+    ],
+)
+def test_hfref_on_a_beta_blocker_without_outcome_evidence_is_offered_a_switch(
+    display: str, switch: str | None
+):
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "hfref_gdmt_potassium_52.json").read_text())
+    )
+    furosemide = next(r for r in resources if r["id"] == "hfref-gdmt-furosemide")
+    resources.append(
+        {**furosemide, "id": "hfref-gdmt-bb", "medicationCodeableConcept": {"text": display}}
+    )
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    [draft] = ENGINE.suggest(snapshot, "assessment_plan", {})
+    texts_ = [s.text for s in draft.statements]
+    offered = [
+        s for s in draft.statements if s.text.startswith("Consider switching to an evidence-based")
+    ]
+    if switch is None:
+        assert offered == []
+    else:
+        # The medication line above names the drug; the option cites its order.
+        assert any(t.startswith("On ") and switch in t for t in texts_)
+        [option] = offered
+        assert option.text == "Consider switching to an evidence-based beta blocker"
+        assert "MedicationRequest/hfref-gdmt-bb" in {c.reference for c in option.citations}
+    # On a beta blocker of any kind: "start one" is not offered.
+    assert not any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
