@@ -3,7 +3,7 @@
 One function, `compose`, makes both the sidebar's preview and the text written to the
 chart, so the preview is the note. It writes what a clinician writes, not a printout:
 
-- **Sections** from the site's layout (`smartapp.notes.layout`; SOAP by default). Each
+- **Sections** from the site's layout (`smartapp.note_layout`; SOAP by default). Each
   statement goes to its part: a summary line about a problem to the problems
   (Subjective), one that only reports a result to the results (Objective), an
   assessment-and-plan block's status, results and treatment to the Assessment and its
@@ -32,10 +32,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from smartapp import kinds as K
+from smartapp.note_layout import NoteLayout
 from smartapp.notes.composition import Contribution
-from smartapp.notes.layout import NoteLayout
 from smartapp.notes.readability import grade_level
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions.crossref import SHORT_LABELS
 
 #: The sidebar's marker before an unverified statement (smartapp.suggestions.templates).

@@ -20,7 +20,6 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from smartapp import audit
-from smartapp.admin.model_cards import card_for
 from smartapp.db import Database, utcnow
 from smartapp.errors import (
     AppError,
@@ -36,8 +35,11 @@ from smartapp.feedback.demographics import Demographics, of_snapshot
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.governance.model_cards import card_for
 from smartapp.identity import bound_identity
+from smartapp.kinds import KIND_LABELS
 from smartapp.leases import Leases
+from smartapp.note_layout import AfterVisitSummary, NoteLayout
 from smartapp.notes.composer import (
     ComposedNote,
     Decided,
@@ -49,7 +51,6 @@ from smartapp.notes.composer import (
 from smartapp.notes.composition import composition
 from smartapp.notes.documents import NoteDraft
 from smartapp.notes.drafting import DraftPlan, Drafts, NotEnabled
-from smartapp.notes.layout import AfterVisitSummary, NoteLayout
 from smartapp.notes.models import AFTER_VISIT_SUMMARY, CLINICAL_NOTE, SavedNote
 from smartapp.notes.pulse import PulseQuestion, answer, maybe_ask
 from smartapp.notes.visits import Visit, visit_of
@@ -62,7 +63,6 @@ from smartapp.notes.writeback import (
 )
 from smartapp.suggestions.changes import Changes, changes_since
 from smartapp.suggestions.interfaces import Suggestion
-from smartapp.suggestions.kinds import KIND_LABELS
 
 if TYPE_CHECKING:
     from smartapp.fhir.client import FHIRClient

@@ -12,14 +12,14 @@ from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.jsonbody import json_body
+from smartapp.kinds import KIND_LABELS, KINDS
+from smartapp.note_layout import AfterVisitSummary, NoteLayout
 from smartapp.notes.composer import ComposedNote
 from smartapp.notes.incomplete import chart_incomplete
-from smartapp.notes.layout import AfterVisitSummary, NoteLayout
 from smartapp.notes.presenting import summary_for
 from smartapp.notes.service import SaveResult, SidebarService
 from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
 from smartapp.smart.session import LaunchContext, current_launch
-from smartapp.suggestions.kinds import KIND_LABELS, KINDS
 
 bp = Blueprint("sidebar", __name__)
 

@@ -17,10 +17,10 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
+from smartapp import kinds as K
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
 from smartapp.suggestions import assessment, preventive, safety
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions.crossref import PROBLEM, PROBLEM_REFERENCE
 from smartapp.suggestions.facts import (
     BloodPressure,
@@ -206,7 +206,7 @@ def _latest_kidney_test(facts: ChartFacts) -> Result | None:
 
 
 class BuiltinEngine:
-    """Rule-based suggestions for every kind in `smartapp.suggestions.kinds.KINDS`."""
+    """Rule-based suggestions for every kind in `smartapp.kinds.KINDS`."""
 
     info = BUILTIN_INFO
 

@@ -321,6 +321,47 @@ def test_a_hung_ehr_holds_no_health_check_and_doubles_no_note(app_process: AppPr
     assert counts == Counts(acknowledged=2, stored=2, in_chart=2, lost=0, duplicated=0)
 
 
+def test_sigterm_with_saves_in_flight_answers_them_before_the_process_ends(
+    app_process: AppProcess,
+):
+    """The orchestrator stops the process while both its threads write notes to a slow EHR:
+    it takes no new connection, answers both saves, then exits cleanly; nothing is lost."""
+    app = app_process
+    app.start(threads=2)
+    clinicians = [app.launch(p) for p in PATIENTS[:2]]
+    for clinician in clinicians:
+        accept_one(clinician)
+    app.sandbox("POST", "/_sandbox/hang")
+    with ThreadPoolExecutor(2) as pool:
+        saves = [pool.submit(save, c) for c in clinicians]
+        poll(
+            lambda: app.sandbox("GET", "/_sandbox/stats").json()["hanging"] >= 2,
+            seconds=60,
+            what="both app threads writing to the EHR",
+        )
+        assert app.process is not None
+        app.process.send_signal(signal.SIGTERM)
+
+        def refusing() -> bool:
+            try:
+                requests.get(f"{app.url}/healthz", timeout=1)
+            except requests.ConnectionError:
+                return True
+            return False
+
+        poll(refusing, seconds=30, what="the stopping process refusing new connections")
+        assert not any(f.done() for f in saves) and app.process.poll() is None
+        app.sandbox("DELETE", "/_sandbox/hang")
+        answers = [f.result() for f in saves]
+    assert app.process.wait(timeout=30) == 0
+    app.process = None
+    assert [a.status_code for a in answers] == [201, 201], [a.text[:200] for a in answers]
+    acknowledged = {i for a in answers if (i := acknowledged_id(a))}
+    counts = count(app.database, app.ehr_url, acknowledged)
+    counts.show("SIGTERM with 2 note saves in flight")
+    assert counts == Counts(acknowledged=2, stored=2, in_chart=2, lost=0, duplicated=0)
+
+
 # -- the app in this process (an EHR outage, a hung EHR past the deadline, the store, the LLM)
 
 

@@ -116,6 +116,7 @@ def seed_feedback(session: Session) -> None:
                 chars_total=400,
                 chars_accepted=250,
                 chars_edited=50,
+                edits=2,
             ),
             SavedNote(
                 visit_key="visit-7",
@@ -132,6 +133,7 @@ def seed_feedback(session: Session) -> None:
                 chars_total=100,
                 chars_accepted=0,
                 chars_edited=20,
+                edits=1,
             ),
         ]
     )

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import event
 
-from smartapp.admin.policy import PolicyCache
-from smartapp.admin.rollout import RuleInput, add_rule, retire_rule
+from smartapp.governance.rollout import RuleInput, add_rule, retire_rule
+from smartapp.governance.state import PolicyCache
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SITE = "https://a.example/fhir"

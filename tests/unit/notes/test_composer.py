@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from smartapp.note_layout import NoteLayout, NoteSection
 from smartapp.notes.composer import Decided, as_written, compose
-from smartapp.notes.layout import NoteLayout, NoteSection
 from smartapp.notes.readability import grade_level
 from smartapp.siteconfig import parse_site_config
 from smartapp.suggestions.charts import draft_chart

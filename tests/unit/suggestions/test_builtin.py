@@ -9,12 +9,12 @@ import pytest
 from carebundle import generate_bundle, to_json
 
 from smartapp.fhir.parsing import build_snapshot
+from smartapp.kinds import KINDS
 from smartapp.siteconfig import CareGapRules
 from smartapp.suggestions.builtin import BUILTIN_INFO, BuiltinEngine
 from smartapp.suggestions.evaluate import bundle_resources
 from smartapp.suggestions.grounding import GroundingVerifier
 from smartapp.suggestions.interfaces import Suggestion
-from smartapp.suggestions.kinds import KINDS
 
 from .conftest import AS_OF, load_chart
 
