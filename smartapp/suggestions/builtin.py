@@ -230,7 +230,7 @@ class BuiltinEngine:
         handler = self._kinds.get(kind)
         if handler is None:
             return []
-        return handler(ChartFacts(snapshot), config)
+        return handler(ChartFacts.of(snapshot), config)
 
     # -- shared pieces -------------------------------------------------------------------
 
@@ -600,7 +600,7 @@ class BuiltinEngine:
     def due_care_gaps(self, snapshot: ChartSnapshot, config: Mapping[str, Any]) -> list[Statement]:
         """The care-gap statements that are due, site rules and preventive packs (what a
         CDS Hooks card counts before the sidebar opens)."""
-        facts = ChartFacts(snapshot)
+        facts = ChartFacts.of(snapshot)
         rules = _rules(config)
         due = [item.statement for item in self.find_gaps(facts, rules)]
         return due + [s for is_due, s in preventive.review(facts, rules.packs) if is_due]
