@@ -31,6 +31,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from smartapp.atrest import DecryptionFailed
 from smartapp.db import Base, Database, EncryptedText, UTCDateTime, utcnow
+from smartapp.fhir.client import decode_json
 from smartapp.fhir.snapshot import ChartSnapshot
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class SnapshotCache:
             self.invalidate(launch_session_id)
             return None
         try:
-            snapshot = ChartSnapshot.from_json(json.loads(data))
+            snapshot = ChartSnapshot.from_json(decode_json(data))
         except (ValueError, KeyError, TypeError):
             # Written by an older version, or damaged: read the chart again instead.
             log.warning("cached chart snapshot unreadable; dropping it")
