@@ -40,6 +40,9 @@ def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
     from smartapp.serving import create_server, run_until_stopped
 
     app = create_app()
+    from smartapp.suggestions import units
+
+    units.warm_up()  # before listening: the first chart's drafts would build it
     worker = None
     if not args.no_worker:
         worker = OutboxWorker(
