@@ -88,6 +88,11 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     from smartapp.smart.services import get_services
 
     database = get_database(app)
+    # With Redis, a governance change reaches every process's cached policy through it.
+    from smartapp.governance.signal import RedisSignal, attach
+
+    signal = RedisSignal(settings.redis_url) if settings.redis_url else None
+    attach(database, signal)
     cache = SnapshotCache(database, ttl_seconds=settings.snapshot_ttl_seconds)
     metrics = get_metrics(app)
     chart = LaunchChartSource(
@@ -120,7 +125,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     sidebar = SidebarService(
         database=database,
         snapshots=chart,
-        drafter=GovernedDrafter(engines=engines, database=database),
+        drafter=GovernedDrafter(engines=engines, database=database, signal=signal),
         fhir_for=chart.client_for,
         on_decision=forward_decision,
         pulse_every=lambda iss: engines.config.for_issuer(iss).pulse_every,
@@ -146,7 +151,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     from smartapp import cdshooks
 
     # The hook reads charts into the same cache the sidebar reads them from.
-    cdshooks.init_app(app, settings=settings, cache=cache, engines=engines)
+    cdshooks.init_app(app, settings=settings, cache=cache, engines=engines, signal=signal)
     if settings.prefetch_chart:
         from smartapp.smart.views import SESSION_STARTED_EXT
 

@@ -29,6 +29,7 @@ from smartapp.redirects import RedirectRefused, get_within_origin, origin_text
 
 if TYPE_CHECKING:
     from smartapp.cdshooks.trust import CDSClient
+    from smartapp.siteconfig import Sources
     from smartapp.smart.discovery import SMARTConfiguration
 
 Status = Literal["ok", "warn", "fail"]
@@ -102,6 +103,13 @@ class AppProfile:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AppProfile:
+        """`from_sources` of exactly `environ` (no `.env` read) and the site file it names."""
+        from smartapp.siteconfig import read_sources
+
+        return cls.from_sources(read_sources(environ=environ))
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> AppProfile:
         """Reads the same names as `Settings.from_env`, but creates nothing on disk and
         refuses nothing: the check must run before the app is fully configured."""
         from smartapp.cdshooks.trust import load_clients
@@ -109,6 +117,7 @@ class AppProfile:
         from smartapp.fhir.chart import READABLE_TYPES
         from smartapp.smart.scopes import GrantedScopes
 
+        environ = sources.environ
         manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or shipped("launch.json"))
         manifest = LaunchManifest.load(manifest_path)
         scopes = GrantedScopes(manifest.scope)
@@ -121,7 +130,7 @@ class AppProfile:
         else:
             client_auth = "public"
         issuers = (environ.get("SMARTAPP_ALLOWED_ISSUERS") or "").split(",")
-        site_file, site_quirks, site_file_error = _site_quirks(environ)
+        site_file, site_quirks, site_file_error = _site_quirks(sources)
         allowed = tuple(normalize_issuer(i) for i in issuers if i.strip())
         cds_file = environ.get("SMARTAPP_CDS_CLIENTS") or None
         cds_clients: tuple[CDSClient, ...] = ()
@@ -151,17 +160,15 @@ class AppProfile:
         )
 
 
-def _site_quirks(
-    environ: Mapping[str, str],
-) -> tuple[str | None, dict[str, str], str | None]:
+def _site_quirks(sources: Sources) -> tuple[str | None, dict[str, str], str | None]:
     """(the site file's name, its quirks profile per issuer, why it could not be read)."""
-    from smartapp.siteconfig import SiteConfigError, load_site_config, site_file_path
+    from smartapp.siteconfig import SiteConfigError
 
-    path = site_file_path(environ)
+    path = sources.site_path
     if path is None:
         return None, {}, None
     try:
-        site = load_site_config(path)
+        site = sources.site()
     except SiteConfigError as exc:
         return path.name, {}, "; ".join(exc.errors[:3])
     named = {iss: config.quirks for iss, config in site.sites.items() if config.quirks}
@@ -1148,13 +1155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _environment() -> dict[str, str]:
-    """os.environ over `.env` in the working directory, as the app reads them."""
-    from smartapp.config import read_environment
-
-    return read_environment()
-
-
 def _no_credentials(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
@@ -1167,7 +1167,10 @@ def run_cli(args: argparse.Namespace, *, environ: Mapping[str, str] | None = Non
     except UsageError as exc:
         print(f"smartapp check: {exc}", file=sys.stderr)
         return 2
-    profile = AppProfile.from_env(_environment() if environ is None else environ)
+    from smartapp.siteconfig import read_sources
+
+    # Read as `serve` reads it: os.environ over the working directory's .env, the site file.
+    profile = AppProfile.from_sources(read_sources(environ=environ))
     with requests.Session() as http:
         # No credentials of any kind: without an auth of its own, requests would add
         # ~/.netrc's for the host. (Proxy settings from the environment still apply.)

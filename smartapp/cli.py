@@ -9,26 +9,36 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # A plain table, cheap to import: the sandbox's --imitate choices.
 from smartapp.sandbox.imitations import IMITATIONS
 
+if TYPE_CHECKING:
+    from smartapp.config import Settings
+
+
+def _settings() -> Settings:
+    """The app's settings as every command reads them (`smartapp.siteconfig.read_sources`)."""
+    from smartapp.siteconfig import read_sources
+
+    return read_sources().settings()
+
 
 def _serve(args: argparse.Namespace) -> int:
-    from smartapp.config import Settings, require_shared_secret
+    from smartapp.config import require_shared_secret
 
-    settings = Settings.from_env()
     if args.processes < 1:
         print("smartapp: --processes must be at least 1", file=sys.stderr)
         return 2
+    settings = _settings()
     if args.processes == 1:
-        return _serve_one(args, sockets=None)
+        return _serve_one(args, settings, sockets=None)
     require_shared_secret(settings, f"`smartapp serve --processes {args.processes}`")
-    return _serve_processes(args)
+    return _serve_processes(args, settings)
 
 
-def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
+def _serve_one(args: argparse.Namespace, settings: Settings, *, sockets: list[Any] | None) -> int:
     """One waitress process: the app's threads, and its outbox worker unless --no-worker.
 
     SIGTERM or Ctrl-C stops it gracefully (`smartapp.serving.run_until_stopped`): the
@@ -37,9 +47,10 @@ def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
     """
     from smartapp import create_app
     from smartapp.notes.outbox import OutboxWorker
-    from smartapp.serving import create_server, run_until_stopped
+    from smartapp.serving import create_server, run_until_stopped, tune_collector
 
-    app = create_app()
+    app = create_app(settings)
+    tune_collector()
     from smartapp.suggestions import units
 
     units.warm_up()  # before listening: the first chart's drafts would build it
@@ -68,7 +79,7 @@ def _serve_one(args: argparse.Namespace, *, sockets: list[Any] | None) -> int:
     return 0
 
 
-def _serve_processes(args: argparse.Namespace) -> int:
+def _serve_processes(args: argparse.Namespace, settings: Settings) -> int:
     """N waitress processes sharing one listening socket (each its own GIL; see README).
 
     The socket is bound before forking and each child builds its own app (its own store
@@ -84,7 +95,7 @@ def _serve_processes(args: argparse.Namespace) -> int:
         if pid == 0:  # the child
             code = 1
             try:
-                code = _serve_one(args, sockets=[listener])
+                code = _serve_one(args, settings, sockets=[listener])
             finally:
                 os._exit(code)
         children.append(pid)
@@ -111,11 +122,12 @@ def _worker(args: argparse.Namespace) -> int:
     import threading
 
     from smartapp import create_app
-    from smartapp.config import Settings, require_shared_secret
+    from smartapp.config import require_shared_secret
     from smartapp.notes.outbox import OutboxWorker
 
-    require_shared_secret(Settings.from_env(), "`smartapp worker`")
-    app = create_app()
+    settings = _settings()
+    require_shared_secret(settings, "`smartapp worker`")
+    app = create_app(settings)
     worker = OutboxWorker(
         app.extensions["smartapp.outbox"],
         interval=args.interval,
@@ -211,10 +223,9 @@ def _purge(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     """Bring the store's schema to the newest migration: once per deployment, before the
     app's processes start (they migrate on their own only in sandbox mode)."""
-    from smartapp.config import Settings
     from smartapp.db import Database
 
-    database = Database.from_settings(Settings.from_env())
+    database = Database.from_settings(_settings())
     try:
         database.upgrade()
         _ready, detail = database.at_head()
@@ -227,7 +238,12 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from smartapp.suggestions.evaluate import run_cli
 
-    return run_cli(args)
+    if not args.record:
+        return run_cli(args)
+    # Only --record loads the store: an evaluation alone needs no database.
+    from smartapp.governance.evaluations import record_from_cli
+
+    return run_cli(args, recorder=record_from_cli)
 
 
 def _draft(args: argparse.Namespace) -> int:

@@ -216,7 +216,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "smartapp.notes.pulse",
     "smartapp.fhir.cache",
     "smartapp.audit.models",
-    "smartapp.admin.models",
+    "smartapp.governance.models",
     "smartapp.cdshooks.models",
     "smartapp.baseline.models",
 )

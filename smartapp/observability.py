@@ -147,6 +147,13 @@ class Metrics:
             ["kind", "engine"],
             registry=self.registry,
         )
+        self.llm_cards_refused = Counter(
+            "smartapp_llm_cards_refused_total",
+            "Cards of an LLM answer dropped unseen for naming another kind than the one asked "
+            "(reason: unknown, not_enabled, other_kind).",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_OutboxCollector(database))
 
     def chart_loaded(self, *, seconds: float, round_trips: int) -> None:
@@ -158,6 +165,8 @@ class Metrics:
             self.engine_seconds.labels(run.kind, run.engine).observe(run.elapsed_ms / 1000.0)
             if run.fallback_reason:
                 self.engine_fallbacks.labels(run.kind, run.engine).inc()
+            for reason, count in run.refused_cards.items():
+                self.llm_cards_refused.labels(run.kind, reason).inc(count)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,20 +17,21 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from smartapp.admin.policy import GovernanceState, PolicyCache
-from smartapp.admin.registry import pick_active
-from smartapp.admin.rollout import NOT_YET_FOR_YOU, choose_rule, decide
 from smartapp.config import normalize_issuer
+from smartapp.governance.registry import pick_active
+from smartapp.governance.rollout import NOT_YET_FOR_YOU, choose_rule, decide
+from smartapp.governance.state import GovernanceState, PolicyCache
 from smartapp.identity import normalize_fhir_user
+from smartapp.kinds import ENGINE_NAMES, KIND_LABELS
 from smartapp.placement import BUCKETS, INSIDE, OUTSIDE
 from smartapp.siteconfig import RolloutRule as FileRule
 from smartapp.siteconfig import SiteConfig
-from smartapp.suggestions.kinds import ENGINE_NAMES, KIND_LABELS
 from smartapp.suggestions.registry import EngineChoice
 
 if TYPE_CHECKING:
     from smartapp.config import Settings
     from smartapp.db import Database
+    from smartapp.governance.signal import ChangeSignal
 
 #: Where a value came from: the environment, the site file, the admin dashboard (the
 #: governance store), or the app's default.
@@ -304,10 +305,11 @@ class PolicySource:
         database: Database,
         settings: Settings | None = None,
         on_reload: Callable[[], None] | None = None,
+        signal: ChangeSignal | None = None,
     ) -> None:
         self._site_config = site_config
         self._settings = settings
-        self._cache = PolicyCache(database, on_reload=on_reload)
+        self._cache = PolicyCache(database, on_reload=on_reload, signal=signal)
         self._policy: Policy | None = None
 
     def current(self) -> Policy:

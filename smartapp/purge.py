@@ -53,10 +53,10 @@ def _count(result: Any) -> int:
 
 def purge(database: Database, *, retention: timedelta, now: datetime | None = None) -> PurgeReport:
     """Remove what has expired (one transaction); the counts, for the operator's log."""
-    from smartapp.admin.models import FlagReview
     from smartapp.feedback.forwarding import FeedbackForward
     from smartapp.feedback.models import Decision
     from smartapp.fhir.cache import CachedSnapshot
+    from smartapp.governance.models import FlagReview
     from smartapp.notes.models import SavedNote
     from smartapp.smart.models import LaunchSession, PendingAuthorization
     from smartapp.smart.session import IDLE_TIMEOUT

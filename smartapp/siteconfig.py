@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -34,7 +34,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from smartapp.notes.layout import (
+from smartapp.kinds import ENABLED_KINDS, ENGINES, KINDS
+from smartapp.note_layout import (
     DEFAULT_LABELS,
     MAX_READING_GRADE,
     MIN_READING_GRADE,
@@ -46,14 +47,16 @@ from smartapp.notes.layout import (
     loinc_problem,
 )
 from smartapp.placement import placed_within
-from smartapp.suggestions.kinds import ENABLED_KINDS, ENGINES, KINDS
-from smartapp.suggestions.templates import (
+from smartapp.templating import (
     DEFAULT_TEMPLATE_DIR,
     DETAILS,
     STYLES,
     TemplateSet,
     check_template,
 )
+
+if TYPE_CHECKING:
+    from smartapp.config import Settings
 
 UNVERIFIED_MODES = ("drop", "mark")
 CARE_GAP_RULES = (
@@ -695,11 +698,50 @@ def normalize_issuer(url: str) -> str:
 # -- loading -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
+class Sources:
+    """What a command is configured by: the environment (os.environ over `.env`) and the site
+    file it names (`--config` first). `serve`, `worker`, `check`, `evaluate` and `draft`
+    all get theirs from `read_sources`, so that one `.env` configures them alike."""
+
+    environ: Mapping[str, str]
+    site_path: Path | None
+
+    def settings(self) -> Settings:
+        """The app's validated settings (ConfigError naming the variable when one is bad)."""
+        from smartapp.config import Settings
+
+        return Settings.from_env(self.environ)
+
+    def site(self) -> SiteConfig:
+        """The site file, validated (SiteConfigError naming file, line and key), or the defaults."""
+        return load_site_config(self.site_path)
+
+
+def read_sources(
+    *,
+    config: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: Path | None = None,
+) -> Sources:
+    """The one way every command reads its configuration: `environ` (default: os.environ
+    over the working directory's `.env`, `smartapp.config.read_environment`) and the site
+    file `config` or `SMARTAPP_CONFIG` names. A `--config` given also becomes the
+    environment's SMARTAPP_CONFIG, so the settings built from it name the same file."""
+    from smartapp.config import read_environment
+
+    env = dict(read_environment(dotenv_path) if environ is None else environ)
+    path = site_file_path(env, config)
+    if config:
+        env["SMARTAPP_CONFIG"] = str(path)
+    return Sources(environ=env, site_path=path)
+
+
 def site_file_path(environ: Mapping[str, str], override: str | Path | None = None) -> Path | None:
     """The site file every command reads: `--config` when given, else `SMARTAPP_CONFIG`
     from the environment `smartapp.config.read_environment` gives (None: the defaults).
 
-    `serve` (through Settings), `check`, `evaluate` and `draft` all call this.
+    `read_sources` calls this; `Settings` reads SMARTAPP_CONFIG by the same rule.
     """
     chosen = override or environ.get("SMARTAPP_CONFIG") or None
     return Path(chosen) if chosen else None

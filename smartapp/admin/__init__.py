@@ -1,10 +1,6 @@
-"""Governance: metrics, phased rollout, engine change control, and the admin area.
-
-What the rest of the app calls (see each module):
-- `smartapp.admin.rollout.is_enabled(session, *, site, kind, fhir_user, now) -> RolloutDecision`
-- `smartapp.admin.registry.active_engine(session, *, kind, site) -> ActiveEngine | None`
-- `smartapp.admin.registry.is_killed(session, *, kind, engine) -> bool`
-- `smartapp.audit.record(session_or_db, *, actor, action, site, patient, detail, outcome)`
+"""The admin area: metrics, the rollout control, safety, the flagged-suggestion review, and
+the dashboard's pages and API. The store it governs is `smartapp.governance`; the audit
+trail is `smartapp.audit.record(session_or_db, *, actor, action, site, patient, detail, outcome)`.
 """
 
 from __future__ import annotations
@@ -13,7 +9,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from smartapp.admin.registry import DEFAULT_MIN_GROUNDING_RATE, ChangeControl
+from smartapp.governance.registry import DEFAULT_MIN_GROUNDING_RATE, ChangeControl
 
 
 def init_app(app: Flask, *, min_grounding_rate: float | Callable[[], float] | None = None) -> None:

@@ -8,6 +8,9 @@ Definitions (the README repeats them):
 - `median_edit_distance` is over suggestions whose latest decision is an edit (Levenshtein
   characters between the suggested and the final text);
 - `median_seconds_to_decision` is over decided suggestions, from shown to latest decision;
+- `median_seconds_in_sidebar` is over the period's notes that report it: the seconds the
+  sidebar page was visible (Page Visibility API) before the note's saves, summed over its
+  saves, at most launch to last save (smartapp.notes.service);
 - engine keys are "name version"; week keys are ISO 8601 weeks of `shown_at` in UTC
   ("2026-W47").
 
@@ -69,8 +72,17 @@ class MetricsGroup:
     #: Notes saved in the period that drew on this group (by site and week: every note).
     notes: int = 0
     median_seconds_launch_to_note: float | None = None
+    #: The median time the sidebar was visible before the note's saves (notes that report it).
+    median_seconds_in_sidebar: float | None = None
     #: Of those notes' characters, the share from accepted or edited suggestions (0–1).
     ai_share_of_note_chars: float | None = None
+    #: The same characters apart (0–1 each, summing to 1): from suggestions accepted as
+    #: drafted, from suggestions the clinician edited, typed by the clinician.
+    accepted_share_of_note_chars: float | None = None
+    edited_share_of_note_chars: float | None = None
+    typed_share_of_note_chars: float | None = None
+    #: Edited suggestion lines per note (`saved_note.edits`), over those notes.
+    edits_per_note: float | None = None
 
     @property
     def decided(self) -> int:
@@ -99,7 +111,12 @@ class MetricsGroup:
             "median_seconds_to_decision": _round(self.median_seconds_to_decision, 1),
             "notes": self.notes,
             "median_seconds_launch_to_note": _round(self.median_seconds_launch_to_note, 1),
+            "median_seconds_in_sidebar": _round(self.median_seconds_in_sidebar, 1),
             "ai_share_of_note_chars": _round(self.ai_share_of_note_chars),
+            "accepted_share_of_note_chars": _round(self.accepted_share_of_note_chars),
+            "edited_share_of_note_chars": _round(self.edited_share_of_note_chars),
+            "typed_share_of_note_chars": _round(self.typed_share_of_note_chars),
+            "edits_per_note": _round(self.edits_per_note),
         }
 
 
@@ -283,8 +300,15 @@ NO_KEY = "(none)"
 class _NoteRow:
     keys: frozenset[str]
     seconds_launch_to_note: float | None
+    seconds_in_sidebar: float | None
     chars_total: int
-    chars_from_suggestions: int
+    chars_accepted: int
+    chars_edited: int
+    edits: int
+
+    @property
+    def chars_from_suggestions(self) -> int:
+        return self.chars_accepted + self.chars_edited
 
 
 def _with_notes(group: MetricsGroup, notes: Sequence[_NoteRow]) -> MetricsGroup:
@@ -292,13 +316,24 @@ def _with_notes(group: MetricsGroup, notes: Sequence[_NoteRow]) -> MetricsGroup:
         return group
     total = sum(n.chars_total for n in notes)
     seconds = [n.seconds_launch_to_note for n in notes if n.seconds_launch_to_note is not None]
+    in_sidebar = [n.seconds_in_sidebar for n in notes if n.seconds_in_sidebar is not None]
+
+    def share(chars: int) -> float | None:
+        return chars / total if total else None
+
+    accepted = sum(n.chars_accepted for n in notes)
+    edited = sum(n.chars_edited for n in notes)
     return replace(
         group,
         notes=len(notes),
         median_seconds_launch_to_note=_median(seconds),
-        ai_share_of_note_chars=(
-            sum(n.chars_from_suggestions for n in notes) / total if total else None
-        ),
+        median_seconds_in_sidebar=_median(in_sidebar),
+        ai_share_of_note_chars=share(accepted + edited),
+        accepted_share_of_note_chars=share(accepted),
+        edited_share_of_note_chars=share(edited),
+        # What no suggestion supplied; never below 0 (counts from an older composer).
+        typed_share_of_note_chars=share(max(0, total - accepted - edited)),
+        edits_per_note=sum(n.edits for n in notes) / len(notes),
     )
 
 
@@ -310,11 +345,13 @@ def _note_rows(
         SavedNote.site,
         SavedNote.created_at,
         SavedNote.launched_at,
+        SavedNote.seconds_in_sidebar,
         SavedNote.engines,
         SavedNote.suggestion_ids,
         SavedNote.chars_total,
         SavedNote.chars_accepted,
         SavedNote.chars_edited,
+        SavedNote.edits,
     ).where(SavedNote.document_kind == CLINICAL_NOTE)  # not the patient's summaries
     if start is not None:
         stmt = stmt.where(SavedNote.created_at >= start)
@@ -332,8 +369,11 @@ def _note_rows(
                     _note_keys(group_by, n.site, created, n.engines, n.suggestion_ids, kinds_of)
                 ),
                 seconds_launch_to_note=((created - launched).total_seconds() if launched else None),
+                seconds_in_sidebar=n.seconds_in_sidebar,
                 chars_total=n.chars_total or 0,
-                chars_from_suggestions=(n.chars_accepted or 0) + (n.chars_edited or 0),
+                chars_accepted=n.chars_accepted or 0,
+                chars_edited=n.chars_edited or 0,
+                edits=n.edits or 0,
             )
         )
     return rows

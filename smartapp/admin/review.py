@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from smartapp.admin.metrics import aware
-from smartapp.admin.models import (
+from smartapp.errors import BadRequest
+from smartapp.governance.models import (
     CLOSE_ACTIONS,
     SEVERITIES,
     EngineVersion,
@@ -25,7 +26,6 @@ from smartapp.admin.models import (
     FlagReviewEvent,
     RolloutRule,
 )
-from smartapp.errors import BadRequest
 
 STEPS = ("triage", "assign", "comment", "close", "reopen")
 MAX_COMMENT = 4000

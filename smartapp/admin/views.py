@@ -25,7 +25,7 @@ from flask import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from smartapp.admin import charts, rollout
+from smartapp.admin import charts
 from smartapp.admin.auth import (
     SIGNIN_EXT,
     AdminUser,
@@ -48,9 +48,6 @@ from smartapp.admin.metrics import (
     pulse_summary,
     site_variance,
 )
-from smartapp.admin.model_cards import as_fhir as cards_as_fhir
-from smartapp.admin.model_cards import model_cards
-from smartapp.admin.models import ANY, KILL_SCOPES, REVIEW_STATES, FlagReview
 from smartapp.admin.params import (
     body_bool,
     body_list,
@@ -62,15 +59,6 @@ from smartapp.admin.params import (
     parse_range,
     parse_when,
 )
-from smartapp.admin.policy import load_state, read_version
-from smartapp.admin.registry import (
-    ChangeControl,
-    ChangeRefused,
-    active_engine,
-    is_killed,
-    kill_switches,
-    list_versions,
-)
 from smartapp.admin.review import ReviewStep, apply_step, review_json, reviews_for
 from smartapp.admin.safety import safety_summary
 from smartapp.audit import Action, AuditQuery, record, search
@@ -78,6 +66,19 @@ from smartapp.audit.export import cell, to_csv, to_fhir_bundle
 from smartapp.config import Settings, normalize_issuer
 from smartapp.db import get_db, utcnow
 from smartapp.errors import AppError, BadRequest, Forbidden
+from smartapp.governance import rollout
+from smartapp.governance.model_cards import as_fhir as cards_as_fhir
+from smartapp.governance.model_cards import model_cards
+from smartapp.governance.models import ANY, KILL_SCOPES, REVIEW_STATES, FlagReview
+from smartapp.governance.registry import (
+    ChangeControl,
+    ChangeRefused,
+    active_engine,
+    is_killed,
+    kill_switches,
+    list_versions,
+)
+from smartapp.governance.state import load_state
 from smartapp.identity import bound_identity
 from smartapp.jsonbody import json_body
 from smartapp.policy import Policy
@@ -155,7 +156,7 @@ def admin_page(view: Callable[P, str | Response]) -> Callable[P, str | Response 
 def _policy(session: Session) -> Policy:
     """The policy the drafter decides from, read fresh: an admin sees a change at once."""
     engines: SuggestionService = current_app.extensions["smartapp.engines"]
-    state = load_state(session, read_version(session))
+    state = load_state(session)
     return Policy(site_config=engines.config, governance=state, settings=_settings())
 
 

@@ -64,7 +64,9 @@ def run_cli(
     from smartapp.smart.keys import load_signing_key
 
     out = out or sys.stdout
-    settings = Settings.from_env(environ)
+    from smartapp.siteconfig import read_sources
+
+    settings = read_sources(environ=environ).settings()
     issuer = _issuer(args.issuer, settings)
     if settings.private_key_path is None:
         raise ConfigError(

@@ -13,13 +13,19 @@ from flask import Flask
 
 from smartapp.config import Settings
 from smartapp.fhir.cache import SnapshotCache
+from smartapp.governance.signal import ChangeSignal
 from smartapp.suggestions.registry import SuggestionService
 
 log = logging.getLogger(__name__)
 
 
 def init_app(
-    app: Flask, *, settings: Settings, cache: SnapshotCache, engines: SuggestionService
+    app: Flask,
+    *,
+    settings: Settings,
+    cache: SnapshotCache,
+    engines: SuggestionService,
+    signal: ChangeSignal | None = None,
 ) -> None:
     from smartapp.cdshooks import views
     from smartapp.cdshooks.service import CDSHooksService
@@ -44,6 +50,7 @@ def init_app(
         warm=warm,
         engines=engines,
         http=limited_session(),
+        signal=signal,
     )
     app.extensions[views.EXTENSION] = (settings, trust, service)
     app.extensions["smartapp.cdshooks.trust"] = trust

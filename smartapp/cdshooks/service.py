@@ -21,6 +21,7 @@ import requests
 from sqlalchemy.exc import IntegrityError
 
 from smartapp import audit
+from smartapp import kinds as K
 from smartapp.cdshooks.cards import ReadyCounts, build_card
 from smartapp.cdshooks.discovery import SERVICES, CDSService
 from smartapp.cdshooks.models import CardFeedback, IssuedCard
@@ -34,10 +35,10 @@ from smartapp.fhir.auth import StaticToken
 from smartapp.fhir.chart import load_snapshot
 from smartapp.fhir.client import FHIRClient
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.governance.signal import ChangeSignal
 from smartapp.identity import bound_identity
 from smartapp.policy import PolicySource
 from smartapp.smart.scopes import GrantedScopes
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions import safety
 from smartapp.suggestions.registry import SuggestionService
 
@@ -67,6 +68,7 @@ class CDSHooksService:
         warm: WarmCharts,
         engines: SuggestionService,
         http: requests.Session,
+        signal: ChangeSignal | None = None,
     ) -> None:
         self._settings = settings
         self._db = database
@@ -75,7 +77,9 @@ class CDSHooksService:
         self._http = http
         # What a clinician gets is decided as for the sidebar (site file, dashboard rules,
         # kill switches): a kind that is off for them is counted on no card.
-        self._policy = PolicySource(site_config=lambda: engines.config, database=database)
+        self._policy = PolicySource(
+            site_config=lambda: engines.config, database=database, signal=signal
+        )
 
     def service(self, service_id: str) -> CDSService:
         found = SERVICES.get(service_id)

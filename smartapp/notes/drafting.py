@@ -17,9 +17,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from smartapp.admin.policy import GovernanceState
 from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.governance.signal import ChangeSignal
+from smartapp.governance.state import GovernanceState
 from smartapp.policy import SWITCHED_OFF, DraftPlan, NotEnabled, Policy, PolicySource
 from smartapp.suggestions.interfaces import Suggestion
 from smartapp.suggestions.registry import KindRun, SuggestionService
@@ -54,13 +55,17 @@ class GovernedDrafter:
         engines: SuggestionService,
         database: Database,
         clock: Callable[[], datetime] = utcnow,
+        signal: ChangeSignal | None = None,
     ) -> None:
         self._engines = engines
         self._clock = clock
         self._plans: dict[tuple[int, str, str | None, date], DraftPlan] = {}
         self._plans_lock = threading.Lock()
         self.policy = PolicySource(
-            site_config=lambda: engines.config, database=database, on_reload=self._forget_plans
+            site_config=lambda: engines.config,
+            database=database,
+            on_reload=self._forget_plans,
+            signal=signal,
         )
 
     def _forget_plans(self) -> None:

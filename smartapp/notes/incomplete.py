@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from smartapp.fhir.snapshot import ChartSnapshot
-from smartapp.suggestions.kinds import KIND_SOURCES
+from smartapp.kinds import KIND_SOURCES
 
 _CUT_SHORT = frozenset({"truncated", "search_failed"})
 

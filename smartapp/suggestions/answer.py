@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from smartapp.kinds import KINDS
 
 #: A statement longer than this is cut: a chart summary's bullet is never this long.
 MAX_STATEMENT_CHARS = 1200
@@ -52,12 +54,24 @@ class AnswerStatement(BaseModel):
 
 
 class AnswerSuggestion(BaseModel):
-    """One card: an optional topic title and its statements."""
+    """One card: the kind it is for, an optional topic title and its statements."""
 
     model_config = _CLOSED
 
+    #: The kind the model says the card is for: the engine shows it only when that is the
+    #: kind it asked for (`smartapp.suggestions.llm.screen_kinds`). Strict servers must name
+    #: one of the kinds; a server without structured output may leave it out ("": the kind
+    #: asked for) or write anything (kept as said, so that it is refused).
+    kind: str = Field(default="", json_schema_extra={"enum": list(KINDS)})
     title: str = ""
     statements: list[AnswerStatement]
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, value: Any) -> Any:
+        if value is None:
+            return ""
+        return value.strip() if isinstance(value, str) else repr(value)
 
     @field_validator("title", mode="before")
     @classmethod

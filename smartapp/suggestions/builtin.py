@@ -17,10 +17,10 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
+from smartapp import kinds as K
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
 from smartapp.siteconfig import CareGapRules
 from smartapp.suggestions import assessment, preventive, safety
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions.crossref import PROBLEM, PROBLEM_REFERENCE
 from smartapp.suggestions.facts import (
     BloodPressure,
@@ -206,7 +206,7 @@ def _latest_kidney_test(facts: ChartFacts) -> Result | None:
 
 
 class BuiltinEngine:
-    """Rule-based suggestions for every kind in `smartapp.suggestions.kinds.KINDS`."""
+    """Rule-based suggestions for every kind in `smartapp.kinds.KINDS`."""
 
     info = BUILTIN_INFO
 
@@ -382,8 +382,17 @@ class BuiltinEngine:
                         rule_id="duplicate-same-drug",
                     )
                 )
+        # A pair the safety tables name (ACE inhibitor + ARB: dual RAS blockade) is said
+        # there, with its source; not again as a class duplicate.
+        named = [
+            set(flag.medications)
+            for flag in safety.safety_flags(facts)
+            if flag.rule.kind == "duplicate"
+        ]
         for group, meds in by_group.items():
             distinct = {frozenset(m.ingredients) for m in meds}
+            if any({r for m in meds for r in m.references} <= refs for refs in named):
+                continue
             if len(distinct) > 1:
                 refs = [r for m in meds for r in m.references]
                 hints.append(
@@ -663,8 +672,8 @@ class BuiltinEngine:
                     result=facts.latest(UACR),
                     basis=kidney[0],
                     topic=_kidney_topic(kidney[0]),
-                    noun="urine albumin/creatinine ratio",
-                    consider="a urine albumin/creatinine ratio",
+                    noun="UACR",
+                    consider="a urine albumin/creatinine ratio (UACR)",
                     goal_id="uacr",
                     none="none is on file",
                     patient="You are due for a urine test that checks your kidneys.",

@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from smartapp import kinds as K
 from smartapp.fhir.snapshot import ChartSnapshot
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions.facts import capitalize, has_code, result_name
 from smartapp.suggestions.grounding import GroundingVerifier
 from smartapp.suggestions.interfaces import Citation, Statement, Suggestion

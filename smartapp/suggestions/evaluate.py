@@ -20,12 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from smartapp.config import read_environment
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import FHIRResource, reference_key
-from smartapp.siteconfig import SiteConfigError, load_site_config, site_file_path
+from smartapp.siteconfig import SiteConfigError, read_sources
 from smartapp.suggestions.registry import LLMSettings, SuggestionService
 
 if TYPE_CHECKING:  # charts imports this module
@@ -441,10 +440,10 @@ def run_draft_cli(
     """`smartapp draft --chart FILE`: exit 2 on bad input."""
     out = out or sys.stdout
     err = err or sys.stderr
-    env = read_environment() if environ is None else environ
-    config_path = site_file_path(env, args.config)
+    sources = read_sources(config=args.config, environ=environ)
+    env = sources.environ
     try:
-        config = load_site_config(config_path)
+        config = sources.site()
         cohort = load_chart_file(Path(args.chart))
     except (SiteConfigError, CohortError) as exc:
         print(f"smartapp draft: {exc}", file=err)
@@ -519,21 +518,41 @@ def format_table(report: EvaluationReport) -> str:
     return "\n".join(lines)
 
 
+class EvaluationRecorder(Protocol):
+    """Stores an evaluation report where change control can cite it; returns its SHA-256."""
+
+    def __call__(
+        self,
+        report: Mapping[str, Any],
+        *,
+        cohort: str,
+        site: str | None,
+        environ: Mapping[str, str] | None = None,
+    ) -> str: ...
+
+
 def run_cli(
     args: argparse.Namespace,
     *,
     out: TextIO | None = None,
     err: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
+    recorder: EvaluationRecorder | None = None,
 ) -> int:
-    """`smartapp evaluate`; the exit status: 2 bad input, 1 --strict and below the minimum."""
+    """`smartapp evaluate`; the exit status: 2 bad input, 1 --strict and below the minimum.
+
+    `recorder` stores the report for `--record` (the command passes governance's): the
+    engines know no store, so the store is handed in rather than imported."""
     out = out or sys.stdout
     err = err or sys.stderr
-    # The same environment `serve` reads: os.environ over the working directory's .env.
-    env = read_environment() if environ is None else environ
-    config_path = site_file_path(env, args.config)
+    if getattr(args, "record", False) and recorder is None:
+        print("smartapp evaluate: --record needs a store to record in", file=err)
+        return 2
+    # Read as `serve` reads it: os.environ over the working directory's .env, the site file.
+    sources = read_sources(config=args.config, environ=environ)
+    env = sources.environ
     try:
-        config = load_site_config(config_path)
+        config = sources.site()
     except SiteConfigError as exc:
         print(f"smartapp evaluate: SiteConfigError: {exc}", file=err)
         return 2
@@ -556,10 +575,7 @@ def run_cli(
                 record = draft_record(service, resources, iss=args.site, as_of=args.as_of)
                 records.write(json.dumps(record) + "\n")
     recorded: str | None = None
-    if getattr(args, "record", False):
-        # Lazy: the store belongs to the app, not to the engines (suggestions/ knows no DB).
-        from smartapp.admin.evaluations import record_from_cli
-
+    if getattr(args, "record", False) and recorder is not None:
         cohort_label = "sandbox" if args.cohort == "sandbox" else str(Path(args.cohort).resolve())
         stored = {
             **report.to_json(),
@@ -569,7 +585,7 @@ def run_cli(
             "asOf": args.as_of.isoformat() if args.as_of else None,
             "minGroundingRate": report.min_grounding_rate,
         }
-        recorded = record_from_cli(stored, cohort=cohort_label, site=args.site, environ=env)
+        recorded = recorder(stored, cohort=cohort_label, site=args.site, environ=env)
     if args.json:
         data = report.to_json()
         if safety is not None:

@@ -106,6 +106,9 @@ class KindRun:
     #: (suggestion title, statement with its issues) for every statement the verifier
     #: dropped, the fallback's included: for `smartapp draft`, never shown to a clinician.
     dropped_statements: tuple[tuple[str, Statement], ...] = ()
+    #: Cards of the LLM's answer not shown because they named another kind than the one
+    #: asked for: reason (`unknown`, `not_enabled`, `other_kind`) → count.
+    refused_cards: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -445,7 +448,7 @@ class SuggestionService:
             # The rules answer for now; the LLM's own run of this kind is on its way.
             engine, stand_in = self.builtin, INTERIM
 
-        produced = self._safe_suggest(engine, snapshot, kind, options, deadline=deadline)
+        produced, refused = self._safe_suggest(engine, snapshot, kind, options, deadline=deadline)
         if stand_in is not None:
             produced = [
                 replace(s, engine=replace(s.engine, fallback_reason=stand_in, interim=interim))
@@ -485,6 +488,7 @@ class SuggestionService:
             fallback_reason=fallback_reason,
             elapsed_ms=(self._clock() - started) * 1000.0,
             dropped_statements=tuple(lost),
+            refused_cards=refused,
         )
 
     def _finish(
@@ -520,11 +524,13 @@ class SuggestionService:
         options: Mapping[str, Any],
         *,
         deadline: float | None = None,
-    ) -> list[Suggestion]:
+    ) -> tuple[list[Suggestion], Mapping[str, int]]:
+        """The engine's suggestions (the rules' if it raised), and the LLM's refused cards."""
         try:
             if isinstance(engine, LLMEngine):
-                return list(engine.suggest(snapshot, kind, options, deadline=deadline))
-            return list(engine.suggest(snapshot, kind, options))
+                drafted = engine.draft(snapshot, kind, options, deadline=deadline)
+                return drafted.suggestions, drafted.refused
+            return list(engine.suggest(snapshot, kind, options)), {}
         except Exception as exc:  # noqa: BLE001 - one kind failing must not cost the sidebar
             # The exception type only: its message could quote chart data.
             log.error("engine %s failed on %s: %s", engine.info.name, kind, type(exc).__name__)
@@ -534,10 +540,10 @@ class SuggestionService:
                     return [
                         replace(s, engine=info)
                         for s in self.builtin.suggest(snapshot, kind, options)
-                    ]
+                    ], {}
                 except Exception as inner:  # noqa: BLE001
                     log.error("built-in engine failed on %s: %s", kind, type(inner).__name__)
-            return []
+            return [], {}
 
 
 def _dropped(suggestions: Sequence[Suggestion]) -> list[tuple[str, Statement]]:

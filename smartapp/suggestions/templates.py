@@ -10,73 +10,15 @@ arranges them (bullets or prose, concise or detailed) into `Suggestion.rendered_
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from jinja2 import (
-    BaseLoader,
-    ChoiceLoader,
-    DictLoader,
-    FileSystemLoader,
-    StrictUndefined,
-    TemplateSyntaxError,
-)
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import BaseLoader, ChoiceLoader, DictLoader, FileSystemLoader
 
 from smartapp.suggestions.interfaces import Statement, Suggestion
+from smartapp.templating import DEFAULT_TEMPLATE_DIR, TemplateSet, environment, inline_name
 
 log = logging.getLogger(__name__)
-
-#: The templates that ship with the app (`<kind>.j2` and the shared `_macros.j2`).
-DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-
-STYLES = ("bullets", "prose")
-DETAILS = ("concise", "detailed")
-
-
-def _sentence(text: str) -> str:
-    """`text` ending with a full stop, for prose (statements are written without one)."""
-    text = text.strip()
-    return text if not text or text[-1] in ".!?:" else text + "."
-
-
-def _environment(loader: BaseLoader) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
-        loader=loader,
-        autoescape=False,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["sentence"] = _sentence
-    return env
-
-
-def inline_name(kind: str) -> str:
-    """The loader name of a kind's inline template from the site configuration."""
-    return f"inline:{kind}"
-
-
-def check_template(source: str, name: str) -> str | None:
-    """None if `source` compiles; otherwise `line N: message` (for start-up validation)."""
-    try:
-        _environment(DictLoader({})).parse(source, name=name)
-    except TemplateSyntaxError as exc:
-        return f"line {exc.lineno}: {exc.message}"
-    return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class TemplateSet:
-    """Where a site's templates come from: a directory, inline sources, per-kind file names."""
-
-    directory: Path | None = None
-    #: kind → template source given inline in the site configuration.
-    inline: Mapping[str, str] = field(default_factory=dict)
-    #: kind → template file name (looked up in `directory`, then among the defaults).
-    files: Mapping[str, str] = field(default_factory=dict)
 
 
 class TemplateRenderer:
@@ -90,8 +32,8 @@ class TemplateRenderer:
         if self._set.directory is not None:
             loaders.append(FileSystemLoader(str(self._set.directory)))
         loaders.append(FileSystemLoader(str(DEFAULT_TEMPLATE_DIR)))
-        self._env = _environment(ChoiceLoader(loaders))
-        self._defaults = _environment(FileSystemLoader(str(DEFAULT_TEMPLATE_DIR)))
+        self._env = environment(ChoiceLoader(loaders))
+        self._defaults = environment(FileSystemLoader(str(DEFAULT_TEMPLATE_DIR)))
 
     def template_name(self, kind: str) -> str:
         if kind in self._set.inline:

@@ -170,3 +170,52 @@ DRUG_CLASSES: tuple[DrugClass, ...] = _load_classes()
 KNOWN_DRUG_NAMES: frozenset[str] = frozenset(
     name for cls in DRUG_CLASSES for name in cls.ingredients.values()
 )
+
+
+# -- how a note names a medication ---------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MedicationNames:
+    """`medication_names.toml`: the words a note leaves out of an RxNorm display."""
+
+    drop_forms: tuple[str, ...]
+    drop_salts: frozenset[str]
+    keep_salt: frozenset[str]
+    units: Mapping[str, str]
+
+    def note_name(self, display: str, ingredients: tuple[str, ...] = ()) -> str:
+        """ "metformin hydrochloride 1000 MG Oral Tablet" -> "metformin 1000 mg"."""
+        words = display.split()
+        out: list[str] = []
+        for index, word in enumerate(words):
+            previous = out[-1].lower() if out else ""
+            if (
+                index > 0
+                and word.lower() in self.drop_salts
+                and previous.isalpha()
+                and previous not in self.keep_salt
+                and (not ingredients or previous in ingredients)
+            ):
+                continue
+            out.append(self.units.get(word, word))
+        text = " ".join(out)
+        for form in self.drop_forms:
+            if text.endswith(" " + form):
+                text = text[: -len(form) - 1]
+        return text
+
+
+def _load_medication_names() -> MedicationNames:
+    path = clinical.DATA_DIR / "medication_names.toml"
+    data = clinical.read_toml(path)
+    clinical.source(data.get("cite"), where=str(path))
+    return MedicationNames(
+        drop_forms=_strings(data, "drop_forms", where=str(path)),
+        drop_salts=frozenset(w.lower() for w in _strings(data, "drop_salts", where=str(path))),
+        keep_salt=frozenset(w.lower() for w in _strings(data, "keep_salt", where=str(path))),
+        units={str(k): str(v) for k, v in (data.get("words") or {}).items()},
+    )
+
+
+MEDICATION_NAMES: MedicationNames = _load_medication_names()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -552,3 +553,21 @@ def test_a_cds_client_file_naming_a_server_not_allowed_fails(
     )
     hooks = line(report, "cds-hooks")
     assert hooks.status == "fail" and "SMARTAPP_ALLOWED_ISSUERS" in hooks.detail
+
+
+def test_the_command_reads_the_site_file_dotenv_names(
+    rsps, smart_config, capability, capsys, monkeypatch, tmp_path
+):
+    """`smartapp check` reads its configuration as `serve` does (`read_sources`): a `.env`
+    naming the site file, with nothing of the kind in the process environment."""
+    for name in [n for n in os.environ if n.startswith("SMARTAPP_")]:
+        monkeypatch.delenv(name)
+    config = site_file(tmp_path, f'[sites."{ISS}/".ehr]\nquirks = "epic"\n')
+    (tmp_path / ".env").write_text(f"SMARTAPP_CONFIG={config}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    serve(rsps, smart_config, capability)
+    main(["check", "--json", ISS])
+    report = json.loads(capsys.readouterr().out)
+    quirks = next(c for c in report["checks"] if c["key"] == "quirks-profile")
+    assert quirks["detail"].startswith("epic (Epic)")
+    assert "set for this issuer in the site file site.toml" in quirks["why"]

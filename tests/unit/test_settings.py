@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
+import os
 
 import pytest
 
@@ -13,6 +15,7 @@ from smartapp.config import ConfigError, read_environment
 from smartapp.siteconfig import load_site_config
 from smartapp.suggestions.registry import LLMSettings, SuggestionService
 from tests.conftest import make_settings
+from tests.unit.suggestions.conftest import PATIENTS
 
 SECRETS = {
     "SMARTAPP_SECRET_KEY": "secret-key-value-123",
@@ -70,3 +73,81 @@ def test_start_up_says_which_engine_serves_each_kind_and_warns_of_an_unused_llm(
     assert any("problem_summary=builtin" in m for m in messages)
     warning = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning and "no kind uses it" in warning[0].getMessage()
+
+
+# One `.env` configures every command alike (`smartapp.siteconfig.read_sources`): each
+# command below is run from a directory whose `.env` names a site file that shows the
+# allergies alone, with nothing of the kind in the process environment.
+
+ONLY_ALLERGIES = '[suggestions]\nkinds = ["allergies"]\n'
+
+
+def _dotenv_only(tmp_path, monkeypatch, **values: str):
+    """A working directory whose `.env` holds `values` (and a site file), and an environment
+    holding no SMARTAPP_* variable: whatever the command sees came from the `.env`."""
+    for name in [n for n in os.environ if n.startswith("SMARTAPP_")]:
+        monkeypatch.delenv(name)
+    site = tmp_path / "site.toml"
+    site.write_text(ONLY_ALLERGIES, encoding="utf-8")
+    lines = {"SMARTAPP_CONFIG": str(site), **values}
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    monkeypatch.chdir(tmp_path)
+    return site
+
+
+def test_serve_reads_dotenv(tmp_path, monkeypatch, capsys):
+    from smartapp import cli, serving
+
+    site = _dotenv_only(
+        tmp_path,
+        monkeypatch,
+        SMARTAPP_INSTANCE_PATH=str(tmp_path / "instance"),
+        SMARTAPP_ALLOWED_ISSUERS="https://ehr.example.org/fhir",
+        SMARTAPP_SECRET_KEY="dotenv-secret-key-for-serve",
+        SMARTAPP_PUBLIC_URL="https://app.example.org",
+        SMARTAPP_DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}",
+        SMARTAPP_MIGRATE_ON_START="true",
+    )
+    served = []
+
+    class NoServer:
+        """In place of waitress: records the app `serve` built, serves nothing."""
+
+        def __init__(self, app, **_options):
+            served.append(app)
+
+        def print_listen(self, _format: str) -> None:
+            pass
+
+    monkeypatch.setattr(serving, "create_server", NoServer)
+    # Stopped at once, as by SIGTERM once it serves: the closing is the command's own.
+    monkeypatch.setattr(serving, "run_until_stopped", lambda _server, *, on_stopped: on_stopped())
+    assert cli.main(["serve", "--no-worker", "--port", "0"]) == 0
+    [app] = served
+    try:
+        settings = app.config["SMARTAPP_SETTINGS"]
+        assert settings.site_config_path == site
+        assert settings.allowed_issuers == ("https://ehr.example.org/fhir",)
+        engines = app.extensions["smartapp.engines"]
+        assert [k.kind for k in engines.config.for_issuer(None).kinds] == ["allergies"]
+    finally:
+        app.extensions["smartapp.db"].dispose()
+
+
+def test_evaluate_reads_the_site_file_dotenv_names(tmp_path, monkeypatch, capsys):
+    from smartapp.cli import main
+
+    _dotenv_only(tmp_path, monkeypatch)
+    assert main(["evaluate", "--cohort", str(PATIENTS), "--json", "--as-of", "2026-11-23"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [row["kind"] for row in report["kinds"]] == ["allergies"]
+
+
+def test_draft_reads_the_site_file_dotenv_names(tmp_path, monkeypatch, capsys):
+    from smartapp.cli import main
+
+    _dotenv_only(tmp_path, monkeypatch)
+    chart = next(iter(sorted(PATIENTS.glob("*.json"))))
+    assert main(["draft", "--chart", str(chart), "--json", "--as-of", "2026-11-23"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["suggestions"] and {s["kind"] for s in record["suggestions"]} == {"allergies"}

@@ -9,6 +9,7 @@ from textwrap import dedent
 import pytest
 
 from smartapp.config import PROJECT_ROOT
+from smartapp.kinds import KINDS
 from smartapp.siteconfig import (
     CareGapRules,
     KindConfig,
@@ -16,7 +17,6 @@ from smartapp.siteconfig import (
     SiteConfigError,
     load_site_config,
 )
-from smartapp.suggestions.kinds import KINDS
 
 
 def write(tmp_path: Path, text: str, name: str = "site.toml") -> Path:

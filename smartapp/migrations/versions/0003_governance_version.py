@@ -1,7 +1,7 @@
 """The governance version counter: one row, bumped by every governance change.
 
 Each process caches rollout rules, kill switches and active engine versions and reads
-only this row per request (`smartapp.admin.policy`).
+only this row per request (`smartapp.governance.state`).
 
 Revision ID: 0003
 Revises: 0002

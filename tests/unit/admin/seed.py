@@ -113,9 +113,11 @@ def seed_feedback(session: Session) -> None:
                 status="in_chart",
                 created_at=W47 + timedelta(minutes=5),
                 launched_at=W47 + timedelta(minutes=1),
+                seconds_in_sidebar=90.0,
                 chars_total=400,
                 chars_accepted=250,
                 chars_edited=50,
+                edits=2,
             ),
             SavedNote(
                 visit_key="visit-7",
@@ -129,9 +131,11 @@ def seed_feedback(session: Session) -> None:
                 status="pending",
                 created_at=W48 + timedelta(minutes=5),
                 launched_at=W48 + timedelta(minutes=3),
+                seconds_in_sidebar=30.0,
                 chars_total=100,
                 chars_accepted=0,
                 chars_edited=20,
+                edits=1,
             ),
         ]
     )

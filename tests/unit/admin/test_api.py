@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
@@ -91,13 +92,21 @@ def test_metrics_json_matches_the_contract(seeded):
     response = seeded.test_client().get("/admin/api/metrics?group_by=site", headers=bearer())
     assert response.status_code == 200
     groups = response.get_json()["groups"]
-    assert [set(g) for g in groups] == [set(FIELDS), set(FIELDS)]
+    # The shared contract's fields, issue 12's, and where the notes' characters came from.
+    parts = {"accepted", "edited", "typed"}
+    extra = {f"{part}_share_of_note_chars" for part in parts}
+    extra |= {"edits_per_note", "median_seconds_in_sidebar"}
+    assert [set(g) for g in groups] == [set(FIELDS) | extra, set(FIELDS) | extra]
     assert groups[0]["key"] == "https://a.example/fhir"
     assert groups[0]["shown"] == 4 and groups[0]["acceptance_rate"] == 0.5
     # Is it saving time: notes, launch to saved note, and the share written by suggestions.
     assert groups[0]["notes"] == 1
     assert groups[0]["median_seconds_launch_to_note"] == 240.0
+    assert groups[0]["median_seconds_in_sidebar"] == 90.0
     assert groups[0]["ai_share_of_note_chars"] == 0.75
+    a = groups[0]  # one note: 400 characters, 250 accepted, 50 edited; 2 edited lines
+    shares = [a[f"{part}_share_of_note_chars"] for part in ("accepted", "edited", "typed")]
+    assert shares == [0.625, 0.125, 0.25] and a["edits_per_note"] == 2.0
     overall = seeded.test_client().get("/admin/api/metrics?group_by=week", headers=bearer())
     weeks = {g["key"]: g for g in overall.get_json()["groups"]}
     assert [w["ai_share_of_note_chars"] for w in weeks.values() if w["notes"]] == [0.75, 0.2]
@@ -257,8 +266,8 @@ REPORT = {
 
 def recorded(app, report) -> str:
     """What `smartapp evaluate --record` leaves in the app's store: the report's SHA-256."""
-    from smartapp.admin.evaluations import record_run
     from smartapp.db import utcnow
+    from smartapp.governance.evaluations import record_run
 
     with app.extensions["smartapp.db"].session() as s:
         return record_run(
@@ -499,3 +508,8 @@ def test_pulse_summary_by_site_and_on_the_dashboard(seeded, identity):
     identity.sign_in(ADMIN_1)
     page = client.get("/admin").get_data(as_text=True)
     assert "Is it saving time" in page and "4.0" in page
+    # Site A's note: 62 % accepted, 12 % edited, 25 % typed, 2.0 edited lines (by site),
+    # and the same measures by kind, engine and week.
+    assert re.search(r"<td>62 %</td><td>12 %</td>\s*<td>25 %</td><td>2\.0</td>", page)
+    for group_by in ("kind", "engine", "week"):
+        assert f'id="saving-by-{group_by}"' in page

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from smartapp.admin import control
 from smartapp.admin.control import rollout_control
 from smartapp.notes.models import AFTER_VISIT_SUMMARY, SavedNote
 
@@ -115,6 +116,54 @@ def test_one_clinician_in_an_arm_gives_no_interval(database):
     assert group["outside"]["median_seconds_launch_to_note_ci95"] is not None
     assert group["difference"]["median_seconds_launch_to_note"] == -22.5
     assert group["difference"]["median_seconds_launch_to_note_ci95"] is None
+
+
+@pytest.fixture
+def bootstraps(monkeypatch) -> list[tuple[int, int]]:
+    """Every bootstrap actually run (its arms' clinician counts), on an empty cache."""
+    control._cached_comparison.cache_clear()
+    runs: list[tuple[int, int]] = []
+    real = control.compare_arms
+
+    def counted(inside, outside, **options):
+        runs.append((len(inside), len(outside)))
+        return real(inside, outside, **options)
+
+    monkeypatch.setattr(control, "compare_arms", counted)
+    yield runs
+    control._cached_comparison.cache_clear()
+
+
+def test_the_bootstrap_runs_once_per_data_and_again_for_the_group_a_new_note_joins(
+    seeded, bootstraps
+):
+    other = "https://b.example/fhir"
+    with seeded.session() as s:
+        for n, arm in ((30, "inside"), (31, "outside"), (32, "inside"), (33, "outside")):
+            _note(s, n, user=f"Practitioner/{n}", arms={KIND: arm}, seconds=50, edits=0, site=other)
+    with seeded.session() as s:
+        first = rollout_control(s, resamples=200)
+    assert sorted(bootstraps) == [(2, 2), (3, 2)]  # one per (site, kind)
+    with seeded.session() as s:
+        again = rollout_control(s, resamples=200)
+    assert again == first and len(bootstraps) == 2  # the same data: nothing recomputed
+    # A cached result handed out is a copy: a caller changing it changes no later answer.
+    again["groups"][0]["inside"]["notes"] = -1
+    with seeded.session() as s:
+        assert rollout_control(s, resamples=200) == first
+    with seeded.session() as s:
+        _note(s, 40, user="Practitioner/9", arms={KIND: "outside"}, seconds=900, edits=5)
+    with seeded.session() as s:
+        after = rollout_control(s, resamples=200)
+    assert bootstraps[2:] == [(3, 3)]  # only the group the note joined
+    mine = next(g for g in after["groups"] if g["site"] == SITE)
+    assert mine["outside"]["clinicians"] == 3 and mine["outside"]["notes"] == 4
+    assert next(g for g in after["groups"] if g["site"] == other) == next(
+        g for g in first["groups"] if g["site"] == other
+    )
+    with seeded.session() as s:
+        rollout_control(s, resamples=100)  # another number of resamples is another answer
+    assert len(bootstraps) == 5
 
 
 def test_each_site_and_kind_is_its_own_comparison_within_the_period(database):

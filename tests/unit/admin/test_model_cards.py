@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fhir.resources.R4B.bundle import Bundle
 
-from smartapp.admin.model_cards import engine_attributes
+from smartapp.governance.model_cards import engine_attributes
 from smartapp.suggestions.builtin import BUILTIN_INFO
 from tests.unit.admin.conftest import ADMIN_1, bearer, csrf
 

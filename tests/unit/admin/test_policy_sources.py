@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from textwrap import dedent
 
-from smartapp.admin.policy import GovernanceState
+from smartapp.governance.state import GovernanceState
 from smartapp.policy import Policy
 from smartapp.siteconfig import parse_site_config
 from tests.unit.admin.conftest import ADMIN_1, ISS, TOKEN, bearer, make_admin_app

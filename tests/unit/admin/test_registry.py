@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from smartapp.admin.evaluations import record_run
-from smartapp.admin.registry import ChangeControl, ChangeRefused, active_engine, is_killed
 from smartapp.errors import BadRequest
+from smartapp.governance.evaluations import record_run
+from smartapp.governance.registry import ChangeControl, ChangeRefused, active_engine, is_killed
 from smartapp.identity import TOKEN_ACTOR
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -90,7 +90,7 @@ def test_version_goes_through_every_state_with_history(database, cc):
     engine = current(database)
     assert engine is not None and (engine.name, engine.version, engine.model) == ("llm", "2.0", "m")
     with database.session() as s:
-        from smartapp.admin.registry import list_versions
+        from smartapp.governance.registry import list_versions
 
         (row,) = list_versions(s)
         history = [(t.from_state, t.to_state, t.actor) for t in row.transitions]
@@ -171,7 +171,7 @@ def test_activation_supersedes_and_rollback_restores_on_the_next_read(database, 
     v2 = make_active(database, cc, "2.0", at=T0 + timedelta(hours=1))
     assert current(database).version == "2.0"
     with database.session() as s:
-        from smartapp.admin.models import EngineVersion
+        from smartapp.governance.models import EngineVersion
 
         assert s.get(EngineVersion, v1).state == "superseded"
         assert s.get(EngineVersion, v2).supersedes == [v1]

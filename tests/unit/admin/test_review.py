@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from smartapp.admin.models import FlagReviewEvent
 from smartapp.audit import AuditQuery, search
 from smartapp.audit.models import AppendOnlyError
+from smartapp.governance.models import FlagReviewEvent
 from tests.unit.admin.conftest import ADMIN_1, ADMIN_2, bearer, csrf, who
 from tests.unit.admin.seed import seed_feedback
 

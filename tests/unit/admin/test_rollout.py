@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from smartapp.admin.models import RolloutRule as RolloutRuleRow
-from smartapp.admin.rollout import (
+from smartapp.errors import BadRequest
+from smartapp.governance.models import RolloutRule as RolloutRuleRow
+from smartapp.governance.rollout import (
     NOT_YET_FOR_YOU,
     RuleInput,
     add_rule,
@@ -16,7 +17,6 @@ from smartapp.admin.rollout import (
     is_enabled,
     retire_rule,
 )
-from smartapp.errors import BadRequest
 from smartapp.siteconfig import RolloutRule
 
 SITE = "https://a.example/fhir"

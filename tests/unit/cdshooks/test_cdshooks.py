@@ -14,11 +14,11 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from smartapp import audit, create_app
-from smartapp.admin.registry import ChangeControl
 from smartapp.cdshooks.discovery import PREFETCH
 from smartapp.cdshooks.models import CardFeedback
 from smartapp.cdshooks.warm import WarmCharts
 from smartapp.db import utcnow
+from smartapp.governance.registry import ChangeControl
 from smartapp.smart.scopes import GrantedScopes
 from smartapp.smart.session import LaunchContext
 from tests.conftest import SANDBOX_ISS, make_settings
@@ -177,15 +177,21 @@ def test_hook_call_is_audited_as_a_chart_read(cds_app, ehr_key):
     [
         ({"aud": "http://localhost/cds-services/other"}, "another service (aud)"),
         ({"iss": "http://rogue.test"}, "not an EHR registered"),
-        ({"exp": int(time.time()) - 120, "iat": int(time.time()) - 180}, "expired"),
-        ({"exp": int(time.time()) + 3600}, "longer than"),
-        ({"iat": int(time.time()) + 600, "exp": int(time.time()) + 660}, "future"),
+        # Times are seconds from when the test runs (not from collection: a long suite
+        # would turn "600 s ahead" into the past).
+        ({"exp": -120, "iat": -180}, "expired"),
+        ({"exp": 3600}, "longer than"),
+        ({"iat": 600, "exp": 660}, "future"),
         ({"jti": None}, "no id (jti)"),
         ({"exp": None}, "no expiry"),
     ],
 )
 def test_hook_refuses_a_jwt_failing_a_check(cds_app, ehr_key, overrides, message):
-    answer = call(cds_app.test_client(), sign(ehr_key, **overrides), hook_body())
+    now = int(time.time())
+    claims = {
+        k: now + v if k in ("exp", "iat") and v is not None else v for k, v in overrides.items()
+    }
+    answer = call(cds_app.test_client(), sign(ehr_key, **claims), hook_body())
     assert answer.status_code == 401
     assert message in answer.get_json()["error"]["message"]
 

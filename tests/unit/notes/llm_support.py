@@ -1,14 +1,15 @@
 """A fake OpenAI-compatible chat-completions endpoint that holds every request until released.
 
 It answers `problem_summary` with the chart's first problem (cited as the prompt gives it,
-so it passes the grounding check on any chart) and every other kind with nothing.
+so it passes the grounding check on any chart), or with `cards(first_problem)` when set,
+and every other kind with nothing.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ class HeldLLM:
     #: `all_inside` is set when this many requests are held at once.
     expect: int = 0
     all_inside: threading.Event = field(default_factory=threading.Event)
+    #: The chart's first problem (`text`, `ref`) → the problem summary's answer instead.
+    cards: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -48,14 +51,21 @@ class HeldLLM:
                 self.inside -= 1
                 self.answered += 1
         said = _first_problem(user) if kind == "problem_summary" else []
+        if said and self.cards is not None:
+            said = self.cards(_problems(user)[0])
         content = json.dumps({"suggestions": said})
         answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
         return Response(json.dumps(answer), mimetype="application/json")(environ, start_response)
 
 
-def _first_problem(user: str) -> list[dict[str, Any]]:
+def _problems(user: str) -> list[dict[str, Any]]:
     chart = json.loads(user.split("<<<CHART DATA\n", 1)[1].split("\nCHART DATA>>>", 1)[0])
-    problems = chart[CHART_KEY].get("problems") or []
+    problems: list[dict[str, Any]] = chart[CHART_KEY].get("problems") or []
+    return problems
+
+
+def _first_problem(user: str) -> list[dict[str, Any]]:
+    problems = _problems(user)
     if not problems:
         return []
     first = problems[0]

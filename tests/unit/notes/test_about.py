@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from smartapp.admin.model_cards import card_for, engine_attributes
-from smartapp.admin.models import EngineVersion
 from smartapp.db import utcnow
+from smartapp.governance.model_cards import card_for, engine_attributes
+from smartapp.governance.models import EngineVersion
 from smartapp.suggestions.builtin import BUILTIN_INFO
 from tests.unit.notes.test_views_note import _api, ehr  # noqa: F401 - a fixture
 from tests.unit.notes.views_support import launch

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from smartapp.admin.registry import ChangeControl
-from smartapp.admin.rollout import RuleInput, add_rule
+from smartapp import kinds as K
 from smartapp.db import Database, utcnow
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.governance.registry import ChangeControl
+from smartapp.governance.rollout import RuleInput, add_rule
 from smartapp.notes.drafting import GovernedDrafter
 from smartapp.siteconfig import SiteConfig, load_site_config
 from smartapp.suggestions import assessment
-from smartapp.suggestions import kinds as K
 from smartapp.suggestions.crossref import SHORT_LABELS
 from smartapp.suggestions.facts import capitalize
 from smartapp.suggestions.interfaces import Statement, Suggestion

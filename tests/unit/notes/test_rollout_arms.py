@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 
 from smartapp.admin.control import rollout_control
-from smartapp.admin.rollout import RuleInput, add_rule, bucket
 from smartapp.db import utcnow
+from smartapp.governance.rollout import RuleInput, add_rule, bucket
 from smartapp.notes.models import SavedNote
 from tests.conftest import SANDBOX_ISS
 from tests.unit.notes.test_views_note import _accept, _api, ehr  # noqa: F401 - a fixture
@@ -81,7 +81,7 @@ def test_the_site_files_partial_rollout_places_clinicians_in_arms_while_it_runs(
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
-    from smartapp.admin.policy import GovernanceState
+    from smartapp.governance.state import GovernanceState
     from smartapp.notes.drafting import plan_for
     from smartapp.siteconfig import parse_site_config
 

@@ -14,6 +14,7 @@ from flask import Flask
 from smartapp.db import utcnow
 from smartapp.fhir.parsing import build_snapshot
 from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.kinds import KINDS
 from smartapp.notes.drafting import DraftPlan, Drafts
 from smartapp.notes.service import SidebarService
 from smartapp.smart.client import TokenResponse
@@ -21,7 +22,6 @@ from smartapp.smart.idtoken import IDTokenClaims
 from smartapp.smart.models import PendingAuthorization
 from smartapp.smart.services import get_services
 from smartapp.smart.session import SESSION_COOKIES, LaunchContext, create_session
-from smartapp.suggestions.kinds import KINDS
 from tests.conftest import SANDBOX_ISS
 from tests.unit.fhir.fakes import chart_fixtures
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from smartapp.kinds import KINDS
 from smartapp.suggestions.answer import ANSWER_SCHEMA, Answer
 
 
@@ -25,7 +26,9 @@ def test_schema_is_what_strict_structured_output_accepts():
         assert sorted(obj["required"]) == sorted(obj["properties"])
     assert "$defs" not in ANSWER_SCHEMA and "$ref" not in repr(ANSWER_SCHEMA)
     suggestion = ANSWER_SCHEMA["properties"]["suggestions"]["items"]
-    assert set(suggestion["properties"]) == {"title", "statements"}
+    assert set(suggestion["properties"]) == {"kind", "title", "statements"}
+    # A strict server can only name one of our kinds; the engine still checks which.
+    assert suggestion["properties"]["kind"] == {"type": "string", "enum": list(KINDS)}
 
 
 def test_reader_keeps_readable_statements_and_drops_empty_cards():
@@ -40,5 +43,15 @@ def test_reader_keeps_readable_statements_and_drops_empty_cards():
         }
     )
     assert [s.model_dump() for s in answer.suggestions] == [
-        {"title": "", "statements": [{"text": "a", "citations": ["Condition/1"]}]}
+        {"kind": "", "title": "", "statements": [{"text": "a", "citations": ["Condition/1"]}]}
     ]
+
+
+def test_reader_keeps_the_kind_the_model_wrote_for_the_engine_to_judge():
+    cards = [
+        {"kind": " care_gaps ", "statements": [{"text": "a", "citations": []}]},
+        {"kind": 7, "statements": [{"text": "b", "citations": []}]},
+        {"kind": None, "statements": [{"text": "c", "citations": []}]},
+    ]
+    answer = Answer.model_validate({"suggestions": cards})
+    assert [s.kind for s in answer.suggestions] == ["care_gaps", "7", ""]

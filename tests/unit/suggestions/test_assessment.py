@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.evaluate import bundle_resources
 from smartapp.suggestions.facts import ChartFacts
 from smartapp.suggestions.grounding import GroundingVerifier
+from smartapp.suggestions.interfaces import Statement
 
 CHARTS = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"
 AS_OF = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -44,14 +46,14 @@ def test_every_statement_is_grounded_and_every_option_cites_its_guideline(name: 
             if statement.text.startswith("Consider"):
                 assert statement.rule and any(
                     src in statement.rule
-                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG")
+                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI")
                 )
 
 
 def test_diabetes_ckd_hypertension_blocks_say_each_fact_once():
     htn, dm, ckd = texts("t2d_htn_ckd")
     # The head does not repeat the BP line's verdict; options cite, not repeat, their trigger.
-    assert htn[0] == "Essential hypertension, since 2010-02-15"
+    assert htn[0] == "Essential hypertension"  # a long-standing onset is not restated
     assert "BP 142/84 mmHg on 2026-11-10, down from 148/86 mmHg on 2026-08-03; above goal" in htn
     assert "Lisinopril stopped 2025-03-18 (dry cough)" in htn
     assert any(t.startswith("Consider intensifying antihypertensive") for t in htn)
@@ -70,7 +72,7 @@ def test_diabetes_ckd_hypertension_blocks_say_each_fact_once():
 
 def test_warfarin_inr_below_range_offers_a_dose_change():
     [af] = texts("af_warfarin_inr")
-    assert af[0] == "Atrial fibrillation, since 2019-09-09"
+    assert af[0] == "Atrial fibrillation"
     assert (
         af[1] == "INR 1.6 on 2026-11-16, down from 2.4 on 2026-10-05; below the therapeutic range"
     )
@@ -80,7 +82,7 @@ def test_warfarin_inr_below_range_offers_a_dose_change():
 def test_heart_failure_weight_gain_within_a_week():
     [hf] = texts("hf_weight_gain")
     # The weight line states the gain; the option cites it without repeating it.
-    assert "Weight 81.0 kg on 2026-11-09, up from 78.2 kg on 2026-11-03" in hf
+    assert "Weight 81.0 kg on 2026-11-09, up from 78.2 on 2026-11-03" in hf
     assert "Consider assessing volume status and adjusting the loop diuretic" in hf
 
 
@@ -158,9 +160,9 @@ def test_ckd_status_names_every_kdigo_category_normal_ones_too():
 
 def test_obesity_block_names_bmi_class_weight_and_the_glp1_ra():
     [block] = texts("obesity_glp1")
-    assert block[0] == "Obesity, since 2019-06-01: class II obesity"
-    assert block[1].startswith("BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 kg/m2")
-    assert block[2] == "Weight 95.8 kg on 2026-11-10, down from 104.5 kg on 2025-12-02"
+    assert block[0] == "Obesity: class II obesity"
+    assert block[1].startswith("BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 on 2025-12-02")
+    assert block[2] == "Weight 95.8 kg on 2026-11-10, down from 104.5 on 2025-12-02"
     assert block[3].startswith("On semaglutide")
 
 
@@ -169,14 +171,16 @@ def test_adult_bmi_classes_are_not_applied_to_a_child():
     resources[0] = {**resources[0], "birthDate": "2013-05-10"}  # 13 on the chart's date
     child = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
     [block] = [[s.text for s in d.statements] for d in ENGINE.suggest(child, "assessment_plan", {})]
-    assert block[0] == "Obesity, since 2019-06-01"
-    assert block[1] == "BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 kg/m2 on 2025-12-02"
+    assert block[0] == "Obesity"
+    assert block[1] == "BMI 35.4 kg/m2 on 2026-11-10, down from 38.6 on 2025-12-02"
     assert not any("obesity" in t.lower() or "healthy" in t for t in block[1:])
 
 
 def _blocks(snapshot: ChartSnapshot) -> dict[str, list[str]]:
     drafts = ENGINE.suggest(snapshot, "assessment_plan", {})
-    return {d.statements[0].text.split(",")[0]: [s.text for s in d.statements] for d in drafts}
+    return {
+        re.split("[,:]", d.statements[0].text)[0]: [s.text for s in d.statements] for d in drafts
+    }
 
 
 def test_the_statin_decision_is_made_in_the_hyperlipidemia_block_and_pointed_to():
@@ -291,3 +295,134 @@ def test_cha2ds2_vasc_counts_a_stroke_under_a_local_code_by_its_words():
         "CHA2DS2-VASc score five: hypertension, Cerebral infarction (two points), age 71, female"
         in _af_block(snapshot)
     )
+
+
+@pytest.mark.parametrize(
+    ("display", "ingredients", "written"),
+    [
+        ("metformin hydrochloride 1000 MG Oral Tablet", ("metformin",), "metformin 1000 mg"),
+        ("warfarin sodium 5 MG Oral Tablet", ("warfarin",), "warfarin 5 mg"),
+        # A salt as the first word is the drug itself; a salt that tells products apart stays.
+        (
+            "potassium chloride 20 MEQ Extended Release Oral Tablet",
+            (),
+            "potassium chloride 20 mEq extended release",
+        ),
+        (
+            "metoprolol succinate 50 MG Extended Release Oral Tablet",
+            ("metoprolol",),
+            "metoprolol succinate 50 mg extended release",
+        ),
+        (
+            "phenytoin sodium 100 MG Extended Release Oral Capsule",
+            (),
+            "phenytoin sodium 100 mg extended release",
+        ),
+        (
+            "insulin glargine 100 UNT/ML Injectable Solution",
+            (),
+            "insulin glargine 100 units/mL Injectable Solution",
+        ),
+    ],
+)
+def test_the_plan_names_a_medication_as_a_note_writes_it(
+    display: str, ingredients: tuple[str, ...], written: str
+) -> None:
+    from smartapp.suggestions.terminology import MEDICATION_NAMES
+
+    assert MEDICATION_NAMES.note_name(display, ingredients) == written
+
+
+@pytest.mark.parametrize(
+    ("birth_date", "source"),
+    [
+        ("2025-06-01", None),  # 1 year old: NHLBI's categories start at 2; no adult goal
+        ("2011-03-15", "NHLBI"),  # 15: the pediatric categories
+        ("2007-11-22", "NHLBI"),  # 19 on the chart's day
+        ("2006-11-22", "ACC/AHA"),  # 20: the adult goal
+    ],
+)
+def test_the_ldl_goal_is_read_by_age(birth_date: str, source: str | None):
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "adolescent_ldl_borderline.json").read_text())
+    )
+    resources[0] = {**resources[0], "birthDate": birth_date}
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    goal = assessment.goal_for(ChartFacts(snapshot), assessment.knowledge(), "ldl")
+    assert (goal.cite.source.split(" ")[0] if goal else None) == source
+
+
+def _hfref_block(values: dict[str, float]) -> list[Statement]:
+    snapshot = _with_values("hfref_gdmt_potassium_52", values)
+    [draft] = ENGINE.suggest(snapshot, "assessment_plan", {})
+    return list(draft.statements)
+
+
+def test_hfref_offers_an_mra_only_when_the_safety_table_allows_it_and_cites_what_it_read():
+    mra = "Consider a mineralocorticoid receptor antagonist"
+    # Potassium 4.6 and eGFR 55: offered, citing the potassium and eGFR it was judged by.
+    [offered] = [s for s in _hfref_block({"hfref-gdmt-k-1": 4.6}) if s.text.startswith(mra)]
+    cited = {c.reference for c in offered.citations}
+    assert {"Observation/hfref-gdmt-k-1", "Observation/hfref-gdmt-egfr-1"} <= cited
+    assert offered.rule and "AHA/ACC/HFSA" in offered.rule
+    # Potassium 5.0 (the guideline's "below 5.0") or eGFR 30: held back.
+    for values, why in (
+        ({"hfref-gdmt-k-1": 5.0}, "potassium 5.0 mmol/L"),
+        ({"hfref-gdmt-k-1": 4.6, "hfref-gdmt-egfr-1": 30}, "eGFR 30 mL/min/1.73 m2"),
+    ):
+        block = _hfref_block(values)
+        assert not any(s.text.startswith(mra) for s in block), values
+        [held] = [s for s in block if "is not suggested" in s.text]
+        assert held.text.startswith(
+            "A mineralocorticoid receptor antagonist is not suggested: " + why
+        )
+        assert held.rule and "AHA/ACC/HFSA" in held.rule
+
+
+def test_hfref_mra_is_not_offered_without_a_potassium_on_file():
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "hfref_gdmt_potassium_52.json").read_text())
+    )
+    resources = [r for r in resources if r.get("id") != "hfref-gdmt-k-1"]
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    texts_ = [s.text for d in ENGINE.suggest(snapshot, "assessment_plan", {}) for s in d.statements]
+    assert not any("mineralocorticoid" in t for t in texts_)
+    assert not any(t.startswith("Consider an ARNI") for t in texts_)  # K unknown: not judged
+    assert any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
+
+
+@pytest.mark.parametrize(
+    ("display", "switch"),
+    [
+        ("metoprolol tartrate 25 MG Oral Tablet", "metoprolol tartrate 25 mg"),
+        ("atenolol 50 MG Oral Tablet", "atenolol 50 mg"),
+        ("metoprolol succinate 50 MG Extended Release Oral Tablet", None),
+        ("carvedilol 25 MG Oral Tablet", None),
+    ],
+)
+def test_hfref_on_a_beta_blocker_without_outcome_evidence_is_offered_a_switch(
+    display: str, switch: str | None
+):
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "hfref_gdmt_potassium_52.json").read_text())
+    )
+    furosemide = next(r for r in resources if r["id"] == "hfref-gdmt-furosemide")
+    resources.append(
+        {**furosemide, "id": "hfref-gdmt-bb", "medicationCodeableConcept": {"text": display}}
+    )
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    [draft] = ENGINE.suggest(snapshot, "assessment_plan", {})
+    texts_ = [s.text for s in draft.statements]
+    offered = [
+        s for s in draft.statements if s.text.startswith("Consider switching to an evidence-based")
+    ]
+    if switch is None:
+        assert offered == []
+    else:
+        # The medication line above names the drug; the option cites its order.
+        assert any(t.startswith("On ") and switch in t for t in texts_)
+        [option] = offered
+        assert option.text == "Consider switching to an evidence-based beta blocker"
+        assert "MedicationRequest/hfref-gdmt-bb" in {c.reference for c in option.citations}
+    # On a beta blocker of any kind: "start one" is not offered.
+    assert not any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)

@@ -9,12 +9,12 @@ import pytest
 from carebundle import generate_bundle, to_json
 
 from smartapp.fhir.parsing import build_snapshot
+from smartapp.kinds import KINDS
 from smartapp.siteconfig import CareGapRules
 from smartapp.suggestions.builtin import BUILTIN_INFO, BuiltinEngine
 from smartapp.suggestions.evaluate import bundle_resources
 from smartapp.suggestions.grounding import GroundingVerifier
 from smartapp.suggestions.interfaces import Suggestion
-from smartapp.suggestions.kinds import KINDS
 
 from .conftest import AS_OF, load_chart
 
@@ -105,11 +105,11 @@ def test_citation_display_comes_from_the_resource():
 def test_medications_list_and_reconciliation_hints():
     [meds] = run("diabetes_hypertension", "medications")
     assert meds.title == "Medication list and reconciliation hints (rule-based)"
-    # Safety flags (the duplicate pair) come first.
+    # Safety flags (the duplicate pair, the safety table's dual RAS blockade rule) come first.
     assert pairs(meds) == [
         (
-            "Possible duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
-            "Oral Tablet are both renin-angiotensin blockers (ACE inhibitors and ARBs)",
+            "Duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
+            "Oral Tablet are active orders",
             ["MedicationRequest/dm1-lisinopril", "MedicationRequest/dm1-losartan"],
         ),
         ("amlodipine 5 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-amlodipine"]),
@@ -252,16 +252,17 @@ def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_op
     drafts = [drafts[0], drafts[2], drafts[1]]
     assert pairs(drafts[1]) == [
         (
-            "Type 2 diabetes mellitus without complications, since 2024-01-02",
+            "Type 2 diabetes mellitus without complications",
             ["Condition/dm1-diabetes"],
         ),
         (
             "HbA1c 8.0% on 2026-01-01 (10 months old); above goal",
             ["Observation/dm1-hba1c-2026-01"],
         ),
-        ("eGFR 91 mL/min/1.73 m2 on 2026-01-01; not reduced", ["Observation/dm1-egfr"]),
+        # The same day as the HbA1c on the line above: the date is said once.
+        ("eGFR 91 mL/min/1.73 m2; not reduced", ["Observation/dm1-egfr"]),
         (
-            "On metformin hydrochloride 500 MG Oral Tablet (ordered 2026-01-01)",
+            "On metformin 500 mg (ordered 2026-01-01)",
             ["MedicationRequest/dm1-metformin"],
         ),
         (
@@ -277,7 +278,7 @@ def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_op
             ["Condition/dm1-diabetes", "Observation/dm1-hba1c-2026-01"],
         ),
         (
-            "Urine albumin/creatinine ratio due: none on file",
+            "UACR due: none on file",
             ["Condition/dm1-diabetes"],
         ),
         # ADA: a statin for diabetes at 40-75, whatever the LDL; the age is the Patient's.
@@ -297,11 +298,10 @@ def test_assessment_plan_untreated_problem_offers_starting_treatment():
     [draft] = run("hypertension_history", "assessment_plan")
     assert [s.text for s in draft.statements] == [
         # The verdict is the BP line's; the option cites the BP it rests on, not repeats it.
-        "Essential (primary) hypertension, since 2023-04-07",
+        "Essential (primary) hypertension",
         "BP 140/86 mmHg on 2026-01-01; above goal",
         "No current medication on the list for Essential (primary) hypertension",
-        "Consider starting antihypertensive medication (confirm with home or repeat office "
-        "readings)",
+        "Consider starting antihypertensive medication (confirm with home or repeat readings)",
     ]  # the lipid panel and flu vaccine gaps belong to no problem: not in this plan
 
 

@@ -71,7 +71,7 @@ def test_due_items_come_first_then_what_is_up_to_date():
             ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
         ),
         (
-            "Diabetes: consider a urine albumin/creatinine ratio — none is on file",
+            "Diabetes: consider a urine albumin/creatinine ratio (UACR) — none is on file",
             ["Condition/dm1-diabetes"],
         ),
         ("Influenza vaccine: consider a flu vaccine — none is on file", ["Patient/dm1"]),
@@ -102,8 +102,7 @@ def test_every_rule_met_is_reported_with_what_shows_it():
             ["Observation/pm1-egfr-2026-09", "Condition/pm1-diabetes"],
         ),
         (
-            "Diabetes: urine albumin/creatinine ratio done within the interval, "
-            "result above goal — 42 mg/g on 2026-09-27",
+            "Diabetes: UACR done within the interval, result above goal — 42 mg/g on 2026-09-27",
             ["Observation/pm1-uacr-2026-09", "Condition/pm1-diabetes"],
         ),
         # LDL and total cholesterol drawn the same day: the LDL is the one shown.
@@ -433,7 +432,8 @@ def test_kidney_tests_count_from_the_as_of_day():
             ["Observation/ckd1-egfr-2026-03", "Condition/ckd1-ckd"],
         ),
         (
-            "Chronic kidney disease: consider a urine albumin/creatinine ratio — none is on file",
+            "Chronic kidney disease: consider a urine albumin/creatinine ratio (UACR) "
+            "— none is on file",
             ["Condition/ckd1-ckd"],
         ),
     ]

@@ -71,7 +71,7 @@ def test_since_the_last_note_new_results_medications_and_problems_each_cite_thei
         ("result", "Creatinine 1.42 mg/dL on 2026-10-20"),
         ("result", "Potassium 4.9 mmol/L on 2026-10-20"),
         ("result", "Hemoglobin 12.1 g/dL on 2026-10-20 (was 11.2 g/dL)"),
-        ("result", "Urine albumin/creatinine ratio 88 mg/g on 2026-10-20"),
+        ("result", "UACR 88 mg/g on 2026-10-20"),
         ("result", "NT-proBNP 620 pg/mL on 2026-11-10"),
         ("medication_started", "Started allopurinol 100 MG Oral Tablet on 2026-09-20"),
         (

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from smartapp.kinds import KINDS
 from smartapp.siteconfig import load_site_config
 from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.charts import chart_snapshot, draft_chart
 from smartapp.suggestions.crossref import PATIENT_FACING, deduplicate, stated_results
 from smartapp.suggestions.grounding import GroundingVerifier, verify_suggestions
 from smartapp.suggestions.interfaces import Suggestion
-from smartapp.suggestions.kinds import KINDS
 from smartapp.suggestions.registry import SuggestionService
 
 CHARTS = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"

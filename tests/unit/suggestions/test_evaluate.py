@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from smartapp.cli import main
-from smartapp.suggestions.kinds import KINDS
+from smartapp.kinds import KINDS
 
 from .conftest import FIXTURES, PATIENTS
 
@@ -143,9 +143,9 @@ def test_sandbox_cohort_grounding_and_coverage_are_perfect_for_every_builtin_kin
 
 def test_record_stores_the_report_for_change_control_to_cite(capsys, monkeypatch, tmp_path):
     """`--record` puts the app's own run in the store; change control cites its SHA-256."""
-    from smartapp.admin.evaluations import find_run, report_hash
     from smartapp.config import Settings
     from smartapp.db import Database
+    from smartapp.governance.evaluations import find_run, report_hash
 
     monkeypatch.delenv("SMARTAPP_CONFIG", raising=False)
     monkeypatch.delenv("SMARTAPP_LLM_BASE_URL", raising=False)

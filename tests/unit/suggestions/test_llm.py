@@ -17,6 +17,7 @@ from smartapp.suggestions.llm import (
     LLMFailure,
     compact_chart,
     parse_answer,
+    screen_kinds,
 )
 
 from .conftest import load_chart
@@ -255,6 +256,7 @@ def test_parser_is_tolerant_of_fences_chatter_and_stray_statements():
     )
     assert parse_answer(noisy) == [
         {
+            "kind": "",  # not said: the kind asked for
             "title": "A",
             "statements": [
                 {"text": "ok", "citations": ["Observation/1"]},
@@ -349,3 +351,35 @@ def test_a_site_that_sends_the_name_still_gets_identifiers_scrubbed():
     assert "Ives Dummett" in prompt
     for secret in ("555 0100", "Example Street", "6D367230"):
         assert secret not in prompt, secret
+
+
+def test_screen_keeps_the_asked_kind_and_counts_the_others_by_reason():
+    cards = [
+        {"kind": "problem_summary", "n": 1},
+        {"kind": "", "n": 2},  # no kind said: the one asked
+        {"kind": "care_gaps", "n": 3},  # off on this request
+        {"kind": "Care Gaps", "n": 4},  # none of ours
+        {"kind": "medications", "n": 5},  # on, but its own request's
+    ]
+    kept, refused = screen_kinds(
+        cards, kind="problem_summary", enabled=frozenset({"problem_summary", "medications"})
+    )
+    assert [c["n"] for c in kept] == [1, 2]
+    assert refused == {"not_enabled": 1, "unknown": 1, "other_kind": 1}
+
+
+@responses.activate
+def test_a_kind_that_is_off_is_not_asked_for():
+    responses.post(URL, json=completion(GOOD))
+    drafted = engine().draft(
+        load_chart("diabetes_hypertension"), "problem_summary", {"enabled_kinds": ["allergies"]}
+    )
+    assert drafted.suggestions == [] and drafted.refused == {}
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_the_prompt_asks_for_the_kind_in_every_card():
+    responses.post(URL, json=completion(GOOD))
+    engine().suggest(load_chart("diabetes_hypertension"), "problem_summary", {})
+    assert '"kind"' in sent()["messages"][0]["content"]

@@ -7,8 +7,8 @@ from datetime import date
 
 import pytest
 
+from smartapp.kinds import KINDS
 from smartapp.siteconfig import load_site_config, parse_site_config
-from smartapp.suggestions.kinds import KINDS
 from smartapp.suggestions.registry import NO_MODEL, LLMSettings, SuggestionService
 
 from .conftest import load_chart

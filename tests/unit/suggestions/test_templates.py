@@ -6,7 +6,8 @@ import pytest
 
 from smartapp.suggestions.builtin import BUILTIN_INFO
 from smartapp.suggestions.interfaces import Citation, Statement, Suggestion
-from smartapp.suggestions.templates import TemplateRenderer, TemplateSet
+from smartapp.suggestions.templates import TemplateRenderer
+from smartapp.templating import TemplateSet
 
 SUGGESTION = Suggestion(
     kind="care_gaps",

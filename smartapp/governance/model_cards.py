@@ -19,8 +19,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from smartapp.admin.models import EngineVersion
-from smartapp.admin.registry import list_versions
+from smartapp.governance.models import EngineVersion
+from smartapp.governance.registry import list_versions
 from smartapp.suggestions.builtin import BUILTIN_INFO
 
 ATTRIBUTES_FILE = Path(__file__).with_name("source_attributes.toml")

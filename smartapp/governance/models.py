@@ -27,6 +27,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from smartapp.audit.models import append_only, guard_orm
 from smartapp.db import Base, EncryptedText, UTCDateTime, utcnow
 from smartapp.feedback.models import new_id
+from smartapp.governance.signal import mark_changed
 
 #: Matches every site or every kind in a rollout rule or an engine version's site.
 ANY = "*"
@@ -205,7 +206,7 @@ for _model in (EngineTransition, KillSwitchEvent):
 
 class GovernanceVersion(Base):
     """One row (id 1), bumped by every change to the tables above: the policy cache's signal
-    (`smartapp.admin.policy`) that any process must read governance again."""
+    (`smartapp.governance.state`) that any process must read governance again."""
 
     __tablename__ = "governance_version"
 
@@ -232,6 +233,8 @@ def _bump_on_governance_change(session: Session, flush_context: Any) -> None:
             .where(GovernanceVersion.id == 1)
             .values(version=GovernanceVersion.version + 1)
         )
+        # And, after the commit, the cross-process signal (Redis), when the store has one.
+        mark_changed(session)
 
 
 REVIEW_STATES = ("open", "triaged", "assigned", "closed")

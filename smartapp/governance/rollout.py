@@ -14,13 +14,13 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from smartapp.admin.identity import normalize_fhir_user
-from smartapp.admin.models import ANY, RolloutRule
 from smartapp.config import normalize_issuer
 from smartapp.errors import BadRequest, NotFound
+from smartapp.governance.models import ANY, RolloutRule
+from smartapp.identity import normalize_fhir_user
+from smartapp.kinds import unknown_kind
 from smartapp.placement import BUCKETS
 from smartapp.placement import bucket as _bucket
-from smartapp.suggestions.kinds import unknown_kind
 
 #: What the sidebar shows a clinician left out of a phased rollout.
 NOT_YET_FOR_YOU = (

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from smartapp.admin.models import EvaluationRun
 from smartapp.errors import BadRequest
+from smartapp.governance.models import EvaluationRun
 
 _SHA256 = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 

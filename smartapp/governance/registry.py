@@ -25,12 +25,18 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from smartapp.admin.evaluations import find_run, intact, parse_hash
-from smartapp.admin.models import ANY, KILL_SCOPES, EngineTransition, EngineVersion, KillSwitchEvent
 from smartapp.config import normalize_issuer
 from smartapp.errors import AppError, BadRequest, NotFound
+from smartapp.governance.evaluations import find_run, intact, parse_hash
+from smartapp.governance.models import (
+    ANY,
+    KILL_SCOPES,
+    EngineTransition,
+    EngineVersion,
+    KillSwitchEvent,
+)
 from smartapp.identity import is_person, normalize_fhir_user
-from smartapp.suggestions.kinds import unknown_engine, unknown_kind
+from smartapp.kinds import unknown_engine, unknown_kind
 
 #: Used when the site configuration gives no minimum (the lead wires `min_grounding_rate`).
 DEFAULT_MIN_GROUNDING_RATE = 0.95
