@@ -382,8 +382,17 @@ class BuiltinEngine:
                         rule_id="duplicate-same-drug",
                     )
                 )
+        # A pair the safety tables name (ACE inhibitor + ARB: dual RAS blockade) is said
+        # there, with its source; not again as a class duplicate.
+        named = [
+            set(flag.medications)
+            for flag in safety.safety_flags(facts)
+            if flag.rule.kind == "duplicate"
+        ]
         for group, meds in by_group.items():
             distinct = {frozenset(m.ingredients) for m in meds}
+            if any({r for m in meds for r in m.references} <= refs for refs in named):
+                continue
             if len(distinct) > 1:
                 refs = [r for m in meds for r in m.references]
                 hints.append(
