@@ -61,7 +61,8 @@ bench: $(STAMP)
 
 ## load: simulated clinicians (1, 8, 32, 64) against `smartapp serve` and the sandbox EHR on
 ## loopback, SQLite on 1 process and PostgreSQL on 2 (SMARTAPP_LOAD_DATABASE_URL), plus a
-## 35 s LLM; writes bench/load.json (about 5 minutes on 2 cores).
+## 35 s LLM, each clinician reading for 4 s on average between clicks; then 32 clinicians
+## with no think time (saturation); writes bench/load.json (about 12 minutes on 2 cores).
 load: $(STAMP)
 	$(BIN)/python -m smartapp.load --out bench/load.json
 

@@ -11,6 +11,33 @@ this process) each go through whole sessions as the sidebar does them:
   second while LLM kinds are on their way, reading the suggestions again as they arrive →
   GET /api/suggestions (warm) → GET /api/note/preview → POST /api/note → GET /api/notes.
 
+Each clinician signs in as one of the sandbox's practitioners, and no two clinicians of a
+round open the same patient as the same practitioner (that would be one clinician's two
+tabs, which share the visit's suggestions and decisions).
+
+**Think time.** A clinician reads between clicks, so by default (`--think-s 4`) each
+clinician pauses before every action a person takes — opening the next chart, deciding on
+a card (three times), opening the note preview, saving the note — for a seeded exponential
+time of that mean (truncated at 4x the mean, so that a level ends in bounded time; seeded
+per clinician by `--seed`, so a run repeats). Before the first chart each clinician waits a
+uniform time over one session's think time (6 pauses x the mean): clinicians already at
+work are at random points of their own rounds, so launches arrive spread out, at about the
+rate the level's clinicians keep up (32 clinicians: 1.3 launches a second at 4 s), not all
+at one instant (that burst is the saturation mode's). The requests the sidebar's script
+makes by itself (the page's context, notes and suggestions, the polls while LLM drafts are
+on their way, the suggestions re-read when they arrive, the notes after a save) follow at
+once, as in the browser. Why 4 s:
+a card is two to four sentences with its citations, 30-60 words, which takes a reader at
+200-250 words a minute 8-15 s; 4 s is the busiest plausible clinician (one who glances and
+clicks), so the load is, if anything, heavier than a real one. A session then lasts about
+half a minute of think time, where a real visit takes 15-20 minutes: the arrival rate of 32
+simulated clinicians is that of several hundred real ones. `--think-s 0` is the saturation
+mode that earlier runs measured: a closed loop with no think time and every clinician
+starting at once, each thread firing its next request as soon as the last one answers;
+latencies there are mostly the queue for the 2 cores (the load generator, the sandbox EHR,
+the app's processes and PostgreSQL share them). `make load` runs the levels with think time
+and then `--saturation-clinicians` (32) in the saturation mode, so both are in the file.
+
 Times are server-side: every app process appends one line per request to the file named by
 `SMARTAPP_REQUEST_TIMING_LOG` (route, status, ms, the request thread's CPU ms, the request id
 this benchmark sent). App CPU per session is the app processes' own CPU (user + system, from
@@ -28,6 +55,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -43,7 +71,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -53,6 +81,16 @@ DEFAULT_CLINICIANS = (1, 8, 32, 64)
 #: Each level runs at least this many sessions (a clinician does several when they are few).
 DEFAULT_MIN_SESSIONS = 8
 DEFAULT_LLM_DELAY_S = 35.0
+#: The mean pause before each of a clinician's own actions (see the module docstring).
+DEFAULT_THINK_S = 4.0
+#: A pause is at most this many times the mean (the exponential's tail, cut).
+THINK_CAP = 4.0
+#: A clinician's own actions in one session: open the chart, three decisions, open the
+#: note, save it (each follows a pause).
+PAUSES_PER_SESSION = 6
+DEFAULT_SEED = 14
+#: Levels run again in the saturation mode (no think time), on PostgreSQL x2 when there is one.
+DEFAULT_SATURATION_CLINICIANS = (32,)
 #: The slow-LLM level: the issue's 32 clinicians on 2 processes.
 LLM_LEVEL_CLINICIANS = 32
 #: The site's `[llm] timeout_seconds` in the slow-LLM level: past the LLM's delay, so its
@@ -154,6 +192,8 @@ def build_level(
     app_cpu_ms: float,
     rss_mb: float,
     wall_s: float,
+    think_s: float = 0.0,
+    lock_waits: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One level of `bench/load.json`."""
     first = tagged(timings, ".first")
@@ -167,6 +207,9 @@ def build_level(
         "rss_mb": round(rss_mb, 1),
         "routes": route_figures(timings),
         "llm": llm,
+        # The mean pause before a clinician's own actions; 0: the saturation mode.
+        "think_s": think_s,
+        "mode": "think" if think_s > 0 else "saturation",
         "sessions": sessions,
         # The session's first GET /api/suggestions (the chart is read, or was read ahead).
         "first_suggestions": spread(first) if first else None,
@@ -175,6 +218,8 @@ def build_level(
         "server_errors": sum(1 for t in timings if t.status >= 500),
         "error_samples": list(dict.fromkeys(errors))[:5],
         "wall_s": round(wall_s, 1),
+        # PostgreSQL backends of the app waiting on a lock, sampled (None on SQLite).
+        "lock_waits": dict(lock_waits) if lock_waits is not None else None,
     }
 
 
@@ -277,6 +322,10 @@ def _child_environ(**extra: str) -> dict[str, str]:
 class EHR:
     ehr_url: str
     fhir_base: str
+    #: The child process serving it (its CPU is reported beside the app's).
+    pid: int | None = None
+    #: The sandbox's practitioners: each clinician signs in as one of them.
+    practitioners: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -310,7 +359,9 @@ def ehr_child(*, app_url: str, workdir: Path, latency_ms: int) -> Iterator[EHR]:
                 "the sandbox EHR did not start:\n"
                 + (workdir / "ehr.log").read_text(encoding="utf-8")[-3000:]
             )
-        yield EHR(**json.loads(line))
+        urls = json.loads(line)
+        listing = requests.get(f"{urls['ehr_url']}/_sandbox/", timeout=TIMEOUT).json()
+        yield EHR(**urls, pid=child.pid, practitioners=tuple(listing.get("practitioners", ())))
     finally:
         if child.stdin is not None:
             child.stdin.close()  # the child stops when its stdin closes
@@ -331,7 +382,15 @@ def _serve_ehr(args: argparse.Namespace) -> int:
     from smartapp.sandbox.server import BackgroundServer
 
     # Threads for 64 clinicians' chart reads at once (the default 16 would queue them).
-    server = BackgroundServer("127.0.0.1", 0, public_host="localhost", threads=48)
+    # Connections: every clinician's browser keeps its keep-alive connection to the EHR
+    # open after the launch's redirects (60 s idle), the app's pools hold theirs, and at
+    # 64 clinicians that passed waitress's default limit of 100, past which it stops
+    # accepting: the app's token requests then waited until their 20 s deadline and
+    # /callback answered 503 (the 64-clinician errors of the 2026-12-03 run). An EHR in
+    # production serves thousands of connections; so does this one here.
+    server = BackgroundServer(
+        "127.0.0.1", 0, public_host="localhost", threads=48, connection_limit=2000
+    )
     manifest = json.loads(shipped("launch.json").read_text(encoding="utf-8"))
     ehr = create_ehr_app(
         data_dir=Path(args.instance),
@@ -395,6 +454,7 @@ def start_app(
     database_url: str,
     workdir: Path,
     extra_env: Mapping[str, str],
+    app_path: Path | None = None,
 ) -> RunningApp:
     secret_key = os.urandom(24).hex()
     _prepare_store(database_url, secret_key)
@@ -412,6 +472,10 @@ def start_app(
         SMARTAPP_SIGNIN_RATE_LIMIT="100000 per minute",
         **extra_env,
     )
+    if app_path is not None:
+        # The app from another checkout (an A/B against an older commit in one run); the
+        # EHR, the clinicians and the figures stay this one's.
+        env["PYTHONPATH"] = str(app_path)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -446,6 +510,79 @@ def start_app(
         time.sleep(0.2)
     app.stop()
     raise BenchmarkError("the app did not answer /readyz within 90 s")
+
+
+# -- lock waits on PostgreSQL ---------------------------------------------------------------
+
+#: How often the app's PostgreSQL backends are looked at while a level runs.
+LOCK_SAMPLE_S = 0.05
+
+
+class LockSampler:
+    """Samples `pg_stat_activity` of the level's database while it runs: how many of the
+    app's backends are running a statement and how many of those wait on a lock (a row
+    lock such as the audit chain's head shows as `Lock/transactionid` or `Lock/tuple`), and
+    which statements wait. One connection of its own; a sample costs well under 1 ms."""
+
+    def __init__(self, database_url: str) -> None:
+        from sqlalchemy import create_engine
+
+        self._engine = create_engine(database_url, pool_size=1, max_overflow=0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lock-sampler", daemon=True)
+        self.samples = 0
+        self.active = 0
+        self.waiting = 0
+        self.max_waiting = 0
+        self.with_waiters = 0
+        self.by_statement: dict[str, int] = {}
+
+    def __enter__(self) -> LockSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        from sqlalchemy import text
+
+        query = text(
+            "SELECT wait_event_type, left(regexp_replace(query, '\\s+', ' ', 'g'), 60) "
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state = 'active'"
+        )
+        with self._engine.connect() as connection:
+            while not self._stop.wait(LOCK_SAMPLE_S):
+                try:
+                    rows = connection.execute(query).all()
+                    connection.rollback()
+                except Exception:  # noqa: BLE001 - a lost sample is not a failed level
+                    continue
+                waiting = [str(q) for kind, q in rows if kind == "Lock"]
+                self.samples += 1
+                self.active += len(rows)
+                self.waiting += len(waiting)
+                self.max_waiting = max(self.max_waiting, len(waiting))
+                self.with_waiters += bool(waiting)
+                for statement in waiting:
+                    self.by_statement[statement] = self.by_statement.get(statement, 0) + 1
+
+    def figures(self) -> dict[str, Any]:
+        n = max(1, self.samples)
+        return {
+            "samples": self.samples,
+            "every_ms": round(LOCK_SAMPLE_S * 1000),
+            "mean_active": round(self.active / n, 2),
+            "mean_waiting": round(self.waiting / n, 2),
+            "max_waiting": self.max_waiting,
+            "share_with_waiters": round(self.with_waiters / n, 3),
+            "waiting_statements": dict(
+                sorted(self.by_statement.items(), key=lambda kv: -kv[1])[:5]
+            ),
+        }
 
 
 # -- the slow LLM ---------------------------------------------------------------------------
@@ -575,15 +712,52 @@ class Outcome:
 
 
 class _Clinician:
-    def __init__(self, *, number: int, level: str, app_url: str, ehr: EHR) -> None:
+    def __init__(
+        self,
+        *,
+        number: int,
+        level: str,
+        app_url: str,
+        ehr: EHR,
+        think_s: float = 0.0,
+        seed: int = DEFAULT_SEED,
+        clinicians: int = 1,
+    ) -> None:
         self.number = number
+        self.clinicians = clinicians
         self.level = level
         self.app_url = app_url
         self.ehr = ehr
+        self.think_s = think_s
+        # One stream per clinician, from the seed and the level: a run repeats its pauses.
+        self._rng = random.Random(f"{seed}:{level}:{number}")
+
+    def chart(self, session_no: int) -> tuple[str, str | None]:
+        """(patient, practitioner) of a session. No two clinicians of one round open the
+        same patient as the same practitioner: that is one clinician's two tabs, which share
+        the visit's suggestions and decisions (the 400 "nothing to save" at 64 clinicians
+        signed in as one practitioner over 23 patients: another tab's newer chart read)."""
+        pair = self.number + session_no * self.clinicians
+        people = self.ehr.practitioners or (None,)
+        user = people[pair % len(people)]
+        return PATIENTS[(pair // len(people)) * 7 % len(PATIENTS)], user
+
+    def think(self) -> None:
+        """The pause before one of the clinician's own actions (none in the saturation mode)."""
+        if self.think_s > 0:
+            time.sleep(min(self._rng.expovariate(1 / self.think_s), THINK_CAP * self.think_s))
+
+    def join(self) -> None:
+        """Before the first session: a clinician already at work is at a random point of
+        their own round of sessions, so the first launch comes after a uniform pause over
+        one session's think time, not all at one instant (that burst is the saturation
+        mode's)."""
+        if self.think_s > 0:
+            time.sleep(self._rng.uniform(0, PAUSES_PER_SESSION * self.think_s))
 
     def session(self, session_no: int) -> None:
         """One whole session; raises BenchmarkError naming the step that went wrong."""
-        patient = PATIENTS[(self.number * 7 + session_no) % len(PATIENTS)]
+        patient, user = self.chart(session_no)
         browser = _Browser()
         prefix = f"load-{self.level}-c{self.number}-s{session_no}"
         # The launch's requests and redirects carry it too (server-side times by session).
@@ -598,24 +772,34 @@ class _Clinician:
                 headers["X-CSRF-Token"] = csrf
             response = browser.request(method, self.app_url + path, headers=headers, **kwargs)
             if response.status_code >= 400:
-                raise BenchmarkError(f"{method} {_route_of(path)}: HTTP {response.status_code}")
+                raise BenchmarkError(
+                    f"{method} {_route_of(path)}: HTTP {response.status_code}"
+                    f"{_error_code(response)}"
+                )
             return response
 
         try:
+            if session_no:
+                self.think()  # the clinician opens the next chart
             minted = requests.post(
-                f"{self.ehr.ehr_url}/_sandbox/launch", json={"patient": patient}, timeout=TIMEOUT
+                f"{self.ehr.ehr_url}/_sandbox/launch",
+                json={"patient": patient, "user": user},
+                timeout=TIMEOUT,
             )
             if minted.status_code != 201:
                 raise BenchmarkError(f"the sandbox refused a launch (HTTP {minted.status_code})")
             page = browser.get(minted.json()["launch_url"])
             found = _CSRF_META.search(page.text) if page.status_code == 200 else None
             if found is None:
-                raise BenchmarkError(f"launch: HTTP {page.status_code}, no sidebar page")
+                raise BenchmarkError(
+                    f"launch: HTTP {page.status_code}{_error_code(page)}, no sidebar page "
+                    f"(at {_route_of(urlsplit(page.url).path)})"
+                )
             csrf = found.group(1)
             call("GET", "/api/context")
             call("GET", "/api/notes")
             data = call("GET", "/api/suggestions", ".first").json()
-            self._decide(call, data)
+            self._decide(call, data, self.think)
             pending = {p["kind"] for p in data.get("pending", [])}
             waited_until = time.monotonic() + POLL_LIMIT_S
             while pending and time.monotonic() < waited_until:
@@ -627,7 +811,9 @@ class _Clinician:
                     call("GET", "/api/suggestions", ".arrived")
                 pending = still
             call("GET", "/api/suggestions", ".warm")
+            self.think()  # opens the note
             call("GET", "/api/note/preview")
+            self.think()  # reads it, saves it
             saved = call("POST", "/api/note", json={})
             if saved.status_code not in (201, 202):
                 raise BenchmarkError(f"POST /api/note: HTTP {saved.status_code}")
@@ -638,8 +824,9 @@ class _Clinician:
             browser.close()
 
     @staticmethod
-    def _decide(call: Any, data: Mapping[str, Any]) -> None:
-        """Accept one card, edit one, reject one (the cards the rules drafted)."""
+    def _decide(call: Any, data: Mapping[str, Any], think: Any) -> None:
+        """Accept one card, edit one, reject one (the cards the rules drafted), reading each
+        before deciding."""
         pending = {p["kind"] for p in data.get("pending", [])}
         cards = [s for s in data.get("suggestions", []) if s.get("kind") not in pending]
         bodies = (
@@ -648,7 +835,17 @@ class _Clinician:
             {"action": "reject", "reason": "not_relevant"},
         )
         for card, body in zip(cards, bodies, strict=False):
+            think()
             call("POST", f"/api/suggestions/{card['id']}/feedback", json=body)
+
+
+def _error_code(response: requests.Response) -> str:
+    """ " (code)" from the app's JSON error, so that an error sample says what it was."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f" ({code})" if isinstance(code, str) else ""
 
 
 def _route_of(path: str) -> str:
@@ -656,14 +853,32 @@ def _route_of(path: str) -> str:
 
 
 def run_clinicians(
-    *, clinicians: int, sessions_each: int, level: str, app_url: str, ehr: EHR
+    *,
+    clinicians: int,
+    sessions_each: int,
+    level: str,
+    app_url: str,
+    ehr: EHR,
+    think_s: float = 0.0,
+    seed: int = DEFAULT_SEED,
 ) -> Outcome:
     outcome = Outcome()
+    # Every thread ready first; then, with think time, each opens its first chart after a
+    # pause of its own (without, all at once: the saturation mode).
     start = threading.Barrier(clinicians)
 
     def clinician(number: int) -> None:
-        person = _Clinician(number=number, level=level, app_url=app_url, ehr=ehr)
+        person = _Clinician(
+            number=number,
+            level=level,
+            app_url=app_url,
+            ehr=ehr,
+            think_s=think_s,
+            seed=seed,
+            clinicians=clinicians,
+        )
         start.wait()
+        person.join()
         for session_no in range(sessions_each):
             try:
                 person.session(session_no)
@@ -688,21 +903,38 @@ class LevelPlan:
     processes: int
     store: str  # "sqlite" | "postgresql"
     llm_delay_s: float | None = None
+    think_s: float = 0.0
 
     @property
     def name(self) -> str:
         llm = f"-llm{self.llm_delay_s:g}s" if self.llm_delay_s else ""
-        return f"{self.store}-p{self.processes}-c{self.clinicians}{llm}"
+        think = f"-t{self.think_s:g}" if self.think_s else "-sat"
+        return f"{self.store}-p{self.processes}-c{self.clinicians}{llm}{think}"
 
 
 def plan_levels(
-    clinicians: Sequence[int], *, postgres: bool, llm_delay_s: float | None
+    clinicians: Sequence[int],
+    *,
+    postgres: bool,
+    llm_delay_s: float | None,
+    think_s: float = 0.0,
+    saturation: Sequence[int] = (),
+    stores: Sequence[str] = ("sqlite", "postgresql"),
 ) -> list[LevelPlan]:
     """SQLite on one process, PostgreSQL on two, then the slow-LLM level (on PostgreSQL
-    when there is one)."""
-    plans = [LevelPlan(clinicians=n, processes=1, store="sqlite") for n in clinicians]
-    if postgres:
-        plans += [LevelPlan(clinicians=n, processes=2, store="postgresql") for n in clinicians]
+    when there is one), all with think time; then the saturation levels (no think time,
+    on PostgreSQL x2 when there is one)."""
+    plans = []
+    if "sqlite" in stores:
+        plans += [
+            LevelPlan(clinicians=n, processes=1, store="sqlite", think_s=think_s)
+            for n in clinicians
+        ]
+    if postgres and "postgresql" in stores:
+        plans += [
+            LevelPlan(clinicians=n, processes=2, store="postgresql", think_s=think_s)
+            for n in clinicians
+        ]
     if llm_delay_s:
         plans.append(
             LevelPlan(
@@ -710,8 +942,18 @@ def plan_levels(
                 processes=2,
                 store="postgresql" if postgres else "sqlite",
                 llm_delay_s=llm_delay_s,
+                think_s=think_s,
             )
         )
+    if think_s > 0:
+        plans += [
+            LevelPlan(
+                clinicians=n,
+                processes=2 if postgres else 1,
+                store="postgresql" if postgres else "sqlite",
+            )
+            for n in saturation
+        ]
     return plans
 
 
@@ -724,6 +966,8 @@ def run_level(
     postgres_url: str | None,
     min_sessions: int,
     say: Any,
+    seed: int = DEFAULT_SEED,
+    app_path: Path | None = None,
 ) -> dict[str, Any]:
     level_dir = workdir / plan.name
     level_dir.mkdir()
@@ -751,6 +995,7 @@ def run_level(
             database_url=database_url,
             workdir=level_dir,
             extra_env=extra_env,
+            app_path=app_path,
         )
         try:
             # Warm-up, unmeasured: each process imports and caches what it lazily needs.
@@ -770,10 +1015,18 @@ def run_level(
             offset = app.timing_log.stat().st_size if app.timing_log.exists() else 0
             pids = app.pids()
             cpu_before = _cpu_ms(pids)
+            ehr_pids = [ehr.pid] if ehr.pid else []
+            ehr_cpu_before = _cpu_ms(ehr_pids)
             sessions_each = max(1, math.ceil(min_sessions / plan.clinicians))
             say(
                 f"{plan.name}: {plan.clinicians} clinicians x {sessions_each} session(s), "
-                f"{plan.processes} process(es), {plan.store}, LLM {llm}"
+                f"{plan.processes} process(es), {plan.store}, LLM {llm}, "
+                + (f"think {plan.think_s:g} s" if plan.think_s else "no think time (saturation)")
+            )
+            sampler = (
+                stack.enter_context(LockSampler(database_url))
+                if plan.store == "postgresql"
+                else None
             )
             started = time.monotonic()
             outcome = run_clinicians(
@@ -782,9 +1035,13 @@ def run_level(
                 level=plan.name,
                 app_url=app.url,
                 ehr=ehr,
+                think_s=plan.think_s,
+                seed=seed,
             )
             wall = time.monotonic() - started
+            lock_waits = sampler.figures() if sampler is not None else None
             cpu = _cpu_ms(pids) - cpu_before
+            ehr_cpu = _cpu_ms(ehr_pids) - ehr_cpu_before
             rss = _peak_rss_mb([p for p in pids if p != app.process.pid or plan.processes == 1])
             with app.timing_log.open(encoding="utf-8") as log:
                 log.seek(offset)
@@ -802,6 +1059,12 @@ def run_level(
         app_cpu_ms=cpu,
         rss_mb=rss,
         wall_s=wall,
+        think_s=plan.think_s,
+        lock_waits=lock_waits,
+    )
+    # The sandbox EHR shares the cores: what it spent serving the level, per session.
+    level["ehr_cpu_ms_per_session"] = (
+        round(ehr_cpu / outcome.sessions, 1) if outcome.sessions else None
     )
     first, warm_figures = level["first_suggestions"], level["warm_suggestions"]
     say(
@@ -830,6 +1093,9 @@ def run(args: argparse.Namespace) -> int:
         args.clinicians,
         postgres=postgres_url is not None,
         llm_delay_s=None if args.no_llm_level else args.llm_delay,
+        think_s=args.think_s,
+        saturation=args.saturation_clinicians,
+        stores=args.stores,
     )
     machine = machine_description()
     began = time.monotonic()
@@ -851,6 +1117,8 @@ def run(args: argparse.Namespace) -> int:
                         postgres_url=postgres_url,
                         min_sessions=args.min_sessions,
                         say=say,
+                        seed=args.seed,
+                        app_path=args.app_path,
                     )
                 )
     except BenchmarkError as exc:
@@ -865,6 +1133,9 @@ def run(args: argparse.Namespace) -> int:
         skipped=skipped,
         ehr_latency_ms=args.latency_ms,
         min_sessions=args.min_sessions,
+        think_s=args.think_s,
+        seed=args.seed,
+        app_path=str(args.app_path) if args.app_path else None,
         duration_s=round(time.monotonic() - began, 1),
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -889,6 +1160,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         name = f"{level['store']} x{level['processes']} {level['clinicians']} clin"
         if level.get("llm") not in (None, "none"):
             name += " slow LLM"
+        name += f" think {level['think_s']:g}s" if level.get("think_s") else " saturation"
         lines.append(
             f"  {name:32} {level.get('sessions', 0):5d} {level['errors']:4d}"
             f" {level['app_cpu_ms_per_session'] or 0:8.0f} {level['rss_mb']:7.0f}"
@@ -908,6 +1180,18 @@ def _clinician_counts(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError("at least one level, each of 1 clinician or more")
     return counts
+
+
+def _clinician_counts_or_none(text: str) -> tuple[int, ...]:
+    return () if text.strip().lower() in ("", "none") else _clinician_counts(text)
+
+
+def _stores(text: str) -> tuple[str, ...]:
+    stores = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stores if s not in ("sqlite", "postgresql")]
+    if unknown or not stores:
+        raise argparse.ArgumentTypeError("sqlite, postgresql or both, comma-separated")
+    return stores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -936,6 +1220,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-llm-level", action="store_true", help="skip the slow-LLM level")
     parser.add_argument(
+        "--think-s",
+        type=float,
+        default=DEFAULT_THINK_S,
+        help="mean pause (s) before each of a clinician's own actions, seeded exponential; "
+        f"0: the saturation mode, no pauses and every clinician at once (default "
+        f"{DEFAULT_THINK_S:g})",
+    )
+    parser.add_argument(
+        "--saturation-clinicians",
+        type=_clinician_counts_or_none,
+        default=DEFAULT_SATURATION_CLINICIANS,
+        help="levels run again with no think time after the others, comma-separated, "
+        "or 'none' (default 32)",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the pauses' seed")
+    parser.add_argument(
+        "--app-path",
+        type=Path,
+        default=None,
+        help="run the app from this checkout (its PYTHONPATH), e.g. an older commit's "
+        "worktree for an A/B; the EHR and the clinicians are this one's",
+    )
+    parser.add_argument(
+        "--stores",
+        type=_stores,
+        default=("sqlite", "postgresql"),
+        help="which stores' levels to run: sqlite,postgresql (default both)",
+    )
+    parser.add_argument(
         "--latency-ms", type=int, default=0, help="simulated EHR round trip (default 0)"
     )
     parser.add_argument("--out", type=Path, default=Path("bench/load.json"))
@@ -955,8 +1268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.instance or not args.app_url:
             parser.error("--serve-ehr needs --instance and --app-url")
         return _serve_ehr(args)
-    if args.min_sessions < 1 or args.latency_ms < 0:
-        parser.error("--min-sessions must be at least 1 and --latency-ms 0 or more")
+    if args.min_sessions < 1 or args.latency_ms < 0 or args.think_s < 0:
+        parser.error("--min-sessions must be at least 1, --latency-ms and --think-s 0 or more")
     return run(args)
 
 

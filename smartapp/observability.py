@@ -192,6 +192,8 @@ class RequestTimingLog:
                 "cpu_ms": round(cpu_ms, 3),
                 "request_id": request_id,
                 "pid": os.getpid(),
+                # When it ended (epoch seconds): a level's timeline, for finding its queues.
+                "at": round(time.time(), 3),
             }
         )
         with self._lock:

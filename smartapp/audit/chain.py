@@ -84,6 +84,55 @@ def append(session: Session, event: AuditEvent) -> None:
     session.add(event)
 
 
+def append_many(session: Session, events: Sequence[AuditEvent]) -> None:
+    """Give `events` the next places in the chain, in order, and insert them: the head's row
+    lock is taken once for all of them (one UPDATE for the places, one INSERT of the rows),
+    then held until the caller commits, as `append` does for one."""
+    if not events:
+        return
+    key = seal_keys(session)[0]
+    table: Table = AuditChainHead.__table__  # type: ignore[assignment]
+    head = session.execute(
+        update(table)
+        .where(table.c.id == 1)
+        .values(seq=table.c.seq + len(events))
+        .returning(table.c.seq, table.c.hash)
+    ).first()
+    if head is None:
+        raise RuntimeError("audit_chain has no head row: run the migrations (smartapp serve does)")
+    seq, previous = int(head.seq) - len(events), str(head.hash)
+    from smartapp.feedback.models import new_id
+
+    rows = []
+    for event in events:
+        seq += 1
+        if event.id is None:
+            event.id = new_id()
+        event.seq = seq
+        event.prev_hash = previous
+        event.hash = previous = seal(key, event)
+        rows.append({column: getattr(event, column) for column in _EVENT_COLUMNS})
+    # Core, not the ORM's unit of work, while the head is locked; the rows go in seq order,
+    # so the INSERT's trigger leaves the head's hash at the last one's.
+    events_table: Table = AuditEvent.__table__  # type: ignore[assignment]
+    session.execute(events_table.insert(), rows)
+
+
+_EVENT_COLUMNS = (
+    "id",
+    "recorded",
+    "actor",
+    "action",
+    "site",
+    "patient",
+    "outcome",
+    "detail",
+    "seq",
+    "prev_hash",
+    "hash",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChainReport:
     """What `smartapp audit verify` found."""

@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -79,33 +79,79 @@ class ValueSet:
     def code_keys(self, system: str | None = None) -> frozenset[str]:
         """`system|code` keys (or bare codes of one system)."""
         if system is None:
-            return frozenset(f"{c.system}|{c.code}" for c in self.codes)
-        return frozenset(c.code for c in self.codes if c.system == system)
+            return self._keys
+        return self._codes_by_system.get(system, frozenset())
+
+    # Worked out once per value set: the engines ask for them per observation and concept
+    # (cached_property writes the instance's __dict__, which a frozen dataclass allows).
+    @cached_property
+    def _keys(self) -> frozenset[str]:
+        return frozenset(f"{c.system}|{c.code}" for c in self.codes)
+
+    @cached_property
+    def _codes_by_system(self) -> dict[str, frozenset[str]]:
+        by_system: dict[str, set[str]] = {}
+        for c in self.codes:
+            by_system.setdefault(c.system, set()).add(c.code)
+        return {system: frozenset(codes) for system, codes in by_system.items()}
 
     def matches(self, concept: Mapping[str, Any] | None) -> bool:
         """True when a CodeableConcept carries one of the codes (or, uncoded, one of the words)."""
         if not concept:
             return False
-        keys = self.code_keys()
+        keys = self._keys
         for coding in concept.get("coding") or ():
             if (
                 isinstance(coding, Mapping)
                 and f"{coding.get('system')}|{coding.get('code')}" in keys
             ):
                 return True
-        text = " ".join(
-            str(part)
-            for part in (
-                concept.get("text"),
-                *(c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)),
-            )
-            if part
-        ).lower()
-        return any(_has_phrase(text, word) for word in self.words)
+        if not self.words:
+            return False
+        return self._words_pattern.search(concept_words(concept)) is not None
+
+    def matches_parts(self, parts: ConceptParts) -> bool:
+        """`matches` for a concept read once with `concept_parts` (rules that try many value
+        sets on the same resources read each concept once, not once per value set)."""
+        keys, text = parts
+        if not keys.isdisjoint(self._keys):
+            return True
+        return bool(self.words) and self._words_pattern.search(text) is not None
+
+    @cached_property
+    def _words_pattern(self) -> re.Pattern[str]:
+        """Any of the words as a whole word or phrase: one search (the alternation backtracks
+        to the next word where one fails its boundary, so it matches when any word does)."""
+        words = "|".join(re.escape(w) for w in self.words)
+        return re.compile(rf"(?<![a-z0-9])(?:{words})(?![a-z0-9])")
 
 
-def _has_phrase(text: str, phrase: str) -> bool:
-    return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", text) is not None
+#: A CodeableConcept's `system|code` keys and its lower-cased text and displays.
+ConceptParts = tuple[frozenset[str], str]
+
+
+def concept_words(concept: Mapping[str, Any]) -> str:
+    """The text and the codings' displays, lower-cased: what value sets' words match."""
+    return " ".join(
+        str(part)
+        for part in (
+            concept.get("text"),
+            *(c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)),
+        )
+        if part
+    ).lower()
+
+
+def concept_parts(concept: Mapping[str, Any] | None) -> ConceptParts | None:
+    """What `ValueSet.matches_parts` reads of a concept; None for no concept (matches nothing)."""
+    if not concept:
+        return None
+    keys = frozenset(
+        f"{c.get('system')}|{c.get('code')}"
+        for c in concept.get("coding") or ()
+        if isinstance(c, Mapping)
+    )
+    return keys, concept_words(concept)
 
 
 def system_uri(value: str, *, where: str) -> str:

@@ -347,6 +347,13 @@ def _pointed(lines: Sequence[_Line], layout: NoteLayout) -> list[_Line]:
         if not line.see:
             out.append(line)
             continue
+        if line.source.kind == K.ASSESSMENT_PLAN and line.see.partition(": ")[0] not in kinds:
+            # One problem's block pointing to another's ("Statin: see Hyperlipidemia"): in
+            # the note that block is under its problem's name, in the same section.
+            kept = _to_problem(line, there=(K.ASSESSMENT_PLAN, line.see) in present)
+            if kept is not None:
+                out.append(kept)
+            continue
         base, _, problem = line.see.partition(": ")
         kind = kinds.get(base)
         there = kind is not None and any(
@@ -366,6 +373,23 @@ def _pointed(lines: Sequence[_Line], layout: NoteLayout) -> list[_Line]:
         else:
             out.append(line)  # the clinician's words: left as written
     return out
+
+
+_SEE_TAIL = re.compile(r":\s*see [^()]+$")
+_SEE_SUFFIX = re.compile(r"\s*\(see [^()]+\)$")
+
+
+def _to_problem(line: _Line, *, there: bool) -> _Line | None:
+    """An assessment-and-plan pointer to another problem's block: kept as written when
+    that block is in the note; else a line that is only the pointer goes and a statement
+    that carries one keeps its words without it."""
+    if there:
+        return line
+    if _SEE_TAIL.search(line.text):
+        return None
+    if _SEE_SUFFIX.search(line.text):
+        return replace(line, text=_SEE_SUFFIX.sub("", line.text))
+    return line
 
 
 # -- from lines to the note ---------------------------------------------------------------

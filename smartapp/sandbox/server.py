@@ -39,6 +39,7 @@ class BackgroundServer:
         threads: int = 16,
         public_host: str | None = None,
         ident: str = "smartapp-sandbox",
+        connection_limit: int = 100,
     ) -> None:
         self._app = app
         # The health routes get threads of their own, as in `smartapp serve`.
@@ -50,6 +51,8 @@ class BackgroundServer:
             ident=ident,
             # Long-polling is not a thing here; close idle keep-alive sockets reasonably soon.
             channel_timeout=60,
+            # waitress's own default; past it the server stops accepting (it does not queue).
+            connection_limit=connection_limit,
         )
         self.host = host
         self.port: int = int(self._server.effective_port)

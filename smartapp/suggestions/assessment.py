@@ -13,6 +13,7 @@ so the grounding verifier checks them; goal numbers and guideline wording go to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -23,7 +24,7 @@ from typing import Any
 
 from smartapp import clinical
 from smartapp.fhir.snapshot import ChartSnapshot, FHIRResource
-from smartapp.suggestions import risk_scores, units
+from smartapp.suggestions import risk_scores, safety, units
 from smartapp.suggestions.facts import (
     BloodPressure,
     ChartFacts,
@@ -73,8 +74,13 @@ class Goal:
     words: Mapping[str, str] = field(default_factory=dict)
     #: Named categories, first match wins (KDIGO G1-G5 for eGFR, A1-A3 for UACR).
     categories: tuple[Category, ...] = ()
-    #: The goal holds from this age in years (CDC's adult BMI categories: 20 and older).
+    #: The category is the problem's status in its head line ("CKD: G3a A2"); false for a
+    #: category that only reads beside the value ("(borderline-high)").
+    category_in_head: bool = True
+    #: The goal holds from this age in years (CDC's adult BMI categories: 20 and older)
+    #: and up to `max_age` (NHLBI's pediatric lipid categories: 2 to 19).
     min_age: int | None = None
+    max_age: int | None = None
     #: The goal holds for a patient with an active problem in one of these groups, and
     #: then before the result's general goal (LDL-C below 70 mg/dL with coronary disease).
     with_problem: frozenset[str] = frozenset()
@@ -128,6 +134,9 @@ class PlanOption:
     classes_present: frozenset[str] = frozenset()
     classes_absent: frozenset[str] = frozenset()
     ingredients_present: frozenset[str] = frozenset()
+    #: Words of a current medication's name ("metoprolol tartrate": the salt tells the
+    #: immediate-release drug from the evidence-based succinate); the trigger names it.
+    names_present: frozenset[str] = frozenset()
     #: Options with the same decision are offered once, in the first block that fires one
     #: ("consider a statin" for diabetes, CKD and a high LDL is one choice); default: id.
     decision: str = ""
@@ -145,6 +154,20 @@ class PlanOption:
     #: without an entry use `male`'s (no sex point is counted for them).
     score: str | None = None
     score_at_least: Mapping[str, int] = field(default_factory=dict)
+    #: Drug groups (value sets of valuesets/drug_safety.toml) the option would add: it is
+    #: not offered while a contraindication of the safety tables holds for one of them (an
+    #: MRA with a potassium of 5.0 or more), nor when a result such a rule reads is not on
+    #: file; the results it read are cited.
+    guard: tuple[str, ...] = ()
+    #: Say that the absent classes are not on the list ("no beta blocker on the
+    #: medication list"): the trigger of an option for what the patient is not on.
+    say_absent: bool = False
+    #: Say the age when it bounds the option ("age 68" for ADA's statin at 40-75); not
+    #: for an age bound that only splits adults' rules from children's.
+    say_age: bool = True
+    #: What the option adds, as a noun ("a mineralocorticoid receptor antagonist"): when a
+    #: guard holds it back, the block says so and why, instead of leaving it out silently.
+    held: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,7 +184,8 @@ class Decision:
 @dataclass(frozen=True, kw_only=True)
 class Knowledge:
     problems: Mapping[str, ProblemSpec]
-    goals: Mapping[str, Goal]
+    #: Each result's general goals, in file order: the first whose ages hold applies.
+    goals: Mapping[str, tuple[Goal, ...]]
     options: tuple[PlanOption, ...]
     value_sets: Mapping[str, clinical.ValueSet]
     decisions: Mapping[str, Decision] = field(default_factory=dict)
@@ -204,7 +228,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
             classes=_ids(item, "classes"),
             cite=clinical.source(item.get("cite"), where=where),
         )
-    goals: dict[str, Goal] = {}
+    goals: dict[str, tuple[Goal, ...]] = {}
     problem_goals: list[Goal] = []
     for path, item in clinical.entries("assessment", "goal", extra_dirs):
         where = f"{path} goal {item.get('result')!r}"
@@ -226,13 +250,15 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 )
                 for c in item.get("category", [])
             ),
+            category_in_head=bool(item.get("category_in_head", True)),
             min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
+            max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
             with_problem=_ids(item, "with_problem"),
         )
         if goal.with_problem:
             problem_goals.append(goal)
         else:
-            goals[goal.result] = goal
+            goals[goal.result] = (*goals.get(goal.result, ()), goal)
     options: list[PlanOption] = []
     for path, item in clinical.entries("plan_options", "option", extra_dirs):
         where = f"{path} option {item.get('id')!r}"
@@ -262,6 +288,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 classes_present=_ids(item, "classes_present"),
                 classes_absent=_ids(item, "classes_absent"),
                 ingredients_present=_ids(item, "ingredients_present"),
+                names_present=frozenset(str(w).lower() for w in item.get("names_present", [])),
                 decision=str(item.get("decision") or item["id"]),
                 min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
@@ -272,8 +299,15 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 score_at_least={
                     str(k): int(v) for k, v in (item.get("score_at_least") or {}).items()
                 },
+                guard=tuple(str(g) for g in item.get("guard", [])),
+                say_absent=bool(item.get("say_absent")),
+                say_age=bool(item.get("say_age", True)),
+                held=str(item.get("held") or ""),
             )
         )
+        for group in options[-1].guard:
+            if group not in sets:
+                raise clinical.KnowledgeError(f"{where}: guard {group!r} is no value set")
         if options[-1].score is not None:
             if options[-1].score not in {sc.id for sc in risk_scores.scores(extra_dirs)}:
                 raise clinical.KnowledgeError(f"{where}: no risk score {options[-1].score!r}")
@@ -448,20 +482,28 @@ def goal_status(goal: Goal, reading: Result | BloodPressure) -> str | None:
 
 
 def goal_for(facts: ChartFacts, kb: Knowledge, result_id: str) -> Goal | None:
-    """The result's goal, when it applies to this patient (an adult goal needs an age): a
-    goal for one of the patient's problems first, else the result's general goal."""
-    goal = next(
-        (
-            g
-            for g in kb.problem_goals
-            if g.result == result_id and any(facts.has_group(p) for p in g.with_problem)
-        ),
-        kb.goals.get(result_id),
-    )
-    if goal is None or goal.min_age is None:
-        return goal
+    """The result's goal for this patient: a goal for one of the patient's problems first,
+    else the first of the result's general goals whose ages hold (a goal with an age bound
+    needs the patient's age: a child's LDL is read by NHLBI's categories, not the adult
+    goal; under 2 there is none)."""
+    for goal in kb.problem_goals:
+        if goal.result == result_id and any(facts.has_group(p) for p in goal.with_problem):
+            return goal
+    for goal in kb.goals.get(result_id, ()):
+        if _ages_hold(goal, facts):
+            return goal
+    return None
+
+
+def _ages_hold(goal: Goal, facts: ChartFacts) -> bool:
+    if goal.min_age is None and goal.max_age is None:
+        return True
     age = facts.age
-    return goal if age is not None and age >= goal.min_age else None
+    if age is None:
+        return False
+    return (goal.min_age is None or age >= goal.min_age) and (
+        goal.max_age is None or age <= goal.max_age
+    )
 
 
 def range_status(facts: ChartFacts, result: Result) -> tuple[str | None, str | None]:
@@ -716,7 +758,8 @@ def _option_fires(
             option.max_age is not None and age > option.max_age
         ):
             return None
-        reasons.append(f"age {age}")
+        if option.say_age:
+            reasons.append(f"age {age}")
         cited.append(facts.snapshot.patient)
     if option.with_problem and not problem.group_ids & option.with_problem:
         # (A problem in both groups, e.g. diabetes with diabetic CKD, says it itself.)
@@ -742,13 +785,32 @@ def _option_fires(
             if not _all_stated(on, stated):
                 reasons.append("on " + ", ".join(sorted(set(on[0].ingredients))))
             cited += [m.request for m in on]
+    if option.names_present:
+        on = [
+            m
+            for m in facts.medications
+            if any(_has_phrase(m.name.lower(), w) for w in option.names_present)
+        ]
+        if not on:
+            return None
+        if not _all_stated(on, stated):
+            reasons.append("on " + ", ".join(dict.fromkeys(_note_name(m) for m in on)))
+        cited += [m.request for m in on]
     if option.classes_absent:
         if not facts.complete("MedicationRequest") or classes_on & option.classes_absent:
             return None
-        if option.min_age is not None or option.max_age is not None:
+        if option.say_absent or option.min_age is not None or option.max_age is not None:
             # Age alone reads as the reason; say that the drug is not on the list either.
             labels = [c.label for c in DRUG_CLASSES if c.id in option.classes_absent]
             reasons.append("no " + " or ".join(labels) + " on the medication list")
+    if option.guard:
+        guarded = _guard(facts, option.guard)
+        if guarded is None:
+            return None
+        shown = [r for r in guarded if _ref(r.resource) not in stated]
+        if shown:
+            reasons.append(", ".join(f"{r.name} {_text(r)}{_on(r.date)}" for r in shown))
+        cited += [r.resource for r in guarded]
     if option.score is not None:
         result = risk_scores.by_id(facts, option.score)
         if result is None:
@@ -820,6 +882,61 @@ def _option_fires(
         elif facts.complete("MedicationRequest"):
             reasons.append("no medication for it on the list")
     return "; ".join(reasons), cited
+
+
+def _guard(facts: ChartFacts, groups: Iterable[str]) -> list[Result] | None:
+    """The latest results the guarding contraindication rules read, or None when one of
+    those rules holds or a result it reads is not on file (not known to be safe)."""
+    read: dict[str, Result] = {}
+    for group in groups:
+        if safety.contraindicated(facts, group):
+            return None
+        for rule in safety.rules():
+            if rule.kind != "contraindication" or rule.groups[0] != group or not rule.result:
+                continue
+            vs = clinical.value_set(rule.result)
+            latest = facts.latest(vs.code_keys(clinical.LOINC))
+            if latest is None:
+                return None
+            read.setdefault(latest.reference, latest)
+    return list(read.values())
+
+
+def _held(
+    facts: ChartFacts,
+    kb: Knowledge,
+    option: PlanOption,
+    meds: Sequence[Medication],
+    problem: Problem,
+) -> Statement | None:
+    """ "An MRA is not suggested: potassium 5.2 mmol/L on 2026-11-09" when the option would
+    fire but for a contraindication of the safety tables (`held` names what it adds): the
+    pillar a clinician looks for is not silently missing."""
+    if not option.held or not option.guard:
+        return None
+    if _fires(facts, kb, replace(option, guard=()), meds, problem) is None:
+        return None
+    holding = [h for group in option.guard for h in safety.contraindicated(facts, group)]
+    if not holding:
+        return None
+    rule, resource = holding[0]
+    reading = next(
+        (r for series in facts.results.values() for r in series if r.resource is resource), None
+    )
+    why = (
+        f"{reading.name} {_text(reading)}{_on(reading.date)}"
+        if reading is not None
+        else concept_text(resource.get("code")) or "see the safety check"
+    )
+    return Statement(
+        text=f"{option.held[:1].upper()}{option.held[1:]} is not suggested: {why}",
+        citations=_cite(facts.snapshot, [problem.condition, resource]),
+        rule=rule.label,
+    )
+
+
+def _has_phrase(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<![a-z]){re.escape(phrase)}(?![a-z])", text) is not None
 
 
 def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
@@ -984,7 +1101,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         # where the patient is on both axes, not only what is abnormal. Not from a reading
         # that may not be the latest (verdict is None then).
         goal = goal_for(facts, kb, result_id)
-        category = category_of(goal, series.latest) if goal and verdict else None
+        category = (
+            category_of(goal, series.latest) if goal and goal.category_in_head and verdict else None
+        )
         if category and (index == 0 or categories):
             categories.append(category)
         key = "|".join(_ref(r) for r in _resources(series.latest))
@@ -1074,6 +1193,10 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             continue
         fired = _fires(facts, kb, option, meds, for_problem, _stated(statements) | scored)
         if fired is None:
+            held = _held(facts, kb, option, meds, for_problem)
+            if held is not None:
+                shown.options.add(option.decision)
+                statements.append(held)
             continue
         shown.options.add(option.decision)
         why, cited = fired

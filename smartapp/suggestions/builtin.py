@@ -230,7 +230,7 @@ class BuiltinEngine:
         handler = self._kinds.get(kind)
         if handler is None:
             return []
-        return handler(ChartFacts(snapshot), config)
+        return handler(ChartFacts.of(snapshot), config)
 
     # -- shared pieces -------------------------------------------------------------------
 
@@ -382,8 +382,17 @@ class BuiltinEngine:
                         rule_id="duplicate-same-drug",
                     )
                 )
+        # A pair the safety tables name (ACE inhibitor + ARB: dual RAS blockade) is said
+        # there, with its source; not again as a class duplicate.
+        named = [
+            set(flag.medications)
+            for flag in safety.safety_flags(facts)
+            if flag.rule.kind == "duplicate"
+        ]
         for group, meds in by_group.items():
             distinct = {frozenset(m.ingredients) for m in meds}
+            if any({r for m in meds for r in m.references} <= refs for refs in named):
+                continue
             if len(distinct) > 1:
                 refs = [r for m in meds for r in m.references]
                 hints.append(
@@ -591,7 +600,7 @@ class BuiltinEngine:
     def due_care_gaps(self, snapshot: ChartSnapshot, config: Mapping[str, Any]) -> list[Statement]:
         """The care-gap statements that are due, site rules and preventive packs (what a
         CDS Hooks card counts before the sidebar opens)."""
-        facts = ChartFacts(snapshot)
+        facts = ChartFacts.of(snapshot)
         rules = _rules(config)
         due = [item.statement for item in self.find_gaps(facts, rules)]
         return due + [s for is_due, s in preventive.review(facts, rules.packs) if is_due]

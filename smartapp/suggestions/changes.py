@@ -346,13 +346,15 @@ def changes_since(
     today: date | None = None,
 ) -> Changes:
     """What changed since the last note or visit, each item verified against the chart."""
-    facts = ChartFacts(snapshot)
+    facts = ChartFacts.of(snapshot)
     day = today or facts.as_of
     anchor = find_anchor(snapshot, day)
     drafted = [Change(category=RESULT, statement=s) for _, _, s in _result_items(facts, anchor)]
     drafted += _medication_items(facts, anchor)
     drafted += _problem_items(facts, anchor)
-    checker = verifier or GroundingVerifier(snapshot, today=day)
+    checker = verifier or (
+        GroundingVerifier.of(snapshot) if today is None else GroundingVerifier(snapshot, today=day)
+    )
     items: list[Change] = []
     for change in drafted:
         if checker.check(change.statement).ok:

@@ -1083,9 +1083,24 @@ class ChartFacts:
     def __init__(self, snapshot: ChartSnapshot) -> None:
         self.snapshot = snapshot
 
+    @classmethod
+    def of(cls, snapshot: ChartSnapshot) -> ChartFacts:
+        """The snapshot's facts, read once for all its kinds (and kept with the snapshot,
+        which stays in memory across the launch's requests): every kind's rules ask for the
+        same results, problems and medications, and each `ChartFacts` reads them anew."""
+        return snapshot.derived("chart_facts", lambda: cls(snapshot))
+
     @cached_property
     def results(self) -> dict[str, list[Result]]:
         return numeric_results(self.snapshot)
+
+    @cached_property
+    def _series_codes(self) -> dict[str, frozenset[str]]:
+        """The LOINC codes each series' results carry (read once: rules ask per code)."""
+        return {
+            key: frozenset(code for r in items for code in loinc_codes(r.resource))
+            for key, items in self.results.items()
+        }
 
     @cached_property
     def blood_pressures(self) -> list[BloodPressure]:
@@ -1174,8 +1189,8 @@ class ChartFacts:
         wanted = set(loinc)
         found = [
             r
-            for items in self.results.values()
-            if any(wanted & set(loinc_codes(i.resource)) for i in items)
+            for key, items in self.results.items()
+            if not wanted.isdisjoint(self._series_codes[key])
             for r in items
         ]
         found.sort(key=lambda r: (sort_time(r.when), r.reference), reverse=True)

@@ -215,10 +215,30 @@ def _blank(text: str, start: int, end: int) -> str:
     return text[:start] + " " * (end - start) + text[end:]
 
 
+#: Every date, time and number pattern needs a digit: text without one holds none of them
+#: (most of a chart's strings: codes' displays, statuses, names).
+_ANY_DIGIT = re.compile(r"\d")
+
+
+#: Every date and time pattern at once, without its groups and ignoring case (so it matches
+#: wherever one of them would): most strings with a digit hold no date, and one search says
+#: so where eight would. Nothing is blanked until a pattern matches, so a string it does not
+#: match is one no pattern matches.
+_ANY_DATE_OR_TIME = re.compile(
+    "|".join(
+        re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
+        for pattern in (*(p for p, _ in _DATE_PATTERNS), _TIME)
+    ),
+    re.IGNORECASE,
+)
+
+
 def find_dates(text: str) -> tuple[list[DateMention], list[str], str]:
     """Dates and times in `text`, and the text with them blanked out (for number reading)."""
     found: list[DateMention] = []
     times: list[str] = []
+    if _ANY_DIGIT.search(text) is None or _ANY_DATE_OR_TIME.search(text) is None:
+        return found, times, text
     for pattern, precision in _DATE_PATTERNS:
         for match in list(pattern.finditer(text)):
             groups = match.groupdict()
@@ -267,6 +287,8 @@ def find_numbers(text: str) -> list[NumberMention]:
     ordinals and stages (`2nd`, `3b`), and list numbers at the start of a line.
     """
     found: list[NumberMention] = []
+    if _ANY_DIGIT.search(text) is None:
+        return found
     text = _ORDINAL.sub(lambda m: " " * len(m.group(0)), text)
     text = _LOINC_LIKE.sub(lambda m: " " * len(m.group(0)), text)
     for pair in list(_BP_PAIR.finditer(text)):
@@ -405,6 +427,14 @@ class Evidence:
     @property
     def free_text(self) -> str:
         return " \n ".join(self.free.words).lower()
+
+    def extend(self, other: Evidence) -> None:
+        """Add what `other` holds after what this holds (as if walked after it)."""
+        for mine, theirs in ((self.structured, other.structured), (self.free, other.free)):
+            mine.numbers.extend(theirs.numbers)
+            mine.dates.update(theirs.dates)
+            mine.times.update(theirs.times)
+            mine.words.extend(theirs.words)
 
     def add_number(self, value: Any, unit: str | None = None, *, free: bool = False) -> None:
         if isinstance(value, bool):
@@ -546,7 +576,8 @@ def _drug_names(text: str) -> set[str]:
 
 
 def _mentions(text: str, name: str) -> bool:
-    return re.search(rf"(?<![a-z]){re.escape(name)}(?![a-z])", text) is not None
+    # The substring test first: a statement names few of the hundreds of drugs looked for.
+    return name in text and re.search(rf"(?<![a-z]){re.escape(name)}(?![a-z])", text) is not None
 
 
 # -- the verifier -----------------------------------------------------------------------
@@ -561,11 +592,19 @@ class StatementCheck:
 class GroundingVerifier:
     """Checks statements against one snapshot (build one per snapshot; it caches evidence)."""
 
+    @classmethod
+    def of(cls, snapshot: ChartSnapshot) -> GroundingVerifier:
+        """The snapshot's verifier as of its own day, shared by everything that checks
+        statements against it (the kinds, what changed, the LLM's titles), so that each
+        cited resource is read once per snapshot."""
+        return snapshot.derived("grounding_verifier", lambda: cls(snapshot))
+
     def __init__(self, snapshot: ChartSnapshot, *, today: date | None = None) -> None:
         self.snapshot = snapshot
         self.today = today or as_of(snapshot)
         self._vocabulary: frozenset[str] | None = None
         self._evidence: dict[tuple[str, ...], Evidence] = {}
+        self._by_resource: dict[int, tuple[Mapping[str, Any], Evidence]] = {}
 
     @property
     def vocabulary(self) -> frozenset[str]:
@@ -600,8 +639,24 @@ class GroundingVerifier:
         key = tuple(sorted(reference_key(r) for r in references))
         if key not in self._evidence:
             resources = [r for ref in key for r in self._cited(ref)]
-            self._evidence[key] = collect_evidence(resources, today=self.today)
+            if len(resources) == 1:
+                self._evidence[key] = self._of_resource(resources[0])
+            else:
+                # What collect_evidence(resources) gives, from each resource's own, read
+                # once per snapshot: statements cite the same resources in many sets.
+                merged = Evidence()
+                for resource in resources:
+                    merged.extend(self._of_resource(resource))
+                self._evidence[key] = merged
         return self._evidence[key]
+
+    def _of_resource(self, resource: Mapping[str, Any]) -> Evidence:
+        # By identity: the snapshot holds the resource (kept here too) as long as this lives.
+        found = self._by_resource.get(id(resource))
+        if found is None:
+            found = (resource, collect_evidence([resource], today=self.today))
+            self._by_resource[id(resource)] = found
+        return found[1]
 
     def check(self, statement: Statement) -> StatementCheck:
         issues: list[str] = []
@@ -616,9 +671,11 @@ class GroundingVerifier:
         # Quoted passages are the chart's words: each must be in a cited resource (free
         # text or structured), and what they hold is then not checked as a finding.
         text = statement.text
+        cited_text = evidence.text
+        free_text = evidence.free_text
         for quote in _QUOTED.finditer(text):
             words = _squash(quote.group("q"))
-            if words and words not in _squash(evidence.free_text + " \n " + evidence.text):
+            if words and words not in _squash(free_text + " \n " + cited_text):
                 issues.append(f"quoted {quote.group(0)[:60]!r} is not the cited resources' words")
             text = _blank(text, quote.start(), quote.end())
         text = self._check_ages(text, evidence, issues)
@@ -637,8 +694,6 @@ class GroundingVerifier:
             if problem:
                 issues.append(problem)
         lowered = text.lower()
-        cited_text = evidence.text
-        free_text = evidence.free_text
         for name in sorted(self.vocabulary):
             if _mentions(lowered, name) and not _mentions(cited_text, name):
                 if _mentions(free_text, name):

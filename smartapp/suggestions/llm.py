@@ -571,7 +571,7 @@ class LLMEngine:
         # title with numbers, or one the chart contradicts, is not shown.
         if title and not any(ch.isdigit() for ch in title) and title.lower() != label.lower():
             cited = tuple(dict.fromkeys(c for s in statements for c in s.citations))
-            check = GroundingVerifier(snapshot).check(Statement(text=title, citations=cited))
+            check = GroundingVerifier.of(snapshot).check(Statement(text=title, citations=cited))
             if check.ok:
                 label = f"{label}: {title}"
         return Suggestion(

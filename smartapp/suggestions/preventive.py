@@ -171,7 +171,19 @@ def _when(resource: Mapping[str, Any]) -> str | None:
 
 def _events(facts: ChartFacts, codes: clinical.ValueSet) -> list[FHIRResource]:
     """Completed events with these codes, newest first."""
-    found: list[FHIRResource] = []
+    found = [r for r, parts in _completed_events(facts) if codes.matches_parts(parts)]
+    found.sort(key=lambda r: sort_time(_when(r)), reverse=True)
+    return found
+
+
+def _completed_events(facts: ChartFacts) -> list[tuple[FHIRResource, clinical.ConceptParts]]:
+    """The chart's completed, dated events with their codes read: once per snapshot, for
+    every rule's value sets (each pack tries dozens on the same resources)."""
+    return facts.snapshot.derived("preventive_events", lambda: _read_completed_events(facts))
+
+
+def _read_completed_events(facts: ChartFacts) -> list[tuple[FHIRResource, clinical.ConceptParts]]:
+    found: list[tuple[FHIRResource, clinical.ConceptParts]] = []
     for kind, field_name in (
         ("Immunization", "vaccineCode"),
         ("Procedure", "code"),
@@ -192,9 +204,9 @@ def _events(facts: ChartFacts, codes: clinical.ValueSet) -> list[FHIRResource]:
                 "registered",
             ):
                 continue
-            if codes.matches(resource.get(field_name)):
-                found.append(resource)
-    found.sort(key=lambda r: sort_time(_when(r)), reverse=True)
+            parts = clinical.concept_parts(resource.get(field_name))
+            if parts is not None:
+                found.append((resource, parts))
     return found
 
 

@@ -353,7 +353,7 @@ class SuggestionService:
         wanted = tuple(k for k in wanted if effective.kind(k) is not None)
         shown = frozenset(effective.kind_ids if enabled is None else enabled)
         chosen = dict(choices or {})
-        verifier = GroundingVerifier(snapshot)
+        verifier = GroundingVerifier.of(snapshot)
         deadline = time.monotonic() + self.timeout_for(effective)
         pending: dict[str, Future[KindRun]] = {}
         others = _Others()

@@ -40,7 +40,7 @@ TOPIC = "medication_safety"
 @dataclass(frozen=True, kw_only=True)
 class SafetyRule:
     id: str
-    kind: str  # "allergy", "interaction", "contraindication"
+    kind: str  # "allergy", "interaction", "duplicate", "contraindication"
     say: str
     cite: clinical.Source
     groups: tuple[str, ...]  # value set ids: (allergy, drug), (a, b) or (drug,)
@@ -61,11 +61,16 @@ def rules() -> tuple[SafetyRule, ...]:
     for kind, keys in (
         ("allergy", ("allergy", "drug")),
         ("interaction", ("a", "b")),
+        ("duplicate", ()),
         ("contraindication", ("drug",)),
     ):
         for path, item in clinical.entries(TOPIC, kind):
             where = f"{path} {kind} {item.get('id')!r}"
             groups = tuple(str(item.get(k)) for k in keys)
+            if kind == "duplicate":
+                groups = tuple(str(g) for g in item.get("groups") or ())
+                if len(groups) < 2:
+                    raise clinical.KnowledgeError(f"{where}: needs groups = [two or more]")
             for group in groups:
                 if group not in sets:
                     raise clinical.KnowledgeError(f"{where}: no value set {group!r}")
@@ -111,6 +116,8 @@ def topic(rule_id: str) -> str:
         return f"allergy: {drug}" if same else f"allergy: {drug} with a {_lower(allergy)} allergy"
     if rule.kind == "interaction":
         return f"interaction: {titles[0]} + {titles[1]}"
+    if rule.kind == "duplicate":
+        return f"duplicate: {titles[0]} + {' or '.join(titles[1:])}"
     return f"{rule.kind}: {titles[0]}{_condition(rule, sets)}"
 
 
@@ -128,6 +135,8 @@ def _condition(rule: SafetyRule, sets: Mapping[str, clinical.ValueSet]) -> str:
         "age_below": f" under age {value}",
         "result_below": f" with {result} below {value}",
         "result_above": f" with {result} above {value}",
+        "result_at_least": f" with {result} {value} or more",
+        "result_at_most": f" with {result} {value} or less",
         "result_between": f" with {result} {value}-{upper}",
     }.get(rule.when or "", "")
 
@@ -288,18 +297,9 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
                         medications=_med_refs(med),
                     )
                 )
-        elif rule.when in ("result_below", "result_between", "result_above") and rule.result:
-            result = _latest_of(facts, rule.result)
-            number = result.value.number if result is not None else None
-            if result is None or number is None or rule.value is None:
-                continue
-            if rule.when == "result_below" and not number < rule.value:
-                continue
-            if rule.when == "result_above" and not number > rule.value:
-                continue
-            if rule.when == "result_between" and not (
-                rule.value <= number < (rule.upper if rule.upper is not None else rule.value)
-            ):
+        elif rule.result:
+            result = _result_holding(facts, rule)
+            if result is None:
                 continue
             names = " and ".join(m.name for m in meds)
             verb = listed_as(meds)
@@ -315,6 +315,80 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
     return flags
 
 
+_RESULT_WHENS = (
+    "result_below",
+    "result_between",
+    "result_above",
+    "result_at_least",
+    "result_at_most",
+)
+
+
+def _result_holding(facts: ChartFacts, rule: SafetyRule) -> Result | None:
+    """The latest result that makes a result rule hold, or None."""
+    if rule.when not in _RESULT_WHENS or not rule.result or rule.value is None:
+        return None
+    result = _latest_of(facts, rule.result)
+    number = result.value.number if result is not None else None
+    if result is None or number is None:
+        return None
+    value, upper = rule.value, rule.upper if rule.upper is not None else rule.value
+    holds = {
+        "result_below": number < value,
+        "result_above": number > value,
+        "result_at_least": number >= value,
+        "result_at_most": number <= value,
+        "result_between": value <= number < upper,
+    }[rule.when]
+    return result if holds else None
+
+
+def contraindicated(facts: ChartFacts, group: str) -> list[tuple[SafetyRule, FHIRResource]]:
+    """The contraindication rules for a drug group (a value set id) that hold for this
+    patient whatever is on the list, each with the resource that makes it hold: what keeps
+    a plan option from suggesting that drug (an MRA with a potassium of 5.0 or more)."""
+    held: list[tuple[SafetyRule, FHIRResource]] = []
+    for rule in rules():
+        if rule.kind != "contraindication" or rule.groups[0] != group:
+            continue
+        if rule.when == "pregnant" and facts.context.pregnant:
+            held.append((rule, facts.context.pregnancy[0]))
+        elif rule.when == "age_below":
+            age = facts.context.age
+            if age is not None and rule.value is not None and age < rule.value:
+                held.append((rule, facts.snapshot.patient))
+        elif rule.result:
+            result = _result_holding(facts, rule)
+            if result is not None:
+                held.append((rule, result.resource))
+    return held
+
+
+def duplicate_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[SafetyFlag]:
+    """Orders in a rule's first group together with orders in any of its other groups."""
+    flags: list[SafetyFlag] = []
+    checked = checked_medications(facts)
+    for rule in (r for r in table if r.kind == "duplicate"):
+        first = [m for m in checked if _in_group(rule.groups[0], m.concept)]
+        others = [
+            m
+            for m in checked
+            if m not in first and any(_in_group(g, m.concept) for g in rule.groups[1:])
+        ]
+        if not first or not others:
+            continue
+        meds = first + others
+        flags.append(
+            SafetyFlag(
+                rule=rule,
+                text=f"Duplicate therapy: {' and '.join(m.name for m in meds)} {listed_as(meds)}",
+                references=_med_refs(*meds),
+                medications=_med_refs(*meds),
+            )
+        )
+    return flags
+
+
 def safety_flags(facts: ChartFacts) -> list[SafetyFlag]:
     """Every hit of the safety tables on this chart, allergy conflicts first."""
     table = rules()
@@ -322,6 +396,7 @@ def safety_flags(facts: ChartFacts) -> list[SafetyFlag]:
         allergy_flags(facts, table)
         + contraindication_flags(facts, table)
         + interaction_flags(facts, table)
+        + duplicate_flags(facts, table)
     )
 
 

@@ -8,8 +8,12 @@ import json
 import pytest
 
 from smartapp.load import (
+    EHR,
     LEVEL_KEYS,
+    PAUSES_PER_SESSION,
+    THINK_CAP,
     Timing,
+    _Clinician,
     build_level,
     build_report,
     parse_timings,
@@ -127,3 +131,105 @@ def test_levels_are_sqlite_on_one_process_then_postgresql_on_two_then_the_slow_l
     ]
     without = plan_levels((1,), postgres=False, llm_delay_s=None)
     assert [(p.store, p.processes) for p in without] == [("sqlite", 1)]
+
+
+def test_think_time_levels_come_first_then_the_saturation_levels_without_it():
+    plans = plan_levels(
+        (1, 64), postgres=True, llm_delay_s=35, think_s=4, saturation=(32,), stores=("postgresql",)
+    )
+    assert [(p.store, p.processes, p.clinicians, p.llm_delay_s, p.think_s) for p in plans] == [
+        ("postgresql", 2, 1, None, 4),
+        ("postgresql", 2, 64, None, 4),
+        ("postgresql", 2, 32, 35, 4),
+        ("postgresql", 2, 32, None, 0),
+    ]
+    assert plans[-1].name == "postgresql-p2-c32-sat" and plans[0].name == "postgresql-p2-c1-t4"
+    # Asked for the saturation mode itself: nothing is run twice.
+    assert [
+        p.think_s
+        for p in plan_levels((8,), postgres=False, llm_delay_s=None, think_s=0, saturation=(32,))
+    ] == [0]
+
+
+def test_a_level_says_its_think_time_and_mode():
+    level = build_level(
+        clinicians=1,
+        processes=1,
+        store="sqlite",
+        llm="none",
+        sessions=1,
+        errors=[],
+        timings=[],
+        app_cpu_ms=1,
+        rss_mb=1,
+        wall_s=1,
+        think_s=4.0,
+    )
+    assert (level["think_s"], level["mode"], level["lock_waits"]) == (4.0, "think", None)
+    assert (
+        build_level(
+            clinicians=1,
+            processes=1,
+            store="sqlite",
+            llm="none",
+            sessions=1,
+            errors=[],
+            timings=[],
+            app_cpu_ms=1,
+            rss_mb=1,
+            wall_s=1,
+        )["mode"]
+        == "saturation"
+    )
+
+
+def test_pauses_are_seeded_exponential_with_the_stated_mean_and_capped(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("smartapp.load.time.sleep", slept.append)
+    ehr = EHR(ehr_url="http://ehr", fhir_base="http://ehr/fhir")
+
+    def pauses(seed: int, number: int) -> list[float]:
+        slept.clear()
+        person = _Clinician(
+            number=number, level="x", app_url="http://app", ehr=ehr, think_s=4.0, seed=seed
+        )
+        for _ in range(4000):
+            person.think()
+        return list(slept)
+
+    first = pauses(14, 0)
+    assert first == pauses(14, 0)  # a run repeats
+    assert first != pauses(14, 1) and first != pauses(15, 0)
+    assert max(first) <= THINK_CAP * 4.0
+    assert 3.6 < sum(first) / len(first) < 4.2  # the cut tail lowers the mean a little
+    slept.clear()
+    _Clinician(number=0, level="x", app_url="http://app", ehr=ehr, think_s=0).think()
+    assert slept == []  # the saturation mode never pauses
+
+
+def test_the_first_launch_waits_uniformly_over_one_sessions_think_time(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("smartapp.load.time.sleep", slept.append)
+    ehr = EHR(ehr_url="http://ehr", fhir_base="http://ehr/fhir")
+    for number in range(400):
+        _Clinician(number=number, level="x", app_url="http://a", ehr=ehr, think_s=4.0).join()
+    assert 0 <= min(slept) and max(slept) <= PAUSES_PER_SESSION * 4.0
+    assert 0.4 < sum(slept) / len(slept) / (PAUSES_PER_SESSION * 4.0) < 0.6
+    slept.clear()
+    _Clinician(number=0, level="x", app_url="http://a", ehr=ehr, think_s=0).join()
+    assert slept == []  # the saturation mode starts everyone at once
+
+
+def test_no_two_clinicians_of_a_round_open_one_patient_as_one_practitioner():
+    ehr = EHR(ehr_url="http://e", fhir_base="http://e/fhir", practitioners=("a", "b", "c", "d"))
+    for clinicians in (1, 8, 32, 64):
+        people = [
+            _Clinician(number=n, level="x", app_url="http://a", ehr=ehr, clinicians=clinicians)
+            for n in range(clinicians)
+        ]
+        for session_no in range(3):
+            pairs = [p.chart(session_no) for p in people]
+            assert len(set(pairs)) == clinicians
+            assert {user for _, user in pairs} <= {"a", "b", "c", "d"}
+    alone = EHR(ehr_url="http://e", fhir_base="http://e/fhir")
+    assert _Clinician(number=0, level="x", app_url="http://a", ehr=alone).chart(0)[1] is None

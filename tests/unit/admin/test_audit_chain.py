@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 
 from smartapp.audit import Action, record
 from smartapp.audit.chain import verify
+from smartapp.audit.log import GroupAppender
 from smartapp.audit.models import GENESIS, AuditEvent
 from smartapp.cli import main
 from smartapp.db import Database
@@ -145,6 +146,101 @@ def test_concurrent_writers_never_fork_the_chain(database):
     assert errors == []
     report = _verify(database)
     assert report.intact and report.rows == 30
+
+
+def test_eight_writers_at_once_keep_one_chain_with_every_event(database):
+    """Writers of one process share batches (group commit): every event is in, in one
+    unbroken chain, each thread's own in the order it wrote them."""
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            _write(database, 10, actor=f"Practitioner/{n}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    report = _verify(database)
+    assert report.intact and report.rows == 80 and report.head_seq == 80
+    with database.session() as s:
+        rows = list(s.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+    for n in range(8):
+        mine = [r.patient for r in rows if r.actor == f"Practitioner/{n}"]
+        assert mine == [f"Patient/p{i}" for i in range(10)]
+
+
+def _event(n: int) -> AuditEvent:
+    return AuditEvent(action=Action.CHART_READ, actor=f"Practitioner/{n}", detail={})
+
+
+def test_events_arriving_during_a_write_go_in_the_next_batch_together():
+    batches: list[list[str | None]] = []
+    writing, release = threading.Event(), threading.Event()
+
+    def write(events: list[AuditEvent]) -> None:
+        batches.append([e.actor for e in events])
+        if len(batches) == 1:
+            writing.set()
+            assert release.wait(10)
+
+    appender = GroupAppender(write)
+    first = threading.Thread(target=appender.append, args=(_event(0),))
+    first.start()
+    assert writing.wait(10)
+    others = [threading.Thread(target=appender.append, args=(_event(n),)) for n in (1, 2, 3)]
+    for t in others:
+        t.start()
+    while len(appender._queue) < 3:  # all three queued behind the first write
+        threading.Event().wait(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert batches[0] == ["Practitioner/0"]
+    assert len(batches) == 2 and sorted(batches[1]) == [f"Practitioner/{n}" for n in (1, 2, 3)]
+
+
+def test_a_failed_batch_raises_in_every_caller_of_it_and_the_next_one_writes():
+    calls: list[int] = []
+    writing, release = threading.Event(), threading.Event()
+
+    def write(events: list[AuditEvent]) -> None:
+        calls.append(len(events))
+        if len(calls) == 1:
+            writing.set()
+            assert release.wait(10)
+        elif len(calls) == 2:
+            raise OSError("store unavailable")
+
+    appender = GroupAppender(write)
+    raised: list[BaseException | None] = []
+
+    def append(n: int) -> None:
+        try:
+            appender.append(_event(n))
+            raised.append(None)
+        except OSError as exc:
+            raised.append(exc)
+
+    first = threading.Thread(target=append, args=(0,))
+    first.start()
+    assert writing.wait(10)
+    others = [threading.Thread(target=append, args=(n,)) for n in (1, 2)]
+    for t in others:
+        t.start()
+    while len(appender._queue) < 2:
+        threading.Event().wait(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert calls == [1, 2]
+    assert raised.count(None) == 1 and sum(isinstance(r, OSError) for r in raised) == 2
+    appender.append(_event(9))  # nothing left stuck: the next event writes
+    assert calls == [1, 2, 1]
 
 
 def test_cli_verify_reports_the_first_break(tmp_path: Path, monkeypatch, capsys):

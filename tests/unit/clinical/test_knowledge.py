@@ -57,6 +57,24 @@ def test_concepts_match_by_code_or_by_whole_words():
     assert not hba1c.matches({"text": "HbA1cX"})
 
 
+def test_any_word_matches_even_where_an_earlier_word_fails_its_boundary():
+    """The words are one pattern: "statin" failing its boundary inside "statins" must not
+    hide "statins" starting at the same place, nor a later phrase."""
+    value_set = clinical.ValueSet(
+        id="t",
+        title="t",
+        codes=(),
+        words=("statin", "statins", "lipid lowering"),
+        cite=clinical.Source(source="s", version="1"),
+    )
+    assert value_set.matches({"text": "Statins"})
+    assert value_set.matches({"coding": [{"display": "On LIPID LOWERING therapy"}]})
+    assert not value_set.matches({"text": "statinsx"})
+    assert not value_set.matches({"text": "lipid-lowering"})
+    assert value_set.code_keys() == frozenset()
+    assert value_set.code_keys(clinical.LOINC) == frozenset()
+
+
 def test_every_medication_safety_rule_loads_with_a_citation_and_known_groups():
     from smartapp.suggestions import safety
 

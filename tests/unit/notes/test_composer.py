@@ -379,3 +379,30 @@ def test_a_lower_site_reading_grade_makes_plainer_instructions():
         text = compose(_all_accepted(path, plain_service)).patient.text
         # Drug names are what they are ("sulfamethoxazole"): the rest is plain enough.
         assert grade_level(text) <= 5, (path.stem, text)
+
+
+def test_a_plan_block_pointing_to_another_problem_keeps_the_pointer_in_the_note():
+    """The composer over the shipped engine: "Statin: see Hyperlipidemia" is a line of the
+    diabetes block in the note while the hyperlipidemia block is in it, and goes with it."""
+    items = _all_accepted(CLINICAL / "t2d_lipids_no_statin.json")
+    pointers = [
+        st["text"]
+        for item in items
+        for st in item.statements
+        if item.kind == "assessment_plan" and st.get("see") == "Hyperlipidemia"
+    ]
+    assert pointers and all(p.endswith(": see Hyperlipidemia") for p in pointers)
+    note = compose(items).text
+    for pointer in pointers:
+        assert f"- {pointer}\n" in note
+    without = [i for i in items if "Hyperlipidemia" not in i.title]
+    assert "see Hyperlipidemia" not in compose(without).text
+    # A medication named in another block keeps its words, without the dangling pointer.
+    line = statement("On losartan (see Essential hypertension)", "MedicationRequest/los")
+    line["see"] = "Essential hypertension"
+    ckd = decided(
+        "assessment_plan",
+        "Assessment and plan draft: Chronic kidney disease stage 3a (rule-based, for review)",
+        line,
+    )
+    assert compose([ckd]).text.endswith("- On losartan")

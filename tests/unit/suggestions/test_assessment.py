@@ -17,6 +17,7 @@ from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.evaluate import bundle_resources
 from smartapp.suggestions.facts import ChartFacts
 from smartapp.suggestions.grounding import GroundingVerifier
+from smartapp.suggestions.interfaces import Statement
 
 CHARTS = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"
 AS_OF = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
@@ -45,7 +46,7 @@ def test_every_statement_is_grounded_and_every_option_cites_its_guideline(name: 
             if statement.text.startswith("Consider"):
                 assert statement.rule and any(
                     src in statement.rule
-                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG")
+                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI")
                 )
 
 
@@ -330,3 +331,98 @@ def test_the_plan_names_a_medication_as_a_note_writes_it(
     from smartapp.suggestions.terminology import MEDICATION_NAMES
 
     assert MEDICATION_NAMES.note_name(display, ingredients) == written
+
+
+@pytest.mark.parametrize(
+    ("birth_date", "source"),
+    [
+        ("2025-06-01", None),  # 1 year old: NHLBI's categories start at 2; no adult goal
+        ("2011-03-15", "NHLBI"),  # 15: the pediatric categories
+        ("2007-11-22", "NHLBI"),  # 19 on the chart's day
+        ("2006-11-22", "ACC/AHA"),  # 20: the adult goal
+    ],
+)
+def test_the_ldl_goal_is_read_by_age(birth_date: str, source: str | None):
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "adolescent_ldl_borderline.json").read_text())
+    )
+    resources[0] = {**resources[0], "birthDate": birth_date}
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    goal = assessment.goal_for(ChartFacts(snapshot), assessment.knowledge(), "ldl")
+    assert (goal.cite.source.split(" ")[0] if goal else None) == source
+
+
+def _hfref_block(values: dict[str, float]) -> list[Statement]:
+    snapshot = _with_values("hfref_gdmt_potassium_52", values)
+    [draft] = ENGINE.suggest(snapshot, "assessment_plan", {})
+    return list(draft.statements)
+
+
+def test_hfref_offers_an_mra_only_when_the_safety_table_allows_it_and_cites_what_it_read():
+    mra = "Consider a mineralocorticoid receptor antagonist"
+    # Potassium 4.6 and eGFR 55: offered, citing the potassium and eGFR it was judged by.
+    [offered] = [s for s in _hfref_block({"hfref-gdmt-k-1": 4.6}) if s.text.startswith(mra)]
+    cited = {c.reference for c in offered.citations}
+    assert {"Observation/hfref-gdmt-k-1", "Observation/hfref-gdmt-egfr-1"} <= cited
+    assert offered.rule and "AHA/ACC/HFSA" in offered.rule
+    # Potassium 5.0 (the guideline's "below 5.0") or eGFR 30: held back.
+    for values, why in (
+        ({"hfref-gdmt-k-1": 5.0}, "potassium 5.0 mmol/L"),
+        ({"hfref-gdmt-k-1": 4.6, "hfref-gdmt-egfr-1": 30}, "eGFR 30 mL/min/1.73 m2"),
+    ):
+        block = _hfref_block(values)
+        assert not any(s.text.startswith(mra) for s in block), values
+        [held] = [s for s in block if "is not suggested" in s.text]
+        assert held.text.startswith(
+            "A mineralocorticoid receptor antagonist is not suggested: " + why
+        )
+        assert held.rule and "AHA/ACC/HFSA" in held.rule
+
+
+def test_hfref_mra_is_not_offered_without_a_potassium_on_file():
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "hfref_gdmt_potassium_52.json").read_text())
+    )
+    resources = [r for r in resources if r.get("id") != "hfref-gdmt-k-1"]
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    texts_ = [s.text for d in ENGINE.suggest(snapshot, "assessment_plan", {}) for s in d.statements]
+    assert not any("mineralocorticoid" in t for t in texts_)
+    assert not any(t.startswith("Consider an ARNI") for t in texts_)  # K unknown: not judged
+    assert any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
+
+
+@pytest.mark.parametrize(
+    ("display", "switch"),
+    [
+        ("metoprolol tartrate 25 MG Oral Tablet", "metoprolol tartrate 25 mg"),
+        ("atenolol 50 MG Oral Tablet", "atenolol 50 mg"),
+        ("metoprolol succinate 50 MG Extended Release Oral Tablet", None),
+        ("carvedilol 25 MG Oral Tablet", None),
+    ],
+)
+def test_hfref_on_a_beta_blocker_without_outcome_evidence_is_offered_a_switch(
+    display: str, switch: str | None
+):
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "hfref_gdmt_potassium_52.json").read_text())
+    )
+    furosemide = next(r for r in resources if r["id"] == "hfref-gdmt-furosemide")
+    resources.append(
+        {**furosemide, "id": "hfref-gdmt-bb", "medicationCodeableConcept": {"text": display}}
+    )
+    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    [draft] = ENGINE.suggest(snapshot, "assessment_plan", {})
+    texts_ = [s.text for s in draft.statements]
+    offered = [
+        s for s in draft.statements if s.text.startswith("Consider switching to an evidence-based")
+    ]
+    if switch is None:
+        assert offered == []
+    else:
+        # The medication line above names the drug; the option cites its order.
+        assert any(t.startswith("On ") and switch in t for t in texts_)
+        [option] = offered
+        assert option.text == "Consider switching to an evidence-based beta blocker"
+        assert "MedicationRequest/hfref-gdmt-bb" in {c.reference for c in option.citations}
+    # On a beta blocker of any kind: "start one" is not offered.
+    assert not any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)

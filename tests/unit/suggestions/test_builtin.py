@@ -105,11 +105,11 @@ def test_citation_display_comes_from_the_resource():
 def test_medications_list_and_reconciliation_hints():
     [meds] = run("diabetes_hypertension", "medications")
     assert meds.title == "Medication list and reconciliation hints (rule-based)"
-    # Safety flags (the duplicate pair) come first.
+    # Safety flags (the duplicate pair, the safety table's dual RAS blockade rule) come first.
     assert pairs(meds) == [
         (
-            "Possible duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
-            "Oral Tablet are both renin-angiotensin blockers (ACE inhibitors and ARBs)",
+            "Duplicate therapy: lisinopril 10 MG Oral Tablet and losartan potassium 50 MG "
+            "Oral Tablet are active orders",
             ["MedicationRequest/dm1-lisinopril", "MedicationRequest/dm1-losartan"],
         ),
         ("amlodipine 5 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-amlodipine"]),

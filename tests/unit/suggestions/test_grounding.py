@@ -333,3 +333,23 @@ def test_a_stated_age_is_checked_against_the_cited_date_and_the_day_read():
     assert wrong.issues == ("'(13 months old)' does not match a cited date",)
     # The age's number is not read as a value of its own ("14" is not in the resource).
     assert not any("14" in issue for issue in wrong.issues)
+
+
+def test_evidence_of_several_resources_is_theirs_read_one_by_one_in_order():
+    """The verifier reads each cited resource once per snapshot and joins them: the same
+    numbers, dates, times and words, in the same order, as reading the set at once."""
+    from smartapp.suggestions.grounding import collect_evidence
+
+    snapshot = build_snapshot(RESOURCES, patient_id="p1")
+    verifier = GroundingVerifier(snapshot)
+    refs = sorted(f"{r['resourceType']}/{r['id']}" for r in RESOURCES)
+    # What each reference brings (a MedicationRequest its Medication too), in order.
+    cited = [resource for ref in refs for resource in verifier._cited(ref)]
+    assert len(cited) > len(refs)
+    together = collect_evidence(cited, today=verifier.today)
+    joined = verifier.evidence(refs)
+    assert joined.structured == together.structured and joined.free == together.free
+    assert verifier.evidence(refs[:1]) is verifier.evidence(refs[:1])
+    # A resource's own evidence is not changed by joining it into a set.
+    alone = collect_evidence([snapshot.get(refs[0])], today=verifier.today)
+    assert verifier.evidence(refs[:1]).structured == alone.structured
