@@ -47,9 +47,10 @@ def _serve_one(args: argparse.Namespace, settings: Settings, *, sockets: list[An
     """
     from smartapp import create_app
     from smartapp.notes.outbox import OutboxWorker
-    from smartapp.serving import create_server, run_until_stopped
+    from smartapp.serving import create_server, run_until_stopped, tune_collector
 
     app = create_app(settings)
+    tune_collector()
     worker = None
     if not args.no_worker:
         worker = OutboxWorker(

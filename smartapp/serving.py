@@ -13,6 +13,7 @@ Ctrl-C) stops taking connections and lets the requests it has begun finish, for 
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -32,6 +33,23 @@ HEALTH_THREADS = 2
 #: How long a stopping process waits for the requests it has begun (waitress's own is 5 s,
 #: shorter than a note's write-back to a slow EHR); under Kubernetes' default 30 s grace.
 SHUTDOWN_GRACE_SECONDS = 25.0
+
+
+#: The cyclic collector's thresholds while serving (CPython's are 700, 10, 10): a chart
+#: load allocates some 30,000 containers (the EHR's JSON) that all live on as the
+#: snapshot, and at 700 the collector scanned them again and again while they arrived.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_collector() -> None:
+    """Set up the garbage collector for serving, once the app is built: what start-up made
+    (modules, the FHIR models, the validation tables) is frozen out of the collector's
+    scans, which then run a fourteenth as often. Reference counting still frees what is
+    not in a cycle at once. make bench's chart: ~15% less CPU per chart load (A/B in one
+    process; bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class HealthFirstDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]

@@ -8,6 +8,9 @@ Definitions (the README repeats them):
 - `median_edit_distance` is over suggestions whose latest decision is an edit (Levenshtein
   characters between the suggested and the final text);
 - `median_seconds_to_decision` is over decided suggestions, from shown to latest decision;
+- `median_seconds_in_sidebar` is over the period's notes that report it: the seconds the
+  sidebar page was visible (Page Visibility API) before the note's saves, summed over its
+  saves, at most launch to last save (smartapp.notes.service);
 - engine keys are "name version"; week keys are ISO 8601 weeks of `shown_at` in UTC
   ("2026-W47").
 
@@ -69,6 +72,8 @@ class MetricsGroup:
     #: Notes saved in the period that drew on this group (by site and week: every note).
     notes: int = 0
     median_seconds_launch_to_note: float | None = None
+    #: The median time the sidebar was visible before the note's saves (notes that report it).
+    median_seconds_in_sidebar: float | None = None
     #: Of those notes' characters, the share from accepted or edited suggestions (0–1).
     ai_share_of_note_chars: float | None = None
     #: The same characters apart (0–1 each, summing to 1): from suggestions accepted as
@@ -106,6 +111,7 @@ class MetricsGroup:
             "median_seconds_to_decision": _round(self.median_seconds_to_decision, 1),
             "notes": self.notes,
             "median_seconds_launch_to_note": _round(self.median_seconds_launch_to_note, 1),
+            "median_seconds_in_sidebar": _round(self.median_seconds_in_sidebar, 1),
             "ai_share_of_note_chars": _round(self.ai_share_of_note_chars),
             "accepted_share_of_note_chars": _round(self.accepted_share_of_note_chars),
             "edited_share_of_note_chars": _round(self.edited_share_of_note_chars),
@@ -294,6 +300,7 @@ NO_KEY = "(none)"
 class _NoteRow:
     keys: frozenset[str]
     seconds_launch_to_note: float | None
+    seconds_in_sidebar: float | None
     chars_total: int
     chars_accepted: int
     chars_edited: int
@@ -309,6 +316,7 @@ def _with_notes(group: MetricsGroup, notes: Sequence[_NoteRow]) -> MetricsGroup:
         return group
     total = sum(n.chars_total for n in notes)
     seconds = [n.seconds_launch_to_note for n in notes if n.seconds_launch_to_note is not None]
+    in_sidebar = [n.seconds_in_sidebar for n in notes if n.seconds_in_sidebar is not None]
 
     def share(chars: int) -> float | None:
         return chars / total if total else None
@@ -319,6 +327,7 @@ def _with_notes(group: MetricsGroup, notes: Sequence[_NoteRow]) -> MetricsGroup:
         group,
         notes=len(notes),
         median_seconds_launch_to_note=_median(seconds),
+        median_seconds_in_sidebar=_median(in_sidebar),
         ai_share_of_note_chars=share(accepted + edited),
         accepted_share_of_note_chars=share(accepted),
         edited_share_of_note_chars=share(edited),
@@ -336,6 +345,7 @@ def _note_rows(
         SavedNote.site,
         SavedNote.created_at,
         SavedNote.launched_at,
+        SavedNote.seconds_in_sidebar,
         SavedNote.engines,
         SavedNote.suggestion_ids,
         SavedNote.chars_total,
@@ -359,6 +369,7 @@ def _note_rows(
                     _note_keys(group_by, n.site, created, n.engines, n.suggestion_ids, kinds_of)
                 ),
                 seconds_launch_to_note=((created - launched).total_seconds() if launched else None),
+                seconds_in_sidebar=n.seconds_in_sidebar,
                 chars_total=n.chars_total or 0,
                 chars_accepted=n.chars_accepted or 0,
                 chars_edited=n.chars_edited or 0,

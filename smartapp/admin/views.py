@@ -78,7 +78,7 @@ from smartapp.governance.registry import (
     kill_switches,
     list_versions,
 )
-from smartapp.governance.state import load_state, read_version
+from smartapp.governance.state import load_state
 from smartapp.identity import bound_identity
 from smartapp.jsonbody import json_body
 from smartapp.policy import Policy
@@ -156,7 +156,7 @@ def admin_page(view: Callable[P, str | Response]) -> Callable[P, str | Response 
 def _policy(session: Session) -> Policy:
     """The policy the drafter decides from, read fresh: an admin sees a change at once."""
     engines: SuggestionService = current_app.extensions["smartapp.engines"]
-    state = load_state(session, read_version(session))
+    state = load_state(session)
     return Policy(site_config=engines.config, governance=state, settings=_settings())
 
 

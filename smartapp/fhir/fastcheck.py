@@ -185,7 +185,7 @@ _PRIMITIVES: dict[str, Callable[[Any], None]] = {
 #: What a key holds: text (any non-empty string), another primitive (its check), an
 #: element (its table; the `_field` sibling of a primitive is one), any resource, or
 #: `fhir_comments`.
-_TEXT, _PRIMITIVE, _ELEMENT, _RESOURCE, _COMMENTS = range(5)
+_TEXT, _PRIMITIVE, _ELEMENT, _RESOURCE, _COMMENTS, _STR = range(6)
 _TEXT_TYPES = frozenset({"markdown", "uri", "canonical", "xhtml"})
 
 #: (kind, a list?, the check or the table, the choice group's index or -1)
@@ -265,6 +265,8 @@ def _build(model: Any) -> _Table:
         primitive = _primitive_type(inner)
         if primitive in _TEXT_TYPES:
             table.fields[key] = (_TEXT, many, None, group)
+        elif primitive == "string":
+            table.fields[key] = (_STR, many, None, group)  # checked inline
         elif primitive is not None and primitive in _PRIMITIVES:
             table.fields[key] = (_PRIMITIVE, many, _PRIMITIVES[primitive], group)
         elif isinstance(inner, type) and issubclass(inner, fhir_types.FhirBase):
@@ -313,6 +315,8 @@ def _resource_table(resource_type: Any) -> _Table:
 def _walk(
     data: Any, table: _Table, depth: int, modifiers: list[str], *, resource: bool = False
 ) -> None:
+    # The hot loop of a chart load (about 12 calls a resource): each kind of key is
+    # handled in its own branch, a list and a single value apart, strings checked inline.
     if type(data) is not dict or not data or depth >= MAX_JSON_DEPTH:
         raise NotSure
     fields = table.fields
@@ -324,43 +328,65 @@ def _walk(
                 continue
             raise NotSure
         kind, many, target, group = spec
-        items: list[Any] | tuple[Any]
-        if many:
-            if type(value) is not list or not value:
-                raise NotSure
-            items = value
-        elif type(value) is list or value is None:
-            raise NotSure
-        else:
-            items = (value,)
         if group >= 0:
             if chosen >> group & 1:
                 raise NotSure  # two of value[x]
             chosen |= 1 << group
-        if kind == _TEXT:
-            for item in items:
-                if type(item) is not str or not item or len(item) > MAX_STRING_CHARS:
-                    raise NotSure
-                if not item.isascii() and _SURROGATE.search(item):
-                    raise NotSure
-        elif kind == _ELEMENT:
-            for item in items:
-                _walk(item, target, depth + 2, modifiers)
+        if many:
+            if type(value) is not list or not value:
+                raise NotSure
+            if kind == _ELEMENT:
+                for item in value:
+                    _walk(item, target, depth + 2, modifiers)
+                if key == "modifierExtension":
+                    for modifier in value:
+                        url = modifier.get("url")
+                        modifiers.append(url if isinstance(url, str) else "(no url)")
+            elif kind == _PRIMITIVE:
+                for item in value:
+                    target(item)
+            elif kind == _TEXT or kind == _STR:
+                for item in value:
+                    if (
+                        type(item) is not str
+                        or not item
+                        or len(item) > MAX_STRING_CHARS
+                        or (not item.isascii() and _SURROGATE.search(item))
+                        or (kind == _STR and not _STRING.match(item))
+                    ):
+                        raise NotSure
+            elif kind == _RESOURCE:
+                for item in value:
+                    if type(item) is not dict:
+                        raise NotSure
+                    child = _resource_table(item.get("resourceType"))
+                    _walk(item, child, depth + 2, modifiers, resource=True)
+            else:  # fhir_comments as a list: R4B decides
+                raise NotSure
+        elif type(value) is list or value is None:
+            raise NotSure
+        elif kind == _STR or kind == _TEXT:
+            if (
+                type(value) is not str
+                or not value
+                or len(value) > MAX_STRING_CHARS
+                or (not value.isascii() and _SURROGATE.search(value))
+                or (kind == _STR and not _STRING.match(value))
+            ):
+                raise NotSure
         elif kind == _PRIMITIVE:
-            for item in items:
-                target(item)
+            target(value)
+        elif kind == _ELEMENT:
+            _walk(value, target, depth + 2, modifiers)
+            if key == "modifierExtension":
+                raise NotSure  # not a list: R4B decides
         elif kind == _RESOURCE:
-            for item in items:
-                if type(item) is not dict:
-                    raise NotSure
-                child = _resource_table(item.get("resourceType"))
-                _walk(item, child, depth + 2, modifiers, resource=True)
-        else:  # fhir_comments: a string here (a list of them defers)
+            if type(value) is not dict:
+                raise NotSure
+            child = _resource_table(value.get("resourceType"))
+            _walk(value, child, depth + 2, modifiers, resource=True)
+        else:  # fhir_comments: a string here
             _text(value)
-        if key == "modifierExtension":
-            for modifier in value:
-                url = modifier.get("url")
-                modifiers.append(url if isinstance(url, str) else "(no url)")
     for key in table.required:
         if key not in data:
             raise NotSure

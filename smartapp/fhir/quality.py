@@ -14,6 +14,7 @@ Planned things (orders, appointments, care plans) may lie in the future and are 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,6 +77,27 @@ def _fingerprint(obs: Mapping[str, Any]) -> str | None:
     return json.dumps(present, sort_keys=True, default=str)
 
 
+def _leaf(value: Any) -> Any:
+    """A part of `_rough_key`: values whose canonical JSON is the same give the same leaf."""
+    if isinstance(value, dict | list):
+        return None
+    return value if type(value) is str else str(value)
+
+
+def _rough_key(obs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What two Observations with the same fingerprint surely share, cheap to work out: the
+    fingerprint (canonical JSON, the costly part of the screen) is worked out only for
+    Observations that share this with another."""
+    code = obs.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    first = codings[0] if isinstance(codings, list) and codings else None
+    return (
+        tuple(k for k in _MEASUREMENT_FIELDS if k in obs),
+        _leaf(first.get("code")) if isinstance(first, dict) else None,
+        _leaf(obs.get("effectiveDateTime")),
+    )
+
+
 def screen(
     grouped: Mapping[str, Mapping[str, FHIRResource]], fetched_at: datetime
 ) -> tuple[dict[str, dict[str, FHIRResource]], list[SnapshotProblem]]:
@@ -87,6 +109,8 @@ def screen(
     for rtype, by_id in grouped.items():
         out: dict[str, FHIRResource] = {}
         seen: set[str] = set()
+        rough = {rid: _rough_key(r) for rid, r in by_id.items()} if rtype == "Observation" else {}
+        shared = Counter(rough.values())
         # Sorted by id so that which copy is kept does not depend on the server's order.
         for rid in sorted(by_id):
             resource = by_id[rid]
@@ -94,7 +118,7 @@ def screen(
             if moment is not None and moment > limit:
                 future[rtype] = future.get(rtype, 0) + 1
                 continue
-            if rtype == "Observation":
+            if rid in rough and shared[rough[rid]] > 1:
                 print_ = _fingerprint(resource)
                 if print_ is not None and print_ in seen:
                     duplicates += 1

@@ -2,7 +2,7 @@
 control, evaluation runs, flag reviews, and the model cards built from them.
 
 What the rest of the app calls (see each module):
-- `smartapp.governance.state.load_state(session, version) -> GovernanceState`, which
+- `smartapp.governance.state.load_state(session) -> GovernanceState`, which
   `smartapp.policy` caches
 - `smartapp.governance.rollout.is_enabled(session, *, site, kind, fhir_user, now)`
 - `smartapp.governance.registry.active_engine(session, *, kind, site) -> ActiveEngine | None`

@@ -4,7 +4,9 @@ Rollout rules, kill switches and active engine versions change rarely and are re
 every sidebar request. Every write to those tables (any ORM flush that touches them)
 also bumps the single row of `governance_version` in the same transaction (see
 `governance.models`); a process reads that one row per request (1 statement) and reloads
-the whole state (3 statements) only when the number moved. So a change made by any
+the whole state only when the number moved, in 2 more: the version again with the rules
+in force and the kill switches engaged, then the active versions (`load_state`; the
+policy snapshot's reload is 3 statements in all). So a change made by any
 process takes effect on the next request everywhere, as before, at the cost of one
 indexed read instead of ~42. With a `ChangeSignal` (Redis, `governance.signal`) the
 process asks Redis instead while its key stays put, and reads the row only when the key
@@ -17,12 +19,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 
 from smartapp.db import Database
-from smartapp.governance.models import EngineVersion, GovernanceVersion, RolloutRule
+from smartapp.governance.models import (
+    EngineVersion,
+    GovernanceVersion,
+    KillSwitchEvent,
+    RolloutRule,
+)
 from smartapp.governance.registry import active_versions, engaged_switches
 from smartapp.governance.rollout import rules_in_force
 from smartapp.governance.signal import RECHECK_SECONDS, ChangeSignal
@@ -47,18 +55,68 @@ class GovernanceState:
         return ("kind", kind) in self.killed or ("engine", engine) in self.killed
 
 
-def load_state(session: Session, version: int | None) -> GovernanceState:
+#: Between a switch's scope and target, and between switches, in the one string the
+#: switches engaged are read as (characters no kind or engine name holds).
+_PAIR, _SWITCH = "\x1f", "\x1e"
+
+
+def _engaged_switches_column() -> Any:
+    """The switches engaged as one string (the latest event per scope and target is in
+    force, as in `registry.kill_switches`): a scalar beside every row of the rules."""
+    ranked = select(
+        KillSwitchEvent.scope,
+        KillSwitchEvent.target,
+        KillSwitchEvent.engaged,
+        func.row_number()
+        .over(
+            partition_by=(KillSwitchEvent.scope, KillSwitchEvent.target),
+            order_by=(KillSwitchEvent.seq.desc(), KillSwitchEvent.at.desc()),
+        )
+        .label("rank"),
+    ).subquery()
+    return (
+        select(func.aggregate_strings(ranked.c.scope + _PAIR + ranked.c.target, _SWITCH))
+        .where(ranked.c.rank == 1, ranked.c.engaged.is_(true()))
+        .scalar_subquery()
+    )
+
+
+def load_state(session: Session) -> GovernanceState:
+    """Governance as of now, in 2 statements: the version, the rules in force and the
+    switches engaged in one (so all three are of one moment), then the active versions."""
+    rows = session.execute(
+        select(GovernanceVersion.version, _engaged_switches_column(), RolloutRule)
+        .select_from(GovernanceVersion)
+        # Every rule not retired (as `rollout.rules_in_force`); one row with none.
+        .outerjoin(RolloutRule, RolloutRule.retired_at.is_(None))
+        .where(GovernanceVersion.id == 1)
+    ).all()
+    if not rows:
+        # No version row (nothing may be cached): read the parts one by one.
+        return GovernanceState(
+            version=None,
+            rules=tuple(rules_in_force(session)),
+            engines=tuple(active_versions(session)),
+            killed=engaged_switches(session),
+        )
+    version, switches, _ = rows[0]
+    killed = frozenset(
+        (scope, target)
+        for scope, _, target in (p.partition(_PAIR) for p in (switches or "").split(_SWITCH))
+        if target
+    )
     return GovernanceState(
         version=version,
-        rules=tuple(rules_in_force(session)),
+        rules=tuple(rule for _, _, rule in rows if rule is not None),
         engines=tuple(active_versions(session)),
-        killed=engaged_switches(session),
+        killed=killed,
     )
 
 
 class PolicyCache:
     """The governance state for this process; `current()` costs one statement when warm
-    (none with a `signal` whose stamp has not moved within `recheck_seconds`)."""
+    (none with a `signal` whose stamp has not moved within `recheck_seconds`), three when
+    the state changed."""
 
     def __init__(
         self,
@@ -97,7 +155,7 @@ class PolicyCache:
             if state is not None and version is not None and state.version == version:
                 self._confirm(stamp, now)
                 return state
-            state = load_state(session, version)
+            state = load_state(session)
         with self._lock:
             self._state = state
         self._confirm(stamp, now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Float, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartapp.db import Base, EncryptedText, UTCDateTime, utcnow
@@ -91,6 +91,10 @@ class SavedNote(Base):
     chars_accepted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     chars_edited: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     edits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Seconds the sidebar page was visible (Page Visibility API) before the saves of this
+    #: note, summed over its saves and launches, never more than launch to last save. NULL
+    #: for notes saved before 0019 and by clients that do not report it.
+    seconds_in_sidebar: Mapped[float | None] = mapped_column(Float)
     #: The clinician's arm in each kind's partial rollout at the last save, {kind: "inside" |
     #: "outside"} (notes.drafting): the concurrent control of admin.control. {} when no
     #: partial rollout applied; NULL for notes saved before it was recorded.

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import UTC, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import CursorResult, select, update
@@ -71,6 +71,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_NOTE_CHARS = 50_000
+
+
+def _time_in_sidebar(
+    stored: float | None, reported: float | None, launched_at: datetime, now: datetime
+) -> float | None:
+    """The note's time in the sidebar after a save that reported `reported` more seconds.
+
+    The browser reports it, so it is held to what can be true: never more than the time
+    from the launch to this save (the sidebar cannot be visible before its launch began).
+    """
+    if reported is None:
+        return stored
+    ceiling = max(0.0, (now - launched_at).total_seconds())
+    return min((stored or 0.0) + reported, ceiling)
+
+
 #: Saves of one visit's note that may collide (tabs saving at once) before giving up.
 SAVE_ATTEMPTS = 5
 #: The first retry of a note the EHR could not take waits this long, then twice as long
@@ -366,9 +382,17 @@ class SidebarService:
         )
 
     def save_note(
-        self, launch: LaunchContext, *, text: str | None = None, after_visit_summary: bool = False
+        self,
+        launch: LaunchContext,
+        *,
+        text: str | None = None,
+        after_visit_summary: bool = False,
+        seconds_in_sidebar: float | None = None,
     ) -> SaveResult:
         """Keep the note here, then try to put it in the chart.
+
+        `seconds_in_sidebar`: how long the sidebar was visible since this page's last save
+        (the sidebar measures it); added to the note's time in the sidebar.
 
         Saving again, in this launch or any later one of the same visit (another tab, the
         chart reopened), revises the visit's one note: one draft in the chart, updated in
@@ -412,7 +436,9 @@ class SidebarService:
                     "edit the patient instructions first."
                 )
         visit = self.visit(launch)
-        result = self._save_document(launch, visit, content, CLINICAL_NOTE, arms=plan.arms)
+        result = self._save_document(
+            launch, visit, content, CLINICAL_NOTE, arms=plan.arms, seconds=seconds_in_sidebar
+        )
         if not after_visit_summary:
             return result
         # The patient's instructions: a document of their own, never inside the note.
@@ -434,6 +460,7 @@ class SidebarService:
         kind: str,
         *,
         arms: Mapping[str, str],
+        seconds: float | None = None,
     ) -> SaveResult:
         """Store one document of the visit (created or revised), then try to deliver it."""
         # Only the engines whose text is in it: they label it (and its Provenance).
@@ -445,7 +472,7 @@ class SidebarService:
         for _ in range(SAVE_ATTEMPTS):
             try:
                 stored, unchanged = self._store_note(
-                    launch, visit, content.text, content, engines, kind, arms=arms
+                    launch, visit, content.text, content, engines, kind, arms=arms, seconds=seconds
                 )
                 break
             except (IntegrityError, _SavedMeanwhile):
@@ -480,6 +507,7 @@ class SidebarService:
         kind: str = CLINICAL_NOTE,
         *,
         arms: Mapping[str, str],
+        seconds: float | None = None,
     ) -> tuple[SavedNote, SavedNote | None]:
         """Create the visit's note or revise it; (the note as committed, the note if
         nothing changed).
@@ -519,20 +547,25 @@ class SidebarService:
                     created_at=now,
                     revision=1,
                     launched_at=launch.created_at,
+                    seconds_in_sidebar=_time_in_sidebar(None, seconds, launch.created_at, now),
                     **values,
                 )
                 session.add(note)
                 session.flush()
                 return note, None
             if note.text == body and note.chart_revision == note.revision:
-                # Nothing changed since the chart got it: no new version, no new Provenance.
+                # Nothing changed since the chart got it: no new version, no new Provenance
+                # (and the time in the sidebar stays that of the last save that changed it).
                 return note, note
+            launched_at = note.launched_at or launch.created_at
+            in_sidebar = _time_in_sidebar(note.seconds_in_sidebar, seconds, launched_at, now)
             revised: CursorResult[Any] = session.execute(  # type: ignore[assignment]
                 update(SavedNote)
                 .where(SavedNote.id == note.id, SavedNote.revision == note.revision)
                 .values(
                     revision=note.revision + 1,
-                    launched_at=note.launched_at or launch.created_at,
+                    launched_at=launched_at,
+                    seconds_in_sidebar=in_sidebar,
                     updated_at=now,
                     **values,
                 )
@@ -543,6 +576,7 @@ class SidebarService:
             # What was committed, as the answer shows it (detached: changing it writes nothing).
             session.expunge(note)
             note.revision += 1
+            note.seconds_in_sidebar = in_sidebar
             for name, value in values.items():
                 setattr(note, name, value)
             return note, None

@@ -220,7 +220,12 @@ def save_note() -> tuple[Response, int]:
     wants_summary = body.get("afterVisitSummary", False)
     if not isinstance(wants_summary, bool):
         raise BadRequest("afterVisitSummary must be true or false.")
-    result = _service().save_note(launch, text=body.get("text"), after_visit_summary=wants_summary)
+    result = _service().save_note(
+        launch,
+        text=body.get("text"),
+        after_visit_summary=wants_summary,
+        seconds_in_sidebar=_seconds_in_sidebar(body.get("secondsInSidebar")),
+    )
     pulse = _service().pulse_for(launch, result.note.id)
     answer: dict[str, Any] = {
         **_written_json(result),
@@ -234,6 +239,21 @@ def save_note() -> tuple[Response, int]:
         )
     # 202: kept here and retried; the clinician sees "saved here, will retry".
     return jsonify(answer), 201 if result.written is not None else 202
+
+
+#: A day: a page left open longer than that is not a measurement of one note.
+MAX_SECONDS_IN_SIDEBAR = 86_400.0
+
+
+def _seconds_in_sidebar(value: Any) -> float | None:
+    """`secondsInSidebar`: seconds the page was visible since its last save (optional)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest("secondsInSidebar must be a number of seconds.")
+    if not 0 <= value <= MAX_SECONDS_IN_SIDEBAR:
+        raise BadRequest(f"secondsInSidebar must be between 0 and {MAX_SECONDS_IN_SIDEBAR:.0f}.")
+    return float(value)
 
 
 def _written_json(result: SaveResult) -> dict[str, Any]:

@@ -194,13 +194,25 @@ class FHIRService:
             return False
         if permission.queries:
             return any(
-                all(
-                    search.matches(item.body, name, value, base_url=self.base_url)
-                    for name, value in query
-                )
+                all(self._matches(item, name, value) for name, value in query)
                 for query in permission.queries
             )
         return True
+
+    def _matches(self, item: StoredResource, name: str, value: str) -> bool:
+        """`search.matches` for one clause, worked out once per stored version of `item`."""
+        key = ("match", self.base_url, name, value)
+        hit = item.derived.get(key)
+        if hit is None:
+            hit = item.derived[key] = search.matches(item.body, name, value, base_url=self.base_url)
+        return bool(hit)
+
+    @staticmethod
+    def _sort_date(item: StoredResource) -> str:
+        date = item.derived.get("sort_date")
+        if date is None:
+            date = item.derived["sort_date"] = search.sort_key_date(item.body)
+        return str(date)
 
     def _in_compartment(self, access: Access, item: StoredResource) -> bool:
         if item.resource_type == "Patient":
@@ -343,10 +355,7 @@ class FHIRService:
         results = []
         for item in candidates:
             try:
-                if not all(
-                    search.matches(item.body, name, value, base_url=self.base_url)
-                    for name, value in clauses
-                ):
+                if not all(self._matches(item, name, value) for name, value in clauses):
                     continue
             except search.SearchError as exc:
                 raise FHIRError(400, "invalid", str(exc)) from exc
@@ -382,7 +391,7 @@ class FHIRService:
             descending = key.startswith("-")
             name = key.lstrip("-")
             if name == "date":
-                results.sort(key=lambda i: search.sort_key_date(i.body), reverse=descending)
+                results.sort(key=self._sort_date, reverse=descending)
             elif name == "_lastUpdated":
                 results.sort(key=lambda i: i.last_updated, reverse=descending)
             elif name == "_id":

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,10 @@ class StoredResource:
     version: int
     last_updated: str
     body: Resource
+    #: What searches worked out from `body` (a clause's verdict, the sort date), shared by
+    #: every search that lists this version of it and dropped with it when its text
+    #: changes: the sandbox's stand-in for a real EHR's search indexes.
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Store:
@@ -100,11 +104,17 @@ class Store:
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._depth = 0
-        #: Decoded bodies by (type, id), with the text they were decoded from: a search
+        #: Listed resources by (type, id), with the text they were decoded from: a search
         #: reads every resource of the patient's type, and decoding them again on every
         #: page made a page of a 5,000-Observation chart cost 0.4 s (a real EHR's indexed
         #: search costs what its page holds). Reused only while the stored text is the same.
-        self._decoded: dict[tuple[str, str], tuple[str, Resource]] = {}
+        self._decoded: dict[tuple[str, str], tuple[str, StoredResource]] = {}
+        #: Each list of a type (and patient) as last read, with the store's state then:
+        #: this connection's count of writes and SQLite's data_version, which changes when
+        #: another connection commits. The same search asked again reads no rows.
+        self._lists: dict[tuple[str, str | None], tuple[tuple[int, int], list[StoredResource]]]
+        self._lists = {}
+        self._writes = 0
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -162,7 +172,11 @@ class Store:
 
     # -- resources ----------------------------------------------------------------------
     @staticmethod
-    def _row(row: sqlite3.Row, body: dict[str, Any] | None = None) -> StoredResource:
+    def _row(
+        row: sqlite3.Row,
+        body: dict[str, Any] | None = None,
+        derived: dict[Any, Any] | None = None,
+    ) -> StoredResource:
         """The stored resource; its body decoded afresh unless one is given."""
         return StoredResource(
             resource_type=row["type"],
@@ -171,6 +185,7 @@ class Store:
             version=row["version"],
             last_updated=row["last_updated"],
             body=json.loads(row["body"]) if body is None else body,
+            derived={} if derived is None else derived,
         )
 
     def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
@@ -194,16 +209,23 @@ class Store:
 
     def list(self, resource_type: str, *, patient: str | None = None) -> list[StoredResource]:
         """Every resource of a type (in insertion order), optionally one patient's only."""
-        if patient is None:
-            rows = self._all(
-                "SELECT * FROM resources WHERE type = ? ORDER BY seq", (resource_type,)
-            )
-        else:
-            rows = self._all(
-                "SELECT * FROM resources WHERE type = ? AND patient = ? ORDER BY seq",
-                (resource_type, patient),
-            )
-        return [self._listed(row) for row in rows]
+        with self._lock:
+            state = (self._writes, int(self._conn.execute("PRAGMA data_version").fetchone()[0]))
+            cached = self._lists.get((resource_type, patient))
+            if cached is not None and cached[0] == state:
+                return list(cached[1])
+            if patient is None:
+                rows = self._all(
+                    "SELECT * FROM resources WHERE type = ? ORDER BY seq", (resource_type,)
+                )
+            else:
+                rows = self._all(
+                    "SELECT * FROM resources WHERE type = ? AND patient = ? ORDER BY seq",
+                    (resource_type, patient),
+                )
+            listed = [self._listed(row) for row in rows]
+            self._lists[(resource_type, patient)] = (state, listed)
+            return list(listed)
 
     def _listed(self, row: sqlite3.Row) -> StoredResource:
         """`_row`, decoding the body only if its text changed since it was last decoded.
@@ -213,12 +235,30 @@ class Store:
         """
         key, text = (row["type"], row["id"]), row["body"]
         cached = self._decoded.get(key)
-        if cached is not None and cached[0] == text:
-            body = cached[1]
+        if cached is None or cached[0] != text:
+            item = self._row(row)
         else:
-            body = json.loads(text)
-            self._decoded[key] = (text, body)
-        return self._row(row, body)
+            item = cached[1]
+            if (item.version, item.patient, item.last_updated) == (
+                row["version"],
+                row["patient"],
+                row["last_updated"],
+            ):
+                return item  # unchanged: the very same one again
+            item = self._row(row, item.body, item.derived)
+        self._decoded[key] = (text, item)
+        return item
+
+    def stored_text(self, body: Resource) -> str | None:
+        """The JSON text the store keeps of `body`, if `body` is the very object it handed
+        out for that text (a listed resource, never changed: see `_listed`); else None."""
+        rtype, rid = body.get("resourceType"), body.get("id")
+        if not isinstance(rtype, str) or not isinstance(rid, str):
+            return None
+        cached = self._decoded.get((rtype, rid))
+        if cached is None or cached[1].body is not body:
+            return None
+        return cached[0]
 
     def count(self, resource_type: str | None = None) -> int:
         if resource_type is None:
@@ -231,6 +271,7 @@ class Store:
         """Create or replace a resource; sets meta.versionId and meta.lastUpdated."""
         resource_type, resource_id = resource["resourceType"], resource["id"]
         with self.transaction():
+            self._writes += 1  # every list read before is out of date (even if rolled back)
             current = self._one(
                 "SELECT version FROM resources WHERE type = ? AND id = ?",
                 (resource_type, resource_id),

@@ -26,6 +26,31 @@ const note = {
   timer: null,
 };
 
+// Time in the sidebar: how long this page was visible (Page Visibility API: a hidden tab
+// or a minimised window does not count), since its last save that reached the server. The
+// save reports it and the server adds it to the note's time (at most launch to save).
+const visible = {
+  ms: 0,
+  since: document.visibilityState === "visible" ? performance.now() : null,
+  seconds() {
+    const running = this.since === null ? 0 : performance.now() - this.since;
+    return Math.round((this.ms + running) / 100) / 10;
+  },
+  /** After a save: what it reported is counted; start again from now. */
+  reset() {
+    this.ms = 0;
+    if (this.since !== null) this.since = performance.now();
+  },
+};
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") {
+    if (visible.since === null) visible.since = performance.now();
+  } else if (visible.since !== null) {
+    visible.ms += performance.now() - visible.since;
+    visible.since = null;
+  }
+});
+
 /** The note as the server will write it (GET /api/note/preview): the preview is the note. */
 async function refreshPreview() {
   const seq = ++note.previewSeq;
@@ -211,7 +236,10 @@ export async function save(suggestions, announce) {
     const withSummary = summaryChosen();
     const sent = previewText();
     const sentSummary = withSummary ? note.preview.afterVisitSummary.text : note.savedSummary;
-    const { data } = await api.saveNote(withSummary ? { afterVisitSummary: true } : {});
+    const body = { secondsInSidebar: Math.min(visible.seconds(), 86_400) };
+    if (withSummary) body.afterVisitSummary = true;
+    const { data } = await api.saveNote(body);
+    visible.reset();
     note.savedText = sent;
     note.savedSummary = sentSummary;
     note.latest = data.note ?? { status: data.status ?? "in_chart", documentReference: data.documentReference };

@@ -1,12 +1,13 @@
 """Integration: faults on the way, counted — notes acknowledged, in the store, in the chart.
 
 Each test breaks one thing while clinicians save notes (the app killed with `kill -9`, the
-EHR answering 503, the EHR hung, the store locked, the LLM hung) and then counts: every
+EHR answering 503, the EHR hung, the store locked or full, the LLM hung) and then counts: every
 note the app acknowledged (201 or 202) is in its store, every stored note reaches the
 chart once the fault is gone, and the chart holds each one exactly once (by the note's
 identifier) — none lost, none duplicated. The real app (a `smartapp serve` subprocess
 where the fault is the process itself, else the in-process stack) and the sandbox EHR on
-loopback, nothing patched. Waits are polls with a deadline, never sleeps; the counts of a
+loopback, nothing patched (a full store is SQLite's own page limit on the app's
+connections). Waits are polls with a deadline, never sleeps; the counts of a
 run are printed (`pytest -s`) and kept in the README's "Faults on the way".
 """
 
@@ -24,13 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from smartapp.config import PROJECT_ROOT
 from smartapp.db import Database
@@ -470,6 +472,89 @@ def test_a_locked_store_refuses_clearly_and_records_only_what_it_says(quick_retr
     counts = count(_store(stack), stack.ehr_url, {str(saved.json()["note"]["id"])})
     counts.show("store locked during a decision and a save, then saved again")
     assert counts == Counts(acknowledged=1, stored=1, in_chart=1, lost=0, duplicated=0)
+
+
+@contextmanager
+def full_store(database: Database) -> Iterator[None]:
+    """The store's disk is full: its SQLite file cannot grow by a page.
+
+    SQLite's own limit does it (`PRAGMA max_page_count`, set on every connection the app
+    takes from its pool to the file's size, after a VACUUM has emptied its free list): a
+    write that needs another page fails in SQLite with SQLITE_FULL, "database or disk is
+    full", the error SQLite gives when the disk refuses a write (ENOSPC). A write that
+    fits in the file's pages as they are still succeeds, as it would on a full disk.
+    """
+    path = str(database.engine.url.database)
+    with closing(sqlite3.connect(path, timeout=10)) as plain:
+        unlimited = int(plain.execute("PRAGMA max_page_count").fetchone()[0])
+        plain.execute("VACUUM")
+    full = threading.Event()
+    full.set()
+
+    def limit(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # (SQLite raises a limit below the file's size to the file's size.)
+        cursor.execute(f"PRAGMA max_page_count = {1 if full.is_set() else unlimited}")
+        cursor.close()
+
+    event.listen(database.engine, "checkout", limit)
+    try:
+        yield
+    finally:
+        full.clear()  # room again: the next checkout of each connection lifts its limit
+
+
+LONG_NOTE = "Seen for follow-up of diabetes and hypertension; plan discussed at length. " * 300
+
+
+def _note_saved(launched: Any, text: str) -> requests.Response:
+    return launched.api("POST", "/api/note", json={"text": text})
+
+
+@SQLITE_ONLY
+def test_a_full_store_refuses_a_save_clearly_and_keeps_serving(quick_retry_stack: Stack):
+    stack = quick_retry_stack
+    database = _store(stack)
+    before = ehr_launch(stack, "pt-01")
+    accept_one(before)
+    kept = save(before)
+    assert kept.status_code == 201, kept.text
+    clinicians = [ehr_launch(stack, p) for p in PATIENTS[1:4]]
+    for clinician in clinicians:
+        accept_one(clinician)
+    with full_store(database):
+        # A long note needs new pages: refused, said so, nothing of it kept.
+        refused = _note_saved(clinicians[0], LONG_NOTE)
+        assert refused.status_code == 503, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "store_unavailable"
+        assert "not recorded" in error["message"]
+        # Shorter notes may fit in the pages the file has: whatever each answer says is
+        # what the store holds (checked by the counts below).
+        answers = [_note_saved(c, "Follow-up in three months.") for c in clinicians[1:]]
+        assert all(a.status_code in (201, 202, 503) for a in answers), [a.text for a in answers]
+        # Reading goes on: the sidebar, the saved notes, the health checks.
+        assert before.api("GET", "/api/suggestions").status_code == 200
+        listed = before.api("GET", "/api/notes")
+        assert listed.status_code == 200
+        assert str(kept.json()["note"]["id"]) in listed.text
+        assert requests.get(f"{stack.app_url}/healthz", timeout=30).ok
+        assert requests.get(f"{stack.app_url}/readyz", timeout=30).ok
+    acknowledged = {str(kept.json()["note"]["id"])}
+    acknowledged |= {i for a in answers if (i := acknowledged_id(a))}
+    with database.session() as s:
+        stored = set(s.scalars(select(SavedNote.id)))
+    assert {str(i) for i in stored} == acknowledged  # a 503 kept nothing; the rest is kept
+    # Room on the disk again: the refused note is saved, and every kept note delivered.
+    again = _note_saved(clinicians[0], LONG_NOTE)
+    assert again.status_code == 201, again.text
+    acknowledged.add(str(again.json()["note"]["id"]))
+    stack.app.extensions["test.worker"].start()
+    poll(lambda: _pending(stack) == 0, seconds=60, what="every kept note delivered")
+    counts = count(database, stack.ehr_url, acknowledged)
+    counts.show(f"store full during 3 saves ({len(acknowledged) - 2} short one(s) kept)")
+    n = len(acknowledged)
+    assert counts == Counts(acknowledged=n, stored=n, in_chart=n, lost=0, duplicated=0)
 
 
 class HungLLM:

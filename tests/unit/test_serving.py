@@ -3,13 +3,14 @@ their own while every one of the app's threads is busy."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import requests
 
-from smartapp.serving import create_server, run_until_stopped
+from smartapp.serving import GC_THRESHOLDS, create_server, run_until_stopped, tune_collector
 
 
 def test_healthz_answers_while_every_app_thread_is_busy():
@@ -88,3 +89,14 @@ def test_a_stopping_server_answers_what_it_began_and_takes_no_new_connection():
     loop.join(30)
     assert answers[0].status_code == 200 and answers[0].text == "saved" * 100_000
     assert stopped.is_set()
+
+
+def test_the_collector_is_tuned_for_serving_and_start_up_frozen_out_of_its_scans():
+    thresholds = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # what start-up built: never scanned again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -94,13 +94,15 @@ def test_metrics_json_matches_the_contract(seeded):
     groups = response.get_json()["groups"]
     # The shared contract's fields, issue 12's, and where the notes' characters came from.
     parts = {"accepted", "edited", "typed"}
-    extra = {f"{part}_share_of_note_chars" for part in parts} | {"edits_per_note"}
+    extra = {f"{part}_share_of_note_chars" for part in parts}
+    extra |= {"edits_per_note", "median_seconds_in_sidebar"}
     assert [set(g) for g in groups] == [set(FIELDS) | extra, set(FIELDS) | extra]
     assert groups[0]["key"] == "https://a.example/fhir"
     assert groups[0]["shown"] == 4 and groups[0]["acceptance_rate"] == 0.5
     # Is it saving time: notes, launch to saved note, and the share written by suggestions.
     assert groups[0]["notes"] == 1
     assert groups[0]["median_seconds_launch_to_note"] == 240.0
+    assert groups[0]["median_seconds_in_sidebar"] == 90.0
     assert groups[0]["ai_share_of_note_chars"] == 0.75
     a = groups[0]  # one note: 400 characters, 250 accepted, 50 edited; 2 edited lines
     shares = [a[f"{part}_share_of_note_chars"] for part in ("accepted", "edited", "typed")]

@@ -48,6 +48,7 @@ def test_metrics_by_kind(seeded):
         # One note drew on care gaps (#7): launched 2 min before it was saved.
         "notes": 1,
         "median_seconds_launch_to_note": 120.0,
+        "median_seconds_in_sidebar": 30.0,
         "ai_share_of_note_chars": 0.2,
         "accepted_share_of_note_chars": 0.0,
         "edited_share_of_note_chars": 0.2,
@@ -66,6 +67,7 @@ def test_metrics_by_kind(seeded):
         "median_seconds_to_decision": 8.0,
         "notes": 0,
         "median_seconds_launch_to_note": None,
+        "median_seconds_in_sidebar": None,
         "ai_share_of_note_chars": None,
         "accepted_share_of_note_chars": None,
         "edited_share_of_note_chars": None,
@@ -84,6 +86,7 @@ def test_metrics_by_kind(seeded):
         "median_seconds_to_decision": 25.0,  # median(10, 20, 30, 40)
         "notes": 2,
         "median_seconds_launch_to_note": 180.0,  # median(240, 120)
+        "median_seconds_in_sidebar": 60.0,  # median(90, 30): visible, not launch to note
         "ai_share_of_note_chars": 0.64,  # (250 + 50 + 0 + 20) / (400 + 100)
         "accepted_share_of_note_chars": 0.5,  # 250 / 500
         "edited_share_of_note_chars": 0.14,  # (50 + 20) / 500

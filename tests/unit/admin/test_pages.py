@@ -81,6 +81,20 @@ def test_dashboard_renders_charts_for_each_grouping(seeded, identity):
     assert response.headers["Cache-Control"] == "no-store"
 
 
+def test_dashboard_shows_time_in_the_sidebar_next_to_launch_to_note(seeded, identity):
+    identity.sign_in(ADMIN_1)
+    html = seeded.test_client().get("/admin?pivot=2026-11-23").get_data(as_text=True)
+    saving = html[html.index('id="saving-h"') : html.index('id="saving-by-kind"')]
+    assert "in the sidebar (median)" in saving
+    # Site A's one note: launched 4 min before it was saved, the sidebar visible 90 s of it.
+    row = re.search(
+        r'<th scope="row" class="mono">https://a\.example/fhir</th>(.*?)</tr>', saving, re.S
+    )
+    assert row is not None
+    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+    assert cells[:3] == ["1", "240 s", "90 s"]
+
+
 def test_dashboard_highlights_the_outlier_site(admin_app, identity):
     with admin_app.extensions["smartapp.db"].session() as s:
         sites = [(f"https://s{k}.example/fhir", 30) for k in range(6)]

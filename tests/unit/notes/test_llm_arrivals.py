@@ -1,11 +1,13 @@
 """Integration (Flask test client, real store, a fake OpenAI-compatible server over loopback
 HTTP): the sidebar never waits on the LLM. The rules answer at once, the LLM's drafts replace
 them as each kind arrives, a decision made meanwhile is never lost, every kind is asked at
-once under one deadline, and the process asks the LLM at most `SMARTAPP_LLM_CONCURRENCY`
+once under one deadline (a hanging endpoint costs the request that deadline and holds no LLM
+thread past it), and the process asks the LLM at most `SMARTAPP_LLM_CONCURRENCY`
 requests at a time."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,28 @@ def test_a_kind_still_queued_at_the_deadline_falls_back_without_asking(tmp_path,
     assert "timed out" in (first.fallback_reason or "")
     assert "busy" in (second.fallback_reason or "")
     assert fake.arrived == ["problem_summary"]  # one deadline: the second was never sent
+
+
+def test_a_hanging_endpoint_costs_one_deadline_and_holds_no_llm_thread(tmp_path, held):
+    fake, base = held  # holds every request until released: never, during the run
+    config = parse_site_config(SITE.format(timeout=0.4))
+    settings = LLMSettings.from_values(base, "env-model", None)
+    engines = SuggestionService(config, settings, llm_concurrency=len(LLM_KINDS))
+    fake.expect = len(LLM_KINDS)
+    try:
+        started = engines.start(fixture_snapshot(), kinds=LLM_KINDS)
+        assert fake.all_inside.wait(10)  # all asked at once
+        runs = [f.result(timeout=10) for f in started.pending.values()]
+        finished = time.monotonic()
+        # One deadline for the request, not one per kind in turn (3 x 0.4 s).
+        assert finished - started.deadline < 0.4
+        assert all("timed out" in (r.fallback_reason or "") for r in runs)
+        # The endpoint still holds those three requests; the LLM threads do not wait on
+        # them: the next clinician's kinds are all asked, none "busy" unasked.
+        again = engines.start(fixture_snapshot(), kinds=LLM_KINDS)
+        later = [f.result(timeout=10) for f in again.pending.values()]
+        assert len(fake.arrived) == 2 * len(LLM_KINDS)
+        assert not any("busy" in (r.fallback_reason or "") for r in later)
+    finally:
+        fake.release.set()
+        engines.close()

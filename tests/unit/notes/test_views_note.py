@@ -6,12 +6,17 @@ The real app and drafter, a fixture chart, and a fake EHR that keeps what it is 
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from smartapp.admin.metrics import notes_written
+from smartapp.db import utcnow
+from smartapp.notes.models import CLINICAL_NOTE, SavedNote
 from smartapp.notes.service import SidebarService
+from smartapp.smart.models import LaunchSession
 from tests.unit.notes.views_support import SnapshotSource, fixture_snapshot, launch
 
 
@@ -20,6 +25,7 @@ class FakeEHR:
 
     def __init__(self) -> None:
         self.bundles: list[dict[str, Any]] = []
+        self.revised: list[dict[str, Any]] = []
 
     def capabilities(self) -> dict[str, Any]:
         return {"rest": [{"mode": "server", "interaction": [{"code": "transaction"}]}]}
@@ -38,6 +44,16 @@ class FakeEHR:
         """A document written (the sidebar asks whether the visit's draft was signed)."""
         written = self.bundles[int(resource_id.removeprefix("doc")) - 1]["entry"][0]["resource"]
         return {**written, "id": resource_id}
+
+    def update(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """A revised draft (saving again), kept in place."""
+        self.revised.append(resource)
+        return resource
+
+    def create(self, resource: dict[str, Any], if_none_exist: str | None = None) -> dict[str, Any]:
+        """A revision's Provenance."""
+        self.revised.append(resource)
+        return {**resource, "id": f"rev{len(self.revised)}"}
 
     def document(self) -> dict[str, Any]:
         return self.bundles[-1]["entry"][0]["resource"]
@@ -193,4 +209,53 @@ def test_after_visit_summary_bad_requests_are_clear(app, client, ehr, body, mess
     answer = _api(client, context, "POST", "/api/note", json=body)
     assert answer.status_code == 400
     assert message in answer.get_json()["error"]["message"]
+    assert ehr.bundles == []
+
+
+def _launched_minutes_ago(app: Any, context: Any, minutes: int) -> None:
+    """The launch began `minutes` ago (time in the sidebar is held to launch → save)."""
+    with app.extensions["smartapp.db"].session() as s:
+        row = s.get(LaunchSession, context.session_id)
+        row.created_at = utcnow() - timedelta(minutes=minutes)
+
+
+def _seconds_in_sidebar(app: Any) -> float | None:
+    with app.extensions["smartapp.db"].session() as s:
+        return s.scalars(
+            select(SavedNote.seconds_in_sidebar).where(SavedNote.document_kind == CLINICAL_NOTE)
+        ).one()
+
+
+def test_time_in_the_sidebar_adds_up_over_saves_and_never_exceeds_launch_to_save(app, client, ehr):
+    context = launch(app, client)
+    _launched_minutes_ago(app, context, 5)
+    _accept(client, context, "problem_summary")
+    first = _api(client, context, "POST", "/api/note", json={"secondsInSidebar": 42.5})
+    assert first.status_code == 201, first.get_json()
+    assert _seconds_in_sidebar(app) == 42.5
+    _accept(client, context, "assessment_plan")
+    second = _api(client, context, "POST", "/api/note", json={"secondsInSidebar": 20})
+    assert second.status_code == 201, second.get_json()
+    assert _seconds_in_sidebar(app) == 62.5  # the page reports what it saw since its last save
+    _api(
+        client, context, "POST", "/api/note", json={"text": "Seen; well.", "secondsInSidebar": 900}
+    )
+    # Five minutes from the launch to this save: the sidebar cannot have been seen longer.
+    assert 299 <= _seconds_in_sidebar(app) <= 301
+
+
+def test_a_save_without_time_in_the_sidebar_records_none(app, client, ehr):
+    context = launch(app, client)
+    _accept(client, context, "problem_summary")
+    assert _api(client, context, "POST", "/api/note").status_code == 201
+    assert _seconds_in_sidebar(app) is None
+
+
+@pytest.mark.parametrize("value", [-1, "30", True, 86_401, [1]])
+def test_time_in_the_sidebar_must_be_a_plausible_number_of_seconds(app, client, ehr, value):
+    context = launch(app, client)
+    _accept(client, context, "problem_summary")
+    answer = _api(client, context, "POST", "/api/note", json={"secondsInSidebar": value})
+    assert answer.status_code == 400
+    assert "secondsInSidebar" in answer.get_json()["error"]["message"]
     assert ehr.bundles == []
