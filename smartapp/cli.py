@@ -51,6 +51,9 @@ def _serve_one(args: argparse.Namespace, settings: Settings, *, sockets: list[An
 
     app = create_app(settings)
     tune_collector()
+    from smartapp.suggestions import units
+
+    units.warm_up()  # before listening: the first chart's drafts would build it
     worker = None
     if not args.no_worker:
         worker = OutboxWorker(

@@ -1,6 +1,7 @@
 """The application's error tree and the handlers that turn it into clear responses.
 
-    AppError                       status, code, message safe to show a clinician
+    AppError                       code, message safe to show a clinician; the status
+                                   is HTTP_STATUS's for its code (below), not the class's
     ├── LaunchError                (HTML page: "relaunch from the EHR")
     │   ├── InvalidLaunch          400 bad or missing launch parameters
     │   ├── UnknownIssuer          400 `iss` not on SMARTAPP_ALLOWED_ISSUERS
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,7 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class AppError(Exception):
-    status_code = 500
+    """An error the app expects: `code` names it (a protocol's code where one applies, as
+    authlib's errors do), `message` is safe to show a clinician; its HTTP status is chosen
+    by `http_status`, in the web layer, never by the module that raises it."""
+
     code = "internal_error"
     default_message = "Something went wrong."
 
@@ -46,7 +51,6 @@ class AppError(Exception):
 
 
 class LaunchError(AppError):
-    status_code = 400
     code = "invalid_launch"
     default_message = "This launch could not be completed."
 
@@ -72,13 +76,11 @@ class InvalidState(LaunchError):
 
 
 class AuthorizationFailed(LaunchError):
-    status_code = 502
     code = "authorization_failed"
     default_message = "The EHR did not authorize the app."
 
 
 class NotAuthenticated(AppError):
-    status_code = 401
     code = "not_authenticated"
     default_message = "No active launch. Open the app again from the patient's chart in the EHR."
 
@@ -92,25 +94,21 @@ EARLIER_LAUNCH = (
 
 
 class CSRFError(AppError):
-    status_code = 403
     code = "csrf_failed"
     default_message = "The request was missing its security token. Reload the app and try again."
 
 
 class Forbidden(AppError):
-    status_code = 403
     code = "forbidden"
     default_message = "You are not allowed to do this."
 
 
 class NotFound(AppError):
-    status_code = 404
     code = "not_found"
     default_message = "Not found."
 
 
 class BadRequest(AppError):
-    status_code = 400
     code = "bad_request"
     default_message = "The request was not understood."
 
@@ -118,7 +116,6 @@ class BadRequest(AppError):
 class StoreUnavailable(AppError):
     """The app's own store is locked, full or unreachable: a clear 503 within seconds."""
 
-    status_code = 503
     code = "store_unavailable"
     default_message = (
         "The app's store is busy or unavailable, so this was not recorded. Try again in a moment."
@@ -126,13 +123,11 @@ class StoreUnavailable(AppError):
 
 
 class Conflict(AppError):
-    status_code = 409
     code = "conflict"
     default_message = "Someone else changed this at the same time; try again."
 
 
 class UpstreamError(AppError):
-    status_code = 502
     code = "ehr_error"
     default_message = "The EHR's FHIR server returned an error."
 
@@ -140,7 +135,6 @@ class UpstreamError(AppError):
 class TemporaryUpstreamError(UpstreamError):
     """Could be retried: a timeout, a refused connection, 429 or 5xx."""
 
-    status_code = 503
     code = "ehr_unavailable"
     default_message = "The EHR is not answering right now. Try again in a moment."
 
@@ -148,7 +142,6 @@ class TemporaryUpstreamError(UpstreamError):
 class FatalUpstreamError(UpstreamError):
     """Retrying will not help: the server refused the request or answered nonsense."""
 
-    status_code = 502
     code = "ehr_error"
 
 
@@ -160,9 +153,48 @@ class ChartTooLarge(FatalUpstreamError):
 
 
 class RelaunchRequired(FatalUpstreamError):
-    status_code = 401
     code = "relaunch_required"
     default_message = "Your session with the EHR has ended. Open the app again from the EHR."
+
+
+#: The HTTP status of each error code: the one place an error becomes an HTTP answer (the
+#: handlers below and the CDS Hooks views use it). Codes of the packages' own errors are
+#: listed here too, so that `smart/`, `cdshooks/`, `governance/`, `admin/` and `jsonbody`
+#: say what went wrong and the web layer says how that is answered.
+HTTP_STATUS: Mapping[str, int] = {
+    "internal_error": 500,
+    # Launch (SMART App Launch, smartapp.smart).
+    "invalid_launch": 400,
+    "unknown_issuer": 400,
+    "invalid_state": 400,
+    "authorization_failed": 502,
+    "access_denied": 403,  # RFC 6749 4.1.2.1: the user or the EHR declined
+    "too_many_sign_ins": 503,  # could be retried
+    "not_authenticated": 401,
+    "relaunch_required": 401,
+    # The request.
+    "csrf_failed": 403,
+    "forbidden": 403,
+    "not_found": 404,
+    "bad_request": 400,
+    "body_too_large": 413,
+    "invalid_token": 401,  # the admin API's bearer token (RFC 6750)
+    "cds_client_refused": 401,  # CDS Hooks: the EHR's JWT
+    "conflict": 409,
+    "change_refused": 409,  # governance change control
+    # The app's store, and the EHR.
+    "store_unavailable": 503,
+    "ehr_error": 502,
+    "ehr_unavailable": 503,
+    "chart_too_large": 502,
+}
+
+
+def http_status(exc: AppError) -> int:
+    """The status of `exc`: its code's, else that of the nearest class whose code is listed
+    (so `ChangeRefused(code="duplicate")` is a 409, as every refusal of change control)."""
+    codes = (exc.code, *(c.__dict__["code"] for c in type(exc).__mro__ if "code" in c.__dict__))
+    return next((HTTP_STATUS[code] for code in codes if code in HTTP_STATUS), 500)
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -183,10 +215,10 @@ def init_app(app: Flask) -> None:
     def handle_app_error(exc: AppError) -> tuple[Response | str, int]:
         log.info("request failed: %s %s -> %s", request.method, request.path, exc.code)
         if _wants_json():
-            return jsonify(error_body(exc.code, exc.message)), exc.status_code
+            return jsonify(error_body(exc.code, exc.message)), http_status(exc)
         return (
             render_template("error.html", title="The app could not open", error=exc),
-            exc.status_code,
+            http_status(exc),
         )
 
     @app.errorhandler(HTTPException)

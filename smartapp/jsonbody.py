@@ -22,7 +22,6 @@ MAX_DEPTH = jsonsafe.DEFAULT_MAX_DEPTH
 
 
 class BodyTooLarge(AppError):
-    status_code = 413
     code = "body_too_large"
     default_message = f"The request body is larger than {MAX_BODY_BYTES // 1024} KB."
 

@@ -737,10 +737,11 @@ class _Clinician:
         same patient as the same practitioner: that is one clinician's two tabs, which share
         the visit's suggestions and decisions (the 400 "nothing to save" at 64 clinicians
         signed in as one practitioner over 23 patients: another tab's newer chart read)."""
-        pair = self.number + session_no * self.clinicians
         people = self.ehr.practitioners or (None,)
-        user = people[pair % len(people)]
-        return PATIENTS[(pair // len(people)) * 7 % len(PATIENTS)], user
+        # The patients spread over all 23 as before; the 24th clinician on is the next
+        # practitioner.
+        patient = PATIENTS[(self.number * 7 + session_no) % len(PATIENTS)]
+        return patient, people[(self.number // len(PATIENTS)) % len(people)]
 
     def think(self) -> None:
         """The pause before one of the clinician's own actions (none in the saturation mode)."""

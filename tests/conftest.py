@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,9 +55,16 @@ def app(settings: Settings):
     db.drop_all()
     db.upgrade()
     yield app
+    close_app(app)
+
+
+def close_app(app: Any) -> None:
+    """Stop what an app runs in the background, then close its store, as a stopping
+    process does: a thread left reading ahead would open a connection after the store
+    was closed, and its garbage-collected connection would fail a later test."""
     for close in app.extensions.get("smartapp.on_shutdown", []):
         close()
-    db.dispose()
+    app.extensions["smartapp.db"].dispose()
 
 
 @pytest.fixture

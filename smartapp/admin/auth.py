@@ -64,7 +64,6 @@ SignInStarter = Callable[[str], Response]
 
 
 class InvalidToken(AppError):
-    status_code = 401
     code = "invalid_token"
     default_message = "The bearer token is not the admin API token."
 

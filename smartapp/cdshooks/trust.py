@@ -59,7 +59,6 @@ JWKS_MAX_BYTES = 256 * 1024
 class CDSClientRefused(AppError):
     """The hook request's JWT is missing, or fails a check; the message says which."""
 
-    status_code = 401
     code = "cds_client_refused"
 
 

@@ -45,7 +45,6 @@ DEFAULT_MIN_GROUNDING_RATE = 0.95
 class ChangeRefused(AppError):
     """Change control refused the step; the message says which rule and what to do."""
 
-    status_code = 409
     code = "change_refused"
     default_message = "Change control refused this step."
 

@@ -65,7 +65,6 @@ _AUTHORIZE_ERRORS = {
 class TooManyPending(LaunchError):
     """The store holds as many sign-ins under way as it will: try again shortly."""
 
-    status_code = 503
     code = "too_many_sign_ins"
     default_message = "Too many sign-ins are under way right now. Try again in a minute."
 
@@ -73,7 +72,6 @@ class TooManyPending(LaunchError):
 class AccessDenied(AuthorizationFailed):
     """The user (or the EHR's policy) declined the authorization."""
 
-    status_code = 403
     code = "access_denied"
     default_message = "Access to the patient's record was not granted to the app."
 

@@ -1117,8 +1117,11 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
         trend = _window_start(series, facts.as_of, heart_failure=facts.has_group("heart_failure"))
         if statements and trend is None and _day(series.latest) == last_day and last_day:
             # Drawn the same day as the result on the line above, and no trend whose own
-            # date could be read as this value's: the date is said on the line above.
-            statement = replace(statement, text=statement.text.replace(_on(last_day), "", 1))
+            # date could be read as this value's: "same day" for the date said above (a
+            # value with no date at all reads as undated).
+            statement = replace(
+                statement, text=statement.text.replace(_on(last_day), ", same day", 1)
+            )
         last_day = _day(series.latest)
         statements.append(statement)
         if index == 0 and not categories:

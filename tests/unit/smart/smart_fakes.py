@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -129,17 +128,7 @@ class LaunchActions:
 
 
 def make_settings(tmp_path: Path, **env: str) -> Settings:
-    """Settings from an explicit environment, like tests/conftest.py (which is not importable)."""
-    base = {
-        "SMARTAPP_INSTANCE_PATH": str(tmp_path / "instance"),
-        "SMARTAPP_ALLOWED_ISSUERS": ISS,
-        "SMARTAPP_SECRET_KEY": "test-secret-key-not-for-production",
-        # The test client's own origin: production refuses to start without a public URL.
-        "SMARTAPP_PUBLIC_URL": "http://localhost",
-        # Outside sandbox mode the app migrates only when asked; the unit tests ask.
-        "SMARTAPP_MIGRATE_ON_START": "true",
-        "SMARTAPP_DATABASE_URL": os.environ.get("SMARTAPP_TEST_DATABASE_URL")
-        or f"sqlite:///{tmp_path / 'app.db'}",
-    }
-    base.update(env)
-    return Settings.from_env(base)
+    """The unit tests' settings (tests/conftest.py), with this file's EHR allowed."""
+    from tests.conftest import make_settings as unit_settings
+
+    return unit_settings(tmp_path, **{"SMARTAPP_ALLOWED_ISSUERS": ISS, **env})

@@ -19,6 +19,7 @@ from smartapp.db import utcnow
 from smartapp.smart.models import LaunchSession, PendingAuthorization
 from smartapp.smart.session import current_launch
 from smartapp.smart.views import start_authorization
+from tests.conftest import close_app
 
 MANIFEST_SCOPE = (
     "launch openid fhirUser patient/Patient.rs patient/Encounter.rs patient/Condition.rs "
@@ -76,7 +77,7 @@ def make_app(tmp_path):
 
     yield build
     for app in made:
-        app.extensions["smartapp.db"].dispose()
+        close_app(app)
 
 
 def _db(app):

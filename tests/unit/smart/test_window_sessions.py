@@ -21,6 +21,7 @@ from smartapp.db import utcnow
 from smartapp.logging_setup import scrub
 from smartapp.smart.models import LaunchSession
 from smartapp.smart.session import current_launch
+from tests.conftest import close_app
 
 FRAME = {"Sec-Fetch-Dest": "iframe"}
 WINDOW_META = re.compile(r'<meta name="window-token" content="([^"]+)">')
@@ -196,7 +197,7 @@ def test_a_site_can_turn_window_sessions_off(tmp_path, rsps, ehr):
         assert window.response.status_code == 400
         assert window.token is None
     finally:
-        app.extensions["smartapp.db"].dispose()
+        close_app(app)
 
 
 def test_the_window_token_is_never_logged(app, launcher, ehr, caplog):

@@ -260,7 +260,7 @@ def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_op
             ["Observation/dm1-hba1c-2026-01"],
         ),
         # The same day as the HbA1c on the line above: the date is said once.
-        ("eGFR 91 mL/min/1.73 m2; not reduced", ["Observation/dm1-egfr"]),
+        ("eGFR 91 mL/min/1.73 m2, same day; not reduced", ["Observation/dm1-egfr"]),
         (
             "On metformin 500 mg (ordered 2026-01-01)",
             ["MedicationRequest/dm1-metformin"],
