@@ -47,6 +47,7 @@ class ChangeRefused(AppError):
 
     code = "change_refused"
     default_message = "Change control refused this step."
+    about_the_request = True
 
 
 @dataclass(frozen=True, kw_only=True)

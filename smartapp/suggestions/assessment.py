@@ -39,6 +39,7 @@ from smartapp.suggestions.facts import (
     describe,
     drug_classes,
     medication_concept,
+    parse_when,
     reference_range_check,
     to_date,
 )
@@ -844,7 +845,7 @@ def _option_fires(
         if series is None:
             return None
         latest = series.latest
-        if option.unless_changed_since and _changed_after(meds, latest):
+        if option.unless_changed_since and _changed_after(facts, meds, latest):
             return None
         in_unit = values_in(option.result, latest, option.unit)
         if in_unit is None:
@@ -943,12 +944,27 @@ def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
     return all(m.reference in stated for m in meds)
 
 
-def _changed_after(meds: Sequence[Medication], reading: Result | BloodPressure) -> bool:
-    """True when one of the medications was ordered after the reading was taken."""
-    taken = to_date(reading.when)
-    if taken is None:
+def _changed_after(
+    facts: ChartFacts, meds: Sequence[Medication], reading: Result | BloodPressure
+) -> bool:
+    """True when one of the medications was started or changed after the reading was taken."""
+    return any(ordered_since(facts, m, reading) for m in meds)
+
+
+def ordered_since(facts: ChartFacts, med: Medication, reading: Result | BloodPressure) -> bool:
+    """The medication was started or changed after the reading, or on its day when either
+    has no time: the visit that saw the reading acted on it (a BP of 146/88 with amlodipine
+    started that day is not "consider intensifying"). A renewal of the same product is no
+    change, whenever it was written."""
+    if med.reference in facts.renewals:
         return False
-    return any((to_date(m.authored) or date.min) > taken for m in meds)
+    authored = med.request.get("authoredOn")
+    taken, ordered = parse_when(reading.when), parse_when(authored)
+    if taken is None or ordered is None:
+        return False
+    if "T" in str(reading.when) and "T" in str(authored):
+        return ordered > taken
+    return ordered.date() >= taken.date()
 
 
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:

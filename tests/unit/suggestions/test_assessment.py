@@ -426,3 +426,23 @@ def test_hfref_on_a_beta_blocker_without_outcome_evidence_is_offered_a_switch(
         assert "MedicationRequest/hfref-gdmt-bb" in {c.reference for c in option.citations}
     # On a beta blocker of any kind: "start one" is not offered.
     assert not any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
+
+
+def test_a_drug_started_at_the_visit_of_the_reading_is_not_told_to_intensify_but_a_renewal_is():
+    # Amlodipine ordered on the BP's own day (no times) and empagliflozin hours after the
+    # HbA1c was drawn: each visit already acted on its reading.
+    htn, dm = texts("therapy_changed_same_day")
+    assert not any(t.startswith("Consider intensifying") for t in htn + dm)
+    # The same amlodipine order, renewing one written a year before, changes nothing.
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "therapy_changed_same_day.json").read_text())
+    )
+    [current] = [r for r in resources if r["id"] == "same-day-change-amlodipine"]
+    earlier = {**current, "id": "same-day-change-amlodipine-2025", "status": "completed"}
+    earlier["authoredOn"] = "2025-11-10"
+    renewed = build_snapshot([*resources, earlier], patient_id=resources[0]["id"], fetched_at=AS_OF)
+    drafts = ENGINE.suggest(renewed, "assessment_plan", {})
+    htn_renewed = [s.text for s in drafts[0].statements]
+    assert any(t.startswith("Consider intensifying antihypertensive") for t in htn_renewed)
+    gaps = [s.text for d in ENGINE.suggest(renewed, "care_gaps", {}) for s in d.statements]
+    assert any(t.startswith("Hypertension: consider reviewing treatment") for t in gaps)
