@@ -25,6 +25,7 @@ MAX_DEPTH = jsonsafe.DEFAULT_MAX_DEPTH
 class BodyTooLarge(AppError):
     code = "body_too_large"
     default_message = f"The request body is larger than {MAX_BODY_BYTES // 1024} KB."
+    about_the_request = True
 
 
 def json_body(*, required: bool = True) -> dict[str, Any]:

@@ -400,14 +400,14 @@ class FHIRClient:
                 log.warning("FHIR %s: no whole answer within %.1fs", what, self.deadline)
                 raise TemporaryUpstreamError(
                     f"The EHR's FHIR server did not answer in time ({what}: no whole answer "
-                    f"within {self.deadline:g} s, {attempt + 1} attempt(s))."
+                    f"within {self.deadline:g} s, {attempt + 1} attempt(s)).",
+                    reason="deadline",
                 ) from None
             except httplimits.ResponseTooLarge as exc:
                 log.warning("FHIR %s: answer larger than %d bytes; refused", what, exc.limit)
                 raise ChartTooLarge(
                     f"The chart is too large to read in one go: the EHR's answer to {what} "
-                    f"was larger than {_megabytes(exc.limit)} (SMARTAPP_FHIR_MAX_MB). "
-                    "Ask your IT service desk to raise the limit."
+                    f"was larger than {_megabytes(exc.limit)} (SMARTAPP_FHIR_MAX_MB)."
                 ) from None
             except (
                 requests.ConnectionError,
@@ -436,7 +436,8 @@ class FHIRClient:
                 # `from None`: the requests exception's text holds the full URL and query.
                 raise TemporaryUpstreamError(
                     f"The EHR's FHIR server {kind} ({what}, {type(exc).__name__}, "
-                    f"{attempt + 1} attempt(s))."
+                    f"{attempt + 1} attempt(s)).",
+                    reason="deadline" if isinstance(exc, requests.Timeout) else "unreachable",
                 ) from None
             except requests.RequestException as exc:
                 raise FatalUpstreamError(

@@ -144,7 +144,8 @@ class SaveResult:
     written: WrittenNote | None
     #: The after-visit summary saved beside the note, when the clinician chose to.
     summary: SaveResult | None = None
-    #: Why the after-visit summary could not be put in the chart (it is kept here).
+    #: The code of why the after-visit summary could not be put in the chart (it is kept
+    #: here); the web layer words it.
     summary_error: str | None = None
 
 
@@ -459,7 +460,8 @@ class SidebarService:
             )
         except UpstreamError as exc:
             # The note is in; the summary is kept here with its error for the clinician.
-            return replace(result, summary_error=exc.message)
+            log.info("the after-visit summary was not written: %s: %s", exc.code, exc.message)
+            return replace(result, summary_error=exc.code)
         return replace(result, summary=summary)
 
     def _save_document(

@@ -10,7 +10,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 
 from smartapp.config import Settings, origin_of
 from smartapp.db import get_db
-from smartapp.errors import AppError, BadRequest, NotFound
+from smartapp.errors import AppError, BadRequest, NotFound, note_message
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
 from smartapp.fhir.snapshot import ChartSnapshot
@@ -256,7 +256,7 @@ def save_note() -> tuple[Response, int]:
         answer["afterVisitSummary"] = (
             _written_json(result.summary)
             if result.summary is not None
-            else {"status": "failed", "error": result.summary_error}
+            else {"status": "failed", "error": note_message(result.summary_error)}
         )
     # 202: kept here and retried; the clinician sees "saved here, will retry".
     return jsonify(answer), 201 if result.written is not None else 202
