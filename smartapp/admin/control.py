@@ -285,9 +285,7 @@ def rollout_control(
             {
                 "site": site,
                 "kind": kind,
-                **cached_compare_arms(
-                    clinicians[INSIDE], clinicians[OUTSIDE], resamples=resamples
-                ),
+                **cached_compare_arms(clinicians[INSIDE], clinicians[OUTSIDE], resamples=resamples),
             }
         )
     return {"interval": interval_name(resamples), "groups": groups}

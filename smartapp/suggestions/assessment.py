@@ -132,6 +132,8 @@ class PlanOption:
     within_days: int | None = None
     due_months: int | None = None
     with_problem: frozenset[str] = frozenset()
+    #: Not with an active problem in one of these groups (secondary prevention has its own).
+    without_problem: frozenset[str] = frozenset()
     classes_present: frozenset[str] = frozenset()
     classes_absent: frozenset[str] = frozenset()
     ingredients_present: frozenset[str] = frozenset()
@@ -208,6 +210,21 @@ def _number(value: Any, *, where: str) -> Decimal | None:
     return _numbers(value, where=where)[0] if value is not None else None
 
 
+#: The keys a `[[option]]` of plan_options.toml may hold (documented at the file's top).
+_OPTION_KEYS = frozenset(
+    {
+        "id", "problem", "text", "rule", "cite", "decision", "held",
+        "result", "above", "below", "at_least", "unit", "out_of_range",
+        "rise_at_least", "within_days", "due_months",
+        "with_problem", "without_problem",
+        "classes_present", "classes_absent", "ingredients_present", "names_present",
+        "min_age", "max_age", "pregnant", "unless_changed_since",
+        "score", "score_at_least", "guard",
+        "show_treatment", "say_absent", "say_age",
+    }
+)  # fmt: skip
+
+
 def _ids(item: Mapping[str, Any], key: str) -> frozenset[str]:
     return frozenset(str(v) for v in item.get(key, []))
 
@@ -265,6 +282,11 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
         where = f"{path} option {item.get('id')!r}"
         if not item.get("id") or not item.get("problem") or not item.get("text"):
             raise clinical.KnowledgeError(f"{where}: needs id, problem and text")
+        unknown = sorted(set(item) - _OPTION_KEYS)
+        if unknown:
+            # A misspelt condition ("without_problems") would otherwise be dropped silently
+            # and the option offered to patients the reviewer meant to leave out.
+            raise clinical.KnowledgeError(f"{where}: unknown key {unknown[0]!r}")
         result = str(item["result"]) if item.get("result") else None
         if result is not None and result not in known:
             raise clinical.KnowledgeError(f"{where}: no value set {result!r}")
@@ -286,6 +308,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 within_days=int(item["within_days"]) if item.get("within_days") else None,
                 due_months=int(item["due_months"]) if item.get("due_months") else None,
                 with_problem=_ids(item, "with_problem"),
+                without_problem=_ids(item, "without_problem"),
                 classes_present=_ids(item, "classes_present"),
                 classes_absent=_ids(item, "classes_absent"),
                 ingredients_present=_ids(item, "ingredients_present"),
@@ -762,6 +785,8 @@ def _option_fires(
         if option.say_age:
             reasons.append(f"age {age}")
         cited.append(facts.snapshot.patient)
+    if option.without_problem and any(p.group_ids & option.without_problem for p in facts.problems):
+        return None
     if option.with_problem and not problem.group_ids & option.with_problem:
         # (A problem in both groups, e.g. diabetes with diabetic CKD, says it itself.)
         others = [p for p in facts.problems if p.group_ids & option.with_problem]
