@@ -29,6 +29,7 @@ from smartapp.redirects import RedirectRefused, get_within_origin, origin_text
 
 if TYPE_CHECKING:
     from smartapp.cdshooks.trust import CDSClient
+    from smartapp.config import SettingValue
     from smartapp.siteconfig import Sources
     from smartapp.smart.discovery import SMARTConfiguration
 
@@ -94,6 +95,10 @@ class AppProfile:
     cds_clients_file: str | None = None
     cds_clients: tuple[CDSClient, ...] = ()
     cds_clients_error: str | None = None
+    #: Every SMARTAPP_* setting with its value (a secret's never) and source, as `serve`
+    #: would read them; `settings_error` why they would stop it (the ConfigError's words).
+    settings: tuple[SettingValue, ...] = ()
+    settings_error: str | None = None
 
     def quirks_for(self, iss: str) -> str | None:
         """The quirks profile the site file names for this issuer, if any."""
@@ -113,7 +118,13 @@ class AppProfile:
         """Reads the same names as `Settings.from_env`, but creates nothing on disk and
         refuses nothing: the check must run before the app is fully configured."""
         from smartapp.cdshooks.trust import load_clients
-        from smartapp.config import ConfigError, LaunchManifest, normalize_issuer, shipped
+        from smartapp.config import (
+            ConfigError,
+            LaunchManifest,
+            Settings,
+            normalize_issuer,
+            shipped,
+        )
         from smartapp.fhir.chart import READABLE_TYPES
         from smartapp.smart.scopes import GrantedScopes
 
@@ -141,7 +152,17 @@ class AppProfile:
             )
         except ConfigError as exc:
             cds_error = str(exc)
+        settings: tuple[SettingValue, ...] = ()
+        settings_error = None
+        try:
+            # Validated as `serve` validates them, writing nothing (no instance folder made,
+            # no secret key generated).
+            settings = Settings.from_env(environ, create_instance=False).described()
+        except ConfigError as exc:
+            settings_error = str(exc)
         return cls(
+            settings=settings,
+            settings_error=settings_error,
             cds_clients_file=cds_file,
             cds_clients=cds_clients,
             cds_clients_error=cds_error,
@@ -179,6 +200,8 @@ def _site_quirks(sources: Sources) -> tuple[str | None, dict[str, str], str | No
 class CheckReport:
     iss: str
     lines: list[CheckLine] = field(default_factory=list)
+    #: The app's settings as it reads them (name, value or "(secret, set)", source).
+    settings: tuple[SettingValue, ...] = ()
 
     def add(self, status: Status, key: str, what: str, detail: str, why: str) -> None:
         self.lines.append(CheckLine(status=status, key=key, what=what, detail=detail, why=why))
@@ -212,6 +235,7 @@ class CheckReport:
             "exit_code": self.exit_code,
             "summary": {s: self.count(s) for s in ("ok", "warn", "fail")},
             "checks": [line.to_json() for line in self.lines],
+            "settings": [value.to_json() for value in self.settings],
         }
 
     def format_text(self) -> str:
@@ -222,6 +246,10 @@ class CheckReport:
             out.append(
                 f"  {label[line.status]:<4}  {line.what:<{width}}  {line.detail} — {line.why}"
             )
+        if self.settings:
+            out += ["", "Settings (value, where it came from):"]
+            named = max(len(value.name) for value in self.settings)
+            out += [f"  {v.name:<{named}}  {v.value}  from {v.source}" for v in self.settings]
         out += ["", self.verdict()]
         return "\n".join(out)
 
@@ -334,7 +362,15 @@ def check_server(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> CheckReport:
     """Every check, in the order IT reads them; never raises for what the server sends."""
-    report = CheckReport(iss=iss)
+    report = CheckReport(iss=iss, settings=profile.settings)
+    if profile.settings_error is not None:
+        report.add(
+            "fail",
+            "settings",
+            "settings",
+            profile.settings_error.replace("\n", "; "),
+            "the app refuses to start with these settings: fix them first",
+        )
     _check_issuer(report, iss, profile)
 
     well_known = fetch_json(http, iss + WELL_KNOWN, accept="application/json", timeout=timeout)

@@ -1,7 +1,10 @@
 """Settings: read the environment (and an optional `.env`) once, in the app factory.
 
 Every name is documented in README.md's configuration table and in the contract
-(`SMARTAPP_*`). A bad value stops start-up with a message naming the variable.
+(`SMARTAPP_*`). `Settings` is a frozen pydantic model whose validators say, in our words,
+what is wrong; a bad value stops start-up with a ConfigError naming the variable, the fix
+and where the value came from (the environment, the `.env` file, the instance folder).
+Each value knows its source (`Settings.source_of`); no secret is ever in a repr or a dump.
 """
 
 from __future__ import annotations
@@ -9,12 +12,25 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+)
+from pydantic_core import PydanticCustomError
 
 #: The repository root: `launch.json` and `static/` live here in a checkout.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +65,8 @@ class LaunchManifest:
     jwks_uri: str
     fhir_versions: tuple[str, ...]
     raw: Mapping[str, object] = field(repr=False)
+    #: Where it was read from (None: built in code).
+    path: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> LaunchManifest:
@@ -69,6 +87,7 @@ class LaunchManifest:
                 jwks_uri=str(data.get("jwks_uri", "/.well-known/jwks.json")),
                 fhir_versions=tuple(str(v) for v in data.get("fhir_versions", ["4.0.1"])),
                 raw=data,
+                path=path,
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing required key {exc.args[0]!r}") from exc
@@ -88,56 +107,119 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _whole_number(
-    environ: Mapping[str, str], name: str, default: int, *, minimum: int = 0, means: str = ""
-) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}{means}, got {value}")
-    return value
+# -- where each value came from ------------------------------------------------------------
+
+#: Where a value came from (`Settings.source_of`): the built-in default, the process
+#: environment, the `.env` file (with its path), the instance folder (a generated secret,
+#: with its path), `launch.json` (the client id), the sandbox (`smartapp sandbox`'s own
+#: defaults), or a command's option (`--config`).
+DEFAULT = "default"
+ENVIRONMENT = "environment"
+SANDBOX = "sandbox"
 
 
-def _rate_limit(environ: Mapping[str, str], name: str, default: str) -> str:
-    from limits import parse_many
-
-    value = (environ.get(name) or default).strip()
-    try:
-        parse_many(value)
-    except ValueError:
-        raise ConfigError(
-            f"{name}={value!r} is not a rate limit (e.g. '60 per minute' or '10/minute')"
-        ) from None
-    return value
+def dotenv_source(path: Path) -> str:
+    return f".env ({path})"
 
 
-def _yes_no(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
-    raw = (environ.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={raw!r}: use true or false")
+class Environment(dict[str, str]):
+    """The variables a command reads, and where each came from (`origin`).
+
+    A plain mapping to everything that reads it; `read_environment` fills `origins` with
+    `.env (<path>)` for the names only the `.env` file gave.
+    """
+
+    def __init__(
+        self, values: Mapping[str, str] | None = None, *, origins: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(values or {})
+        self.origins: dict[str, str] = dict(origins or {})
+
+    def origin(self, name: str) -> str:
+        """Where `name`'s value came from ("environment" unless recorded otherwise)."""
+        return self.origins.get(name, ENVIRONMENT)
+
+    def put(self, name: str, value: str, *, origin: str) -> None:
+        self[name] = value
+        self.origins[name] = origin
 
 
-def read_environment(dotenv_path: Path | None = None) -> dict[str, str]:
+def origin_in(environ: Mapping[str, str], name: str) -> str:
+    """Where `name` came from in `environ`: recorded by an `Environment`, else the process
+    environment (a plain mapping is what the caller passed as the environment)."""
+    return environ.origin(name) if isinstance(environ, Environment) else ENVIRONMENT
+
+
+def read_environment(dotenv_path: Path | None = None) -> Environment:
     """`os.environ` over `.env` (the working directory's, or `dotenv_path`): what every
-    command reads, so that `serve`, `check` and `evaluate` see the same settings."""
+    command reads, so that `serve`, `check` and `evaluate` see the same settings.
+
+    The environment wins over the file, name by name; each name the file alone gave is
+    recorded as coming from `.env (<path>)`.
+    """
     env_file = dotenv_path or Path.cwd() / ".env"
     file_values = dotenv_values(env_file) if env_file.exists() else {}
-    merged = {k: v for k, v in file_values.items() if v is not None}
-    merged.update(os.environ)
+    merged = Environment()
+    for name, value in file_values.items():
+        if value is not None:
+            merged.put(name, value, origin=dotenv_source(env_file.resolve()))
+    for name, value in os.environ.items():
+        merged.put(name, value, origin=ENVIRONMENT)
     return merged
 
 
-#: Settings never shown by `repr` (a traceback, a debugger, a log line).
+def _where(source: str) -> str:
+    """A value's source as the end of an error message: where to go and fix it."""
+    if source == ENVIRONMENT:
+        return "set in the environment"
+    if source.startswith(".env (") or source.startswith("instance ("):
+        return f"set in {source[source.index('(') + 1 : -1]}"
+    return f"from {source}"
+
+
+# -- the variables, and what each accepts ----------------------------------------------------
+
+#: Each setting and the variable it is read from (README's configuration table lists them).
+VARIABLES: Mapping[str, str] = {
+    "instance_path": "SMARTAPP_INSTANCE_PATH",
+    "manifest": "SMARTAPP_LAUNCH_JSON",
+    "allowed_issuers": "SMARTAPP_ALLOWED_ISSUERS",
+    "client_id": "SMARTAPP_CLIENT_ID",
+    "client_secret": "SMARTAPP_CLIENT_SECRET",
+    "private_key_path": "SMARTAPP_PRIVATE_KEY",
+    "public_url": "SMARTAPP_PUBLIC_URL",
+    "database_url": "SMARTAPP_DATABASE_URL",
+    "secret_key": "SMARTAPP_SECRET_KEY",
+    "previous_secret_keys": "SMARTAPP_PREVIOUS_SECRET_KEYS",
+    "site_config_path": "SMARTAPP_CONFIG",
+    "cds_clients_path": "SMARTAPP_CDS_CLIENTS",
+    "admin_users": "SMARTAPP_ADMIN_USERS",
+    "admin_token": "SMARTAPP_ADMIN_TOKEN",
+    "llm_base_url": "SMARTAPP_LLM_BASE_URL",
+    "llm_model": "SMARTAPP_LLM_MODEL",
+    "llm_api_key": "SMARTAPP_LLM_API_KEY",
+    "llm_concurrency": "SMARTAPP_LLM_CONCURRENCY",
+    "frame_ancestors": "SMARTAPP_FRAME_ANCESTORS",
+    "log_format": "SMARTAPP_LOG_FORMAT",
+    "snapshot_ttl_seconds": "SMARTAPP_SNAPSHOT_TTL",
+    "max_pages": "SMARTAPP_MAX_PAGES",
+    "phi_retention_days": "SMARTAPP_PHI_RETENTION_DAYS",
+    "fhir_deadline_seconds": "SMARTAPP_FHIR_DEADLINE",
+    "fhir_max_response_mb": "SMARTAPP_FHIR_MAX_MB",
+    "store_wait_seconds": "SMARTAPP_STORE_WAIT_SECONDS",
+    "outbox_retry_seconds": "SMARTAPP_OUTBOX_RETRY_SECONDS",
+    "redis_url": "SMARTAPP_REDIS_URL",
+    "sign_in_rate_limit": "SMARTAPP_SIGNIN_RATE_LIMIT",
+    "admin_auth_rate_limit": "SMARTAPP_ADMIN_AUTH_RATE_LIMIT",
+    "proxy_hops": "SMARTAPP_PROXY_HOPS",
+    "request_timing_log": "SMARTAPP_REQUEST_TIMING_LOG",
+    "migrate_on_start": "SMARTAPP_MIGRATE_ON_START",
+    "window_sessions": "SMARTAPP_WINDOW_SESSIONS",
+    "prefetch_chart": "SMARTAPP_PREFETCH_CHART",
+}
+_FIELD_OF = {variable: name for name, variable in VARIABLES.items()}
+
+#: Settings never shown by `repr`, `str` or `model_dump` (a traceback, a debugger, a log).
 SECRET_FIELDS = (
     "secret_key",
     "previous_secret_keys",
@@ -145,81 +227,337 @@ SECRET_FIELDS = (
     "admin_token",
     "llm_api_key",
 )
+#: URLs that may carry a password (the store's, Redis's, an LLM proxy's): shown without it.
+URL_FIELDS = ("database_url", "redis_url", "llm_base_url")
+#: Read as typed values: blank (only spaces) is unset, as for the flags before.
+_BLANK_IS_UNSET = frozenset(
+    {"migrate_on_start", "window_sessions", "prefetch_chart", "request_timing_log"}
+)
 
 
-@dataclass(frozen=True, kw_only=True, repr=False)
-class Settings:
+def invalid(message: str) -> PydanticCustomError:
+    """A setting's error in our words: the variable, what it holds, what it should."""
+    return PydanticCustomError("setting", "{message}", {"message": message})
+
+
+def _variable(info: ValidationInfo) -> str:
+    return VARIABLES.get(info.field_name or "", info.field_name or "?")
+
+
+def _at_least(minimum: int, means: str) -> BeforeValidator:
+    """A whole number of at least `minimum`; `means` says what it counts, for the message."""
+
+    def check(value: Any, info: ValidationInfo) -> int:
+        name = _variable(info)
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value))
+            except ValueError:
+                raise invalid(f"{name}={value!r} is not a whole number") from None
+        if number < minimum:
+            raise invalid(f"{name} must be at least {minimum}{means}, got {number}")
+        return number
+
+    return BeforeValidator(check)
+
+
+def _yes_no(value: Any, info: ValidationInfo) -> bool:
+    if isinstance(value, bool):
+        return value
+    raw = str(value).strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise invalid(f"{_variable(info)}={raw!r}: use true or false")
+
+
+def _rate_limit(value: Any, info: ValidationInfo) -> str:
+    from limits import parse_many
+
+    text = str(value).strip()
+    try:
+        parse_many(text)
+    except ValueError:
+        raise invalid(
+            f"{_variable(info)}={text!r} is not a rate limit (e.g. '60 per minute' or '10/minute')"
+        ) from None
+    return text
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A comma-separated list (a tuple given in code stays as it is)."""
+    return _split_list(value) if isinstance(value, str) else tuple(value)
+
+
+def _issuers(value: Any) -> tuple[str, ...]:
+    issuers = tuple(normalize_issuer(i) for i in _names(value))
+    for issuer in issuers:
+        parts = urlsplit(issuer)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise invalid(
+                f"SMARTAPP_ALLOWED_ISSUERS: {issuer!r} is not an absolute http(s) FHIR base URL"
+            )
+    return issuers
+
+
+def _existing_file(what: str = "") -> BeforeValidator:
+    def check(value: Any, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        if not Path(value).is_file():
+            raise invalid(f"{_variable(info)}={str(value)!r}: no such file{what}")
+        return Path(value)
+
+    return BeforeValidator(check)
+
+
+def _public_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    url = str(value).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
+        raise invalid(
+            f"SMARTAPP_PUBLIC_URL={url!r} is not an absolute http(s) base URL "
+            "(e.g. https://smartapp.hospital.org)"
+        )
+    return url
+
+
+def _log_format(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("json", "text"):
+        raise invalid(f"SMARTAPP_LOG_FORMAT={text!r}: use json or text")
+    return text
+
+
+def _redis_url(value: Any) -> str | None:
+    if value is not None and urlsplit(str(value)).scheme not in ("redis", "rediss", "unix"):
+        # The URL is not repeated: it may hold the Redis password.
+        raise invalid(
+            "SMARTAPP_REDIS_URL must be a redis:// or rediss:// URL (it holds the rate "
+            "limits shared by the app's processes)"
+        )
+    return None if value is None else str(value)
+
+
+def _base_url(value: Any) -> str | None:
+    return (str(value) if value is not None else "").rstrip("/") or None
+
+
+def _optional_path(value: Any) -> Path | None:
+    text = "" if value is None else str(value).strip()
+    return Path(text) if text else None
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+YesNo = Annotated[bool, BeforeValidator(_yes_no)]
+RateLimit = Annotated[str, BeforeValidator(_rate_limit)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettingValue:
+    """One setting as `smartapp check` and the admin show it: never a secret's value."""
+
+    name: str
+    value: str
+    source: str
+    secret: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "source": self.source,
+            "secret": self.secret,
+        }
+
+
+class _Shown(str):
+    """A value as `repr` prints it (no quotes added)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class Settings(BaseModel):
+    """The app's settings, validated; `from_env` reads them and records each one's source.
+
+    Secrets keep their plain `str` type (every reader passes them on as they are) and are
+    kept out of `repr`, `str` and `model_dump` instead; URLs lose their password there.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
     instance_path: Path
-    manifest: LaunchManifest
-    allowed_issuers: tuple[str, ...]
+    manifest: InstanceOf[LaunchManifest]
+    allowed_issuers: Annotated[tuple[str, ...], BeforeValidator(_issuers)]
     client_id: str
     database_url: str
     secret_key: str
     #: Keys being rotated out: what they encrypted still reads (SMARTAPP_PREVIOUS_SECRET_KEYS).
-    previous_secret_keys: tuple[str, ...] = ()
+    previous_secret_keys: Names = ()
     client_secret: str | None = None
-    private_key_path: Path | None = None
-    public_url: str | None = None
-    site_config_path: Path | None = None
+    private_key_path: Annotated[Path | None, _existing_file(" (PEM or JWK)")] = None
+    public_url: Annotated[str | None, BeforeValidator(_public_url)] = None
+    site_config_path: Annotated[Path | None, _existing_file()] = None
     #: The EHRs registered to call the CDS Hooks service (SMARTAPP_CDS_CLIENTS, TOML).
-    cds_clients_path: Path | None = None
-    admin_users: tuple[str, ...] = ()
+    cds_clients_path: Annotated[
+        Path | None,
+        _existing_file(" (the EHRs that may call the CDS Hooks service, with their JWKS)"),
+    ] = None
+    admin_users: Names = ()
     admin_token: str | None = None
-    llm_base_url: str | None = None
+    llm_base_url: Annotated[str | None, BeforeValidator(_base_url)] = None
     llm_model: str | None = None
     llm_api_key: str | None = None
     #: LLM requests this process makes at once; more kinds wait for a free slot.
-    llm_concurrency: int = 8
+    llm_concurrency: Annotated[int, _at_least(1, " (LLM requests one process makes at once)")] = 8
     #: Origins allowed to frame the sidebar (CSP frame-ancestors). Defaults to the issuers' origins.
-    frame_ancestors: tuple[str, ...] = ()
+    frame_ancestors: Names = ()
     #: Seconds a chart snapshot is reused within one launch before it is read again.
-    snapshot_ttl_seconds: int = 300
+    snapshot_ttl_seconds: Annotated[
+        int, _at_least(1, " (seconds a launch reuses the chart it read)")
+    ] = 300
     #: Most pages followed per search before a result set is reported as truncated.
-    max_pages: int = 20
+    max_pages: Annotated[
+        int, _at_least(1, " (pages followed per search; 1 reads the first page only)")
+    ] = 20
     #: Days the clinicians' texts (edits, comments, delivered notes) are kept for
     #: governance before `smartapp purge` clears them (SMARTAPP_PHI_RETENTION_DAYS).
-    phi_retention_days: int = 30
+    phi_retention_days: Annotated[
+        int,
+        _at_least(1, " (days clinicians' texts are kept before `smartapp purge` clears them)"),
+    ] = 30
     #: Seconds one FHIR request may take in all (connect, answer, retries): SMARTAPP_FHIR_DEADLINE.
-    fhir_deadline_seconds: int = 30
+    fhir_deadline_seconds: Annotated[
+        int, _at_least(1, " (seconds one FHIR request may take, retries included)")
+    ] = 30
     #: The largest FHIR answer read, in MiB (SMARTAPP_FHIR_MAX_MB): larger ones are refused.
-    fhir_max_response_mb: int = 32
+    fhir_max_response_mb: Annotated[
+        int, _at_least(1, " (MiB: the largest FHIR answer the app reads)")
+    ] = 32
     #: Seconds a request waits for a locked store before answering 503 store_unavailable
     #: (SMARTAPP_STORE_WAIT_SECONDS); None: smartapp.db's default (10 s).
-    store_wait_seconds: int | None = None
+    store_wait_seconds: Annotated[
+        int | None,
+        _at_least(1, " (seconds a request waits for a locked store before answering 503)"),
+    ] = None
     #: Seconds before the first retry of a note the EHR could not take, doubling after
     #: each failure up to an hour (SMARTAPP_OUTBOX_RETRY_SECONDS).
-    outbox_retry_seconds: int = 15
+    outbox_retry_seconds: Annotated[
+        int, _at_least(1, " (seconds before a note the EHR could not take is tried again)")
+    ] = 15
     #: Where rate-limit counters live (SMARTAPP_REDIS_URL); None: in each process.
-    redis_url: str | None = None
+    redis_url: Annotated[str | None, BeforeValidator(_redis_url)] = None
     #: Per client address, on /launch, /callback and /admin/signin each.
-    sign_in_rate_limit: str = "60 per minute"
+    sign_in_rate_limit: RateLimit = "60 per minute"
     #: Per client address: refused admin credentials (a wrong bearer token).
-    admin_auth_rate_limit: str = "10 per minute"
+    admin_auth_rate_limit: RateLimit = "10 per minute"
     #: Reverse proxies in front of the app whose X-Forwarded-For is trusted (rate limits).
-    proxy_hops: int = 0
+    proxy_hops: Annotated[int, _at_least(0, " (reverse proxies in front of the app)")] = 0
     #: "json" (one object per line, with the request id) or "text".
-    log_format: str = "json"
+    log_format: Annotated[str, BeforeValidator(_log_format)] = "json"
     #: Where each process appends one JSON line per request with its server-side time and
     #: CPU (SMARTAPP_REQUEST_TIMING_LOG; `make load` reads it); None: not written.
-    request_timing_log: Path | None = None
-    static_folder: Path = field(default_factory=lambda: shipped("static"))
+    request_timing_log: Annotated[Path | None, BeforeValidator(_optional_path)] = None
+    static_folder: Path = Field(default_factory=lambda: shipped("static"))
     sandbox_mode: bool = False
     #: Migrate the store when the app starts (sandbox mode, or SMARTAPP_MIGRATE_ON_START);
     #: otherwise `smartapp db upgrade` does it before the processes start.
-    migrate_on_start: bool = False
+    migrate_on_start: YesNo = False
     #: A sidebar whose session cookie never arrives (third-party cookies blocked) may carry
     #: its launch in a per-window token (SMARTAPP_WINDOW_SESSIONS; see docs/SECURITY.md).
-    window_sessions: bool = True
+    window_sessions: YesNo = True
     #: Read a launch's chart as soon as its token arrives at /callback, in the background,
     #: before the sidebar asks (SMARTAPP_PREFETCH_CHART).
-    prefetch_chart: bool = True
+    prefetch_chart: YesNo = True
     #: SMARTAPP_SECRET_KEY was given (not generated in the instance folder): what several
     #: processes need.
     secret_key_from_env: bool = False
 
-    def __repr__(self) -> str:
-        """Every setting but the secrets (shown as '***') and the database password."""
-        return _settings_repr(self)
+    #: field -> where its value came from (`from_env` records it).
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    # -- never a secret in a repr, a str or a dump ---------------------------------------
+
+    def __repr_args__(self) -> Iterator[tuple[str, Any]]:
+        """Every setting but the secrets (shown as '***') and the URLs' passwords."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS:
+                yield name, None if value is None else (() if value == () else "***")
+            elif name in URL_FIELDS:
+                yield name, None if value is None else hide_password(value)
+            elif name == "manifest":
+                yield name, _Shown(f"LaunchManifest(client_id={value.client_id!r})")
+            else:
+                yield name, value
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    @field_serializer(*SECRET_FIELDS)
+    def _dump_secret(self, value: str | tuple[str, ...] | None) -> str | None:
+        return None if value is None else ("" if value == () else "***")
+
+    @field_serializer(*URL_FIELDS)
+    def _dump_url(self, value: str | None) -> str | None:
+        return None if value is None else hide_password(value)
+
+    # -- where each value came from ------------------------------------------------------
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; a value `update` changes is no longer from where the original's came."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied._sources = {k: v for k, v in self._sources.items() if k not in (update or {})}
+        return copied
+
+    def source_of(self, name: str) -> str:
+        """Where a setting's value came from, by variable (`SMARTAPP_MAX_PAGES`) or field
+        name: "default", "environment", ".env (<path>)", "instance (<path>)" (a generated
+        secret key), "launch.json (<path>)", "sandbox", "--config"; "given" for a value
+        passed in code."""
+        field = _FIELD_OF.get(name, name)
+        if field not in type(self).model_fields:
+            raise KeyError(f"{name!r} is not a setting")
+        if field in self._sources:
+            return self._sources[field]
+        return "given" if field in self.model_fields_set else DEFAULT
+
+    def described(self) -> tuple[SettingValue, ...]:
+        """Every SMARTAPP_* setting with its value (never a secret's: "(secret, set)") and
+        its source, in the order of README's table: what `smartapp check` prints."""
+        return tuple(
+            SettingValue(
+                name=variable,
+                value=self._shown(field),
+                source=self.source_of(field),
+                secret=field in SECRET_FIELDS,
+            )
+            for field, variable in VARIABLES.items()
+        )
+
+    def _shown(self, field: str) -> str:
+        value = getattr(self, field)
+        if field in SECRET_FIELDS:
+            if field == "secret_key" and not value:
+                return "(secret, generated at the first start)"
+            return "(secret, set)" if value else "(unset)"
+        if value is None or value == ():
+            return "(unset)"
+        if field in URL_FIELDS:
+            return hide_password(value)
+        if field == "manifest":
+            return str(value.path or "launch.json")
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, tuple):
+            return ", ".join(value)
+        return str(value)
 
     def require_public_url(self) -> None:
         """The app's own URLs (redirect_uri above all) come from SMARTAPP_PUBLIC_URL.
@@ -241,176 +579,145 @@ class Settings:
         *,
         sandbox_issuer: str | None = None,
         dotenv_path: Path | None = None,
+        create_instance: bool = True,
     ) -> Settings:
         """Build settings from `environ` (default: `os.environ` over `.env`).
 
         `sandbox_issuer` is the embedded EHR's FHIR base, which becomes the default
-        allow-list in sandbox mode.
+        allow-list in sandbox mode. A bad value raises ConfigError naming the variable,
+        the fix and where the value came from. `create_instance=False` (what `smartapp
+        check` asks) writes nothing: the instance folder is not made, and a secret key
+        not yet generated reads as "" (source "instance (<path>, not generated yet)").
         """
         if environ is None:
             environ = read_environment(dotenv_path)
+        reader = _Reader(environ)
+        sandbox = sandbox_issuer is not None
 
-        instance_path = Path(environ.get("SMARTAPP_INSTANCE_PATH") or Path.cwd() / "instance")
-        # Owner-only: it holds the SQLite store (PHI) and the generated secret key.
-        instance_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        instance_path = Path(reader.take("instance_path", Path.cwd() / "instance"))
+        if create_instance:
+            try:
+                # Owner-only: it holds the SQLite store (PHI) and the generated secret key.
+                instance_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise reader.error(
+                    "instance_path",
+                    f"SMARTAPP_INSTANCE_PATH={str(instance_path)!r}: the instance folder "
+                    f"cannot be made ({type(exc).__name__}); name a folder the app may write",
+                ) from None
 
-        manifest_path = Path(environ.get("SMARTAPP_LAUNCH_JSON") or shipped("launch.json"))
-        manifest = LaunchManifest.load(manifest_path)
+        manifest_path = Path(reader.take("manifest", shipped("launch.json")))
+        try:
+            manifest = LaunchManifest.load(manifest_path)
+        except ConfigError as exc:
+            raise reader.error("manifest", str(exc)) from None
+        reader.values["manifest"] = manifest
 
-        issuers = tuple(
-            normalize_issuer(i) for i in _split_list(environ.get("SMARTAPP_ALLOWED_ISSUERS"))
-        )
+        given = reader.take("allowed_issuers", "")
+        issuers = tuple(normalize_issuer(i) for i in _split_list(given))
         if sandbox_issuer and normalize_issuer(sandbox_issuer) not in issuers:
             # In sandbox mode the embedded EHR is always allowed, beside any configured ones.
             issuers = (*issuers, normalize_issuer(sandbox_issuer))
-        for issuer in issuers:
-            if urlsplit(issuer).scheme not in ("https", "http") or not urlsplit(issuer).netloc:
-                raise ConfigError(
-                    f"SMARTAPP_ALLOWED_ISSUERS: {issuer!r} is not an absolute http(s) FHIR base URL"
-                )
-
-        private_key = environ.get("SMARTAPP_PRIVATE_KEY") or None
-        if private_key and not Path(private_key).is_file():
-            raise ConfigError(f"SMARTAPP_PRIVATE_KEY={private_key!r}: no such file (PEM or JWK)")
-
-        # The same rule as `smartapp.siteconfig.site_file_path` (check, evaluate, draft).
-        site_config = environ.get("SMARTAPP_CONFIG") or None
-        if site_config and not Path(site_config).is_file():
-            raise ConfigError(f"SMARTAPP_CONFIG={site_config!r}: no such file")
-
-        cds_clients = environ.get("SMARTAPP_CDS_CLIENTS") or None
-        if cds_clients and not Path(cds_clients).is_file():
-            raise ConfigError(
-                f"SMARTAPP_CDS_CLIENTS={cds_clients!r}: no such file (the EHRs that may call "
-                "the CDS Hooks service, with their JWKS)"
+            reader.sources["allowed_issuers"] = (
+                f"{reader.sources['allowed_issuers']} + {SANDBOX}" if given else SANDBOX
             )
+        reader.values["allowed_issuers"] = issuers
 
-        public_url = environ.get("SMARTAPP_PUBLIC_URL") or None
-        if public_url:
-            public_url = public_url.rstrip("/")
-            parts = urlsplit(public_url)
-            if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
-                raise ConfigError(
-                    f"SMARTAPP_PUBLIC_URL={public_url!r} is not an absolute http(s) base URL "
-                    "(e.g. https://smartapp.hospital.org)"
-                )
-
-        frame_ancestors = _split_list(environ.get("SMARTAPP_FRAME_ANCESTORS"))
-        if not frame_ancestors:
-            frame_ancestors = tuple(dict.fromkeys(origin_of(i) for i in issuers))
-
-        log_format = (environ.get("SMARTAPP_LOG_FORMAT") or "json").strip().lower()
-        if log_format not in ("json", "text"):
-            raise ConfigError(f"SMARTAPP_LOG_FORMAT={log_format!r}: use json or text")
-
-        timing_log = (environ.get("SMARTAPP_REQUEST_TIMING_LOG") or "").strip()
-        redis_url = environ.get("SMARTAPP_REDIS_URL") or None
-        if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(
-                "SMARTAPP_REDIS_URL must be a redis:// or rediss:// URL (it holds the rate "
-                "limits shared by the app's processes)"
+        reader.take("client_id", manifest.client_id, source=f"launch.json ({manifest_path})")
+        reader.take("database_url", f"sqlite:///{instance_path / 'smartapp.db'}", source=DEFAULT)
+        secret_file = instance_path / "secret_key"
+        if reader.given("secret_key"):
+            reader.take("secret_key")
+        elif create_instance or secret_file.exists():
+            reader.take(
+                "secret_key", _instance_secret(instance_path), source=f"instance ({secret_file})"
             )
-
-        return cls(
-            log_format=log_format,
-            request_timing_log=Path(timing_log) if timing_log else None,
-            redis_url=redis_url,
-            sign_in_rate_limit=_rate_limit(environ, "SMARTAPP_SIGNIN_RATE_LIMIT", "60 per minute"),
-            admin_auth_rate_limit=_rate_limit(
-                environ, "SMARTAPP_ADMIN_AUTH_RATE_LIMIT", "10 per minute"
-            ),
-            proxy_hops=_whole_number(
-                environ,
-                "SMARTAPP_PROXY_HOPS",
-                0,
-                means=" (reverse proxies in front of the app)",
-            ),
-            instance_path=instance_path,
-            manifest=manifest,
-            allowed_issuers=issuers,
-            client_id=environ.get("SMARTAPP_CLIENT_ID") or manifest.client_id,
-            client_secret=environ.get("SMARTAPP_CLIENT_SECRET") or None,
-            private_key_path=Path(private_key) if private_key else None,
-            public_url=public_url,
-            database_url=environ.get("SMARTAPP_DATABASE_URL")
-            or f"sqlite:///{instance_path / 'smartapp.db'}",
-            secret_key=environ.get("SMARTAPP_SECRET_KEY") or _instance_secret(instance_path),
-            previous_secret_keys=_split_list(environ.get("SMARTAPP_PREVIOUS_SECRET_KEYS")),
-            site_config_path=Path(site_config) if site_config else None,
-            cds_clients_path=Path(cds_clients) if cds_clients else None,
-            admin_users=_split_list(environ.get("SMARTAPP_ADMIN_USERS"))
-            or ((f"{normalize_issuer(sandbox_issuer)}|{SANDBOX_ADMIN}",) if sandbox_issuer else ()),
-            admin_token=environ.get("SMARTAPP_ADMIN_TOKEN") or None,
-            llm_base_url=(environ.get("SMARTAPP_LLM_BASE_URL") or "").rstrip("/") or None,
-            llm_model=environ.get("SMARTAPP_LLM_MODEL") or None,
-            llm_api_key=environ.get("SMARTAPP_LLM_API_KEY") or None,
-            llm_concurrency=_whole_number(
-                environ,
-                "SMARTAPP_LLM_CONCURRENCY",
-                8,
-                minimum=1,
-                means=" (LLM requests one process makes at once)",
-            ),
-            frame_ancestors=frame_ancestors,
-            snapshot_ttl_seconds=_whole_number(
-                environ,
-                "SMARTAPP_SNAPSHOT_TTL",
-                300,
-                minimum=1,
-                means=" (seconds a launch reuses the chart it read)",
-            ),
-            phi_retention_days=_whole_number(
-                environ,
-                "SMARTAPP_PHI_RETENTION_DAYS",
-                30,
-                minimum=1,
-                means=" (days clinicians' texts are kept before `smartapp purge` clears them)",
-            ),
-            max_pages=_whole_number(
-                environ,
-                "SMARTAPP_MAX_PAGES",
-                20,
-                minimum=1,
-                means=" (pages followed per search; 1 reads the first page only)",
-            ),
-            fhir_deadline_seconds=_whole_number(
-                environ,
-                "SMARTAPP_FHIR_DEADLINE",
-                30,
-                minimum=1,
-                means=" (seconds one FHIR request may take, retries included)",
-            ),
-            fhir_max_response_mb=_whole_number(
-                environ,
-                "SMARTAPP_FHIR_MAX_MB",
-                32,
-                minimum=1,
-                means=" (MiB: the largest FHIR answer the app reads)",
-            ),
-            store_wait_seconds=_whole_number(
-                environ,
-                "SMARTAPP_STORE_WAIT_SECONDS",
-                10,
-                minimum=1,
-                means=" (seconds a request waits for a locked store before answering 503)",
-            )
-            if environ.get("SMARTAPP_STORE_WAIT_SECONDS")
-            else None,
-            outbox_retry_seconds=_whole_number(
-                environ,
-                "SMARTAPP_OUTBOX_RETRY_SECONDS",
-                15,
-                minimum=1,
-                means=" (seconds before a note the EHR could not take is tried again)",
-            ),
-            sandbox_mode=sandbox_issuer is not None,
-            secret_key_from_env=bool(environ.get("SMARTAPP_SECRET_KEY")),
-            migrate_on_start=_yes_no(
-                environ, "SMARTAPP_MIGRATE_ON_START", default=sandbox_issuer is not None
-            ),
-            window_sessions=_yes_no(environ, "SMARTAPP_WINDOW_SESSIONS", default=True),
-            prefetch_chart=_yes_no(environ, "SMARTAPP_PREFETCH_CHART", default=True),
+        else:
+            reader.take("secret_key", "", source=f"instance ({secret_file}, not generated yet)")
+        reader.take(
+            "frame_ancestors",
+            tuple(dict.fromkeys(origin_of(i) for i in issuers)),
+            source=DEFAULT,
         )
+        if sandbox_issuer:
+            sandbox_admin = f"{normalize_issuer(sandbox_issuer)}|{SANDBOX_ADMIN}"
+            reader.take("admin_users", (sandbox_admin,), source=SANDBOX)
+        if sandbox:
+            reader.take("migrate_on_start", True, source=SANDBOX)
+        for name in VARIABLES:
+            if name not in reader.values:
+                reader.take(name)
+        try:
+            settings = cls.model_validate(
+                {
+                    **reader.values,
+                    "sandbox_mode": sandbox,
+                    "secret_key_from_env": reader.given("secret_key"),
+                }
+            )
+        except ValidationError as exc:
+            raise _config_error(exc, reader.sources) from None
+        settings._sources.update(reader.sources)
+        return settings
+
+
+class _Reader:
+    """Takes each setting's raw value from the environment, remembering its source."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+
+    def given(self, field: str) -> bool:
+        """Whether the environment sets this field's variable (blank is unset)."""
+        raw = self.environ.get(VARIABLES[field])
+        if raw is None or raw == "":
+            return False
+        return bool(raw.strip()) or field not in _BLANK_IS_UNSET
+
+    def take(self, field: str, default: Any = None, *, source: str = DEFAULT) -> Any:
+        """The variable's value when set, else `default` (recorded from `source`; with no
+        default the field keeps the model's own)."""
+        variable = VARIABLES[field]
+        if self.given(field):
+            value: Any = self.environ[variable]
+            self.sources[field] = origin_in(self.environ, variable)
+        else:
+            value = default
+            self.sources[field] = source
+        if value is not None:
+            self.values[field] = value
+        return value
+
+    def error(self, field: str, message: str) -> ConfigError:
+        return ConfigError(f"{message} ({_where(self.sources.get(field, DEFAULT))})")
+
+
+def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+    """Pydantic's errors as ours: one line per bad setting, naming the variable, the fix
+    and where the value came from; never a traceback of the validators."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = VARIABLES.get(field, field)
+        if error["type"] == "setting":
+            message = str((error.get("ctx") or {})["message"])
+        else:
+            # A type no environment gives (a value passed in code): pydantic's words, not
+            # the value (it may be a secret).
+            message = f"{variable}: {error['msg']}"
+        lines.append(f"{message} ({_where(sources.get(field, DEFAULT))})")
+    return ConfigError("\n".join(lines))
+
+
+def hide_password(url: str) -> str:
+    """`url` with its password (if any) as `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def require_shared_secret(settings: Settings, what: str) -> None:
@@ -423,30 +730,6 @@ def require_shared_secret(settings: Settings, what: str) -> None:
             "must all use the same key. Set it (e.g. `python -c 'import secrets; "
             "print(secrets.token_urlsafe(48))'`) in every process's environment"
         )
-
-
-def _settings_repr(settings: Settings) -> str:
-    shown = []
-    for item in fields(settings):
-        value = getattr(settings, item.name)
-        if item.name in SECRET_FIELDS:
-            text = "None" if value is None else ("()" if value == () else "'***'")
-        elif item.name == "database_url":
-            text = repr(_hide_password(value))
-        elif item.name == "manifest":
-            text = f"LaunchManifest(client_id={value.client_id!r})"
-        else:
-            text = repr(value)
-        shown.append(f"{item.name}={text}")
-    return f"Settings({', '.join(shown)})"
-
-
-def _hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _instance_secret(instance_path: Path) -> str:

@@ -2,7 +2,9 @@
 
 What a clinician gets (which kinds, which engine, rolled out to whom) is a pure function
 of a `Policy` snapshot, the clinician and the instant (`Policy.plan`). The snapshot joins
-`Settings` (source "env"), the site file (`SiteConfig`, source "file") and governance's
+`Settings` (source "env"; each setting also knows its own, `Settings.source_of`: the
+environment, the `.env` file, the instance folder or a default, listed by
+`Policy.settings_values`), the site file (`SiteConfig`, source "file") and governance's
 state as this process caches it (`admin.policy.PolicyCache`: one statement when nothing
 changed; source "dashboard"). Rollout rules may come from the file or the dashboard; the
 dashboard's rule in force for a site and kind takes the place of the file's (they never
@@ -29,7 +31,7 @@ from smartapp.siteconfig import SiteConfig
 from smartapp.suggestions.registry import EngineChoice
 
 if TYPE_CHECKING:
-    from smartapp.config import Settings
+    from smartapp.config import Settings, SettingValue
     from smartapp.db import Database
     from smartapp.governance.signal import ChangeSignal
 
@@ -156,6 +158,11 @@ class Policy:
     @property
     def version(self) -> int | None:
         return self.governance.version
+
+    def settings_values(self) -> tuple[SettingValue, ...]:
+        """Every SMARTAPP_* setting with its value (never a secret's) and where it came
+        from, beside the site file's and the dashboard's values (`rollout`)."""
+        return self.settings.described() if self.settings is not None else ()
 
     def rollout(self) -> tuple[RolloutEntry, ...]:
         """Every rollout rule in force or to come: the site file's, then the dashboard's."""
@@ -312,8 +319,10 @@ class PolicySource:
         self._cache = PolicyCache(database, on_reload=on_reload, signal=signal)
         self._policy: Policy | None = None
 
-    def current(self) -> Policy:
-        state = self._cache.current()
+    def current(self, *, governance_version: int | None = None) -> Policy:
+        """The policy; `governance_version`: governance's counter as this request read it
+        (`governance.state.version_column`), or None to read it here."""
+        state = self._cache.current(version=governance_version)
         policy = self._policy
         site = self._site_config()
         if policy is None or policy.governance is not state or policy.site_config is not site:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from flask import Flask, Response, current_app, request
 
 from smartapp.config import Settings
-from smartapp.errors import EARLIER_LAUNCH, CSRFError
+from smartapp.errors import CSRFError
 
 CSRF_HEADER = "X-CSRF-Token"
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -56,7 +56,7 @@ def check_csrf(expected: str | None) -> None:
     if not _same(supplied, expected):
         # A token, but another launch's: in the sidebar, a panel left open after this
         # browser's launch was replaced (a forged cross-site request carries no header).
-        raise CSRFError(None if request.path.startswith("/admin") else EARLIER_LAUNCH)
+        raise CSRFError(reason=None if request.path.startswith("/admin") else "earlier_launch")
 
 
 def _same(supplied: str, expected: str) -> bool:

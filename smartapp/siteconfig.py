@@ -651,9 +651,7 @@ class EffectiveConfig:
     def rollout_for(self, kind: str) -> RolloutRule:
         return self.rollout.get(kind) or self.rollout.get("all") or RolloutRule()
 
-    def engine_options(
-        self, kind: str, *, enabled: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    def engine_options(self, kind: str, *, enabled: Iterable[str] | None = None) -> dict[str, Any]:
         """The mapping an engine's `suggest(snapshot, kind, config)` receives.
 
         `enabled` is every kind shown to this clinician on this request (default: the
@@ -728,12 +726,14 @@ def read_sources(
     over the working directory's `.env`, `smartapp.config.read_environment`) and the site
     file `config` or `SMARTAPP_CONFIG` names. A `--config` given also becomes the
     environment's SMARTAPP_CONFIG, so the settings built from it name the same file."""
-    from smartapp.config import read_environment
+    from smartapp.config import Environment, read_environment
 
-    env = dict(read_environment(dotenv_path) if environ is None else environ)
+    given = read_environment(dotenv_path) if environ is None else environ
+    # A copy that keeps where each name came from (`Settings.source_of`).
+    env = Environment(given, origins=given.origins if isinstance(given, Environment) else None)
     path = site_file_path(env, config)
     if config:
-        env["SMARTAPP_CONFIG"] = str(path)
+        env.put("SMARTAPP_CONFIG", str(path), origin="--config")
     return Sources(environ=env, site_path=path)
 
 

@@ -66,6 +66,7 @@ SignInStarter = Callable[[str], Response]
 class InvalidToken(AppError):
     code = "invalid_token"
     default_message = "The bearer token is not the admin API token."
+    about_the_request = True
 
 
 def smart_session_identity() -> SignedInUser | None:
@@ -163,7 +164,7 @@ def api_caller() -> AdminUser:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise NotAuthenticated(
-                "Send Authorization: Bearer <SMARTAPP_ADMIN_TOKEN>.", code="invalid_request"
+                "the Authorization header is not a bearer token", code="invalid_request"
             )
         expected = _settings().admin_token
         if not expected:
@@ -176,7 +177,5 @@ def api_caller() -> AdminUser:
         return AdminUser(actor=TOKEN_ACTOR, via="token")
     user = signed_in_user()
     if user is None:
-        raise NotAuthenticated(
-            "Send Authorization: Bearer <SMARTAPP_ADMIN_TOKEN>, or sign in at /admin."
-        )
+        raise NotAuthenticated("no bearer token and no admin session", reason="admin")
     return admin_from(user)

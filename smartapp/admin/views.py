@@ -784,6 +784,18 @@ def api_policy_rollout() -> Response:
     return jsonify({"version": policy.version, "rules": [e.to_json() for e in policy.rollout()]})
 
 
+@bp.get("/api/policy/settings")
+def api_policy_settings() -> Response:
+    """The environment's part of the policy: each setting, its value (a secret's never:
+    "(secret, set)") and where it came from (environment, `.env`, instance folder, default)."""
+    _caller()
+    with get_db().session() as s:
+        policy = _policy(s)
+    return jsonify(
+        {"version": policy.version, "settings": [v.to_json() for v in policy.settings_values()]}
+    )
+
+
 # --- JSON API: engine registry and kill switches -----------------------------------------
 
 

@@ -60,6 +60,7 @@ class CDSClientRefused(AppError):
     """The hook request's JWT is missing, or fails a check; the message says which."""
 
     code = "cds_client_refused"
+    about_the_request = True
 
 
 @dataclass(frozen=True, kw_only=True)

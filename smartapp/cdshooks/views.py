@@ -14,7 +14,7 @@ from smartapp.cdshooks.discovery import discovery_document
 from smartapp.cdshooks.service import CDSHooksService
 from smartapp.cdshooks.trust import TrustRegistry
 from smartapp.config import ConfigError, Settings
-from smartapp.errors import AppError, BadRequest, error_body, http_status
+from smartapp.errors import AppError, BadRequest, error_body, http_status, public_message
 
 bp = Blueprint("cdshooks", __name__)
 
@@ -96,7 +96,7 @@ def feedback(service_id: str) -> Response:
 
 @bp.errorhandler(AppError)
 def app_error(exc: AppError) -> tuple[Response, int]:
-    return jsonify(error_body(exc.code, exc.message)), http_status(exc)
+    return jsonify(error_body(exc.code, public_message(exc))), http_status(exc)
 
 
 @bp.errorhandler(413)

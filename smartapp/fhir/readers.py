@@ -53,15 +53,32 @@ def codings(cc: Any) -> list[Mapping[str, Any]]:
     return [c for c in raw if isinstance(c, Mapping)] if isinstance(raw, list) else []
 
 
+#: SNOMED CT's semantic tags, the "(disorder)" ending a fully specified name (SNOMED CT
+#: Editorial Guide, "Semantic Tags"). Charts built from FSNs (Synthea's, some EHRs') show
+#: "Essential hypertension (disorder)"; a note, and a patient, says "Essential hypertension".
+_SEMANTIC_TAG = re.compile(
+    r"\s+\((?:disorder|finding|substance|procedure|situation|observable entity|"
+    r"morphologic abnormality|product|medicinal product|medicinal product form|"
+    r"clinical drug|event|body structure|qualifier value|regime/therapy|physical object|"
+    r"organism|record artifact|environment|social concept|specimen)\)$"
+)
+
+
+def without_semantic_tag(name: str) -> str:
+    """`Peanut - dietary (substance)` → `Peanut - dietary`; other names unchanged."""
+    return _SEMANTIC_TAG.sub("", name.strip())
+
+
 def codeable_text(cc: Any) -> str | None:
-    """What to show for a CodeableConcept: its text, else a coding's display, else a code."""
+    """What to show for a CodeableConcept: its text, else a coding's display, else a code
+    (a SNOMED CT semantic tag left off the words)."""
     text = _str(_dict(cc).get("text"))
     if text:
-        return text.strip()
+        return without_semantic_tag(text) or text.strip()
     for coding in codings(cc):
         display = _str(coding.get("display"))
         if display:
-            return display.strip()
+            return without_semantic_tag(display) or display.strip()
     for coding in codings(cc):
         code = _str(coding.get("code"))
         if code:

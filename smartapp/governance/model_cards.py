@@ -1,45 +1,31 @@
 """Model cards: each engine version with its ONC HTI-1 decision-support source attributes.
 
 The attributes that describe an engine (developer, intended use, cautions, inputs used…)
-are data in `source_attributes.toml`; the ones that describe a version on this site's data
-(its status in change control, its validation on local data, its last update) come from
-the engine registry. Exported as JSON and as FHIR Device resources (the HL7 AI Transparency
-on FHIR way of describing an AI in a Provenance):
+are data in `source_attributes.toml`, copied onto each version when it is registered in
+change control: a version's card shows its own copy, so a later edit of the file describes
+later versions only. The ones that describe a version on this site's data (its status in
+change control, its validation on local data from its stored `evaluate` run, its last
+update) come from the engine registry. Exported as JSON and as FHIR Device resources (the
+HL7 AI Transparency on FHIR way of describing an AI in a Provenance):
 https://build.fhir.org/ig/HL7/aitransparency-ig/
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from smartapp.governance.attributes import ATTRIBUTES_FILE, ENTRY_FOR, engine_attributes, family
 from smartapp.governance.models import EngineVersion
 from smartapp.governance.registry import list_versions
 from smartapp.suggestions.builtin import BUILTIN_INFO
 
-ATTRIBUTES_FILE = Path(__file__).with_name("source_attributes.toml")
+__all__ = ["ATTRIBUTES_FILE", "as_fhir", "card_for", "engine_attributes", "model_cards"]
+
 HTI1 = "https://www.ecfr.gov/current/title-45/subtitle-A/subchapter-D/part-170/subpart-C/section-170.315"
-
-#: The registry's engine names and the attribute entries that describe them.
-_ENTRY_FOR = {"builtin": "builtin-rules", "builtin-rules": "builtin-rules", "llm": "llm"}
-
-
-@lru_cache(maxsize=1)
-def engine_attributes() -> Mapping[str, Mapping[str, Any]]:
-    """The source attributes per engine family, from the reviewed data file."""
-    with ATTRIBUTES_FILE.open("rb") as handle:
-        data = tomllib.load(handle)
-    engines = data.get("engine")
-    if not isinstance(engines, dict) or set(engines) != {"builtin-rules", "llm"}:
-        raise ValueError(f"{ATTRIBUTES_FILE}: needs [engine.builtin-rules] and [engine.llm]")
-    return engines
-
 
 def local_validation(evaluation: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the stored `smartapp evaluate` run says about this version on local data."""
@@ -66,7 +52,10 @@ def local_validation(evaluation: Mapping[str, Any] | None) -> dict[str, Any]:
 def _card(
     *, engine: str, version: str, status: str, model: str | None, row: EngineVersion | None
 ) -> dict[str, Any]:
-    attributes = dict(engine_attributes()[_ENTRY_FOR.get(engine, "llm")])
+    kept = row.source_attributes if row is not None else None
+    # A version keeps the attributes it was registered with; the shipped rules (and a
+    # version registered before they were kept) are described by the file as it is now.
+    attributes = dict(kept) if kept else dict(engine_attributes()[family(engine)])
     if model:
         attributes["model"] = model
     attributes["validation_on_local_data"] = local_validation(row.evaluation if row else None)
@@ -75,7 +64,14 @@ def _card(
         attributes["last_update"] = last.isoformat() if last else None
         attributes["kinds"] = list(row.kinds)
         attributes["site"] = row.site
-    return {"engine": engine, "version": version, "status": status, "source_attributes": attributes}
+    return {
+        "engine": engine,
+        "version": version,
+        "status": status,
+        "source_attributes": attributes,
+        # "registration": the copy this version kept; "file": the attributes file as it is.
+        "source_attributes_from": "registration" if kept else "file",
+    }
 
 
 def model_cards(session: Session) -> list[dict[str, Any]]:
@@ -88,7 +84,7 @@ def model_cards(session: Session) -> list[dict[str, Any]]:
         for row in rows
     ]
     shipped = any(
-        _ENTRY_FOR.get(r.engine_name) == "builtin-rules" and r.version == BUILTIN_INFO.version
+        family(r.engine_name) == "builtin-rules" and r.version == BUILTIN_INFO.version
         for r in rows
     )
     if not shipped:
@@ -111,7 +107,7 @@ _STATUS_ORDER = ("active", "shipped", "approved", "evaluated", "proposed", "supe
 
 
 def _serves(card: Mapping[str, Any], *, engine: str, version: str) -> bool:
-    if _ENTRY_FOR.get(card["engine"], card["engine"]) != _ENTRY_FOR.get(engine, engine):
+    if ENTRY_FOR.get(card["engine"], card["engine"]) != ENTRY_FOR.get(engine, engine):
         return False
     model = card["source_attributes"].get("model")
     # An LLM's suggestions carry "model@version"; its registry row keeps the two apart.

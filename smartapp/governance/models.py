@@ -106,6 +106,10 @@ class EngineVersion(Base):
     activated_by: Mapped[str | None] = mapped_column(String(256))
     #: The versions this one replaced when it became active: a rollback restores them.
     supersedes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Its ONC HTI-1 source attributes as `source_attributes.toml` gave them when it was
+    #: registered (smartapp.governance.attributes): its model card, unchanged by a later
+    #: edit of the file. NULL only for a row written without the registry.
+    source_attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     transitions: Mapped[list[EngineTransition]] = relationship(
         order_by="EngineTransition.seq", viewonly=True
@@ -135,6 +139,7 @@ class EngineVersion(Base):
             "activatedAt": _iso(self.activated_at),
             "activatedBy": self.activated_by,
             "supersedes": list(self.supersedes or []),
+            "sourceAttributes": self.source_attributes,
         }
         if with_history:
             data["history"] = [t.to_json() for t in self.transitions]

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from smartapp.config import normalize_issuer
 from smartapp.errors import AppError, BadRequest, NotFound
+from smartapp.governance.attributes import attributes_for
 from smartapp.governance.evaluations import find_run, intact, parse_hash
 from smartapp.governance.models import (
     ANY,
@@ -47,6 +48,7 @@ class ChangeRefused(AppError):
 
     code = "change_refused"
     default_message = "Change control refused this step."
+    about_the_request = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,6 +316,8 @@ class ChangeControl:
             proposed_by=actor,
             proposed_at=now,
             supersedes=[],
+            # Kept with the version: its card says what it was registered as.
+            source_attributes=attributes_for(engine),
         )
         session.add(row)
         session.flush()

@@ -9,8 +9,10 @@ chart into the snapshot cache while the browser loads the sidebar page, its cont
 notes. The sidebar's first `/api/suggestions` then waits for that read if it is under way
 (never reads the chart a second time beside it), takes it from the cache if it is done, and
 reads the chart itself if the read ahead has not started yet (it is cancelled) or failed (the
-request then meets the error itself). A request served by another process does not see a
-read under way here and reads the chart itself.
+request then meets the error itself). A request served by another process sees a read under
+way here through the store (`fhir.cache.ChartReads`: the read's lease, renewed while it
+runs) and waits for its snapshot, up to SMARTAPP_FHIR_DEADLINE; it reads the chart
+itself once that read ended without one, its lease lapsed, or its process is gone.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ class LaunchChartSource:
             future = self._reading_ahead.get(session_id)
         if future is None or future.cancel():
             return
+        self._services.db.release()  # the wait may take seconds: hold no store connection
         try:
             # The read's own requests have deadlines; this only bounds a wait gone wrong.
             future.result(timeout=2.0 * self._settings.fhir_deadline_seconds)
@@ -218,6 +221,7 @@ class LaunchChartSource:
         """The launch's Patient alone (one read), for a context asked before the chart."""
         if not launch.patient_id:
             return {}
+        self._services.db.release()  # an EHR read: hold no store connection meanwhile
         resource = self.client_for(launch).read("Patient", launch.patient_id)
         audit.record(
             self._services.db,

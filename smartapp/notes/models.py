@@ -15,24 +15,13 @@ from sqlalchemy import JSON, Float, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartapp.db import Base, EncryptedText, UTCDateTime, utcnow
+from smartapp.errors import note_message
 from smartapp.feedback.models import new_id
 
 NOTE_STATUSES = ("pending", "in_chart", "failed")
 #: What a saved note is: the clinician's note, or the patient's after-visit summary.
 CLINICAL_NOTE = "note"
 AFTER_VISIT_SUMMARY = "after_visit_summary"
-
-#: What the clinician is told about a failed or delayed write, by error code (no PHI).
-DELIVERY_MESSAGES = {
-    "ehr_unavailable": "The EHR is not answering; the app will try again.",
-    "ehr_forbidden": "The EHR refused the note: this app is not permitted to write it.",
-    "ehr_not_found": "The EHR could not find the patient or the draft note.",
-    "ehr_conflict": "The EHR refused the note because the chart changed; save again.",
-    "relaunch_required": (
-        "Your session with the EHR ended before the note was sent. It is kept here and is "
-        "sent the next time you open the app for this patient."
-    ),
-}
 
 
 class SavedNote(Base):
@@ -109,9 +98,8 @@ class SavedNote(Base):
             "provenance": self.provenance,
             "attempts": self.attempts,
             "revision": self.revision,
-            "error": DELIVERY_MESSAGES.get(self.last_error or "", "The EHR refused the note.")
-            if self.last_error
-            else None,
+            # A failed or delayed write, said as smartapp.errors.WORDING says it (no PHI).
+            "error": note_message(self.last_error),
             "createdAt": self.created_at.isoformat(),
             "updatedAt": self.updated_at.isoformat() if self.updated_at else None,
             "savedAt": (self.saved_at or self.created_at).isoformat(),

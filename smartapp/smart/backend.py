@@ -31,7 +31,7 @@ class BackendServicesError(AuthorizationFailed):
     """The EHR cannot, or would not, issue the app a system-level token."""
 
     code = "backend_services_failed"
-    default_message = "The EHR did not issue a system-level token."
+    default_message = "the EHR did not issue a system-level token"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,7 +33,7 @@ class DiscoveryError(AuthorizationFailed):
     """The server publishes no usable SMART configuration (or one this app must refuse)."""
 
     code = "discovery_failed"
-    default_message = "The EHR's SMART configuration could not be read."
+    default_message = "the EHR's SMART configuration could not be read"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -50,30 +50,31 @@ _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _BINDING = re.compile(r"^[A-Za-z0-9_\-]{43,128}$")
 _MAX_PARAM = 4096
 
-#: OAuth `error` codes (RFC 6749 §4.1.2.1) and what the clinician is told.
-_AUTHORIZE_ERRORS = {
-    "invalid_scope": "The EHR does not allow the access the app asked for. "
-    "Tell your IT service desk.",
-    "unauthorized_client": "The EHR does not allow this app to sign in this way. "
-    "Tell your IT service desk.",
-    "invalid_request": "The EHR refused the app's sign-in request.",
-    "server_error": "The EHR could not complete the sign-in.",
-    "temporarily_unavailable": "The EHR's sign-in is unavailable right now. Try again shortly.",
-}
+#: OAuth `error` codes (RFC 6749 §4.1.2.1) the authorization server may send back: each is
+#: the reason of the AuthorizationFailed raised (its wording is smartapp.errors.WORDING's).
+_AUTHORIZE_ERRORS = frozenset(
+    {
+        "invalid_scope",
+        "unauthorized_client",
+        "invalid_request",
+        "server_error",
+        "temporarily_unavailable",
+    }
+)
 
 
 class TooManyPending(LaunchError):
     """The store holds as many sign-ins under way as it will: try again shortly."""
 
     code = "too_many_sign_ins"
-    default_message = "Too many sign-ins are under way right now. Try again in a minute."
+    default_message = "the store holds MAX_PENDING sign-ins under way"
 
 
 class AccessDenied(AuthorizationFailed):
     """The user (or the EHR's policy) declined the authorization."""
 
     code = "access_denied"
-    default_message = "Access to the patient's record was not granted to the app."
+    default_message = "the user or the EHR declined the authorization (access_denied)"
 
 
 @dataclass(frozen=True)
@@ -98,17 +99,15 @@ def check_issuer(services: SMARTServices, iss: str | None) -> str:
     """The normalised `iss`, if it is on the allow-list. Runs BEFORE any outbound request:
     a rogue `iss` naming a real authorization server is a token-harvesting attack."""
     if not iss or not iss.strip():
-        raise InvalidLaunch(
-            "This address is opened by the EHR. Open the app from the patient's chart in the EHR."
-        )
+        raise InvalidLaunch("no iss: the address was opened directly", reason="not_from_ehr")
     if len(iss) > _MAX_PARAM:
         raise UnknownIssuer()
     normalized = normalize_issuer(iss)
     if normalized not in services.settings.allowed_issuers:
         log.warning("launch refused: issuer not on the allow-list (host %s)", _host(normalized))
         raise UnknownIssuer(
-            "This EHR is not registered with the app. Ask your IT service desk to add its "
-            "FHIR address to SMARTAPP_ALLOWED_ISSUERS."
+            f"iss (host {_host(normalized)}) is not on SMARTAPP_ALLOWED_ISSUERS: add its FHIR "
+            "base URL there to allow it"
         )
     return normalized
 
@@ -133,7 +132,10 @@ def begin(
     iss = check_issuer(services, iss)
     if launch is not None and (not launch or len(launch) > _MAX_PARAM or not launch.isprintable()):
         # Stored with the pending row: a NUL or a control character has no place in it.
-        raise InvalidLaunch("The EHR's launch parameter is missing or malformed.")
+        raise InvalidLaunch(
+            "the launch parameter is missing, too long or has control characters",
+            reason="bad_launch_parameter",
+        )
     scope = " ".join(scope.split())
     if not scope:
         raise ValueError("an authorization request needs a scope")
@@ -229,10 +231,7 @@ def consume_pending(
     mismatched binding cookie is still refused). docs/SECURITY.md weighs this.
     """
     if not state or len(state) > _MAX_PARAM:
-        raise InvalidState(
-            "This sign-in link is not valid (no state). Open the app from the patient's chart "
-            "in the EHR."
-        )
+        raise InvalidState("the callback has no state, or one too long", reason="no_state")
     state_hash = hash_secret(state)
     with services.db.session() as s:
         pending = s.get(PendingAuthorization, state_hash)
@@ -240,14 +239,13 @@ def consume_pending(
             raise InvalidState()
         if utcnow() >= pending.expires_at:
             s.delete(pending)
-            raise InvalidState("This sign-in took too long and has expired. Open the app again.")
+            raise InvalidState("the pending sign-in expired (PENDING_TTL)", reason="expired")
         if binding is None and unbound:
             log.info("callback without a binding cookie: a window that blocks cookies")
         elif not binding or not same_secret(binding, pending.binding_hash):
             log.warning("callback refused: state bound to another browser")
             raise InvalidState(
-                "This sign-in was started in another browser or window. Open the app again "
-                "from the patient's chart in the EHR."
+                "the state is bound to another browser (binding cookie)", reason="other_browser"
             )
         # Delete first and count: of two concurrent callbacks with one state, one wins.
         result = s.execute(
@@ -283,11 +281,13 @@ def fail_authorization(
         consume_pending(services, state=state, binding=binding)
     except InvalidState:
         pass  # the error page says the same either way
-    code = error if error in _AUTHORIZE_ERRORS else "unknown"
-    log.info("authorization refused by the EHR: %s", code)
+    code = error if error in _AUTHORIZE_ERRORS else None
+    log.info("authorization refused by the EHR: %s", code or "unknown")
     if error == "access_denied":
         return AccessDenied()
-    return AuthorizationFailed(_AUTHORIZE_ERRORS.get(error, "The EHR did not authorize the app."))
+    return AuthorizationFailed(
+        f"the authorization server redirected with error={code or 'unknown'}", reason=code
+    )
 
 
 def complete(
@@ -310,10 +310,12 @@ def complete(
     pending = consume_pending(services, state=state, binding=binding, unbound=window)
     if window and pending.purpose != "clinician":
         # An admin signs in at the top level, where the app's cookies are first-party.
-        raise InvalidState("Signing in to the admin pages needs cookies: allow them for the app.")
+        raise InvalidState(
+            "an admin sign-in came back without its binding cookie", reason="cookies_needed"
+        )
     if not code or len(code) > _MAX_PARAM:
         restore_pending(services, pending)
-        raise InvalidLaunch("The EHR sent no authorization code. Open the app again.")
+        raise InvalidLaunch("the callback has no code, or one too long", reason="no_code")
     try:
         verifier = services.cipher.decrypt(pending.code_verifier_enc)
     except DecryptionFailed as exc:
@@ -380,15 +382,17 @@ def _identity(
 
 def _check_context(pending: PendingAuthorization, token: TokenResponse) -> None:
     if token.patient is not None and not _FHIR_ID.match(token.patient):
-        raise AuthorizationFailed("The EHR sent a patient id that is not a valid FHIR id.")
+        raise AuthorizationFailed(
+            "the token response's patient is not a valid FHIR id", reason="bad_context"
+        )
     if token.encounter is not None and not _FHIR_ID.match(token.encounter):
-        raise AuthorizationFailed("The EHR sent an encounter id that is not a valid FHIR id.")
+        raise AuthorizationFailed(
+            "the token response's encounter is not a valid FHIR id", reason="bad_context"
+        )
     if pending.purpose == "clinician" and token.patient is None:
         # An EHR launch is bound to one patient; without one the sidebar has nothing to show.
         raise AuthorizationFailed(
-            "The EHR did not say which patient this launch is for. Open the app from a "
-            "patient's chart.",
-            code="no_patient_context",
+            "an EHR launch's token response names no patient", code="no_patient_context"
         )
 
 

@@ -41,7 +41,7 @@ class IDTokenInvalid(AuthorizationFailed):
     """The id_token failed validation; the message says which check, never the token."""
 
     code = "invalid_id_token"
-    default_message = "The EHR's sign-in could not be verified."
+    default_message = "the id_token could not be verified"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,11 +171,14 @@ def validate_id_token(
         raise IDTokenInvalid("The EHR's identity token has no expiry time.")
     if exp <= current - leeway:
         raise IDTokenInvalid(
-            "The EHR's identity token has expired. If this repeats, check the server clocks."
+            "The EHR's identity token has expired. If this repeats, check the server clocks.",
+            reason="clock",
         )
     iat = claims.get("iat")
     if isinstance(iat, (int, float)) and iat > current + leeway:
-        raise IDTokenInvalid("The EHR's identity token is dated in the future. Check the clocks.")
+        raise IDTokenInvalid(
+            "The EHR's identity token is dated in the future. Check the clocks.", reason="clock"
+        )
     if nonce is not None:
         supplied = claims.get("nonce")
         if not isinstance(supplied, str) or not hmac.compare_digest(supplied, nonce):

@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError
 
 from smartapp.db import utcnow
 from smartapp.errors import (
-    EARLIER_LAUNCH,
     NotAuthenticated,
     RelaunchRequired,
     TemporaryUpstreamError,
@@ -237,7 +236,9 @@ def current_launch(*, purpose: str = "clinician") -> LaunchContext:
     if supplied is not None and not hmac.compare_digest(
         supplied.encode("utf-8", "surrogateescape"), launch.csrf_token.encode("utf-8")
     ):
-        raise NotAuthenticated(EARLIER_LAUNCH)
+        raise NotAuthenticated(
+            "the panel's launch was replaced by a newer one", reason="earlier_launch"
+        )
     return launch
 
 

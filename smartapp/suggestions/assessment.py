@@ -39,6 +39,7 @@ from smartapp.suggestions.facts import (
     describe,
     drug_classes,
     medication_concept,
+    parse_when,
     reference_range_check,
     to_date,
 )
@@ -131,6 +132,8 @@ class PlanOption:
     within_days: int | None = None
     due_months: int | None = None
     with_problem: frozenset[str] = frozenset()
+    #: Not with an active problem in one of these groups (secondary prevention has its own).
+    without_problem: frozenset[str] = frozenset()
     classes_present: frozenset[str] = frozenset()
     classes_absent: frozenset[str] = frozenset()
     ingredients_present: frozenset[str] = frozenset()
@@ -207,6 +210,21 @@ def _number(value: Any, *, where: str) -> Decimal | None:
     return _numbers(value, where=where)[0] if value is not None else None
 
 
+#: The keys a `[[option]]` of plan_options.toml may hold (documented at the file's top).
+_OPTION_KEYS = frozenset(
+    {
+        "id", "problem", "text", "rule", "cite", "decision", "held",
+        "result", "above", "below", "at_least", "unit", "out_of_range",
+        "rise_at_least", "within_days", "due_months",
+        "with_problem", "without_problem",
+        "classes_present", "classes_absent", "ingredients_present", "names_present",
+        "min_age", "max_age", "pregnant", "unless_changed_since",
+        "score", "score_at_least", "guard",
+        "show_treatment", "say_absent", "say_age",
+    }
+)  # fmt: skip
+
+
 def _ids(item: Mapping[str, Any], key: str) -> frozenset[str]:
     return frozenset(str(v) for v in item.get(key, []))
 
@@ -264,6 +282,11 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
         where = f"{path} option {item.get('id')!r}"
         if not item.get("id") or not item.get("problem") or not item.get("text"):
             raise clinical.KnowledgeError(f"{where}: needs id, problem and text")
+        unknown = sorted(set(item) - _OPTION_KEYS)
+        if unknown:
+            # A misspelt condition ("without_problems") would otherwise be dropped silently
+            # and the option offered to patients the reviewer meant to leave out.
+            raise clinical.KnowledgeError(f"{where}: unknown key {unknown[0]!r}")
         result = str(item["result"]) if item.get("result") else None
         if result is not None and result not in known:
             raise clinical.KnowledgeError(f"{where}: no value set {result!r}")
@@ -285,6 +308,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 within_days=int(item["within_days"]) if item.get("within_days") else None,
                 due_months=int(item["due_months"]) if item.get("due_months") else None,
                 with_problem=_ids(item, "with_problem"),
+                without_problem=_ids(item, "without_problem"),
                 classes_present=_ids(item, "classes_present"),
                 classes_absent=_ids(item, "classes_absent"),
                 ingredients_present=_ids(item, "ingredients_present"),
@@ -761,6 +785,8 @@ def _option_fires(
         if option.say_age:
             reasons.append(f"age {age}")
         cited.append(facts.snapshot.patient)
+    if option.without_problem and any(p.group_ids & option.without_problem for p in facts.problems):
+        return None
     if option.with_problem and not problem.group_ids & option.with_problem:
         # (A problem in both groups, e.g. diabetes with diabetic CKD, says it itself.)
         others = [p for p in facts.problems if p.group_ids & option.with_problem]
@@ -844,7 +870,7 @@ def _option_fires(
         if series is None:
             return None
         latest = series.latest
-        if option.unless_changed_since and _changed_after(meds, latest):
+        if option.unless_changed_since and _changed_after(facts, meds, latest):
             return None
         in_unit = values_in(option.result, latest, option.unit)
         if in_unit is None:
@@ -943,12 +969,27 @@ def _all_stated(meds: Iterable[Medication], stated: frozenset[str]) -> bool:
     return all(m.reference in stated for m in meds)
 
 
-def _changed_after(meds: Sequence[Medication], reading: Result | BloodPressure) -> bool:
-    """True when one of the medications was ordered after the reading was taken."""
-    taken = to_date(reading.when)
-    if taken is None:
+def _changed_after(
+    facts: ChartFacts, meds: Sequence[Medication], reading: Result | BloodPressure
+) -> bool:
+    """True when one of the medications was started or changed after the reading was taken."""
+    return any(ordered_since(facts, m, reading) for m in meds)
+
+
+def ordered_since(facts: ChartFacts, med: Medication, reading: Result | BloodPressure) -> bool:
+    """The medication was started or changed after the reading, or on its day when either
+    has no time: the visit that saw the reading acted on it (a BP of 146/88 with amlodipine
+    started that day is not "consider intensifying"). A renewal of the same product is no
+    change, whenever it was written."""
+    if med.reference in facts.renewals:
         return False
-    return any((to_date(m.authored) or date.min) > taken for m in meds)
+    authored = med.request.get("authoredOn")
+    taken, ordered = parse_when(reading.when), parse_when(authored)
+    if taken is None or ordered is None:
+        return False
+    if "T" in str(reading.when) and "T" in str(authored):
+        return ordered > taken
+    return ordered.date() >= taken.date()
 
 
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:

@@ -55,13 +55,14 @@ from smartapp.suggestions.terminology import (
     KEY_RESULTS,
     LDL,
     LOINC,
+    MEDICATION_NAMES,
     TOTAL_CHOLESTEROL,
     UACR,
     ProblemGroup,
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 5
+RULES_REVISION = 6
 
 
 def _version() -> str:
@@ -910,10 +911,25 @@ class BuiltinEngine:
                 # "Reviewing treatment" presumes there is one: say so only when the list
                 # holds a drug that treats hypertension, "starting" only when the list is
                 # complete and holds none.
-                treated = any(
-                    "hypertension" in c.treats for m in facts.medications for c in m.classes
-                )
-                if treated:
+                treating = [
+                    m
+                    for m in facts.medications
+                    if any("hypertension" in c.treats for c in m.classes)
+                ]
+                # A drug ordered with or after the last reading is the review already made:
+                # what is left is the follow-up reading (ACC/AHA 2017: monthly after a change
+                # until at goal).
+                changed = [m for m in treating if assessment.ordered_since(facts, m, readings[0])]
+                if changed:
+                    names = _join(
+                        [
+                            f"{MEDICATION_NAMES.note_name(m.name, m.ingredients)} ordered "
+                            f"{m.authored}"
+                            for m in changed
+                        ]
+                    )
+                    consider = f"treatment changed ({names}): consider a follow-up reading"
+                elif treating:
                     consider = "consider reviewing treatment"
                 elif facts.complete("MedicationRequest"):
                     consider = "consider starting treatment (none on the medication list)"
@@ -921,6 +937,7 @@ class BuiltinEngine:
                     consider = "consider whether treatment is needed"
                 topic = "Hypertension"
             else:
+                changed = []
                 topic, consider = "Blood pressure", "consider evaluating for hypertension"
             return _CareItem(
                 rule_id="bp_above_threshold",
@@ -928,14 +945,24 @@ class BuiltinEngine:
                 groups=frozenset({"hypertension"}),
                 statement=Statement(
                     text=f"{topic}: {consider} — {evidence}",
-                    citations=_cite(snapshot, *[res for r in ordered for res in r.resources]),
+                    citations=_cite(
+                        snapshot,
+                        *[res for r in ordered for res in r.resources],
+                        *[m.request for m in changed],
+                    ),
                     rule=rule,
                     brief=f"{topic}: {consider} — {scope} at or above the site's threshold",
                 ),
                 plan_text=f"{capitalize(consider)} — {evidence}",
                 patient_text=(
                     f"Your blood pressure was {shown}. That is above your goal. "
-                    "Talk with your care team about it."
+                    + (
+                        f"Your blood pressure medicine was changed on {changed[0].authored}. "
+                        "Take it as your care team told you, and have your blood pressure "
+                        "checked again."
+                        if changed
+                        else "Talk with your care team about it."
+                    )
                 ),
             )
         # Below the site's threshold is not "at goal": the assessment and plan judges control

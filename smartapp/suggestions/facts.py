@@ -852,6 +852,33 @@ def current_medications(snapshot: ChartSnapshot) -> list[Medication]:
     return _medications(snapshot, sources, current_medication_request)
 
 
+def renewed_orders(snapshot: ChartSnapshot, meds: Sequence[Medication]) -> frozenset[str]:
+    """The current orders that repeat an earlier order of the same product (a renewal, not a
+    change of therapy): same RxNorm code, or the same name where neither is coded."""
+
+    def product(mr: Mapping[str, Any]) -> frozenset[str]:
+        concept, _ = medication_concept(mr, snapshot)
+        codes = frozenset(codes_in(concept, RXNORM))
+        return codes or frozenset({concept_text(concept).casefold()} - {""})
+
+    earlier = [
+        (product(mr), parse_when(mr.get("authoredOn")))
+        for mr in snapshot.of_type("MedicationRequest")
+        if mr.get("status") != "entered-in-error"
+    ]
+    renewed = set()
+    for med in meds:
+        if med.request.get("resourceType") != "MedicationRequest":
+            continue
+        mine, when = product(med.request), parse_when(med.request.get("authoredOn"))
+        if when is not None and any(
+            other_when is not None and other_when < when and mine & other
+            for other, other_when in earlier
+        ):
+            renewed.add(med.reference)
+    return frozenset(renewed)
+
+
 def listed_as(meds: Sequence[Medication]) -> str:
     """ "is an active order", "are reported as taken", "are on the medication list" (mixed)."""
     phrases = {m.source_phrase for m in meds}
@@ -1113,6 +1140,11 @@ class ChartFacts:
     @cached_property
     def medications(self) -> list[Medication]:
         return current_medications(self.snapshot)
+
+    @cached_property
+    def renewals(self) -> frozenset[str]:
+        """Current orders renewing an earlier order of the same product (not a change)."""
+        return renewed_orders(self.snapshot, self.medications)
 
     @cached_property
     def proposed_medications(self) -> list[Medication]:

@@ -372,7 +372,14 @@ def review(facts: ChartFacts, packs: Sequence[str] | None = None) -> list[tuple[
             if len(met) > 1:
                 text += f", {_WORDS.get(len(met), str(len(met)))} doses"
             text += ")"
-            out.append((False, Statement(text=text, citations=_cite(facts, met), rule=label)))
+            # The brief is the line when the result's own line is in another card (crossref).
+            brief = f"{rule.title}: up to date"
+            out.append(
+                (
+                    False,
+                    Statement(text=text, citations=_cite(facts, met), rule=label, brief=brief),
+                )
+            )
             continue
         if partial and needed > 1:
             got = _WORDS.get(len(partial), str(len(partial)))
@@ -390,7 +397,15 @@ def review(facts: ChartFacts, packs: Sequence[str] | None = None) -> list[tuple[
             text = f"{rule.title}: due ("
             text += f"last {_phrase(facts, last)})" if last is not None else "none on file)"
             cited = [facts.snapshot.patient, *because, *([last] if last is not None else [])]
-        out.append((True, Statement(text=text, citations=_cite(facts, cited), rule=label)))
+        # The line when a result it states is stated in another card (crossref): still due.
+        brief = (
+            f"{rule.title}: due, none on file"
+            if text.endswith("(none on file)")
+            else f"{rule.title}: due"
+        )
+        out.append(
+            (True, Statement(text=text, citations=_cite(facts, cited), rule=label, brief=brief))
+        )
     return out
 
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,10 +294,10 @@ def test_kill_9_in_a_burst_of_note_saves_loses_and_duplicates_nothing(app_proces
     assert "notes delivered: 0, still waiting: 0" in retried.stdout
 
 
-def test_a_hung_ehr_holds_no_health_check_and_doubles_no_note(app_process: AppProcess):
-    """Both of the app's threads wait on a hung EHR: /healthz and /readyz still answer; once
-    the EHR lets go, both notes are in the chart once each."""
-    app = app_process
+@contextmanager
+def _two_saves_held_by_a_hung_ehr(app: AppProcess) -> Iterator[list[Future[requests.Response]]]:
+    """Both of a two-thread app's threads are writing a note to an EHR that holds every
+    request; the EHR lets go when the block ends, and the saves finish after it."""
     app.start(threads=2)
     clinicians = [app.launch(p) for p in PATIENTS[:2]]
     for clinician in clinicians:
@@ -305,22 +305,38 @@ def test_a_hung_ehr_holds_no_health_check_and_doubles_no_note(app_process: AppPr
     app.sandbox("POST", "/_sandbox/hang")
     with ThreadPoolExecutor(2) as pool:
         saves = [pool.submit(save, c) for c in clinicians]
-        poll(
-            lambda: app.sandbox("GET", "/_sandbox/stats").json()["hanging"] >= 2,
-            seconds=60,
-            what="both app threads waiting on the EHR",
-        )
+        try:
+            poll(
+                lambda: app.sandbox("GET", "/_sandbox/stats").json()["hanging"] >= 2,
+                seconds=60,
+                what="both app threads waiting on the EHR",
+            )
+            yield saves
+        finally:
+            app.sandbox("DELETE", "/_sandbox/hang")
+
+
+def _assert_each_note_in_the_chart_once(
+    app: AppProcess, saves: list[Future[requests.Response]], label: str
+) -> None:
+    answers = [f.result() for f in saves]
+    assert [a.status_code for a in answers] == [201, 201], [a.text[:200] for a in answers]
+    acknowledged = {i for a in answers if (i := acknowledged_id(a))}
+    counts = count(app.database, app.ehr_url, acknowledged)
+    counts.show(label)
+    assert counts == Counts(acknowledged=2, stored=2, in_chart=2, lost=0, duplicated=0)
+
+
+def test_a_hung_ehr_holds_no_health_check_and_doubles_no_note(app_process: AppProcess):
+    """Both of the app's threads wait on a hung EHR: /healthz and /readyz still answer; once
+    the EHR lets go, both notes are in the chart once each."""
+    app = app_process
+    with _two_saves_held_by_a_hung_ehr(app) as saves:
         # Neither save can finish while the EHR holds it: these answer from their own threads.
         assert requests.get(f"{app.url}/healthz", timeout=20).json() == {"status": "ok"}
         assert requests.get(f"{app.url}/readyz", timeout=20).status_code == 200
         assert not any(f.done() for f in saves)
-        app.sandbox("DELETE", "/_sandbox/hang")
-        answers = [f.result() for f in saves]
-    assert [a.status_code for a in answers] == [201, 201], [a.text[:200] for a in answers]
-    acknowledged = {i for a in answers if (i := acknowledged_id(a))}
-    counts = count(app.database, app.ehr_url, acknowledged)
-    counts.show("EHR hung with every app thread waiting on it")
-    assert counts == Counts(acknowledged=2, stored=2, in_chart=2, lost=0, duplicated=0)
+    _assert_each_note_in_the_chart_once(app, saves, "EHR hung with every app thread waiting on it")
 
 
 def test_sigterm_with_saves_in_flight_answers_them_before_the_process_ends(
@@ -329,18 +345,7 @@ def test_sigterm_with_saves_in_flight_answers_them_before_the_process_ends(
     """The orchestrator stops the process while both its threads write notes to a slow EHR:
     it takes no new connection, answers both saves, then exits cleanly; nothing is lost."""
     app = app_process
-    app.start(threads=2)
-    clinicians = [app.launch(p) for p in PATIENTS[:2]]
-    for clinician in clinicians:
-        accept_one(clinician)
-    app.sandbox("POST", "/_sandbox/hang")
-    with ThreadPoolExecutor(2) as pool:
-        saves = [pool.submit(save, c) for c in clinicians]
-        poll(
-            lambda: app.sandbox("GET", "/_sandbox/stats").json()["hanging"] >= 2,
-            seconds=60,
-            what="both app threads writing to the EHR",
-        )
+    with _two_saves_held_by_a_hung_ehr(app) as saves:
         assert app.process is not None
         app.process.send_signal(signal.SIGTERM)
 
@@ -353,15 +358,9 @@ def test_sigterm_with_saves_in_flight_answers_them_before_the_process_ends(
 
         poll(refusing, seconds=30, what="the stopping process refusing new connections")
         assert not any(f.done() for f in saves) and app.process.poll() is None
-        app.sandbox("DELETE", "/_sandbox/hang")
-        answers = [f.result() for f in saves]
     assert app.process.wait(timeout=30) == 0
     app.process = None
-    assert [a.status_code for a in answers] == [201, 201], [a.text[:200] for a in answers]
-    acknowledged = {i for a in answers if (i := acknowledged_id(a))}
-    counts = count(app.database, app.ehr_url, acknowledged)
-    counts.show("SIGTERM with 2 note saves in flight")
-    assert counts == Counts(acknowledged=2, stored=2, in_chart=2, lost=0, duplicated=0)
+    _assert_each_note_in_the_chart_once(app, saves, "SIGTERM with 2 note saves in flight")
 
 
 # -- the app in this process (an EHR outage, a hung EHR past the deadline, the store, the LLM)

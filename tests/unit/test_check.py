@@ -571,3 +571,50 @@ def test_the_command_reads_the_site_file_dotenv_names(
     quirks = next(c for c in report["checks"] if c["key"] == "quirks-profile")
     assert quirks["detail"].startswith("epic (Epic)")
     assert "set for this issuer in the site file site.toml" in quirks["why"]
+
+
+def test_the_report_lists_each_setting_with_its_source_and_no_secret(
+    rsps, smart_config, capability, capsys, monkeypatch, tmp_path
+):
+    """`smartapp check` shows the settings `serve` would read: value (a secret's never) and
+    where it came from; it writes nothing (no instance folder, no generated key)."""
+    for name in [n for n in os.environ if n.startswith("SMARTAPP_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text("SMARTAPP_MAX_PAGES=7\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SMARTAPP_ALLOWED_ISSUERS", ISS)
+    monkeypatch.setenv("SMARTAPP_CLIENT_SECRET", "s3cret-never-printed")
+    serve(rsps, smart_config, capability)
+    assert main(["check", "--json", ISS]) == 0
+    printed = capsys.readouterr().out
+    assert "s3cret-never-printed" not in printed
+    settings = {row["name"]: row for row in json.loads(printed)["settings"]}
+    assert settings["SMARTAPP_MAX_PAGES"] == {
+        "name": "SMARTAPP_MAX_PAGES",
+        "value": "7",
+        "source": f".env ({tmp_path.resolve() / '.env'})",
+        "secret": False,
+    }
+    assert settings["SMARTAPP_CLIENT_SECRET"]["value"] == "(secret, set)"
+    assert settings["SMARTAPP_CLIENT_SECRET"]["source"] == "environment"
+    assert settings["SMARTAPP_SNAPSHOT_TTL"]["source"] == "default"
+    assert not (tmp_path / "instance").exists()
+
+    serve(rsps, smart_config, capability)
+    assert main(["check", ISS]) == 0
+    text = capsys.readouterr().out
+    assert "Settings (value, where it came from):" in text
+    assert "SMARTAPP_CLIENT_SECRET" in text and "(secret, set)  from environment" in text
+    assert "s3cret-never-printed" not in text
+    assert text.rstrip().endswith("everything it uses is supported.")
+
+
+def test_settings_the_app_would_refuse_fail_the_check(rsps, smart_config, capability):
+    report = run(
+        rsps, smart_config, capability, SMARTAPP_ALLOWED_ISSUERS=ISS, SMARTAPP_MAX_PAGES="0"
+    )
+    settings = line(report, "settings")
+    assert settings.status == "fail"
+    assert "SMARTAPP_MAX_PAGES must be at least 1" in settings.detail
+    assert "(set in the environment)" in settings.detail
+    assert report.exit_code == 1

@@ -117,3 +117,32 @@ def test_sandbox_mode_migrates_at_start_up_unless_told_not_to(tmp_path):
     assert Settings.from_env(env, sandbox_issuer="http://localhost:1/fhir").migrate_on_start
     off = {**env, "SMARTAPP_MIGRATE_ON_START": "no"}
     assert not Settings.from_env(off, sandbox_issuer="http://localhost:1/fhir").migrate_on_start
+
+
+def test_versions_registered_before_0020_get_the_attributes_file_as_it_was(empty_db):
+    import json
+    import tomllib
+
+    from alembic import command
+
+    from smartapp.governance.attributes import ATTRIBUTES_FILE
+
+    with empty_db.engine.begin() as connection:
+        command.upgrade(empty_db.alembic_config(connection), "0019")
+        for row_id, engine in (("v1", "builtin-rules"), ("v2", "llm")):
+            connection.execute(
+                text(
+                    "INSERT INTO engine_version (id, engine_name, version, kinds, site, state, "
+                    "proposed_by, proposed_at, supersedes) VALUES (:id, :engine, '1', "
+                    "'[\"problem_summary\"]', '*', 'active', 'test', CURRENT_TIMESTAMP, '[]')"
+                ),
+                {"id": row_id, "engine": engine},
+            )
+    empty_db.upgrade()
+    with empty_db.engine.connect() as connection:
+        rows = dict(
+            connection.execute(text("SELECT id, source_attributes FROM engine_version")).all()
+        )
+    kept = {k: v if isinstance(v, dict) else json.loads(v) for k, v in rows.items()}
+    engines = tomllib.loads(ATTRIBUTES_FILE.read_text())["engine"]
+    assert kept == {"v1": engines["builtin-rules"], "v2": engines["llm"]}

@@ -82,3 +82,87 @@ def test_model_cards_export_as_valid_fhir_devices(api):
 
 def test_model_cards_need_admin_credentials(api):
     assert api.get("/admin/api/model-cards").status_code == 401
+
+
+def test_a_version_keeps_the_attributes_it_was_registered_with(
+    api, identity, tmp_path, monkeypatch
+):
+    """Editing source_attributes.toml describes later versions; an older one's card keeps the
+    words it went through change control with (and its own evaluation and last update)."""
+    import smartapp.governance.attributes as attributes
+
+    copy = tmp_path / "source_attributes.toml"
+    original = attributes.ATTRIBUTES_FILE.read_text()
+    copy.write_text(original)
+    monkeypatch.setattr(attributes, "ATTRIBUTES_FILE", copy)
+    attributes.engine_attributes.cache_clear()
+    before = attributes.engine_attributes()["llm"]["cautions"]
+
+    identity.sign_in(ADMIN_1)
+
+    def propose(version: str) -> None:
+        answer = api.post(
+            "/admin/api/engines",
+            headers=csrf(),
+            json={"engine": "llm", "version": version, "model": "m", "kinds": "problem_summary"},
+        )
+        assert answer.status_code == 201, answer.get_json()
+
+    propose("1.0")
+    edited = original.replace(before, "Revised cautions after the 2027 review.")
+    assert edited != original
+    copy.write_text(edited)
+    attributes.engine_attributes.cache_clear()
+    propose("2.0")
+    identity.sign_out()
+
+    cards = api.get("/admin/api/model-cards", headers=bearer()).get_json()["cards"]
+    by_version = {c["version"]: c for c in cards if c["engine"] == "llm"}
+    assert by_version["1.0"]["source_attributes"]["cautions"] == before
+    assert (
+        by_version["2.0"]["source_attributes"]["cautions"]
+        == "Revised cautions after the 2027 review."
+    )
+    for card in by_version.values():
+        assert card["source_attributes_from"] == "registration"
+        assert card["source_attributes"]["last_update"]
+        assert card["source_attributes"]["validation_on_local_data"]["status"].startswith("not yet")
+    # The shipped rules are in no registry row: they are described by the file as it is.
+    [rules] = [c for c in cards if c["status"] == "shipped"]
+    assert rules["source_attributes_from"] == "file"
+    attributes.engine_attributes.cache_clear()
+
+
+def test_a_card_shows_the_validation_of_its_own_stored_evaluation(admin_app):
+    from smartapp.db import utcnow
+    from smartapp.governance.model_cards import model_cards
+    from smartapp.governance.models import EngineVersion
+
+    db = admin_app.extensions["smartapp.db"]
+    run = {
+        "sha256": "ab" * 32,
+        "kinds": [{"kind": "problem_summary", "patients": 40, "grounding_rate": 0.97}],
+    }
+    with db.session() as s:
+        for version, evaluation in (("1", run), ("2", None)):
+            s.add(
+                EngineVersion(
+                    engine_name="llm",
+                    version=version,
+                    model="m",
+                    kinds=["problem_summary"],
+                    state="evaluated" if evaluation else "proposed",
+                    proposed_by="test",
+                    proposed_at=utcnow(),
+                    evaluated_at=utcnow() if evaluation else None,
+                    evaluation=evaluation,
+                    source_attributes={"type": "predictive", "cautions": f"as of {version}"},
+                )
+            )
+        s.flush()
+        cards = {c["version"]: c for c in model_cards(s) if c["engine"] == "llm"}
+    one, two = cards["1"]["source_attributes"], cards["2"]["source_attributes"]
+    assert one["cautions"] == "as of 1" and two["cautions"] == "as of 2"
+    assert one["validation_on_local_data"]["kinds"][0]["grounding_rate"] == 0.97
+    assert one["validation_on_local_data"]["sha256"] == "ab" * 32
+    assert two["validation_on_local_data"] == {"status": "not yet evaluated on local data"}

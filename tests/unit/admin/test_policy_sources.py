@@ -3,6 +3,7 @@ with their source, and one decision from them (`smartapp.policy`)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from textwrap import dedent
 
@@ -97,3 +98,38 @@ def test_a_file_rollout_at_thirty_percent_places_thirty_percent():
     ]
     assert 0.27 < sum(shown) / len(shown) < 0.33
     assert "allergies" not in policy.plan(iss=ISS, fhir_user="Practitioner/1", now=NOW).kinds
+
+
+def test_the_policy_lists_the_settings_with_their_source_and_no_secret(tmp_path, identity):
+    app = app_with_site_file(tmp_path, identity)
+    client = app.test_client()
+    assert client.get("/admin/api/policy/settings").status_code == 401
+    listing = client.get("/admin/api/policy/settings", headers=bearer()).get_json()
+    rows = {row["name"]: row for row in listing["settings"]}
+    assert TOKEN not in json.dumps(listing)
+    assert rows["SMARTAPP_ADMIN_TOKEN"] == {
+        "name": "SMARTAPP_ADMIN_TOKEN",
+        "value": "(secret, set)",
+        "source": "environment",
+        "secret": True,
+    }
+    assert rows["SMARTAPP_CONFIG"]["value"] == str(tmp_path / "site.toml")
+    assert rows["SMARTAPP_MAX_PAGES"] == {
+        "name": "SMARTAPP_MAX_PAGES",
+        "value": "20",
+        "source": "default",
+        "secret": False,
+    }
+    assert (
+        listing["version"]
+        == client.get("/admin/api/policy/rollout", headers=bearer()).get_json()["version"]
+    )
+    app.extensions["smartapp.db"].dispose()
+
+
+def test_a_policy_without_settings_lists_none():
+    policy = Policy(
+        site_config=parse_site_config(SITE_FILE),
+        governance=GovernanceState(version=1, rules=(), engines=(), killed=frozenset()),
+    )
+    assert policy.settings_values() == ()

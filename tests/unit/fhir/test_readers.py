@@ -167,3 +167,20 @@ def test_is_active_condition():
     relapse = {"clinicalStatus": {"coding": [{"code": "relapse"}]}}
     assert is_active_condition(relapse)
     assert not is_active_condition({"abatementDateTime": "2020-01-01"})
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("Essential hypertension (disorder)", "Essential hypertension"),
+        ("Peanut - dietary (substance)", "Peanut - dietary"),
+        ("Body mass index 30+ - obesity (finding)", "Body mass index 30+ - obesity"),
+        ("Medication review due (situation)", "Medication review due"),
+        # Not a semantic tag: the words stay.
+        ("Diabetes (type 2)", "Diabetes (type 2)"),
+        ("Anaemia (disorder) of pregnancy", "Anaemia (disorder) of pregnancy"),
+    ],
+)
+def test_a_snomed_semantic_tag_is_left_off_the_name_shown(name: str, shown: str):
+    assert codeable_text({"text": name}) == shown
+    assert codeable_text({"coding": [{"display": name}]}) == shown

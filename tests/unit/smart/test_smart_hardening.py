@@ -3,7 +3,6 @@ rows, logout. The authorization server is faked with `responses`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -55,7 +54,7 @@ def test_a_forged_host_header_does_not_choose_the_redirect_uri(client, ehr):
 
 def test_outside_the_sandbox_the_host_header_is_never_used(app):
     # Even if start-up were bypassed, the request's Host is not a fallback.
-    settings = dataclasses.replace(app.extensions["smartapp.settings"], public_url=None)
+    settings = app.extensions["smartapp.settings"].model_copy(update={"public_url": None})
     with app.test_request_context("/launch", base_url="http://evil.example"):
         with pytest.raises(ConfigError):
             redirect_uri(settings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from datetime import timedelta
 
 import pytest
@@ -180,11 +181,15 @@ def test_missing_iss_explains_how_to_open_the_app(client, rsps):
     assert len(rsps.calls) == 0
 
 
-def test_discovery_failure_is_a_clear_page(client, rsps):
+def test_discovery_failure_is_a_clear_page(client, rsps, caplog):
     rsps.get(f"{ISS}/.well-known/smart-configuration", json={"authorization_endpoint": AUTHORIZE})
-    response = client.get("/launch", query_string={"iss": ISS, "launch": "l"})
+    with caplog.at_level(logging.INFO, logger="smartapp.errors"):
+        response = client.get("/launch", query_string={"iss": ISS, "launch": "l"})
     assert response.status_code == 502
-    assert "S256" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    # The clinician reads what to do; the technical reason is in the log for IT.
+    assert "sign-in settings" in page and "S256" not in page
+    assert "S256" in caplog.text
 
 
 # -- /callback and the session ----------------------------------------------------------
@@ -349,22 +354,28 @@ def test_invalid_patient_id_is_refused(launcher, ehr):
     assert response.status_code == 502
 
 
-def test_bad_id_token_creates_no_session(app, launcher, ehr):
+def test_bad_id_token_creates_no_session(app, launcher, ehr, caplog):
     params = launcher.start()
     body = ehr.token_response()
     body["id_token"] = ehr.id_token(nonce="not-the-nonce")
-    response = launcher.complete(params, token=body)
+    with caplog.at_level(logging.INFO, logger="smartapp.errors"):
+        response = launcher.complete(params, token=body)
     assert response.status_code == 502
-    assert "does not belong to this sign-in" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "sign-in could not be verified" in page and "invalid_id_token" in page
+    assert "does not belong to this sign-in" not in page
+    assert "does not belong to this sign-in" in caplog.text
     assert _sessions(app) == []
 
 
-def test_openid_granted_without_id_token_is_refused(client, launcher, ehr):
+def test_openid_granted_without_id_token_is_refused(client, launcher, ehr, caplog):
     params = launcher.start()
     ehr.queue_token(ehr.token_response())  # openid granted, no id_token
-    response = client.get("/callback", query_string={"code": "c", "state": params["state"]})
+    with caplog.at_level(logging.INFO, logger="smartapp.errors"):
+        response = client.get("/callback", query_string={"code": "c", "state": params["state"]})
     assert response.status_code == 502
-    assert "no identity token" in response.get_data(as_text=True)
+    assert "sign-in could not be verified" in response.get_data(as_text=True)
+    assert "no identity token" in caplog.text
 
 
 def test_identity_not_granted_gives_a_session_without_fhir_user(client, launcher, ehr):

@@ -426,3 +426,52 @@ def test_hfref_on_a_beta_blocker_without_outcome_evidence_is_offered_a_switch(
         assert "MedicationRequest/hfref-gdmt-bb" in {c.reference for c in option.citations}
     # On a beta blocker of any kind: "start one" is not offered.
     assert not any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
+
+
+def test_a_drug_started_at_the_visit_of_the_reading_is_not_told_to_intensify_but_a_renewal_is():
+    # Amlodipine ordered on the BP's own day (no times) and empagliflozin hours after the
+    # HbA1c was drawn: each visit already acted on its reading.
+    htn, dm = texts("therapy_changed_same_day")
+    assert not any(t.startswith("Consider intensifying") for t in htn + dm)
+    # The same amlodipine order, renewing one written a year before, changes nothing.
+    resources, _ = bundle_resources(
+        json.loads((CHARTS / "therapy_changed_same_day.json").read_text())
+    )
+    [current] = [r for r in resources if r["id"] == "same-day-change-amlodipine"]
+    earlier = {**current, "id": "same-day-change-amlodipine-2025", "status": "completed"}
+    earlier["authoredOn"] = "2025-11-10"
+    renewed = build_snapshot([*resources, earlier], patient_id=resources[0]["id"], fetched_at=AS_OF)
+    drafts = ENGINE.suggest(renewed, "assessment_plan", {})
+    htn_renewed = [s.text for s in drafts[0].statements]
+    assert any(t.startswith("Consider intensifying antihypertensive") for t in htn_renewed)
+    gaps = [s.text for d in ENGINE.suggest(renewed, "care_gaps", {}) for s in d.statements]
+    assert any(t.startswith("Hypertension: consider reviewing treatment") for t in gaps)
+
+
+def test_primary_prevention_on_a_statin_is_asked_for_the_ten_year_risk_but_not_with_cad():
+    [lipids] = texts("hyperlipidemia_ldl")
+    risk = "Calculate the ten-year ASCVD risk (pooled cohort equations) to choose the statin"
+    assert any(t.startswith(risk) for t in lipids)
+    resources, _ = bundle_resources(json.loads((CHARTS / "hyperlipidemia_ldl.json").read_text()))
+    [problem] = [r for r in resources if r["resourceType"] == "Condition"]
+    cad = {
+        **problem,
+        "id": "lipid-ldl-cad",
+        "code": {
+            "coding": [{"system": "http://snomed.info/sct", "code": "53741008"}],
+            "text": "Coronary arteriosclerosis",
+        },
+    }
+    secondary = build_snapshot([*resources, cad], patient_id=resources[0]["id"], fetched_at=AS_OF)
+    drafts = ENGINE.suggest(secondary, "assessment_plan", {})
+    said = [s.text for d in drafts for s in d.statements]
+    assert not any("ASCVD risk" in t for t in said)
+
+
+def test_a_misspelt_option_key_is_refused_not_ignored(tmp_path: Path):
+    (tmp_path / "plan_options.toml").write_text(
+        '[[option]]\nid = "x"\nproblem = "hyperlipidemia"\ntext = "x"\n'
+        'without_problems = ["cad"]\ncite = { source = "s", version = "1" }\n'
+    )
+    with pytest.raises(clinical.KnowledgeError, match="unknown key 'without_problems'"):
+        assessment.knowledge([tmp_path])

@@ -112,15 +112,15 @@ def test_medications_list_and_reconciliation_hints():
             "Oral Tablet are active orders",
             ["MedicationRequest/dm1-lisinopril", "MedicationRequest/dm1-losartan"],
         ),
-        ("amlodipine 5 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-amlodipine"]),
-        ("lisinopril 10 MG Oral Tablet (ordered 2026-01-01)", ["MedicationRequest/dm1-lisinopril"]),
+        ("amlodipine 5 MG Oral Tablet (ordered 2025-12-15)", ["MedicationRequest/dm1-amlodipine"]),
+        ("lisinopril 10 MG Oral Tablet (ordered 2025-12-15)", ["MedicationRequest/dm1-lisinopril"]),
         (
-            "losartan potassium 50 MG Oral Tablet (ordered 2026-01-01)",
+            "losartan potassium 50 MG Oral Tablet (ordered 2025-12-15)",
             ["MedicationRequest/dm1-losartan"],
         ),
         (
             "metformin hydrochloride 500 MG Oral Tablet: the order's instructions say "
-            '"Take 1 tablet by mouth twice daily with meals" (ordered 2026-01-01)',
+            '"Take 1 tablet by mouth twice daily with meals" (ordered 2025-12-15)',
             ["MedicationRequest/dm1-metformin"],
         ),
         (
@@ -262,7 +262,7 @@ def test_assessment_plan_one_block_per_problem_with_results_treatment_due_and_op
         # The same day as the HbA1c on the line above: the date is said once.
         ("eGFR 91 mL/min/1.73 m2, same day; not reduced", ["Observation/dm1-egfr"]),
         (
-            "On metformin 500 mg (ordered 2026-01-01)",
+            "On metformin 500 mg (ordered 2025-12-15)",
             ["MedicationRequest/dm1-metformin"],
         ),
         (

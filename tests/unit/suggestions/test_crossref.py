@@ -101,3 +101,59 @@ def test_without_an_assessment_and_plan_the_results_card_keeps_the_numbers(tmp_p
     )
     assert summary.statements[0].see == "Vitals and labs"
     assert all(len(t) == 1 for t in cards_stating(run.suggestions).values())
+
+
+def test_a_screening_line_whose_result_is_stated_elsewhere_still_says_what_it_is():
+    """The care gap keeps its rule's name and verdict, pointing to the result's card; a bare
+    "BMI: see …" or "HbA1c: see …" told the clinician neither (obesity_glp1, the sandbox)."""
+    chart = bundle("obesity_glp1")
+    _, run = draft_chart(chart, as_of=AS_OF)
+    [gaps] = [s for s in run.suggestions if s.kind == "care_gaps"]
+    texts = [st.text for st in gaps.statements]
+    assert (
+        "Prediabetes and diabetes screening: due, none on file (see Assessment and plan: Obesity)"
+        in texts
+    )
+    assert not any(t.startswith("BMI:") for t in texts)
+    hba1c = {
+        "fullUrl": "urn:uuid:Observation-obes-glp1-a1c",
+        "resource": {
+            "resourceType": "Observation",
+            "id": "obes-glp1-a1c",
+            "status": "final",
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": "laboratory",
+                        }
+                    ]
+                }
+            ],
+            "code": {
+                "coding": [
+                    {
+                        "system": "http://loinc.org",
+                        "code": "4548-4",
+                        "display": "Hemoglobin A1c/Hemoglobin.total in Blood",
+                    }
+                ]
+            },
+            "subject": {"reference": "Patient/obes-glp1"},
+            "effectiveDateTime": "2026-09-01",
+            "valueQuantity": {
+                "value": 5.4,
+                "unit": "%",
+                "system": "http://unitsofmeasure.org",
+                "code": "%",
+            },
+        },
+    }
+    _, run = draft_chart({**chart, "entry": [*chart["entry"], hba1c]}, as_of=AS_OF)
+    [gaps] = [s for s in run.suggestions if s.kind == "care_gaps"]
+    texts = [st.text for st in gaps.statements]
+    assert any(
+        t.startswith("Prediabetes and diabetes screening: up to date (see ") for t in texts
+    ), texts
+    assert not any(t.startswith("HbA1c:") for t in texts)
