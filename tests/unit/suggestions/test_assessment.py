@@ -475,3 +475,27 @@ def test_a_misspelt_option_key_is_refused_not_ignored(tmp_path: Path):
     )
     with pytest.raises(clinical.KnowledgeError, match="unknown key 'without_problems'"):
         assessment.knowledge([tmp_path])
+
+
+def test_after_a_change_the_follow_up_is_offered_until_a_later_result_judges_it():
+    resources, _ = bundle_resources(json.loads((CHARTS / "t2d_htn_ckd.json").read_text()))
+    losartan = next(r for r in resources if r["id"] == "t2d-ckd-losartan")
+    started = [{**r, "authoredOn": "2026-10-20"} if r is losartan else r for r in resources]
+    snapshot = build_snapshot(started, patient_id=resources[0]["id"], fetched_at=AS_OF)
+    said = [s.text for d in ENGINE.suggest(snapshot, "assessment_plan", {}) for s in d.statements]
+    # Losartan started the day of the last potassium: the labs it calls for, once.
+    labs = [t for t in said if t.startswith("Check potassium and creatinine")]
+    assert labs == [
+        "Check potassium and creatinine two to four weeks after starting or raising an ACE "
+        "inhibitor or ARB: last potassium the day losartan 100 mg was ordered (2026-10-20)"
+    ]
+    # A BP taken after the start (2026-11-10, still above goal) has judged it: intensify.
+    assert not any(t.startswith("Recheck blood pressure") for t in said)
+    assert any(t.startswith("Consider intensifying antihypertensive") for t in said)
+    # Unchanged since long before the readings: neither follow-up.
+    plain = [
+        s.text
+        for d in ENGINE.suggest(chart("t2d_htn_ckd"), "assessment_plan", {})
+        for s in d.statements
+    ]
+    assert not any(t.startswith(("Check potassium", "Recheck blood pressure")) for t in plain)
