@@ -905,8 +905,8 @@ def _option_fires(
             first = min(changed, key=lambda m: m.authored or "")
             drug, noun = _note_name(first), _name(latest)
             noun = noun if noun.isupper() else noun.lower()
-            if latest.date == first.authored:
-                reasons.append(f"last {noun} the day {drug} was ordered ({first.authored})")
+            if latest.date == first.authored:  # both timed, the order the later
+                reasons.append(f"last {noun} before {drug} was ordered ({first.authored})")
             else:
                 reasons.append(
                     f"last {noun} {latest.date}, before {drug} was ordered {first.authored}"
@@ -1003,10 +1003,11 @@ def _changed_after(
 
 
 def ordered_since(facts: ChartFacts, med: Medication, reading: Result | BloodPressure) -> bool:
-    """The medication was started or changed after the reading, or on its day when either
-    has no time: the visit that saw the reading acted on it (a BP of 146/88 with amlodipine
-    started that day is not "consider intensifying"). A renewal of the same product is no
-    change, whenever it was written."""
+    """The medication was started or changed after the reading: ordered on a later day, or
+    later the same day when both carry a time (empagliflozin ordered at 16:05 after the
+    09:30 HbA1c). An order dated the reading's own day without a time cannot be told from
+    a renewal written at that visit, so it is not taken as a change (the option stays).
+    A renewal of an earlier order of the same product is no change, whenever written."""
     if med.reference in facts.renewals:
         return False
     authored = med.request.get("authoredOn")
@@ -1015,7 +1016,7 @@ def ordered_since(facts: ChartFacts, med: Medication, reading: Result | BloodPre
         return False
     if "T" in str(reading.when) and "T" in str(authored):
         return ordered > taken
-    return ordered.date() >= taken.date()
+    return ordered.date() > taken.date()
 
 
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:
