@@ -919,6 +919,158 @@ def parallel_load(
     return sample, ids
 
 
+# -- a warm sidebar request -------------------------------------------------------------
+
+#: Measured warm `GET /api/suggestions` requests (and as many unmeasured first).
+DEFAULT_REQUEST_REPETITIONS = 200
+#: The issue's budget for one warm `GET /api/suggestions`.
+TARGET_WARM_CPU_MS = 5.0
+TARGET_WARM_STATEMENTS = 5
+
+
+def warm_request_cost(
+    ehr: RunningEHR,
+    *,
+    repetitions: int = DEFAULT_REQUEST_REPETITIONS,
+    database_url: str | None = None,
+    patient: str = BENCH_PATIENT,
+) -> dict[str, Any]:
+    """What a warm `GET /api/suggestions` costs the app: its request thread's CPU (the
+    snapshot already read, the suggestions already stored), its SQL statements, the
+    connections it takes from the pool and the transactions it begins.
+
+    The app is built in this process (its own SQLite store unless `database_url`) over the
+    running sandbox EHR; the launch is a real one of the EHR (`ehr_launch_token`), stored
+    as the app's callback stores it. The first request reads the chart and drafts; the
+    next `repetitions` (after as many unmeasured) are timed one by one with
+    `time.thread_time()`, through Flask's test client (no socket, no HTTP server)."""
+    from sqlalchemy import event
+
+    from smartapp import create_app
+    from smartapp.config import Settings
+    from smartapp.db import utcnow
+    from smartapp.smart.client import TokenResponse
+    from smartapp.smart.models import PendingAuthorization
+    from smartapp.smart.services import get_services
+    from smartapp.smart.session import SESSION_COOKIES, create_session
+
+    http = requests.Session()
+    try:
+        launch = ehr_launch_token(ehr, patient=patient, http=http)
+    finally:
+        http.close()
+    with tempfile.TemporaryDirectory(prefix="smartapp-bench-app-") as tmp:
+        settings = Settings.from_env(
+            {
+                "SMARTAPP_INSTANCE_PATH": str(Path(tmp) / "instance"),
+                "SMARTAPP_ALLOWED_ISSUERS": ehr.fhir_base,
+                "SMARTAPP_SECRET_KEY": os.urandom(24).hex(),
+                "SMARTAPP_PUBLIC_URL": "http://localhost",
+                "SMARTAPP_DATABASE_URL": database_url or f"sqlite:///{Path(tmp) / 'app.db'}",
+                "SMARTAPP_MIGRATE_ON_START": "true",
+                "SMARTAPP_PREFETCH_CHART": "false",
+            }
+        )
+        app = create_app(settings)
+        db = app.extensions["smartapp.db"]
+        try:
+            now = utcnow()
+            pending = PendingAuthorization(
+                state_hash="0" * 64,
+                binding_hash="1" * 64,
+                iss=ehr.fhir_base,
+                code_verifier_enc="",
+                requested_scope=launch.scope,
+                redirect_uri=ehr.redirect_uri,
+                authorization_endpoint=f"{ehr.ehr_url}/auth/authorize",
+                token_endpoint=f"{ehr.ehr_url}/auth/token",
+                purpose="clinician",
+                expires_at=now + timedelta(minutes=5),
+            )
+            token = TokenResponse(
+                access_token=launch.access_token,
+                token_type="Bearer",
+                expires_in=3600,
+                expires_at=now + timedelta(hours=1),
+                scope=launch.scope,
+                scope_from_server=True,
+                patient=launch.patient,
+                encounter=launch.encounter,
+                need_patient_banner=False,
+                smart_style_url=None,
+            )
+            cookie, _ = create_session(
+                get_services(app), pending=pending, token=token, id_claims=None
+            )
+            client = app.test_client()
+            client.set_cookie(SESSION_COOKIES["clinician"], cookie)
+            first = client.get("/api/suggestions")
+            if first.status_code != 200:
+                raise BenchmarkError(f"the first /api/suggestions answered {first.status_code}")
+            shown = len(first.get_json()["suggestions"])
+            for _ in range(repetitions):
+                client.get("/api/suggestions")
+            counts = {"statements": 0, "checkouts": 0, "transactions": 0}
+
+            def counter(name: str) -> Callable[..., None]:
+                def count(*_args: Any) -> None:
+                    counts[name] += 1
+
+                return count
+
+            listeners = [
+                (db.engine, "before_cursor_execute", counter("statements")),
+                (db.engine.pool, "checkout", counter("checkouts")),
+                (db.engine, "begin", counter("transactions")),
+            ]
+            for target, name, fn in listeners:
+                event.listen(target, name, fn)
+            try:
+                answer = client.get("/api/suggestions")
+            finally:
+                for target, name, fn in listeners:
+                    event.remove(target, name, fn)
+            cpu: list[float] = []
+            for _ in range(repetitions):
+                started = time.thread_time()
+                answer = client.get("/api/suggestions")
+                cpu.append((time.thread_time() - started) * 1000)
+                if answer.status_code != 200:
+                    raise BenchmarkError(f"a warm /api/suggestions answered {answer.status_code}")
+        finally:
+            for close in app.extensions.get("smartapp.on_shutdown", []):
+                close()
+            db.dispose()
+    return {
+        "route": "GET /api/suggestions",
+        "store": db.engine.dialect.name,
+        "suggestions": shown,
+        "response_bytes": len(answer.get_data()),
+        "repetitions": repetitions,
+        "cpu_ms_p50": round(percentile(cpu, 50), 2),
+        "cpu_ms_p95": round(percentile(cpu, 95), 2),
+        **counts,
+        "targets": {
+            "cpu_ms_max": TARGET_WARM_CPU_MS,
+            "statements_max": TARGET_WARM_STATEMENTS,
+            "cpu_met": percentile(cpu, 50) <= TARGET_WARM_CPU_MS,
+            "statements_met": counts["statements"] <= TARGET_WARM_STATEMENTS,
+        },
+    }
+
+
+def format_request_cost(cost: Mapping[str, Any]) -> str:
+    met = cost["targets"]
+    return (
+        f"warm {cost['route']} ({cost['store']}, {cost['suggestions']} suggestions, "
+        f"{cost['response_bytes']} bytes): app CPU p50 {cost['cpu_ms_p50']:.2f} ms, "
+        f"p95 {cost['cpu_ms_p95']:.2f} ms ({'met' if met['cpu_met'] else 'MISSED'} "
+        f"<= {met['cpu_ms_max']:g}); {cost['statements']} statements "
+        f"({'met' if met['statements_met'] else 'MISSED'} <= {met['statements_max']}), "
+        f"{cost['checkouts']} connection checkout(s), {cost['transactions']} transaction(s)"
+    )
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -1157,6 +1309,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LARGE_REPETITIONS,
         help=f"measured loads per side of that chart (default {DEFAULT_LARGE_REPETITIONS})",
     )
+    parser.add_argument(
+        "--request-repetitions",
+        type=int,
+        default=DEFAULT_REQUEST_REPETITIONS,
+        help="warm GET /api/suggestions requests timed for their app CPU "
+        f"(default {DEFAULT_REQUEST_REPETITIONS}, 0: not)",
+    )
+    parser.add_argument(
+        "--request-store",
+        default=None,
+        help="the store of the app those requests run on (default: a fresh SQLite file)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -1208,6 +1372,11 @@ def run_cli(args: argparse.Namespace) -> int:
                 warmup=args.warmup,
                 progress=progress,
             )
+            if args.request_repetitions > 0:
+                progress(f"{args.request_repetitions} warm GET /api/suggestions requests")
+                results["warm_suggestions"] = warm_request_cost(
+                    ehr, repetitions=args.request_repetitions, database_url=args.request_store
+                )
             if large and not args.in_process:
                 progress(f"the chart of {large} Observations ({LARGE_PATIENT})")
                 results["large_chart"] = run_benchmark(
@@ -1224,6 +1393,8 @@ def run_cli(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(format_table(results))
+    if "warm_suggestions" in results:
+        print("\n  " + format_request_cost(results["warm_suggestions"]))
     if "large_chart" in results:
         print("\n" + format_table(results["large_chart"]))
     print(f"\nwrote {args.out}")

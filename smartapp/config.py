@@ -130,9 +130,9 @@ class Environment(dict[str, str]):
     """
 
     def __init__(
-        self, values: Mapping[str, str] = {}, *, origins: Mapping[str, str] | None = None
+        self, values: Mapping[str, str] | None = None, *, origins: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(values)
+        super().__init__(values or {})
         self.origins: dict[str, str] = dict(origins or {})
 
     def origin(self, name: str) -> str:

@@ -319,8 +319,10 @@ class PolicySource:
         self._cache = PolicyCache(database, on_reload=on_reload, signal=signal)
         self._policy: Policy | None = None
 
-    def current(self) -> Policy:
-        state = self._cache.current()
+    def current(self, *, governance_version: int | None = None) -> Policy:
+        """The policy; `governance_version`: governance's counter as this request read it
+        (`governance.state.version_column`), or None to read it here."""
+        state = self._cache.current(version=governance_version)
         policy = self._policy
         site = self._site_config()
         if policy is None or policy.governance is not state or policy.site_config is not site:

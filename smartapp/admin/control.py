@@ -12,7 +12,11 @@ Definitions (docs/CONTRACT.md repeats them):
   before arms were recorded, or without a partial rollout of the kind, are in neither arm);
 - `median_seconds_launch_to_note`: the median over the arm's notes (launch to first save);
 - `edits_per_note`: the arm's edited suggestion lines ÷ its notes;
-- `difference`: inside − outside, for both measures.
+- the note's composition, as `/admin/api/metrics` pools it: `accepted_share_of_note_chars`,
+  `edited_share_of_note_chars` and `typed_share_of_note_chars` (0–1), the arm's characters
+  from accepted suggestions, from edited ones, and typed by the clinician (what no
+  suggestion supplied) ÷ all its notes' characters; None when its notes recorded none;
+- `difference`: inside − outside, for every measure.
 
 Interval: a 95 % percentile bootstrap that resamples *clinicians* (with replacement, each
 arm on its own, 1,000 resamples, fixed seed so the page and the API agree). Clinicians,
@@ -39,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -64,6 +68,18 @@ class _Clinician:
     seconds: tuple[float, ...]
     notes: int
     edits: int
+    #: Their notes' characters: all, from accepted suggestions, from edited ones.
+    chars_total: int = 0
+    chars_accepted: int = 0
+    chars_edited: int = 0
+
+
+class _Note(NamedTuple):
+    seconds: float | None
+    edits: int
+    chars_total: int
+    chars_accepted: int
+    chars_edited: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,33 +88,56 @@ class ArmStats:
     notes: int
     median_seconds_launch_to_note: float | None
     edits_per_note: float | None
+    accepted_share_of_note_chars: float | None
+    edited_share_of_note_chars: float | None
+    typed_share_of_note_chars: float | None
 
 
 def _stats(clinicians: Sequence[_Clinician]) -> ArmStats:
     seconds = [s for c in clinicians for s in c.seconds]
     notes = sum(c.notes for c in clinicians)
+    total = sum(c.chars_total for c in clinicians)
+    accepted = sum(c.chars_accepted for c in clinicians)
+    edited = sum(c.chars_edited for c in clinicians)
+
+    def share(chars: int) -> float | None:
+        return chars / total if total else None
+
     return ArmStats(
         clinicians=len(clinicians),
         notes=notes,
         median_seconds_launch_to_note=float(statistics.median(seconds)) if seconds else None,
         edits_per_note=sum(c.edits for c in clinicians) / notes if notes else None,
+        accepted_share_of_note_chars=share(accepted),
+        edited_share_of_note_chars=share(edited),
+        # Never below 0 (counts from an older composer), as in admin.metrics.
+        typed_share_of_note_chars=share(max(0, total - accepted - edited)),
     )
 
 
-def _interval(values: list[float]) -> list[float] | None:
+def _interval(values: list[float], digits: int = 2) -> list[float] | None:
     """The 2.5th and 97.5th percentiles of bootstrap replicates (as smartapp.admin.baseline)."""
     if not values:
         return None
     values.sort()
     n = len(values)
-    return [_round(values[int(0.025 * (n - 1))]), _round(values[int(round(0.975 * (n - 1)))])]
+    low, high = values[int(0.025 * (n - 1))], values[int(round(0.975 * (n - 1)))]
+    return [_round(low, digits), _round(high, digits)]
 
 
 def _round(value: float, digits: int = 2) -> float:
     return round(float(value), digits)
 
 
-MEASURES = ("median_seconds_launch_to_note", "edits_per_note")
+MEASURES = (
+    "median_seconds_launch_to_note",
+    "edits_per_note",
+    "accepted_share_of_note_chars",
+    "edited_share_of_note_chars",
+    "typed_share_of_note_chars",
+)
+#: Shares (0–1) keep 4 digits, as a percentage with two decimals; the rest keep 2.
+_SHARES = frozenset(m for m in MEASURES if m.endswith("_share_of_note_chars"))
 
 
 def compare_arms(
@@ -139,16 +178,19 @@ def compare_arms(
                 key: value
                 for measure in MEASURES
                 for key, value in (
-                    (measure, _maybe_round(getattr(stats, measure))),
-                    (f"{measure}_ci95", _interval(replicates[(arm, measure)])),
+                    (measure, _maybe_round(getattr(stats, measure), _digits(measure))),
+                    (f"{measure}_ci95", _interval(replicates[(arm, measure)], _digits(measure))),
                 )
             },
         }
     difference: dict[str, Any] = {}
     for measure in MEASURES:
         a, b = getattr(point[INSIDE], measure), getattr(point[OUTSIDE], measure)
-        difference[measure] = _maybe_round(a - b) if a is not None and b is not None else None
-        difference[f"{measure}_ci95"] = _interval(replicates[("difference", measure)])
+        digits = _digits(measure)
+        difference[measure] = (
+            _maybe_round(a - b, digits) if a is not None and b is not None else None
+        )
+        difference[f"{measure}_ci95"] = _interval(replicates[("difference", measure)], digits)
     out["difference"] = difference
     return out
 
@@ -175,8 +217,12 @@ def cached_compare_arms(
     return copy.deepcopy(_cached_comparison(tuple(inside), tuple(outside), resamples, seed))
 
 
-def _maybe_round(value: float | None) -> float | None:
-    return None if value is None else _round(value)
+def _digits(measure: str) -> int:
+    return 4 if measure in _SHARES else 2
+
+
+def _maybe_round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else _round(value, digits)
 
 
 def rollout_control(
@@ -193,6 +239,9 @@ def rollout_control(
         SavedNote.created_at,
         SavedNote.launched_at,
         SavedNote.edits,
+        SavedNote.chars_total,
+        SavedNote.chars_accepted,
+        SavedNote.chars_edited,
         SavedNote.rollout_arms,
     ).where(
         SavedNote.document_kind == CLINICAL_NOTE,
@@ -203,25 +252,30 @@ def rollout_control(
         stmt = stmt.where(SavedNote.created_at >= start)
     if end is not None:
         stmt = stmt.where(SavedNote.created_at < end)
-    # (site, kind) -> arm -> fhirUser -> [(seconds or None, edits)]
-    notes: dict[tuple[str, str], dict[str, dict[str, list[tuple[float | None, int]]]]] = (
-        defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    # (site, kind) -> arm -> fhirUser -> [_Note]
+    notes: dict[tuple[str, str], dict[str, dict[str, list[_Note]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
     )
-    for site, fhir_user, created_at, launched_at, edits, arms in session.execute(stmt):
+    for row in session.execute(stmt):
+        site, fhir_user, created_at, launched_at, edits, total, accepted, edited, arms = row
         assert fhir_user is not None  # the query keeps only notes with one
         seconds = (aware(created_at) - aware(launched_at)).total_seconds() if launched_at else None
+        note = _Note(seconds, edits or 0, total or 0, accepted or 0, edited or 0)
         for kind, arm in (arms or {}).items():
             if arm in ARMS:
-                notes[(site, kind)][arm][fhir_user].append((seconds, edits or 0))
+                notes[(site, kind)][arm][fhir_user].append(note)
     groups = []
     for site, kind in sorted(notes):
         by_arm = notes[(site, kind)]
         clinicians = {
             arm: [
                 _Clinician(
-                    seconds=tuple(s for s, _ in rows if s is not None),
+                    seconds=tuple(n.seconds for n in rows if n.seconds is not None),
                     notes=len(rows),
-                    edits=sum(e for _, e in rows),
+                    edits=sum(n.edits for n in rows),
+                    chars_total=sum(n.chars_total for n in rows),
+                    chars_accepted=sum(n.chars_accepted for n in rows),
+                    chars_edited=sum(n.chars_edited for n in rows),
                 )
                 for _, rows in sorted(by_arm.get(arm, {}).items())
             ]
@@ -231,9 +285,7 @@ def rollout_control(
             {
                 "site": site,
                 "kind": kind,
-                **cached_compare_arms(
-                    clinicians[INSIDE], clinicians[OUTSIDE], resamples=resamples
-                ),
+                **cached_compare_arms(clinicians[INSIDE], clinicians[OUTSIDE], resamples=resamples),
             }
         )
     return {"interval": interval_name(resamples), "groups": groups}

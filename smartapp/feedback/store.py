@@ -104,24 +104,37 @@ class FeedbackStore:
     ) -> dict[str, dict[tuple[str, str], datetime | None]]:
         """`drafted` for every snapshot of this visit, in one statement, by snapshot key;
         each (kind, choice) with the instant its LLM draft is due by, while it is on its way."""
+        return self.drafted_by_snapshot_with(visit_key, None)[0]
+
+    def drafted_by_snapshot_with(
+        self, visit_key: str, alongside: Any
+    ) -> tuple[dict[str, dict[tuple[str, str], datetime | None]], Any]:
+        """`drafted_by_snapshot`, and the value of `alongside` (an uncorrelated scalar
+        subquery, or None) read in the same statement: None when the visit drafted nothing.
+        A request that needs another single value anyway saves a statement."""
+        columns: list[Any] = [
+            DraftedKind.snapshot_key,
+            DraftedKind.kind,
+            DraftedKind.choice,
+            DraftedKind.pending_until,
+        ]
+        if alongside is not None:
+            columns.append(alongside)
+        extra: Any = None
         with self._db.session() as session:
-            rows = session.execute(
-                select(
-                    DraftedKind.snapshot_key,
-                    DraftedKind.kind,
-                    DraftedKind.choice,
-                    DraftedKind.pending_until,
-                ).where(DraftedKind.visit_key == visit_key)
-            )
+            rows = session.execute(select(*columns).where(DraftedKind.visit_key == visit_key))
             drafted: dict[str, dict[tuple[str, str], datetime | None]] = {}
-            for key, kind, choice, until in rows:
+            for row in rows:
+                key, kind, choice, until = row[:4]
+                if alongside is not None:
+                    extra = row[4]
                 previous = drafted.setdefault(key, {}).get((kind, choice))
                 # Two launches of the visit may each have drafted it: the later due time counts.
                 if (kind, choice) not in drafted[key] or (
                     until is not None and (previous is None or until > previous)
                 ):
                     drafted[key][(kind, choice)] = until
-            return drafted
+            return drafted, extra
 
     def latest_snapshot_key(self, visit_key: str) -> str | None:
         """The visit's current set: the newest chart read drafted from (by any launch).

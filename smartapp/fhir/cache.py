@@ -175,6 +175,8 @@ class SnapshotCache:
             cached = self.get(launch_session_id, reread=reread)
             if cached is not None:
                 return cached
+        # The EHR read takes seconds: a request's store connection is not held meanwhile.
+        self._db.release()
         snapshot = load()
         self.put(launch_session_id, snapshot)
         return snapshot

@@ -41,6 +41,17 @@ def read_version(session: Session) -> int | None:
     return session.scalar(select(GovernanceVersion.version).where(GovernanceVersion.id == 1))
 
 
+def version_column() -> Any:
+    """The counter as a scalar subquery: read beside another statement of a request (the
+    sidebar's drafted kinds), and handed to `PolicyCache.current(version=...)`."""
+    return (
+        select(GovernanceVersion.version)
+        .where(GovernanceVersion.id == 1)
+        .scalar_subquery()
+        .label("governance_version")
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class GovernanceState:
     """What governance decided, as read at `version` (detached rows: read them, never write)."""
@@ -138,7 +149,13 @@ class PolicyCache:
         self._stamp: str | None = None
         self._confirmed = 0.0
 
-    def current(self) -> GovernanceState:
+    def current(self, *, version: int | None = None) -> GovernanceState:
+        """The state; `version`: the counter as this request already read it (then it is
+        not read again), or None. Ignored with a signal, whose stamp must be read first."""
+        if version is not None and self._signal is None:
+            state = self._state
+            if state is not None and state.version == version:
+                return state
         # The signal first, then the row, then the state: each read after is at least as new.
         stamp = self._signal.stamp() if self._signal is not None else None
         now = self._clock()

@@ -166,6 +166,7 @@ class LaunchChartSource:
             future = self._reading_ahead.get(session_id)
         if future is None or future.cancel():
             return
+        self._services.db.release()  # the wait may take seconds: hold no store connection
         try:
             # The read's own requests have deadlines; this only bounds a wait gone wrong.
             future.result(timeout=2.0 * self._settings.fhir_deadline_seconds)
@@ -218,6 +219,7 @@ class LaunchChartSource:
         """The launch's Patient alone (one read), for a context asked before the chart."""
         if not launch.patient_id:
             return {}
+        self._services.db.release()  # an EHR read: hold no store connection meanwhile
         resource = self.client_for(launch).read("Patient", launch.patient_id)
         audit.record(
             self._services.db,

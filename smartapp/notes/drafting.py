@@ -72,9 +72,13 @@ class GovernedDrafter:
         with self._plans_lock:
             self._plans.clear()
 
-    def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan:
+    def plan(
+        self, *, iss: str, fhir_user: str | None, governance_version: int | None = None
+    ) -> DraftPlan:
+        """The clinician's plan under governance now (`governance_version`: the counter as
+        the request read it already, or None)."""
         now = self._clock()
-        policy = self.policy.current()
+        policy = self.policy.current(governance_version=governance_version)
         state = policy.governance
         # Rollout rules have start and end instants: only a state without any is day-stable.
         keep = state.version is not None and not any(

@@ -23,6 +23,7 @@ NOTE_STATUSES = ("pending", "in_chart", "failed")
 CLINICAL_NOTE = "note"
 AFTER_VISIT_SUMMARY = "after_visit_summary"
 
+
 class SavedNote(Base):
     __tablename__ = "saved_note"
     __table_args__ = (

@@ -36,6 +36,7 @@ from smartapp.feedback.models import ShownSuggestion
 from smartapp.feedback.store import DecisionHook, FeedbackStore, ShownBy
 from smartapp.fhir.snapshot import ChartSnapshot
 from smartapp.governance.model_cards import card_for
+from smartapp.governance.state import version_column
 from smartapp.identity import bound_identity
 from smartapp.kinds import KIND_LABELS
 from smartapp.leases import Leases
@@ -118,7 +119,9 @@ class SnapshotSource(Protocol):
 
 
 class Drafter(Protocol):
-    def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan: ...
+    def plan(
+        self, *, iss: str, fhir_user: str | None, governance_version: int | None = None
+    ) -> DraftPlan: ...
 
     def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts: ...
 
@@ -214,12 +217,15 @@ class SidebarService:
         active engine version, from governance's cached state): a kind whose engine choice
         changed is drafted again from the chart already read; the others keep their
         suggestions and decisions. A warm request costs five statements: the launch, the
-        governance version, the drafted kinds, the shown rows with their decisions, and
-        the audit event.
+        drafted kinds with the governance version, the shown rows with their decisions,
+        and the audit event (two).
         """
         snapshot = self._snapshots.snapshot(launch, refresh=refresh)
         visit = self.visit(launch)
-        drafted_by_key = self.feedback.drafted_by_snapshot(visit.key)
+        # Governance's counter rides along: a warm request's statements are few.
+        drafted_by_key, governance_version = self.feedback.drafted_by_snapshot_with(
+            visit.key, version_column()
+        )
         newest = max((k for k in drafted_by_key if k != "unknown"), default=None)
         key = snapshot_key(snapshot)
         if not refresh and newest is not None and key != "unknown" and newest > key:
@@ -230,7 +236,9 @@ class SidebarService:
                 # Another launch of this visit (a second tab) read the chart later: show
                 # its suggestions, so that both tabs decide on the same rows.
                 key = newest
-        plan = self._drafter.plan(iss=launch.iss, fhir_user=launch.fhir_user)
+        plan = self._drafter.plan(
+            iss=launch.iss, fhir_user=launch.fhir_user, governance_version=governance_version
+        )
         by = self._shown_by(launch, visit, key, demographics=of_snapshot(snapshot))
         drafted = drafted_by_key.get(key, {})
         now = utcnow()
@@ -240,6 +248,8 @@ class SidebarService:
         missing = tuple(k for k in plan.kinds if (k, plan.token(k)) not in drafted)
         if missing:
             partial = plan.only(missing)
+            # Drafting takes a CPU's while: the request's store connection goes back meanwhile.
+            self._db.release()
             drafts = self._drafter.draft(snapshot, iss=launch.iss, plan=partial)
             tokens = {k: partial.token(k) for k in missing}
             until = drafts.pending_until or now

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 
 from smartapp.config import Settings, origin_of
+from smartapp.db import get_db
 from smartapp.errors import AppError, BadRequest, NotFound, note_message
 from smartapp.feedback.models import ShownSuggestion
 from smartapp.fhir.readers import patient_name
@@ -22,6 +25,20 @@ from smartapp.notes.style import EMPTY_CSS, SMARTStyleSheets
 from smartapp.smart.session import LaunchContext, current_launch
 
 bp = Blueprint("sidebar", __name__)
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+
+
+def one_store_session(view: _View) -> _View:
+    """The request's store work on one session and connection (`Database.unit`): the
+    sidebar's frequent requests are otherwise mostly session and round-trip overhead."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with get_db().unit():
+            return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def _service() -> SidebarService:
@@ -84,6 +101,7 @@ def sidebar() -> str:
 
 
 @bp.get("/api/context")
+@one_store_session
 def context() -> Response:
     """The launch's context; `chart` is null until the chart has been read (ahead, or by
     /api/suggestions)."""
@@ -137,17 +155,20 @@ def _pending_json(kinds: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 @bp.get("/api/suggestions")
+@one_store_session
 def suggestions() -> Response:
     return _suggestions_response(current_launch(), refresh=False)
 
 
 @bp.get("/api/suggestions/pending")
+@one_store_session
 def pending() -> Response:
     """The kinds whose LLM draft is still on its way: what the sidebar polls while it waits."""
     return jsonify({"pending": _pending_json(_service().pending(current_launch()))})
 
 
 @bp.post("/api/refresh")
+@one_store_session
 def refresh() -> Response:
     """Re-read the chart from the EHR (the sidebar's refresh action) and redraft."""
     return _suggestions_response(current_launch(), refresh=True)

@@ -368,7 +368,10 @@ class LLMEngine:
         self.info = EngineInfo(name="llm", version=f"{model}@{version or 'unpinned'}")
 
     def __repr__(self) -> str:  # never show the key
-        return f"LLMEngine(base_url={self.base_url!r}, model={self.model!r})"
+        from smartapp.config import hide_password
+
+        # A proxy's URL may carry a password (https://user:pw@host): shown without it.
+        return f"LLMEngine(base_url={hide_password(self.base_url)!r}, model={self.model!r})"
 
     def kinds(self) -> tuple[str, ...]:
         return KINDS

@@ -63,7 +63,10 @@ class LLMSettings:
     timeout: float | None = None
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
-        return f"LLMSettings(base_url={self.base_url!r}, model={self.model!r})"
+        from smartapp.config import hide_password
+
+        # A proxy's URL may carry a password (https://user:pw@host): shown without it.
+        return f"LLMSettings(base_url={hide_password(self.base_url)!r}, model={self.model!r})"
 
     @classmethod
     def from_values(

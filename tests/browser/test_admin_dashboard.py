@@ -125,3 +125,53 @@ def test_a_non_admin_is_refused(server, browser):
     response = anonymous.goto(f"{base}/admin")
     assert response is not None and response.status == 401
     assert anonymous.locator("button", has_text="Sign in with http://ehr.test/fhir").count() == 1
+
+
+def test_inside_vs_outside_shows_the_note_composition_with_intervals(server, browser):
+    """The concurrent control's table in Chromium: every measure a row, the composition in
+    percent with its interval, and the table within the page's width."""
+    import random
+
+    from tests.unit.admin.test_control import KIND, _note
+
+    base, app = server
+    rng = random.Random(7)
+    with app.extensions["smartapp.db"].session() as s:
+        for n in range(60):
+            arm = "inside" if n % 2 == 0 else "outside"
+            total = rng.randint(800, 2000)
+            accepted = int(total * (rng.uniform(0.4, 0.6) if arm == "inside" else 0.0))
+            edited = int(total * (rng.uniform(0.1, 0.2) if arm == "inside" else 0.05))
+            _note(
+                s,
+                500 + n,
+                user=f"Practitioner/c{n % 24}",
+                arms={KIND: arm},
+                seconds=rng.uniform(200, 400) if arm == "inside" else rng.uniform(350, 600),
+                edits=rng.randint(0, 3),
+                chars=(total, accepted, edited),
+            )
+    page, console = signed_in_page(browser, base, ADMIN_1)
+    response = page.goto(f"{base}/admin")
+    assert response is not None and response.status == 200
+    table = page.locator("#rollout-control table.control").first
+    rows = table.locator("tbody tr")
+    assert [r.get_attribute("data-measure") for r in rows.all()] == [
+        "median_seconds_launch_to_note",
+        "edits_per_note",
+        "accepted_share_of_note_chars",
+        "edited_share_of_note_chars",
+        "typed_share_of_note_chars",
+    ]
+    accepted = table.locator('tr[data-measure="accepted_share_of_note_chars"] td').all_inner_texts()
+    inside, inside_ci, outside, outside_ci, difference, difference_ci = accepted
+    assert inside.endswith("%") and outside == "0.0%"
+    assert " to " in inside_ci and difference.startswith("+") and difference.endswith(" pts")
+    assert difference_ci.endswith(" pts")
+    box = table.bounding_box()
+    section = page.locator("#rollout-control").bounding_box()
+    assert box is not None and section is not None
+    assert box["x"] + box["width"] <= section["x"] + section["width"] + 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#rollout-control").screenshot(path=str(ARTIFACTS / "rollout_control.png"))
+    assert not [m for m in console if "Content Security Policy" in m], console

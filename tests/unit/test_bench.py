@@ -21,10 +21,12 @@ from smartapp.bench import (
     compare_ids,
     ehr_in_child_process,
     ehr_in_process,
+    format_request_cost,
     format_table,
     percentile,
     run_benchmark,
     run_cli,
+    warm_request_cost,
 )
 from smartapp.fhir.chart import medication_history_since
 
@@ -227,6 +229,19 @@ def test_a_tiny_run_reads_the_same_resources_on_both_sides(sandbox_template: Pat
     assert results["app_requests"] <= 3 < results["baseline_requests"]
     assert results["app_cold_requests"] == results["app_requests"] + 1  # + /metadata
     assert len(results["samples_ms"]["app"]) == 1
+
+
+def test_the_warm_request_cost_counts_one_store_session_and_few_statements(
+    sandbox_template: Path,
+):
+    with ehr_in_process(latency_ms=0, sandbox_data_dir=sandbox_template) as ehr:
+        cost = warm_request_cost(ehr, repetitions=3)
+    assert cost["route"] == "GET /api/suggestions"
+    assert cost["suggestions"] > 0  # the large chart gives the engines something to draft
+    assert cost["statements"] <= cost["targets"]["statements_max"] == 5
+    assert cost["checkouts"] == 1 and cost["transactions"] == 1
+    assert cost["cpu_ms_p95"] >= cost["cpu_ms_p50"] > 0  # measured, never judged here
+    assert "warm GET /api/suggestions (sqlite" in format_request_cost(cost)
 
 
 @pytest.mark.integration

@@ -30,6 +30,9 @@ def _note(s, n: int, *, user: str | None, arms, seconds: float | None, edits: in
             if seconds is None
             else kw.get("created_at", T0) - timedelta(seconds=seconds),
             edits=edits,
+            chars_total=kw.get("chars", (0, 0, 0))[0],
+            chars_accepted=kw.get("chars", (0, 0, 0))[1],
+            chars_edited=kw.get("chars", (0, 0, 0))[2],
             rollout_arms=arms,
             document_kind=kw.get("document_kind", "note"),
         )
@@ -101,6 +104,51 @@ def test_intervals_hold_the_estimate_and_are_the_same_every_time(seeded):
     # (Practitioner/5) alone, or 3 for both; never a value a single note would give.
     low, high = group["outside"]["edits_per_note_ci95"]
     assert 2.5 <= low and high <= 4.0
+
+
+def test_note_composition_by_arm_pools_characters_with_clinician_intervals(database):
+    """Shares are the arm's characters from accepted / edited suggestions and typed, over
+    all its notes' characters (as /admin/api/metrics pools them), each with its interval."""
+    inside, outside = {KIND: "inside"}, {KIND: "outside"}
+    notes = [
+        # (user, arms, (total, accepted, edited))
+        ("Practitioner/1", inside, (1000, 600, 200)),
+        ("Practitioner/1", inside, (1000, 500, 100)),
+        ("Practitioner/2", inside, (2000, 1000, 600)),
+        ("Practitioner/3", outside, (1000, 100, 0)),
+        ("Practitioner/4", outside, (1000, 0, 300)),
+        ("Practitioner/4", outside, (0, 0, 0)),  # saved before composition was recorded
+    ]
+    with database.session() as s:
+        for n, (user, arms, chars) in enumerate(notes):
+            _note(s, n, user=user, arms=arms, seconds=60, edits=1, chars=chars)
+    with database.session() as s:
+        [group] = rollout_control(s, resamples=400)["groups"]
+    a, b, d = group["inside"], group["outside"], group["difference"]
+    assert a["accepted_share_of_note_chars"] == 0.525  # 2100 / 4000
+    assert a["edited_share_of_note_chars"] == 0.225  # 900 / 4000
+    assert a["typed_share_of_note_chars"] == 0.25  # 1000 / 4000
+    assert b["accepted_share_of_note_chars"] == 0.05  # 100 / 2000
+    assert b["edited_share_of_note_chars"] == 0.15
+    assert b["typed_share_of_note_chars"] == 0.8
+    assert d["accepted_share_of_note_chars"] == 0.475
+    assert d["typed_share_of_note_chars"] == -0.55
+    assert b["edits_per_note"] == 1.0
+    for part in (a, b, d):
+        for measure in control.MEASURES:
+            low, high = part[f"{measure}_ci95"]
+            assert low <= part[measure] <= high, measure
+    # Resampling clinicians: outside is Practitioner/3 alone (accepted 0.1), /4 alone (0),
+    # or both (0.05); the interval is within those.
+    low, high = b["accepted_share_of_note_chars_ci95"]
+    assert 0.0 <= low <= 0.05 <= high <= 0.1
+    # A note of no recorded characters leaves the shares None, not 0.
+    with database.session() as s:
+        s.query(SavedNote).update({SavedNote.chars_total: 0, SavedNote.chars_accepted: 0})
+    with database.session() as s:
+        [group] = rollout_control(s, resamples=50)["groups"]
+    assert group["inside"]["typed_share_of_note_chars"] is None
+    assert group["difference"]["typed_share_of_note_chars_ci95"] is None
 
 
 def test_one_clinician_in_an_arm_gives_no_interval(database):
@@ -239,6 +287,25 @@ def test_dashboard_shows_inside_vs_outside(admin_app, identity):
     page = admin_app.test_client().get("/admin").get_data(as_text=True)
     assert "Inside vs outside a rollout" in page
     assert "problem_summary" in page and "-210 s" in page
+    assert 'data-measure="typed_share_of_note_chars"' in page
+
+
+def test_dashboard_shows_the_note_composition_by_arm_in_percent(admin_app, identity):
+    with admin_app.extensions["smartapp.db"].session() as s:
+        for n, (user, arm, chars) in enumerate(
+            [
+                ("Practitioner/1", "inside", (1000, 600, 200)),
+                ("Practitioner/2", "inside", (1000, 400, 200)),
+                ("Practitioner/3", "outside", (1000, 0, 100)),
+                ("Practitioner/4", "outside", (1000, 100, 100)),
+            ]
+        ):
+            _note(s, n, user=user, arms={KIND: arm}, seconds=60, edits=1, chars=chars)
+    identity.sign_in("Practitioner/admin1")
+    page = admin_app.test_client().get("/admin").get_data(as_text=True)
+    assert "note chars from accepted suggestions" in page
+    assert "50.0%" in page and "5.0%" in page  # accepted: inside 1000/2000, outside 100/2000
+    assert "+45.0 pts" in page  # the difference, in percentage points
 
 
 def test_without_a_partial_rollout_the_dashboard_says_how_to_start_one(admin_app, identity):

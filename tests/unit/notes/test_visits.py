@@ -146,7 +146,9 @@ class Drafter:
         }
     )
 
-    def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan:
+    def plan(
+        self, *, iss: str, fhir_user: str | None, governance_version: int | None = None
+    ) -> DraftPlan:
         return DraftPlan(kinds=KINDS)
 
     def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts:

@@ -54,7 +54,9 @@ class SnapshotSource:
 class NoDrafts:
     """A drafter (notes.service's `Drafter`) that plans every kind and drafts nothing."""
 
-    def plan(self, *, iss: str, fhir_user: str | None) -> DraftPlan:
+    def plan(
+        self, *, iss: str, fhir_user: str | None, governance_version: int | None = None
+    ) -> DraftPlan:
         return DraftPlan(kinds=KINDS)
 
     def draft(self, snapshot: ChartSnapshot, *, iss: str, plan: DraftPlan) -> Drafts:

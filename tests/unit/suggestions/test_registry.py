@@ -139,6 +139,9 @@ def test_llm_settings_from_environment_and_repr_hides_the_key():
         base_url="http://localhost:11434/v1", model="llama3.1", api_key="secret-key"
     )
     assert "secret-key" not in repr(settings)
+    proxied = LLMSettings.from_values("https://u:proxy-pw@llm.example/v1", "m", None)
+    assert proxied is not None
+    assert "proxy-pw" not in repr(proxied) and "u:***@llm.example" in repr(proxied)
 
 
 def test_from_settings_reads_the_site_file_and_the_llm_variables(tmp_path):
