@@ -75,7 +75,7 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
     from smartapp.db import get_database
     from smartapp.feedback.forwarding import FeedbackForwarder
     from smartapp.feedback.models import ShownSuggestion
-    from smartapp.fhir.cache import SnapshotCache
+    from smartapp.fhir.cache import ChartReads, SnapshotCache
     from smartapp.fhir.parsing import warm_up
     from smartapp.httplimits import limited_session
     from smartapp.notes import views as notes_views
@@ -93,7 +93,14 @@ def _init_sidebar(app: Flask, settings: Settings) -> SuggestionService:
 
     signal = RedisSignal(settings.redis_url) if settings.redis_url else None
     attach(database, signal)
-    cache = SnapshotCache(database, ttl_seconds=settings.snapshot_ttl_seconds)
+    # Processes serving one launch see each other's chart reads (a read ahead on one, the
+    # sidebar's request on another) and wait for them, as long as a read may take.
+    cache = SnapshotCache(
+        database,
+        ttl_seconds=settings.snapshot_ttl_seconds,
+        reads=ChartReads(database, wait_seconds=float(settings.fhir_deadline_seconds)),
+    )
+    app.extensions["smartapp.snapshot_cache"] = cache
     metrics = get_metrics(app)
     chart = LaunchChartSource(
         settings=settings,

@@ -9,8 +9,10 @@ chart into the snapshot cache while the browser loads the sidebar page, its cont
 notes. The sidebar's first `/api/suggestions` then waits for that read if it is under way
 (never reads the chart a second time beside it), takes it from the cache if it is done, and
 reads the chart itself if the read ahead has not started yet (it is cancelled) or failed (the
-request then meets the error itself). A request served by another process does not see a
-read under way here and reads the chart itself.
+request then meets the error itself). A request served by another process sees a read under
+way here through the store (`fhir.cache.ChartReads`: the read's lease, renewed while it
+runs) and waits for its snapshot, up to SMARTAPP_FHIR_DEADLINE; it reads the chart
+itself once that read ended without one, its lease lapsed, or its process is gone.
 """
 
 from __future__ import annotations

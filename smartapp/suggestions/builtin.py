@@ -805,7 +805,9 @@ class BuiltinEngine:
             goal = assessment.goal_for(facts, assessment.knowledge(), goal_id) if goal_id else None
             verdict = assessment.goal_status(goal, result) if goal else None
             if goal is not None and verdict is not None:
-                abnormal = None if verdict == "at goal" else verdict  # "result above goal"
+                # In the goal's own words, as the assessment and plan says it ("reduced",
+                # "albuminuria"), else "above goal".
+                abnormal = None if verdict == "at goal" else goal.words.get(verdict, verdict)
                 rule = f"{rule}; {goal.cite.label}: {goal.text}"
             else:
                 abnormal, range_rule = _abnormal(facts, result)
@@ -844,10 +846,10 @@ class BuiltinEngine:
                 due=False,
                 groups=groups,
                 statement=Statement(
-                    text=f"{topic}: {done}, result {abnormal} — {result.phrase}",
+                    text=f"{topic}: {done}; {abnormal} — {result.phrase}",
                     citations=cited,
                     rule=rule,
-                    brief=f"{topic}: {done}, result {abnormal}",
+                    brief=f"{topic}: {done}; {abnormal}",
                 ),
             )
         if taken >= cutoff:

@@ -80,8 +80,8 @@ def test_due_items_come_first_then_what_is_up_to_date():
             ["Observation/dm1-egfr", "Condition/dm1-diabetes"],
         ),
         (
-            "Cholesterol: lipid panel done within the interval, "
-            "result above the default reference range "
+            "Cholesterol: lipid panel done within the interval; "
+            "above the default reference range "
             "— LDL cholesterol 121 mg/dL on 2026-01-01",
             ["Observation/dm1-ldl"],
         ),
@@ -92,17 +92,17 @@ def test_every_rule_met_is_reported_with_what_shows_it():
     snapshot = load_chart("preventive_met")
     assert gaps(snapshot) == [
         (
-            "Diabetes: HbA1c done within the interval, result above goal — 7.1% on 2026-09-27",
+            "Diabetes: HbA1c done within the interval; above goal — 7.1% on 2026-09-27",
             ["Observation/pm1-hba1c-2026-09", "Condition/pm1-diabetes"],
         ),
         (
-            "Diabetes: kidney function test done within the interval, "
-            "result below goal "
+            # In the goal's own words, as the assessment and plan says them.
+            "Diabetes: kidney function test done within the interval; reduced "
             "— eGFR 58 mL/min/1.73 m2 on 2026-09-27",
             ["Observation/pm1-egfr-2026-09", "Condition/pm1-diabetes"],
         ),
         (
-            "Diabetes: UACR done within the interval, result above goal — 42 mg/g on 2026-09-27",
+            "Diabetes: UACR done within the interval; albuminuria — 42 mg/g on 2026-09-27",
             ["Observation/pm1-uacr-2026-09", "Condition/pm1-diabetes"],
         ),
         # LDL and total cholesterol drawn the same day: the LDL is the one shown.
@@ -417,7 +417,7 @@ def test_no_hba1c_on_file_cites_the_problem():
         **{"hba1c_interval_months": 12},
     ) == [
         (
-            "Diabetes: HbA1c done within the interval, result above goal — 8.0% on 2026-01-01",
+            "Diabetes: HbA1c done within the interval; above goal — 8.0% on 2026-01-01",
             ["Observation/dm1-hba1c-2026-01", "Condition/dm1-diabetes"],
         )
     ]
