@@ -153,6 +153,9 @@ class PlanOption:
     #: Not when a medication treating the problem was ordered after the result that
     #: triggers the option: the therapy was just changed, and the repeat test judges it.
     unless_changed_since: bool = False
+    #: Only when one did (of `classes_present`'s classes, when given): the follow-up the
+    #: change calls for, as no result of the option's test has been taken since.
+    changed_since: bool = False
     #: A risk score (risk_scores.toml) at or above a threshold by Patient.gender; genders
     #: without an entry use `male`'s (no sex point is counted for them).
     score: str | None = None
@@ -218,7 +221,7 @@ _OPTION_KEYS = frozenset(
         "rise_at_least", "within_days", "due_months",
         "with_problem", "without_problem",
         "classes_present", "classes_absent", "ingredients_present", "names_present",
-        "min_age", "max_age", "pregnant", "unless_changed_since",
+        "min_age", "max_age", "pregnant", "unless_changed_since", "changed_since",
         "score", "score_at_least", "guard",
         "show_treatment", "say_absent", "say_age",
     }
@@ -319,6 +322,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 show_treatment=bool(item.get("show_treatment")),
                 pregnant=bool(item.get("pregnant")),
                 unless_changed_since=bool(item.get("unless_changed_since")),
+                changed_since=bool(item.get("changed_since")),
                 score=str(item["score"]) if item.get("score") else None,
                 score_at_least={
                     str(k): int(v) for k, v in (item.get("score_at_least") or {}).items()
@@ -887,6 +891,28 @@ def _option_fires(
                 return None
             if _out_of_range(facts, latest) != option.out_of_range:
                 return None
+        if option.changed_since:
+            changed = [
+                m
+                for m in meds
+                if ordered_since(facts, m, latest)
+                and (
+                    not option.classes_present or {c.id for c in m.classes} & option.classes_present
+                )
+            ]
+            if not changed:
+                return None
+            first = min(changed, key=lambda m: m.authored or "")
+            drug, noun = _note_name(first), _name(latest)
+            noun = noun if noun.isupper() else noun.lower()
+            if latest.date == first.authored:  # both timed, the order the later
+                reasons.append(f"last {noun} before {drug} was ordered ({first.authored})")
+            else:
+                reasons.append(
+                    f"last {noun} {latest.date}, before {drug} was ordered {first.authored}"
+                )
+            cited += [first.request, *_resources(latest)]
+            return "; ".join(reasons), cited
         phrase = f"{_name(latest)} {_text(latest)}{_on(latest.date)}"
         shown_here = {_ref(r) for r in _resources(latest)}
         cited += _resources(latest)
@@ -1053,10 +1079,11 @@ def _changed_after(
 
 
 def ordered_since(facts: ChartFacts, med: Medication, reading: Result | BloodPressure) -> bool:
-    """The medication was started or changed after the reading, or on its day when either
-    has no time: the visit that saw the reading acted on it (a BP of 146/88 with amlodipine
-    started that day is not "consider intensifying"). A renewal of the same product is no
-    change, whenever it was written."""
+    """The medication was started or changed after the reading: ordered on a later day, or
+    later the same day when both carry a time (empagliflozin ordered at 16:05 after the
+    09:30 HbA1c). An order dated the reading's own day without a time cannot be told from
+    a renewal written at that visit, so it is not taken as a change (the option stays).
+    A renewal of an earlier order of the same product is no change, whenever written."""
     if med.reference in facts.renewals:
         return False
     authored = med.request.get("authoredOn")
@@ -1065,7 +1092,7 @@ def ordered_since(facts: ChartFacts, med: Medication, reading: Result | BloodPre
         return False
     if "T" in str(reading.when) and "T" in str(authored):
         return ordered > taken
-    return ordered.date() >= taken.date()
+    return ordered.date() > taken.date()
 
 
 def _rise(series: _Series, option: PlanOption) -> Result | BloodPressure | None:

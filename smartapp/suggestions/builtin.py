@@ -916,7 +916,7 @@ class BuiltinEngine:
                     for m in facts.medications
                     if any("hypertension" in c.treats for c in m.classes)
                 ]
-                # A drug ordered with or after the last reading is the review already made:
+                # A drug started or changed after the last reading is the review already made:
                 # what is left is the follow-up reading (ACC/AHA 2017: monthly after a change
                 # until at goal).
                 changed = [m for m in treating if assessment.ordered_since(facts, m, readings[0])]

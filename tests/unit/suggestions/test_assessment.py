@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -530,24 +531,46 @@ def test_hfref_on_a_beta_blocker_without_outcome_evidence_is_offered_a_switch(
     assert not any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
 
 
-def test_a_drug_started_at_the_visit_of_the_reading_is_not_told_to_intensify_but_a_renewal_is():
-    # Amlodipine ordered on the BP's own day (no times) and empagliflozin hours after the
-    # HbA1c was drawn: each visit already acted on its reading.
-    htn, dm = texts("therapy_changed_same_day")
+def _with(name: str, changes: dict[str, dict[str, Any]], *extra: dict[str, Any]) -> ChartSnapshot:
+    """The fixture chart with some resources' fields changed (by id) and others added."""
+    resources, _ = bundle_resources(json.loads((CHARTS / f"{name}.json").read_text()))
+    edited = [{**r, **changes.get(r["id"], {})} for r in resources]
+    return build_snapshot([*edited, *extra], patient_id=resources[0]["id"], fetched_at=AS_OF)
+
+
+def _said(snapshot: ChartSnapshot, kind: str = "assessment_plan") -> list[str]:
+    return [s.text for d in ENGINE.suggest(snapshot, kind, {}) for s in d.statements]
+
+
+def test_a_drug_started_after_the_reading_is_not_told_to_intensify_but_a_renewal_is():
+    # Amlodipine ordered two days after the BP; empagliflozin hours after the HbA1c.
+    htn, dm = texts("therapy_just_changed")
     assert not any(t.startswith("Consider intensifying") for t in htn + dm)
     # The same amlodipine order, renewing one written a year before, changes nothing.
-    resources, _ = bundle_resources(
-        json.loads((CHARTS / "therapy_changed_same_day.json").read_text())
-    )
+    resources, _ = bundle_resources(json.loads((CHARTS / "therapy_just_changed.json").read_text()))
     [current] = [r for r in resources if r["id"] == "same-day-change-amlodipine"]
     earlier = {**current, "id": "same-day-change-amlodipine-2025", "status": "completed"}
     earlier["authoredOn"] = "2025-11-10"
-    renewed = build_snapshot([*resources, earlier], patient_id=resources[0]["id"], fetched_at=AS_OF)
-    drafts = ENGINE.suggest(renewed, "assessment_plan", {})
-    htn_renewed = [s.text for s in drafts[0].statements]
-    assert any(t.startswith("Consider intensifying antihypertensive") for t in htn_renewed)
-    gaps = [s.text for d in ENGINE.suggest(renewed, "care_gaps", {}) for s in d.statements]
+    renewed = _with("therapy_just_changed", {}, earlier)
+    assert any(t.startswith("Consider intensifying antihypertensive") for t in _said(renewed))
+    gaps = _said(renewed, "care_gaps")
     assert any(t.startswith("Hypertension: consider reviewing treatment") for t in gaps)
+
+
+def test_an_order_dated_the_readings_day_without_times_is_not_taken_for_a_change():
+    # It may be the start that visit made, or a renewal written at it: the intensifying
+    # option stays, and no "recheck" presumes a change.
+    same_day = _with(
+        "therapy_just_changed",
+        {
+            "same-day-change-amlodipine": {"authoredOn": "2026-11-10"},
+            "same-day-change-empagliflozin": {"authoredOn": "2026-11-10"},
+        },
+    )
+    said = _said(same_day)
+    assert any(t.startswith("Consider intensifying antihypertensive") for t in said)
+    assert any(t.startswith("Consider intensifying glucose-lowering") for t in said)
+    assert not any(t.startswith("Recheck blood pressure") for t in said)
 
 
 def test_primary_prevention_on_a_statin_is_asked_for_the_ten_year_risk_but_not_with_cad():
@@ -577,3 +600,24 @@ def test_a_misspelt_option_key_is_refused_not_ignored(tmp_path: Path):
     )
     with pytest.raises(clinical.KnowledgeError, match="unknown key 'without_problems'"):
         assessment.knowledge([tmp_path])
+
+
+def test_after_a_change_the_follow_up_is_offered_until_a_later_result_judges_it():
+    said = _said(_with("t2d_htn_ckd", {"t2d-ckd-losartan": {"authoredOn": "2026-10-25"}}))
+    # Losartan started after the last potassium: the labs it calls for, once.
+    labs = [t for t in said if t.startswith("Check potassium and creatinine")]
+    assert labs == [
+        "Check potassium and creatinine two to four weeks after starting or raising an ACE "
+        "inhibitor or ARB: last potassium 2026-10-20, before losartan 100 mg was ordered "
+        "2026-10-25"
+    ]
+    # A BP taken after the start (2026-11-10, still above goal) has judged it: intensify.
+    assert not any(t.startswith("Recheck blood pressure") for t in said)
+    assert any(t.startswith("Consider intensifying antihypertensive") for t in said)
+    # Unchanged since long before the readings: neither follow-up.
+    plain = [
+        s.text
+        for d in ENGINE.suggest(chart("t2d_htn_ckd"), "assessment_plan", {})
+        for s in d.statements
+    ]
+    assert not any(t.startswith(("Check potassium", "Recheck blood pressure")) for t in plain)
