@@ -188,7 +188,10 @@ def _blocks(snapshot: ChartSnapshot) -> dict[str, list[str]]:
 def test_the_statin_decision_is_made_in_the_hyperlipidemia_block_and_pointed_to():
     blocks = _blocks(chart("t2d_lipids_no_statin"))
     lipids = blocks["Hyperlipidemia"]
-    assert any(t.startswith("Consider statin therapy after a risk discussion") for t in lipids)
+    # Diabetes at 62: a moderate-intensity statin whatever the ten-year risk (ADA 2025), as
+    # at an LDL of 88 below, not primary prevention's risk discussion.
+    assert any(t.startswith("Consider a moderate-intensity statin: with Type 2") for t in lipids)
+    assert not any("risk discussion" in t or "ASCVD risk" in t for t in lipids)
     for other in ("Type 2 diabetes mellitus", "Chronic kidney disease stage 3a"):
         assert "Statin: see Hyperlipidemia" in blocks[other]
     statin_options = [t for b in blocks.values() for t in b if "statin" in t and "Consider" in t]
