@@ -9,7 +9,7 @@ where the clinician needs the number with its trend and goal; then the results c
 the others), ties going to the card shown first. In every other card, a statement that
 states a result homed elsewhere says its `brief` instead (the same claim without the
 values, pointing to the home; to other problems' blocks of its own kind by those problems'
-name, "(see Essential hypertension)"), or, without one, is replaced by one cross-reference
+names, "(see Essential hypertension)"), or, without one, is replaced by one cross-reference
 line per home card. Cross-references cite what they point at (`Statement.see` says they are not
 facts). A rewritten statement passes the grounding verifier again; one that does not keeps
 its original text (a repeat is better than an unverified sentence).
