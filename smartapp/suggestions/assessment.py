@@ -986,7 +986,7 @@ def _held(
     meds: Sequence[Medication],
     problem: Problem,
     stated: frozenset[str] = frozenset(),
-) -> Statement | None:
+) -> Statement | _Check | None:
     """What a clinician looking for a guarded option (`held` names what it adds) reads in
     its place when the option would fire but for its guard, so that the pillar is not
     silently missing: the contraindication of the safety tables that holds ("A
@@ -1023,9 +1023,35 @@ def _result_word(value_set_id: str) -> str:
     return title if any(c.isupper() for c in title[1:]) else title.lower()
 
 
+@dataclass(frozen=True)
+class _Check:
+    """ "Check potassium and eGFR before a mineralocorticoid receptor antagonist: none on
+    file": what to check (`names`), before what (`held`), why, what to cite and the rule.
+    Several in one block with the same `why` are one line (`_merge_checks`)."""
+
+    names: tuple[str, ...]
+    held: str
+    why: str
+    citations: tuple[FHIRResource, ...]
+    rule: str
+
+    def statement(self, snapshot: ChartSnapshot) -> Statement:
+        return Statement(
+            text=f"Check {_and(self.names)} before {self.held}: {self.why}",
+            citations=_cite(snapshot, list(self.citations)),
+            rule=self.rule,
+        )
+
+
+def _and(names: Sequence[str]) -> str:
+    if len(names) < 3:
+        return " and ".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _unknown(
     facts: ChartFacts, option: PlanOption, problem: Problem, stated: frozenset[str]
-) -> Statement | None:
+) -> _Check | None:
     """ "Check potassium and eGFR before a mineralocorticoid receptor antagonist: none on
     file" when the option's guard cannot be judged: a result its rules read is not on file,
     or its latest is older than its test's staleness window (cited, with its date and age:
@@ -1034,13 +1060,15 @@ def _unknown(
     if guarded is None or guarded.known:
         return None
     wanted = [v for v in guarded.needed if v in guarded.missing or v in guarded.stale]
-    names = [_result_word(v) for v in wanted]
+    names = tuple(_result_word(v) for v in wanted)
     absent = "on file" if facts.complete("Observation") else "among the results read"
     old = list(guarded.stale.values())
     if not old:
         why = f"none {absent}"
-    elif not guarded.missing and len({r.date for r in old}) == 1 and all(
-        r.reference in stated for r in old
+    elif (
+        not guarded.missing
+        and len({r.date for r in old}) == 1
+        and all(r.reference in stated for r in old)
     ):
         # The results are on the lines above: their date and age say why.
         why = f"last{_on(old[0].date)}{age_note(old[0], facts.as_of)}"
@@ -1055,12 +1083,55 @@ def _unknown(
             else:
                 parts.append(f"{r.name} {_text(r)}{_on(r.date)}{age_note(r, facts.as_of)}")
         why = "; ".join(parts)
-    joined = " and ".join(names) if len(names) < 3 else ", ".join(names)
-    return Statement(
-        text=f"Check {joined} before {option.held}: {why}",
-        citations=_cite(facts.snapshot, [problem.condition, *(r.resource for r in old)]),
+    return _Check(
+        names=names,
+        held=option.held,
+        why=why,
+        citations=(problem.condition, *(r.resource for r in old)),
         rule=f"{option.cite.label}: {option.rule}" if option.rule else option.cite.label,
     )
+
+
+def _merge_checks(
+    snapshot: ChartSnapshot, statements: list[Statement], checks: Sequence[tuple[int, _Check]]
+) -> list[Statement]:
+    """The block's "Check … before …" lines with the same reason as one line, where the
+    first stood: "Check eGFR and potassium before an SGLT2 inhibitor; an ARNI, ACE
+    inhibitor or ARB; or a mineralocorticoid receptor antagonist: none on file"."""
+    by_why: dict[str, list[tuple[int, _Check]]] = {}
+    for position, check in checks:
+        by_why.setdefault(check.why, []).append((position, check))
+    replaced: dict[int, Statement | None] = {}
+    for group in by_why.values():
+        if len(group) < 2:
+            continue
+        names = tuple(dict.fromkeys(n for _, c in group for n in c.names))
+        helds = [c.held for _, c in group]
+        # "an ARNI, ACE inhibitor or ARB" has commas of its own: then semicolons between.
+        comma = "; " if any("," in h for h in helds) else ", "
+        held = comma.join(helds[:-1]) + (
+            f" or {helds[-1]}"
+            if len(helds) == 2 and comma == ", "
+            else f"{comma.strip()} or {helds[-1]}"
+        )
+        citations = tuple({id(r): r for _, c in group for r in c.citations}.values())
+        merged = _Check(
+            names=names,
+            held=held,
+            why=group[0][1].why,
+            citations=citations,
+            rule="; ".join(dict.fromkeys(c.rule for _, c in group)),
+        )
+        replaced[group[0][0]] = merged.statement(snapshot)
+        for position, _ in group[1:]:
+            replaced[position] = None
+    out: list[Statement] = []
+    for index, statement in enumerate(statements):
+        if index not in replaced:
+            out.append(statement)
+        elif (merged_statement := replaced[index]) is not None:
+            out.append(merged_statement)
+    return out
 
 
 def _has_phrase(text: str, phrase: str) -> bool:
@@ -1325,6 +1396,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 "support; each component cites the resource it counts",
             )
         )
+    checks: list[tuple[int, _Check]] = []  # "Check … before …" lines, by position
     for option, for_problem in _options_for(facts, kb, problem):
         home = _home(facts, kb, option.decision)
         if home is not None and home.reference != problem.reference:
@@ -1343,6 +1415,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             held = _held(facts, kb, option, meds, for_problem, _stated(statements))
             if held is not None:
                 shown.options.add(option.decision)
+                if isinstance(held, _Check):
+                    checks.append((len(statements), held))
+                    held = held.statement(snapshot)
                 statements.append(held)
             continue
         shown.options.add(option.decision)
@@ -1361,6 +1436,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 brief=lead if why else None,
             )
         )
+    statements = _merge_checks(snapshot, statements, checks)
     for owner, names, resources in pointers.values():
         statements.append(
             Statement(

@@ -48,6 +48,9 @@ class SafetyRule:
     result: str | None = None
     value: Decimal | None = None
     upper: Decimal | None = None
+    #: A contraindication to starting the drug only: an order already on the list is not
+    #: flagged (a proposed one is), and a plan option that would start it is held back.
+    starting_only: bool = False
 
     @property
     def label(self) -> str:
@@ -87,6 +90,7 @@ def rules() -> tuple[SafetyRule, ...]:
                     result=str(item["result"]) if item.get("result") else None,
                     value=Decimal(str(item["value"])) if "value" in item else None,
                     upper=Decimal(str(item["upper"])) if "upper" in item else None,
+                    starting_only=bool(item.get("starting_only", False)),
                 )
             )
     return tuple(found)
@@ -264,6 +268,8 @@ def contraindication_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> li
     patient_ref = ref(facts.snapshot.patient) if facts.snapshot.patient else None
     for rule in (r for r in table if r.kind == "contraindication"):
         meds = [m for m in checked_medications(facts) if _in_group(rule.groups[0], m.concept)]
+        if rule.starting_only:
+            meds = [m for m in meds if m.proposed]
         if not meds:
             continue
         if rule.when == "pregnant":

@@ -415,55 +415,53 @@ def _hfref_texts(
 
 
 K, EGFR = "hfref-gdmt-k-1", "hfref-gdmt-egfr-1"
-RAS = "before an ARNI, ACE inhibitor or ARB: "
-MRA = "before a mineralocorticoid receptor antagonist: "
+RAS = "an ARNI, ACE inhibitor or ARB"
+MRA = "a mineralocorticoid receptor antagonist"
+SGLT2 = "an SGLT2 inhibitor"
 OLD = "2023-05-02"  # 42 months before the chart's day: older than result_tests.toml's 12
+OLD_AGE = f"last on {OLD} (42 months old)"
 
 
 @pytest.mark.parametrize(
     ("drop", "dated", "potassium", "truncated", "wanted"),
     [
-        # Potassium not on file: neither pillar is judged; the note says what to check.
-        (
-            (K,),
-            {},
-            4.4,
-            False,
-            ["Check potassium " + RAS + "none on file", "Check potassium " + MRA + "none on file"],
-        ),
+        # Potassium not on file: neither pillar that reads it is judged; the note says what
+        # to check, once for the pillars that share the reason.
+        ((K,), {}, 4.4, False, [f"Check potassium before {RAS}; or {MRA}: none on file"]),
         (
             (K, EGFR),
             {},
             4.4,
             False,
-            [
-                "Check potassium " + RAS + "none on file",
-                "Check potassium and eGFR " + MRA + "none on file",
-            ],
+            [f"Check eGFR and potassium before {SGLT2}; {RAS}; or {MRA}: none on file"],
         ),
-        ((EGFR,), {}, 4.4, False, ["Check eGFR " + MRA + "none on file"]),
+        ((EGFR,), {}, 4.4, False, [f"Check eGFR before {SGLT2} or {MRA}: none on file"]),
         # Only part of the results read: "none on file" would be a guess.
-        ((K,), {}, 4.4, True, ["Check potassium " + RAS + "none among the results read"]),
+        (
+            (K,),
+            {},
+            4.4,
+            True,
+            [f"Check potassium before {RAS}; or {MRA}: none among the results read"],
+        ),
         # Older than the test's staleness window: not judged by; the lines above show them.
         (
             (),
             {K: OLD, EGFR: OLD},
             4.4,
             False,
-            [
-                "Check potassium " + RAS + f"last on {OLD} (42 months old)",
-                "Check potassium and eGFR " + MRA + f"last on {OLD} (42 months old)",
-            ],
+            [f"Check eGFR and potassium before {SGLT2}; {RAS}; or {MRA}: {OLD_AGE}"],
         ),
+        # Different reasons: one line each.
         (
             (EGFR,),
             {K: OLD},
             4.4,
             False,
             [
-                "Check potassium and eGFR "
-                + MRA
-                + f"potassium last on {OLD} (42 months old); no eGFR on file"
+                f"Check eGFR before {SGLT2}: none on file",
+                f"Check potassium before {RAS}: {OLD_AGE}",
+                f"Check potassium and eGFR before {MRA}: potassium {OLD_AGE}; no eGFR on file",
             ],
         ),
         # Potassium 5.2 holds the MRA back however old it is, said with its age.
@@ -473,7 +471,7 @@ OLD = "2023-05-02"  # 42 months before the chart's day: older than result_tests.
             5.2,
             False,
             [
-                "Check potassium " + RAS + f"last on {OLD} (42 months old)",
+                f"Check potassium before {RAS}: {OLD_AGE}",
                 "A mineralocorticoid receptor antagonist is not suggested: "
                 f"potassium 5.2 mmol/L on {OLD} (42 months old)",
             ],
@@ -490,8 +488,13 @@ def test_hfref_pillars_not_judged_say_which_results_to_check(
     texts_ = _hfref_texts(drop, dated, potassium=potassium, truncated=truncated)
     for line in wanted:
         assert line in texts_, texts_
+    assert [t for t in texts_ if t.startswith("Check ")] == [
+        w for w in wanted if w.startswith("Check ")
+    ]
     if any(RAS in line for line in wanted):
         assert not any(t.startswith("Consider an ARNI") for t in texts_)
+    if any(SGLT2 in line for line in wanted):
+        assert "Consider an SGLT2 inhibitor" not in texts_
     assert not any(t.startswith("Consider a mineralocorticoid") for t in texts_)
     # The pillars that read no result are offered whatever is missing.
     assert any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
@@ -624,3 +627,24 @@ def test_after_a_change_the_follow_up_is_offered_until_a_later_result_judges_it(
         for s in d.statements
     ]
     assert not any(t.startswith(("Check potassium", "Recheck blood pressure")) for t in plain)
+
+
+def test_an_sglt2_inhibitor_taken_at_an_egfr_below_20_is_not_flagged_a_proposed_one_is():
+    """KDIGO 2024: not started below an eGFR of 20, but continued once started
+    (`starting_only` in medication_safety.toml)."""
+    from smartapp.suggestions import safety
+
+    def rule_ids(status: str) -> set[str]:
+        resources, _ = bundle_resources(
+            json.loads((CHARTS / "hfref_egfr_17_sglt2_draft.json").read_text())
+        )
+        resources = [
+            {**r, "status": status} if r.get("id") == "hf-egfr17-empagliflozin" else r
+            for r in resources
+        ]
+        snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
+        flags = safety.contraindication_flags(ChartFacts(snapshot), safety.rules())
+        return {f.rule.id for f in flags}
+
+    assert "sglt2-egfr-below-20" in rule_ids("draft")
+    assert "sglt2-egfr-below-20" not in rule_ids("active")
