@@ -835,12 +835,12 @@ def _option_fires(
             reasons.append("no " + " or ".join(labels) + " on the medication list")
     if option.guard:
         guarded = _guard(facts, option.guard)
-        if guarded is None:
+        if guarded is None or not guarded.known:
             return None
-        shown = [r for r in guarded if _ref(r.resource) not in stated]
+        shown = [r for r in guarded.read if _ref(r.resource) not in stated]
         if shown:
             reasons.append(", ".join(f"{r.name} {_text(r)}{_on(r.date)}" for r in shown))
-        cited += [r.resource for r in guarded]
+        cited += [r.resource for r in guarded.read]
     if option.score is not None:
         result = risk_scores.by_id(facts, option.score)
         if result is None:
@@ -936,10 +936,30 @@ def _option_fires(
     return "; ".join(reasons), cited
 
 
-def _guard(facts: ChartFacts, groups: Iterable[str]) -> list[Result] | None:
-    """The latest results the guarding contraindication rules read, or None when one of
-    those rules holds or a result it reads is not on file (not known to be safe)."""
+@dataclass(frozen=True)
+class _Guarded:
+    """What the contraindication rules guarding an option read: the latest results that
+    are current (`read`), and the results they need (value set ids, in the rules' order)
+    that are not on file (`missing`) or whose latest is older than its test's staleness
+    window (`stale`)."""
+
+    read: tuple[Result, ...] = ()
+    missing: tuple[str, ...] = ()
+    stale: Mapping[str, Result] = field(default_factory=dict)
+    needed: tuple[str, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        """Every result the rules read is on file and current: the option may be judged."""
+        return not self.missing and not self.stale
+
+
+def _guard(facts: ChartFacts, groups: Iterable[str]) -> _Guarded | None:
+    """What the guarding contraindication rules read, or None when one of them holds. A
+    result they read that is not on file, or older than its test's `stale_months`, leaves
+    the option not known to be safe (`_Guarded.known`)."""
     read: dict[str, Result] = {}
+    needed: dict[str, Result | None] = {}
     for group in groups:
         if safety.contraindicated(facts, group):
             return None
@@ -948,10 +968,15 @@ def _guard(facts: ChartFacts, groups: Iterable[str]) -> list[Result] | None:
                 continue
             vs = clinical.value_set(rule.result)
             latest = facts.latest(vs.code_keys(clinical.LOINC))
-            if latest is None:
-                return None
-            read.setdefault(latest.reference, latest)
-    return list(read.values())
+            needed.setdefault(rule.result, latest)
+            if latest is not None and not age_note(latest, facts.as_of):
+                read.setdefault(latest.reference, latest)
+    return _Guarded(
+        read=tuple(read.values()),
+        missing=tuple(v for v, r in needed.items() if r is None),
+        stale={v: r for v, r in needed.items() if r is not None and r.reference not in read},
+        needed=tuple(needed),
+    )
 
 
 def _held(
@@ -960,23 +985,28 @@ def _held(
     option: PlanOption,
     meds: Sequence[Medication],
     problem: Problem,
+    stated: frozenset[str] = frozenset(),
 ) -> Statement | None:
-    """ "An MRA is not suggested: potassium 5.2 mmol/L on 2026-11-09" when the option would
-    fire but for a contraindication of the safety tables (`held` names what it adds): the
-    pillar a clinician looks for is not silently missing."""
+    """What a clinician looking for a guarded option (`held` names what it adds) reads in
+    its place when the option would fire but for its guard, so that the pillar is not
+    silently missing: the contraindication of the safety tables that holds ("A
+    mineralocorticoid receptor antagonist is not suggested: potassium 5.2 mmol/L on
+    2026-11-09"), else the results its rules need that are not on file or not current
+    ("Check potassium and eGFR before a mineralocorticoid receptor antagonist: none on
+    file")."""
     if not option.held or not option.guard:
         return None
     if _fires(facts, kb, replace(option, guard=()), meds, problem) is None:
         return None
     holding = [h for group in option.guard for h in safety.contraindicated(facts, group)]
     if not holding:
-        return None
+        return _unknown(facts, option, problem, stated)
     rule, resource = holding[0]
     reading = next(
         (r for series in facts.results.values() for r in series if r.resource is resource), None
     )
     why = (
-        f"{reading.name} {_text(reading)}{_on(reading.date)}"
+        f"{reading.name} {_text(reading)}{_on(reading.date)}{age_note(reading, facts.as_of)}"
         if reading is not None
         else concept_text(resource.get("code")) or "see the safety check"
     )
@@ -984,6 +1014,52 @@ def _held(
         text=f"{option.held[:1].upper()}{option.held[1:]} is not suggested: {why}",
         citations=_cite(facts.snapshot, [problem.condition, resource]),
         rule=rule.label,
+    )
+
+
+def _result_word(value_set_id: str) -> str:
+    """How a note names a value set's result: "potassium", "eGFR" (an acronym kept)."""
+    title = clinical.value_set(value_set_id).title
+    return title if any(c.isupper() for c in title[1:]) else title.lower()
+
+
+def _unknown(
+    facts: ChartFacts, option: PlanOption, problem: Problem, stated: frozenset[str]
+) -> Statement | None:
+    """ "Check potassium and eGFR before a mineralocorticoid receptor antagonist: none on
+    file" when the option's guard cannot be judged: a result its rules read is not on file,
+    or its latest is older than its test's staleness window (cited, with its date and age:
+    "last on 2023-05-02 (42 months old)")."""
+    guarded = _guard(facts, option.guard)
+    if guarded is None or guarded.known:
+        return None
+    wanted = [v for v in guarded.needed if v in guarded.missing or v in guarded.stale]
+    names = [_result_word(v) for v in wanted]
+    absent = "on file" if facts.complete("Observation") else "among the results read"
+    old = list(guarded.stale.values())
+    if not old:
+        why = f"none {absent}"
+    elif not guarded.missing and len({r.date for r in old}) == 1 and all(
+        r.reference in stated for r in old
+    ):
+        # The results are on the lines above: their date and age say why.
+        why = f"last{_on(old[0].date)}{age_note(old[0], facts.as_of)}"
+    else:
+        parts = []
+        for v in wanted:
+            r = guarded.stale.get(v)
+            if r is None:
+                parts.append(f"no {_result_word(v)} {absent}")
+            elif r.reference in stated:
+                parts.append(f"{_result_word(v)} last{_on(r.date)}{age_note(r, facts.as_of)}")
+            else:
+                parts.append(f"{r.name} {_text(r)}{_on(r.date)}{age_note(r, facts.as_of)}")
+        why = "; ".join(parts)
+    joined = " and ".join(names) if len(names) < 3 else ", ".join(names)
+    return Statement(
+        text=f"Check {joined} before {option.held}: {why}",
+        citations=_cite(facts.snapshot, [problem.condition, *(r.resource for r in old)]),
+        rule=f"{option.cite.label}: {option.rule}" if option.rule else option.cite.label,
     )
 
 
@@ -1264,7 +1340,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
             continue
         fired = _fires(facts, kb, option, meds, for_problem, _stated(statements) | scored)
         if fired is None:
-            held = _held(facts, kb, option, meds, for_problem)
+            held = _held(facts, kb, option, meds, for_problem, _stated(statements))
             if held is not None:
                 shown.options.add(option.decision)
                 statements.append(held)

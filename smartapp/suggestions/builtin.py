@@ -62,7 +62,7 @@ from smartapp.suggestions.terminology import (
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 6
+RULES_REVISION = 13
 
 
 def _version() -> str:
@@ -1051,8 +1051,14 @@ class BuiltinEngine:
                 continue  # never reinforce a drug the medication card flags, or one on hold
             # One known ingredient names the drug plainly, unless it is a combination
             # ("sacubitril / valsartan" is not "valsartan").
+            # Else the name as a note writes it ("allopurinol 100 mg", not the RxNorm display
+            # "allopurinol 100 MG Oral Tablet").
             combined = " / " in med.name
-            name = med.ingredients[0] if len(med.ingredients) == 1 and not combined else med.name
+            name = (
+                med.ingredients[0]
+                if len(med.ingredients) == 1 and not combined
+                else MEDICATION_NAMES.note_name(med.name, med.ingredients)
+            )
             statements.append(
                 Statement(
                     text=f"Your medicine list includes {name}. Take it the way your care team "

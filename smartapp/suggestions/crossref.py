@@ -8,8 +8,9 @@ what the card is for (`HOME_PRIORITY`: the problem-oriented assessment and plan 
 where the clinician needs the number with its trend and goal; then the results card; then
 the others), ties going to the card shown first. In every other card, a statement that
 states a result homed elsewhere says its `brief` instead (the same claim without the
-values, pointing to the home), or, without one, is replaced by one cross-reference line per
-home card. Cross-references cite what they point at (`Statement.see` says they are not
+values, pointing to the home; to other problems' blocks of its own kind by those problems'
+names, "(see Essential hypertension)"), or, without one, is replaced by one cross-reference
+line per home card. Cross-references cite what they point at (`Statement.see` says they are not
 facts). A rewritten statement passes the grounding verifier again; one that does not keeps
 its original text (a repeat is better than an unverified sentence).
 
@@ -175,9 +176,24 @@ def deduplicate(suggestions: Sequence[Suggestion], verifier: GroundingVerifier) 
                 continue
             cards = [suggestions[i] for i in dict.fromkeys(home[r] for r in moved)]
             if statement.brief:
-                target = _target(cards, statement.citations)
-                named = target != _kind_label(cards[0].kind)  # the label names a problem
-                extra = [c for c in _subject(cards) if named and c not in statement.citations]
+                problems = [c.extra.get(PROBLEM) for c in cards]
+                if all(c.kind == suggestion.kind for c in cards) and all(
+                    isinstance(p, str) and p for p in problems
+                ):
+                    # Other problems' blocks of this kind: named by their problems, as the
+                    # assessment's own pointers are ("Statin: see Hyperlipidemia"); "see
+                    # Assessment and plan" within the assessment and plan points nowhere.
+                    target = " and ".join(dict.fromkeys(str(p) for p in problems))
+                    named = True
+                else:
+                    target = _target(cards, statement.citations)
+                    named = target != _kind_label(cards[0].kind)  # the label names a problem
+                extra = [
+                    c
+                    for group in cards
+                    for c in _subject([group])
+                    if named and c not in statement.citations
+                ]
                 rewritten = replace(
                     statement,
                     text=f"{statement.brief} (see {target})",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from smartapp import clinical
 from smartapp.fhir.parsing import build_snapshot
-from smartapp.fhir.snapshot import ChartSnapshot
+from smartapp.fhir.snapshot import ChartSnapshot, SnapshotProblem
 from smartapp.suggestions import assessment
 from smartapp.suggestions.builtin import BuiltinEngine
 from smartapp.suggestions.evaluate import bundle_resources
@@ -187,7 +188,10 @@ def _blocks(snapshot: ChartSnapshot) -> dict[str, list[str]]:
 def test_the_statin_decision_is_made_in_the_hyperlipidemia_block_and_pointed_to():
     blocks = _blocks(chart("t2d_lipids_no_statin"))
     lipids = blocks["Hyperlipidemia"]
-    assert any(t.startswith("Consider statin therapy after a risk discussion") for t in lipids)
+    # Diabetes at 62: a moderate-intensity statin whatever the ten-year risk (ADA 2025), as
+    # at an LDL of 88 below, not primary prevention's risk discussion.
+    assert any(t.startswith("Consider a moderate-intensity statin: with Type 2") for t in lipids)
+    assert not any("risk discussion" in t or "ASCVD risk" in t for t in lipids)
     for other in ("Type 2 diabetes mellitus", "Chronic kidney disease stage 3a"):
         assert "Statin: see Hyperlipidemia" in blocks[other]
     statin_options = [t for b in blocks.values() for t in b if "statin" in t and "Consider" in t]
@@ -380,15 +384,116 @@ def test_hfref_offers_an_mra_only_when_the_safety_table_allows_it_and_cites_what
         assert held.rule and "AHA/ACC/HFSA" in held.rule
 
 
-def test_hfref_mra_is_not_offered_without_a_potassium_on_file():
+def _hfref_texts(
+    drop: tuple[str, ...] = (),
+    dated: dict[str, str] | None = None,
+    *,
+    potassium: float = 5.2,
+    truncated: bool = False,
+) -> list[str]:
+    """The HFrEF chart's assessment-and-plan lines with some results left out or redated."""
     resources, _ = bundle_resources(
         json.loads((CHARTS / "hfref_gdmt_potassium_52.json").read_text())
     )
-    resources = [r for r in resources if r.get("id") != "hfref-gdmt-k-1"]
-    snapshot = build_snapshot(resources, patient_id=resources[0]["id"], fetched_at=AS_OF)
-    texts_ = [s.text for d in ENGINE.suggest(snapshot, "assessment_plan", {}) for s in d.statements]
-    assert not any("mineralocorticoid" in t for t in texts_)
-    assert not any(t.startswith("Consider an ARNI") for t in texts_)  # K unknown: not judged
+    dated = dated or {}
+    changed = []
+    for r in resources:
+        if r.get("id") in drop:
+            continue
+        if r.get("id") in dated:
+            r = {**r, "effectiveDateTime": dated[r["id"]]}
+        if r.get("id") == K:
+            r = {**r, "valueQuantity": {**r["valueQuantity"], "value": potassium}}
+        changed.append(r)
+    snapshot = build_snapshot(changed, patient_id=changed[0]["id"], fetched_at=AS_OF)
+    if truncated:
+        cut = SnapshotProblem(
+            code="truncated", resource_type="Observation", detail="read 5 of 9", newest_first=True
+        )
+        snapshot = replace(snapshot, problems=(cut,))
+    return [s.text for d in ENGINE.suggest(snapshot, "assessment_plan", {}) for s in d.statements]
+
+
+K, EGFR = "hfref-gdmt-k-1", "hfref-gdmt-egfr-1"
+RAS = "before an ARNI, ACE inhibitor or ARB: "
+MRA = "before a mineralocorticoid receptor antagonist: "
+OLD = "2023-05-02"  # 42 months before the chart's day: older than result_tests.toml's 12
+
+
+@pytest.mark.parametrize(
+    ("drop", "dated", "potassium", "truncated", "wanted"),
+    [
+        # Potassium not on file: neither pillar is judged; the note says what to check.
+        (
+            (K,),
+            {},
+            4.4,
+            False,
+            ["Check potassium " + RAS + "none on file", "Check potassium " + MRA + "none on file"],
+        ),
+        (
+            (K, EGFR),
+            {},
+            4.4,
+            False,
+            [
+                "Check potassium " + RAS + "none on file",
+                "Check potassium and eGFR " + MRA + "none on file",
+            ],
+        ),
+        ((EGFR,), {}, 4.4, False, ["Check eGFR " + MRA + "none on file"]),
+        # Only part of the results read: "none on file" would be a guess.
+        ((K,), {}, 4.4, True, ["Check potassium " + RAS + "none among the results read"]),
+        # Older than the test's staleness window: not judged by; the lines above show them.
+        (
+            (),
+            {K: OLD, EGFR: OLD},
+            4.4,
+            False,
+            [
+                "Check potassium " + RAS + f"last on {OLD} (42 months old)",
+                "Check potassium and eGFR " + MRA + f"last on {OLD} (42 months old)",
+            ],
+        ),
+        (
+            (EGFR,),
+            {K: OLD},
+            4.4,
+            False,
+            [
+                "Check potassium and eGFR "
+                + MRA
+                + f"potassium last on {OLD} (42 months old); no eGFR on file"
+            ],
+        ),
+        # Potassium 5.2 holds the MRA back however old it is, said with its age.
+        (
+            (),
+            {K: OLD},
+            5.2,
+            False,
+            [
+                "Check potassium " + RAS + f"last on {OLD} (42 months old)",
+                "A mineralocorticoid receptor antagonist is not suggested: "
+                f"potassium 5.2 mmol/L on {OLD} (42 months old)",
+            ],
+        ),
+    ],
+)
+def test_hfref_pillars_not_judged_say_which_results_to_check(
+    drop: tuple[str, ...],
+    dated: dict[str, str],
+    potassium: float,
+    truncated: bool,
+    wanted: list[str],
+):
+    texts_ = _hfref_texts(drop, dated, potassium=potassium, truncated=truncated)
+    for line in wanted:
+        assert line in texts_, texts_
+    if any(RAS in line for line in wanted):
+        assert not any(t.startswith("Consider an ARNI") for t in texts_)
+    assert not any(t.startswith("Consider a mineralocorticoid") for t in texts_)
+    # The pillars that read no result are offered whatever is missing.
     assert any(t.startswith("Consider an evidence-based beta blocker") for t in texts_)
 
 

@@ -301,6 +301,8 @@ def test_assessment_plan_untreated_problem_offers_starting_treatment():
         "Essential (primary) hypertension",
         "BP 140/86 mmHg on 2026-01-01; above goal",
         "No current medication on the list for Essential (primary) hypertension",
+        # Ten months old (the line above says when): a reading is due, ACC/AHA 2017.
+        "Blood pressure reading due",
         "Consider starting antihypertensive medication (confirm with home or repeat readings)",
     ]  # the lipid panel and flu vaccine gaps belong to no problem: not in this plan
 
