@@ -85,6 +85,9 @@ class Goal:
     #: The goal holds for a patient with an active problem in one of these groups, and
     #: then before the result's general goal (LDL-C below 70 mg/dL with coronary disease).
     with_problem: frozenset[str] = frozenset()
+    #: The goal holds while the chart says the patient is pregnant, and then before the
+    #: result's general goals (ACOG's below 140/90 mm Hg, not ACC/AHA's 130/80).
+    pregnant: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +153,8 @@ class PlanOption:
     show_treatment: bool = False
     #: Only for a patient the chart says is pregnant (context.pregnancy_evidence).
     pregnant: bool = False
+    #: Not while the chart says the patient is pregnant (a nonpregnant adult's rule).
+    not_pregnant: bool = False
     #: Not when a medication treating the problem was ordered after the result that
     #: triggers the option: the therapy was just changed, and the repeat test judges it.
     unless_changed_since: bool = False
@@ -221,7 +226,7 @@ _OPTION_KEYS = frozenset(
         "rise_at_least", "within_days", "due_months",
         "with_problem", "without_problem",
         "classes_present", "classes_absent", "ingredients_present", "names_present",
-        "min_age", "max_age", "pregnant", "unless_changed_since", "changed_since",
+        "min_age", "max_age", "pregnant", "not_pregnant", "unless_changed_since", "changed_since",
         "score", "score_at_least", "guard",
         "show_treatment", "say_absent", "say_age",
     }
@@ -275,6 +280,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
             min_age=int(item["min_age"]) if item.get("min_age") is not None else None,
             max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
             with_problem=_ids(item, "with_problem"),
+            pregnant=bool(item.get("pregnant", False)),
         )
         if goal.with_problem:
             problem_goals.append(goal)
@@ -321,6 +327,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 max_age=int(item["max_age"]) if item.get("max_age") is not None else None,
                 show_treatment=bool(item.get("show_treatment")),
                 pregnant=bool(item.get("pregnant")),
+                not_pregnant=bool(item.get("not_pregnant")),
                 unless_changed_since=bool(item.get("unless_changed_since")),
                 changed_since=bool(item.get("changed_since")),
                 score=str(item["score"]) if item.get("score") else None,
@@ -513,12 +520,16 @@ def goal_for(facts: ChartFacts, kb: Knowledge, result_id: str) -> Goal | None:
     """The result's goal for this patient: a goal for one of the patient's problems first,
     else the first of the result's general goals whose ages hold (a goal with an age bound
     needs the patient's age: a child's LDL is read by NHLBI's categories, not the adult
-    goal; under 2 there is none)."""
+    goal; under 2 there is none). In pregnancy a goal for pregnancy comes first."""
+    if facts.context.pregnant and not facts.deceased:
+        for goal in kb.goals.get(result_id, ()):
+            if goal.pregnant:
+                return goal
     for goal in kb.problem_goals:
         if goal.result == result_id and any(facts.has_group(p) for p in goal.with_problem):
             return goal
     for goal in kb.goals.get(result_id, ()):
-        if _ages_hold(goal, facts):
+        if not goal.pregnant and _ages_hold(goal, facts):
             return goal
     return None
 
@@ -772,6 +783,8 @@ def _option_fires(
     already stated (`stated`: resource references, "score:<id>") is cited, not repeated."""
     cited: list[FHIRResource] = []
     reasons: list[str] = []
+    if option.not_pregnant and facts.context.pregnant:
+        return None
     if option.pregnant:
         if not facts.context.pregnant or facts.deceased:
             return None
