@@ -48,7 +48,7 @@ def test_every_statement_is_grounded_and_every_option_cites_its_guideline(name: 
             if statement.text.startswith("Consider"):
                 assert statement.rule and any(
                     src in statement.rule
-                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI")
+                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI", "ACR")
                 )
 
 
