@@ -62,7 +62,7 @@ from smartapp.suggestions.terminology import (
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 16
+RULES_REVISION = 17
 
 
 def _version() -> str:
@@ -1022,7 +1022,8 @@ class BuiltinEngine:
         told: set[str] = set()
         flagged = safety.flagged_medications(facts)
         for problem in facts.problems:
-            group = next((g for g in problem.groups if g.id not in told), None)
+            # An umbrella group ("ascvd") is told by its member's own words ("heart disease").
+            group = next((g for g in problem.groups if g.id not in told and not g.includes), None)
             if group is None:
                 continue
             told.add(group.id)

@@ -24,7 +24,7 @@ from smartapp.suggestions.interfaces import Statement
 CHARTS = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"
 AS_OF = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 ENGINE = BuiltinEngine()
-GUIDELINE_SOURCES = ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI", "USPSTF")
+GUIDELINE_SOURCES = ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI", "USPSTF", "ACR")
 
 
 def chart(name: str) -> ChartSnapshot:
