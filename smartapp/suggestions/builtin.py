@@ -62,7 +62,7 @@ from smartapp.suggestions.terminology import (
 )
 
 #: Bump when a rule or a table changes what the engine says (recorded with every suggestion).
-RULES_REVISION = 16
+RULES_REVISION = 17
 
 
 def _version() -> str:
@@ -1010,6 +1010,7 @@ class BuiltinEngine:
         "hypertension": "Your last blood pressure was {value}{on}.",
         "ckd": "Your last kidney blood test ({name}) was {value}{on}.",
         "anemia": "Your last hemoglobin blood test was {value}{on}.",
+        "gout": "Your last uric acid blood test was {value}{on}.",
     }
 
     def patient_instructions(
