@@ -1376,7 +1376,9 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                     phrases.append(phrase)  # ten identical orders are one drug to treat
                 shown.medications[med.reference] = problem
             else:
-                phrases.append(f"{_short(med)} (see {earlier.name})")
+                phrase = f"{_short(med)} (see {earlier.name})"
+                if phrase not in phrases:  # two orders of one drug are one pointer
+                    phrases.append(phrase)
                 cited.append(earlier.condition)
         statements.append(
             Statement(text="On " + "; ".join(phrases), citations=_cite(snapshot, cited))

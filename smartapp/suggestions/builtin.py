@@ -1023,7 +1023,8 @@ class BuiltinEngine:
         told: set[str] = set()
         flagged = safety.flagged_medications(facts)
         for problem in facts.problems:
-            group = next((g for g in problem.groups if g.id not in told), None)
+            # An umbrella group ("ascvd") is told by its member's own words ("heart disease").
+            group = next((g for g in problem.groups if g.id not in told and not g.includes), None)
             if group is None:
                 continue
             told.add(group.id)

@@ -615,14 +615,22 @@ def problem_groups(cond: Mapping[str, Any]) -> list[ProblemGroup]:
         or any(c.startswith(prefix.replace(".", "")) for c in icd for prefix in group.icd10)
     ]
     if by_code:
-        return by_code
+        return _with_umbrellas(by_code)
     words = concept_words(code)
-    return [
-        group
-        for group in PROBLEM_GROUPS
-        if any(_has_word(words, w) for w in group.words)
-        and not any(w in words for w in group.not_words)
-    ]
+    return _with_umbrellas(
+        [
+            group
+            for group in PROBLEM_GROUPS
+            if any(_has_word(words, w) for w in group.words)
+            and not any(w in words for w in group.not_words)
+        ]
+    )
+
+
+def _with_umbrellas(groups: list[ProblemGroup]) -> list[ProblemGroup]:
+    """The groups and every umbrella group that includes one of them ("ascvd" for "cad")."""
+    ids = {g.id for g in groups}
+    return [g for g in PROBLEM_GROUPS if g.id in ids or g.includes & ids]
 
 
 def _has_word(text: str, word: str) -> bool:

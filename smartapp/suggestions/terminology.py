@@ -76,6 +76,9 @@ class ProblemGroup:
     results: tuple[tuple[str, ...], ...] = ()
     #: A problem on the list with no medication for it is worth a reconciliation hint.
     expects_treatment: bool = False
+    #: An umbrella group ("ascvd"): a condition in one of these groups is in this one too.
+    #: It has no codes or words of its own, and the patient is told of the member group.
+    includes: frozenset[str] = frozenset()
 
 
 # -- drug classes ------------------------------------------------------------------------
@@ -104,11 +107,20 @@ def _strings(item: Mapping[str, Any], key: str, *, where: str) -> tuple[str, ...
     return tuple(values)
 
 
-def _problem_group(item: Mapping[str, Any], *, where: str) -> ProblemGroup:
+def _problem_group(
+    item: Mapping[str, Any], earlier: Mapping[str, ProblemGroup], *, where: str
+) -> ProblemGroup:
     where = f"{where} group {item.get('id')!r}"
     if not item.get("id") or not item.get("lay"):
         raise clinical.KnowledgeError(f"{where}: needs id and lay")
     clinical.source(item.get("cite"), where=where)
+    includes = frozenset(_strings(item, "includes", where=where))
+    if unknown := includes - set(earlier):
+        raise clinical.KnowledgeError(f"{where}: includes no earlier group {sorted(unknown)}")
+    if includes and any(item.get(k) for k in ("snomed", "icd10", "words", "not_words")):
+        raise clinical.KnowledgeError(f"{where}: a group that includes others has no codes")
+    if includes & {g.id for g in earlier.values() if g.includes}:
+        raise clinical.KnowledgeError(f"{where}: includes a group that includes others")
     return ProblemGroup(
         id=str(item["id"]),
         lay=str(item["lay"]),
@@ -118,6 +130,7 @@ def _problem_group(item: Mapping[str, Any], *, where: str) -> ProblemGroup:
         not_words=tuple(w.lower() for w in _strings(item, "not_words", where=where)),
         results=tuple(_loinc(vs_id) for vs_id in _strings(item, "results", where=where)),
         expects_treatment=bool(item.get("expects_treatment", False)),
+        includes=includes,
     )
 
 
@@ -147,9 +160,11 @@ def _drug_class(
 
 def _load_groups() -> tuple[ProblemGroup, ...]:
     path = clinical.DATA_DIR / "problem_groups.toml"
-    return tuple(
-        _problem_group(item, where=str(path)) for item in clinical.read_toml(path)["group"]
-    )
+    groups: dict[str, ProblemGroup] = {}
+    for item in clinical.read_toml(path)["group"]:
+        group = _problem_group(item, groups, where=str(path))
+        groups[group.id] = group
+    return tuple(groups.values())
 
 
 PROBLEM_GROUPS: tuple[ProblemGroup, ...] = _load_groups()

@@ -176,3 +176,57 @@ def test_every_safety_rule_has_a_topic_in_its_tables_words():
         safety.topic("kidney-metformin-egfr-30-45") == "contraindication: Metformin with eGFR 30-45"
     )
     assert safety.topic("no-such-rule") == "a medication safety check"
+
+
+def _groups_of(codings: list[tuple[str, str]], text: str) -> set[str]:
+    from smartapp.suggestions.facts import problem_groups
+
+    systems = {"icd": "http://hl7.org/fhir/sid/icd-10-cm", "sct": "http://snomed.info/sct"}
+    code = {"coding": [{"system": systems[s], "code": c} for s, c in codings], "text": text}
+    return {g.id for g in problem_groups({"resourceType": "Condition", "code": code})}
+
+
+@pytest.mark.parametrize(
+    ("codings", "text", "groups"),
+    [
+        ([("icd", "I25.10")], "Coronary arteriosclerosis", {"cad", "ascvd"}),
+        ([("icd", "I63.9")], "Cerebral infarction", {"cerebrovascular", "ascvd"}),
+        ([("icd", "Z86.73")], "History of stroke", {"cerebrovascular", "ascvd"}),
+        ([("sct", "266257000")], "TIA", {"cerebrovascular", "ascvd"}),
+        ([("icd", "I70.213")], "PAD with claudication", {"pad", "ascvd"}),
+        ([("icd", "I73.9")], "Peripheral vascular disease", {"pad", "ascvd"}),
+        ([], "Peripheral artery disease", {"pad", "ascvd"}),
+        ([], "Old ischemic stroke", {"cerebrovascular", "ascvd"}),
+        # Bleeding is not atherosclerosis: never clinical ASCVD, by code or by words, even
+        # when the text says only "Stroke" (the code decides).
+        ([("icd", "I61.9")], "Stroke", {"hemorrhagic_stroke"}),
+        ([("sct", "274100004")], "Stroke", {"hemorrhagic_stroke"}),
+        ([("icd", "I69.10")], "Late effect of stroke", {"hemorrhagic_stroke"}),
+        ([], "Hemorrhagic stroke", {"hemorrhagic_stroke"}),
+        ([("sct", "230690007")], "CVA due to cerebral haemorrhage", {"hemorrhagic_stroke"}),
+        # Transient global amnesia is G45.4, not a TIA; aortic atherosclerosis on imaging,
+        # neurogenic claudication and heat stroke are not clinical ASCVD either.
+        ([("icd", "G45.4")], "Transient global amnesia", set()),
+        ([("icd", "I70.0")], "Atherosclerosis of aorta", set()),
+        ([], "Neurogenic claudication", set()),
+        ([], "Heat stroke", set()),
+        ([], "Family history of stroke", set()),
+    ],
+)
+def test_clinical_ascvd_is_coronary_disease_ischaemic_stroke_tia_or_pad(codings, text, groups):
+    assert _groups_of(codings, text) == groups
+
+
+def test_an_umbrella_group_has_no_codes_and_includes_only_earlier_groups():
+    from smartapp.suggestions import terminology
+
+    base = {"lay": "x", "cite": {"source": "s", "version": "1"}}
+    earlier = dict(terminology.GROUPS_BY_ID)
+    with pytest.raises(clinical.KnowledgeError, match="includes no earlier group"):
+        terminology._problem_group({**base, "id": "u", "includes": ["later"]}, earlier, where="f")
+    with pytest.raises(clinical.KnowledgeError, match="has no codes"):
+        terminology._problem_group(
+            {**base, "id": "u", "includes": ["cad"], "icd10": ["I70"]}, earlier, where="f"
+        )
+    with pytest.raises(clinical.KnowledgeError, match="includes a group that includes"):
+        terminology._problem_group({**base, "id": "u", "includes": ["ascvd"]}, earlier, where="f")
