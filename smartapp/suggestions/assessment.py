@@ -179,6 +179,9 @@ class PlanOption:
     #: What the option adds, as a noun ("a mineralocorticoid receptor antagonist"): when a
     #: guard holds it back, the block says so and why, instead of leaving it out silently.
     held: str = ""
+    #: Drug names `text` offers as the choice ("low-dose aspirin"): not chart facts, so
+    #: the verifier does not look for them in the citations (Statement.proposes).
+    proposes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +231,7 @@ _OPTION_KEYS = frozenset(
         "classes_present", "classes_absent", "ingredients_present", "names_present",
         "min_age", "max_age", "pregnant", "not_pregnant", "unless_changed_since", "changed_since",
         "score", "score_at_least", "guard",
-        "show_treatment", "say_absent", "say_age",
+        "show_treatment", "say_absent", "say_age", "proposes",
     }
 )  # fmt: skip
 
@@ -338,6 +341,7 @@ def _load(extra_dirs: tuple[Path, ...]) -> Knowledge:
                 say_absent=bool(item.get("say_absent")),
                 say_age=bool(item.get("say_age", True)),
                 held=str(item.get("held") or ""),
+                proposes=tuple(str(n) for n in item.get("proposes", [])),
             )
         )
         for group in options[-1].guard:
@@ -968,7 +972,8 @@ class _Guarded:
 
 
 def _guard(facts: ChartFacts, groups: Iterable[str]) -> _Guarded | None:
-    """What the guarding contraindication rules read, or None when one of them holds. A
+    """What the guarding contraindication rules read, or None when one of them (or an
+    allergy or interaction rule of the group, `safety.contraindicated`) holds. A
     result they read that is not on file, or older than its test's `stale_months`, leaves
     the option not known to be safe (`_Guarded.known`)."""
     read: dict[str, Result] = {}
@@ -1021,7 +1026,9 @@ def _held(
     why = (
         f"{reading.name} {_text(reading)}{_on(reading.date)}{age_note(reading, facts.as_of)}"
         if reading is not None
-        else concept_text(resource.get("code")) or "see the safety check"
+        else safety.holding_phrase(facts, rule, resource)
+        or concept_text(resource.get("code"))
+        or "see the safety check"
     )
     return Statement(
         text=f"{option.held[:1].upper()}{option.held[1:]} is not suggested: {why}",
@@ -1449,6 +1456,7 @@ def problem_block(facts: ChartFacts, kb: Knowledge, problem: Problem, shown: _Sh
                 citations=_cite(snapshot, [problem.condition, *cited]),
                 rule=f"{option.cite.label}: {option.rule}" if option.rule else option.cite.label,
                 brief=lead if why else None,
+                proposes=option.proposes,
             )
         )
     statements = _merge_checks(snapshot, statements, checks)

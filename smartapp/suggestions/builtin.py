@@ -1010,6 +1010,7 @@ class BuiltinEngine:
         "hypertension": "Your last blood pressure was {value}{on}.",
         "ckd": "Your last kidney blood test ({name}) was {value}{on}.",
         "anemia": "Your last hemoglobin blood test was {value}{on}.",
+        "gout": "Your last uric acid blood test was {value}{on}.",
     }
 
     def patient_instructions(

@@ -694,7 +694,8 @@ class GroundingVerifier:
             if problem:
                 issues.append(problem)
         lowered = text.lower()
-        for name in sorted(self.vocabulary):
+        offered = {name.lower() for name in statement.proposes} if statement.rule else set()
+        for name in sorted(self.vocabulary - offered):
             if _mentions(lowered, name) and not _mentions(cited_text, name):
                 if _mentions(free_text, name):
                     issues.append(f"drug {name!r} is only in free text of the cited resources")

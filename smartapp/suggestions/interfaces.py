@@ -49,6 +49,11 @@ class Statement:
     #: same claim without their values ("Diabetes: HbA1c done within the interval"). None:
     #: the statement is dropped there and the card points to the other one instead.
     brief: str | None = None
+    #: Drug names a rule-based plan option offers as the choice ("consider low-dose
+    #: aspirin"), from the reviewed plan_options.toml: not a claim that the chart holds
+    #: them, so the verifier does not look for them in the citations. Only the built-in
+    #: rules set it (an engine's answer cannot).
+    proposes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {

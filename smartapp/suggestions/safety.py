@@ -32,7 +32,7 @@ from smartapp.suggestions.facts import (
     no_known_allergy,
     ref,
 )
-from smartapp.suggestions.terminology import RXNORM
+from smartapp.suggestions.terminology import MEDICATION_NAMES, RXNORM
 
 TOPIC = "medication_safety"
 
@@ -350,11 +350,22 @@ def _result_holding(facts: ChartFacts, rule: SafetyRule) -> Result | None:
 
 
 def contraindicated(facts: ChartFacts, group: str) -> list[tuple[SafetyRule, FHIRResource]]:
-    """The contraindication rules for a drug group (a value set id) that hold for this
-    patient whatever is on the list, each with the resource that makes it hold: what keeps
-    a plan option from suggesting that drug (an MRA with a potassium of 5.0 or more)."""
+    """The safety rules that hold against adding a drug of a group (a value set id) for
+    this patient, each with the resource that makes it hold: a contraindication (an MRA
+    with a potassium of 5.0 or more), a recorded allergy to the group, or an interaction
+    with a current medication (aspirin with warfarin). What keeps a plan option from
+    suggesting that drug."""
     held: list[tuple[SafetyRule, FHIRResource]] = []
     for rule in rules():
+        if rule.kind == "allergy" and rule.groups[1] == group:
+            held += [
+                (rule, allergy)
+                for allergy in facts.allergies
+                if not no_known_allergy(allergy) and _in_group(rule.groups[0], allergy.get("code"))
+            ]
+        elif rule.kind == "interaction" and group in rule.groups:
+            other = rule.groups[1] if rule.groups[0] == group else rule.groups[0]
+            held += [(rule, m.request) for m in facts.medications if _in_group(other, m.concept)]
         if rule.kind != "contraindication" or rule.groups[0] != group:
             continue
         if rule.when == "pregnant" and facts.context.pregnant:
@@ -368,6 +379,19 @@ def contraindicated(facts: ChartFacts, group: str) -> list[tuple[SafetyRule, FHI
             if result is not None:
                 held.append((rule, result.resource))
     return held
+
+
+def holding_phrase(facts: ChartFacts, rule: SafetyRule, resource: FHIRResource) -> str | None:
+    """Why an allergy or interaction rule holds against a drug, in a note's words ("an
+    allergy or intolerance to Aspirin is recorded"; "on warfarin 5 mg: raises the risk of
+    bleeding"); None for a contraindication (its reading says why)."""
+    if rule.kind == "allergy":
+        return _allergy_phrase(resource)
+    if rule.kind == "interaction":
+        med = next((m for m in facts.medications if m.request is resource), None)
+        if med is not None:
+            return f"on {MEDICATION_NAMES.note_name(med.name, med.ingredients)}: {rule.say}"
+    return None
 
 
 def duplicate_flags(facts: ChartFacts, table: Sequence[SafetyRule]) -> list[SafetyFlag]:

@@ -121,6 +121,34 @@ def test_problem_groups_and_drug_classes_come_from_their_data_files():
     assert "lisinopril" in terminology.KNOWN_DRUG_NAMES
 
 
+@pytest.mark.parametrize(
+    ("code", "groups"),
+    [
+        # Anaemia of CKD is anaemia, by its codes and by its words alone, never a second CKD.
+        ({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "D63.1"}]},
+         {"anemia", "anemia_ckd"}),
+        ({"coding": [{"system": "http://snomed.info/sct", "code": "707323002"}]},
+         {"anemia", "anemia_ckd"}),
+        ({"text": "Anemia in chronic kidney disease"}, {"anemia", "anemia_ckd"}),
+        ({"text": "Anaemia of CKD"}, {"anemia", "anemia_ckd"}),
+        ({"text": "Chronic kidney disease stage 3a"}, {"ckd"}),
+        ({"text": "Iron deficiency anemia"}, {"anemia", "iron_deficiency_anemia"}),
+        ({"text": "Anemia, unspecified"}, {"anemia"}),
+        ({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M1A.071"}]},
+         {"gout"}),
+        ({"text": "Gout of left foot"}, {"gout"}),
+        ({"text": "Pseudogout of knee"}, set()),
+        ({"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "N40.1"}]},
+         {"bph"}),
+        ({"text": "Enlarged prostate"}, {"bph"}),
+    ],
+)  # fmt: skip
+def test_problem_groups_of_anaemia_of_ckd_gout_and_bph(code, groups):
+    from smartapp.suggestions.facts import problem_groups
+
+    assert {g.id for g in problem_groups({"code": code})} == groups
+
+
 def test_a_drug_class_treating_an_unknown_problem_group_is_refused():
     from smartapp.suggestions import terminology
 

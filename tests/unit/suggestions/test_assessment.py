@@ -24,6 +24,7 @@ from smartapp.suggestions.interfaces import Statement
 CHARTS = Path(__file__).resolve().parents[2] / "fixtures" / "clinical"
 AS_OF = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 ENGINE = BuiltinEngine()
+GUIDELINE_SOURCES = ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI", "USPSTF", "ACR")
 
 
 def chart(name: str) -> ChartSnapshot:
@@ -46,10 +47,7 @@ def test_every_statement_is_grounded_and_every_option_cites_its_guideline(name: 
         for statement in draft.statements:
             assert verifier.check(statement).ok, statement.text
             if statement.text.startswith("Consider"):
-                assert statement.rule and any(
-                    src in statement.rule
-                    for src in ("ADA", "KDIGO", "ACC", "AHA", "ATA", "AGA", "ACOG", "NHLBI", "ACR")
-                )
+                assert statement.rule and any(src in statement.rule for src in GUIDELINE_SOURCES)
 
 
 def test_diabetes_ckd_hypertension_blocks_say_each_fact_once():
@@ -648,3 +646,39 @@ def test_an_sglt2_inhibitor_taken_at_an_egfr_below_20_is_not_flagged_a_proposed_
 
     assert "sglt2-egfr-below-20" in rule_ids("draft")
     assert "sglt2-egfr-below-20" not in rule_ids("active")
+
+
+def _pregnancy_htn_with(*extra: dict[str, Any]) -> list[str]:
+    name = "pregnancy_htn_bp_134_86"
+    resources, _ = bundle_resources(json.loads((CHARTS / f"{name}.json").read_text()))
+    snapshot = build_snapshot([*resources, *extra], patient_id=resources[0]["id"], fetched_at=AS_OF)
+    return [s.text for d in ENGINE.suggest(snapshot, "assessment_plan", {}) for s in d.statements]
+
+
+def test_low_dose_aspirin_in_pregnancy_is_held_back_by_an_interaction_with_what_she_takes():
+    # Chronic hypertension in pregnancy calls for low-dose aspirin (USPSTF 2021), but the
+    # safety tables' interaction of warfarin with NSAIDs (aspirin among them) holds.
+    warfarin = {
+        "resourceType": "MedicationRequest",
+        "id": "preg-bp134-warfarin",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/preg-bp134"},
+        "authoredOn": "2026-10-01",
+        "medicationCodeableConcept": {
+            "coding": [
+                {
+                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                    "code": "855332",
+                    "display": "warfarin sodium 5 MG Oral Tablet",
+                }
+            ]
+        },
+    }
+    offered = [t for t in _pregnancy_htn_with() if t.startswith("Consider low-dose aspirin")]
+    assert len(offered) == 1
+    lines = _pregnancy_htn_with(warfarin)
+    assert not [t for t in lines if t.startswith("Consider low-dose aspirin")]
+    assert (
+        "Low-dose aspirin is not suggested: on warfarin 5 mg: raises the risk of bleeding" in lines
+    )

@@ -196,6 +196,26 @@ def test_issues_say_what_failed():
     )
 
 
+def test_a_drug_a_rule_offers_is_not_checked_as_a_chart_fact():
+    # "Consider low-dose aspirin": the built-in rules name the drug they offer (from the
+    # reviewed plan options); any other drug named must still be in the citations, and a
+    # statement that is not a rule's (an engine's answer) cannot exempt a name.
+    offer = "Consider low-dose aspirin to lower the risk of preeclampsia"
+    cited = (Citation(reference="Condition/dm", display="Type 2 diabetes"),)
+    rule = "USPSTF 2021"
+
+    def check(text: str, **extra):
+        return VERIFIER.check(Statement(text=text, citations=cited, **extra))
+
+    assert check(offer, rule=rule, proposes=("aspirin",)).ok
+    assert check(offer, rule=rule).issues == ("drug 'aspirin' is not in the cited resources",)
+    assert not check(offer, proposes=("aspirin",)).ok
+    both = "Consider low-dose aspirin with lisinopril"
+    assert check(both, rule=rule, proposes=("aspirin",)).issues == (
+        "drug 'lisinopril' is not in the cited resources",
+    )
+
+
 def test_identifiers_are_not_evidence():
     # An MRN or a phone number is not a clinical value: it cannot ground a statement.
     assert VERIFIER.check(statement("Female, 64", "Patient/p1")).ok
