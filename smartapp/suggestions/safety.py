@@ -364,8 +364,11 @@ def contraindicated(facts: ChartFacts, group: str) -> list[tuple[SafetyRule, FHI
                 if not no_known_allergy(allergy) and _in_group(rule.groups[0], allergy.get("code"))
             ]
         elif rule.kind == "interaction" and group in rule.groups:
+            # As the interaction checks read: current therapy and the proposed orders.
             other = rule.groups[1] if rule.groups[0] == group else rule.groups[0]
-            held += [(rule, m.request) for m in facts.medications if _in_group(other, m.concept)]
+            held += [
+                (rule, m.request) for m in checked_medications(facts) if _in_group(other, m.concept)
+            ]
         if rule.kind != "contraindication" or rule.groups[0] != group:
             continue
         if rule.when == "pregnant" and facts.context.pregnant:
@@ -384,13 +387,16 @@ def contraindicated(facts: ChartFacts, group: str) -> list[tuple[SafetyRule, FHI
 def holding_phrase(facts: ChartFacts, rule: SafetyRule, resource: FHIRResource) -> str | None:
     """Why an allergy or interaction rule holds against a drug, in a note's words ("an
     allergy or intolerance to Aspirin is recorded"; "on warfarin 5 mg: raises the risk of
-    bleeding"); None for a contraindication (its reading says why)."""
+    bleeding"; "with warfarin 5 mg proposed (not yet signed): …"); None for a
+    contraindication (its reading says why)."""
     if rule.kind == "allergy":
         return _allergy_phrase(resource)
     if rule.kind == "interaction":
-        med = next((m for m in facts.medications if m.request is resource), None)
+        med = next((m for m in checked_medications(facts) if m.request is resource), None)
         if med is not None:
-            return f"on {MEDICATION_NAMES.note_name(med.name, med.ingredients)}: {rule.say}"
+            name = MEDICATION_NAMES.note_name(med.name, med.ingredients)
+            on = f"with {name} proposed (not yet signed)" if med.proposed else f"on {name}"
+            return f"{on}: {rule.say}"
     return None
 
 

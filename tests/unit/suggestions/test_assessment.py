@@ -682,3 +682,10 @@ def test_low_dose_aspirin_in_pregnancy_is_held_back_by_an_interaction_with_what_
     assert (
         "Low-dose aspirin is not suggested: on warfarin 5 mg: raises the risk of bleeding" in lines
     )
+    # A proposed order is about to become therapy: the interaction holds for it too.
+    lines = _pregnancy_htn_with({**warfarin, "status": "draft"})
+    assert not [t for t in lines if t.startswith("Consider low-dose aspirin")]
+    assert (
+        "Low-dose aspirin is not suggested: with warfarin 5 mg proposed (not yet signed): "
+        "raises the risk of bleeding" in lines
+    )
